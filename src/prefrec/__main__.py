@@ -1,0 +1,3 @@
+from prefrec.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The one sample format that every stage of prefrec reads and writes.
+
+A prepared dataset is a folder of JSON-lines files (`train.jsonl`, `valid.jsonl`, `test.jsonl`), one `Sample` per
+line. Data protocols and importers produce samples; the trainer, the evaluator, the baselines and the explainer
+consume them. Keeping the format in one small file means a reader can follow data -> metric without a map.
+
+A sample is a shared prompt prefix (system role, user history) plus one or more *comparisons*. Each comparison adds
+its own question to the prefix and lists one chosen response and one or more rejected ones:
+
+    prompt_i = sample.prefix + comparison_i.question
+    pairwise (DMPO):  k comparisons, one per negative: "… rank A and B" -> chosen "A, B", rejected ["B, A"]
+    candidates (S-DPO): 1 comparison: "… pick one of 20" -> chosen target title, rejected k of the 19 others
+    yesno (TALLRec):  1 comparison: "… will the user like T?" -> chosen "Yes."/"No.", rejected the other answer
+
+Splitting the prompt into prefix and question lets the packer share the history across the k pairwise prompts
+(DESIGN §5). The remaining fields carry what evaluation and the ID-based baselines need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Iterator
+
+TASKS = ("pairwise", "candidates", "yesno")
+
+
+@dataclass
+class Comparison:
+    question: str  # appended to Sample.prefix to form this comparison's prompt ("" if the prefix is the prompt)
+    chosen: str  # the preferred response text
+    rejected: list[str]  # one or more dispreferred responses to the same prompt
+
+
+@dataclass
+class Sample:
+    id: str
+    task: str  # one of TASKS
+    domain: str  # movies | games | music | books | ...
+    prefix: str  # shared beginning of every comparison's prompt (user message, before any chat template)
+    comparisons: list[Comparison]
+    user: str | None = None
+    history: list[str] = field(default_factory=list)  # titles, oldest first, as shown in the prompt
+    history_items: list[str] = field(default_factory=list)  # raw item ids of `history` (empty for imported prompts)
+    # candidates task: every title shown, in prompt order; pairwise: [positive, negative_1, ..., negative_k];
+    # yesno: [target]
+    candidates: list[str] = field(default_factory=list)
+    candidate_items: list[str] = field(default_factory=list)  # raw item ids of `candidates` (may be empty)
+    target: str | None = None  # the positive title (pairwise, candidates) or the asked title (yesno)
+    target_item: str | None = None
+    label: int | None = None  # yesno: 1 = the user liked the target, 0 = not
+
+    def prompt(self, i: int = 0) -> str:
+        """Full prompt text of comparison i."""
+        return self.prefix + self.comparisons[i].question
+
+    @property
+    def k(self) -> int:
+        """Number of negatives this sample trains with (pairwise: comparisons; others: rejected responses)."""
+        if self.task == "pairwise":
+            return len(self.comparisons)
+        return len(self.comparisons[0].rejected)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "sample") -> "Sample":
+        """Build a Sample from a JSON object, with one clear error naming `where` and the bad field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        for name in ("id", "task", "domain", "prefix", "comparisons"):
+            if name not in d:
+                raise ValueError(f"{where}: missing field '{name}'")
+        if d["task"] not in TASKS:
+            raise ValueError(f"{where}: field 'task' is {d['task']!r}; expected one of {TASKS}")
+        comps = d["comparisons"]
+        if not isinstance(comps, list) or not comps:
+            raise ValueError(f"{where}: field 'comparisons' must be a non-empty list")
+        parsed = []
+        for j, c in enumerate(comps):
+            if not isinstance(c, dict) or not {"question", "chosen", "rejected"} <= set(c):
+                raise ValueError(f"{where}: comparisons[{j}] needs 'question', 'chosen' and 'rejected'")
+            rej = c["rejected"]
+            if not isinstance(rej, list) or not rej or not all(isinstance(r, str) and r for r in rej):
+                raise ValueError(f"{where}: comparisons[{j}].rejected must be a non-empty list of non-empty strings")
+            if not isinstance(c["chosen"], str) or not c["chosen"]:
+                raise ValueError(f"{where}: comparisons[{j}].chosen must be a non-empty string")
+            parsed.append(Comparison(question=str(c["question"]), chosen=c["chosen"], rejected=list(rej)))
+        rest = {k: v for k, v in d.items() if k != "comparisons"}
+        return cls(comparisons=parsed, **rest)
+
+
+def write_jsonl(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
+    """Write samples atomically (temp file, then rename) so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return n
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield Sample.from_dict(d, where=where)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Sample]:
+    return list(iter_jsonl(path))
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """json.dump to a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
