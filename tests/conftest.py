@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from prefrec.paths import shared_data_dir
 
@@ -11,3 +12,44 @@ def shared_data():
     if SHARED is None:
         pytest.skip("../shared/data is absent (the offline dataset copies live beside the repository in CI)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """The embedded model's real tokenizer (chat template included); converts the model once per machine."""
+    from transformers import AutoTokenizer
+
+    from prefrec.model import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def make_tiny_lm(tokenizer, seed: int = 0, attn_implementation: str = "sdpa"):
+    """A 2-layer random-init Llama with the real tokenizer's vocabulary: fast, but exercises the real code paths."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    cfg._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(cfg).float().eval()
+    return model
+
+
+@pytest.fixture
+def tiny_lm(embedded_tokenizer):
+    """(model, tokenizer): tiny random-init Llama (fp32, sdpa) + the embedded model's tokenizer."""
+    return make_tiny_lm(embedded_tokenizer), embedded_tokenizer
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    """(model, tokenizer): the real embedded SmolLM2-135M-Instruct in fp32 on CPU. Slow: use sparingly."""
+    from prefrec.model import load_model
+
+    return load_model("embedded", dtype="fp32", device="cpu")

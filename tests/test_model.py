@@ -1,0 +1,96 @@
+"""Model loading and LoRA: adapters saved by prefrec load with plain transformers + peft, run folders resolve."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_lm
+from prefrec.errors import UserError
+from prefrec.model import add_lora, is_run_dir, load_model, parse_dtype
+
+
+def _lora_with_nonzero_b(model):
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    # LoRA's B starts at zero (adapter = identity); perturb it so a wrong reload would show in the logits.
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return peft_model
+
+
+def test_lora_targets_and_trainable(tiny_lm):
+    model, _ = tiny_lm
+    peft_model = add_lora(model)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for target in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert any(target in n for n in trainable)
+    assert not any("mlp" in n for n in trainable)
+
+
+def test_adapter_reloads_with_plain_transformers_and_peft(tmp_path, embedded_tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_lm(embedded_tokenizer, seed=1)
+    base.save_pretrained(tmp_path / "base")
+    peft_model = _lora_with_nonzero_b(base).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 5, 9, 200, 31]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(plain, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_load_model_resolves_run_folder(tmp_path, embedded_tokenizer):
+    base = make_tiny_lm(embedded_tokenizer, seed=2)
+    base.save_pretrained(tmp_path / "base")
+    embedded_tokenizer.save_pretrained(tmp_path / "base")
+    peft_model = _lora_with_nonzero_b(base).eval()
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run / "adapter")
+    (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
+    assert is_run_dir(run)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    model, tok = load_model(str(run), device="cpu")
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert tok.pad_token_id is not None
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="not 'embedded'"):
+        load_model(str(tmp_path / "no-such-model"), device="cpu")
+
+
+def test_parse_dtype():
+    assert parse_dtype("bf16") is torch.bfloat16
+    assert parse_dtype(None) is None
+    with pytest.raises(UserError, match="dtype"):
+        parse_dtype("int3")
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_fp32_with_chat_template(embedded_lm):
+    model, tok = embedded_lm
+    assert model.dtype == torch.float32
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert tok.chat_template
+    text = tok.apply_chat_template([{"role": "user", "content": "Name one film."}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer.strip()
