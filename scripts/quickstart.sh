@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's main command: set up .venv, then run the quickstart (ML-100K -> SFT -> DMPO -> eval -> report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/prefrec quickstart "$@"
