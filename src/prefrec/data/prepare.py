@@ -1,0 +1,176 @@
+"""`prepare`: read a published log, apply a protocol, write the prepared folder (HELPERS "Data output folder").
+
+    OUT/train.jsonl, valid.jsonl, test.jsonl   one Sample per line (samples.py)
+    OUT/stats.json        counts before/after each filter, split sizes (requested and actual), warnings, parameters
+    OUT/items.tsv         item_id \\t title
+    OUT/interactions.tsv  user \\t item \\t rating \\t timestamp \\t split   (the log after the read-level filters)
+
+Read-level filters, applied before any protocol and listed first in stats.json `filters`: rows whose rating means
+"not rated" (Goodreads 0) are dropped, and a repeated (user, item) pair keeps only its first interaction in time
+order. Every write is atomic (temp file + rename). Warnings (a smaller split than requested, missing titles) are
+printed to stderr and stored in stats.json: never silent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from prefrec.data import protocols
+from prefrec.data.readers import Log, read
+from prefrec.errors import UserError
+from prefrec.provenance import provenance
+from prefrec.samples import TASKS, write_json_atomic, write_jsonl
+
+# The papers' defaults per task (DESIGN §3). Candidates caps: LLaRA/S-DPO use every sample; we cap the splits so a
+# CPU run finishes in minutes. Pass None ("all" on the command line) for no cap.
+DEFAULTS = {
+    "pairwise": {"negatives": 1, "history_len": 40, "min_history": 5, "n_train": 100, "n_valid": 100, "n_test": 1000},
+    "candidates": {"negatives": 3, "history_len": 10, "min_history": 3, "n_train": 1000, "n_valid": 200,
+                   "n_test": 1000},
+    "yesno": {"negatives": None, "history_len": 10, "min_history": 10, "n_train": 64, "n_valid": 100, "n_test": 1000},
+}
+_UNSET = object()
+
+
+def _warn_stderr(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def read_filtered(dataset: str, source: str | os.PathLike, *, domain: str | None = None) -> tuple[Log, list[dict], dict]:
+    """Read the log and apply the read-level filters. Returns (log, filter rows, raw counts)."""
+    log = read(dataset, source, domain=domain)
+    raw = log.counts()
+    filters = [{"name": "raw", **raw}]
+    if log.unrated is not None:
+        kept = [x for x in log.interactions if x.rating != log.unrated]
+        if len(kept) != len(log.interactions):
+            log.interactions = kept
+            filters.append({"name": f"rated (rating {log.unrated:g} means not rated)", **log.counts()})
+        if not kept:
+            raise UserError(f"{source}: every row has rating {log.unrated:g} (not rated); nothing to build samples from")
+    if len({(x.user, x.item) for x in log.interactions}) == len(log.interactions):
+        return log, filters, raw  # no repeated (user, item): skip the time sort below
+    seen: set[tuple[str, str]] = set()
+    order = protocols.sequences(log)
+    keep = [False] * len(log.interactions)
+    for seq in order.values():
+        for i in seq:
+            x = log.interactions[i]
+            if (x.user, x.item) not in seen:
+                seen.add((x.user, x.item))
+                keep[i] = True
+    if not all(keep):
+        log.interactions = [x for x, k in zip(log.interactions, keep) if k]
+        filters.append({"name": "repeated (user, item): first in time order kept", **log.counts()})
+    return log, filters, raw
+
+
+def make_readable(paths) -> None:
+    """Atomic writes go through mkstemp, which creates files readable by their owner only; give prepared data the
+    permissions an ordinary file would get (0666 minus the umask) so that other users and tools can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in paths:
+        os.chmod(p, 0o666 & ~mask)
+
+
+def _cell(text: str) -> str:
+    """Titles may in principle hold a tab or newline; ids never do (the readers split on them)."""
+    return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def _write_tsv(path: Path, header: str, rows) -> None:
+    """Write header + already formatted lines atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(header + "\n")
+            f.writelines(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.PathLike, *, seed: int = 0,
+            negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET, n_test=_UNSET, history_len=_UNSET,
+            min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20,
+            domain: str | None = None, warn: Callable[[str], None] = _warn_stderr) -> dict:
+    """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
+
+    Parameters left out take the task's paper default (DEFAULTS); n_train/n_valid/n_test = None means "all".
+    """
+    if task not in TASKS:
+        raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
+    log, filters, raw = read_filtered(dataset, source, domain=domain)
+    return prepare_log(log, filters, raw, task, out, dataset=dataset, source=source, seed=seed, negatives=negatives,
+                       n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
+                       min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
+                       n_candidates=n_candidates, warn=warn)
+
+
+def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
+                source: str | os.PathLike, seed: int = 0, negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET,
+                n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5,
+                min_neg: int = 5, n_candidates: int = 20, warn: Callable[[str], None] = _warn_stderr) -> dict:
+    """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
+    if task not in TASKS:
+        raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
+    d = DEFAULTS[task]
+    p = {k: (d[k] if v is _UNSET else v) for k, v in (("negatives", negatives), ("history_len", history_len),
+                                                     ("min_history", min_history), ("n_train", n_train),
+                                                     ("n_valid", n_valid), ("n_test", n_test))}
+    for k in ("n_train", "n_valid", "n_test"):
+        if p[k] is not None and p[k] < 0:
+            raise UserError(f"--{k[2:]} must be ≥ 0 or 'all', got {p[k]}")
+    sizes = {"n_train": p["n_train"], "n_valid": p["n_valid"], "n_test": p["n_test"]}
+    if task == "pairwise":
+        built = protocols.build_pairwise(log, seed=seed, negatives=p["negatives"], threshold=threshold, min_pos=min_pos,
+                                         min_neg=min_neg, min_history=p["min_history"], history_len=p["history_len"],
+                                         **sizes)
+    elif task == "candidates":
+        built = protocols.build_candidates(log, seed=seed, negatives=p["negatives"], n_candidates=n_candidates,
+                                           history_len=p["history_len"], min_history=p["min_history"], **sizes)
+    else:
+        built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
+                                      min_history=p["min_history"], **sizes)
+    warnings = list(log.warnings) + built.warnings
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in protocols.SPLITS:
+        write_jsonl(out / f"{s}.jsonl", built.samples[s])
+    items = dict(log.titles)
+    for x in log.interactions:
+        items.setdefault(x.item, x.item)
+    _write_tsv(out / "items.tsv", "item_id\ttitle",
+               (f"{i}\t{_cell(t)}\n" for i, t in sorted(items.items(), key=lambda kv: protocols.user_key(kv[0]))))
+    _write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
+               (f"{x.user}\t{x.item}\t{x.rating:g}\t{'' if x.timestamp is None else x.timestamp}\t{sp}\n"
+                for x, sp in zip(log.interactions, built.interaction_split)))
+    stats = {
+        "dataset": dataset, "task": task, "seed": seed, "source": str(Path(source).resolve()), "domain": log.domain,
+        "files": log.files,
+        "protocol": {**built.protocol, "seed": seed},
+        **raw,
+        "catalog": log.catalog,
+        "users_eligible": built.users_eligible,
+        "split_sizes": {s: len(built.samples[s]) for s in protocols.SPLITS},
+        "requested_split_sizes": built.requested,
+        "comparisons": {s: sum(len(x.comparisons) for x in built.samples[s]) for s in protocols.SPLITS},
+        "filters": filters + built.filters,
+        "warnings": warnings,
+        **({"labels_positive": {s: sum(x.label or 0 for x in built.samples[s]) for s in protocols.SPLITS}}
+           if task == "yesno" else {}),
+        "provenance": provenance(),
+    }
+    write_json_atomic(out / "stats.json", stats)
+    make_readable(out / f for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "items.tsv", "interactions.tsv",
+                                    "stats.json"))
+    for w in warnings:
+        warn(w)
+    return stats

@@ -1,0 +1,420 @@
+"""Turn a normalised `Log` into samples, exactly per the published protocols (DESIGN §3). Defaults = the papers.
+
+Three builders, one per task; each returns a `Built` (samples per split + what stats.json needs):
+
+build_pairwise  DMPO (Bai et al., DMPO §4.1, §5.1, §5.4). Ratings > 3 are positives, ≤ 3 negatives. Users with at
+    least 5 positives and 5 negatives are eligible. Eligible users are shuffled by the seed and split disjointly into
+    100 train / 100 valid / 1000 test users, one sample each. A sample holds out one positive (drawn uniformly among
+    the user's positives that have at least `min_history + k` earlier interactions) and k negatives (drawn uniformly
+    among the user's negatives; default k = 1). History = the user's interactions strictly before the positive in
+    time order (equal timestamps keep file order), minus the held-out negatives, the last 40. Comparison i asks to
+    rank the positive and negative i, shown in a seed-shuffled order; chosen = "positive, negative_i", rejected =
+    ["negative_i, positive"].
+
+build_candidates  S-DPO (Chen et al. 2024) on LLaRA's setting (Liao et al. 2024). Next-item prediction over each
+    user's time-ordered sequence: the sample at position t has the item at t as target and the ≤ 10 items before it
+    as history; samples with < 3 history items are dropped. 20 candidates = the target + 19 items drawn uniformly
+    from the items the user never interacted with (anywhere in the log), in a seed-shuffled order; rejected = k of
+    the 19 (default 3). Split 8:1:1 chronologically: all samples are ordered by their target's timestamp (ties:
+    user, then position) and cut at 80 % and 90 %. Without timestamps (LastFM, Goodreads CSV) each user's own
+    sequence is cut instead: the last 10 % of a user's targets are test, the 10 % before valid. Samples are not
+    user-disjoint (as in LLaRA / S-DPO). Each split is then capped to --train/--valid/--test samples, drawn
+    uniformly by the seed and kept in time order.
+
+build_yesno  TALLRec (Bao et al. 2023). A user's target interaction (drawn uniformly among positions with at least
+    10 earlier interactions) and the 10 interactions before it, split into liked (> 3) and disliked titles; the
+    answer is "Yes." when the target is liked. Users split disjointly like the pairwise task, one sample each.
+
+Play counts (LastFM) have no "> 3 stars": `liked_flags` then marks, per user, the top half of the user's artists by
+play count as liked (positives) and the rest as not liked (negatives); with an odd count the middle one is not
+liked. Everything random comes from `random.Random` seeded with a string built from the seed, the task and the
+user (and position), so a user's sample does not change when other users are added or removed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prefrec import prompts
+from prefrec.data.readers import Log
+from prefrec.errors import UserError
+from prefrec.samples import Comparison, Sample
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Built:
+    samples: dict[str, list[Sample]]
+    interaction_split: list[str]  # per interaction of the log: train | valid | test | unused
+    users_eligible: int
+    filters: list[dict]  # [{"name", "users", "items", "interactions"}] after each filter, in order
+    warnings: list[str]
+    requested: dict[str, int | None]  # requested split sizes (None = all)
+    protocol: dict  # every parameter, for stats.json
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def user_key(user: str):
+    """Natural order of user ids ("2" before "10"), so shuffles depend on the seed only."""
+    return (0, int(user), "") if user.isdigit() else (1, 0, user)
+
+
+def sequences(log: Log) -> dict[str, list[int]]:
+    """Each user's interaction indices in time order; equal or missing timestamps keep file order (the stable sort
+    breaks ties by index)."""
+    seqs: dict[str, list[int]] = {}
+    for idx, x in enumerate(log.interactions):
+        seqs.setdefault(x.user, []).append(idx)
+    if log.has_timestamps:
+        inter = log.interactions
+        for s in seqs.values():
+            s.sort(key=lambda i: inter[i].timestamp)
+    return seqs
+
+
+def liked_flags(log: Log, threshold: float = 3.0) -> list[bool]:
+    """Per interaction: is it a positive? Ratings: rating > threshold. Play counts: in the top half of the user's
+    items by count (ties broken by file order)."""
+    inter = log.interactions
+    if log.value == "rating":
+        return [x.rating > threshold for x in inter]
+    flags = [False] * len(inter)
+    by_user: dict[str, list[int]] = {}
+    for idx, x in enumerate(inter):
+        by_user.setdefault(x.user, []).append(idx)
+    for idxs in by_user.values():
+        ranked = sorted(idxs, key=lambda i: (-inter[i].rating, i))
+        for i in ranked[: len(idxs) // 2]:
+            flags[i] = True
+    return flags
+
+
+def counts(log: Log, users: set[str] | None = None) -> dict[str, int]:
+    """users / items / interactions of the log restricted to `users` (all users if None)."""
+    rows = log.interactions if users is None else [x for x in log.interactions if x.user in users]
+    return {"users": len({x.user for x in rows}), "items": len({x.item for x in rows}), "interactions": len(rows)}
+
+
+def split_sizes(n: int, requested: dict[str, int | None], what: str = "eligible users") -> tuple[dict[str, int], list[str]]:
+    """Sizes of the user-disjoint splits. When there are too few users, test shrinks first, then valid, then train;
+    each shrink is reported. A split requested as None takes all the users the others leave."""
+    nones = [s for s in SPLITS if requested[s] is None]
+    if len(nones) > 1:
+        raise UserError(f"only one of --train/--valid/--test may be 'all', got {nones}")
+    need = {s: (1 if requested[s] is None or requested[s] > 0 else 0) for s in SPLITS}
+    if n < sum(need.values()):
+        raise UserError(f"only {n} {what}, too few for one user per split ({sum(need.values())} needed); "
+                        "lower the protocol's thresholds or use a larger dataset")
+    want = {s: (requested[s] if requested[s] is not None else n) for s in SPLITS}
+    if nones:
+        fixed = sum(want[s] for s in SPLITS if s != nones[0])
+        want[nones[0]] = max(need[nones[0]], n - fixed)
+    size = dict(want)
+    size["test"] = min(want["test"], max(need["test"], n - want["train"] - want["valid"]))
+    size["valid"] = min(want["valid"], max(need["valid"], n - want["train"] - size["test"]))
+    size["train"] = min(want["train"], n - size["valid"] - size["test"])
+    warnings = []
+    for s in SPLITS:
+        if size[s] < want[s] and requested[s] is not None:
+            warnings.append(f"only {n} {what}: the {s} split has {size[s]} users instead of the requested {want[s]}")
+    return size, warnings
+
+
+def _assign_users(users: list[str], seed: int, task: str, sizes: dict[str, int]) -> dict[str, str]:
+    order = sorted(users, key=user_key)
+    random.Random(f"{seed}:{task}:users").shuffle(order)
+    out, start = {}, 0
+    for s in SPLITS:
+        for u in order[start:start + sizes[s]]:
+            out[u] = s
+        start += sizes[s]
+    return out
+
+
+def _filter_row(name: str, log: Log, users: set[str]) -> dict:
+    return {"name": name, **counts(log, users)}
+
+
+def _check_common(history_len: int, min_history: int) -> None:
+    if history_len < 1:
+        raise UserError(f"--history-len must be ≥ 1, got {history_len}")
+    if min_history < 0:
+        raise UserError(f"min_history must be ≥ 0, got {min_history}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DMPO pairwise
+
+
+def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: float = 3.0, min_pos: int = 5,
+                   min_neg: int = 5, min_history: int = 5, history_len: int = 40, n_train: int | None = 100,
+                   n_valid: int | None = 100, n_test: int | None = 1000) -> Built:
+    if negatives < 1:
+        raise UserError(f"--negatives must be ≥ 1 for the pairwise task, got {negatives}")
+    _check_common(history_len, min_history)
+    inter, title = log.interactions, log.title
+    seqs, liked = sequences(log), liked_flags(log, threshold)
+    need_neg = max(min_neg, negatives)
+    pos_neg_ok, eligible = set(), {}
+    for u, seq in seqs.items():
+        pos = [j for j, i in enumerate(seq) if liked[i]]
+        neg = [j for j, i in enumerate(seq) if not liked[i]]
+        if len(pos) >= min_pos and len(neg) >= need_neg:
+            pos_neg_ok.add(u)
+            # a positive late enough that, after removing up to k negatives, min_history earlier items remain
+            late = [j for j in pos if j >= min_history + negatives]
+            if late:
+                eligible[u] = (late, neg)
+    kind = "rating > %g" % threshold if log.value == "rating" else "top half of the user's play counts"
+    filters = [_filter_row(f"≥{min_pos} positives ({kind}) and ≥{need_neg} negatives", log, pos_neg_ok),
+               _filter_row(f"a positive with ≥{min_history + negatives} earlier interactions", log, set(eligible))]
+    requested = {"train": n_train, "valid": n_valid, "test": n_test}
+    sizes, warnings = split_sizes(len(eligible), requested, f"eligible users (≥{min_pos} positives, ≥{need_neg} "
+                                                           f"negatives, a positive with ≥{min_history + negatives} "
+                                                           "earlier interactions)")
+    user_split = _assign_users(list(eligible), seed, "pairwise", sizes)
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    dropped = 0
+    for u in sorted(user_split, key=user_key):
+        rng = random.Random(f"{seed}:pairwise:{u}")
+        seq = seqs[u]
+        late, neg = eligible[u]
+        p = rng.choice(late)
+        pos_item = inter[seq[p]].item
+        pos_title = title(pos_item)
+        # a negative sharing the positive's title would make the two orderings identical texts
+        usable = [j for j in neg if title(inter[seq[j]].item).casefold() != pos_title.casefold()]
+        if len(usable) < negatives:
+            dropped += 1
+            continue
+        chosen_negs = rng.sample(usable, negatives)
+        held = set(chosen_negs)
+        hist = [seq[j] for j in range(p) if j not in held][-history_len:]
+        hist_items = [inter[i].item for i in hist]
+        hist_titles = [title(i) for i in hist_items]
+        neg_items = [inter[seq[j]].item for j in chosen_negs]
+        comps = []
+        for n_item in neg_items:
+            n_title = title(n_item)
+            a, b = (pos_title, n_title) if rng.random() < 0.5 else (n_title, pos_title)
+            comps.append(Comparison(question=prompts.pairwise_question(log.domain, a, b),
+                                    chosen=prompts.format_ordering(pos_title, n_title),
+                                    rejected=[prompts.format_ordering(n_title, pos_title)]))
+        split = user_split[u]
+        samples[split].append(Sample(
+            id=f"{log.name}-pairwise-{split}-{u}", task="pairwise", domain=log.domain,
+            prefix=prompts.history_prefix(log.domain, hist_titles), comparisons=comps, user=u,
+            history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
+            candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item))
+    if dropped:
+        warnings.append(f"{dropped} sampled users were dropped: fewer than {negatives} negatives with a title "
+                        "different from the held-out positive's")
+    filters.append(_filter_row("sampled into train/valid/test", log, {s.user for v in samples.values() for s in v}))
+    split_of = {s.user: name for name, v in samples.items() for s in v}
+    return Built(samples=samples, interaction_split=[split_of.get(x.user, "unused") for x in inter],
+                 users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
+                 protocol={"name": "DMPO pairwise", "negatives": negatives, "positive": kind,
+                           "negative": "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}",
+                           "min_positives": min_pos, "min_negatives": min_neg, "min_history": min_history,
+                           "history_len": history_len, "user_disjoint": True,
+                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# S-DPO / LLaRA candidates
+
+
+def _title_twins(pool: list[str], title: Callable[[str], str]) -> dict[str, tuple[str, ...]]:
+    """item -> every item sharing its title (case-insensitive), for the few titles that several ids share."""
+    groups: dict[str, list[str]] = {}
+    for it in pool:
+        groups.setdefault(title(it).casefold(), []).append(it)
+    return {it: tuple(g) for g in groups.values() if len(g) > 1 for it in g}
+
+
+def _allowed(it: str, banned: set[str], twins: dict[str, tuple[str, ...]], chosen: set[str]) -> bool:
+    """Not interacted with, not chosen yet, and not sharing a title with either (a candidate list must not show
+    the same text twice, nor a title the user already has under another id)."""
+    if it in banned or it in chosen:
+        return False
+    tw = twins.get(it)
+    return not tw or not any(o in banned or o in chosen for o in tw)
+
+
+def _sample_negatives(rng: random.Random, pool: list[str], n: int, banned: set[str],
+                      twins: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """n items drawn uniformly from the allowed part of `pool` (rejection sampling), or None if there are fewer."""
+    chosen: list[str] = []
+    taken: set[str] = set()
+    attempts = 0
+    while len(chosen) < n and attempts < 20 * n + 200:
+        attempts += 1
+        it = pool[rng.randrange(len(pool))]
+        if _allowed(it, banned, twins, taken):
+            chosen.append(it)
+            taken.add(it)
+    if len(chosen) < n:  # a small or nearly exhausted catalogue: walk the rest in a shuffled order
+        rest = [it for it in pool if it not in banned and it not in taken]
+        rng.shuffle(rest)
+        for it in rest:
+            if len(chosen) == n:
+                break
+            if _allowed(it, banned, twins, taken):
+                chosen.append(it)
+                taken.add(it)
+    return chosen if len(chosen) == n else None
+
+
+def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
+                     min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000) -> Built:
+    if n_candidates < 2:
+        raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
+    if not 1 <= negatives <= n_candidates - 1:
+        raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
+    _check_common(history_len, min_history)
+    min_history = max(min_history, 1)
+    inter, title = log.interactions, log.title
+    seqs = sequences(log)
+    pool = sorted({x.item for x in inter}, key=user_key)
+    urank = {u: r for r, u in enumerate(sorted(seqs, key=user_key))}
+    eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history}
+    if not eligible_users:
+        raise UserError(f"no user has more than {min_history} interactions, so there is no next-item sample")
+    filters = [_filter_row(f">{min_history} interactions (a target with ≥{min_history} history items)", log, eligible_users)]
+    # every (user, position t ≥ min_history) is a potential sample; Sample objects are built only for the kept ones
+    by_split: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+    interaction_split = ["unused"] * len(inter)
+    tot = sum(ratios)
+    if log.has_timestamps:
+        # one sort of plain tuples (timestamp, user rank, position, user): ties broken by user, then position
+        keyed = sorted((inter[i].timestamp, urank[u], t, u) for u, seq in seqs.items() for t, i in enumerate(seq))
+        targets = [k for k in keyed if k[2] >= min_history]
+        n = len(targets)
+        c1, c2 = round(n * ratios[0] / tot), round(n * (ratios[0] + ratios[1]) / tot)
+        by_split = {"train": [(k[3], k[2]) for k in targets[:c1]], "valid": [(k[3], k[2]) for k in targets[c1:c2]],
+                    "test": [(k[3], k[2]) for k in targets[c2:]]}
+        k1 = targets[c1] if c1 < n else None
+        k2 = targets[c2] if c2 < n else None
+        for k in keyed:  # every interaction, history-only ones included, falls on one side of the two cuts
+            interaction_split[seqs[k[3]][k[2]]] = ("train" if k1 is None or k < k1 else
+                                                   "valid" if k2 is None or k < k2 else "test")
+        mode = f"global chronological {ratios[0]:g}:{ratios[1]:g}:{ratios[2]:g} cut over all samples by target timestamp"
+    else:
+        for u in sorted(seqs, key=user_key):
+            seq = seqs[u]
+            m = max(0, len(seq) - min_history)
+            n_te = math.floor(m * ratios[2] / tot + 0.5)
+            n_va = math.floor(m * ratios[1] / tot + 0.5)
+            n_tr = m - n_te - n_va
+            for t in range(len(seq)):
+                r = t - min_history
+                split = "train" if r < n_tr else "valid" if r < n_tr + n_va else "test"
+                interaction_split[seq[t]] = split
+                if r >= 0:
+                    by_split[split].append((u, t))
+        mode = (f"per-user {ratios[0]:g}:{ratios[1]:g}:{ratios[2]:g} cut of each sequence (no timestamps: "
+                "file order stands in for time)")
+    potential = {s: len(by_split[s]) for s in SPLITS}
+    requested = {"train": n_train, "valid": n_valid, "test": n_test}
+    warnings: list[str] = []
+    for s in SPLITS:
+        cap = requested[s]
+        if cap is not None and len(by_split[s]) > cap:
+            keep = sorted(random.Random(f"{seed}:candidates:cap:{s}").sample(range(len(by_split[s])), cap))
+            by_split[s] = [by_split[s][j] for j in keep]
+        if requested[s] != 0 and not by_split[s]:
+            raise UserError(f"the {s} split has no next-item sample; the log is too small for an 8:1:1 split")
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    twins = _title_twins(pool, title)
+    user_items: dict[str, set[str]] = {}
+    skipped = 0
+    for s in SPLITS:
+        for u, t in by_split[s]:
+            seq = seqs[u]
+            rng = random.Random(f"{seed}:candidates:{u}:{t}")
+            target = inter[seq[t]].item
+            if u not in user_items:
+                user_items[u] = {inter[i].item for i in seq}
+            negs = _sample_negatives(rng, pool, n_candidates - 1, user_items[u], twins)
+            if negs is None:
+                skipped += 1
+                continue
+            cands = negs + [target]
+            rng.shuffle(cands)
+            rejected = rng.sample(negs, negatives)
+            hist_items = [inter[i].item for i in seq[max(0, t - history_len):t]]
+            hist_titles = [title(i) for i in hist_items]
+            cand_titles = [title(i) for i in cands]
+            samples[s].append(Sample(
+                id=f"{log.name}-candidates-{s}-{u}-{t}", task="candidates", domain=log.domain,
+                prefix=prompts.history_prefix(log.domain, hist_titles),
+                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles),
+                                        chosen=title(target), rejected=[title(i) for i in rejected])],
+                user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
+                candidate_items=cands, target=title(target), target_item=target))
+    if skipped:
+        warnings.append(f"{skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct titles "
+                        "that the user never interacted with")
+    filters.append(_filter_row("users with a sample kept in train/valid/test", log,
+                               {x.user for v in samples.values() for x in v}))
+    return Built(samples=samples, interaction_split=interaction_split, users_eligible=len(eligible_users),
+                 filters=filters, warnings=warnings, requested=requested,
+                 protocol={"name": "S-DPO candidates (LLaRA setting)", "negatives": negatives,
+                           "n_candidates": n_candidates, "history_len": history_len, "min_history": min_history,
+                           "split": mode, "user_disjoint": False,
+                           "negative_pool": "items in the log the user never interacted with, distinct titles",
+                           "potential_samples": potential,
+                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TALLRec yes/no
+
+
+def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len: int = 10, min_history: int = 10,
+                n_train: int | None = 64, n_valid: int | None = 100, n_test: int | None = 1000) -> Built:
+    _check_common(history_len, min_history)
+    min_history = max(min_history, 1)
+    inter, title = log.interactions, log.title
+    seqs, liked = sequences(log), liked_flags(log, threshold)
+    eligible = [u for u, seq in seqs.items() if len(seq) > min_history]
+    filters = [_filter_row(f">{min_history} interactions", log, set(eligible))]
+    requested = {"train": n_train, "valid": n_valid, "test": n_test}
+    sizes, warnings = split_sizes(len(eligible), requested, f"eligible users (>{min_history} interactions)")
+    user_split = _assign_users(eligible, seed, "yesno", sizes)
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    for u in sorted(user_split, key=user_key):
+        rng = random.Random(f"{seed}:yesno:{u}")
+        seq = seqs[u]
+        t = rng.randrange(min_history, len(seq))
+        hist = seq[max(0, t - history_len):t]
+        hist_items = [inter[i].item for i in hist]
+        liked_titles = [title(inter[i].item) for i in hist if liked[i]]
+        disliked_titles = [title(inter[i].item) for i in hist if not liked[i]]
+        target = inter[seq[t]].item
+        label = int(liked[seq[t]])
+        yes_no = (prompts.YES, prompts.NO) if label else (prompts.NO, prompts.YES)
+        split = user_split[u]
+        samples[split].append(Sample(
+            id=f"{log.name}-yesno-{split}-{u}", task="yesno", domain=log.domain,
+            prefix=prompts.yesno_prefix(log.domain, liked_titles, disliked_titles),
+            comparisons=[Comparison(question=prompts.yesno_question(log.domain, title(target)), chosen=yes_no[0],
+                                    rejected=[yes_no[1]])],
+            user=u, history=[title(i) for i in hist_items], history_items=hist_items, candidates=[title(target)],
+            candidate_items=[target], target=title(target), target_item=target, label=label))
+    filters.append(_filter_row("sampled into train/valid/test", log, set(user_split)))
+    kind = "rating > %g" % threshold if log.value == "rating" else "top half of the user's play counts"
+    return Built(samples=samples, interaction_split=[user_split.get(x.user, "unused") for x in inter],
+                 users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
+                 protocol={"name": "TALLRec yes/no", "liked": kind, "history_len": history_len,
+                           "min_history": min_history, "user_disjoint": True,
+                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})

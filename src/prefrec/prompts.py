@@ -1,0 +1,110 @@
+"""Prompt texts for the three tasks, per domain (movies, games, music, books; `items` for anything else).
+
+Written in our own words, following the structure of the papers' prompts:
+- DMPO pairwise (DMPO Table 1): a role sentence, the user's history of items, then "rank these two items"; the
+  answer lists the two titles, the one the user prefers first: `format_ordering(first, second)`.
+- S-DPO / LLaRA candidates: the history, then "which of these 20 will the user pick next"; the answer is one title.
+- TALLRec yes/no: the items the user liked and disliked, then "will the user enjoy this one"; the answer is
+  "Yes." or "No.".
+
+Every prompt is a shared `prefix` (role + history, ending in a newline) plus a per-comparison `question` (samples.py).
+The prefix ends with "\\n" so that a tokenizer never merges its last token with the question's first one: BPE
+tokenizers attach a space to the word after it, but keep a newline apart.
+
+Titles are shown in double quotes inside prompts (the history is a comma-separated list and titles contain commas:
+"Girl, Interrupted (1999)"); answers are the bare titles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+YES = "Yes."
+NO = "No."
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    singular: str  # "movie"
+    plural: str  # "movies"
+    consumed: str  # past tense of what a user does with one: "watched"
+    consume: str  # infinitive: "watch"
+    role: str  # the assistant's role sentence
+
+
+DOMAINS = {
+    "movies": Domain("movies", "movie", "movies", "watched", "watch", "You are a film recommendation assistant."),
+    "games": Domain("games", "video game", "video games", "bought", "buy", "You are a video game recommendation assistant."),
+    "music": Domain("music", "artist", "artists", "listened to", "listen to", "You are a music recommendation assistant."),
+    "books": Domain("books", "book", "books", "read", "read", "You are a book recommendation assistant."),
+    "items": Domain("items", "item", "items", "chosen", "choose", "You are a recommendation assistant."),
+}
+
+
+def domain(name: str) -> Domain:
+    """The template for a domain name; unknown names get the neutral `items` wording."""
+    return DOMAINS.get(name, DOMAINS["items"])
+
+
+def quote(title: str) -> str:
+    return f'"{title}"'
+
+
+def title_list(titles: list[str]) -> str:
+    return ", ".join(quote(t) for t in titles) if titles else "(none)"
+
+
+def format_ordering(first: str, second: str) -> str:
+    """The pairwise answer text: the two titles, preferred first ("Heat (1995), Casino (1995)")."""
+    return f"{first}, {second}"
+
+
+# ---- DMPO pairwise ----
+
+def history_prefix(dom: str, history: list[str]) -> str:
+    """Role + the user's history (oldest first); shared by the pairwise and candidates tasks."""
+    d = domain(dom)
+    return f"{d.role} The user has {d.consumed} these {d.plural}, oldest first: {title_list(history)}.\n"
+
+
+def pairwise_question(dom: str, a: str, b: str) -> str:
+    """Ask to rank two titles (shown in the given order, which the caller shuffles)."""
+    d = domain(dom)
+    return (f"Rank these two {d.plural} by how likely the user is to enjoy them, most likely first: "
+            f"{quote(a)} and {quote(b)}. Answer with the two titles separated by a comma.")
+
+
+# ---- S-DPO / LLaRA candidates ----
+
+def candidates_question(dom: str, candidates: list[str]) -> str:
+    d = domain(dom)
+    return (f"Which one of these {len(candidates)} {d.plural} will the user {d.consume} next? "
+            f"Candidates: {title_list(candidates)}. Answer with the title only.")
+
+
+# ---- TALLRec yes/no ----
+
+def yesno_prefix(dom: str, liked: list[str], disliked: list[str]) -> str:
+    d = domain(dom)
+    return (f"{d.role} The user liked these {d.plural}: {title_list(liked)}. "
+            f"The user disliked these {d.plural}: {title_list(disliked)}.\n")
+
+
+def yesno_question(dom: str, target: str) -> str:
+    d = domain(dom)
+    return f"Will the user enjoy the {d.singular} {quote(target)}? Answer Yes or No."
+
+
+# ---- (prefix, question) pairs in one call, for code that builds a prompt outside the data protocols ----
+
+def pairwise_prompt(history: list[str], first: str, second: str, dom: str = "movies") -> tuple[str, str]:
+    return history_prefix(dom, history), pairwise_question(dom, first, second)
+
+
+def candidates_prompt(history: list[str], candidates: list[str], dom: str = "movies") -> tuple[str, str]:
+    return history_prefix(dom, history), candidates_question(dom, candidates)
+
+
+def yesno_prompt(liked: list[str], disliked: list[str], target: str, dom: str = "movies") -> tuple[str, str]:
+    return yesno_prefix(dom, liked, disliked), yesno_question(dom, target)

@@ -1,0 +1,152 @@
+"""Importers of peer preference files (prefrec.data.importers), on small files the tests write."""
+
+import json
+
+from typer.testing import CliRunner
+
+from prefrec import prompts
+from prefrec.cli import app
+from prefrec.data.importers import import_file, import_files
+from prefrec.samples import read_jsonl
+
+
+def dmpo_row(history, a, b, output, domain="movie recommendations", noun="movies", verb="watched"):
+    marks = "".join(f" <Title:{t}> " for t in history)
+    return {"instruction": f"You are an assistant working on {domain}. Here is the user's history of {noun} they have "
+                           f"{verb}: {marks}. Rank the likelihood of the user watching the two {noun}  <Title:{a}>  "
+                           f"and  <Title:{b}> .", "input": "", "output": output}
+
+
+def pair(x, y):
+    return f" <Title:{x}> ,  <Title:{y}> "
+
+
+HIST = ["Lion King, The (1994)", "Tom &amp; Jerry", "Heat (1995)"]
+
+
+def test_dmpo_pairwise_row_becomes_a_shared_prefix_sample(tmp_path):
+    path = tmp_path / "rec_dpo_ranking_1.json"
+    path.write_text(json.dumps([dmpo_row(HIST, "Gigi", "Tarzan", [pair("Tarzan", "Gigi"), pair("Gigi", "Tarzan")])]))
+    samples, report = import_file(path)
+    assert report.rows == report.rows_loaded == report.samples == 1 and not report.rejected
+    s = samples[0]
+    assert s.task == "pairwise" and s.domain == "movies"
+    assert s.history == ["The Lion King (1994)", "Tom & Jerry", "Heat (1995)"]
+    assert s.prefix == ("You are an assistant working on movie recommendations. Here is the user's history of movies "
+                        'they have watched: "The Lion King (1994)", "Tom & Jerry", "Heat (1995)".\n')
+    c = s.comparisons[0]
+    assert c.question == 'Rank the likelihood of the user watching the two movies "Gigi" and "Tarzan".'
+    assert c.chosen == prompts.format_ordering("Tarzan", "Gigi") and c.rejected == [prompts.format_ordering("Gigi", "Tarzan")]
+    assert s.target == "Tarzan" and s.candidates == ["Tarzan", "Gigi"]
+
+
+def test_string_output_gets_the_swapped_ordering_and_genres_are_dropped(tmp_path):
+    path = tmp_path / "rec_eval_ranking.json"
+    row = dmpo_row(["Toy Story (1995), Genre:Animation|Comedy"], "Bug's Life, A (1998), Genre:Animation",
+                   "Heat (1995), Genre:Action", pair("Heat (1995), Genre:Action", "Bug's Life, A (1998), Genre:Animation"))
+    path.write_text(json.dumps([row]))
+    samples, report = import_file(path)
+    c = samples[0].comparisons[0]
+    assert c.chosen == "Heat (1995), A Bug's Life (1998)" and c.rejected == ["A Bug's Life (1998), Heat (1995)"]
+    assert any("Genre" in n for n in report.notes)
+
+
+def test_k_rows_per_user_are_grouped(tmp_path):
+    path = tmp_path / "rec_dpo_ranking_3.json"
+    rows = []
+    for user in range(2):
+        hist = [f"U{user} film {j}" for j in range(4)]
+        for neg in ("N1", "N2", "N3"):
+            rows.append(dmpo_row(hist, neg, "P", [pair("P", neg), pair(neg, "P")]))
+    rows.append(dmpo_row(["other"], "P", "N9", [pair("P", "N9"), pair("N9", "P")]))
+    path.write_text(json.dumps(rows))
+    samples, report = import_file(path)
+    assert report.rows_loaded == 7 and report.samples == 3
+    assert [len(s.comparisons) for s in samples] == [3, 3, 1]
+    assert samples[0].candidates == ["P", "N1", "N2", "N3"]
+    assert [c.chosen for c in samples[0].comparisons] == ["P, N1", "P, N2", "P, N3"]
+
+
+def test_concatenated_objects(tmp_path):
+    path = tmp_path / "rec_eval_ranking_old.json"
+    rows = [dmpo_row(HIST, "A", "B", pair("A", "B")), dmpo_row(HIST[:1], "C", "D", pair("D", "C"))]
+    path.write_text("".join(json.dumps(r) for r in rows))
+    samples, report = import_file(path)
+    assert report.format.startswith("concatenated JSON objects") and report.samples == 2
+
+
+def test_malformed_rows_are_rejected_with_where_and_why(tmp_path):
+    path = tmp_path / "bad.json"
+    good = dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])
+    rows = [
+        good,
+        {"instruction": good["instruction"], "input": ""},                              # no output
+        dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("A", "B")]),                      # rejected not reversed
+        dmpo_row(HIST, "A", "B", " <Title:A> ,  <Title:B> ,  <Title:C> "),              # three titles
+        dmpo_row(HIST, "A", "B", [pair("A", "X"), pair("X", "A")]),                      # not the question's titles
+        dmpo_row(HIST, "A", "B", 42),                                                   # wrong type
+        {"instruction": "Hello <Title:A> and <Title:B>", "input": "", "output": pair("A", "B")},  # no question
+        "just a string",
+        {"foo": 1},
+    ]
+    path.write_text(json.dumps(rows))
+    samples, report = import_file(path)
+    assert report.rows == 9 and report.rows_loaded == 1 and len(samples) == 1
+    reasons = {r["where"]: r["reason"] for r in report.rejected}
+    assert set(reasons) == {f"bad.json[{i}]" for i in range(1, 9)}
+    assert "field 'output' is missing" in reasons["bad.json[1]"]
+    assert "not the chosen ordering reversed" in reasons["bad.json[2]"]
+    assert "names 3 <Title:…> items; expected 2" in reasons["bad.json[3]"]
+    assert "but the question shows" in reasons["bad.json[4]"]
+    assert "must be a string" in reasons["bad.json[5]"]
+    assert "no 'Rank the likelihood" in reasons["bad.json[6]"]
+    assert "expected an object" in reasons["bad.json[7]"]
+    assert "unknown record layout" in reasons["bad.json[8]"]
+
+
+def test_trl_and_k_rejected_jsonl_with_a_broken_line(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    lines = [json.dumps({"prompt": "Which film?", "chosen": "Heat", "rejected": "Casino"}),
+             '{"prompt": "cut off", "chosen": ',
+             json.dumps({"prompt": "Pick one", "chosen": "A", "rejected": ["B", "C", "D"]}),
+             json.dumps({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+                         "chosen": [{"role": "assistant", "content": "Yes"}],
+                         "rejected": [{"role": "assistant", "content": "No"}]}),
+             json.dumps({"prompt": "p", "chosen": "same", "rejected": ["same"]}),
+             json.dumps({"chosen": "x", "rejected": "y"})]
+    path.write_text("\n".join(lines) + "\n")
+    samples, report = import_file(path, domain="movies")
+    assert report.format.startswith("JSON lines")
+    assert [s.comparisons[0].rejected for s in samples] == [["Casino"], ["B", "C", "D"], ["No"]]
+    assert samples[0].prefix == "Which film?" and samples[0].comparisons[0].question == ""
+    assert samples[2].prefix == "Be brief.\nHi?"
+    reasons = {r["where"].split(" ")[0]: r["reason"] for r in report.rejected}
+    assert "not valid JSON" in reasons["prefs.jsonl:2"]
+    assert "also listed as rejected" in reasons["prefs.jsonl:5"]
+    assert "no 'prompt' field" in reasons["prefs.jsonl:6"]
+
+
+def test_alpaca_pairwise_without_markup(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "Rank:", "input": "A or B", "output": ["A, B", "B, A"]},
+                                {"instruction": "Say hi", "input": "", "output": "hi"}]))
+    samples, report = import_file(path)
+    assert samples[0].prefix == "Rank:\nA or B" and samples[0].comparisons[0].chosen == "A, B"
+    assert "single string (an SFT row)" in report.rejected[0]["reason"]
+
+
+def test_import_files_writes_jsonl_and_report_and_rejects_registry(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rec_a.json").write_text(json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])]))
+    (src / "dataset_info.json").write_text(json.dumps({"rec_a": {"file_name": "rec_a.json"},
+                                                       "hub": {"hf_hub_url": "x/y"}}))
+    (src / "empty.json").write_text("")
+    report = import_files([src], tmp_path / "out")
+    by = {r["file"].split("/")[-1]: r for r in report["files"]}
+    assert by["rec_a.json"]["samples"] == 1 and len(read_jsonl(tmp_path / "out" / "rec_a.jsonl")) == 1
+    assert "dataset registry" in by["dataset_info.json"]["reason"] and by["dataset_info.json"]["output"] is None
+    assert "empty file" in by["empty.json"]["reason"]
+    assert json.loads((tmp_path / "out" / "import_report.json").read_text())["total"]["files_rejected"] == 2
+    r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(tmp_path / "out2")])
+    assert r.exit_code == 0 and "REJECTED" in r.output and "rec_a.json: loaded 1 rows -> 1 samples" in r.output

@@ -1,0 +1,130 @@
+"""prepare() and the `prefrec data prepare|stats` commands on a tiny MovieLens-100K written in the GroupLens format."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prefrec.cli import app
+from prefrec.data.prepare import prepare, read_filtered
+from prefrec.errors import UserError
+from prefrec.samples import read_jsonl
+
+
+def write_tiny_ml100k(folder: Path, n_users=30, n_items=60, seed=0) -> Path:
+    """u.data / u.item in the GroupLens layout, with a repeated (user, item) row."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genres = "|".join("0" * 19)
+    (folder / "u.item").write_bytes("\n".join(
+        f"{i}|Film {i}, The ({1960 + i % 40})|01-Jan-1995||http://x|{genres}" for i in range(1, n_items + 1)
+    ).encode("latin-1") + b"\n")
+    rows = []
+    for u in range(1, n_users + 1):
+        for j, i in enumerate(rng.sample(range(1, n_items + 1), rng.randint(15, 35))):
+            rows.append(f"{u}\t{i}\t{rng.randint(1, 5)}\t{880000000 + j * 1000 + u}")
+    rows.append(rows[0].rsplit("\t", 1)[0] + "\t999999999")  # the same (user, item) again, later
+    (folder / "u.data").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def raw_counts(folder: Path) -> dict:
+    rows = [line.split("\t") for line in (folder / "u.data").read_text().splitlines()]
+    return {"interactions": len(rows), "users": len({r[0] for r in rows}), "items": len({r[1] for r in rows})}
+
+
+@pytest.mark.parametrize("task", ["pairwise", "candidates", "yesno"])
+def test_prepare_writes_the_folder(tmp_path, task, capsys):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    out = tmp_path / task
+    stats = prepare("ml-100k", src, task, out, seed=3)
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json", "items.tsv", "interactions.tsv"):
+        assert (out / name).is_file()
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk["split_sizes"] == stats["split_sizes"]
+    for key in ("dataset", "task", "seed", "protocol", "interactions", "users", "items", "users_eligible",
+                "split_sizes", "requested_split_sizes", "filters", "warnings"):
+        assert key in on_disk
+    assert {k: on_disk[k] for k in ("interactions", "users", "items")} == raw_counts(src)
+    assert on_disk["filters"][0]["name"] == "raw"
+    assert on_disk["filters"][1]["interactions"] == raw_counts(src)["interactions"] - 1  # the repeat
+    for s in ("train", "valid", "test"):
+        samples = read_jsonl(out / f"{s}.jsonl")
+        assert len(samples) == stats["split_sizes"][s]
+        assert all(x.task == task and x.domain == "movies" for x in samples)
+    items = (out / "items.tsv").read_text().splitlines()
+    assert items[0] == "item_id\ttitle" and items[1] == "1\tThe Film 1 (1961)" and len(items) == 61
+    inter = [line.split("\t") for line in (out / "interactions.tsv").read_text().splitlines()]
+    assert inter[0] == ["user", "item", "rating", "timestamp", "split"]
+    assert len(inter) - 1 == on_disk["filters"][1]["interactions"]
+    if task != "candidates":  # user-disjoint: a user's rows carry the split of the user's sample
+        user_split = {x.user: s for s in ("train", "valid", "test") for x in read_jsonl(out / f"{s}.jsonl")}
+        assert all(r[4] == user_split.get(r[0], "unused") for r in inter[1:])
+    if stats["warnings"]:  # a smaller split than requested is said on stderr too
+        assert "warning: only" in capsys.readouterr().err
+
+
+def test_prepare_defaults_are_the_papers(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    p = prepare("ml-100k", src, "pairwise", tmp_path / "p", warn=lambda m: None)
+    assert p["requested_split_sizes"] == {"train": 100, "valid": 100, "test": 1000}
+    assert p["protocol"]["negatives"] == 1 and p["protocol"]["history_len"] == 40
+    assert p["protocol"]["min_positives"] == 5 and p["protocol"]["min_negatives"] == 5
+    c = prepare("ml-100k", src, "candidates", tmp_path / "c", warn=lambda m: None)
+    assert c["protocol"]["n_candidates"] == 20 and c["protocol"]["negatives"] == 3
+    assert c["protocol"]["history_len"] == 10 and c["protocol"]["min_history"] == 3
+    y = prepare("ml-100k", src, "yesno", tmp_path / "y", warn=lambda m: None)
+    assert y["protocol"]["history_len"] == 10
+
+
+def test_read_filtered_drops_unrated_goodreads_rows(tmp_path):
+    path = tmp_path / "goodreads_interactions.csv"
+    path.write_text("user_id,book_id,is_read,rating,is_reviewed\n0,1,1,5,0\n0,2,1,0,0\n1,1,0,0,0\n1,3,1,2,0\n")
+    log, filters, raw = read_filtered("goodreads", path)
+    assert raw == {"interactions": 4, "users": 2, "items": 3}
+    assert filters[1] == {"name": "rated (rating 0 means not rated)", "interactions": 2, "users": 2, "items": 2}
+
+
+def test_prepare_rejects_bad_task_and_sizes(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    with pytest.raises(UserError, match="--task 'ranking' is not known"):
+        prepare("ml-100k", src, "ranking", tmp_path / "o")
+    with pytest.raises(UserError, match="--train must be ≥ 0"):
+        prepare("ml-100k", src, "pairwise", tmp_path / "o", n_train=-1)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+
+def test_cli_prepare_and_stats(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
+                                 "pairwise", "--out", str(out), "--seed", "1", "--negatives", "2", "--train", "4",
+                                 "--valid", "2", "--test", "all"])
+    assert r.exit_code == 0, r.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["split_sizes"]["train"] == 4 and stats["split_sizes"]["valid"] == 2
+    assert stats["split_sizes"]["test"] == stats["users_eligible"] - 6
+    assert all(len(s.comparisons) == 2 for s in read_jsonl(out / "train.jsonl"))
+    assert str(out / "train.jsonl") in r.output
+    r = CliRunner().invoke(app, ["data", "stats", str(out)])
+    assert r.exit_code == 0 and json.loads(r.output)["split_sizes"] == stats["split_sizes"]
+    r = CliRunner().invoke(app, ["data", "stats", "--dataset", "ml-100k", "--source", str(src)])
+    assert r.exit_code == 0 and json.loads(r.output)["interactions"] == raw_counts(src)["interactions"]
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    with open(src / "u.data", "a") as f:
+        f.write("1\t1\tfive\t880000000\n")
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
+                                 "pairwise", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "u.data:" in lines[0] and "field 'rating' is 'five'" in lines[0]
+    assert "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
+                                 "pairwise", "--out", str(tmp_path / "o"), "--train", "many"])
+    assert r.exit_code == 2 and "whole number or 'all'" in r.output

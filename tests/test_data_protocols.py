@@ -1,0 +1,290 @@
+"""Protocols (prefrec.data.protocols) on synthetic logs, every invariant checked against a naive recomputation."""
+
+import random
+import re
+
+import pytest
+
+from prefrec import prompts
+from prefrec.data import protocols as P
+from prefrec.data.readers import Interaction, Log
+from prefrec.errors import UserError
+
+
+def synthetic_log(n_users=40, n_items=80, per_user=(14, 40), seed=0, timestamps=True, value="rating",
+                  dup_title=False) -> Log:
+    rng = random.Random(seed)
+    inter = []
+    for u in range(1, n_users + 1):
+        items = rng.sample(range(1, n_items + 1), rng.randint(*per_user))
+        for j, it in enumerate(items):
+            ts = 10_000 + (j // 2) * 100 + u if timestamps else None  # pairs of equal timestamps: ties
+            rating = float(rng.randint(1, 5)) if value == "rating" else float(rng.randint(1, 10_000))
+            inter.append(Interaction(str(u), str(it), rating, ts))
+    rng.shuffle(inter)  # file order is not time order
+    titles = {str(i): f"Movie {i} ({1950 + i % 50})" for i in range(1, n_items + 1)}
+    if dup_title:
+        titles["2"] = titles["1"]  # two catalogue ids, one title
+    return Log(name="syn", domain="movies", interactions=inter, titles=titles, value=value,
+               has_timestamps=timestamps)
+
+
+def time_order(log: Log) -> dict[str, list[int]]:
+    """Naive: each user's interaction indices sorted by (timestamp, file position)."""
+    out: dict[str, list[int]] = {}
+    for i, x in enumerate(log.interactions):
+        out.setdefault(x.user, []).append(i)
+    for u in out:
+        out[u].sort(key=lambda i: ((log.interactions[i].timestamp or 0), i))
+    return out
+
+
+def all_samples(built):
+    return [s for split in P.SPLITS for s in built.samples[split]]
+
+
+# ---- shared pieces -----------------------------------------------------------------------------------------------
+
+def test_sequences_break_ties_by_file_order():
+    log = synthetic_log()
+    assert P.sequences(log) == time_order(log)
+
+
+def test_sequences_without_timestamps_keep_file_order():
+    log = synthetic_log(timestamps=False)
+    seqs = P.sequences(log)
+    assert all(s == sorted(s) for s in seqs.values())
+
+
+def test_liked_flags_ratings_and_play_counts():
+    log = synthetic_log()
+    assert P.liked_flags(log, 3.0) == [x.rating > 3 for x in log.interactions]
+    wlog = synthetic_log(value="weight")
+    flags = P.liked_flags(wlog)
+    for u, idxs in time_order(wlog).items():
+        liked = [i for i in idxs if flags[i]]
+        assert len(liked) == len(idxs) // 2
+        assert min(wlog.interactions[i].rating for i in liked) >= max(
+            wlog.interactions[i].rating for i in idxs if not flags[i])
+
+
+@pytest.mark.parametrize("n, expected, n_warn", [
+    (1200, {"train": 100, "valid": 100, "test": 1000}, 0),
+    (902, {"train": 100, "valid": 100, "test": 702}, 1),
+    (150, {"train": 100, "valid": 49, "test": 1}, 2),
+    (3, {"train": 1, "valid": 1, "test": 1}, 3),
+])
+def test_split_sizes_shrink_test_then_valid_then_train(n, expected, n_warn):
+    sizes, warnings = P.split_sizes(n, {"train": 100, "valid": 100, "test": 1000})
+    assert sizes == expected and len(warnings) == n_warn
+    assert sum(sizes.values()) <= n
+
+
+def test_split_sizes_errors_and_all():
+    with pytest.raises(UserError, match="only 2 eligible users, too few for one user per split"):
+        P.split_sizes(2, {"train": 100, "valid": 100, "test": 1000})
+    assert P.split_sizes(50, {"train": None, "valid": 5, "test": 10})[0] == {"train": 35, "valid": 5, "test": 10}
+    assert P.split_sizes(2, {"train": 1, "valid": 0, "test": 1})[0] == {"train": 1, "valid": 0, "test": 1}
+    with pytest.raises(UserError, match="only one of"):
+        P.split_sizes(50, {"train": None, "valid": None, "test": 10})
+
+
+# ---- DMPO pairwise -----------------------------------------------------------------------------------------------
+
+def test_pairwise_invariants():
+    log = synthetic_log()
+    k = 3
+    built = P.build_pairwise(log, seed=7, negatives=k, history_len=12, n_train=5, n_valid=5, n_test=100)
+    inter, order = log.interactions, time_order(log)
+    # eligibility, brute force: ≥5 positives, ≥5 negatives, a positive with ≥ min_history + k earlier interactions
+    eligible = 0
+    for u, idxs in order.items():
+        pos = [j for j, i in enumerate(idxs) if inter[i].rating > 3]
+        neg = [j for j, i in enumerate(idxs) if inter[i].rating <= 3]
+        eligible += len(pos) >= 5 and len(neg) >= 5 and any(j >= 5 + k for j in pos)
+    assert built.users_eligible == eligible
+    users = {split: {s.user for s in built.samples[split]} for split in P.SPLITS}
+    assert not (users["train"] & users["valid"] or users["train"] & users["test"] or users["valid"] & users["test"])
+    assert [len(built.samples[s]) for s in P.SPLITS] == [5, 5, eligible - 10]
+    shown_first = 0
+    for s in all_samples(built):
+        idxs = order[s.user]
+        items = [inter[i].item for i in idxs]
+        rating = {inter[i].item: inter[i].rating for i in idxs}
+        t = items.index(s.target_item)
+        negs = s.candidate_items[1:]
+        assert s.candidate_items[0] == s.target_item and len(negs) == k == s.k
+        assert rating[s.target_item] > 3 and all(rating[n] <= 3 for n in negs)
+        # history: strictly before the positive in time order, held-out negatives removed, the last 12
+        assert s.history_items == [it for it in items[:t] if it not in negs][-12:]
+        assert len(s.history_items) >= 5
+        assert s.history == [log.title(i) for i in s.history_items]
+        assert s.prefix == prompts.history_prefix("movies", s.history)
+        pos_t = log.title(s.target_item)
+        assert s.target == pos_t
+        for comp, n in zip(s.comparisons, negs):
+            n_t = log.title(n)
+            assert comp.chosen == prompts.format_ordering(pos_t, n_t)
+            assert comp.rejected == [prompts.format_ordering(n_t, pos_t)]
+            shown = re.findall(r'"([^"]+)"', comp.question)
+            assert sorted(shown) == sorted([pos_t, n_t])
+            shown_first += shown[0] == pos_t
+    n_comp = sum(len(s.comparisons) for s in all_samples(built))
+    assert 0.3 < shown_first / n_comp < 0.7  # the order in the question is shuffled, not fixed
+    split_of = {s.user: split for split in P.SPLITS for s in built.samples[split]}
+    assert built.interaction_split == [split_of.get(x.user, "unused") for x in inter]
+
+
+def test_pairwise_seeded():
+    log = synthetic_log()
+    kw = dict(negatives=2, n_train=5, n_valid=5, n_test=10)
+    a, b, c = P.build_pairwise(log, seed=1, **kw), P.build_pairwise(log, seed=1, **kw), P.build_pairwise(log, seed=2, **kw)
+    assert [x.to_dict() for x in all_samples(a)] == [x.to_dict() for x in all_samples(b)]
+    assert [x.to_dict() for x in all_samples(a)] != [x.to_dict() for x in all_samples(c)]
+    assert {x.user for x in a.samples["test"]} != {x.user for x in c.samples["test"]}
+
+
+def test_pairwise_shrinks_loudly_and_errors_when_impossible():
+    log = synthetic_log(n_users=12)
+    built = P.build_pairwise(log, seed=0)
+    e = built.users_eligible
+    assert sum(len(v) for v in built.samples.values()) == e
+    assert [len(built.samples[s]) for s in P.SPLITS] == [e - 2, 1, 1]
+    assert any("test split" in w for w in built.warnings) and any("valid split" in w for w in built.warnings)
+    tiny = synthetic_log(n_users=2)
+    with pytest.raises(UserError, match="too few for one user per split"):
+        P.build_pairwise(tiny)
+
+
+def test_pairwise_negatives_need_distinct_titles():
+    log = synthetic_log(dup_title=True)
+    built = P.build_pairwise(log, seed=3, negatives=3, n_train=None, n_valid=1, n_test=1)
+    for s in all_samples(built):
+        titles = [log.title(i) for i in s.candidate_items]
+        assert titles[0] not in titles[1:]
+
+
+def test_pairwise_play_counts():
+    log = synthetic_log(value="weight", timestamps=False)
+    built = P.build_pairwise(log, seed=0, negatives=1, n_train=3, n_valid=3, n_test=3)
+    flags = P.liked_flags(log)
+    liked = {(x.user, x.item) for x, f in zip(log.interactions, flags) if f}
+    for s in all_samples(built):
+        assert (s.user, s.target_item) in liked and (s.user, s.candidate_items[1]) not in liked
+    assert "file order" in built.protocol["history_order"]
+
+
+# ---- S-DPO candidates --------------------------------------------------------------------------------------------
+
+def check_candidates(log, built, k, n_candidates=20, history_len=10):
+    inter, order = log.interactions, time_order(log)
+    for split in P.SPLITS:
+        for s in built.samples[split]:
+            idxs = order[s.user]
+            items = [inter[i].item for i in idxs]
+            t = int(s.id.rsplit("-", 1)[1])
+            assert items[t] == s.target_item
+            assert s.history_items == items[max(0, t - history_len):t] and 3 <= len(s.history_items) <= history_len
+            assert len(s.candidate_items) == n_candidates and s.candidate_items.count(s.target_item) == 1
+            others = [c for c in s.candidate_items if c != s.target_item]
+            assert not set(others) & set(items)  # never interacted with, anywhere in the log
+            assert len(set(s.candidates)) == n_candidates  # distinct titles
+            assert s.candidates == [log.title(c) for c in s.candidate_items]
+            comp = s.comparisons[0]
+            assert comp.chosen == s.target == log.title(s.target_item)
+            assert len(comp.rejected) == k == s.k and len(set(comp.rejected)) == k
+            assert set(comp.rejected) <= {log.title(c) for c in others}
+            assert comp.question == prompts.candidates_question("movies", s.candidates)
+            assert s.prefix == prompts.history_prefix("movies", s.history)
+            assert built.interaction_split[idxs[t]] == split
+
+
+def test_candidates_invariants_and_chronological_split():
+    log = synthetic_log()
+    built = P.build_candidates(log, seed=0, negatives=3, n_train=None, n_valid=None, n_test=None)
+    check_candidates(log, built, 3)
+    inter, order = log.interactions, time_order(log)
+    total = sum(max(0, len(v) - 3) for v in order.values())
+    sizes = [len(built.samples[s]) for s in P.SPLITS]
+    assert sum(sizes) == total and sizes == [round(total * 0.8), round(total * 0.9) - round(total * 0.8),
+                                             total - round(total * 0.9)]
+    ts = {s: [inter[order[x.user][int(x.id.rsplit("-", 1)[1])]].timestamp for x in built.samples[s]] for s in P.SPLITS}
+    assert max(ts["train"]) <= min(ts["valid"]) and max(ts["valid"]) <= min(ts["test"])
+    # interaction labels follow the same time cut
+    cut = {s: (min(ts[s]), max(ts[s])) for s in P.SPLITS}
+    for x, label in zip(inter, built.interaction_split):
+        if x.timestamp < cut["valid"][0]:
+            assert label == "train"
+        if x.timestamp > cut["valid"][1]:
+            assert label == "test"
+
+
+def test_candidates_caps_are_seeded_and_shuffle_differs_by_seed():
+    log = synthetic_log()
+    kw = dict(negatives=2, n_train=30, n_valid=7, n_test=9)
+    a, b, c = (P.build_candidates(log, seed=s, **kw) for s in (5, 5, 6))
+    assert [len(a.samples[s]) for s in P.SPLITS] == [30, 7, 9]
+    assert a.protocol["potential_samples"]["train"] > 30
+    assert [x.to_dict() for x in all_samples(a)] == [x.to_dict() for x in all_samples(b)]
+    assert [x.id for x in all_samples(a)] != [x.id for x in all_samples(c)]
+    check_candidates(log, a, 2)
+    same = P.build_candidates(log, seed=6, negatives=2, n_train=None, n_valid=None, n_test=None)
+    other = P.build_candidates(log, seed=7, negatives=2, n_train=None, n_valid=None, n_test=None)
+    assert [x.id for x in all_samples(same)] == [x.id for x in all_samples(other)]  # same samples …
+    assert [x.candidates for x in all_samples(same)] != [x.candidates for x in all_samples(other)]  # … new order
+    pos = [x.candidates.index(x.target) for x in all_samples(same)]
+    assert len(set(pos)) > 10  # the target is not always in the same slot
+
+
+def test_candidates_without_timestamps_cut_each_user():
+    log = synthetic_log(timestamps=False)
+    built = P.build_candidates(log, seed=0, negatives=1, n_train=None, n_valid=None, n_test=None)
+    check_candidates(log, built, 1)
+    for u, idxs in time_order(log).items():
+        m = len(idxs) - 3
+        labels = [built.interaction_split[i] for i in idxs]
+        n_te, n_va = int(m * 0.1 + 0.5), int(m * 0.1 + 0.5)
+        assert labels == ["train"] * (len(idxs) - n_te - n_va) + ["valid"] * n_va + ["test"] * n_te
+    assert "per-user" in built.protocol["split"]
+
+
+def test_candidates_distinct_titles_and_small_catalogue():
+    check_candidates(synthetic_log(dup_title=True), P.build_candidates(synthetic_log(dup_title=True), seed=0), 3)
+    small = synthetic_log(n_users=6, n_items=25, per_user=(8, 10))
+    built = P.build_candidates(small, seed=0, n_train=None, n_valid=None, n_test=None)
+    assert any("skipped" in w for w in built.warnings)  # some users leave fewer than 19 unseen items
+    check_candidates(small, built, 3)
+
+
+def test_candidates_bad_parameters():
+    log = synthetic_log()
+    with pytest.raises(UserError, match="--negatives must be between 1 and 19"):
+        P.build_candidates(log, negatives=20)
+    with pytest.raises(UserError, match="no next-item sample"):
+        P.build_candidates(synthetic_log(n_users=1, per_user=(5, 5)), n_train=None, n_valid=None, n_test=None)
+
+
+# ---- TALLRec yes/no ----------------------------------------------------------------------------------------------
+
+def test_yesno_invariants():
+    log = synthetic_log()
+    built = P.build_yesno(log, seed=0, n_train=5, n_valid=5, n_test=100)
+    inter, order = log.interactions, time_order(log)
+    assert built.users_eligible == sum(len(v) > 10 for v in order.values())
+    users = [s.user for s in all_samples(built)]
+    assert len(users) == len(set(users))
+    for s in all_samples(built):
+        idxs = order[s.user]
+        items = [inter[i].item for i in idxs]
+        rating = {inter[i].item: inter[i].rating for i in idxs}
+        t = items.index(s.target_item)
+        assert t >= 10 and s.history_items == items[t - 10:t]
+        assert s.label == int(rating[s.target_item] > 3)
+        assert s.comparisons[0].chosen == ("Yes." if s.label else "No.")
+        assert s.comparisons[0].rejected == (["No."] if s.label else ["Yes."])
+        liked = [log.title(i) for i in s.history_items if rating[i] > 3]
+        disliked = [log.title(i) for i in s.history_items if rating[i] <= 3]
+        assert s.prefix == prompts.yesno_prefix("movies", liked, disliked)
+        assert s.comparisons[0].question == prompts.yesno_question("movies", s.target)
+    labels = [s.label for s in all_samples(built)]
+    assert 0 < sum(labels) < len(labels)
