@@ -1,0 +1,144 @@
+"""rank(): candidates-task likelihood ranking, checked against the naive (one full sequence per title) path."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_lm
+from typer.testing import CliRunner
+
+from prefrec import prompts
+from prefrec.errors import UserError
+from prefrec.packing import encode_texts, naive_response_logps
+from prefrec.rank import build_prompt, clean_titles, rank, read_titles
+
+HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
+CANDIDATES = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)",
+              "Pulp Fiction (1994)"]
+
+
+def save_tiny_model(folder, tokenizer, seed=0):
+    """A tiny random Llama saved as a plain Hugging Face folder (what `load_model(path)` reads)."""
+    model = make_tiny_lm(tokenizer, seed=seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def save_tiny_run(run_dir, base_dir, base_model, seed=1):
+    """A prefrec run folder (run.json + adapter/) with a LoRA adapter whose weights are not the identity."""
+    from prefrec.model import add_lora
+
+    peft_model = add_lora(base_model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero (identity adapter); make it change the outputs
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    peft_model.eval()
+    peft_model.save_pretrained(run_dir / "adapter")
+    (run_dir / "run.json").write_text(json.dumps({"base_model": str(base_dir), "stages": []}))
+    return peft_model
+
+
+def naive_scores(model, tokenizer, history, candidates, domain="movies"):
+    prefix, question = build_prompt(history, candidates, domain)
+    tree = encode_texts(tokenizer, prefix, [question], [candidates])
+    with torch.no_grad():
+        return naive_response_logps(model, [tree]).summed.double().tolist()
+
+
+def test_prompt_is_the_candidates_protocol_prompt():
+    prefix, question = build_prompt(HISTORY, CANDIDATES, "games")
+    assert prefix == prompts.history_prefix("games", HISTORY)
+    assert question == prompts.candidates_question("games", CANDIDATES)
+
+
+def test_scores_equal_naive_path_and_order_is_by_score(tiny_lm):
+    model, tok = tiny_lm
+    ranking = rank(model, tok, HISTORY, CANDIDATES)
+    expected = dict(zip(CANDIDATES, naive_scores(model, tok, HISTORY, CANDIDATES)))
+    assert sorted(r["title"] for r in ranking) == sorted(CANDIDATES)  # titles in, titles out
+    for r in ranking:
+        assert r["score"] == pytest.approx(expected[r["title"]], abs=1e-3)
+        n_tokens = len(tok(r["title"], add_special_tokens=False)["input_ids"]) + 1  # + end-of-turn
+        assert r["n_tokens"] == n_tokens
+        assert r["score_per_token"] == pytest.approx(r["score"] / n_tokens, abs=1e-4)
+    assert [r["rank"] for r in ranking] == list(range(1, len(CANDIDATES) + 1))
+    assert [r["title"] for r in ranking] == sorted(CANDIDATES, key=lambda t: -expected[t])
+
+
+def test_duplicates_removed_top_and_whitespace(tiny_lm):
+    model, tok = tiny_lm
+    cands = ["  Heat (1995) ", "Babe (1995)", "Heat (1995)", "Babe (1995)"]
+    full = rank(model, tok, HISTORY, cands)
+    assert sorted(r["title"] for r in full) == ["Babe (1995)", "Heat (1995)"]
+    # the deduplicated list is what the prompt shows, so the scores are those of the clean list
+    clean = ["Heat (1995)", "Babe (1995)"]
+    expected = dict(zip(clean, naive_scores(model, tok, HISTORY, clean)))
+    assert all(r["score"] == pytest.approx(expected[r["title"]], abs=1e-3) for r in full)
+    top = rank(model, tok, HISTORY, cands, top=1)
+    assert top == full[:1]
+
+
+def test_max_history_keeps_the_last_titles(tiny_lm):
+    model, tok = tiny_lm
+    cut = rank(model, tok, HISTORY, CANDIDATES, max_history=1)
+    same = rank(model, tok, HISTORY[-1:], CANDIDATES)
+    assert [(r["title"], r["score"]) for r in cut] == [(r["title"], r["score"]) for r in same]
+
+
+@pytest.mark.parametrize("history,candidates,kwargs,needle", [
+    ([], CANDIDATES, {}, "history"),
+    (HISTORY, [], {}, "candidates"),
+    (HISTORY, ["ok", ""], {}, "candidates[1]"),
+    (HISTORY, ["ok", 3], {}, "candidates[1]"),
+    (["a\nb"], CANDIDATES, {}, "history[0]"),
+    ("Star Wars", CANDIDATES, {}, "history"),
+    (HISTORY, CANDIDATES, {"domain": "cars"}, "domain"),
+    (HISTORY, CANDIDATES, {"top": 0}, "top"),
+])
+def test_bad_input_names_the_field(tiny_lm, history, candidates, kwargs, needle):
+    model, tok = tiny_lm
+    with pytest.raises(UserError, match=__import__("re").escape(needle)):
+        rank(model, tok, history, candidates, **kwargs)
+
+
+def test_read_titles(tmp_path):
+    (tmp_path / "h.txt").write_text("Star Wars (1977)\n\n  Fargo (1996)  \nStar Wars (1977)\n", encoding="utf-8")
+    assert read_titles(tmp_path / "h.txt", "history") == ["Star Wars (1977)", "Fargo (1996)"]
+    (tmp_path / "c.json").write_text(json.dumps(["Amélie (2001)", "Heat (1995)"]), encoding="utf-8")
+    assert read_titles(tmp_path / "c.json", "candidates") == ["Amélie (2001)", "Heat (1995)"]
+    (tmp_path / "bad.json").write_text('{"a": 1}', encoding="utf-8")
+    with pytest.raises(UserError, match="JSON list"):
+        read_titles(tmp_path / "bad.json", "candidates")
+    with pytest.raises(UserError, match="no such file"):
+        read_titles(tmp_path / "missing.txt", "history")
+    assert clean_titles(("a", " a", "b"), "x") == ["a", "b"]
+
+
+def test_cli_rank_plain_model_and_run_folder(tmp_path, embedded_tokenizer):
+    from prefrec.cli import app
+
+    tok = embedded_tokenizer
+    base_dir = tmp_path / "tiny"
+    base = save_tiny_model(base_dir, tok)
+    run_dir = tmp_path / "run"
+    peft_model = save_tiny_run(run_dir, base_dir, make_tiny_lm(tok))
+    (tmp_path / "h.txt").write_text("\n".join(HISTORY), encoding="utf-8")
+    (tmp_path / "c.json").write_text(json.dumps(CANDIDATES), encoding="utf-8")
+    runner = CliRunner()
+    for name, model in ((str(base_dir), base), (str(run_dir), peft_model)):
+        res = runner.invoke(app, ["rank", name, "--history", str(tmp_path / "h.txt"),
+                                  "--candidates", str(tmp_path / "c.json"), "--top", "3"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        expected = rank(model, tok, HISTORY, CANDIDATES, top=3)
+        assert [r["title"] for r in out["ranking"]] == [r["title"] for r in expected]
+        assert [r["score"] for r in out["ranking"]] == pytest.approx([r["score"] for r in expected], abs=1e-3)
+    # the adapter changes the scores, so the run folder really was loaded with it
+    assert rank(base, tok, HISTORY, CANDIDATES)[0]["score"] != pytest.approx(
+        rank(peft_model, tok, HISTORY, CANDIDATES)[0]["score"], abs=1e-3)
+    res = runner.invoke(app, ["rank", str(base_dir), "--history", str(tmp_path / "missing.txt"),
+                              "--candidates", str(tmp_path / "c.json")])
+    assert res.exit_code == 2 and "missing.txt" in res.output
