@@ -1,0 +1,315 @@
+"""Experiment grids: methods × datasets × k × shots × β × seeds, resumable, one report at the end.
+
+An experiment YAML (configs/experiments/*.yaml) names the datasets, the methods and the values to sweep. Each cell
+of the grid is a folder under `output_dir/cells/` holding a `results.json` (the shared schema of HELPERS.md); a cell
+whose results.json exists is skipped, so re-running the same command after a kill continues where it stopped.
+The report (`prefrec.report.make_report`) is written to `report_dir` (docs/results/<name>/ by default) with a
+results.md beside the plots.
+
+Methods:
+    zero-shot             the base model, untrained
+    sft                   SFT only (TALLRec-style)
+    dpo | dmpo | sdpo     SFT, then the alignment stage with k negatives (dpo always uses k = 1)
+    dmpo-only | sdpo-only the alignment stage without SFT (reference = the base model)
+    popularity, bpr, sasrec, gru4rec, bert4rec, caser, cmf   traditional baselines, one cell per regime
+
+The data of every seed is prepared with that seed (the sampled users, negatives and prompt orders change with it),
+so "mean ± std over seeds" covers both data sampling and training randomness, and methods are paired by seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from prefrec.errors import UserError
+
+LLM_METHODS = ("zero-shot", "sft", "dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
+
+
+@dataclass
+class DatasetSpec:
+    label: str  # the name shown in tables
+    dataset: str | None = None  # reader name for `prefrec data prepare` (ml-100k, ml-1m, lastfm, ...)
+    source: str = "auto"  # a path, or "auto" (../shared/data copy, the cache, or a fetch)
+    task: str = "pairwise"
+    prepare: dict = field(default_factory=dict)  # extra prepare() arguments (n_train, n_valid, n_test, negatives...)
+    prepared: str | None = None  # use an already prepared folder instead (train/valid/test.jsonl); seeds reuse it
+    evaluate: bool = True  # False: only a training source for another dataset's train_from (no cells of its own)
+    train_from: str | None = None  # cross-domain: train on the dataset with this label, evaluate on this one
+    # peer prompt files (e.g. the DMPO release) imported as the splits: {train: FILE, valid: FILE, test: FILE};
+    # a path starting with "shared:" is read from ../shared/data
+    imported: dict | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    datasets: list[DatasetSpec]
+    methods: list[str]
+    ks: list[int] = field(default_factory=lambda: [3])
+    shots: list[int | None] = field(default_factory=lambda: [None])  # None = the prepared train split as is
+    betas: list[float] = field(default_factory=lambda: [0.1])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    regimes: list[str] = field(default_factory=lambda: ["few-shot", "full"])
+    models: list[str] = field(default_factory=lambda: ["embedded"])
+    train: dict = field(default_factory=dict)  # TrainConfig fields shared by every LLM cell (model, lora, ...)
+    sft: dict = field(default_factory=dict)  # StageConfig fields of the SFT stage
+    align: dict = field(default_factory=dict)  # StageConfig fields of the alignment stage
+    eval: dict = field(default_factory=dict)  # evaluate() arguments (limit, generate, max_new_tokens, ...)
+    baseline: dict = field(default_factory=dict)  # run_baseline() arguments (epochs, dim, ...)
+    output_dir: str | None = None
+    report_dir: str | None = None
+
+
+_TOP_KEYS = set(ExperimentConfig.__dataclass_fields__)
+_DS_KEYS = set(DatasetSpec.__dataclass_fields__)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such experiment config") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
+    for key in ("name", "datasets", "methods"):
+        if key not in raw:
+            raise UserError(f"{path}: missing key '{key}'")
+    datasets = []
+    for i, d in enumerate(raw["datasets"] or []):
+        if not isinstance(d, dict) or "label" not in d:
+            raise UserError(f"{path}: datasets[{i}] must be a mapping with a 'label'")
+        bad = set(d) - _DS_KEYS
+        if bad:
+            raise UserError(f"{path}: datasets[{i}]: unknown key(s) {sorted(bad)}; expected some of {sorted(_DS_KEYS)}")
+        if not (d.get("prepared") or d.get("dataset") or d.get("imported")):
+            raise UserError(f"{path}: datasets[{i}] needs 'dataset' (to prepare), 'prepared' (a folder) or "
+                            f"'imported' (peer files per split)")
+        datasets.append(DatasetSpec(**d))
+    from prefrec.baselines.run import BASELINES
+
+    for m in raw["methods"]:
+        if m not in LLM_METHODS and m not in BASELINES:
+            raise UserError(f"{path}: methods: {m!r} is not one of {list(LLM_METHODS) + list(BASELINES)}")
+    rest = {k: v for k, v in raw.items() if k != "datasets"}
+    cfg = ExperimentConfig(datasets=datasets, **rest)
+    cfg.output_dir = cfg.output_dir or f"experiments/{cfg.name}"
+    cfg.report_dir = cfg.report_dir or f"docs/results/{cfg.name}"
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The grid
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    method: str
+    model: str
+    k: int | None
+    shots: int | None
+    beta: float | None
+    seed: int
+    regime: str | None
+
+    def folder(self) -> str:
+        parts = [self.method]
+        if self.regime:
+            parts.append(self.regime)
+        if self.model != "embedded" and self.method in LLM_METHODS:
+            parts.append("model-" + Path(self.model).name)
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        if self.shots is not None:
+            parts.append(f"shots{self.shots}")
+        if self.beta is not None:
+            parts.append(f"beta{self.beta:g}")
+        parts.append(f"seed{self.seed}")
+        return f"{self.dataset}/{'-'.join(parts)}"
+
+
+def cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, without duplicates (a sweep value that does not apply to a method is dropped)."""
+    out: list[Cell] = []
+    for ds, method, model, k, shots, beta, seed in itertools.product(
+            [d for d in cfg.datasets if d.evaluate], cfg.methods, cfg.models, cfg.ks, cfg.shots, cfg.betas,
+            cfg.seeds):
+        aligned = method in ("dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
+        trained = method in LLM_METHODS and method != "zero-shot"
+        cell_k = (1 if method == "dpo" else k) if aligned else None
+        regimes = cfg.regimes if method not in LLM_METHODS else [None]
+        for regime in regimes:
+            out.append(Cell(dataset=ds.label, method=method, model=model if method in LLM_METHODS else "-",
+                            k=cell_k, shots=shots if (trained or regime == "few-shot") else None,
+                            beta=beta if aligned else None, seed=seed, regime=regime))
+    return list(dict.fromkeys(out))
+
+
+def _prepared_dir(cfg: ExperimentConfig, ds: DatasetSpec, seed: int, k: int | None) -> Path:
+    """The prepared samples of one dataset and seed (made once, reused by every cell of that seed)."""
+    if ds.prepared:
+        return Path(ds.prepared)
+    if ds.imported:
+        return _imported_dir(cfg, ds)
+    from prefrec.data.fetch import ensure_dataset
+    from prefrec.data.prepare import prepare
+
+    negatives = max(cfg.ks) if ds.task != "yesno" else None
+    folder = Path(cfg.output_dir) / "data" / f"{ds.label}-{ds.task}-seed{seed}"
+    if not (folder / "stats.json").exists():
+        source = ensure_dataset(ds.dataset) if ds.source == "auto" else _shared_path(ds.source)
+        kwargs = dict(ds.prepare)
+        if negatives is not None:
+            kwargs.setdefault("negatives", negatives)
+        prepare(ds.dataset, source, ds.task, folder, seed=seed, **kwargs)
+    return folder
+
+
+def _shared_path(p: str) -> Path:
+    from prefrec.paths import shared_data_dir
+
+    if p.startswith("shared:"):
+        root = shared_data_dir()
+        if root is None:
+            raise UserError(f"{p}: ../shared/data is absent, so the shared copy cannot be read")
+        return root / p[len("shared:"):]
+    return Path(p)
+
+
+def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
+    """Import peer prompt files (one per split) into a prepared folder; the same for every seed (fixed files)."""
+    from prefrec.data.importers import import_file
+    from prefrec.samples import write_json_atomic, write_jsonl
+
+    folder = Path(cfg.output_dir) / "data" / f"{ds.label}-imported"
+    if (folder / "stats.json").exists():
+        return folder
+    stats = {"dataset": ds.label, "task": ds.task, "imported": {}, "split_sizes": {}}
+    for split, file in ds.imported.items():
+        if split not in ("train", "valid", "test"):
+            raise UserError(f"experiment {cfg.name}: datasets {ds.label}: imported.{split}: expected train, valid "
+                            f"or test")
+        samples, report = import_file(_shared_path(file))
+        write_jsonl(folder / f"{split}.jsonl", samples)
+        stats["imported"][split] = str(file)
+        stats["split_sizes"][split] = len(samples)
+    write_json_atomic(folder / "stats.json", stats)
+    return folder
+
+
+def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Path):
+    from prefrec.config import config_from_dict
+
+    raw = copy.deepcopy(cfg.train)
+    raw.setdefault("model", {})
+    raw["model"] = {**raw["model"], "name": cell.model}
+    raw["data"] = {**raw.get("data", {}), "dir": str(data_dir)}
+    if cell.shots is not None:
+        raw["data"]["max_train_samples"] = cell.shots
+    raw["seed"] = cell.seed
+    raw["output_dir"] = str(run_dir)
+    raw.setdefault("progress", sys.stderr.isatty())
+    stages = []
+    if cell.method in ("sft", "dpo", "dmpo", "sdpo"):
+        stages.append({"kind": "sft", **cfg.sft})
+    if cell.method != "sft":
+        kind = cell.method.replace("-only", "")
+        stages.append({**cfg.align, "kind": kind, "k": cell.k, "beta": cell.beta})
+    raw["stages"] = stages
+    return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
+
+
+def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
+    """Prepare, train and evaluate one cell; write out/results.json (skipped by the caller when it exists)."""
+    ds = next(d for d in cfg.datasets if d.label == cell.dataset)
+    data_dir = _prepared_dir(cfg, ds, cell.seed, cell.k)
+    if ds.train_from:
+        source = next((d for d in cfg.datasets if d.label == ds.train_from), None)
+        if source is None:
+            raise UserError(f"experiment {cfg.name}: {ds.label}.train_from: no dataset labelled {ds.train_from!r}")
+        train_dir = _prepared_dir(cfg, source, cell.seed, cell.k)
+    else:
+        train_dir = data_dir
+    if cell.method in LLM_METHODS:
+        from prefrec.evaluate import evaluate
+
+        model = cell.model
+        if cell.method != "zero-shot":
+            from prefrec.train import train
+
+            run_dir = out / "run"
+            train(_train_config(cfg, cell, train_dir, run_dir), resume=True)
+            model = str(run_dir)
+        res = evaluate(model, data_dir, out=out / "eval", method=cell.method, seed=cell.seed, dataset=cell.dataset,
+                       **cfg.eval)
+    else:
+        from prefrec.baselines.run import run_baseline
+
+        kwargs = dict(cfg.baseline)
+        if ds.train_from:
+            kwargs["train_samples"] = str(train_dir)
+        res = run_baseline(cell.method, data_dir, regime=cell.regime, seed=cell.seed, out=out / "eval", **kwargs)
+        res.pop("scores", None)
+    # one results.json per cell, with the grid coordinates the report groups by
+    res = {k: v for k, v in res.items() if k != "out"}
+    res.update({"dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "k": cell.k, "shots": cell.shots,
+                "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
+    if cell.method in LLM_METHODS and cell.model != "embedded":
+        res["base_model"] = cell.model
+    from prefrec.samples import write_json_atomic
+
+    write_json_atomic(out / "results.json", res)
+    # the eval folder keeps its own copy for per-sample bootstrap; drop its results.json so the report counts once
+    inner = out / "eval" / "results.json"
+    if inner.exists():
+        inner.rename(out / "eval" / "results.eval.json")
+    per_sample = out / "eval" / "per_sample.jsonl"
+    if per_sample.exists():
+        per_sample.replace(out / "per_sample.jsonl")
+    return res
+
+
+def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: bool = False,
+                   report: bool = True) -> Path | None:
+    """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path."""
+    from tqdm.auto import tqdm
+
+    cfg = load_experiment(path)
+    grid = cells(cfg)
+    if only:
+        grid = [c for c in grid if c.method in only or c.dataset in only]
+    root = Path(cfg.output_dir) / "cells"
+    todo = [c for c in grid if not (root / c.folder() / "results.json").exists()]
+    print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run",
+          file=sys.stderr)
+    if dry_run:
+        for c in todo:
+            print(c.folder())
+        return None
+    log_path = Path(cfg.output_dir) / "cells.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for cell in tqdm(todo, desc=f"experiment {cfg.name}", unit="cell"):
+        t0 = time.time()
+        res = run_cell(cfg, cell, root / cell.folder())
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"cell": cell.folder(), "seconds": round(time.time() - t0, 1),
+                                "metrics": res.get("metrics")}) + "\n")
+    if not report:
+        return None
+    from prefrec.report import make_report
+
+    return make_report([root], cfg.report_dir)

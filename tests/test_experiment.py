@@ -1,0 +1,84 @@
+"""The experiment grid runner on a tiny model and a tiny MovieLens-100K: cells, skipping, report."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_tiny_lm
+from prefrec.errors import UserError
+from prefrec.experiment import cells, load_experiment, run_experiment
+from test_data_prepare import write_tiny_ml100k
+
+
+def _config(tmp_path, tiny_dir, src, methods, **extra):
+    cfg = {
+        "name": "tiny",
+        "datasets": [{"label": "tiny-ml", "dataset": "ml-100k", "source": str(src), "task": "pairwise",
+                      "prepare": {"n_train": 4, "n_valid": 2, "n_test": 4, "min_history": 3}}],
+        "methods": methods,
+        "models": [str(tiny_dir)],
+        "ks": [2],
+        "seeds": [0],
+        "regimes": ["full"],
+        "train": {"progress": False},
+        "sft": {"epochs": 1, "batch_size": 2, "lr": 1.0e-3},
+        "align": {"epochs": 1, "batch_size": 2, "lr": 1.0e-3},
+        "eval": {"progress": False},
+        "baseline": {"epochs": 1, "progress": False},
+        "output_dir": str(tmp_path / "exp"),
+        "report_dir": str(tmp_path / "report"),
+        **extra,
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, embedded_tokenizer):
+    tiny_dir = tmp_path / "tiny-model"
+    make_tiny_lm(embedded_tokenizer).save_pretrained(tiny_dir)
+    embedded_tokenizer.save_pretrained(tiny_dir)
+    src = write_tiny_ml100k(tmp_path / "ml", n_users=24, n_items=50)
+    return tiny_dir, src
+
+
+def test_grid_runs_every_cell_once_and_reports(tmp_path, tiny_setup):
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "dmpo", "popularity"])
+    md = run_experiment(path)
+    cfg = load_experiment(path)
+    grid = cells(cfg)
+    assert [c.folder() for c in grid] == ["tiny-ml/zero-shot-model-tiny-model-seed0",
+                                         "tiny-ml/dmpo-model-tiny-model-k2-beta0.1-seed0",
+                                         "tiny-ml/popularity-full-seed0"]
+    for c in grid:
+        res = json.loads((tmp_path / "exp" / "cells" / c.folder() / "results.json").read_text())
+        assert res["method"] == c.method and res["dataset"] == "tiny-ml" and res["seed"] == 0
+        assert 0.0 <= res["metrics"]["auc"] <= 1.0
+        assert res["git_commit"] is not None or res["versions"]
+    run = tmp_path / "exp" / "cells" / "tiny-ml" / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run"
+    assert json.loads((run / "run.json").read_text())["stages"] == ["sft", "dmpo"]
+    assert md.exists() and "dmpo" in md.read_text()
+    # a second run finds every cell done and trains nothing
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "cells").rglob("results.json")}
+    run_experiment(path)
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "cells").rglob("results.json")}
+    assert before == after
+
+
+def test_unknown_method_and_key_are_errors(tmp_path, tiny_setup):
+    tiny_dir, src = tiny_setup
+    with pytest.raises(UserError, match="methods"):
+        load_experiment(_config(tmp_path, tiny_dir, src, ["dmpo", "magic"]))
+    with pytest.raises(UserError, match="unknown key"):
+        load_experiment(_config(tmp_path, tiny_dir, src, ["dmpo"], colour="blue"))
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+    for path in sorted(root.glob("*.yaml")):
+        assert cells(load_experiment(path)), path
