@@ -68,7 +68,8 @@ def test_k1_equals_dpo_exactly(dtype):
 
 
 def test_dpo_equals_trl_sigmoid_loss():
-    """TRL DPOTrainer, loss_type="sigmoid", label_smoothing=0 (TRL docs, "Loss functions" of DPOTrainer):
+    """TRL DPOTrainer, loss_type="sigmoid", label_smoothing=0 (https://huggingface.co/docs/trl/dpo_trainer, "Loss
+    functions"):
     logits = (π_c − π_r) − (ref_c − ref_r);  loss = −logsigmoid(β · logits).  Written here independently."""
     pc, pr, rc, rr = _inputs(32, 1, seed=11)
     for beta in (0.01, 0.1, 0.5, 2.0):

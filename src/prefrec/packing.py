@@ -1,0 +1,483 @@
+"""One prompt, many responses: score every response of a sample in one packed forward pass (DESIGN §5).
+
+A recommendation sample has one long prompt (the user's history, ~300–600 tokens) and k+1 short responses (item
+titles, ~10–30 tokens). The usual way (TRL, the S-DPO code) feeds k+1 full sequences and so runs the prompt k+1
+times. Here a sample is a *tree* and is fed once:
+
+    Tree   = prefix (shared by everything: system prompt, history)
+             + branches, each = question (this comparison's own prompt text, may be empty) + its responses
+
+    packed row:  [ prefix | q_0 | r_00 | r_01 | q_1 | r_10 | r_11 | … | padding ]
+
+    attention (✓ = may attend; within a segment causally):
+                   prefix  q_0  r_00  r_01  q_1  r_10
+        prefix       ✓
+        q_0          ✓      ✓
+        r_00         ✓      ✓    ✓
+        r_01         ✓      ✓          ✓
+        q_1          ✓                      ✓
+        r_10         ✓                      ✓    ✓
+
+    position_ids: the position along the token's own root-to-leaf path, i.e. what it would have in the naive
+    sequence prefix + question + response: r_00 and r_01 both start at len(prefix) + len(q_0).
+
+So every token sees exactly what it would see in its own naive sequence, at the same positions, and its hidden
+state, hence its log-prob, is the same number up to floating-point summation order (tolerances measured in
+tests/test_packing.py and docs/packing.md).
+
+How transformers is driven (checked with transformers 5.23, Llama family, `eager` and `sdpa`):
+- the mask is a 4D *additive float* mask (B, 1, L, L) in the model's dtype, 0 where allowed and dtype-min elsewhere;
+  transformers passes a 4D mask through unchanged (`masking_utils._preprocess_mask_arguments`). A boolean 4D mask
+  is read the other way round by `eager` (it is added to the scores), so we never pass one.
+- `position_ids` are always passed together with the mask: without them positions run 0..L-1 and the responses are
+  wrong; with them and no mask, transformers' packed-sequence detection cuts the row at every position restart.
+- padding query rows attend to themselves only, so no softmax row is empty (no NaN); no real token sees padding.
+- the LM head runs only at the positions that predict a response token (the decoder's hidden states are gathered
+  first): full-vocabulary logits at every prompt position are most of the memory and a quarter of the time.
+- log-softmax in (at least) float32 whatever the model's dtype, as logit[target] − logsumexp(logits).
+
+Works when `model` is a transformers causal LM or a PEFT (LoRA-type) model wrapping one: it calls the decoder trunk
+(`get_decoder()`) and the output embedding directly, applying the final-logit transforms of Gemma-2/3
+(`final_logit_softcapping`), Cohere (`logit_scale`) and Granite (`logits_scaling`). Prompt-learning adapters (prefix
+tuning, which add virtual tokens in PeftModel.forward) are not supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from prefrec.errors import UserError
+
+# A private-use character pair: never in real prompt text, untouched by chat templates; marks where the shared
+# prefix ends inside the templated user message.
+SENTINEL = "\ue000prefrec-split\ue000"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data structures (shared interface, docs/dev/HELPERS.md)
+
+@dataclass
+class Branch:
+    question: list[int]  # token ids appended to the tree's prefix to form this branch's prompt (may be empty)
+    responses: list[list[int]]  # token ids of each response (non-empty), e.g. [chosen, rejected_1, ...]
+
+
+@dataclass
+class Tree:
+    prefix: list[int]  # token ids shared by every branch
+    branches: list[Branch]
+
+    def n_tokens(self) -> int:
+        """Length of this tree in a packed row."""
+        return len(self.prefix) + sum(len(b.question) + sum(map(len, b.responses)) for b in self.branches)
+
+    def n_naive_tokens(self) -> int:
+        """Total tokens of the naive layout: one full sequence prefix + question + response per response."""
+        return sum(len(r) + len(self.prefix) + len(b.question) for b in self.branches for r in b.responses)
+
+    def n_responses(self) -> int:
+        return sum(len(b.responses) for b in self.branches)
+
+
+@dataclass
+class Scores:
+    """Log-probs of N responses. `summed[n]` = Σ_t log π(y_t | prompt, y_<t) over response n's tokens (float32 or
+    wider; keeps the autograd graph unless computed under no_grad/inference_mode); `token_logps[n]` the per-token
+    terms (T_n,), when asked for; `index[n]` = (tree, branch, response), in the order trees → branches →
+    responses."""
+
+    summed: Tensor
+    token_logps: list[Tensor] | None
+    index: list[tuple[int, int, int]]
+
+    def nested(self) -> list[list[Tensor]]:
+        """[tree][branch] -> Tensor (n_responses,) of summed log-probs (views into `summed`, grad kept)."""
+        out: list[list[Tensor]] = []
+        start = 0
+        while start < len(self.index):
+            t, b, _ = self.index[start]
+            stop = start
+            while stop < len(self.index) and self.index[stop][:2] == (t, b):
+                stop += 1
+            while len(out) <= t:
+                out.append([])
+            out[t].append(self.summed[start:stop])
+            start = stop
+        return out
+
+    def chosen_rejected(self) -> tuple[Tensor, Tensor]:
+        """Split into the losses' inputs, one row per tree: chosen (B,), rejected (B, k).
+
+        Convention of `encode_sample(which="all")`: response 0 of every branch is chosen, the others rejected.
+        chosen_b = mean over branches of the branch's chosen log-prob (one branch: just the chosen; pairwise task:
+        the k orderings "positive, negative_i" each have their own prompt, and a mean of log-probs gives the mean of
+        their rewards, since the reward is linear); rejected_b = every other response, in order. Every tree must
+        have the same k.
+        """
+        chosen, rejected = [], []
+        for branches in self.nested():
+            chosen.append(torch.stack([b[0] for b in branches]).mean())
+            rejected.append(torch.cat([b[1:] for b in branches]))
+        ks = {r.numel() for r in rejected}
+        if len(ks) != 1:
+            raise ValueError(f"trees have different numbers of rejected responses: {sorted(ks)}")
+        return torch.stack(chosen), torch.stack(rejected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenising samples into trees
+
+def _leading_special_ids(tokenizer) -> list[int]:
+    """Ids a tokenizer puts before the text by itself (BOS for Llama-like tokenizers, nothing for GPT-2-like)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    n = len(with_special) - len(without)
+    return list(with_special[:n]) if n > 0 and with_special[n:n + len(without)] == without else []
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _prompt_parts(tokenizer, prefix: str, question: str) -> tuple[str, str]:
+    """The final prompt text, split where the shared prefix ends: (template head + prefix, question + template tail)."""
+    for name, text in (("prefix", prefix), ("question", question)):
+        if SENTINEL in text:
+            raise UserError(f"prompt {name} contains prefrec's reserved split marker U+E000")
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prefix + SENTINEL + question}],
+                                             tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str) or text.count(SENTINEL) != 1:
+            raise ValueError("the chat template did not keep the user message intact; cannot split the prompt")
+        head, tail = text.split(SENTINEL)
+        return head, tail
+    return prefix, question
+
+
+def _response_ids(tokenizer, text: str) -> list[int]:
+    """Response tokens = the text's tokens + the end-of-turn token (the tokenizer's eos, `<|im_end|>` for SmolLM2)."""
+    ids = _encode(tokenizer, text)
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if not ids:
+        raise UserError("empty response text (and the tokenizer has no end-of-turn token)")
+    return ids
+
+
+def encode_texts(tokenizer, prefix: str, questions: Sequence[str], responses: Sequence[Sequence[str]]) -> Tree:
+    """Tree for prompts `prefix + questions[i]` (each as one user message through the chat template, with the
+    generation prompt) and their `responses[i]`. The template text is split at the end of `prefix`, each part
+    tokenised with add_special_tokens=False, so prefix tokens are shared and the naive path sees the very same ids
+    (prefix + question + response). Without a chat template the plain text is used, after the tokenizer's own
+    leading special tokens (BOS) if it adds any."""
+    if len(questions) != len(responses):
+        raise ValueError(f"{len(questions)} questions but {len(responses)} response lists")
+    parts = [_prompt_parts(tokenizer, prefix, q) for q in questions]
+    heads = {h for h, _ in parts}
+    lead = [] if getattr(tokenizer, "chat_template", None) else _leading_special_ids(tokenizer)
+    if len(heads) == 1:
+        shared = lead + _encode(tokenizer, parts[0][0])
+        qs = [_encode(tokenizer, tail) for _, tail in parts]
+    else:  # a template that renders the prefix differently per question: share nothing, still exact
+        shared = list(lead)
+        qs = [_encode(tokenizer, h) + _encode(tokenizer, t) for h, t in parts]
+    branches = [Branch(question=q, responses=[_response_ids(tokenizer, r) for r in rs]) for q, rs in zip(qs, responses)]
+    tree = Tree(prefix=shared, branches=branches)
+    if any(not tree.prefix and not b.question for b in branches):
+        raise UserError("empty prompt: a response needs at least one prompt token before it")
+    return tree
+
+
+def encode_sample(tokenizer, sample, *, which: str = "all") -> Tree:
+    """Tree of a prefrec Sample: one branch per comparison, responses [chosen] + rejected (which="all") or
+    [chosen] only (which="chosen", for SFT and for scoring the positive)."""
+    if which not in ("all", "chosen"):
+        raise ValueError(f"which={which!r}: expected 'all' or 'chosen'")
+    responses = [[c.chosen] + (list(c.rejected) if which == "all" else []) for c in sample.comparisons]
+    return encode_texts(tokenizer, sample.prefix, [c.question for c in sample.comparisons], responses)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packing trees into rows
+
+@dataclass
+class PackedBatch:
+    """Rows of packed trees, right-padded to one length L, plus where to read each response token's log-prob.
+
+    input_ids, position_ids (B, L) long; segment (B, L): which tree of the row (-1 = padding); branch (B, L): branch
+    within the tree (-1 = prefix); response (B, L): response within the tree (-1 = prefix or question).
+    gather_row/gather_pos/targets (T,): the hidden state at (row, pos) predicts token `targets`; token_response (T,)
+    the response n each of the T response tokens belongs to; lengths (N,) tokens per response.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    segment: Tensor
+    branch: Tensor
+    response: Tensor
+    gather_row: Tensor
+    gather_pos: Tensor
+    targets: Tensor
+    token_response: Tensor
+    lengths: list[int]
+    index: list[tuple[int, int, int]]
+
+    def attention_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+        """4D additive mask (B, 1, L, L): 0 where query i may attend key j, finfo(dtype).min elsewhere.
+
+        allowed(i, j) = j ≤ i  ∧  same tree  ∧  key j is in the prefix or in i's branch
+                        ∧  key j is in no response or in i's response;  plus every token attends to itself.
+        """
+        L = self.input_ids.shape[1]
+        pos = torch.arange(L, device=device)
+        seg, br, rs = (x.to(device) for x in (self.segment, self.branch, self.response))
+        allowed = (pos[None, :, None] >= pos[None, None, :]) & (seg[:, :, None] == seg[:, None, :])
+        allowed &= (br[:, None, :] < 0) | (br[:, None, :] == br[:, :, None])
+        allowed &= (rs[:, None, :] < 0) | (rs[:, None, :] == rs[:, :, None])
+        allowed &= (seg >= 0)[:, None, :]  # no one attends to padding...
+        allowed |= torch.eye(L, dtype=torch.bool, device=device)  # ...but a padding query sees itself: no empty row
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+
+def _tree_columns(tree: Tree, t: int):
+    """Flat per-token columns of one tree (ids, positions, branch, response) and its response-token gathers."""
+    if not tree.branches:
+        raise ValueError(f"tree {t} has no branches")
+    ids = list(tree.prefix)
+    pos = list(range(len(tree.prefix)))
+    br = [-1] * len(tree.prefix)
+    rs = [-1] * len(tree.prefix)
+    gathers = []  # per response: (positions in the tree's columns predicting its tokens, its token ids)
+    index = []
+    n_resp = 0
+    for b, branch in enumerate(tree.branches):
+        start = len(tree.prefix)
+        prompt_len = start + len(branch.question)
+        if prompt_len == 0:
+            raise ValueError(f"tree {t} branch {b}: empty prompt (no prefix and no question)")
+        ids += branch.question
+        pos += range(start, prompt_len)
+        br += [b] * len(branch.question)
+        rs += [-1] * len(branch.question)
+        # the prompt's last token: the end of the question, or of the prefix when the question is empty
+        last_prompt = len(ids) - 1 if branch.question else len(tree.prefix) - 1
+        if not branch.responses:
+            raise ValueError(f"tree {t} branch {b}: no responses")
+        for i, resp in enumerate(branch.responses):
+            if not resp:
+                raise ValueError(f"tree {t} branch {b} response {i}: empty")
+            first = len(ids)
+            ids += resp
+            pos += range(prompt_len, prompt_len + len(resp))
+            br += [b] * len(resp)
+            rs += [n_resp] * len(resp)
+            gathers.append(([last_prompt] + list(range(first, first + len(resp) - 1)), list(resp)))
+            index.append((t, b, i))
+            n_resp += 1
+    return ids, pos, br, rs, gathers, index
+
+
+def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id: int = 0) -> PackedBatch:
+    """Lay trees out in rows: one tree per row (default), or with `pack_tokens` several consecutive trees per row
+    while the row stays within pack_tokens tokens (block-diagonal attention between them; a longer tree gets a row
+    of its own). Rows are right-padded with `pad_id` (never attended, so its value does not matter)."""
+    rows: list[list[int]] = []  # tree indices per row
+    row_len = 0
+    for t, tree in enumerate(trees):
+        n = tree.n_tokens()
+        if rows and pack_tokens is not None and row_len + n <= pack_tokens:
+            rows[-1].append(t)
+            row_len += n
+        else:
+            rows.append([t])
+            row_len = n
+    cols = [_tree_columns(tree, t) for t, tree in enumerate(trees)]
+    L = max(sum(len(cols[t][0]) for t in row) for row in rows)
+    B = len(rows)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    segment = torch.full((B, L), -1, dtype=torch.long)
+    branch = torch.full((B, L), -1, dtype=torch.long)
+    response = torch.full((B, L), -1, dtype=torch.long)
+    # per response n (in tree order): its gather row/positions/targets
+    per_response: dict[int, tuple[int, list[int], list[int]]] = {}
+    index_of_tree: dict[int, list[tuple[int, int, int]]] = {}
+    for r, row in enumerate(rows):
+        offset = 0
+        for s, t in enumerate(row):
+            ids, pos, br, rs, gathers, index = cols[t]
+            n = len(ids)
+            input_ids[r, offset:offset + n] = torch.tensor(ids)
+            position_ids[r, offset:offset + n] = torch.tensor(pos)
+            segment[r, offset:offset + n] = s
+            branch[r, offset:offset + n] = torch.tensor(br)
+            response[r, offset:offset + n] = torch.tensor(rs)
+            for j, (where, targets) in enumerate(gathers):
+                per_response[(t, j)] = (r, [offset + p for p in where], targets)
+            index_of_tree[t] = index
+            offset += n
+    g_row, g_pos, tgt, tok_resp, lengths, index = [], [], [], [], [], []
+    for t in range(len(trees)):
+        for j, idx in enumerate(index_of_tree[t]):
+            r, where, targets = per_response[(t, j)]
+            n = len(index)
+            g_row += [r] * len(where)
+            g_pos += where
+            tgt += targets
+            tok_resp += [n] * len(targets)
+            lengths.append(len(targets))
+            index.append(idx)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return PackedBatch(input_ids, position_ids, segment, branch, response, as_long(g_row), as_long(g_pos),
+                       as_long(tgt), as_long(tok_resp), lengths, index)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+def _base(model):
+    """The transformers model under a PEFT wrapper (LoRA layers are injected in place, so they still run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _head_logits(base, hidden: Tensor) -> Tensor:
+    """LM head on gathered hidden states (T, H) -> float32 logits (T, V), with the model's final-logit transforms."""
+    logits = base.get_output_embeddings()(hidden)
+    cfg = base.config
+    if getattr(cfg, "logits_scaling", None):  # Granite divides
+        logits = logits / cfg.logits_scaling
+    if getattr(cfg, "model_type", "") == "cohere" and getattr(cfg, "logit_scale", None):
+        logits = logits * cfg.logit_scale
+    logits = _at_least_fp32(logits)
+    cap = getattr(cfg, "final_logit_softcapping", None)  # Gemma-2/3
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target] per row (T, V) -> (T,), computed as logit[target] − logsumexp(logits) in at least
+    float32. More accurate than gathering from F.log_softmax in float32 (measured max error over 49k-token vocabularies:
+    1.7e-6 vs 1.4e-5 against float64), and it never materialises a second (T, V) tensor."""
+    return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    emb = _base(model).get_input_embeddings().weight
+    return emb.device, emb.dtype
+
+
+def _scores(token_logps: Tensor, token_response: Tensor, lengths: list[int], index, per_token: bool) -> Scores:
+    summed = torch.zeros(len(lengths), dtype=token_logps.dtype, device=token_logps.device)
+    summed = summed.index_add(0, token_response.to(token_logps.device), token_logps)
+    return Scores(summed=summed, token_logps=list(token_logps.split(lengths)) if per_token else None, index=index)
+
+
+def response_logps(model, trees: Sequence[Tree], *, per_token: bool = False, pack_tokens: int | None = None) -> Scores:
+    """Summed (and optionally per-token) log-probs of every response of every tree, in one forward pass.
+
+    model: a causal LM (or a PEFT model around one). trees: B trees, one padded row each (or several per row with
+    `pack_tokens`, see pack_trees). Returns Scores with summed (N,) float32, N = Σ responses, grad kept; call it
+    under torch.no_grad()/inference_mode() when you do not need gradients (or use `score_trees`).
+    """
+    if not trees:
+        raise ValueError("response_logps: no trees")
+    base = _base(model)
+    device, dtype = _model_device_dtype(model)
+    batch = pack_trees(trees, pack_tokens=pack_tokens, pad_id=base.config.pad_token_id or 0)
+    out = base.get_decoder()(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask(dtype, device),
+        position_ids=batch.position_ids.to(device),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state[batch.gather_row.to(device), batch.gather_pos.to(device)]  # (T, H)
+    logps = _token_logps(_head_logits(base, hidden), batch.targets.to(device))
+    return _scores(logps, batch.token_response, batch.lengths, batch.index, per_token)
+
+
+def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = False,
+                         batch_size: int | None = None) -> Scores:
+    """Reference path: one full sequence prefix + question + response per response, right-padded into one batch
+    (or chunks of `batch_size` sequences) with an ordinary 2D padding mask and full logits from `model(...)` at every
+    position, as TRL's DPOTrainer does (its default, use_logits_to_keep=False). Same Scores layout as
+    response_logps; the log-softmax at the response positions is the same function as the packed path's."""
+    device, _ = _model_device_dtype(model)
+    pad_id = _base(model).config.pad_token_id or 0
+    seqs, index = [], []
+    for t, tree in enumerate(trees):
+        for b, branch in enumerate(tree.branches):
+            for i, resp in enumerate(branch.responses):
+                seqs.append((tree.prefix + branch.question, resp))
+                index.append((t, b, i))
+    if not seqs:
+        raise ValueError("naive_response_logps: no responses")
+    step = batch_size or len(seqs)
+    pieces = []
+    for lo in range(0, len(seqs), step):
+        chunk = seqs[lo:lo + step]
+        L = max(len(p) + len(r) for p, r in chunk)
+        ids = torch.full((len(chunk), L), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(chunk), L), dtype=torch.long)
+        rows, cols, tgts = [], [], []
+        for n, (p, r) in enumerate(chunk):
+            ids[n, :len(p) + len(r)] = torch.tensor(p + r)
+            attn[n, :len(p) + len(r)] = 1
+            rows += [n] * len(r)
+            cols += range(len(p) - 1, len(p) + len(r) - 1)
+            tgts += r
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
+        at = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (T, V)
+        pieces.append(_token_logps(_at_least_fp32(at), torch.tensor(tgts, device=device)))
+    token_logps = torch.cat(pieces)
+    lengths = [len(r) for _, r in seqs]
+    summed = torch.stack([x.sum() for x in token_logps.split(lengths)])
+    return Scores(summed=summed, token_logps=list(token_logps.split(lengths)) if per_token else None, index=index)
+
+
+def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 4096, per_token: bool = False,
+                pack_tokens: int | None = None, progress: bool = True, desc: str = "scoring") -> Scores:
+    """Evaluation helper: response_logps over a long list of trees under torch.inference_mode(), in batches of at
+    most `max_tokens_per_batch` padded tokens (rows × longest row; a longer tree is a batch of its own), longest trees
+    first to waste little padding, with a tqdm bar. Returns Scores in the order of `trees` (index as usual)."""
+    from tqdm.auto import tqdm
+
+    if not trees:
+        return Scores(summed=torch.zeros(0), token_logps=[] if per_token else None, index=[])
+    order = sorted(range(len(trees)), key=lambda t: -trees[t].n_tokens())
+    batches, cur = [], []
+    for t in order:
+        longest = trees[cur[0]].n_tokens() if cur else trees[t].n_tokens()  # sorted: the first is the longest
+        if cur and (len(cur) + 1) * longest > max_tokens_per_batch:
+            batches.append(cur)
+            cur = []
+        cur.append(t)
+    if cur:
+        batches.append(cur)
+    summed: dict[int, Tensor] = {}
+    tokens: dict[int, list[Tensor]] = {}
+    with torch.inference_mode(), tqdm(total=len(trees), desc=desc, unit="tree", disable=not progress) as bar:
+        for batch in batches:
+            s = response_logps(model, [trees[t] for t in batch], per_token=per_token, pack_tokens=pack_tokens)
+            counts = [trees[t].n_responses() for t in batch]
+            for t, part in zip(batch, s.summed.cpu().split(counts)):
+                summed[t] = part
+            if per_token:
+                parts = iter([x.cpu() for x in s.token_logps])
+                for t, c in zip(batch, counts):
+                    tokens[t] = [next(parts) for _ in range(c)]
+            bar.update(len(batch))
+    index = [(t, b, i) for t, tree in enumerate(trees) for b, br in enumerate(tree.branches)
+             for i in range(len(br.responses))]
+    return Scores(summed=torch.cat([summed[t] for t in range(len(trees))]),
+                  token_logps=[x for t in range(len(trees)) for x in tokens[t]] if per_token else None, index=index)
