@@ -59,7 +59,9 @@ def test_grid_runs_every_cell_once_and_reports(tmp_path, tiny_setup):
         assert 0.0 <= res["metrics"]["auc"] <= 1.0
         assert res["git_commit"] is not None or res["versions"]
     run = tmp_path / "exp" / "cells" / "tiny-ml" / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run"
-    assert json.loads((run / "run.json").read_text())["stages"] == ["sft", "dmpo"]
+    assert json.loads((run / "run.json").read_text())["stages"] == ["dmpo"]
+    sft_run = tmp_path / "exp" / "cells" / "tiny-ml" / "sft-model-tiny-model-seed0" / "run"
+    assert json.loads((sft_run / "run.json").read_text())["stages"] == ["sft"]  # shared SFT, trained once
     assert md.exists() and "dmpo" in md.read_text()
     # a second run finds every cell done and trains nothing
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "cells").rglob("results.json")}

@@ -211,26 +211,49 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
     return folder
 
 
-def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Path):
+def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Path, stages: list[str],
+                  model: str):
     from prefrec.config import config_from_dict
 
     raw = copy.deepcopy(cfg.train)
-    raw.setdefault("model", {})
-    raw["model"] = {**raw["model"], "name": cell.model}
+    raw["model"] = {**raw.get("model", {}), "name": model}
     raw["data"] = {**raw.get("data", {}), "dir": str(data_dir)}
     if cell.shots is not None:
         raw["data"]["max_train_samples"] = cell.shots
     raw["seed"] = cell.seed
     raw["output_dir"] = str(run_dir)
     raw.setdefault("progress", sys.stderr.isatty())
-    stages = []
-    if cell.method in ("sft", "dpo", "dmpo", "sdpo"):
-        stages.append({"kind": "sft", **cfg.sft})
-    if cell.method != "sft":
-        kind = cell.method.replace("-only", "")
-        stages.append({**cfg.align, "kind": kind, "k": cell.k, "beta": cell.beta})
-    raw["stages"] = stages
+    raw["stages"] = [{"kind": "sft", **cfg.sft} if kind == "sft" else
+                     {**cfg.align, "kind": kind, "k": cell.k, "beta": cell.beta} for kind in stages]
     return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
+
+
+def _is_complete_run(run_dir: Path) -> bool:
+    return (run_dir / "run.json").is_file() and (run_dir / "adapter").is_dir()
+
+
+def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -> Path:
+    """Train the cell's model; returns its run folder.
+
+    SFT is shared: dpo/dmpo/sdpo cells start from the run of the `sft` cell with the same dataset, model, shots and
+    seed (trained here if it does not exist yet), so a grid over methods, k and β trains each SFT model once. The
+    alignment stage then takes the SFT model, as it is when the stage starts, as its frozen reference.
+    """
+    from prefrec.train import train
+
+    root = Path(cfg.output_dir) / "cells"
+    run_dir = out / "run"
+    if cell.method == "sft" or cell.method.endswith("-only"):
+        kinds = ["sft"] if cell.method == "sft" else [cell.method.replace("-only", "")]
+        train(_train_config(cfg, cell, train_dir, run_dir, kinds, cell.model), resume=True)
+        return run_dir
+    sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
+                    seed=cell.seed, regime=None)
+    sft_run = root / sft_cell.folder() / "run"
+    if not _is_complete_run(sft_run):
+        train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
+    train(_train_config(cfg, cell, train_dir, run_dir, [cell.method], str(sft_run)), resume=True)
+    return run_dir
 
 
 def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
@@ -249,11 +272,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
 
         model = cell.model
         if cell.method != "zero-shot":
-            from prefrec.train import train
-
-            run_dir = out / "run"
-            train(_train_config(cfg, cell, train_dir, run_dir), resume=True)
-            model = str(run_dir)
+            model = str(_train_cell(cfg, cell, train_dir, out))
         res = evaluate(model, data_dir, out=out / "eval", method=cell.method, seed=cell.seed, dataset=cell.dataset,
                        **cfg.eval)
     else:
