@@ -1,0 +1,34 @@
+"""Popularity (MostPop): score every user's candidates by how often the item occurs in the training data.
+
+    candidates task: score(i) = n(i), the number of training interactions with i (each one was a "next item")
+    pairwise task:   score(i) = likes(i) + n(i) / (1 + max_j n(j)): the number of training events where i was liked
+                     (full: rating > threshold; few-shot: i was the positive of a training sample), ties broken by n(i)
+
+Both items of a pairwise test were rated by the user, so what separates them is being liked; but few-shot data has
+only ~100 labelled positives, and without the tie-break most pairs would tie at 0 likes (a tie counts as a wrong
+pairwise answer). The model ignores the user, so it is the floor every personalised model must beat. An item never
+seen in training scores 0: the model's own answer (no recorded interaction), not a fallback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from prefrec.baselines.common import EvalSet, TrainData
+
+
+class Popularity:
+    def fit(self, data: TrainData) -> "Popularity":
+        self.vocab = data.vocab
+        n = np.zeros(len(data.vocab), dtype=np.float64)
+        likes = np.zeros(len(data.vocab), dtype=np.float64)
+        for r in data.records:
+            for item, liked in zip(r.items, r.liked):
+                n[item] += 1
+                likes[item] += liked == 1
+        self.counts = n if data.task == "candidates" else likes + n / (1 + n.max())
+        return self
+
+    def score(self, test: EvalSet) -> np.ndarray:
+        """(N, C) candidate scores."""
+        return np.where(test.candidates >= 0, self.counts[np.maximum(test.candidates, 0)], 0.0)

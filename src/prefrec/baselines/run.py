@@ -1,0 +1,194 @@
+"""Train one traditional baseline on a prepared folder, score its test samples, and write results.json.
+
+    run_baseline("sasrec", "/tmp/prefrec-samples/ml100k-candidates", regime="full", seed=0, out="results/x")
+
+The scores go through the same metric code as the LLM evaluation (prefrec.metrics):
+    pairwise:   per comparison, s_first = score(positive), s_second = score(negative_j) -> pairwise_metrics
+                (AUC pooled over item scores, pairwise accuracy; a tie counts as wrong)
+    candidates: scores of the 20 candidates in prompt order -> ranking_metrics (HR@1/5, NDCG@5/10, MRR). A
+                baseline does not generate text, so its HR@1 is the ranking HR@1 and its ValidRatio is 1 by
+                construction (every "answer" is a candidate).
+Cross-domain (train_samples = another domain's folder): only CMF can transfer, through title words (cmf.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prefrec import metrics
+from prefrec.baselines.bpr import BPRMF
+from prefrec.baselines.cmf import CMF
+from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
+                                      training_data)
+from prefrec.baselines.popularity import Popularity
+from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
+from prefrec.errors import UserError
+from prefrec.provenance import provenance
+from prefrec.samples import write_json_atomic
+
+BASELINES = ("popularity", "bpr", *SEQUENTIAL, "cmf")
+CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
+TARGET_PREFIX = "target:"  # keeps a target domain's item keys apart from the source's
+EPOCHS = {"few-shot": 20, "full": 10}  # few-shot data is small, so it gets more passes
+
+
+def default_max_len(*preps: Prepared) -> int:
+    """The longest history among all samples (the protocol's truncation), at most 200."""
+    longest = max((len(s.history_items or s.history) for p in preps for s in p.train + p.valid + p.test), default=1)
+    return int(min(max(longest, 1), 200))
+
+
+def make_model(name: str, *, dim: int, max_len: int, epochs: int, lr: float | None, batch_size: int | None,
+               cap: int, seed: int, progress: bool):
+    if name == "popularity":
+        return Popularity()
+    mf = dict(dim=dim, epochs=epochs, cap=cap, seed=seed, progress=progress, lr=lr or 0.01,
+              batch_size=batch_size or 512)
+    if name == "bpr":
+        return BPRMF(**mf)
+    if name == "cmf":
+        return CMF(**mf)
+    if name in SEQUENTIAL:
+        return SequentialBaseline(name, dim=dim, max_len=max_len, epochs=epochs, lr=lr or 1e-3,
+                                  batch_size=batch_size or 128, cap=cap, seed=seed, progress=progress)
+    raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+
+
+def evaluate(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[dict]]:
+    """Shared metrics and per-sample rows (the fields `prefrec report` bootstraps from) from (N, C) scores."""
+    ids = [s.id for s in test.samples]
+    if task == "pairwise":
+        s_first = np.repeat(scores[:, :1], scores.shape[1] - 1, axis=1)
+        s_second = scores[:, 1:]
+        m = metrics.pairwise_metrics(s_first.ravel(), s_second.ravel())
+        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()} for i, a, b in zip(ids, s_first, s_second)]
+        return m, rows
+    m = metrics.ranking_metrics(scores, test.target_index)
+    m["valid_ratio"] = 1.0  # no generation: every answer is a candidate
+    rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
+            for i, row, t in zip(ids, scores, test.target_index)]
+    return m, rows
+
+
+def coverage(test: EvalSet, n_trained: int) -> dict:
+    """How much of the test data the model knows. Unknown = never in the training data (fallback score); cold =
+    no interactions in training, including CMF's items known only by their titles."""
+    unknown = test.candidates < 0
+    return {
+        "unknown_candidate_rate": float(unknown.mean()),
+        "cold_candidate_rate": float((unknown | (test.candidates >= n_trained)).mean()),
+        "unknown_history_rate": test.history_unknown / max(test.history_total, 1),
+        "samples_without_known_history": int(sum(not c for c in test.contexts)),
+        "samples_with_unknown_target": int(unknown[np.arange(len(unknown)), test.target_index].sum()),
+    }
+
+
+def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot", seed: int = 0,
+                 out: str | Path | None = None, epochs: int | None = None, dim: int = 64, max_len: int | None = None,
+                 lr: float | None = None, batch_size: int | None = None, examples_per_epoch: int = 10000,
+                 train_samples: str | Path | None = None, progress: bool = True, threads: int | None = 1) -> dict:
+    """Train `name` on the regime's data, score samples_dir/test.jsonl, return (and write to out/) the results.
+
+    train_samples: a folder of another domain to train on (cross-domain; CMF only); default samples_dir itself.
+    threads: torch intra-op threads while this runs (restored after). The models are tiny, so one thread is
+    fastest, and on a busy machine several threads spin-wait for each other (measured 7x slower on 2 shared cores).
+    Returns the results dict (HELPERS.md schema) plus, under "scores", the (N, C) candidate scores."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(name, samples_dir, regime=regime, seed=seed, out=out, epochs=epochs, dim=dim, max_len=max_len,
+                    lr=lr, batch_size=batch_size, examples_per_epoch=examples_per_epoch,
+                    train_samples=train_samples, progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batch_size, examples_per_epoch,
+         train_samples, progress) -> dict:
+    name = name.lower()
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    if regime not in REGIMES:
+        raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
+    target = load_prepared(samples_dir)
+    cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
+    source = load_prepared(train_samples) if cross else target
+    if cross:
+        if name not in CROSS_DOMAIN:
+            raise UserError(f"{name} scores items by their ids only and the two domains share no items, so a "
+                            f"cross-domain run would be chance by construction; cross-domain baselines: "
+                            f"{', '.join(CROSS_DOMAIN)}")
+        if source.task != target.task:
+            raise UserError(f"{train_samples} has task {source.task!r} but {samples_dir} has {target.task!r}")
+    max_len = max_len or default_max_len(source, target)
+    n_epochs = EPOCHS[regime] if epochs is None else epochs
+    data = training_data(source, regime)
+    model = make_model(name, dim=dim, max_len=max_len, epochs=n_epochs, lr=lr, batch_size=batch_size,
+                       cap=examples_per_epoch, seed=seed, progress=progress)
+
+    t0 = time.perf_counter()
+    prefix = ""
+    if name == "cmf":
+        # the test samples' items that have no interactions get vectors from their titles (shown in every prompt)
+        prefix = TARGET_PREFIX if cross else ""
+        extra = {}
+        for s in target.test:
+            history, cands, _ = sample_keys(s, target.by_title)
+            for k in history + cands:
+                if data.vocab.get(prefix + k) < 0:
+                    extra[prefix + k] = target.titles.get(k, k)
+        model.fit(data, source.titles, extra, cross_domain=cross)
+    else:
+        model.fit(data)
+    train_seconds = time.perf_counter() - t0
+    test = eval_set(target, model.vocab, prefix)
+    t0 = time.perf_counter()
+    scores = model.score(test)
+    score_seconds = time.perf_counter() - t0
+    if not np.isfinite(scores).all():
+        raise RuntimeError(f"{name}: non-finite scores (training diverged?)")
+    m, rows = evaluate(target.task, scores, test)
+
+    config = {"samples": str(Path(samples_dir)), "train_samples": str(Path(train_samples or samples_dir)),
+              "regime": regime, "epochs": 0 if name == "popularity" else n_epochs, "dim": dim, "max_len": max_len,
+              "lr": getattr(model, "lr", None), "batch_size": getattr(model, "batch_size", None),
+              "examples_per_epoch": examples_per_epoch, "like_threshold": source.like_threshold,
+              "source_dataset": source.name, "target_dataset": target.name, "cross_domain": cross}
+    result = {
+        "kind": "eval", "method": name,
+        "dataset": f"{source.name}->{target.name}" if cross else target.name,
+        "task": target.task, "split": "test", "seed": seed, "regime": regime, "k": None,
+        "shots": data.n_train_samples if regime == "few-shot" else None,
+        "n_samples": len(test.samples), "metrics": m, "model": name, "config": config,
+        "training": {**data.info, "train_seconds": round(train_seconds, 2), "score_seconds": round(score_seconds, 2)},
+        "coverage": coverage(test, getattr(model, "n_trained", len(model.vocab))),
+        **provenance(),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "results.json", result)
+        _write_jsonl_atomic(out / "per_sample.jsonl", rows)
+    return {**result, "scores": scores}
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written to a temp file and renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,401 @@
+"""Traditional baselines: data regimes, a planted pattern each model must learn, the shared evaluator, repeatability.
+
+The synthetic folders have the layout of `prefrec data prepare` (train/valid/test.jsonl, interactions.tsv,
+items.tsv, stats.json). Planted patterns:
+    cluster  items fall into 4 clusters; a user likes the items of one cluster (rating 5) and dislikes the rest (1);
+             the history shows both, unlabelled, but mostly the liked cluster. Personalised models must infer it.
+    quality  every item has a global like-probability; popularity (count of likes) must find it.
+    cycle    (candidates) within a user's cluster, the next item is the successor in a fixed cycle; the
+             cluster's popularity is skewed (cluster 0 has most users).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefrec import metrics
+from prefrec.baselines.common import (UNK, context_before, eval_set, fill_unknown, load_prepared, next_item_examples,
+                                      pad_left, preference_examples, training_data)
+from prefrec.baselines.run import BASELINES, run_baseline
+from prefrec.baselines.sequential import SEQUENTIAL
+from prefrec.errors import UserError
+from prefrec.samples import Comparison, Sample, write_jsonl
+
+N_CLUSTERS = 4
+SPLITS = {"train": 100, "valid": 20, "test": 100, "unused": 100}
+
+
+def fast(name: str) -> dict:
+    """Small, quick settings: sequential models get small batches and a higher learning rate to learn in ~300 steps."""
+    if name in SEQUENTIAL:
+        return dict(dim=16, epochs=10, examples_per_epoch=800, batch_size=32, lr=3e-3, progress=False)
+    return dict(dim=16, epochs=10, examples_per_epoch=800, progress=False)
+
+
+TINY = dict(dim=8, epochs=2, examples_per_epoch=300, progress=False)  # for checks that need no learning
+
+
+def _write_folder(path: Path, task: str, logs: dict, samples: dict, titles: dict) -> Path:
+    """logs: user -> [(item, rating)]; samples: split -> [Sample]; titles: item -> title."""
+    path.mkdir(parents=True, exist_ok=True)
+    split_of = {s.user: split for split, ss in samples.items() for s in ss}
+    with open(path / "interactions.tsv", "w", encoding="utf-8") as f:
+        f.write("user\titem\trating\ttimestamp\tsplit\n")
+        for user, events in logs.items():
+            for t, (item, rating) in enumerate(events):
+                f.write(f"{user}\t{item}\t{rating}\t{1000 + t}\t{split_of.get(user, 'unused')}\n")
+    with open(path / "items.tsv", "w", encoding="utf-8") as f:
+        f.write("item_id\ttitle\n")
+        for item, title in titles.items():
+            f.write(f"{item}\t{title}\n")
+    for split in ("train", "valid", "test"):
+        write_jsonl(path / f"{split}.jsonl", samples.get(split, []))
+    stats = {"dataset": path.name, "task": task, "seed": 0, "protocol": {"like_threshold": 3}}
+    (path / "stats.json").write_text(json.dumps(stats))
+    return path
+
+
+def _users_by_split(rng) -> list[tuple[str, str]]:
+    users = [(f"u{i}", split) for split, n in SPLITS.items() for i in range(n)]
+    users = [(f"{split[:2]}{u}", split) for u, split in users]
+    rng.shuffle(users)
+    return users
+
+
+def make_pairwise(path: Path, pattern: str, *, seed: int = 0, k: int = 2, prefix: str = "i",
+                  word: str = "genre") -> Path:
+    """Pairwise samples: history = the first 20 events, then one liked positive and k not-liked negatives from the
+    rest (the DMPO protocol's shape)."""
+    rng = np.random.default_rng(seed)
+    n_items = 80
+    cluster = np.arange(n_items) % N_CLUSTERS
+    quality = np.linspace(0.05, 0.95, n_items)[rng.permutation(n_items)]
+    titles = {f"{prefix}{i}": f"{prefix}title{i} {word}{cluster[i]}x" for i in range(n_items)}
+    logs, samples = {}, {s: [] for s in SPLITS}
+    for user, split in _users_by_split(rng):
+        if pattern == "cluster":
+            c = rng.integers(N_CLUSTERS)
+            own, other = np.flatnonzero(cluster == c), np.flatnonzero(cluster != c)
+            items = np.concatenate([rng.choice(own, 20, replace=False), rng.choice(other, 10, replace=False)])
+            items = items[rng.permutation(len(items))]
+            ratings = np.where(cluster[items] == c, 5, 1)
+        else:
+            items = rng.choice(n_items, 30, replace=False)
+            ratings = np.where(rng.random(30) < quality[items], 5, 1)
+        events = [(f"{prefix}{i}", int(r)) for i, r in zip(items, ratings)]
+        logs[user] = events
+        rest = events[20:]
+        pos = [e for e in rest if e[1] > 3]
+        neg = [e for e in rest if e[1] <= 3]
+        if not pos or len(neg) < k:
+            continue
+        history = [e[0] for e in events[:20]]
+        cands = [pos[0][0]] + [e[0] for e in neg[:k]]
+        samples[split].append(Sample(
+            id=f"{user}-0", task="pairwise", domain="synthetic", prefix="history: " + ", ".join(history),
+            comparisons=[Comparison(question=f" rank {cands[0]} {n}", chosen=f"{cands[0]}, {n}",
+                                    rejected=[f"{n}, {cands[0]}"]) for n in cands[1:]],
+            user=user, history=[titles[h] for h in history], history_items=history,
+            candidates=[titles[c] for c in cands], candidate_items=cands, target=titles[cands[0]],
+            target_item=cands[0]))
+    return _write_folder(path, "pairwise", logs, samples, titles)
+
+
+def make_candidates(path: Path, *, seed: int = 0, n_cands: int = 20) -> Path:
+    """Next-item samples: history = the last 10 items before the final one (the target); 19 random negatives the
+    user never interacted with."""
+    rng = np.random.default_rng(seed)
+    n_items, per = 80, 80 // N_CLUSTERS
+    titles = {f"i{i}": f"title{i} genre{i // per}x" for i in range(n_items)}
+    logs, samples = {}, {s: [] for s in SPLITS}
+    for user, split in _users_by_split(rng):
+        c = rng.choice(N_CLUSTERS, p=[0.55, 0.25, 0.12, 0.08])
+        cur = rng.integers(per)
+        seq = []
+        for _ in range(16):
+            seq.append(c * per + cur)
+            cur = (cur + 1) % per if rng.random() < 0.9 else rng.integers(per)
+        events = [(f"i{i}", 4) for i in seq]
+        logs[user] = events
+        seen = set(seq)
+        negs = rng.choice([i for i in range(n_items) if i not in seen], n_cands - 1, replace=False)
+        cands = [f"i{i}" for i in negs] + [f"i{seq[-1]}"]
+        order = rng.permutation(n_cands)
+        cands = [cands[j] for j in order]
+        history = [f"i{i}" for i in seq[-11:-1]]
+        samples[split].append(Sample(
+            id=f"{user}-0", task="candidates", domain="synthetic", prefix="history: " + ", ".join(history),
+            comparisons=[Comparison(question=" pick one", chosen=titles[f"i{seq[-1]}"],
+                                    rejected=[titles[x] for x in cands if x != f"i{seq[-1]}"][:3])],
+            user=user, history=[titles[h] for h in history], history_items=history,
+            candidates=[titles[x] for x in cands], candidate_items=cands, target=titles[f"i{seq[-1]}"],
+            target_item=f"i{seq[-1]}"))
+    return _write_folder(path, "candidates", logs, samples, titles)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines")
+    return {
+        "cluster": make_pairwise(root / "pairwise-cluster", "cluster"),
+        "quality": make_pairwise(root / "pairwise-quality", "quality"),
+        "cycle": make_candidates(root / "candidates-cycle"),
+        "game": make_pairwise(root / "game", "cluster", seed=1, prefix="g", word="genre"),
+    }
+
+
+# ---- regimes: what each model is allowed to see ----
+
+def test_few_shot_uses_exactly_the_train_samples(folders):
+    prep = load_prepared(folders["cluster"])
+    data = training_data(prep, "few-shot")
+    assert len(data.records) == len(prep.train) == data.n_train_samples
+    for rec, s in zip(data.records, prep.train):
+        keys = [data.vocab.keys[i] for i in rec.items]
+        assert keys == s.history_items + s.candidate_items
+        assert rec.liked == [-1] * len(s.history_items) + [1] + [0] * (len(s.candidate_items) - 1)
+    seen = {k for s in prep.train for k in s.history_items + s.candidate_items}
+    assert set(data.vocab.keys[2:]) == seen
+    # every preference example is (history, positive, negative_j) of one train sample: k per sample
+    ex = preference_examples(data, np.random.default_rng(0), cap=10**6)
+    assert len(ex) == sum(len(s.candidate_items) - 1 for s in prep.train)
+    for r, p, n in ex:
+        items = data.records[r].items
+        assert [data.vocab.keys[i] for i in context_before(items, p, n)] == prep.train[r].history_items
+
+
+def test_full_regime_uses_every_non_test_user_and_no_test_user(folders):
+    prep = load_prepared(folders["cluster"])
+    data = training_data(prep, "full")
+    log_users = {line.split("\t")[0]: line.split("\t")[4].strip()
+                 for line in (folders["cluster"] / "interactions.tsv").read_text().splitlines()[1:]}
+    expected = sorted(u for u, split in log_users.items() if split != "test")
+    assert sorted(r.user for r in data.records) == expected
+    assert {r.user for r in data.records}.isdisjoint(s.user for s in prep.test)
+    n_events = sum(1 for line in (folders["cluster"] / "interactions.tsv").read_text().splitlines()[1:]
+                   if log_users[line.split("\t")[0]] != "test")
+    assert data.info["interactions"] == n_events
+    liked = sum(int(line.split("\t")[2]) > 3 for line in (folders["cluster"] / "interactions.tsv").read_text()
+                .splitlines()[1:] if log_users[line.split("\t")[0]] != "test")
+    assert data.info["liked"] == liked
+    assert data.info["test_candidates_in_training"] == 0
+
+
+def test_full_regime_with_a_chronological_split_keeps_only_non_test_interactions(folders, tmp_path):
+    """S-DPO candidates split by time: a user's early interactions are train, later ones test."""
+    folder = tmp_path / "chrono"
+    folder.mkdir()
+    for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "items.tsv", "stats.json"):
+        (folder / f).write_bytes((folders["cycle"] / f).read_bytes())
+    lines = (folders["cycle"] / "interactions.tsv").read_text().splitlines()
+    out = [lines[0]]
+    for ln in lines[1:]:
+        user, item, rating, ts, _ = ln.split("\t")
+        out.append("\t".join([user, item, rating, ts, "test" if int(ts) >= 1015 else "train"]))
+    (folder / "interactions.tsv").write_text("\n".join(out) + "\n")
+    data = training_data(load_prepared(folder), "full")
+    assert data.info["interactions"] == sum(1 for ln in out[1:] if ln.endswith("\ttrain"))
+    assert {r.user for r in data.records} >= {s.user for s in load_prepared(folder).test}  # their early items
+    assert all(len(r.items) == 15 for r in data.records)  # 16 events each, the last one (the target) held out
+    # the cycle revisits items, so some targets were consumed before: counted, as a re-consumption, not a leak
+    early = {(ln.split("\t")[0], ln.split("\t")[1]) for ln in out[1:] if ln.endswith("\ttrain")}
+    revisits = sum((s.user, s.target_item) in early for s in load_prepared(folder).test)
+    assert data.info["test_candidates_in_training"] == revisits
+
+
+def test_pairwise_threshold_comes_from_the_protocol(folders, tmp_path):
+    folder = tmp_path / "thr"
+    folder.mkdir()
+    for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "items.tsv", "interactions.tsv"):
+        (folder / f).write_bytes((folders["cluster"] / f).read_bytes())
+    (folder / "stats.json").write_text(json.dumps({"dataset": "x", "protocol": {"positive": "rating > 4"}}))
+    prep = load_prepared(folder)
+    assert prep.like_threshold == 4.0
+    ratings = [int(ln.split("\t")[2]) for ln in (folder / "interactions.tsv").read_text().splitlines()[1:]
+               if ln.split("\t")[4] != "test"]
+    assert training_data(prep, "full").info["liked"] == sum(r > 4 for r in ratings)
+
+
+def test_test_only_items_are_unknown_and_get_the_fallback(tmp_path):
+    folder = make_pairwise(tmp_path / "p", "cluster")
+    prep = load_prepared(folder)
+    # an item only a test user ever touched: rename one test sample's positive everywhere it occurs for that user
+    s = prep.test[0]
+    lines = (folder / "interactions.tsv").read_text().splitlines()
+    lines = [ln.replace(f"\t{s.candidate_items[0]}\t", "\tsecret\t") if ln.startswith(s.user + "\t") else ln
+             for ln in lines]
+    (folder / "interactions.tsv").write_text("\n".join(lines) + "\n")
+    s.candidate_items[0] = "secret"
+    s.target_item = "secret"
+    write_jsonl(folder / "test.jsonl", prep.test)
+    prep = load_prepared(folder)
+    for regime in ("few-shot", "full"):
+        data = training_data(prep, regime)
+        assert data.vocab.get("secret") == -1
+        ts = eval_set(prep, data.vocab)
+        assert ts.candidates[0, 0] == -1
+    r = run_baseline("bpr", folder, regime="full", seed=0, **TINY)
+    scores = r["scores"]
+    assert r["coverage"]["samples_with_unknown_target"] == 1
+    assert np.isfinite(scores).all()
+
+
+def test_fill_unknown_gives_the_mean_score_over_known_items():
+    rng = np.random.default_rng(0)
+    all_scores = rng.normal(size=(2, 6))  # columns 0, 1 are PAD and UNK: never averaged
+    cands = np.array([[2, -1, 5], [-1, -1, 3]])
+    got = fill_unknown(all_scores, cands)
+    m0, m1 = sum(all_scores[0, 2:]) / 4, sum(all_scores[1, 2:]) / 4
+    np.testing.assert_allclose(got, [[all_scores[0, 2], m0, all_scores[0, 5]], [m1, m1, all_scores[1, 3]]])
+
+
+def test_examples_and_padding():
+    assert pad_left([[5, 6], [], [2, 3, 4, 5]], 3).tolist() == [[0, 5, 6], [0, 0, UNK], [3, 4, 5]]
+
+
+def test_next_item_examples_cover_every_prefix_once(folders):
+    prep = load_prepared(folders["cycle"])
+    data = training_data(prep, "few-shot")
+    ex = next_item_examples(data, np.random.default_rng(0), cap=10**6)
+    assert len(ex) == sum(len(r.items) - 1 for r in data.records)
+    assert len({tuple(e) for e in ex.tolist()}) == len(ex) and ex[:, 1].min() == 1
+    sampled = next_item_examples(data, np.random.default_rng(0), cap=50)
+    assert len(sampled) == 50 and all(1 <= t < len(data.records[r].items) for r, t in sampled)
+
+
+# ---- every baseline learns its planted pattern, through the shared evaluator ----
+
+def _pairwise_auc_from_files(out: Path) -> float:
+    rows = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
+    s1 = np.concatenate([r["s_first"] for r in rows])
+    s2 = np.concatenate([r["s_second"] for r in rows])
+    return metrics.pairwise_metrics(s1, s2)["auc"]
+
+
+PAIRWISE_PATTERN = {name: "cluster" for name in BASELINES} | {"popularity": "quality"}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_pairwise_planted_pattern(name, folders, tmp_path):
+    out = tmp_path / name
+    r = run_baseline(name, folders[PAIRWISE_PATTERN[name]], regime="full", seed=0, out=out, **fast(name))
+    assert r["metrics"]["auc"] > 0.7, r["metrics"]
+    assert r["metrics"]["pairwise_accuracy"] > 0.6
+    # the file written is the shared schema, and its per-sample scores reproduce the metric independently
+    saved = json.loads((out / "results.json").read_text())
+    for key in ("kind", "method", "dataset", "task", "split", "seed", "regime", "k", "shots", "n_samples",
+                "metrics", "model", "config", "git_commit", "versions", "created"):
+        assert key in saved
+    assert saved["method"] == name and saved["regime"] == "full" and saved["kind"] == "eval"
+    assert saved["n_samples"] == len(load_prepared(folders[PAIRWISE_PATTERN[name]]).test)
+    assert _pairwise_auc_from_files(out) == pytest.approx(saved["metrics"]["auc"])
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_candidates_planted_pattern(name, folders):
+    r = run_baseline(name, folders["cycle"], regime="full", seed=0, **fast(name))
+    m = r["metrics"]
+    # a random ranking of 20 candidates has HR@5 = 0.25 and MRR ≈ 0.18
+    assert m["hr@5"] > 0.5 and m["mrr"] > 0.35, m
+    assert m["valid_ratio"] == 1.0
+    if name in SEQUENTIAL:  # the cycle: the next item is usually the successor of the newest one
+        assert m["hr@1"] > 0.5, m
+    test = load_prepared(folders["cycle"]).test
+    target = np.array([s.candidate_items.index(s.target_item) for s in test])
+    assert metrics.ranking_metrics(r["scores"], target) == {k: v for k, v in m.items() if k != "valid_ratio"}
+
+
+@pytest.mark.parametrize("name", ["popularity", "bpr", "sasrec", "bert4rec"])
+def test_few_shot_runs_and_is_repeatable(name, folders):
+    a = run_baseline(name, folders["cluster"], regime="few-shot", seed=3, **TINY)
+    b = run_baseline(name, folders["cluster"], regime="few-shot", seed=3, **TINY)
+    assert a["shots"] == len(load_prepared(folders["cluster"]).train)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+    assert a["metrics"] == b["metrics"]
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "caser", "gcsan", "cmf"])
+def test_same_seed_same_scores_other_seed_differs(name, folders):
+    folder = folders["cycle" if name != "cmf" else "cluster"]
+    a = run_baseline(name, folder, regime="full", seed=1, **TINY)
+    b = run_baseline(name, folder, regime="full", seed=1, **TINY)
+    c = run_baseline(name, folder, regime="full", seed=2, **TINY)
+    np.testing.assert_array_equal(a["scores"], b["scores"])
+    assert not np.array_equal(a["scores"], c["scores"])
+
+
+# ---- cross-domain ----
+
+def test_cmf_transfers_across_domains_through_title_words(folders, tmp_path):
+    """Domains share no item and no user, only title words (genre0x…): CMF trained on one scores the other."""
+    out = tmp_path / "xd"
+    r = run_baseline("cmf", folders["game"], train_samples=folders["cluster"], regime="full", seed=0, out=out,
+                     **fast("cmf"))
+    assert r["config"]["cross_domain"] and r["dataset"] == "pairwise-cluster->game"
+    assert r["coverage"]["unknown_candidate_rate"] == 0.0
+    assert r["metrics"]["auc"] > 0.65, r["metrics"]
+
+
+def test_id_only_models_refuse_cross_domain(folders):
+    with pytest.raises(UserError, match="cross-domain"):
+        run_baseline("sasrec", folders["game"], train_samples=folders["cluster"], progress=False)
+
+
+# ---- bad input ----
+
+def test_bad_input_names_the_problem(tmp_path, folders):
+    with pytest.raises(UserError, match="unknown baseline"):
+        run_baseline("nope", folders["cluster"])
+    with pytest.raises(UserError, match="regime"):
+        run_baseline("bpr", folders["cluster"], regime="half")
+    with pytest.raises(UserError, match="train.jsonl"):
+        run_baseline("bpr", tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "items.tsv", "stats.json"):
+        (bad / f).write_bytes((folders["cluster"] / f).read_bytes())
+    (bad / "interactions.tsv").write_text("user\titem\tscore\n")
+    with pytest.raises(UserError, match="interactions.tsv:1"):
+        run_baseline("bpr", bad, regime="full")
+
+
+# ---- command line ----
+
+def test_cli_writes_one_folder_per_regime(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for regime in ("few-shot", "full"):
+        saved = json.loads((out / f"popularity-{regime}" / "results.json").read_text())
+        assert saved["regime"] == regime and saved["method"] == "popularity" and saved["task"] == "pairwise"
+    bad = CliRunner().invoke(app, ["baseline", "nope", "--samples", str(folders["quality"]), "--out", str(out)])
+    assert bad.exit_code == 2 and "unknown baseline" in bad.output
+
+
+def test_cmf_text_loss_matches_the_dense_reconstruction_error():
+    """|y − q Wᵀ|² computed from sparse rows and WᵀW equals the dense float64 computation."""
+    import torch
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from prefrec.baselines.cmf import CMFModel, _normalise, title_tfidf
+
+    titles = ["", "", "Star Wars (1977)", "The Empire Strikes Back", "Star Trek &amp; Wars", "Toy Story"]
+    ids, weights, n_words = title_tfidf(titles)
+    torch.manual_seed(0)
+    model = CMFModel(n_users=3, n_vocab=len(titles), dim=4, word_ids=ids, word_weights=weights, n_words=n_words)
+    items = torch.tensor([2, 3, 4, 5, 2])
+    got = model.text_loss(items).item()
+    y = TfidfVectorizer(preprocessor=_normalise, token_pattern=r"(?u)\b[a-z0-9][a-z0-9]+\b").fit_transform(titles)
+    y = y.toarray()[items.numpy()]
+    q = model.item.weight.detach().double().numpy()[items.numpy()]
+    w = model.words.weight.detach().double().numpy()
+    assert got == pytest.approx(((y - q @ w.T) ** 2).sum(1).mean(), rel=1e-5)
+    assert "&" in _normalise("Trek &amp;amp; Wars")  # doubly escaped entities in the DMPO release
