@@ -28,7 +28,7 @@ QUICKSTART = {
 }
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int = 300) -> Path:
+def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int = 200) -> Path:
     out = Path(out)
     cfg = dict(QUICKSTART)
     cfg["output_dir"] = str(out)

@@ -1,0 +1,376 @@
+"""The training config: one YAML file -> typed dataclasses, checked strictly (docs/train.md has the reference).
+
+    model:   {name: embedded, dtype: auto, ...}           which causal LM to start from
+    lora:    {r: 8, alpha: 16, dropout: 0.05, ...}        the adapter that every stage trains
+    data:    {dir: path/to/prepared, ...}                 samples (train.jsonl, valid.jsonl) from `prefrec data prepare`
+    stages:  [{kind: sft, ...}, {kind: dmpo, beta: 0.1, k: 3, ...}]
+    seed, output_dir, eval_every, save_every, keep_last, best_metric, tensorboard, progress
+
+Every mistake is reported with the file and the key path, e.g.
+    config.yaml: stages[1].beta: expected float, got 'abc'
+    config.yaml: lora.rank: unknown key; expected one of ['alpha', 'dropout', 'r', 'target_modules']
+Unknown keys are errors (a typo must not silently fall back to a default). `--set key=value` overrides are applied
+to the parsed YAML before checking, so they are checked the same way (and the message says so).
+
+YAML note: plain YAML 1.1 (PyYAML) reads `1e-4` as a *string* (it wants `1.0e-4`); our loader reads any unquoted
+number in exponent notation as a float, which is what everyone means. A quoted '1e-4' stays a string and is an error
+where a number is expected. Duplicate keys in one mapping are an error too (PyYAML would keep the last silently).
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from prefrec.errors import UserError
+
+STAGE_KINDS = ("sft", "dpo", "dmpo", "sdpo")
+ALIGNMENT_KINDS = ("dpo", "dmpo", "sdpo")
+BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
+DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedded"  # "embedded", a local model folder or cached HF id, or a prefrec run folder
+    dtype: str = "auto"  # auto = fp32 on CPU, bf16 on a GPU that supports it
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None  # a prepared folder with train.jsonl and (optionally) valid.jsonl
+    train: str | None = None  # explicit files instead of (or overriding) dir
+    valid: str | None = None
+    max_train_samples: int | None = None  # the first N training samples (file order); None = all
+    max_valid_samples: int | None = 100  # validation cap (first N); 0 = no validation
+
+
+@dataclass
+class StageConfig:
+    kind: str  # sft | dpo | dmpo | sdpo
+    epochs: int = 1
+    max_steps: int | None = None  # end the stage after this many optimizer steps (None = epochs decide)
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1  # linear warmup over this fraction of the stage's steps, then cosine decay to 0
+    batch_size: int = 4  # per process (micro-batch); global batch = batch_size x grad_accum x processes
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0  # None = no clipping (the norm is still logged)
+    weight_decay: float = 0.0
+    beta: float = 0.1  # DPO-family temperature β (ignored by sft)
+    k: int | None = None  # negatives per sample: the first k (None: dpo 1, others all the data has; sft all)
+    ftx: float = 0.0  # γ of the optional SFT term on the chosen responses (alignment stages; DMPO code used 1)
+
+
+@dataclass
+class TrainConfig:
+    stages: list[StageConfig]
+    output_dir: str = "runs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    eval_every: int | None = None  # validate every N optimizer steps (and always at the end of each stage)
+    save_every: int | None = None  # checkpoint every N optimizer steps (and always at the end of each stage)
+    keep_last: int = 2  # checkpoints kept (older ones deleted); RUN/best/ is kept apart
+    best_metric: str = "auto"  # validation metric that picks RUN/best/ (auto: reward_accuracy, or loss for sft)
+    tensorboard: bool = False  # also log to RUN/tensorboard/ (needs the tensorboard package)
+    progress: bool = True  # tqdm bar (main process only)
+
+    def stage_kinds(self) -> list[str]:
+        return [s.kind for s in self.stages]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML reading
+
+_FLOAT_RE = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                          |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                          |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                          |[-+]?\.(?:inf|Inf|INF)
+                          |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader + `1e-4` read as a float + duplicate keys rejected."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: not valid YAML ({e})".replace("\n", " ")) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Strict conversion of parsed YAML into the dataclasses
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if is_dataclass(tp):
+        return "a mapping"
+    return tp.__name__
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Checker:
+    def __init__(self, source: str, overridden: set[str]):
+        self.source = source
+        self.overridden = overridden
+
+    def fail(self, path: str, msg: str):
+        note = " (set by --set)" if path in self.overridden else ""
+        raise UserError(f"{self.source}: {path or '<top>'}: {msg}{note}")
+
+    def convert(self, tp, value, path: str):
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            if len(inner) == 1:
+                if value is None:
+                    self.fail(path, f"expected {_type_name(tp)}, got null")
+                return self.convert(inner[0], value, path)
+            self.fail(path, f"unsupported type {tp}")  # not used by our dataclasses
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(path, f"expected {_type_name(tp)}, got {_show(value)}")
+            (item,) = typing.get_args(tp)
+            return [self.convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if is_dataclass(tp):
+            return self.dataclass(tp, value, path)
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, f"expected bool (true/false), got {_show(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, f"expected int, got {_show(value)}")
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(path, f"expected float, got {_show(value)}")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(path, f"expected str, got {_show(value)}")
+            return value
+        self.fail(path, f"unsupported type {tp}")
+
+    def dataclass(self, cls, value, path: str):
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {_show(value)}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in fields(cls)]
+        kwargs = {}
+        for key in value:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in names:
+                self.fail(sub, f"unknown key; expected one of {sorted(names)}")
+        for f in fields(cls):
+            sub = f"{path}.{f.name}" if path else f.name
+            if f.name in value:
+                kwargs[f.name] = self.convert(hints[f.name], value[f.name], sub)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                self.fail(sub, "missing (required)")
+        return cls(**kwargs)
+
+
+def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
+    """Checks beyond types: allowed values, ranges, stage order."""
+    def positive(path, v, allow_none=True, allow_zero=False):
+        if v is None and allow_none:
+            return
+        if v is None or v < 0 or (v == 0 and not allow_zero):
+            ck.fail(path, f"expected a {'non-negative' if allow_zero else 'positive'} number, got {_show(v)}")
+
+    if cfg.model.dtype not in DTYPES:
+        ck.fail("model.dtype", f"expected one of {list(DTYPES)}, got {_show(cfg.model.dtype)}")
+    positive("lora.r", cfg.lora.r, allow_none=False)
+    positive("lora.alpha", cfg.lora.alpha, allow_none=False)
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        ck.fail("lora.dropout", f"expected a float in [0, 1), got {cfg.lora.dropout}")
+    if not cfg.lora.target_modules:
+        ck.fail("lora.target_modules", "expected at least one module name")
+    if cfg.data.dir is None and cfg.data.train is None:
+        ck.fail("data", "give data.dir (a prepared folder) or data.train (a samples .jsonl file)")
+    positive("data.max_train_samples", cfg.data.max_train_samples)
+    positive("data.max_valid_samples", cfg.data.max_valid_samples, allow_zero=True)
+    positive("eval_every", cfg.eval_every)
+    positive("save_every", cfg.save_every)
+    positive("keep_last", cfg.keep_last, allow_none=False)
+    if cfg.best_metric not in BEST_METRICS:
+        ck.fail("best_metric", f"expected one of {list(BEST_METRICS)}, got {_show(cfg.best_metric)}")
+    if not cfg.output_dir:
+        ck.fail("output_dir", "must not be empty")
+    if not cfg.stages:
+        ck.fail("stages", "expected at least one stage")
+    for i, s in enumerate(cfg.stages):
+        p = f"stages[{i}]"
+        if s.kind not in STAGE_KINDS:
+            ck.fail(f"{p}.kind", f"expected one of {list(STAGE_KINDS)}, got {_show(s.kind)}")
+        positive(f"{p}.epochs", s.epochs, allow_none=False)
+        positive(f"{p}.max_steps", s.max_steps)
+        positive(f"{p}.lr", s.lr, allow_none=False)
+        if not 0.0 <= s.warmup_ratio < 1.0:
+            ck.fail(f"{p}.warmup_ratio", f"expected a float in [0, 1), got {s.warmup_ratio}")
+        positive(f"{p}.batch_size", s.batch_size, allow_none=False)
+        positive(f"{p}.grad_accum", s.grad_accum, allow_none=False)
+        positive(f"{p}.max_grad_norm", s.max_grad_norm)
+        positive(f"{p}.weight_decay", s.weight_decay, allow_none=False, allow_zero=True)
+        positive(f"{p}.beta", s.beta, allow_none=False)
+        positive(f"{p}.k", s.k)
+        positive(f"{p}.ftx", s.ftx, allow_none=False, allow_zero=True)
+        if s.kind == "sft" and s.ftx:
+            ck.fail(f"{p}.ftx", "only alignment stages (dpo, dmpo, sdpo) take an ftx term")
+    kinds = cfg.stage_kinds()
+    ok = kinds in (["sft"],) or (len(kinds) == 1 and kinds[0] in ALIGNMENT_KINDS) or \
+        (len(kinds) == 2 and kinds[0] == "sft" and kinds[1] in ALIGNMENT_KINDS)
+    if not ok:
+        ck.fail("stages", f"expected [sft], [sft, dpo|dmpo|sdpo] or [dpo|dmpo|sdpo], got {kinds}")
+    if cfg.best_metric in ("reward_accuracy", "reward_margin") and kinds[-1] == "sft":
+        ck.fail("best_metric", f"{cfg.best_metric} needs an alignment stage; an sft-only run has loss, chosen_logp")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides: --set stages[1].beta=0.2  /  --set data.max_train_samples=50  /  --set seed=3
+
+def _split_key(key: str) -> list[str | int]:
+    """'stages[1].beta' or 'stages.1.beta' -> ['stages', 1, 'beta']."""
+    parts: list[str | int] = []
+    for piece in key.split("."):
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)?((?:\[\d+\])*)", piece)
+        if piece.isdigit():
+            parts.append(int(piece))
+        elif m and (m.group(1) or m.group(2)):
+            if m.group(1):
+                parts.append(m.group(1))
+            parts += [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
+        else:
+            raise UserError(f"--set {key}: cannot read the key (use e.g. stages[1].beta or data.dir)")
+    return parts
+
+
+def _key_path(parts: list[str | int]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
+
+
+def apply_override(raw: dict, assignment: str) -> str:
+    """Apply one `key=value` (value read as YAML) to the parsed config dict in place; returns the key path."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment}: expected key=value")
+    key, text = assignment.split("=", 1)
+    parts = _split_key(key.strip())
+    value = parse_yaml(text, f"--set {key}") if text.strip() else ""
+    node = raw
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        where = _key_path(parts[:i + 1])
+        if isinstance(p, int):
+            if not isinstance(node, list) or p >= len(node):
+                size = len(node) if isinstance(node, list) else 0
+                raise UserError(f"--set {key}: {where}: index {p} out of range ({size} items)")
+        elif not isinstance(node, dict):
+            raise UserError(f"--set {key}: {_key_path(parts[:i])} is not a mapping")
+        if last:
+            node[p] = value
+        else:
+            if isinstance(p, str) and (p not in node or node[p] is None):
+                node[p] = {}
+            node = node[p]
+    return _key_path(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+def config_from_dict(raw, source: str = "config", overridden: set[str] | None = None) -> TrainConfig:
+    ck = _Checker(source, overridden or set())
+    if raw is None:
+        ck.fail("", "the config is empty")
+    cfg = ck.dataclass(TrainConfig, raw, "")
+    _check_values(cfg, ck)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), output_dir: str | None = None) \
+        -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides and `output_dir`, check it; paths made absolute (relative
+    paths are read from the current directory, like any command-line path)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top of the file, got {_show(raw)}")
+    overridden = {apply_override(raw, o) for o in overrides}
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
+    cfg = config_from_dict(raw, str(path), overridden)
+    return resolve_paths(cfg)
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make data/output paths absolute, and the model name when it names an existing local folder."""
+    for name in ("dir", "train", "valid"):
+        v = getattr(cfg.data, name)
+        if v is not None:
+            setattr(cfg.data, name, str(Path(v).expanduser().resolve()))
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    if cfg.model.name != "embedded" and Path(cfg.model.name).expanduser().exists():
+        cfg.model.name = str(Path(cfg.model.name).expanduser().resolve())
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """YAML text of the full config (defaults filled in): what RUN/config.yaml holds."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -1,0 +1,159 @@
+"""prefrec.config: strict YAML -> dataclasses, errors that name the file and the key path, --set overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefrec.config import (TrainConfig, apply_override, config_from_dict, dump_config, load_config)
+from prefrec.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+MINIMAL = """\
+output_dir: out
+data: {dir: samples}
+stages:
+  - kind: sft
+    lr: 2.0e-4
+  - kind: dmpo
+    beta: 0.1
+    k: 3
+"""
+
+
+def _write(tmp_path, text, name="config.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _error(tmp_path, text, overrides=()):
+    with pytest.raises(UserError) as e:
+        load_config(_write(tmp_path, text), list(overrides))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.stage_kinds()[0] == "sft" and cfg.stage_kinds()[1] in ("dpo", "dmpo", "sdpo")
+
+
+def test_shipped_config_set():
+    assert {p.name for p in CONFIGS.glob("*.yaml")} >= {"ml100k-sft-dmpo-k3.yaml", "ml100k-sft-sdpo-k3.yaml",
+                                                        "ml100k-sft-dpo.yaml"}
+
+
+def test_minimal_config_values_and_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    assert cfg.stages[0].lr == pytest.approx(2e-4)
+    assert cfg.stages[1].kind == "dmpo" and cfg.stages[1].k == 3 and cfg.stages[1].beta == 0.1
+    assert cfg.stages[1].ftx == 0.0 and cfg.stages[1].grad_accum == 1
+    assert cfg.model.name == "embedded" and cfg.lora.r == 8
+    # relative paths are read from the current directory and stored absolute
+    assert cfg.output_dir == str(tmp_path / "out") and cfg.data.dir == str(tmp_path / "samples")
+
+
+def test_wrong_type_names_file_and_key_path(tmp_path):
+    msg = _error(tmp_path, MINIMAL.replace("beta: 0.1", "beta: abc"))
+    assert msg == f"{tmp_path / 'config.yaml'}: stages[1].beta: expected float, got 'abc'"
+
+
+@pytest.mark.parametrize("text,key,expected", [
+    ("lora: {r: 8.5}", "lora.r", "expected int, got 8.5"),
+    ("lora: {r: true}", "lora.r", "expected int, got True"),
+    ("seed: '3'", "seed", "expected int, got '3'"),
+    ("tensorboard: 1", "tensorboard", "expected bool"),
+    ("lora: {target_modules: q_proj}", "lora.target_modules", "expected a list of str"),
+    ("lora: {target_modules: [q_proj, 3]}", "lora.target_modules[1]", "expected str, got 3"),
+    ("model: embedded", "model", "expected a mapping"),
+    ("eval_every: -2", "eval_every", "expected a positive number"),
+    ("best_metric: auc", "best_metric", "expected one of"),
+    ("lora: {dropout: 1.5}", "lora.dropout", "expected a float in [0, 1)"),
+])
+def test_wrong_values_name_the_key(tmp_path, text, key, expected):
+    msg = _error(tmp_path, MINIMAL + text + "\n")
+    assert f": {key}: " in msg and expected in msg
+
+
+def test_int_is_accepted_where_float_is_expected(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL.replace("beta: 0.1", "beta: 1")))
+    assert cfg.stages[1].beta == 1.0 and isinstance(cfg.stages[1].beta, float)
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    msg = _error(tmp_path, MINIMAL + "lora: {rank: 4}\n")
+    assert "lora.rank: unknown key" in msg and "'r'" in msg
+    msg = _error(tmp_path, MINIMAL.replace("k: 3", "k: 3\n    betta: 0.2"))
+    assert "stages[1].betta: unknown key" in msg
+
+
+def test_missing_and_empty(tmp_path):
+    assert "stages[0].kind: missing" in _error(tmp_path, "data: {dir: x}\nstages:\n  - {lr: 0.1}\n")
+    assert "stages: missing" in _error(tmp_path, "data: {dir: x}\n")
+    assert "data:" in _error(tmp_path, "stages: [{kind: sft}]\n")
+
+
+def test_exponent_floats_quoted_strings_and_duplicates(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL.replace("lr: 2.0e-4", "lr: 1e-4")))
+    assert cfg.stages[0].lr == pytest.approx(1e-4)
+    assert "stages[0].lr: expected float, got '1e-4'" in _error(tmp_path, MINIMAL.replace("lr: 2.0e-4", "lr: '1e-4'"))
+    assert "duplicate key 'seed'" in _error(tmp_path, MINIMAL + "seed: 1\nseed: 2\n")
+    assert "not valid YAML" in _error(tmp_path, MINIMAL + "lora: {r: [\n")
+
+
+@pytest.mark.parametrize("kinds,ok", [
+    (["sft"], True), (["dmpo"], True), (["sft", "sdpo"], True), (["sft", "dpo"], True),
+    (["dmpo", "sft"], False), (["sft", "sft"], False), (["sft", "dpo", "dmpo"], False), (["ppo"], False),
+])
+def test_stage_order(kinds, ok):
+    raw = {"data": {"dir": "x"}, "stages": [{"kind": k} for k in kinds]}
+    if ok:
+        assert config_from_dict(raw).stage_kinds() == kinds
+    else:
+        with pytest.raises(UserError, match="stages"):
+            config_from_dict(raw)
+
+
+def test_ftx_only_for_alignment_and_best_metric_needs_alignment():
+    with pytest.raises(UserError, match=r"stages\[0\].ftx"):
+        config_from_dict({"data": {"dir": "x"}, "stages": [{"kind": "sft", "ftx": 1.0}]})
+    with pytest.raises(UserError, match="best_metric"):
+        config_from_dict({"data": {"dir": "x"}, "stages": [{"kind": "sft"}], "best_metric": "reward_accuracy"})
+
+
+def test_overrides(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    cfg = load_config(path, ["stages[1].beta=0.5", "stages.0.epochs=3", "data.max_train_samples=50",
+                             "lora.target_modules=[q_proj, v_proj]", "data.valid=null"], output_dir=str(tmp_path / "o"))
+    assert cfg.stages[1].beta == 0.5 and cfg.stages[0].epochs == 3 and cfg.data.max_train_samples == 50
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.output_dir == str(tmp_path / "o")
+    with pytest.raises(UserError, match=r"stages\[1\].beta: expected float, got 'x' \(set by --set\)"):
+        load_config(path, ["stages[1].beta=x"])
+    with pytest.raises(UserError, match=r"index 5 out of range \(2 items\)"):
+        load_config(path, ["stages[5].beta=1"])
+    with pytest.raises(UserError, match="expected key=value"):
+        load_config(path, ["seed"])
+    with pytest.raises(UserError, match=r"lora.rank: unknown key"):
+        load_config(path, ["lora.rank=4"])
+
+
+def test_apply_override_creates_sections():
+    raw = {"stages": [{"kind": "sft"}]}
+    assert apply_override(raw, "model.name=/x/y") == "model.name"
+    assert raw["model"] == {"name": "/x/y"}
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL), ["seed=7", "stages[1].ftx=1"])
+    again = load_config(_write(tmp_path, dump_config(cfg), "again.yaml"))
+    assert again == cfg
+    assert yaml.safe_load(dump_config(cfg))["seed"] == 7
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read the config"):
+        load_config(tmp_path / "nope.yaml")

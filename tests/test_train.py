@@ -1,0 +1,424 @@
+"""prefrec.train on a tiny random Llama: the recipe, the run folder, exact resume after a kill, 2 processes = 1.
+
+Independent checks: the first SFT loss and the cached reference log-probs are recomputed with the naive path
+(prefrec.packing.naive_response_logps: one full sequence per response, plain transformers forward) from the model
+files on disk; a resumed run must reproduce the uninterrupted run's adapter (1e-6) and losses; 2 DDP processes
+(gloo) with half the per-process batch must reproduce 1 process (1e-5, see test_two_processes_match_one_process).
+"""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import make_tiny_lm
+from prefrec.config import config_from_dict, load_config, resolve_paths
+from prefrec.errors import UserError
+from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.train import (checkpoints, cosine_with_warmup, encode_trees, epoch_order, shard, stage_k, train,
+                           with_k_negatives)
+
+TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars", "Brazil", "Ran", "Babe", "Big"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pairwise(i: int, k: int = 3) -> Sample:
+    g = torch.Generator().manual_seed(i)
+    perm = [TITLES[j] for j in torch.randperm(len(TITLES), generator=g).tolist()]
+    hist, pos, negs = perm[:3], perm[3], perm[4:4 + k]
+    comps = [Comparison(question=f" Rank {pos} and {n}.", chosen=f"{pos}, {n}", rejected=[f"{n}, {pos}"])
+             for n in negs]
+    return Sample(id=f"pw-{i}", task="pairwise", domain="movies", prefix="Seen: " + ", ".join(hist) + ".",
+                  comparisons=comps, target=pos, candidates=[pos, *negs])
+
+
+def _candidates(i: int, k: int = 3) -> Sample:
+    g = torch.Generator().manual_seed(1000 + i)
+    perm = [TITLES[j] for j in torch.randperm(len(TITLES), generator=g).tolist()]
+    hist, cands = perm[:3], perm[3:3 + k + 2]
+    return Sample(id=f"cd-{i}", task="candidates", domain="movies", prefix="Seen: " + ", ".join(hist) + ".",
+                  comparisons=[Comparison(question=" Pick one: " + ", ".join(cands) + ".", chosen=cands[0],
+                                          rejected=cands[1:])], target=cands[0], candidates=cands)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_tokenizer):
+    """The tiny model + the real tokenizer saved as a local model folder (what a config's model.name points at)."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_lm(embedded_tokenizer, seed=3).save_pretrained(d)
+    embedded_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    write_jsonl(root / "pw" / "train.jsonl", [_pairwise(i) for i in range(8)])
+    write_jsonl(root / "pw" / "valid.jsonl", [_pairwise(100 + i) for i in range(3)])
+    write_jsonl(root / "cd" / "train.jsonl", [_candidates(i, k=4) for i in range(8)])  # 5 negatives in the data
+    write_jsonl(root / "cd" / "valid.jsonl", [_candidates(100 + i, k=4) for i in range(3)])
+    return root
+
+
+def _raw(tiny_dir, data, out, *, kind="dmpo", sft_epochs=2, align_epochs=4, batch=4, dropout=0.1, **align):
+    return {
+        "output_dir": str(out), "seed": 5, "progress": False, "save_every": 2, "keep_last": 100,
+        "model": {"name": str(tiny_dir)},
+        "lora": {"r": 4, "alpha": 8, "dropout": dropout},
+        "data": {"dir": str(data)},
+        "stages": [{"kind": "sft", "epochs": sft_epochs, "lr": 5e-3, "batch_size": batch},
+                   {"kind": kind, "epochs": align_epochs, "lr": 5e-3, "batch_size": batch, "beta": 0.5, **align}],
+    }
+
+
+def _cfg(raw):
+    return resolve_paths(config_from_dict(raw, "test"))
+
+
+def _rows(run, split="train"):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["split"] == split]
+
+
+def _adapter(folder):
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def _assert_same_adapter(a, b, atol):
+    wa, wb = _adapter(a), _adapter(b)
+    assert wa.keys() == wb.keys() and wa
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= atol, f"adapters differ by {worst}"
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dir, data_dirs, tmp_path_factory):
+    """SFT (2 epochs = 4 steps) -> DMPO k=3 (2 epochs = 4 steps), LoRA dropout 0.1, checkpoints every 2 steps."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    raw = _raw(tiny_dir, data_dirs / "pw", out, align_epochs=2, ftx=0.5)
+    raw["eval_every"] = 2
+    run = train(_cfg(raw))
+    return run, raw
+
+
+# ---- pure helpers ------------------------------------------------------------------------------------------------
+
+def test_with_k_negatives():
+    pw = _pairwise(0, k=3)
+    two = with_k_negatives(pw, 2)
+    assert [c.rejected for c in two.comparisons] == [c.rejected for c in pw.comparisons[:2]]
+    cd = _candidates(0, k=4)
+    assert with_k_negatives(cd, 3).comparisons[0].rejected == cd.comparisons[0].rejected[:3]
+    assert with_k_negatives(cd, 3).comparisons[0].chosen == cd.comparisons[0].chosen
+
+
+def test_stage_k_defaults_and_errors():
+    pw = [_pairwise(i, k=3) for i in range(3)]
+    assert stage_k("dmpo", None, pw, "x") == 3
+    assert stage_k("dpo", None, pw, "x") == 1
+    assert stage_k("sft", None, pw, "x") is None
+    with pytest.raises(UserError, match="k=4 but sample 'pw-0' has only 3"):
+        stage_k("sdpo", 4, pw, "x")
+    with pytest.raises(UserError, match="different numbers of negatives"):
+        stage_k("dmpo", None, pw + [_pairwise(9, k=2)], "x")
+
+
+def test_epoch_order_is_a_seeded_permutation_independent_of_global_rng():
+    a = epoch_order(10, 1, 0, 0)
+    torch.manual_seed(123)
+    torch.rand(5)
+    assert epoch_order(10, 1, 0, 0) == a
+    assert sorted(a) == list(range(10))
+    assert epoch_order(10, 1, 0, 1) != a and epoch_order(10, 2, 0, 0) != a
+
+
+@pytest.mark.parametrize("n,world", [(7, 2), (8, 2), (1, 2), (5, 1), (10, 3)])
+def test_shard_covers_in_rank_order(n, world):
+    parts = [shard(n, r, world) for r in range(world)]
+    assert len({len(p) for p in parts}) == 1
+    flat = [i for p in parts for i in p]
+    assert flat[:n] == list(range(n)) and set(flat[n:]) <= {n - 1}
+
+
+def test_cosine_with_warmup():
+    f = [cosine_with_warmup(s, warmup=2, total=10) for s in range(10)]
+    assert f[:2] == [0.5, 1.0]
+    for s in range(2, 10):
+        assert f[s] == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 2) / 8)))
+    assert all(x > 0 for x in f)
+    assert cosine_with_warmup(0, warmup=0, total=5) == 1.0
+
+
+# ---- the full recipe ---------------------------------------------------------------------------------------------
+
+def test_run_folder(full_run):
+    run, raw = full_run
+    info = json.loads((run / "run.json").read_text())
+    assert info["stages"] == ["sft", "dmpo"] and info["seed"] == 5 and info["base_model"] == raw["model"]["name"]
+    assert {"sft", "dmpo", "reference", "total"} <= set(info["timings"])
+    assert info["git_commit"] is None or isinstance(info["git_commit"], str)
+    assert info["versions"]["torch"] and info["stage_info"]["dmpo"]["k"] == 3
+    assert load_config(run / "config.yaml") == _cfg(raw)
+    train_rows = _rows(run)
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    assert [r["stage"] for r in train_rows] == ["sft"] * 4 + ["dmpo"] * 4
+    for key in ("loss", "chosen_reward", "rejected_reward", "reward_accuracy", "reward_margin", "chosen_logp",
+                "rejected_logp", "lr", "grad_norm", "epoch", "seconds"):
+        assert all(key in r for r in train_rows[4:]), key
+    valid_rows = _rows(run, "valid")
+    assert [r["step"] for r in valid_rows] == [2, 4, 6, 8] and all(r["n"] == 3 for r in valid_rows)
+    assert [p.name for p in checkpoints(run)] == [f"step-{s}" for s in (2, 4, 6, 8)]
+    best = json.loads((run / "best" / "best.json").read_text())
+    aligned = [r for r in valid_rows if r["stage"] == "dmpo"]
+    assert best["metric"] == "reward_accuracy" and best["value"] == max(r["reward_accuracy"] for r in aligned)
+    _assert_same_adapter(run / "adapter", run / "checkpoints" / "step-8" / "adapter", atol=0)
+    state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
+    assert state["stage_index"] == 1 and state["stage_step"] == 2 and state["samples_consumed"] == 8
+    assert (run / "checkpoints" / "step-6" / "optimizer.pt").is_file()
+
+
+def test_first_sft_loss_matches_naive_computation(full_run, tiny_dir, data_dirs):
+    """Step 1 runs the base model (LoRA B = 0): its loss is the token-mean NLL of the chosen responses of the first
+    global batch of the seeded order, recomputed here one full sequence per response."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefrec.packing import naive_response_logps
+    from prefrec.samples import read_jsonl
+
+    run, raw = full_run
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    samples = read_jsonl(data_dirs / "pw" / "train.jsonl")
+    first = [samples[i] for i in epoch_order(len(samples), raw["seed"], 0, 0)[:4]]
+    with torch.no_grad():
+        scores = naive_response_logps(model, encode_trees(tok, first, "sft", None), per_token=True)
+    tokens = torch.cat(scores.token_logps).double()
+    assert _rows(run)[0]["loss"] == pytest.approx(-tokens.mean().item(), abs=1e-5)
+
+
+def test_reference_cache_is_the_model_after_sft(full_run, tiny_dir, data_dirs):
+    """ref_logps.safetensors = log-probs under base + the adapter of the SFT stage's last checkpoint (step 4)."""
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefrec.packing import naive_response_logps
+    from prefrec.samples import read_jsonl
+
+    run, _ = full_run
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, run / "checkpoints" / "step-4" / "adapter").eval()
+    with safe_open(str(run / "ref_logps.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        cached = {s: (f.get_tensor(f"{s}.chosen"), f.get_tensor(f"{s}.rejected")) for s in ("train", "valid")}
+    for split in ("train", "valid"):
+        samples = read_jsonl(data_dirs / "pw" / f"{split}.jsonl")
+        assert json.loads(meta[f"{split}.ids"]) == [s.id for s in samples]
+        with torch.no_grad():
+            scores = naive_response_logps(model, encode_trees(tok, samples, "dmpo", 3))
+        chosen, rejected = [], []
+        for t in range(len(samples)):  # per sample: mean over comparisons of the chosen, every rejected in order
+            mine = [(b, i, scores.summed[n]) for n, (tt, b, i) in enumerate(scores.index) if tt == t]
+            chosen.append(torch.stack([v for _, i, v in mine if i == 0]).mean())
+            rejected.append(torch.stack([v for _, i, v in mine if i > 0]))
+        torch.testing.assert_close(cached[split][0], torch.stack(chosen), atol=1e-4, rtol=0)
+        torch.testing.assert_close(cached[split][1], torch.stack(rejected), atol=1e-4, rtol=0)
+    assert cached["train"][1].shape == (8, 3)
+
+
+def test_adapter_reloads_with_load_model(full_run):
+    from prefrec.model import load_model
+
+    run, _ = full_run
+    model, _tok = load_model(str(run), device="cpu")
+    saved = _adapter(run / "adapter")
+    got = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(got) == len(saved)
+    for name, value in saved.items():
+        key = name.replace(".weight", ".default.weight")
+        assert torch.equal(got[key].detach(), value), name
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)  # training moved B off zero
+
+
+# ---- resume ------------------------------------------------------------------------------------------------------
+
+def _killed_copy(run: Path, dest: Path, step: int) -> None:
+    """The run folder as a kill right after checkpoint `step` leaves it (plus metrics rows of later steps, which the
+    resumed run must drop): later checkpoints, final adapter, run.json and best/ are gone; the reference cache only
+    exists once the alignment stage has started (step > 4)."""
+    shutil.copytree(run, dest)
+    for p in checkpoints(dest):
+        if int(p.name[5:]) > step:
+            shutil.rmtree(p)
+    for name in ("adapter", "best"):
+        shutil.rmtree(dest / name)
+    (dest / "run.json").unlink()
+    if step < 4:
+        (dest / "ref_logps.safetensors").unlink()
+
+
+@pytest.mark.parametrize("step", [2, 6])
+def test_resume_reproduces_uninterrupted_run(full_run, tmp_path, step):
+    run, raw = full_run
+    dest = tmp_path / "resumed"
+    _killed_copy(run, dest, step)
+    cfg = _cfg({**raw, "output_dir": str(dest)})
+    train(cfg, resume=True)
+    _assert_same_adapter(dest / "adapter", run / "adapter", atol=1e-6)
+    a, b = _rows(dest), _rows(run)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
+    assert json.loads((dest / "run.json").read_text())["resumes"] == 1
+
+
+def test_kill_subprocess_then_resume(full_run, tmp_path):
+    """A real SIGKILL of `python -m prefrec train` right after its first checkpoint (step 2 of 8), then --resume
+    through the CLI (test_resume_reproduces_uninterrupted_run covers a checkpoint inside the alignment stage)."""
+    run, raw = full_run
+    dest = tmp_path / "killed"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({**raw, "output_dir": str(dest)}))
+    proc = subprocess.Popen([sys.executable, "-m", "prefrec", "train", str(cfg_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = dest / "checkpoints" / "step-2"
+    deadline = time.time() + 300
+    try:
+        while not target.is_dir() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert target.is_dir(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (dest / "run.json").exists(), "the run finished before the kill; the test did not test resume"
+    from prefrec.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", str(cfg_path), "--resume"])
+    assert result.exit_code == 0, result.output
+    _assert_same_adapter(dest / "adapter", run / "adapter", atol=1e-6)
+    assert [r["loss"] for r in _rows(dest)] == pytest.approx([r["loss"] for r in _rows(run)], abs=1e-6)
+
+
+def test_resume_refuses_a_changed_config_and_busy_folder_needs_resume(full_run, tmp_path):
+    run, raw = full_run
+    with pytest.raises(UserError, match="already holds a run"):
+        train(_cfg(raw))
+    dest = tmp_path / "changed"
+    _killed_copy(run, dest, 6)
+    changed = {**raw, "output_dir": str(dest), "stages": [raw["stages"][0], {**raw["stages"][1], "beta": 0.9}]}
+    with pytest.raises(UserError, match=r"config differs .* \['stages'\]"):
+        train(_cfg(changed), resume=True)
+
+
+# ---- more processes ----------------------------------------------------------------------------------------------
+
+def test_two_processes_match_one_process(tiny_dir, data_dirs, tmp_path):
+    """DDP over 2 CPU processes (gloo, launched by `accelerate launch --multi_gpu`, see docs/train.md) vs 1 process
+    with the same global batch of 4: SFT 2 per process vs 4, DMPO 1 per process x 2 accumulation vs 4. Same global
+    batches, so the same losses and weights up to float summation order: tolerance 1e-5 absolute (observed ~1e-7).
+    LoRA dropout is 0 because each process draws its own dropout masks."""
+    one = tmp_path / "one"
+    raw = _raw(tiny_dir, data_dirs / "pw", one, sft_epochs=1, align_epochs=1, dropout=0.0)
+    raw["save_every"] = None
+    raw["stages"][0]["max_steps"] = 1
+    train(_cfg(raw))
+    two = tmp_path / "two"
+    raw2 = _raw(tiny_dir, data_dirs / "pw", two, sft_epochs=1, align_epochs=1, dropout=0.0, batch=2)
+    raw2["save_every"] = None
+    raw2["stages"][0]["max_steps"] = 1
+    raw2["stages"][1].update(batch_size=1, grad_accum=2)  # the alignment stage also accumulates (DDP no_sync)
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw2))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "prefrec", "train", str(cfg_path)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((two / "run.json").read_text())
+    assert info["num_processes"] == 2 and info["stage_info"]["dmpo"]["global_batch"] == 4
+    a, b = _rows(one), _rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for key in ("loss", "chosen_logp"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], abs=1e-5), key
+    assert [r["reward_accuracy"] for r in b[1:]] == [r["reward_accuracy"] for r in a[1:]]
+    # validation (3 samples: process 1 scores a padded shard) is gathered the same way
+    va, vb = _rows(one, "valid"), _rows(two, "valid")
+    assert len(va) == len(vb) == 2 and all(r["n"] == 3 for r in vb)
+    assert [r["loss"] for r in vb] == pytest.approx([r["loss"] for r in va], abs=1e-5)
+    _assert_same_adapter(two / "adapter", one / "adapter", atol=1e-5)
+
+
+# ---- other stages and data -------------------------------------------------------------------------------------
+
+def test_sdpo_on_candidates_learns_and_dpo_uses_one_negative(tiny_dir, data_dirs, tmp_path):
+    """S-DPO k=3 on 4 candidate samples, one step per epoch: the first step has policy = reference (rewards 0, loss
+    log 4); six steps later on the same samples the loss is lower and the chosen title beats all 3 negatives
+    for at least half of them."""
+    raw = _raw(tiny_dir, data_dirs / "cd", tmp_path / "sdpo", kind="sdpo", sft_epochs=1, align_epochs=6, k=3,
+               dropout=0.0)
+    raw["save_every"] = None
+    raw["data"]["max_train_samples"] = 4
+    run = train(_cfg(raw))
+    rows = [r for r in _rows(run) if r["stage"] == "sdpo"]
+    assert len(rows) == 6
+    # equal rewards: softplus(logsumexp of three zeros) = log(1 + 3)
+    assert rows[0]["loss"] == pytest.approx(math.log(4), abs=1e-4) and rows[0]["reward_accuracy"] == 0.0
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.05
+    assert rows[-1]["reward_accuracy"] >= 0.5
+    from safetensors import safe_open
+
+    with safe_open(str(run / "ref_logps.safetensors"), framework="pt") as f:
+        assert f.get_tensor("train.rejected").shape == (4, 3)
+
+    raw = _raw(tiny_dir, data_dirs / "cd", tmp_path / "dpo", kind="dpo", sft_epochs=1, align_epochs=1)
+    raw["save_every"] = None
+    raw["data"]["max_train_samples"] = 4
+    run = train(_cfg({**raw, "stages": raw["stages"][1:]}))  # alignment without SFT: reference = base model
+    info = json.loads((run / "run.json").read_text())
+    assert info["stages"] == ["dpo"] and info["stage_info"]["dpo"]["k"] == 1
+    # policy = reference at step 1 (dropout 0.1 acts on LoRA A's input, and B = 0): loss log 2
+    assert _rows(run)[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_too_few_samples_and_missing_data(tiny_dir, data_dirs, tmp_path):
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "r", batch=16)
+    with pytest.raises(UserError, match=r"stages\[0\] \(sft\): 8 training samples are fewer than one global batch"):
+        train(_cfg(raw))
+    assert not (tmp_path / "r").exists()  # checked before anything is written
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "r", k=4)
+    with pytest.raises(UserError, match=r"stages\[1\] \(dmpo\): k=4 but sample 'pw-0' has only 3"):
+        train(_cfg(raw))  # an alignment-stage problem is found before the SFT stage runs
+    raw = _raw(tiny_dir, tmp_path / "nothing", tmp_path / "r2")
+    with pytest.raises(UserError, match="does not exist"):
+        train(_cfg(raw))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(UserError, match=r"train.jsonl:1: missing field"):
+        train(_cfg(_raw(tiny_dir, bad, tmp_path / "r3")))
+
+
+def test_cli_reports_config_errors(tmp_path, data_dirs, tiny_dir):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_raw(tiny_dir, data_dirs / "pw", tmp_path / "out")))
+    result = CliRunner().invoke(app, ["train", str(path), "--set", "stages[1].beta=abc"])
+    assert result.exit_code == 2
+    assert "stages[1].beta: expected float, got 'abc'" in result.output
