@@ -24,25 +24,410 @@ def _fail(e: Exception) -> None:
 
 # ---- data commands (region owned by the data work) ----
 
+_DATASET_HELP = "ml-100k | ml-1m | amazon-2014 | amazon-2018 | lastfm | goodreads | recbole (any RecBole atomic files)"
+
+
+def _size_arg(value: Optional[str], flag: str):
+    """--train/--valid/--test: a number, 'all', or absent (the task's paper default)."""
+    from prefrec.data.prepare import _UNSET
+
+    if value is None:
+        return _UNSET
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{flag} must be a whole number or 'all', got {value!r}") from None
+    return n
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Option(..., "--dataset", help=_DATASET_HELP),
+    source: Path = typer.Option(..., "--source", help="Folder or file of the original published files."),
+    task: str = typer.Option(..., "--task", help="pairwise (DMPO) | candidates (S-DPO/LLaRA) | yesno (TALLRec)"),
+    out: Path = typer.Option(..., "--out", help="Folder to write train/valid/test.jsonl, stats.json, items.tsv, interactions.tsv."),
+    seed: int = typer.Option(0, "--seed"),
+    negatives: Optional[int] = typer.Option(None, "--negatives", help="k negatives per sample (default: pairwise 1, candidates 3)."),
+    train: Optional[str] = typer.Option(None, "--train", help="Train size: users (pairwise, yesno) or a sample cap (candidates); 'all' for no limit."),
+    valid: Optional[str] = typer.Option(None, "--valid", help="Valid size (as --train)."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test size (as --train)."),
+    history_len: Optional[int] = typer.Option(None, "--history-len", help="History items shown (default: pairwise 40, candidates/yesno 10)."),
+    min_history: Optional[int] = typer.Option(None, "--min-history", help="Fewest earlier items a target needs (default: pairwise 5, candidates 3, yesno 10)."),
+    threshold: float = typer.Option(3.0, "--threshold", help="Ratings above this are positives (liked)."),
+    min_positives: int = typer.Option(5, "--min-positives", help="Pairwise: users need this many positives."),
+    min_negatives: int = typer.Option(5, "--min-negatives", help="Pairwise: users need this many negatives."),
+    candidates: int = typer.Option(20, "--candidates", help="Candidates task: titles shown (target + n-1 negatives)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Prompt wording: movies | games | music | books | items (default: from the dataset)."),
+) -> None:
+    """Read a published log and write protocol samples + stats.json."""
+    from prefrec.data.prepare import _UNSET, prepare
+    from prefrec.errors import UserError
+
+    try:
+        stats = prepare(dataset, source, task, out, seed=seed,
+                        negatives=_UNSET if negatives is None else negatives,
+                        n_train=_size_arg(train, "--train"), n_valid=_size_arg(valid, "--valid"),
+                        n_test=_size_arg(test, "--test"),
+                        history_len=_UNSET if history_len is None else history_len,
+                        min_history=_UNSET if min_history is None else min_history,
+                        threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
+                        domain=domain)
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+    sizes = stats["split_sizes"]
+    typer.echo(f"{dataset} {task}: {stats['interactions']:,} interactions, {stats['users']:,} users, "
+               f"{stats['items']:,} items; {stats['users_eligible']:,} eligible users")
+    typer.echo(f"samples: train {sizes['train']:,}, valid {sizes['valid']:,}, test {sizes['test']:,}"
+               + (f"  ({len(stats['warnings'])} warning(s), see stats.json)" if stats["warnings"] else ""))
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json", "items.tsv", "interactions.tsv"):
+        typer.echo(str(out / name))
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="ml-100k | ml-1m | lastfm"),
+    url: Optional[str] = typer.Option(None, "--url", help="Download from here instead (http(s):// or file://)."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 of the archive (overrides the known one)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if the cache has the dataset."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the server."),
+) -> None:
+    """Download a public dataset archive into the cache, checking its SHA-256."""
+    from prefrec.data.fetch import fetch
+    from prefrec.errors import UserError
+
+    try:
+        path = fetch(name, url=url, sha256=sha256, force=force, timeout=timeout, echo=lambda m: typer.echo(m, err=True))
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(str(path))
+
+
+@data_app.command("import")
+def data_import(
+    files: list[Path] = typer.Argument(..., help="Peer files: LLaMA-Factory alpaca pairwise JSON, TRL JSONL, k-rejected JSONL."),
+    out: Path = typer.Option(..., "--out", help="Folder for one NAME.jsonl per input file and import_report.json."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="Domain to record when the prompt does not say."),
+) -> None:
+    """Convert peer preference files to prefrec samples; report every rejected row with its reason."""
+    from prefrec.data.importers import import_files
+    from prefrec.errors import UserError
+
+    try:
+        report = import_files(files, out, domain=domain)
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+    for r in report["files"]:
+        status = f"loaded {r['rows_loaded']:,} rows -> {r['samples']:,} samples" if r["output"] else "REJECTED"
+        typer.echo(f"{Path(r['file']).name}: {status}; {len(r['rejected'])} rejected" + (f" ({r['reason']})" if r.get("reason") else ""))
+        for bad in r["rejected"][:5]:
+            typer.echo(f"    {bad['where']}: {bad['reason']}")
+        if len(r["rejected"]) > 5:
+            typer.echo(f"    ... {len(r['rejected']) - 5} more in import_report.json")
+    typer.echo(str(out / "import_report.json"))
+
+
+@data_app.command("stats")
+def data_stats(
+    path: Optional[Path] = typer.Argument(None, help="A prepared folder (prints its stats.json)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Or count a raw log: " + _DATASET_HELP),
+    source: Optional[Path] = typer.Option(None, "--source", help="With --dataset: the original files."),
+) -> None:
+    """Counts of a prepared folder, or of a raw log read from its original files."""
+    import json
+
+    from prefrec.errors import UserError
+
+    try:
+        if path is not None:
+            f = path / "stats.json" if path.is_dir() else path
+            if not f.is_file():
+                raise UserError(f"{f}: no stats.json (expected a folder written by `prefrec data prepare`)")
+            typer.echo(f.read_text(encoding="utf-8").rstrip())
+            return
+        if not dataset or source is None:
+            raise UserError("give a prepared folder, or --dataset and --source")
+        from prefrec.data.prepare import read_filtered
+
+        log, filters, raw = read_filtered(dataset, source)
+        typer.echo(json.dumps({"dataset": dataset, "source": str(source), "domain": log.domain, **raw,
+                               "catalog": log.catalog, "filters": filters, "warnings": log.warnings},
+                              indent=2, ensure_ascii=False))
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+
 # ---- end data commands ----
 
 # ---- train commands (region owned by the trainer work) ----
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="Training config (YAML); see configs/ and docs/train.md."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder from its last "
+                                "checkpoint (model, optimizer, scheduler, RNG, data position)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (overrides output_dir)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override one config value, e.g. "
+                                                   "--set stages[1].beta=0.2 --set data.max_train_samples=50."),
+) -> None:
+    """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
+    import os
+
+    from prefrec.config import load_config
+    from prefrec.errors import UserError
+    from prefrec.train import train
+
+    try:
+        cfg = load_config(config, overrides or [], output_dir=str(out) if out is not None else None)
+        run = train(cfg, resume=resume)
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        typer.echo(str(run))
 
 # ---- end train commands ----
 
 # ---- eval / report commands (region owned by the evaluation work) ----
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="'embedded', a Hugging Face id/folder, or a prefrec run folder."),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Prepared folder (its SPLIT.jsonl) or a .jsonl."),
+    split: str = typer.Option("test", "--split", help="Which split of the prepared folder."),
+    peer: Optional[Path] = typer.Option(None, "--peer", help="Instead of --samples: a peer-format test file "
+                                        "(.json/.jsonl/.csv/.tsv); see --peer-format."),
+    peer_format: str = typer.Option("candidates", "--peer-format", help="alpaca-yesno | candidates"),
+    history_field: str = typer.Option("historyList", "--history-field", help="Peer candidates: history field."),
+    candidates_field: str = typer.Option("itemList", "--candidates-field", help="Peer candidates: candidate list."),
+    target_field: str = typer.Option("trueSelection", "--target-field", help="Peer candidates: target title."),
+    domain: str = typer.Option("movies", "--domain", help="Peer files: movies | music | games | books."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name in results.json (default: "
+                                          "stats.json's, or the file name for peer files)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/eval/DATASET-TASK-SPLIT "
+                                       "for a run, else eval/METHOD-MODEL-DATASET-TASK-SPLIT)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
+    generate: bool = typer.Option(True, "--generate/--no-generate", help="Candidates task: greedy generation for "
+                                  "HR@1/ValidRatio (likelihood ranking is always computed)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Generation length limit."),
+    method: Optional[str] = typer.Option(None, "--method", help="Method name in results.json (default: the run's "
+                                         "last stage, 'zero-shot' for an untrained model)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed recorded in results.json (default: the run's, "
+                                       "else the data's)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+) -> None:
+    """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
+    from prefrec.errors import UserError
+    from prefrec.evaluate import evaluate
+
+    try:
+        if (samples is None) == (peer is None):
+            raise UserError("give exactly one of --samples DIR and --peer FILE")
+        if peer is not None:
+            from prefrec.peer import load_peer
+
+            data = load_peer(peer, peer_format, history_field=history_field, candidates_field=candidates_field,
+                             target_field=target_field, domain=domain)
+            dataset = dataset or peer.stem
+        else:
+            data = samples
+        res = evaluate(model, data, split=split, out=out, limit=limit, generate=generate, method=method, seed=seed,
+                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in res["metrics"].items()}
+    typer.echo(f"{res['method']} on {res['dataset']} {res['task']} ({res['n_samples']} samples): {shown}")
+    typer.echo(str(Path(res["out"]) / "results.json"))
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Folders (searched recursively) or results.json files."),
+    out: Path = typer.Option(Path("report"), "--out", help="Output folder for results.md, results.json, plots/."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per run (0 = no CIs)."),
+) -> None:
+    """Mean ± std over seeds, paired t-tests, bootstrap CIs and plots from many results.json -> results.md."""
+    from prefrec.errors import UserError
+    from prefrec.report import make_report
+
+    try:
+        md = make_report(runs, out, n_boot=bootstrap)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(str(md))
+
 # ---- end eval / report commands ----
 
 # ---- baseline commands (region owned by the baselines work) ----
+
+_BASELINE_HELP = ("popularity | bpr | sasrec | gru4rec | bert4rec | caser | stamp | core | gcsan | shan | cmf, "
+                  "or 'all'")
+
+
+@app.command("baseline")
+def baseline(
+    name: str = typer.Argument(..., help=_BASELINE_HELP),
+    samples: Path = typer.Option(..., "--samples", help="A folder from `prefrec data prepare` (its test.jsonl is scored)."),
+    regime: str = typer.Option("both", "--regime", help="few-shot (train split samples) | full (every non-test interaction) | both"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Parent folder; each run writes OUT/NAME-REGIME/results.json "
+                                       "(default results/baselines/DATASET-TASK)."),
+    train_samples: Optional[Path] = typer.Option(None, "--train-samples", help="Cross-domain: train on this folder "
+                                                 "(another domain) and score --samples (cmf only)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: few-shot 20, full 10)."),
+    examples_per_epoch: int = typer.Option(10000, "--examples-per-epoch", help="Training examples drawn per epoch."),
+    dim: int = typer.Option(64, "--dim", help="Embedding size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: MF 0.01, sequential 0.001)."),
+) -> None:
+    """Train a traditional recommender on the same samples and score them with the shared metrics."""
+    from prefrec.baselines.common import load_prepared
+    from prefrec.baselines.run import BASELINES, CROSS_DOMAIN, run_baseline
+    from prefrec.errors import UserError
+
+    try:
+        names = list(CROSS_DOMAIN if train_samples else BASELINES) if name.lower() == "all" else [name.lower()]
+        regimes = ["few-shot", "full"] if regime == "both" else [regime]
+        if out is None:
+            prep = load_prepared(samples)
+            label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
+            out = Path("results") / "baselines" / f"{label}-{prep.task}"
+        for n in names:
+            for r in regimes:
+                folder = out / f"{n}-{r}"
+                res = run_baseline(n, samples, regime=r, seed=seed, out=folder, epochs=epochs,
+                                   examples_per_epoch=examples_per_epoch, dim=dim, lr=lr,
+                                   train_samples=train_samples)
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items()
+                                  if isinstance(v, float) and k != "valid_ratio")
+                typer.echo(f"{n} {r}: {shown}  ({res['training']['train_seconds']:.0f} s)")
+                typer.echo(str(folder / "results.json"))
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
 
 # ---- end baseline commands ----
 
 # ---- explain / rank / serve commands (region owned by the explanation work) ----
 
+@app.command("explain")
+def explain_cmd(
+    models: list[str] = typer.Argument(..., help="Model(s): 'embedded', a run folder or a HF folder/id; label one "
+                                            "with LABEL=NAME (e.g. sft=runs/sft sft+dmpo=runs/dmpo)."),
+    samples: Path = typer.Option(..., "--samples", help="Samples .jsonl (or a prepared folder: its test.jsonl)."),
+    index: int = typer.Option(0, "--index", help="Which sample to explain (0-based position in the file)."),
+    sample_id: Optional[str] = typer.Option(None, "--id", help="Explain the sample with this id instead of --index."),
+    compare: bool = typer.Option(False, "--compare", help="Instead of one sample: mean conditional probability of "
+                                 "positive vs negative candidates over the file, per model (DMPO Figure 7)."),
+    limit: int = typer.Option(200, "--limit", help="With --compare: use the first N samples (0 = all)."),
+    out: Path = typer.Option(Path("explain-out"), "--out", help="Output folder."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+) -> None:
+    """Token-level conditional probabilities of each candidate: HTML page + PNG heatmap (or the Figure-7 table)."""
+    from prefrec.explain import compare_models, explain_file
+
+    try:
+        if compare:
+            paths = compare_models(list(models), samples, out, limit=limit or None, dtype=dtype)
+        else:
+            paths = explain_file(list(models), samples, out, index=index, sample_id=sample_id, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
+        _fail(e)
+    for kind, path in paths.items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command("rank")
+def rank_cmd(
+    model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
+    history: Path = typer.Option(..., "--history", help="Titles the user interacted with, oldest first: one per "
+                                 "line, or a JSON list (.json)."),
+    candidates: Path = typer.Option(..., "--candidates", help="Titles to rank: one per line, or a JSON list (.json)."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Print only the best N."),
+    domain: str = typer.Option("movies", "--domain", help="Prompt wording: movies | games | music | books | items."),
+    max_history: Optional[int] = typer.Option(None, "--max-history", min=1, help="Keep only the last N history "
+                                              "titles (the candidates protocol trains with at most 10)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here instead of stdout."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+) -> None:
+    """Rank candidate titles for a user history by log-probability (JSON: title, score, rank)."""
+    import json
+
+    from prefrec.model import load_model
+    from prefrec.rank import rank, read_titles
+    from prefrec.samples import write_json_atomic
+
+    try:
+        hist = read_titles(history, "history")
+        cands = read_titles(candidates, "candidates")
+        m, tok = load_model(model, dtype=dtype)
+        ranking = rank(m, tok, hist, cands, domain=domain, top=top, max_history=max_history)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    result = {"model": model, "domain": domain, "n_candidates": len(cands), "ranking": ranking}
+    if out is not None:
+        write_json_atomic(out, result)
+        typer.echo(f"ranking: {out}")
+    else:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. There is no authentication: "
+                             "keep the loopback default unless a proxy in front of it checks requests."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    max_history: int = typer.Option(50, "--max-history", min=1, help="Most history titles per request."),
+    max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Most candidates per request."),
+    max_title_chars: int = typer.Option(300, "--max-title-chars", min=1, help="Longest title, in characters."),
+    max_body_bytes: int = typer.Option(256 * 1024, "--max-body-bytes", min=1, help="Largest request body."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+) -> None:
+    """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
+    from prefrec.model import load_model
+    from prefrec.serve import Limits, run_server
+
+    try:
+        pair = load_model(model, dtype=dtype)  # once, before listening, so a bad name fails here with one line
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    limits = Limits(max_history=max_history, max_candidates=max_candidates, max_title_chars=max_title_chars,
+                    max_body_bytes=max_body_bytes)
+    run_server(pair, host=host, port=port, limits=limits, model_label=model)
+
 # ---- end explain / rank / serve commands ----
 
 # ---- quickstart / experiment commands ----
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Folder for data, runs, evaluations and the report."),
+    n_test: int = typer.Option(200, help="Pairwise test users to evaluate (ML-100K has 782 after the train and valid users)."),
+) -> None:
+    """ML-100K -> SFT -> DMPO (k=3) on the embedded model, evaluated against zero-shot and SFT, then a report."""
+    from prefrec.quickstart import run_quickstart
+
+    try:
+        run_quickstart(out, n_test=n_test)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+
+
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="An experiment YAML (see configs/experiments/)."),
+    only: Optional[list[str]] = typer.Option(None, help="Run only these methods or dataset labels (repeatable)."),
+    dry_run: bool = typer.Option(False, help="List the cells still to run and stop."),
+) -> None:
+    """Run a grid of methods x datasets x k x shots x beta x seeds (finished cells are skipped), then report."""
+    from prefrec.experiment import run_experiment
+
+    try:
+        md = run_experiment(config, only=only, dry_run=dry_run)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    if md is not None:
+        typer.echo(f"report: {md}")
+
 
 # ---- end quickstart / experiment commands ----
 

@@ -1,0 +1,356 @@
+"""`prefrec eval`: score a model (zero-shot or trained) on prepared samples with the paper metrics (DESIGN §6).
+
+One function per task turns samples into per-sample scores, with the packed scorer of prefrec.packing (every
+response of a sample in one forward pass); prefrec.metrics turns the scores into numbers:
+
+    pairwise   s_first = logp("pos, neg" | x), s_second = logp("neg, pos" | x) for every comparison of every sample
+               -> AUC over the pooled item scores σ(s_first − s_second), 1 − σ(…); pairwise accuracy
+    candidates likelihood ranking: every candidate title as a response to the prompt, one packed forward per sample,
+               ranked by summed logp (rank_*) and by mean logp per token (rank_norm_*)
+               -> HR@1, HR@5, NDCG@5, NDCG@10, MRR;
+               greedy generation (chat template, max_new_tokens) -> matched to one candidate (prefrec.matching)
+               -> HR@1 and ValidRatio
+    yesno      P(Yes) and P(No) = softmax over the whole vocabulary at the answer's first position, read at the first
+               token of the "Yes." and "No." responses; score = P(Yes) / (P(Yes) + P(No)) = σ(log P(Yes) − log P(No))
+               -> ROC-AUC, accuracy. One softmax: TALLRec's second softmax over the two logits gives the same AUC
+               but is not a probability of the model (DESIGN §7).
+
+Outputs: OUT/results.json (docs/dev/HELPERS.md "Results JSON") and OUT/per_sample.jsonl (fields read by
+prefrec.report for bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from prefrec.errors import UserError
+from prefrec.matching import match
+from prefrec.metrics import generation_metrics, pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.packing import Tree, encode_sample, encode_texts, score_trees
+from prefrec.provenance import provenance
+from prefrec.samples import Sample, read_jsonl, write_json_atomic
+
+
+# ---- inputs ----
+
+def load_samples(samples: str | os.PathLike | Sequence[Sample], split: str = "test") -> tuple[list[Sample], dict, str]:
+    """(samples, stats.json or {}, where): a prepared folder (SPLIT.jsonl + stats.json), one .jsonl file, or a list."""
+    if not isinstance(samples, (str, os.PathLike)):
+        return list(samples), {}, "<samples>"
+    p = Path(samples)
+    if p.is_dir():
+        f = p / f"{split}.jsonl"
+        if not f.is_file():
+            have = sorted(x.name for x in p.glob("*.jsonl"))
+            raise UserError(f"{p}: no {split}.jsonl (found: {', '.join(have) or 'no .jsonl files'}); "
+                            f"expected a folder written by `prefrec data prepare`")
+    elif p.is_file():
+        f = p
+    else:
+        raise UserError(f"{p}: no such samples folder or file")
+    try:
+        out = read_jsonl(f)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    stats_path = f.parent / "stats.json"
+    stats = {}
+    if stats_path.is_file():
+        try:
+            stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{stats_path}: not valid JSON ({e.msg})") from None
+    return out, stats, str(f)
+
+
+def _task_of(samples: list[Sample], where: str) -> str:
+    tasks = sorted({s.task for s in samples})
+    if len(tasks) != 1:
+        raise UserError(f"{where}: {'no samples' if not tasks else 'mixed tasks ' + ', '.join(tasks)}; "
+                        f"evaluate one task at a time")
+    return tasks[0]
+
+
+# ---- pairwise ----
+
+def score_pairwise(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                   progress: bool = True) -> list[dict]:
+    """Per sample: s_first[j] = logp(chosen ordering of comparison j), s_second[j] = logp(its first rejected one).
+    One packed forward per sample (all comparisons share the history prefix)."""
+    trees = [encode_sample(tokenizer, s, which="all") for s in samples]
+    nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
+                         desc="pairwise").nested()
+    return [{"id": s.id, "s_first": [float(b[0]) for b in branches], "s_second": [float(b[1]) for b in branches]}
+            for s, branches in zip(samples, nested)]
+
+
+# ---- candidates ----
+
+def candidate_list(s: Sample) -> tuple[list[str], int]:
+    """(candidate titles, index of the target). Samples without a `candidates` field fall back to the comparison's
+    chosen + rejected responses."""
+    cands = list(s.candidates) or [s.comparisons[0].chosen] + list(s.comparisons[0].rejected)
+    target = s.target if s.target is not None else s.comparisons[0].chosen
+    if target not in cands:
+        raise UserError(f"sample {s.id}: target {target!r} is not among its {len(cands)} candidates")
+    if len(set(cands)) != len(cands):
+        raise UserError(f"sample {s.id}: candidate titles are not unique")
+    return cands, cands.index(target)
+
+
+def candidate_trees(tokenizer, samples: list[Sample]) -> list[Tree]:
+    """One tree per sample: the prompt of comparison 0 with every candidate title as a response."""
+    return [encode_texts(tokenizer, s.prefix, [s.comparisons[0].question], [candidate_list(s)[0]]) for s in samples]
+
+
+def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                     progress: bool = True) -> list[dict]:
+    """Per sample: target_index, rank_scores (summed logp of each candidate title + end-of-turn token) and
+    rank_norm_scores (the same divided by the response's token count)."""
+    trees = candidate_trees(tokenizer, samples)
+    nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
+                         desc="candidates").nested()
+    out = []
+    for s, tree, branches in zip(samples, trees, nested):
+        summed = branches[0].double().numpy()
+        lengths = np.array([len(r) for r in tree.branches[0].responses], dtype=np.float64)
+        out.append({"id": s.id, "target_index": candidate_list(s)[1], "rank_scores": summed.tolist(),
+                    "rank_norm_scores": (summed / lengths).tolist()})
+    return out
+
+
+def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens: int = 64, batch_size: int = 8,
+                     progress: bool = True) -> list[str]:
+    """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
+    with the generation prompt), left-padded in batches; generation stops at the end-of-turn token."""
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    prompts = [t.prefix + t.branches[0].question for t in
+               (encode_sample(tokenizer, s, which="chosen") for s in samples)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    answers: list[str] = [""] * len(prompts)
+    with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="sample",
+                                      disable=not progress) as bar:
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo:lo + batch_size]
+            L = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), L), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, L - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[r, L - len(prompts[i]):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
+            for r, i in enumerate(idx):
+                answers[i] = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
+            bar.update(len(idx))
+    return answers
+
+
+# ---- yes/no ----
+
+def _is_yes(text: str) -> bool | None:
+    t = text.strip().lower().rstrip(".!")
+    return True if t == "yes" else False if t == "no" else None
+
+
+def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                progress: bool = True) -> list[dict]:
+    """Per sample: logp_yes, logp_no = log-softmax over the full vocabulary at the first answer position, read at the
+    first token of the "Yes." and "No." responses; p_yes = σ(logp_yes − logp_no) = P(Yes) / (P(Yes) + P(No))."""
+    trees, yes_at = [], []
+    for s in samples:
+        c = s.comparisons[0]
+        answers = [c.chosen] + list(c.rejected)
+        kinds = [_is_yes(a) for a in answers]
+        if True not in kinds or False not in kinds:
+            raise UserError(f"sample {s.id}: a yes/no sample needs responses 'Yes.' and 'No.', got {answers}")
+        yes_at.append((kinds.index(True), kinds.index(False)))
+        trees.append(encode_texts(tokenizer, s.prefix, [c.question], [answers]))
+    scores = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, per_token=True, progress=progress,
+                         desc="yes/no")
+    first = [t[0].item() for t in scores.token_logps]  # log P(first token of each response)
+    out, n = [], 0
+    for s, tree, (iy, ino) in zip(samples, trees, yes_at):
+        resp = tree.branches[0].responses
+        if resp[iy][0] == resp[ino][0]:
+            raise UserError(f"sample {s.id}: 'Yes.' and 'No.' start with the same token; cannot read P(Yes)")
+        ly, ln = first[n + iy], first[n + ino]
+        n += len(resp)
+        label = s.label if s.label is not None else int(iy == 0)
+        out.append({"id": s.id, "label": int(label), "logp_yes": ly, "logp_no": ln,
+                    "p_yes": float(1.0 / (1.0 + np.exp(ln - ly)))})
+    return out
+
+
+# ---- the whole evaluation ----
+
+def _run_info(name) -> dict:
+    """What a prefrec run folder says about itself: method (last stage), k, shots, regime, seed, config."""
+    from prefrec.model import is_run_dir
+
+    if not isinstance(name, (str, os.PathLike)) or not is_run_dir(name):
+        return {}
+    run = json.loads((Path(name) / "run.json").read_text(encoding="utf-8"))
+    info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model")}
+    stages = run.get("stages") or []
+    last = stages[-1] if stages else None
+    if isinstance(last, str):  # prefrec train: stages = ["sft", "dmpo"], details in stage_info[kind]
+        info["method"] = last
+        details = (run.get("stage_info") or {}).get(last) or {}
+        info["k"] = details.get("k") if last != "sft" else None
+        info["shots"] = details.get("train_samples")
+        info["regime"] = details.get("regime")
+    elif isinstance(last, dict):
+        info["method"] = last.get("method") or last.get("loss") or last.get("name")
+        info["k"] = last.get("k")
+        info["shots"] = last.get("shots", last.get("n_train", last.get("train_samples")))
+        info["regime"] = last.get("regime")
+    for key in ("k", "shots", "regime"):
+        if info.get(key) is None and run.get(key) is not None:
+            info[key] = run[key]
+    info["run"] = {k: v for k, v in run.items() if k in ("base_model", "stages", "stage_info", "seed", "timings",
+                                                         "git_commit")}
+    cfg_path = Path(name) / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        try:
+            info["train_config"] = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            info["train_config"] = None
+    return info
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.PathLike | None = None,
+             limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
+             dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
+             max_tokens_per_batch: int = 4096, dtype: str | None = None, device: str | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
+
+    model_or_run: "embedded", a Hugging Face id/folder, a prefrec run folder (its adapter on its base model), or an
+    already loaded (model, tokenizer) pair. samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of
+    Samples. method: default the run's last training stage, "zero-shot" for an untrained model. limit: the first N
+    samples. generate: candidates task only, greedy generation for HR@1/ValidRatio (the slow part).
+    Returns the results dict (as written, plus "out": the output folder).
+    """
+    t0 = time.perf_counter()
+    samples, stats, where = load_samples(samples_dir, split)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        samples = samples[:limit]
+    task = _task_of(samples, where)
+    info = _run_info(model_or_run)
+    method = method or info.get("method") or "zero-shot"
+    if seed is None:
+        seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
+    if dataset is None:
+        dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
+
+    if isinstance(model_or_run, tuple):
+        model, tokenizer = model_or_run
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
+    else:
+        from prefrec.model import load_model
+
+        model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device)
+        model_name = str(model_or_run)
+    t_loaded = time.perf_counter()
+
+    kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
+    timing: dict = {"load_s": t_loaded - t0}
+    if task == "pairwise":
+        rows = score_pairwise(model, tokenizer, samples, **kw)
+        s1 = np.concatenate([r["s_first"] for r in rows])
+        s2 = np.concatenate([r["s_second"] for r in rows])
+        metrics = pairwise_metrics(s1, s2)
+        metrics["ties"] = int(np.sum(s1 == s2))
+        timing["score_s"] = time.perf_counter() - t_loaded
+    elif task == "candidates":
+        rows = score_candidates(model, tokenizer, samples, **kw)
+        t_scored = time.perf_counter()
+        timing["score_s"] = t_scored - t_loaded
+        metrics = {}
+        if generate:
+            answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
+                                       batch_size=gen_batch_size, progress=progress)
+            timing["generate_s"] = time.perf_counter() - t_scored
+            cand_lists = [candidate_list(s)[0] for s in samples]
+            targets = [c[r["target_index"]] for c, r in zip(cand_lists, rows)]
+            metrics.update(generation_metrics(answers, cand_lists, targets))
+            for r, a, c in zip(rows, answers, cand_lists):
+                j, rule = match(a, c)
+                r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
+                          "hit": j is not None and j == r["target_index"]})
+        # ranking rows can differ in length when samples have different candidate counts: rank row by row
+        for prefix, key in (("rank_", "rank_scores"), ("rank_norm_", "rank_norm_scores")):
+            sizes = {len(r[key]) for r in rows}
+            parts = []
+            for size in sorted(sizes):
+                sel = [r for r in rows if len(r[key]) == size]
+                m = ranking_metrics(np.array([r[key] for r in sel]), np.array([r["target_index"] for r in sel]))
+                parts.append((m, len(sel)))
+            for name in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr"):
+                metrics[prefix + name] = float(sum(m[name] * n for m, n in parts) / len(rows))
+        metrics["n"] = len(rows)
+        metrics["n_candidates"] = int(np.mean([len(r["rank_scores"]) for r in rows]))
+    else:
+        rows = score_yesno(model, tokenizer, samples, **kw)
+        metrics = yesno_metrics([r["p_yes"] for r in rows], [r["label"] for r in rows])
+        timing["score_s"] = time.perf_counter() - t_loaded
+    timing["total_s"] = time.perf_counter() - t0
+    timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
+
+    if out is None:
+        if info:
+            out = Path(model_or_run) / "eval" / _slug(f"{dataset}-{task}-{split}")
+        else:
+            out = Path("eval") / _slug(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
+    out = Path(out)
+    results = {
+        "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,
+        "regime": info.get("regime"), "k": info.get("k"), "shots": info.get("shots"), "n_samples": len(samples),
+        "metrics": metrics, "model": model_name,
+        "config": {"samples": where, "split": split, "limit": limit, "generate": generate,
+                   "max_new_tokens": max_new_tokens, "dtype": str(next(model.parameters()).dtype),
+                   "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
+                   "run": info.get("run"), "train_config": info.get("train_config"),
+                   "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},
+        "timing": timing,
+        **provenance(),
+    }
+    _write_jsonl_atomic(out / "per_sample.jsonl", rows)
+    write_json_atomic(out / "results.json", results)
+    return {**results, "out": str(out)}

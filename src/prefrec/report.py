@@ -1,0 +1,514 @@
+"""`prefrec report RUN…`: many results.json files -> one results.md with tables, significance tests and plots.
+
+What it does, top to bottom:
+1. find every results.json with "kind": "eval" under the given folders (LLM evaluations and baselines alike);
+2. group runs by (dataset, task, method, regime, k, shots); each group is one configuration over several seeds;
+3. per group: mean ± sample standard deviation (ddof=1) of every metric over seeds;
+4. per pair of configurations of the same dataset and task: paired t-test over the seeds both have
+   (scipy.stats.ttest_rel, two-sided), and the Wilcoxon signed-rank test beside it (exact for small n);
+5. per run: percentile bootstrap 95 % CI of each metric, resampling the run's test samples (per_sample.jsonl) with
+   replacement and recomputing the metric with prefrec.metrics, so pooled metrics such as AUC are handled right;
+6. PNG plots (matplotlib, Agg): training curves from every RUN/metrics.jsonl found (loss, reward accuracy, chosen
+   log-prob), metric vs number of negatives k, metric vs number of shots;
+7. OUT/results.md (human) and OUT/results.json (machine, "kind": "report").
+
+per_sample.jsonl: one JSON object per test sample. The report recomputes metrics from these fields:
+    s_first, s_second      number or list (one per comparison)   -> auc, pairwise_accuracy
+    p_yes, label           number, 0/1                           -> auc, accuracy
+    valid, hit             booleans (generated answer)            -> hr@1, valid_ratio
+    {P}scores, target_index  list of C candidate scores, int      -> {P}hr@1, {P}hr@5, {P}ndcg@5, {P}ndcg@10, {P}mrr
+where {P} is any prefix ("" for a baseline's "scores", "rank_" for the LLM's likelihood ranking "rank_scores").
+Only metrics that also appear in the run's results.json get a CI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+from prefrec.errors import UserError
+from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.provenance import provenance
+from prefrec.samples import write_json_atomic
+
+GROUP_KEYS = ("dataset", "task", "method", "regime", "k", "shots")
+# metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
+KEY_METRICS = {
+    "pairwise": ["auc", "pairwise_accuracy"],
+    "candidates": ["hr@1", "valid_ratio", "rank_hr@1", "rank_hr@5", "rank_ndcg@10", "rank_mrr", "hr@5", "ndcg@5",
+                   "ndcg@10", "mrr"],
+    "yesno": ["auc", "accuracy"],
+}
+COUNT_KEYS = {"n", "n_samples", "n_comparisons", "n_candidates", "ties"}  # counts, not metrics: never averaged or tested
+TRAIN_PANELS = [  # (title, keys a trainer may log it under, first found wins)
+    ("loss", ["loss", "train_loss", "train/loss"]),
+    ("reward accuracy", ["reward_accuracy", "rewards/accuracies", "reward_acc", "rewards/accuracy"]),
+    ("chosen log-prob", ["chosen_logp", "logps/chosen", "policy_chosen_logps", "chosen_logps"]),
+]
+
+
+# ---- 1. finding results ----
+
+def find_results(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
+    """(path, parsed results.json) for every evaluation result under the given files or folders, sorted by path."""
+    found: dict[Path, dict] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
+        for f in files:
+            try:
+                d = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"{f}: not a readable results JSON ({e})") from None
+            if isinstance(d, dict) and d.get("kind") == "eval":
+                for key in ("dataset", "task", "method", "metrics"):
+                    if key not in d:
+                        raise UserError(f"{f}: results JSON lacks field '{key}'")
+                found[f.resolve()] = d
+    return sorted(found.items())
+
+
+def find_training_logs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    out = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.update(f.resolve() for f in p.rglob("metrics.jsonl"))
+    return sorted(out)
+
+
+def _numeric_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if k not in COUNT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+# ---- 2-3. groups, mean ± std ----
+
+def group_label(g: dict) -> str:
+    parts = [str(g["method"])]
+    if g.get("k") is not None:
+        parts.append(f"k={g['k']}")
+    if g.get("shots") is not None:
+        parts.append(f"shots={g['shots']}")
+    if g.get("regime"):
+        parts.append(str(g["regime"]))
+    return " ".join(parts)
+
+
+def summarize(results: list[tuple[Path, dict]]) -> tuple[list[dict], list[str]]:
+    """Groups of runs with mean ± std per metric over seeds, and warnings (e.g. two runs with the same seed)."""
+    by_key: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
+    for path, r in results:
+        by_key[tuple(r.get(k) for k in GROUP_KEYS)].append((path, r))
+    groups, warns = [], []
+    for key in sorted(by_key, key=lambda t: tuple("" if v is None else str(v).zfill(8) for v in t)):
+        runs = by_key[key]
+        g = dict(zip(GROUP_KEYS, key))
+        g["label"] = group_label(g)
+        per_seed: dict = {}
+        for path, r in sorted(runs, key=lambda pr: str(pr[1].get("created", ""))):
+            if r.get("seed") in per_seed:
+                warns.append(f"{g['dataset']}/{g['task']}/{g['label']}: two runs with seed {r.get('seed')}; "
+                             f"keeping the newer {path}")
+            per_seed[r.get("seed")] = (path, r)
+        g["seeds"] = list(per_seed)
+        g["runs"] = [str(p) for p, _ in per_seed.values()]
+        values: dict[str, dict] = defaultdict(dict)
+        for seed, (_, r) in per_seed.items():
+            for name, v in _numeric_metrics(r["metrics"]).items():
+                values[name][seed] = v
+        g["values"] = {m: v for m, v in values.items()}
+        g["metrics"] = {}
+        for m, v in values.items():
+            arr = np.array(list(v.values()))
+            g["metrics"][m] = {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else None,
+                               "n_seeds": int(arr.size)}
+        groups.append(g)
+    return groups, warns
+
+
+# ---- 4. significance over seeds ----
+
+def paired_tests(groups: list[dict]) -> list[dict]:
+    """Paired tests between every two configurations of the same dataset and task, per metric both have, over the
+    seeds both have (needs at least 2). p values are None where undefined (identical differences)."""
+    out = []
+    by_dt = defaultdict(list)
+    for g in groups:
+        by_dt[(g["dataset"], g["task"])].append(g)
+    for (dataset, task), gs in by_dt.items():
+        for a, b in itertools.combinations(gs, 2):
+            for m in sorted(set(a["values"]) & set(b["values"])):
+                seeds = [s for s in a["values"][m] if s in b["values"][m]]
+                if len(seeds) < 2:
+                    continue
+                seeds.sort(key=str)
+                x = np.array([a["values"][m][s] for s in seeds])
+                y = np.array([b["values"][m][s] for s in seeds])
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore")
+                    t = stats.ttest_rel(x, y)
+                    try:
+                        pw = float(stats.wilcoxon(x, y).pvalue)
+                    except ValueError:  # all differences zero
+                        pw = None
+                p_t = float(t.pvalue) if np.isfinite(t.pvalue) else None
+                out.append({"dataset": dataset, "task": task, "a": a["label"], "b": b["label"], "metric": m,
+                            "seeds": seeds, "n": len(seeds), "mean_diff": float(np.mean(x - y)),
+                            "t": float(t.statistic) if np.isfinite(t.statistic) else None, "p_ttest": p_t,
+                            "p_wilcoxon": pw if pw is None or np.isfinite(pw) else None})
+    return out
+
+
+# ---- 5. bootstrap CIs per run ----
+
+def read_per_sample(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def _as_list(v) -> list[float]:
+    return [float(x) for x in v] if isinstance(v, list) else [float(v)]
+
+
+def metric_functions(rows: list[dict]):
+    """(name, fn(indices) -> dict of metrics) for each metric family the per-sample rows support."""
+    if not rows:
+        return []
+    fields = set(rows[0])
+    fams = []
+    if {"s_first", "s_second"} <= fields:
+        s1 = [np.array(_as_list(r["s_first"])) for r in rows]
+        s2 = [np.array(_as_list(r["s_second"])) for r in rows]
+        if all(a.size == 1 for a in s1):  # one comparison per sample: plain indexing, much faster
+            f1, f2 = np.concatenate(s1), np.concatenate(s2)
+            fams.append(lambda idx: pairwise_metrics(f1[idx], f2[idx]))
+        else:  # a sample's comparisons stay together in a resample
+            fams.append(lambda idx: pairwise_metrics(np.concatenate([s1[i] for i in idx]),
+                                                     np.concatenate([s2[i] for i in idx])))
+    if {"p_yes", "label"} <= fields:
+        p = np.array([float(r["p_yes"]) for r in rows])
+        y = np.array([int(r["label"]) for r in rows])
+        fams.append(lambda idx: yesno_metrics(p[idx], y[idx]))
+    if {"valid", "hit"} <= fields:
+        valid = np.array([bool(r["valid"]) for r in rows], dtype=float)
+        hit = np.array([bool(r["hit"]) for r in rows], dtype=float)
+        fams.append(lambda idx: {"hr@1": float(hit[idx].mean()), "valid_ratio": float(valid[idx].mean())})
+    if "target_index" in fields:
+        t = np.array([int(r["target_index"]) for r in rows])
+        for f in sorted(fields):
+            if f.endswith("scores") and isinstance(rows[0][f], list):
+                prefix = f[: -len("scores")]
+                sc = np.array([r[f] for r in rows], dtype=float)
+                fams.append(lambda idx, sc=sc, prefix=prefix: {prefix + k: v for k, v in
+                                                               ranking_metrics(sc[idx], t[idx]).items()})
+    return fams
+
+
+def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, dict]:
+    """{metric: {"value", "lo", "hi"}}: percentile bootstrap over samples (resampled with replacement)."""
+    fams = metric_functions(rows)
+    n = len(rows)
+    if not fams or n == 0:
+        return {}
+    full: dict[str, float] = {}
+    for f in fams:
+        full.update(_numeric_metrics(f(np.arange(n))))
+    names = None if names is None else set(names)
+    wanted = [m for m in full if names is None or m in names]
+    if not wanted:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws = defaultdict(list)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        for f in fams:
+            for m, v in f(idx).items():
+                if m in wanted and isinstance(v, (int, float)):
+                    draws[m].append(float(v))
+    alpha = (1 - level) / 2
+    out = {}
+    for m in wanted:
+        d = np.array(draws[m])
+        if d.size == 0:
+            continue  # e.g. every resample had one class only
+        out[m] = {"value": full[m], "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)),
+                  "n_boot": int(d.size)}
+    return out
+
+
+# ---- 6. plots ----
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _slug(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(str(p) for p in parts if p not in (None, ""))).strip("-")
+
+
+def primary_metric(task: str, groups: list[dict]) -> str | None:
+    have = {m for g in groups for m in g["metrics"]}
+    for m in KEY_METRICS.get(task, []):
+        if m in have:
+            return m
+    return sorted(have)[0] if have else None
+
+
+def read_training_log(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being written while we read
+            if isinstance(d, dict):
+                rows.append(d)
+    return rows
+
+
+def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
+    """One PNG per run: a panel per training quantity found, one line per stage (sft, dpo, ...)."""
+    rows = [r for r in read_training_log(log) if r.get("split", "train") == "train"]
+    panels = []
+    for title, keys in TRAIN_PANELS:
+        key = next((k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)), None)
+        if key:
+            panels.append((title, key))
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    stages = list(dict.fromkeys(r.get("stage") for r in rows))
+    for ax, (title, key) in zip(axes[0], panels):
+        for st in stages:
+            pts = [(r.get("step", i), r[key]) for i, r in enumerate(rows)
+                   if r.get("stage") == st and isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=str(st) if st is not None else None, lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(stages) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(name, fontsize=10)
+    path = _save(fig, out_dir / f"train-{_slug(name)}.png")
+    plt.close(fig)
+    return path
+
+
+def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[str, str, str, Path]]:
+    """Metric vs k ("k") or vs shots ("shots"), one PNG per dataset/task with at least one line of ≥ 2 points.
+    Lines: configurations that differ only in `field` (mean ± std over seeds); configurations without a value for
+    `field` (zero-shot, say) as dashed horizontal references. Returns (dataset, task, metric, path)."""
+    other = {"k": "shots", "shots": "k"}[field]
+    made = []
+    by_dt = defaultdict(list)
+    for g in groups:
+        by_dt[(g["dataset"], g["task"])].append(g)
+    for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        metric = primary_metric(task, gs)
+        lines = defaultdict(list)
+        refs = []
+        for g in gs:
+            if metric not in g["metrics"]:
+                continue
+            if g.get(field) is None:
+                refs.append(g)
+            else:
+                lines[(g["method"], g.get(other), g.get("regime"))].append(g)
+        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items() if len(v) >= 2}
+        if not lines:
+            continue
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for (method, o, regime), gl in sorted(lines.items(), key=lambda kv: tuple(map(str, kv[0]))):
+            xs = [g[field] for g in gl]
+            ys = [g["metrics"][metric]["mean"] for g in gl]
+            es = [g["metrics"][metric]["std"] or 0.0 for g in gl]
+            label = " ".join(x for x in [str(method), f"{other}={o}" if o is not None else "", regime or ""] if x)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        for g in refs:
+            ax.axhline(g["metrics"][metric]["mean"], ls="--", lw=1, color="gray")
+            ax.annotate(g["label"], (ax.get_xlim()[0], g["metrics"][metric]["mean"]), fontsize=7, color="gray",
+                        va="bottom")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel({"k": "number of negatives k", "shots": "number of training samples (shots)"}[field])
+        ax.set_ylabel(metric)
+        ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
+        ax.legend(fontsize=8)
+        path = _save(fig, out_dir / f"{_slug(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
+        plt.close(fig)
+        made.append((dataset, task, metric, path))
+    return made
+
+
+# ---- 7. Markdown ----
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _fmt_p(p) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(path, base).replace(os.sep, "/")
+
+
+def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
+                seed: int = 0) -> Path:
+    """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md."""
+    paths = list(paths)
+    out_dir = Path(out_dir)
+    results = find_results(paths)
+    logs = find_training_logs(paths)
+    if not results and not logs:
+        raise UserError(f"no results.json with \"kind\": \"eval\" (and no metrics.jsonl) under {', '.join(map(str, paths))}")
+    plots_dir = out_dir / "plots"
+    groups, warns = summarize(results)
+    tests = paired_tests(groups)
+
+    runs = []
+    for path, r in results:
+        ps = path.parent / "per_sample.jsonl"
+        ci = {}
+        if ps.is_file() and n_boot > 0:
+            ci = bootstrap_ci(read_per_sample(ps), names=_numeric_metrics(r["metrics"]), n_boot=n_boot, seed=seed)
+        runs.append({"path": str(path), **{k: r.get(k) for k in GROUP_KEYS + ("seed", "model", "n_samples")},
+                     "metrics": r["metrics"], "ci95": ci})
+
+    train_plots = []
+    names_seen: dict[str, int] = defaultdict(int)
+    for log in logs:
+        name = log.parent.name
+        names_seen[name] += 1
+        if names_seen[name] > 1:
+            name = f"{name}-{names_seen[name]}"
+        p = plot_training_curves(log, plots_dir, name)
+        if p:
+            train_plots.append((name, log, p))
+    k_plots = plot_metric_vs(groups, "k", plots_dir)
+    shot_plots = plot_metric_vs(groups, "shots", plots_dir)
+
+    prov = provenance()
+    md = ["# prefrec results", "",
+          f"{len(results)} evaluation result(s) from {', '.join(f'`{p}`' for p in paths)}; "
+          f"generated {prov['created']} by prefrec {prov['versions'].get('prefrec')} (commit {prov['git_commit']}).",
+          "",
+          "Mean ± sample standard deviation over seeds; paired tests over the seeds two configurations share "
+          "(t-test: scipy.stats.ttest_rel; Wilcoxon signed-rank beside it); per-run 95 % CIs: percentile bootstrap "
+          f"over test samples ({n_boot} resamples). Metric definitions: docs/evaluate.md.", ""]
+    for w in warns:
+        md.append(f"> warning: {w}")
+    if warns:
+        md.append("")
+    by_dt = defaultdict(list)
+    for g in groups:
+        by_dt[(g["dataset"], g["task"])].append(g)
+    for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        have = {m for g in gs for m in g["metrics"]}
+        cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
+        md += [f"## {dataset} · {task}", ""]
+        rows = []
+        for g in gs:
+            cells = [str(g["method"]), _fmt(g.get("k")), _fmt(g.get("shots")), _fmt(g.get("regime")),
+                     str(len(g["seeds"]))]
+            for m in cols:
+                s = g["metrics"].get(m)
+                cells.append("–" if s is None else
+                             _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else ""))
+            rows.append(cells)
+        md += _table(["method", "k", "shots", "regime", "seeds"] + cols, rows) + [""]
+        ts = [t for t in tests if t["dataset"] == dataset and t["task"] == task and t["metric"] in cols]
+        if ts:
+            md += ["Paired tests over seeds:", ""]
+            md += _table(["A", "B", "metric", "seeds", "mean(A−B)", "t", "p (t-test)", "p (Wilcoxon)"],
+                         [[t["a"], t["b"], t["metric"], str(t["n"]), _fmt(t["mean_diff"]), _fmt(t["t"], 3),
+                           _fmt_p(t["p_ttest"]), _fmt_p(t["p_wilcoxon"])] for t in ts]) + [""]
+        rs = [r for r in runs if r["dataset"] == dataset and r["task"] == task]
+        md += ["Runs (value [bootstrap 95 % CI]):", ""]
+        rows = []
+        for r in rs:
+            cells = [group_label(r), _fmt(r.get("seed")), _fmt(r.get("n_samples"))]
+            for m in cols:
+                v = r["metrics"].get(m)
+                c = r["ci95"].get(m)
+                cells.append(_fmt(v) + (f" [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" if c else ""))
+            cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
+            rows.append(cells)
+        md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
+        for d, t, m, p in k_plots + shot_plots:
+            if (d, t) == (dataset, task):
+                md += [f"![{m} vs {'k' if p.stem.endswith('-k') else 'shots'}]({_rel(p, out_dir)})", ""]
+    if train_plots:
+        md += ["## Training curves", ""]
+        for name, log, p in train_plots:
+            md += [f"`{name}` (`{_rel(log, out_dir)}`)", "", f"![training curves of {name}]({_rel(p, out_dir)})", ""]
+
+    summary = {"kind": "report", "inputs": [str(p) for p in paths],
+               "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
+               "tests": tests, "runs": runs, "warnings": warns,
+               "plots": {"training": [str(p) for _, _, p in train_plots], "k": [str(p) for *_, p in k_plots],
+                         "shots": [str(p) for *_, p in shot_plots]},
+               "config": {"n_boot": n_boot, "seed": seed}, **prov}
+    write_json_atomic(out_dir / "results.json", summary)
+    md_path = out_dir / "results.md"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.md.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    os.replace(tmp, md_path)
+    return md_path

@@ -1,0 +1,155 @@
+"""`prefrec report` on synthetic results: statistics checked against scipy/numpy directly, plots created."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from prefrec.metrics import pairwise_metrics, ranking_metrics
+from prefrec.report import bootstrap_ci, find_results, make_report, paired_tests, summarize
+
+
+def _write_run(folder, *, method, seed, k=None, shots=None, task="pairwise", dataset="ml-100k", n=60, shift=0.0,
+               rng=None):
+    """A results.json + per_sample.jsonl whose metrics are computed from the per-sample scores (as evaluate does)."""
+    folder.mkdir(parents=True)
+    rng = rng or np.random.default_rng(seed)
+    rows = []
+    if task == "pairwise":
+        s1 = rng.normal(size=n) + shift
+        s2 = rng.normal(size=n)
+        rows = [{"id": f"s{i}", "s_first": [float(a)], "s_second": [float(b)]} for i, (a, b) in enumerate(zip(s1, s2))]
+        metrics = pairwise_metrics(s1, s2)
+    else:
+        sc = rng.normal(size=(n, 20))
+        t = rng.integers(0, 20, size=n)
+        sc[np.arange(n), t] += shift
+        rows = [{"id": f"s{i}", "target_index": int(ti), "rank_scores": row.tolist(), "valid": True,
+                 "hit": bool(row.argmax() == ti)} for i, (row, ti) in enumerate(zip(sc, t))]
+        metrics = {f"rank_{k_}": v for k_, v in ranking_metrics(sc, t).items()}
+        metrics["hr@1"] = float(np.mean([r["hit"] for r in rows]))
+        metrics["valid_ratio"] = 1.0
+    res = {"kind": "eval", "method": method, "dataset": dataset, "task": task, "split": "test", "seed": seed,
+           "regime": "few-shot" if shots else None, "k": k, "shots": shots, "n_samples": n, "metrics": metrics,
+           "model": "embedded", "config": {}, "git_commit": None, "versions": {}, "created": f"2026-01-0{seed + 1}"}
+    (folder / "results.json").write_text(json.dumps(res))
+    with open(folder / "per_sample.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return res
+
+
+@pytest.fixture
+def results_tree(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(3):
+        _write_run(root / f"zs-{seed}", method="zero-shot", seed=seed)
+        _write_run(root / f"dpo-{seed}", method="dpo", seed=seed, k=1, shots=100, shift=0.5)
+        for k in (1, 3):
+            _write_run(root / f"dmpo-k{k}-{seed}", method="dmpo", seed=seed, k=k, shots=100, shift=0.3 * k)
+        _write_run(root / f"dmpo-s50-{seed}", method="dmpo", seed=seed, k=3, shots=50, shift=0.4)
+        _write_run(root / f"cand-zs-{seed}", method="zero-shot", seed=seed, task="candidates")
+        _write_run(root / f"cand-sdpo-{seed}", method="sdpo", seed=seed, task="candidates", k=3, shots=100,
+                   shift=1.0)
+    run = root / "train-run"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as f:
+        for step in range(10):
+            f.write(json.dumps({"stage": "sft", "step": step, "loss": 2.0 - 0.1 * step}) + "\n")
+        for step in range(10):
+            f.write(json.dumps({"stage": "dpo", "step": step, "loss": 0.69 - 0.01 * step,
+                                "reward_accuracy": 0.5 + 0.03 * step, "chosen_logp": -20.0 - step}) + "\n")
+    return root
+
+
+def test_summary_mean_std_and_ttest_against_scipy(results_tree):
+    results = find_results([results_tree])
+    assert len(results) == 3 * 7
+    groups, warns = summarize(results)
+    assert not warns
+    g = {(x["task"], x["label"]): x for x in groups}
+    zs, dpo = g[("pairwise", "zero-shot")], g[("pairwise", "dpo k=1 shots=100 few-shot")]
+    aucs_zs = [json.loads((results_tree / f"zs-{s}" / "results.json").read_text())["metrics"]["auc"] for s in range(3)]
+    aucs_dpo = [json.loads((results_tree / f"dpo-{s}" / "results.json").read_text())["metrics"]["auc"]
+                for s in range(3)]
+    assert zs["metrics"]["auc"]["mean"] == pytest.approx(np.mean(aucs_zs))
+    assert zs["metrics"]["auc"]["std"] == pytest.approx(np.std(aucs_zs, ddof=1))
+    assert zs["metrics"]["auc"]["n_seeds"] == 3
+
+    tests = paired_tests(groups)
+    t = next(t for t in tests if t["task"] == "pairwise" and t["metric"] == "auc"
+             and {t["a"], t["b"]} == {zs["label"], dpo["label"]})
+    a, b = (aucs_zs, aucs_dpo) if t["a"] == zs["label"] else (aucs_dpo, aucs_zs)
+    want = stats.ttest_rel(a, b)
+    assert t["p_ttest"] == pytest.approx(want.pvalue)
+    assert t["t"] == pytest.approx(want.statistic)
+    assert t["n"] == 3
+    # different tasks are never compared
+    assert not any(t["task"] == "pairwise" and "sdpo" in (t["a"] + t["b"]) for t in tests)
+
+
+def test_duplicate_seed_warns(tmp_path):
+    _write_run(tmp_path / "a", method="dpo", seed=0)
+    _write_run(tmp_path / "b", method="dpo", seed=0)
+    groups, warns = summarize(find_results([tmp_path]))
+    assert len(groups) == 1 and groups[0]["metrics"]["auc"]["n_seeds"] == 1
+    assert warns and "seed 0" in warns[0]
+
+
+def test_bootstrap_ci_contains_the_value(tmp_path):
+    res = _write_run(tmp_path / "r", method="dpo", seed=0, n=200, shift=0.7)
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "per_sample.jsonl")]
+    ci = bootstrap_ci(rows, n_boot=300, seed=1)
+    for m in ("auc", "pairwise_accuracy"):
+        assert ci[m]["value"] == pytest.approx(res["metrics"][m])
+        assert ci[m]["lo"] < ci[m]["value"] < ci[m]["hi"]
+    # a wider sample -> a narrower interval
+    res2 = _write_run(tmp_path / "r2", method="dpo", seed=0, n=2000, shift=0.7)
+    rows2 = [json.loads(line) for line in open(tmp_path / "r2" / "per_sample.jsonl")]
+    ci2 = bootstrap_ci(rows2, ["auc"], n_boot=300, seed=1)
+    assert set(ci2) == {"auc"}
+    assert ci2["auc"]["hi"] - ci2["auc"]["lo"] < ci["auc"]["hi"] - ci["auc"]["lo"]
+    assert res2["metrics"]["auc"] == pytest.approx(ci2["auc"]["value"])
+
+
+def test_bootstrap_ranking_prefix(tmp_path):
+    res = _write_run(tmp_path / "c", method="sdpo", seed=0, task="candidates", n=80, shift=1.5)
+    rows = [json.loads(line) for line in open(tmp_path / "c" / "per_sample.jsonl")]
+    ci = bootstrap_ci(rows, res["metrics"], n_boot=100)
+    assert {"rank_hr@1", "rank_ndcg@10", "rank_mrr", "hr@1", "valid_ratio"} <= set(ci)
+    assert ci["rank_mrr"]["value"] == pytest.approx(res["metrics"]["rank_mrr"])
+
+
+def test_make_report_writes_md_json_and_pngs(results_tree, tmp_path):
+    out = tmp_path / "report"
+    md = make_report([results_tree], out, n_boot=50)
+    text = md.read_text()
+    assert "## ml-100k · pairwise" in text and "## ml-100k · candidates" in text
+    assert "± " in text and "p (t-test)" in text and "[" in text
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert any(n.startswith("train-") for n in pngs)
+    assert any(n.endswith("-vs-k.png") for n in pngs)  # dmpo k=1,3 at shots=100
+    assert any(n.endswith("-vs-shots.png") for n in pngs)  # dmpo k=3 at shots 50, 100
+    for n in pngs:
+        assert (out / "plots" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{n}" in text
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["kind"] == "report" and {"git_commit", "versions", "created"} <= set(summary)
+    assert len(summary["runs"]) == 21 and all(r["ci95"] for r in summary["runs"])
+    # the report's own results.json is not an evaluation: running again over the same tree finds the same runs
+    assert len(find_results([tmp_path])) == 21
+
+
+def test_make_report_errors(tmp_path):
+    from prefrec.errors import UserError
+
+    with pytest.raises(UserError):
+        make_report([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError):
+        make_report([tmp_path / "empty"], tmp_path / "out")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{nope")
+    with pytest.raises(UserError, match="results.json"):
+        make_report([tmp_path / "bad"], tmp_path / "out")
