@@ -28,7 +28,7 @@ QUICKSTART = {
 }
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int = 200) -> Path:
+def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int = 100) -> Path:
     out = Path(out)
     cfg = dict(QUICKSTART)
     cfg["output_dir"] = str(out)
