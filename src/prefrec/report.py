@@ -42,7 +42,7 @@ from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.provenance import provenance
 from prefrec.samples import write_json_atomic
 
-GROUP_KEYS = ("dataset", "task", "method", "regime", "k", "shots")
+GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
 # metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
 KEY_METRICS = {
     "pairwise": ["auc", "pairwise_accuracy"],
@@ -101,6 +101,10 @@ def group_label(g: dict) -> str:
         parts.append(f"k={g['k']}")
     if g.get("shots") is not None:
         parts.append(f"shots={g['shots']}")
+    if g.get("beta") is not None:
+        parts.append(f"β={g['beta']:g}")
+    if g.get("base_model"):
+        parts.append(f"model={Path(str(g['base_model'])).name}")
     if g.get("regime"):
         parts.append(str(g["regime"]))
     return " ".join(parts)
