@@ -6,8 +6,8 @@ time, samples/s, tokens fed and the largest score difference between the paths:
     (the three run interleaved in chunks of 10 samples, so a changing load on a shared machine affects all three alike)
 
     packed-batched   prefrec.packing.score_trees: one row per sample (prompt once, both orderings after it),
-                     rows batched up to 4096 padded tokens — what `prefrec eval` does
-    packed-single    prefrec.packing.response_logps on one sample at a time
+                     rows batched up to 4096 padded tokens
+    packed-single    prefrec.packing.response_logps on one sample at a time (what `prefrec eval` does on CPU)
     naive            prefrec.packing.naive_response_logps: one full sequence per ordering (the prompt twice), the two
                      sequences of a sample in one padded batch, full-vocabulary logits — what TRL-style code does
 
@@ -16,7 +16,7 @@ temporary folder from the offline copies (../shared/data): ML-1M (the staged use
 ML-100K has only 902 users with ≥ 5 positives and ≥ 5 negatives, so it cannot give 1,000 user-disjoint test samples;
 `--dataset ml-100k` uses all 902.
 
-    .venv/bin/python benchmarks/eval_pairwise.py                 # the full run (1,000 samples; ~1 h on 2 busy cores)
+    .venv/bin/python benchmarks/eval_pairwise.py                 # the full run (1,000 samples; ~1 h on 2 quiet cores)
     .venv/bin/python benchmarks/eval_pairwise.py --limit 50      # a quick run
 
 Writes benchmarks/results/eval_pairwise.json and .md (or --out-name NAME).
@@ -146,9 +146,9 @@ def main() -> None:
     for name, r in rows.items():
         md.append(f"| {name} | {r['seconds']:.1f} | {r['samples_per_s']:.2f} | {r['tokens']:,} | "
                   f"{speedup[name]:.2f}× | {r['max_abs_diff_vs_naive']:.1e} | {r['auc']:.4f} |")
-    md += ["", "packed-batched = what `prefrec eval` runs (score_trees, rows of one sample each, batched to 4,096 "
-           "padded tokens); packed-single = one packed row per forward; naive = the two orderings as two full "
-           "sequences in one padded batch, full-vocabulary logits.",
+    md += ["", "packed-batched = score_trees, rows of one sample each, batched up to 4,096 padded tokens; "
+           "packed-single = one packed row per forward (what `prefrec eval` does on CPU); naive = the two orderings "
+           "as two full sequences in one padded batch, full-vocabulary logits.",
            "", f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/eval_pairwise.py'] + sys.argv[1:])}` "
            f"(git {result['git_commit']}, torch {result['versions']['torch']}, "
            f"transformers {result['versions']['transformers']}, {result['created'][:19]} UTC)."]
