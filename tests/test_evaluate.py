@@ -73,7 +73,8 @@ def test_pairwise_against_naive_path(tiny_lm, tmp_path):
     saved = json.loads((tmp_path / "pw" / "results.json").read_text())
     assert saved["kind"] == "eval" and saved["method"] == "zero-shot" and saved["task"] == "pairwise"
     assert saved["dataset"] == "hand" and saved["seed"] == 3 and saved["n_samples"] == 3
-    assert {"git_commit", "versions", "created", "config", "model"} <= set(saved)
+    assert {"git_commit", "versions", "created", "config", "model", "base_model", "beta"} <= set(saved)
+    assert saved["beta"] is None and saved["k"] is None and saved["shots"] is None
     assert saved["versions"]["torch"]
 
 
@@ -174,10 +175,11 @@ def test_run_info_reads_the_last_stage(tmp_path):
     (run / "run.json").write_text(json.dumps({"base_model": "embedded", "seed": 2,
                                               "stages": [{"method": "sft"}, {"method": "dmpo", "k": 3,
                                                                              "shots": 100, "regime": "few-shot"}]}))
-    (run / "config.yaml").write_text("lr: 0.0001\n")
+    (run / "config.yaml").write_text("stages:\n- {kind: sft, beta: 0.1}\n- {kind: dmpo, beta: 0.5}\n")
     info = ev._run_info(str(run))
     assert (info["method"], info["k"], info["shots"], info["regime"], info["seed"]) == ("dmpo", 3, 100, "few-shot", 2)
-    assert info["train_config"] == {"lr": 0.0001}
+    assert info["train_config"]["stages"][1] == {"kind": "dmpo", "beta": 0.5}
+    assert info["beta"] == 0.5 and info["base_model"] == "embedded"
     assert ev._run_info("embedded") == {}
     # the layout `prefrec train` writes: stage kinds, details per kind
     (run / "run.json").write_text(json.dumps({"base_model": "embedded", "seed": 1, "stages": ["sft", "sdpo"],

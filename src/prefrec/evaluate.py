@@ -231,6 +231,10 @@ def _run_info(name) -> dict:
             info["train_config"] = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         except yaml.YAMLError:
             info["train_config"] = None
+    cfg_stages = (info.get("train_config") or {}).get("stages") if isinstance(info.get("train_config"), dict) else None
+    if info.get("method") not in (None, "sft") and isinstance(cfg_stages, list) and cfg_stages \
+            and isinstance(cfg_stages[-1], dict):
+        info["beta"] = cfg_stages[-1].get("beta")  # the alignment stage's β (SFT has none that matters)
     return info
 
 
@@ -255,7 +259,7 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.PathLike | None = None,
              limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
-             max_tokens_per_batch: int = 4096, dtype: str | None = None, device: str | None = None,
+             max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
              progress: bool = True) -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
@@ -263,6 +267,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     already loaded (model, tokenizer) pair. samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of
     Samples. method: default the run's last training stage, "zero-shot" for an untrained model. limit: the first N
     samples. generate: candidates task only, greedy generation for HR@1/ValidRatio (the slow part).
+    max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
     Returns the results dict (as written, plus "out": the output folder).
     """
     t0 = time.perf_counter()
@@ -289,6 +294,11 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         model_name = str(model_or_run)
     t_loaded = time.perf_counter()
 
+    if max_tokens_per_batch is None:
+        # CPU: one sample per forward pass was 1.3x faster than padded batches of 4096 tokens on 2 cores
+        # (benchmarks/results/eval_pairwise.md); a GPU wants big batches.
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        max_tokens_per_batch = 16384 if on_gpu else 1
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
     timing: dict = {"load_s": t_loaded - t0}
     if task == "pairwise":
@@ -343,8 +353,11 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,
         "regime": info.get("regime"), "k": info.get("k"), "shots": info.get("shots"), "n_samples": len(samples),
         "metrics": metrics, "model": model_name,
+        # the model a run was trained from (or the evaluated model itself): report groups by it, and by β
+        "base_model": info.get("base_model") or model_name, "beta": info.get("beta"),
         "config": {"samples": where, "split": split, "limit": limit, "generate": generate,
-                   "max_new_tokens": max_new_tokens, "dtype": str(next(model.parameters()).dtype),
+                   "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
+                   "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
                    "run": info.get("run"), "train_config": info.get("train_config"),
                    "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},

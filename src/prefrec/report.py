@@ -323,17 +323,17 @@ def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     stages = list(dict.fromkeys(r.get("stage") for r in rows))
     for ax, (title, key) in zip(axes[0], panels):
-        for st in stages:
+        for si, st in enumerate(stages):
             pts = [(r.get("step", i), r[key]) for i, r in enumerate(rows)
                    if r.get("stage") == st and isinstance(r.get(key), (int, float))]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=str(st) if st is not None else None, lw=1.2)
+                ax.plot(xs, ys, label=str(st) if st is not None else None, lw=1.2, color=f"C{si}")  # same per panel
         ax.set_title(title)
         ax.set_xlabel("step")
         if len(stages) > 1:
             ax.legend(fontsize=8)
-    fig.suptitle(name, fontsize=10)
+    fig.suptitle(name, fontsize=10, y=1.03)
     path = _save(fig, out_dir / f"train-{_slug(name)}.png")
     plt.close(fig)
     return path
