@@ -168,6 +168,19 @@ def test_few_shot_uses_exactly_the_train_samples(folders):
         assert [data.vocab.keys[i] for i in context_before(items, p, n)] == prep.train[r].history_items
 
 
+def test_few_shot_max_train_samples_takes_the_first_users(folders):
+    prep = load_prepared(folders["cluster"])
+    r = run_baseline("popularity", folders["cluster"], regime="few-shot", seed=0, max_train_samples=3, **TINY)
+    assert r["shots"] == 3 and r["training"]["records"] == 3
+    full = run_baseline("popularity", folders["cluster"], regime="few-shot", seed=0, **TINY)
+    assert full["shots"] == len(prep.train) > 3
+    # the full regime ignores it: it is defined by the log, not by the train split
+    assert run_baseline("popularity", folders["cluster"], regime="full", seed=0, max_train_samples=3,
+                        **TINY)["shots"] is None
+    with pytest.raises(UserError, match="at least 1"):
+        run_baseline("popularity", folders["cluster"], regime="few-shot", max_train_samples=0, **TINY)
+
+
 def test_full_regime_uses_every_non_test_user_and_no_test_user(folders):
     prep = load_prepared(folders["cluster"])
     data = training_data(prep, "full")

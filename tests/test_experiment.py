@@ -63,6 +63,10 @@ def test_grid_runs_every_cell_once_and_reports(tmp_path, tiny_setup):
     sft_run = tmp_path / "exp" / "cells" / "tiny-ml" / "sft-model-tiny-model-seed0" / "run"
     assert json.loads((sft_run / "run.json").read_text())["stages"] == ["sft"]  # shared SFT, trained once
     assert md.exists() and "dmpo" in md.read_text()
+    # training curves are named by their cell, and the report links to the copies beside it
+    assert "`tiny-ml/dmpo-model-tiny-model-k2-beta0.1-seed0`" in md.read_text()
+    assert (tmp_path / "report" / "cells" / "tiny-ml" / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run"
+            / "metrics.jsonl").is_file()
     # a second run finds every cell done and trains nothing
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp" / "cells").rglob("results.json")}
     run_experiment(path)
@@ -84,3 +88,45 @@ def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
     for path in sorted(root.glob("*.yaml")):
         assert cells(load_experiment(path)), path
+
+
+def test_overrides_reach_nested_keys_and_datasets_by_label(tmp_path, tiny_setup):
+    from prefrec.experiment import apply_overrides
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["dmpo"])
+    cfg = load_experiment(path, ["seeds=[0, 1]", "eval.limit=3", "align.lr=5e-5",
+                                 "datasets.tiny-ml.prepare.n_train=2", "ks=[1, 2]"])
+    assert cfg.seeds == [0, 1] and cfg.ks == [1, 2] and cfg.eval["limit"] == 3 and cfg.align["lr"] == 5e-5
+    assert cfg.datasets[0].prepare["n_train"] == 2 and cfg.datasets[0].prepare["n_valid"] == 2
+    assert len(cells(cfg)) == 4
+    raw = yaml.safe_load(path.read_text())
+    assert apply_overrides(raw, ["eval.generate=false"])["eval"]["generate"] is False
+    assert "generate" not in raw["eval"]  # the input mapping is left alone
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        load_experiment(path, ["eval.limit"])
+    with pytest.raises(UserError, match="no dataset labelled 'nope'"):
+        load_experiment(path, ["datasets.nope.prepare.n_train=2"])
+    with pytest.raises(UserError, match="unknown key"):
+        load_experiment(path, ["colour=blue"])
+    with pytest.raises(UserError, match="not a mapping"):
+        load_experiment(path, ["seeds.first=1"])
+
+
+def test_resuming_with_changed_settings_is_refused_and_report_is_self_contained(tmp_path, tiny_setup):
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    md = run_experiment(path, overrides=["eval.limit=3"])
+    report = tmp_path / "report"
+    published = report / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json"
+    assert published.is_file() and "cells/tiny-ml/popularity-full-seed0/results.json" in md.read_text()
+    info = json.loads((report / "experiment.json").read_text())
+    assert info["overrides"] == ["eval.limit=3"] and "--set 'eval.limit=3'" in info["command"]
+    assert info["command"] in md.read_text()
+    # growing a grid axis is fine; changing what a cell computes is not
+    run_experiment(path, overrides=["eval.limit=3", "seeds=[0, 1]"])
+    assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed1" / "results.json").is_file()
+    with pytest.raises(UserError, match=r"different settings \(eval\)"):
+        run_experiment(path, overrides=["eval.limit=4"])
+    with pytest.raises(UserError, match=r"datasets.tiny-ml"):
+        run_experiment(path, overrides=["eval.limit=3", "datasets.tiny-ml.prepare.n_test=3"])

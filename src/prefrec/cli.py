@@ -417,12 +417,15 @@ def experiment(
     config: Path = typer.Argument(..., help="An experiment YAML (see configs/experiments/)."),
     only: Optional[list[str]] = typer.Option(None, help="Run only these methods or dataset labels (repeatable)."),
     dry_run: bool = typer.Option(False, help="List the cells still to run and stop."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a config value, KEY=VALUE with VALUE in YAML (repeatable): --set seeds=[0] "
+                            "--set eval.limit=50 --set datasets.ml-100k.prepare.n_train=50."),
 ) -> None:
     """Run a grid of methods x datasets x k x shots x beta x seeds (finished cells are skipped), then report."""
     from prefrec.experiment import run_experiment
 
     try:
-        md = run_experiment(config, only=only, dry_run=dry_run)
+        md = run_experiment(config, only=only, dry_run=dry_run, overrides=set_)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     if md is not None:

