@@ -181,6 +181,16 @@ def test_few_shot_max_train_samples_takes_the_first_users(folders):
         run_baseline("popularity", folders["cluster"], regime="few-shot", max_train_samples=0, **TINY)
 
 
+def test_limit_scores_the_first_test_samples_and_trains_as_before(folders):
+    prep = load_prepared(folders["cluster"])
+    # SASRec scores each test sample on its own (BPR folds test users in jointly, so its scores depend on the batch)
+    full = run_baseline("sasrec", folders["cluster"], regime="full", seed=0, **TINY)
+    part = run_baseline("sasrec", folders["cluster"], regime="full", seed=0, limit=3, **TINY)
+    assert part["n_samples"] == 3 < len(prep.test) == full["n_samples"]
+    assert part["training"]["records"] == full["training"]["records"]  # the other test users stay out of training
+    np.testing.assert_allclose(part["scores"], full["scores"][:3], rtol=0, atol=1e-6)
+
+
 def test_full_regime_uses_every_non_test_user_and_no_test_user(folders):
     prep = load_prepared(folders["cluster"])
     data = training_data(prep, "full")

@@ -333,6 +333,8 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
             kwargs["train_samples"] = str(train_dir)
         if cell.shots is not None:
             kwargs["max_train_samples"] = cell.shots  # few-shot baselines see the same users as the LLM cells
+        if cfg.eval.get("limit") is not None:
+            kwargs.setdefault("limit", cfg.eval["limit"])  # and are scored on the same test samples
         res = run_baseline(cell.method, data_dir, regime=cell.regime, seed=cell.seed, out=out / "eval", **kwargs)
         res.pop("scores", None)
     # one results.json per cell, with the grid coordinates the report groups by

@@ -96,12 +96,14 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
                  out: str | Path | None = None, epochs: int | None = None, dim: int = 64, max_len: int | None = None,
                  lr: float | None = None, batch_size: int | None = None, examples_per_epoch: int = 10000,
                  train_samples: str | Path | None = None, progress: bool = True, threads: int | None = 1,
-                 max_train_samples: int | None = None) -> dict:
+                 max_train_samples: int | None = None, limit: int | None = None) -> dict:
     """Train `name` on the regime's data, score samples_dir/test.jsonl, return (and write to out/) the results.
 
     train_samples: a folder of another domain to train on (cross-domain; CMF only); default samples_dir itself.
     max_train_samples: few-shot regime only: train on the first N training samples (file order, as the LLM runs'
     `data.max_train_samples`), so a shots sweep trains the baselines on the same users as the LLMs.
+    limit: score only the first N test samples (as `prefrec eval --limit`), so tables compare the same samples. The
+    other test users stay out of training all the same.
     threads: torch intra-op threads while this runs (restored after). The models are tiny, so one thread is
     fastest, and on a busy machine several threads spin-wait for each other (measured 7x slower on 2 shared cores).
     Returns the results dict (HELPERS.md schema) plus, under "scores", the (N, C) candidate scores."""
@@ -111,13 +113,14 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
     try:
         return _run(name, samples_dir, regime=regime, seed=seed, out=out, epochs=epochs, dim=dim, max_len=max_len,
                     lr=lr, batch_size=batch_size, examples_per_epoch=examples_per_epoch,
-                    train_samples=train_samples, progress=progress, max_train_samples=max_train_samples)
+                    train_samples=train_samples, progress=progress, max_train_samples=max_train_samples,
+                    limit=limit)
     finally:
         torch.set_num_threads(before)
 
 
 def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batch_size, examples_per_epoch,
-         train_samples, progress, max_train_samples=None) -> dict:
+         train_samples, progress, max_train_samples=None, limit=None) -> dict:
     name = name.lower()
     if name not in BASELINES:
         raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
@@ -158,6 +161,10 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     else:
         model.fit(data)
     train_seconds = time.perf_counter() - t0
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"limit must be at least 1, got {limit}")
+        target = dataclasses.replace(target, test=target.test[:limit])  # after training: no test user leaks in
     test = eval_set(target, model.vocab, prefix)
     t0 = time.perf_counter()
     scores = model.score(test)
@@ -169,7 +176,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     config = {"samples": str(Path(samples_dir)), "train_samples": str(Path(train_samples or samples_dir)),
               "regime": regime, "epochs": 0 if name == "popularity" else n_epochs, "dim": dim, "max_len": max_len,
               "lr": getattr(model, "lr", None), "batch_size": getattr(model, "batch_size", None),
-              "examples_per_epoch": examples_per_epoch, "like_threshold": source.like_threshold,
+              "examples_per_epoch": examples_per_epoch, "like_threshold": source.like_threshold, "limit": limit,
               "source_dataset": source.name, "target_dataset": target.name, "cross_domain": cross}
     result = {
         "kind": "eval", "method": name,
