@@ -153,3 +153,22 @@ def test_make_report_errors(tmp_path):
     (tmp_path / "bad" / "results.json").write_text("{nope")
     with pytest.raises(UserError, match="results.json"):
         make_report([tmp_path / "bad"], tmp_path / "out")
+
+
+def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        for beta in (0.1, 1.0, 5.0):
+            res = _write_run(root / f"sdpo-b{beta}-{seed}", method="sdpo", seed=seed, k=3, shots=30,
+                             task="candidates", shift=beta)
+            res["beta"] = beta
+            (root / f"sdpo-b{beta}-{seed}" / "results.json").write_text(json.dumps(res))
+    out = tmp_path / "report"
+    text = make_report([root], out, n_boot=20).read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert "| β |" in header
+    assert sum(line.startswith("| sdpo | 3 | 30 | ") for line in text.splitlines()) == 3  # one row per β
+    assert all(f"| sdpo | 3 | 30 | {b} |" in text for b in ("0.1", "1", "5"))
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert any(n.endswith("-vs-beta.png") for n in pngs)
+    assert not any(n.endswith("-vs-k.png") or n.endswith("-vs-shots.png") for n in pngs)  # one k, one shots value

@@ -339,11 +339,14 @@ def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
     return path
 
 
+_AXIS_LABEL = {"k": "number of negatives k", "shots": "number of training samples (shots)", "beta": "β"}
+
+
 def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[str, str, str, Path]]:
-    """Metric vs k ("k") or vs shots ("shots"), one PNG per dataset/task with at least one line of ≥ 2 points.
+    """Metric vs k, shots or β (`field`), one PNG per dataset/task with at least one line of ≥ 2 distinct values.
     Lines: configurations that differ only in `field` (mean ± std over seeds); configurations without a value for
     `field` (zero-shot, say) as dashed horizontal references. Returns (dataset, task, metric, path)."""
-    other = {"k": "shots", "shots": "k"}[field]
+    others = [k for k in GROUP_KEYS if k not in ("dataset", "task", field)]
     made = []
     by_dt = defaultdict(list)
     for g in groups:
@@ -358,32 +361,34 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[
             if g.get(field) is None:
                 refs.append(g)
             else:
-                lines[(g["method"], g.get(other), g.get("regime"))].append(g)
-        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items() if len(v) >= 2}
+                lines[tuple(g.get(k) for k in others)].append(g)
+        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items() if len({g[field] for g in v}) >= 2}
         if not lines:
             continue
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for (method, o, regime), gl in sorted(lines.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        for key, gl in sorted(lines.items(), key=lambda kv: tuple(map(str, kv[0]))):
             xs = [g[field] for g in gl]
             ys = [g["metrics"][metric]["mean"] for g in gl]
             es = [g["metrics"][metric]["std"] or 0.0 for g in gl]
-            label = " ".join(x for x in [str(method), f"{other}={o}" if o is not None else "", regime or ""] if x)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=group_label({**gl[0], field: None}))
         for g in refs:
             ax.axhline(g["metrics"][metric]["mean"], ls="--", lw=1, color="gray")
             ax.annotate(g["label"], (ax.get_xlim()[0], g["metrics"][metric]["mean"]), fontsize=7, color="gray",
                         va="bottom")
-        from matplotlib.ticker import MaxNLocator
+        if field == "beta":
+            ax.set_xscale("log")
+        else:
+            from matplotlib.ticker import MaxNLocator
 
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel({"k": "number of negatives k", "shots": "number of training samples (shots)"}[field])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(_AXIS_LABEL[field])
         ax.set_ylabel(metric)
         ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
         ax.legend(fontsize=8)
         path = _save(fig, out_dir / f"{_slug(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
         plt.close(fig)
-        made.append((dataset, task, metric, path))
+        made.append((dataset, task, metric, path, field))
     return made
 
 
@@ -462,8 +467,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         p = plot_training_curves(log, plots_dir, name)
         if p:
             train_plots.append((name, log, p))
-    k_plots = plot_metric_vs(groups, "k", plots_dir)
-    shot_plots = plot_metric_vs(groups, "shots", plots_dir)
+    sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
 
     prov = provenance()
     md = ["# prefrec results", "",
@@ -486,15 +490,20 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
         md += [f"## {dataset} · {task}", ""]
         rows = []
+        models = {g.get("base_model") for g in gs if g.get("base_model")}
+        show_model = len(models) > 1
         for g in gs:
-            cells = [str(g["method"]), _fmt(g.get("k")), _fmt(g.get("shots")), _fmt(g.get("regime")),
-                     str(len(g["seeds"]))]
+            cells = [str(g["method"])] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
+                                          if show_model else [])
+            cells += [_fmt(g.get("k")), _fmt(g.get("shots")), ("–" if g.get("beta") is None else f"{g['beta']:g}"), _fmt(g.get("regime")),
+                      str(len(g["seeds"]))]
             for m in cols:
                 s = g["metrics"].get(m)
                 cells.append("–" if s is None else
                              _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else ""))
             rows.append(cells)
-        md += _table(["method", "k", "shots", "regime", "seeds"] + cols, rows) + [""]
+        md += _table(["method"] + (["model"] if show_model else []) + ["k", "shots", "β", "regime", "seeds"] + cols,
+                     rows) + [""]
         ts = [t for t in tests if t["dataset"] == dataset and t["task"] == task and t["metric"] in cols]
         if ts:
             md += ["Paired tests over seeds:", ""]
@@ -513,9 +522,9 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
             cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
             rows.append(cells)
         md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
-        for d, t, m, p in k_plots + shot_plots:
+        for d, t, m, p, field in sweep_plots:
             if (d, t) == (dataset, task):
-                md += [f"![{m} vs {'k' if p.stem.endswith('-k') else 'shots'}]({_rel(p, out_dir)})", ""]
+                md += [f"![{m} vs {field}]({_rel(p, out_dir)})", ""]
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -524,8 +533,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
                "tests": tests, "runs": runs, "warnings": warns,
-               "plots": {"training": [str(p) for _, _, p in train_plots], "k": [str(p) for *_, p in k_plots],
-                         "shots": [str(p) for *_, p in shot_plots]},
+               "plots": {"training": [str(p) for _, _, p in train_plots],
+                         **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
     write_json_atomic(out_dir / "results.json", summary)
     md_path = out_dir / "results.md"
