@@ -418,6 +418,19 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
+# Table rows: LLM methods in the order of the papers' tables, then the traditional baselines, few-shot before full
+_METHOD_ORDER = ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo", "popularity", "bpr", "sasrec",
+                 "gru4rec", "bert4rec", "caser", "stamp", "core", "gcsan", "shan", "cmf"]
+
+
+def _row_order(g: dict) -> tuple:
+    m = str(g.get("method"))
+    rank = _METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER)
+    regime = {"few-shot": 0, "full": 1}.get(g.get("regime"), -1)
+    return (rank, m, str(g.get("base_model") or ""), regime,
+            *((g.get(k) is not None, g.get(k) or 0) for k in ("k", "shots", "beta")))
+
+
 def _log_name(log: Path, paths: list) -> str:
     """A training log's name in the report: its run folder relative to the input it was found under, without the
     trailing `run` folder of experiment cells ("ml-100k/dmpo-k3-beta0.1-seed0", not "run")."""
@@ -486,6 +499,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     for g in groups:
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        gs = sorted(gs, key=_row_order)
         have = {m for g in gs for m in g["metrics"]}
         cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
         md += [f"## {dataset} · {task}", ""]
@@ -510,7 +524,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
             md += _table(["A", "B", "metric", "seeds", "mean(A−B)", "t", "p (t-test)", "p (Wilcoxon)"],
                          [[t["a"], t["b"], t["metric"], str(t["n"]), _fmt(t["mean_diff"]), _fmt(t["t"], 3),
                            _fmt_p(t["p_ttest"]), _fmt_p(t["p_wilcoxon"])] for t in ts]) + [""]
-        rs = [r for r in runs if r["dataset"] == dataset and r["task"] == task]
+        rs = sorted((r for r in runs if r["dataset"] == dataset and r["task"] == task),
+                    key=lambda r: (_row_order(r), r.get("seed") if r.get("seed") is not None else -1))
         md += ["Runs (value [bootstrap 95 % CI]):", ""]
         rows = []
         for r in rs:
