@@ -363,6 +363,22 @@ def test_cmf_transfers_across_domains_through_title_words(folders, tmp_path):
     assert r["metrics"]["auc"] > 0.65, r["metrics"]
 
 
+def test_cross_domain_target_needs_only_a_test_split(folders, tmp_path):
+    """A target domain that is only tested on (an experiment's train_from dataset) has no train.jsonl."""
+    import shutil
+
+    target = tmp_path / "test-only"
+    target.mkdir()
+    for name in ("test.jsonl", "stats.json", "items.tsv"):
+        if (folders["game"] / name).exists():
+            shutil.copyfile(folders["game"] / name, target / name)
+    a = run_baseline("cmf", target, train_samples=folders["cluster"], regime="full", seed=0, **TINY)
+    b = run_baseline("cmf", folders["game"], train_samples=folders["cluster"], regime="full", seed=0, **TINY)
+    np.testing.assert_array_equal(a["scores"], b["scores"])  # the target's train split was never used
+    with pytest.raises(UserError, match="train.jsonl"):
+        run_baseline("cmf", target, regime="full", **TINY)  # in-domain it is still required
+
+
 def test_id_only_models_refuse_cross_domain(folders):
     with pytest.raises(UserError, match="cross-domain"):
         run_baseline("sasrec", folders["game"], train_samples=folders["cluster"], progress=False)

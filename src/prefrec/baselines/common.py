@@ -119,12 +119,14 @@ def _read_titles(path: Path) -> dict[str, str]:
     return titles
 
 
-def load_prepared(path: str | Path) -> Prepared:
-    """Read a prepared folder. Raises UserError naming the file when something is missing or malformed."""
+def load_prepared(path: str | Path, require_train: bool = True) -> Prepared:
+    """Read a prepared folder. Raises UserError naming the file when something is missing or malformed.
+
+    require_train=False: a cross-domain target, which is only tested on (its train.jsonl may be absent)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a folder (expected the output of `prefrec data prepare`)")
-    train = _read_samples(path / "train.jsonl", required=True)
+    train = _read_samples(path / "train.jsonl", required=require_train)
     valid = _read_samples(path / "valid.jsonl", required=False)
     test = _read_samples(path / "test.jsonl", required=True)
     everything = train + valid + test

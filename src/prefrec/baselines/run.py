@@ -126,8 +126,8 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
         raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
     if regime not in REGIMES:
         raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
-    target = load_prepared(samples_dir)
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
+    target = load_prepared(samples_dir, require_train=not cross)
     source = load_prepared(train_samples) if cross else target
     if max_train_samples is not None and regime == "few-shot":
         if max_train_samples < 1:
