@@ -376,6 +376,9 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[
             ax.axhline(g["metrics"][metric]["mean"], ls="--", lw=1, color="gray")
             ax.annotate(g["label"], (ax.get_xlim()[0], g["metrics"][metric]["mean"]), fontsize=7, color="gray",
                         va="bottom")
+        if metric in ("auc", "pairwise_accuracy"):
+            # chance on the plot keeps a zoomed-in y axis from making noise look like an effect
+            ax.axhline(0.5, color="black", lw=0.8, ls=":", label="chance")
         if field == "beta":
             ax.set_xscale("log")
         else:
