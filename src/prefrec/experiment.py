@@ -396,11 +396,11 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
     src_root = Path(cfg.output_dir) / "cells"
     dst_root = Path(cfg.report_dir) / "cells"
     for c in grid:
-        src = src_root / c.folder()
         for rel in ("results.json", "per_sample.jsonl", "run/metrics.jsonl"):
-            if (src / rel).is_file():
-                (dst_root / c.folder() / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / rel, dst_root / c.folder() / rel)
+            src, dst = src_root / c.folder() / rel, dst_root / c.folder() / rel
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
     return dst_root
 
 
@@ -449,15 +449,15 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
                        "command": command, "cells": [c.folder() for c in done],
                        "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})
     preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
-    timed = [(c.folder(), seconds[c.folder()]) for c in done if c.folder() in seconds]
+    timed = [seconds[c.folder()] for c in done if c.folder() in seconds]
     if timed:
-        preamble += [f"Wall time of the cells: {sum(t for _, t in timed) / 60:.1f} min in all (each cell's time, "
+        preamble += [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, "
                      f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
     return make_report([published], cfg.report_dir, preamble=preamble)
 
 
 def _cell_seconds(log_path: Path) -> dict:
-    """Wall time per cell from the run log (the last run of each cell), for the report's cost column."""
+    """Wall time per cell from the run log (the last run of each cell), for the report's preamble."""
     out = {}
     if log_path.is_file():
         for line in log_path.read_text(encoding="utf-8").splitlines():

@@ -126,6 +126,8 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
         raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
     if regime not in REGIMES:
         raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
+    if limit is not None and limit < 1:  # checked before training, used after it
+        raise UserError(f"limit must be at least 1, got {limit}")
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
     target = load_prepared(samples_dir, require_train=not cross)
     source = load_prepared(train_samples) if cross else target
@@ -162,8 +164,6 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
         model.fit(data)
     train_seconds = time.perf_counter() - t0
     if limit is not None:
-        if limit < 1:
-            raise UserError(f"limit must be at least 1, got {limit}")
         target = dataclasses.replace(target, test=target.test[:limit])  # after training: no test user leaks in
     test = eval_set(target, model.vocab, prefix)
     t0 = time.perf_counter()
