@@ -60,6 +60,9 @@ def data_prepare(
     min_negatives: int = typer.Option(5, "--min-negatives", help="Pairwise: users need this many negatives."),
     candidates: int = typer.Option(20, "--candidates", help="Candidates task: titles shown (target + n-1 negatives)."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Prompt wording: movies | games | music | books | items (default: from the dataset)."),
+    per_user: int = typer.Option(1, "--per-user", help="Pairwise: training samples per train user, taken along the user's timeline (the papers: 1)."),
+    history_ratings: bool = typer.Option(False, "--history-ratings", help="Show the user's own rating after each history title (off in the papers)."),
+    item_stats: bool = typer.Option(False, "--item-stats", help="Show each candidate's mean rating and rater count from training interactions of other users (off in the papers)."),
 ) -> None:
     """Read a published log and write protocol samples + stats.json."""
     from prefrec.data.prepare import _UNSET, prepare
@@ -73,7 +76,7 @@ def data_prepare(
                         history_len=_UNSET if history_len is None else history_len,
                         min_history=_UNSET if min_history is None else min_history,
                         threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
-                        domain=domain)
+                        per_user=per_user, history_ratings=history_ratings, item_stats=item_stats, domain=domain)
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     sizes = stats["split_sizes"]

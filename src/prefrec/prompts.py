@@ -51,8 +51,13 @@ def quote(title: str) -> str:
     return f'"{title}"'
 
 
-def title_list(titles: list[str]) -> str:
-    return ", ".join(quote(t) for t in titles) if titles else "(none)"
+def title_list(titles: list[str], notes: list[str] | None = None) -> str:
+    """Quoted titles, comma-separated; `notes[i]`, when given and not empty, follows title i in parentheses."""
+    if not titles:
+        return "(none)"
+    if notes is None:
+        return ", ".join(quote(t) for t in titles)
+    return ", ".join(quote(t) + (f" ({n})" if n else "") for t, n in zip(titles, notes, strict=True))
 
 
 def format_ordering(first: str, second: str) -> str:
@@ -62,25 +67,46 @@ def format_ordering(first: str, second: str) -> str:
 
 # ---- DMPO pairwise ----
 
-def history_prefix(dom: str, history: list[str]) -> str:
-    """Role + the user's history (oldest first); shared by the pairwise and candidates tasks."""
+def history_prefix(dom: str, history: list[str], ratings: list[float] | None = None, *, timed: bool = True) -> str:
+    """Role + the user's history (oldest first); shared by the pairwise and candidates tasks.
+
+    ratings: the user's own rating of each history item, shown as "4/5" after its title (an option for a small
+    model: TALLRec splits liked/disliked for the same reason); off in the papers' protocols.
+    timed: False for a log without time, whose history is in a seeded random order: the prompt must not claim
+    "oldest first" then."""
     d = domain(dom)
-    return f"{d.role} The user has {d.consumed} these {d.plural}, oldest first: {title_list(history)}.\n"
+    order = "oldest first" if timed else "in no particular order"
+    if ratings is None:
+        return f"{d.role} The user has {d.consumed} these {d.plural}, {order}: {title_list(history)}.\n"
+    notes = [f"{r:g}/5" for r in ratings]
+    return (f"{d.role} The user has {d.consumed} these {d.plural}, {order}, each with the user's rating: "
+            f"{title_list(history, notes)}.\n")
 
 
-def pairwise_question(dom: str, a: str, b: str) -> str:
-    """Ask to rank two titles (shown in the given order, which the caller shuffles)."""
+def item_note(count: int, mean: float | None, *, rated: bool = True) -> str:
+    """What other users did with an item (the collaborative facts of the hybrid prompt option): "mean rating 3.9
+    from 120 users"; for logs without ratings (play counts, rated=False) only the count: "120 other users"."""
+    users = "user" if count == 1 else "users"
+    if not rated:
+        return f"{count} other {users}"
+    return "no other user rated it" if count == 0 else f"mean rating {mean:.1f} from {count} {users}"
+
+
+def pairwise_question(dom: str, a: str, b: str, notes: tuple[str, str] | None = None) -> str:
+    """Ask to rank two titles (shown in the given order, which the caller shuffles); `notes` follow the titles
+    in parentheses (item facts, an option)."""
     d = domain(dom)
+    na, nb = (f" ({notes[0]})", f" ({notes[1]})") if notes else ("", "")
     return (f"Rank these two {d.plural} by how likely the user is to enjoy them, most likely first: "
-            f"{quote(a)} and {quote(b)}. Answer with the two titles separated by a comma.")
+            f"{quote(a)}{na} and {quote(b)}{nb}. Answer with the two titles separated by a comma.")
 
 
 # ---- S-DPO / LLaRA candidates ----
 
-def candidates_question(dom: str, candidates: list[str]) -> str:
+def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None) -> str:
     d = domain(dom)
     return (f"Which one of these {len(candidates)} {d.plural} will the user {d.consume} next? "
-            f"Candidates: {title_list(candidates)}. Answer with the title only.")
+            f"Candidates: {title_list(candidates, notes)}. Answer with the title only.")
 
 
 # ---- TALLRec yes/no ----

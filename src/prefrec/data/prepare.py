@@ -100,6 +100,7 @@ def _write_tsv(path: Path, header: str, rows) -> None:
 def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.PathLike, *, seed: int = 0,
             negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET, n_test=_UNSET, history_len=_UNSET,
             min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20,
+            per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
             domain: str | None = None, warn: Callable[[str], None] = _warn_stderr) -> dict:
     """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
 
@@ -111,13 +112,15 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
     return prepare_log(log, filters, raw, task, out, dataset=dataset, source=source, seed=seed, negatives=negatives,
                        n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
                        min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
-                       n_candidates=n_candidates, warn=warn)
+                       n_candidates=n_candidates, per_user=per_user, history_ratings=history_ratings,
+                       item_stats=item_stats, warn=warn)
 
 
 def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
                 source: str | os.PathLike, seed: int = 0, negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET,
                 n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5,
-                min_neg: int = 5, n_candidates: int = 20, warn: Callable[[str], None] = _warn_stderr) -> dict:
+                min_neg: int = 5, n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False,
+                item_stats: bool = False, warn: Callable[[str], None] = _warn_stderr) -> dict:
     """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
     if task not in TASKS:
         raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
@@ -129,13 +132,20 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
         if p[k] is not None and p[k] < 0:
             raise UserError(f"--{k[2:]} must be ≥ 0 or 'all', got {p[k]}")
     sizes = {"n_train": p["n_train"], "n_valid": p["n_valid"], "n_test": p["n_test"]}
+    if per_user != 1 and task != "pairwise":
+        raise UserError(f"--per-user applies to the pairwise task (the {task} task already takes every position "
+                        "of a user's timeline)")
+    if (history_ratings or item_stats) and task == "yesno":
+        raise UserError("--history-ratings and --item-stats apply to the pairwise and candidates tasks")
+    hybrid = {"history_ratings": history_ratings, "item_stats": item_stats}
     if task == "pairwise":
         built = protocols.build_pairwise(log, seed=seed, negatives=p["negatives"], threshold=threshold, min_pos=min_pos,
                                          min_neg=min_neg, min_history=p["min_history"], history_len=p["history_len"],
-                                         **sizes)
+                                         per_user=per_user, **hybrid, **sizes)
     elif task == "candidates":
         built = protocols.build_candidates(log, seed=seed, negatives=p["negatives"], n_candidates=n_candidates,
-                                           history_len=p["history_len"], min_history=p["min_history"], **sizes)
+                                           history_len=p["history_len"], min_history=p["min_history"], **hybrid,
+                                           **sizes)
     else:
         built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
                                       min_history=p["min_history"], **sizes)

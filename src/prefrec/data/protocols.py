@@ -150,17 +150,51 @@ def _check_common(history_len: int, min_history: int) -> None:
         raise UserError(f"min_history must be ≥ 0, got {min_history}")
 
 
+class ItemFacts:
+    """Collaborative facts for the hybrid prompt option: per item, how many users interacted with it and their mean
+    rating, over the interactions marked `use` (the training side of the split: never a test interaction).
+
+    `note(item, user)` leaves the sample's own user out, so a training sample never shows a count or mean that
+    includes its own held-out answer, and training and test samples show facts of the same kind."""
+
+    def __init__(self, log: Log, use: list[bool]):
+        self.rated = log.value == "rating"
+        self.total: dict[str, tuple[int, float]] = {}
+        self.own: dict[tuple[str, str], float] = {}
+        for x, used in zip(log.interactions, use):
+            if used:
+                c, s = self.total.get(x.item, (0, 0.0))
+                self.total[x.item] = (c + 1, s + x.rating)
+                self.own[(x.user, x.item)] = x.rating
+
+    def note(self, item: str, user: str) -> str:
+        c, s = self.total.get(item, (0, 0.0))
+        mine = self.own.get((user, item))
+        if mine is not None:
+            c, s = c - 1, s - mine
+        return prompts.item_note(c, (s / c if c else None) if self.rated else None, rated=self.rated)
+
+
+def _check_options(log: Log, history_ratings: bool) -> None:
+    if history_ratings and log.value != "rating":
+        raise UserError(f"--history-ratings needs a log of ratings; {log.name} has {log.value} values")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # DMPO pairwise
 
 
 def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: float = 3.0, min_pos: int = 5,
                    min_neg: int = 5, min_history: int = 5, history_len: int = 40, n_train: int | None = 100,
-                   n_valid: int | None = 100, n_test: int | None = 1000) -> Built:
+                   n_valid: int | None = 100, n_test: int | None = 1000, per_user: int = 1,
+                   history_ratings: bool = False, item_stats: bool = False) -> Built:
     if negatives < 1:
         raise UserError(f"--negatives must be ≥ 1 for the pairwise task, got {negatives}")
+    if per_user < 1:
+        raise UserError(f"--per-user must be ≥ 1, got {per_user}")
     _check_common(history_len, min_history)
-    inter, title = log.interactions, log.title
+    _check_options(log, history_ratings)
+    inter = log.interactions
     seqs, liked = sequences(log), liked_flags(log, threshold)
     need_neg = max(min_neg, negatives)
     pos_neg_ok, eligible = set(), {}
@@ -181,41 +215,31 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                                                            f"negatives, a positive with ≥{min_history + negatives} "
                                                            "earlier interactions)")
     user_split = _assign_users(list(eligible), seed, "pairwise", sizes)
+    # item facts come from every user outside the test split (each sample leaves its own user out)
+    facts = ItemFacts(log, [user_split.get(x.user) != "test" for x in inter]) if item_stats else None
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     dropped = 0
     for u in sorted(user_split, key=user_key):
-        rng = random.Random(f"{seed}:pairwise:{u}")
-        seq = seqs[u]
-        late, neg = eligible[u]
-        p = rng.choice(late)
-        pos_item = inter[seq[p]].item
-        pos_title = title(pos_item)
-        # a negative sharing the positive's title would make the two orderings identical texts
-        usable = [j for j in neg if title(inter[seq[j]].item).casefold() != pos_title.casefold()]
-        if len(usable) < negatives:
-            dropped += 1
-            continue
-        chosen_negs = rng.sample(usable, negatives)
-        held = set(chosen_negs)
-        hist = [seq[j] for j in range(p) if j not in held][-history_len:]
-        hist_items = [inter[i].item for i in hist]
-        hist_titles = [title(i) for i in hist_items]
-        neg_items = [inter[seq[j]].item for j in chosen_negs]
-        comps = []
-        for n_item in neg_items:
-            n_title = title(n_item)
-            a, b = (pos_title, n_title) if rng.random() < 0.5 else (n_title, pos_title)
-            comps.append(Comparison(question=prompts.pairwise_question(log.domain, a, b),
-                                    chosen=prompts.format_ordering(pos_title, n_title),
-                                    rejected=[prompts.format_ordering(n_title, pos_title)]))
         split = user_split[u]
-        samples[split].append(Sample(
-            id=f"{log.name}-pairwise-{split}-{u}", task="pairwise", domain=log.domain,
-            prefix=prompts.history_prefix(log.domain, hist_titles), comparisons=comps, user=u,
-            history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
-            candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item))
+        late, neg = eligible[u]
+        # the first sample of a user is the papers' one; --per-user adds more training samples along the timeline,
+        # each from its own random stream, so per_user = 1 reproduces the protocol exactly
+        rng = random.Random(f"{seed}:pairwise:{u}")
+        positions = [rng.choice(late)]
+        if split == "train" and per_user > 1:
+            rest = [j for j in late if j != positions[0]]
+            positions += random.Random(f"{seed}:pairwise:{u}:more").sample(rest, min(per_user - 1, len(rest)))
+        for n, p in enumerate(positions):
+            r = rng if n == 0 else random.Random(f"{seed}:pairwise:{u}:{n}")
+            sample = _pairwise_sample(log, seqs[u], p, neg, r, negatives=negatives, history_len=history_len,
+                                      history_ratings=history_ratings, facts=facts,
+                                      sid=f"{log.name}-pairwise-{split}-{u}" + (f"-{n}" if n else ""))
+            if sample is None:
+                dropped += 1
+            else:
+                samples[split].append(sample)
     if dropped:
-        warnings.append(f"{dropped} sampled users were dropped: fewer than {negatives} negatives with a title "
+        warnings.append(f"{dropped} sampled positives were dropped: fewer than {negatives} negatives with a title "
                         "different from the held-out positive's")
     filters.append(_filter_row("sampled into train/valid/test", log, {s.user for v in samples.values() for s in v}))
     split_of = {s.user: name for name, v in samples.items() for s in v}
@@ -224,8 +248,48 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                  protocol={"name": "DMPO pairwise", "negatives": negatives, "positive": kind,
                            "negative": "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}",
                            "min_positives": min_pos, "min_negatives": min_neg, "min_history": min_history,
-                           "history_len": history_len, "user_disjoint": True,
+                           "history_len": history_len, "user_disjoint": True, "per_user": per_user,
+                           "history_ratings": history_ratings,
+                           "item_stats": "users outside the test split, the sample's own user left out"
+                           if item_stats else False,
                            "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+
+
+def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: random.Random, *, negatives: int,
+                     history_len: int, history_ratings: bool, facts: "ItemFacts | None", sid: str) -> Sample | None:
+    """One pairwise sample of a user: the positive at sequence position p, k negatives drawn from `neg`, the
+    history strictly before p minus the held-out negatives; None when too few negatives have another title."""
+    inter, title = log.interactions, log.title
+    u = inter[seq[p]].user
+    pos_item = inter[seq[p]].item
+    pos_title = title(pos_item)
+    # a negative sharing the positive's title would make the two orderings identical texts
+    usable = [j for j in neg if title(inter[seq[j]].item).casefold() != pos_title.casefold()]
+    if len(usable) < negatives:
+        return None
+    chosen_negs = rng.sample(usable, negatives)
+    held = set(chosen_negs)
+    hist = [seq[j] for j in range(p) if j not in held][-history_len:]
+    hist_items = [inter[i].item for i in hist]
+    hist_titles = [title(i) for i in hist_items]
+    neg_items = [inter[seq[j]].item for j in chosen_negs]
+    note = (lambda it: facts.note(it, u)) if facts is not None else None
+    comps = []
+    for n_item in neg_items:
+        n_title = title(n_item)
+        first_pos = rng.random() < 0.5
+        a, b = (pos_title, n_title) if first_pos else (n_title, pos_title)
+        notes = None
+        if note is not None:
+            notes = (note(pos_item), note(n_item)) if first_pos else (note(n_item), note(pos_item))
+        comps.append(Comparison(question=prompts.pairwise_question(log.domain, a, b, notes),
+                                chosen=prompts.format_ordering(pos_title, n_title),
+                                rejected=[prompts.format_ordering(n_title, pos_title)]))
+    ratings = [inter[i].rating for i in hist] if history_ratings else None
+    return Sample(id=sid, task="pairwise", domain=log.domain,
+                  prefix=prompts.history_prefix(log.domain, hist_titles, ratings), comparisons=comps, user=u,
+                  history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
+                  candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,12 +339,14 @@ def _sample_negatives(rng: random.Random, pool: list[str], n: int, banned: set[s
 
 def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
                      min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                     n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000) -> Built:
+                     n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
+                     history_ratings: bool = False, item_stats: bool = False) -> Built:
     if n_candidates < 2:
         raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
     if not 1 <= negatives <= n_candidates - 1:
         raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
     _check_common(history_len, min_history)
+    _check_options(log, history_ratings)
     min_history = max(min_history, 1)
     inter, title = log.interactions, log.title
     seqs = sequences(log)
@@ -334,6 +400,8 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
         if requested[s] != 0 and not by_split[s]:
             raise UserError(f"the {s} split has no next-item sample; the log is too small for an 8:1:1 split")
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    # item facts from the training period only (each sample leaves its own user out)
+    facts = ItemFacts(log, [sp == "train" for sp in interaction_split]) if item_stats else None
     twins = _title_twins(pool, title)
     user_items: dict[str, set[str]] = {}
     skipped = 0
@@ -351,13 +419,16 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
             cands = negs + [target]
             rng.shuffle(cands)
             rejected = rng.sample(negs, negatives)
-            hist_items = [inter[i].item for i in seq[max(0, t - history_len):t]]
+            hist = seq[max(0, t - history_len):t]
+            hist_items = [inter[i].item for i in hist]
             hist_titles = [title(i) for i in hist_items]
             cand_titles = [title(i) for i in cands]
+            ratings = [inter[i].rating for i in hist] if history_ratings else None
+            notes = [facts.note(i, u) for i in cands] if facts is not None else None
             samples[s].append(Sample(
                 id=f"{log.name}-candidates-{s}-{u}-{t}", task="candidates", domain=log.domain,
-                prefix=prompts.history_prefix(log.domain, hist_titles),
-                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles),
+                prefix=prompts.history_prefix(log.domain, hist_titles, ratings),
+                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles, notes),
                                         chosen=title(target), rejected=[title(i) for i in rejected])],
                 user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
                 candidate_items=cands, target=title(target), target_item=target))
@@ -372,7 +443,9 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                            "n_candidates": n_candidates, "history_len": history_len, "min_history": min_history,
                            "split": mode, "user_disjoint": False,
                            "negative_pool": "items in the log the user never interacted with, distinct titles",
-                           "potential_samples": potential,
+                           "potential_samples": potential, "history_ratings": history_ratings,
+                           "item_stats": "train-period interactions, the sample's own user left out"
+                           if item_stats else False,
                            "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
 
 
