@@ -422,3 +422,30 @@ def test_cli_reports_config_errors(tmp_path, data_dirs, tiny_dir):
     result = CliRunner().invoke(app, ["train", str(path), "--set", "stages[1].beta=abc"])
     assert result.exit_code == 2
     assert "stages[1].beta: expected float, got 'abc'" in result.output
+
+
+# ---- dropout in preference stages (issue 12) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("disable", [None, False])
+def test_preference_stage_trains_without_dropout_by_default(tiny_dir, data_dirs, tmp_path, disable):
+    """The reference log-probs are computed without dropout; the policy pass must be too, or the first step's
+    rewards are dropout noise instead of 0 (policy = reference before the first update). TRL's default."""
+    align = {} if disable is None else {"disable_dropout": disable}
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", align_epochs=1, dropout=0.5, **align)
+    raw["data"]["max_valid_samples"] = 0
+    run = train(_cfg(raw))
+    first = next(r for r in _rows(run) if r["stage"] == "dmpo")
+    noise = abs(first["chosen_reward"]) + abs(first["rejected_reward"])
+    if disable is None:
+        assert noise < 1e-5, first
+    else:
+        assert noise > 1e-4, first  # the option keeps dropout on
+
+
+def test_dropout_option_defaults_by_stage_kind():
+    from prefrec.config import StageConfig
+
+    assert StageConfig(kind="dmpo").dropout_off() and StageConfig(kind="sdpo").dropout_off()
+    assert not StageConfig(kind="sft").dropout_off()
+    assert StageConfig(kind="sft", disable_dropout=True).dropout_off()
+    assert not StageConfig(kind="dpo", disable_dropout=False).dropout_off()

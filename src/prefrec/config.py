@@ -75,6 +75,12 @@ class StageConfig:
     beta: float = 0.1  # DPO-family temperature β (ignored by sft)
     k: int | None = None  # negatives per sample: the first k (None: dpo 1, others all the data has; sft all)
     ftx: float = 0.0  # γ of the optional SFT term on the chosen responses (alignment stages; DMPO code used 1)
+    # dropout off while this stage trains (TRL's disable_dropout). None = off for preference stages, whose reference
+    # log-probs are computed without dropout (with it, rewards start as noise), and on for sft
+    disable_dropout: bool | None = None
+
+    def dropout_off(self) -> bool:
+        return self.kind in ALIGNMENT_KINDS if self.disable_dropout is None else self.disable_dropout
 
 
 @dataclass

@@ -188,6 +188,12 @@ def base_model_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Data order
 
+def set_dropout(model: torch.nn.Module, rates: dict[torch.nn.Dropout, float], off: bool) -> None:
+    """Dropout rate of every dropout module: 0 when `off`, else its configured rate (`rates`, taken once)."""
+    for m, p in rates.items():
+        m.p = 0.0 if off else p
+
+
 def epoch_order(n: int, seed: int, stage_index: int, epoch: int) -> list[int]:
     """The sample order of one epoch: the same on every process, independent of the global RNG."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + stage_index * 10_007 + epoch)
@@ -538,6 +544,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     scorer = TreeScorer(lm)
     params = [p for p in scorer.parameters() if p.requires_grad]
+    dropout_rates = {m: m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
     if state is not None:
         load_adapter_weights(lm, resume_from / "adapter")
 
@@ -629,6 +636,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             save_checkpoint(acc, run, prepared, None if done else optimizer,
                             None if done else scheduler, st, cfg.keep_last)
 
+        set_dropout(lm, dropout_rates, stage.dropout_off())
         prepared.train()
         bar = tqdm(total=total, initial=stage_step, desc=kind, disable=not show, dynamic_ncols=True)
         while stage_step < total:
