@@ -288,3 +288,82 @@ def test_yesno_invariants():
         assert s.comparisons[0].question == prompts.yesno_question("movies", s.target)
     labels = [s.label for s in all_samples(built)]
     assert 0 < sum(labels) < len(labels)
+
+
+# ---- options for more signal per sample (issue 12) -----------------------------------------------------------------
+
+def _note_naive(log, use_user, item, user):
+    """The hybrid prompt's item note recomputed from the raw interactions: other users' ratings of `item`, counted
+    only where use_user(their user) says so."""
+    rs = [x.rating for x in log.interactions if x.item == item and x.user != user and use_user(x)]
+    return prompts.item_note(len(rs), sum(rs) / len(rs) if rs else None)
+
+
+def test_pairwise_per_user_adds_training_samples_along_the_timeline():
+    log = synthetic_log(n_users=60)
+    base = P.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20)
+    more = P.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20, per_user=4)
+    # the papers' samples are unchanged; only training users get more
+    first = [s for s in more.samples["train"] if not re.search(r"-\d+-\d+$", s.id)]
+    assert [s.to_dict() for s in first] == [s.to_dict() for s in base.samples["train"]]
+    for split in ("valid", "test"):
+        assert [s.to_dict() for s in more.samples[split]] == [s.to_dict() for s in base.samples[split]]
+    assert len(more.samples["train"]) > 2 * len(base.samples["train"])
+    order = time_order(log)
+    test_users = {s.user for s in more.samples["test"]}
+    per_user: dict[str, set[str]] = {}
+    for s in more.samples["train"]:
+        assert s.user not in test_users
+        per_user.setdefault(s.user, set()).add(s.target_item)
+        seq = order[s.user]
+        pos_at = next(j for j, i in enumerate(seq) if log.interactions[i].item == s.target_item)
+        before = [log.interactions[i].item for i in seq[:pos_at]]
+        assert s.history_items == [i for i in before if i not in s.candidate_items[1:]][-40:]
+    assert max(len(v) for v in per_user.values()) == 4  # distinct positives per user
+    # round-robin file order: the first N samples cover min(N, users) users (a learning curve's first points)
+    n_users = len(per_user)
+    assert len({s.user for s in more.samples["train"][:n_users]}) == n_users
+    assert sum(len(v) for v in per_user.values()) == len(more.samples["train"])
+
+
+def test_pairwise_item_stats_come_from_other_non_test_users_only():
+    log = synthetic_log(n_users=60)
+    built = P.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True,
+                             history_ratings=True)
+    test_users = {s.user for s in built.samples["test"]}
+    for s in all_samples(built):
+        for c, neg in zip(s.comparisons, s.candidate_items[1:]):
+            for item in (s.candidate_items[0], neg):
+                note = _note_naive(log, lambda x: x.user not in test_users, item, s.user)
+                assert f'"{log.title(item)}" ({note})' in c.question
+        mine = {x.item: x.rating for x in log.interactions if x.user == s.user}
+        shown = re.findall(r'" \((\d)/5\)', s.prefix)
+        assert [float(r) for r in shown] == [mine[i] for i in s.history_items]
+    # a test user's ratings never reach any prompt
+    changed = synthetic_log(n_users=60)
+    swap = {1.0: 2.0, 2.0: 1.0, 4.0: 5.0, 5.0: 4.0, 3.0: 3.0}  # other ratings, same liked / not liked
+    changed.interactions = [x._replace(rating=swap[x.rating]) if x.user in test_users else x
+                            for x in changed.interactions]
+    again = P.build_pairwise(changed, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
+    plain = P.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
+    assert [s.comparisons[0].question for s in again.samples["train"]] == \
+        [s.comparisons[0].question for s in plain.samples["train"]]
+
+
+def test_candidates_item_stats_come_from_the_training_period_only():
+    log = synthetic_log(n_users=30)
+    built = P.build_candidates(log, seed=0, n_train=50, n_valid=20, n_test=20, item_stats=True)
+    split = built.interaction_split
+    train_rows = {id(x) for x, sp in zip(log.interactions, split) if sp == "train"}
+    for s in all_samples(built)[:40]:
+        q = s.comparisons[0].question
+        for item in s.candidate_items:
+            note = _note_naive(log, lambda x: id(x) in train_rows, item, s.user)
+            assert f'"{log.title(item)}" ({note})' in q
+
+
+def test_hybrid_options_are_checked():
+    with pytest.raises(UserError, match="per-user"):
+        P.build_pairwise(synthetic_log(), per_user=0)
+    with pytest.raises(UserError, match="history-ratings needs a log of ratings"):
+        P.build_pairwise(synthetic_log(value="plays"), history_ratings=True, n_train=5, n_valid=5, n_test=5)

@@ -130,3 +130,20 @@ def test_resuming_with_changed_settings_is_refused_and_report_is_self_contained(
         run_experiment(path, overrides=["eval.limit=4"])
     with pytest.raises(UserError, match=r"datasets.tiny-ml"):
         run_experiment(path, overrides=["eval.limit=3", "datasets.tiny-ml.prepare.n_test=3"])
+
+
+def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "dmpo", "sdpo", "popularity"])
+    raw = yaml.safe_load(path.read_text())
+    cand = {**raw["datasets"][0], "label": "tiny-cand", "task": "candidates", "methods": ["zero-shot", "sdpo"]}
+    raw["datasets"][0]["methods"] = ["zero-shot", "dmpo", "popularity"]
+    raw["datasets"].append(cand)
+    path.write_text(yaml.safe_dump(raw))
+    got = {(c.dataset, c.method) for c in cells(load_experiment(path))}
+    assert got == {("tiny-ml", "zero-shot"), ("tiny-ml", "dmpo"), ("tiny-ml", "popularity"),
+                   ("tiny-cand", "zero-shot"), ("tiny-cand", "sdpo")}
+    raw["datasets"][1]["methods"] = ["dpo"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"datasets\[1\]\.methods: \['dpo'\] not in"):
+        load_experiment(path)

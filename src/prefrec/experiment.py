@@ -47,6 +47,9 @@ class DatasetSpec:
     # peer prompt files (e.g. the DMPO release) imported as the splits: {train: FILE, valid: FILE, test: FILE};
     # a path starting with "shared:" is read from ../shared/data
     imported: dict | None = None
+    # the methods to run on this dataset (a subset of the experiment's `methods`); None = all of them. A grid with a
+    # pairwise and a candidates dataset runs DMPO on the one and S-DPO on the other without the crossed cells
+    methods: list[str] | None = None
 
 
 @dataclass
@@ -140,7 +143,11 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         if not (d.get("prepared") or d.get("dataset") or d.get("imported")):
             raise UserError(f"{path}: datasets[{i}] needs 'dataset' (to prepare), 'prepared' (a folder) or "
                             f"'imported' (peer files per split)")
-        datasets.append(DatasetSpec(**d))
+        spec = DatasetSpec(**d)
+        if spec.methods is not None and not set(spec.methods) <= set(raw["methods"]):
+            raise UserError(f"{path}: datasets[{i}].methods: {sorted(set(spec.methods) - set(raw['methods']))} "
+                            f"not in the experiment's methods {raw['methods']}")
+        datasets.append(spec)
     from prefrec.baselines.run import BASELINES
 
     for m in raw["methods"]:
@@ -189,6 +196,8 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
     for ds, method, model, k, shots, beta, seed in itertools.product(
             [d for d in cfg.datasets if d.evaluate], cfg.methods, cfg.models, cfg.ks, cfg.shots, cfg.betas,
             cfg.seeds):
+        if ds.methods is not None and method not in ds.methods:
+            continue
         aligned = method in ("dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
         trained = method in LLM_METHODS and method != "zero-shot"
         cell_k = (1 if method == "dpo" else k) if aligned else None

@@ -218,8 +218,9 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     # item facts come from every user outside the test split (each sample leaves its own user out)
     facts = ItemFacts(log, [user_split.get(x.user) != "test" for x in inter]) if item_stats else None
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    rank: dict[str, tuple[int, int]] = {}  # sample id -> (its index among the user's samples, the user's position)
     dropped = 0
-    for u in sorted(user_split, key=user_key):
+    for ui, u in enumerate(sorted(user_split, key=user_key)):
         split = user_split[u]
         late, neg = eligible[u]
         # the first sample of a user is the papers' one; --per-user adds more training samples along the timeline,
@@ -238,6 +239,10 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                 dropped += 1
             else:
                 samples[split].append(sample)
+                rank[sample.id] = (n, ui)
+    # round-robin over users (every user's first sample, then every second one, ...), so that the first N training
+    # samples (data.max_train_samples, a learning curve's x) cover as many users as they can
+    samples["train"].sort(key=lambda x: rank[x.id])
     if dropped:
         warnings.append(f"{dropped} sampled positives were dropped: fewer than {negatives} negatives with a title "
                         "different from the held-out positive's")
