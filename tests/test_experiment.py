@@ -147,3 +147,19 @@ def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=r"datasets\[1\]\.methods: \['dpo'\] not in"):
         load_experiment(path)
+
+
+def test_only_combines_methods_and_datasets(tmp_path, tiny_setup):
+    from prefrec.experiment import select
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "sft", "popularity"])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "label": "other"})
+    path.write_text(yaml.safe_dump(raw))
+    grid = cells(load_experiment(path))
+    assert {(c.dataset, c.method) for c in select(grid, ["sft", "other"])} == {("other", "sft")}
+    assert {c.method for c in select(grid, ["tiny-ml"])} == {"zero-shot", "sft", "popularity"}
+    assert {c.dataset for c in select(grid, ["sft", "zero-shot"])} == {"tiny-ml", "other"}
+    with pytest.raises(UserError, match="--only 'sdpo': not a method or dataset label"):
+        select(grid, ["sdpo"])

@@ -413,6 +413,20 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
     return dst_root
 
 
+def select(grid: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells matching `--only`: names of methods and of dataset labels; a cell is kept when its method is one of
+    the methods named (if any) and its dataset one of the labels named (if any)."""
+    methods = {c.method for c in grid}
+    labels = {c.dataset for c in grid}
+    unknown = [x for x in only if x not in methods and x not in labels]
+    if unknown:
+        raise UserError(f"--only {unknown[0]!r}: not a method or dataset label of this grid; methods "
+                        f"{sorted(methods)}, datasets {sorted(labels)}")
+    want_m = {x for x in only if x in methods}
+    want_d = {x for x in only if x in labels}
+    return [c for c in grid if (not want_m or c.method in want_m) and (not want_d or c.dataset in want_d)]
+
+
 def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: bool = False,
                    report: bool = True, overrides: list[str] | None = None) -> Path | None:
     """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path.
@@ -425,7 +439,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     cfg = load_experiment(path, overrides)
     grid = cells(cfg)
     if only:
-        grid = [c for c in grid if c.method in only or c.dataset in only]
+        grid = select(grid, only)
     root = Path(cfg.output_dir) / "cells"
     todo = [c for c in grid if not (root / c.folder() / "results.json").exists()]
     print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run",
