@@ -172,3 +172,67 @@ def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert any(n.endswith("-vs-beta.png") for n in pngs)
     assert not any(n.endswith("-vs-k.png") or n.endswith("-vs-shots.png") for n in pngs)  # one k, one shots value
+
+
+# ---- paired comparison on the same test samples (issue 12) ---------------------------------------------------------
+
+def _pairwise_rows(rng, n, shift):
+    """n samples with 3 comparisons each; `shift` moves the positive's ordering score up (a better model)."""
+    rows = []
+    for i in range(n):
+        s1 = rng.normal(size=3) + shift
+        rows.append({"id": f"t{i}", "s_first": s1.tolist(), "s_second": rng.normal(size=3).tolist()})
+    return rows
+
+
+def test_paired_bootstrap_against_an_independent_computation():
+    from sklearn.metrics import roc_auc_score
+
+    from prefrec.report import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a, b = _pairwise_rows(rng, 60, 0.8), _pairwise_rows(rng, 60, 0.0)
+    b = list(reversed(b)) + [{"id": "only-in-b", "s_first": [0.0], "s_second": [1.0]}]  # joined on id, not order
+    got = paired_bootstrap(a, b, "auc", n_boot=200, seed=7)
+
+    def auc(rows, idx):  # DESIGN §6 by hand: p = σ(s_ab − s_ba) for the positive, 1 − p for the negative
+        d = np.concatenate([np.subtract(rows[i]["s_first"], rows[i]["s_second"]) for i in idx])
+        p = 1 / (1 + np.exp(-d))
+        return roc_auc_score(np.r_[np.ones_like(p), np.zeros_like(p)], np.r_[p, 1 - p])
+
+    b_by = {r["id"]: r for r in b}
+    b_al = [b_by[r["id"]] for r in a]
+    assert got["n"] == 60
+    assert got["diff"] == pytest.approx(auc(a, range(60)) - auc(b_al, range(60)), abs=1e-12)
+    r = np.random.default_rng(7)
+    diffs = []
+    for _ in range(200):
+        idx = r.integers(0, 60, size=60)
+        diffs.append(auc(a, idx) - auc(b_al, idx))
+    diffs = np.array(diffs)
+    assert got["lo"] == pytest.approx(np.quantile(diffs, 0.025), abs=1e-12)
+    assert got["hi"] == pytest.approx(np.quantile(diffs, 0.975), abs=1e-12)
+    assert got["p"] == pytest.approx(max(2 * min((diffs <= 0).mean(), (diffs >= 0).mean()), 1 / 200))
+    assert got["p"] < 0.05 and got["lo"] > 0
+    same = paired_bootstrap(a, a, "auc", n_boot=200)
+    assert same["diff"] == 0 and same["p"] == 1.0
+    assert paired_bootstrap(a, [{"id": "x", "s_first": [1.0], "s_second": [0.0]}], "auc") is None
+
+
+def test_report_tests_every_run_against_zero_shot_on_the_same_samples(tmp_path):
+    rng = np.random.default_rng(1)
+    for method, shift in (("zero-shot", 0.0), ("sft", 1.0)):
+        d = tmp_path / "runs" / method
+        d.mkdir(parents=True)
+        rows = _pairwise_rows(rng, 40, shift)
+        (d / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        s1 = np.concatenate([r["s_first"] for r in rows])
+        s2 = np.concatenate([r["s_second"] for r in rows])
+        (d / "results.json").write_text(json.dumps({
+            "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
+            "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+    md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=100).read_text()
+    assert "Against zero-shot on the same test samples" in md
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    (t,) = summary["tests_vs_zero_shot"]
+    assert t["label"].startswith("sft") and t["n"] == 40 and t["diff"] > 0

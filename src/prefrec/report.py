@@ -8,6 +8,8 @@ What it does, top to bottom:
    (scipy.stats.ttest_rel, two-sided), and the Wilcoxon signed-rank test beside it (exact for small n);
 5. per run: percentile bootstrap 95 % CI of each metric, resampling the run's test samples (per_sample.jsonl) with
    replacement and recomputing the metric with prefrec.metrics, so pooled metrics such as AUC are handled right;
+5b. per trained run (and baseline): a paired comparison with the zero-shot run of the same dataset, task and seed
+   on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
 6. PNG plots (matplotlib, Agg): training curves from every RUN/metrics.jsonl found (loss, reward accuracy, chosen
    log-prob), metric vs number of negatives k, metric vs number of shots;
 7. OUT/results.md (human) and OUT/results.json (machine, "kind": "report").
@@ -260,6 +262,77 @@ def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot
     return out
 
 
+def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_boot: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> dict | None:
+    """Paired comparison of two runs on the same test samples (joined on "id"): metric(A) − metric(B), with a
+    percentile bootstrap CI over samples (each resample draws the same samples for both runs) and a two-sided
+    p-value, 2 × the smaller share of resampled differences on either side of 0 (at least 1 / n_boot).
+    None when the runs share no sample or do not both have the metric."""
+    by_id = {r["id"]: r for r in rows_b if "id" in r}
+    common = [r["id"] for r in rows_a if r.get("id") in by_id]
+    if not common:
+        return None
+    a_rows = [r for r in rows_a if r.get("id") in by_id]
+    b_rows = [by_id[i] for i in common]
+
+    def metric_fn(rows):
+        for f in metric_functions(rows):
+            if metric in f(np.arange(min(len(rows), 2))):
+                return f
+        return None
+
+    fa, fb = metric_fn(a_rows), metric_fn(b_rows)
+    if fa is None or fb is None:
+        return None
+    n = len(common)
+    full = np.arange(n)
+    a_val, b_val = fa(full)[metric], fb(full)[metric]
+    if a_val is None or b_val is None:
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        da, db = fa(idx)[metric], fb(idx)[metric]
+        if da is not None and db is not None:
+            diffs.append(da - db)
+    d = np.array(diffs)
+    if d.size == 0:
+        return None
+    alpha = (1 - level) / 2
+    p = min(1.0, max(2 * min(np.mean(d <= 0), np.mean(d >= 0)), 1 / d.size))
+    return {"metric": metric, "n": n, "a": float(a_val), "b": float(b_val), "diff": float(a_val - b_val),
+            "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)), "p": float(p),
+            "n_boot": int(d.size)}
+
+
+def tests_against_zero_shot(runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """Every trained LLM run against the zero-shot run of the same dataset, task, seed and base model, and every
+    baseline against it too, on their common test samples (paired_bootstrap on the task's first key metric)."""
+    out = []
+    zero = {(r["dataset"], r["task"], r.get("seed"), r.get("base_model")): r for r in runs
+            if r.get("method") == "zero-shot"}
+    for r in runs:
+        if r.get("method") == "zero-shot":
+            continue
+        base = r.get("base_model") if r.get("regime") is None else next(
+            (z[3] for z in zero if z[:3] == (r["dataset"], r["task"], r.get("seed"))), None)
+        z = zero.get((r["dataset"], r["task"], r.get("seed"), base))
+        if z is None:
+            continue
+        pa, pz = Path(r["path"]).parent / "per_sample.jsonl", Path(z["path"]).parent / "per_sample.jsonl"
+        if not (pa.is_file() and pz.is_file()):
+            continue
+        metric = next((m for m in KEY_METRICS.get(r["task"], []) if m in r["metrics"] and m in z["metrics"]), None)
+        if metric is None:
+            continue
+        t = paired_bootstrap(read_per_sample(pa), read_per_sample(pz), metric, n_boot=n_boot, seed=seed)
+        if t is not None:
+            out.append({"run": r["path"], "zero_shot": z["path"], "dataset": r["dataset"], "task": r["task"],
+                        "label": group_label(r), "seed": r.get("seed"), **t})
+    return out
+
+
 # ---- 6. plots ----
 
 def _plt():
@@ -484,6 +557,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         if p:
             train_plots.append((name, log, p))
     sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
+    vs_zero = tests_against_zero_shot(runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
 
     prov = provenance()
     md = ["# prefrec results", "",
@@ -540,6 +614,14 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
             cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
             rows.append(cells)
         md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
+        zs = [t for t in vs_zero if t["dataset"] == dataset and t["task"] == task]
+        if zs:
+            md += [f"Against zero-shot on the same test samples (paired bootstrap over samples, {n_boot} resamples; "
+                   "p two-sided):", ""]
+            md += _table(["configuration", "seed", "samples", "metric", "value", "zero-shot", "difference [95 % CI]",
+                          "p"],
+                         [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), _fmt(t["b"]),
+                           f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])] for t in zs]) + [""]
         for d, t, m, p, field in sweep_plots:
             if (d, t) == (dataset, task):
                 md += [f"![{m} vs {field}]({_rel(p, out_dir)})", ""]
@@ -550,7 +632,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
-               "tests": tests, "runs": runs, "warnings": warns,
+               "tests": tests, "tests_vs_zero_shot": vs_zero, "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
