@@ -404,9 +404,9 @@ def serve_cmd(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Folder for data, runs, evaluations and the report."),
-    n_test: int = typer.Option(100, help="Pairwise test users to evaluate, 3 comparisons each (ML-100K has 782; use more for tighter CIs)."),
+    n_test: Optional[int] = typer.Option(None, help="Evaluate only the first N pairwise test users (default: all 702, 3 comparisons each)."),
 ) -> None:
-    """ML-100K -> SFT -> DMPO (k=3) on the embedded model, evaluated against zero-shot and SFT, then a report."""
+    """ML-100K -> SFT on the embedded model (hybrid prompt, 1,000 pairs), evaluated against zero-shot, then a report."""
     from prefrec.quickstart import run_quickstart
 
     try:
