@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     for kind, samples, which in (("sft", train, "chosen"), ("dmpo", train, "all"), ("score", test, "all")):
         trees = [encode_sample(tok, s, which=which) for s in samples]
         secs = time_stage(lm, trees, kind)
-        tokens = statistics.mean(t.n_tokens for t in trees[1:])
+        tokens = statistics.mean(t.n_tokens() for t in trees[1:])
         resp = statistics.mean(sum(len(r) for b in t.branches for r in b.responses) for t in trees[1:])
         flops = 2 * n_body * tokens + 2 * n_embed * resp  # forward, LM head at response positions only
         flops *= 1 if kind == "score" else 3
