@@ -262,7 +262,7 @@ def report_cmd(
 
 # ---- baseline commands (region owned by the baselines work) ----
 
-_BASELINE_HELP = ("popularity | bpr | sasrec | gru4rec | bert4rec | caser | stamp | core | gcsan | shan | cmf, "
+_BASELINE_HELP = ("popularity | liked-share | bpr | sasrec | gru4rec | bert4rec | caser | stamp | core | gcsan | shan | cmf, "
                   "or 'all'")
 
 

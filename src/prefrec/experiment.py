@@ -11,7 +11,7 @@ Methods:
     sft                   SFT only (TALLRec-style)
     dpo | dmpo | sdpo     SFT, then the alignment stage with k negatives (dpo always uses k = 1)
     dmpo-only | sdpo-only the alignment stage without SFT (reference = the base model)
-    popularity, bpr, sasrec, gru4rec, bert4rec, caser, cmf   traditional baselines, one cell per regime
+    popularity, liked-share, bpr, sasrec, gru4rec, bert4rec, caser, cmf   traditional baselines, one cell per regime
 
 The data of every seed is prepared with that seed (the sampled users, negatives and prompt orders change with it),
 so "mean ± std over seeds" covers both data sampling and training randomness, and methods are paired by seed.
@@ -373,7 +373,8 @@ _SETTINGS = ("train", "sft", "align", "eval", "baseline")
 
 def _settings(cfg: ExperimentConfig) -> dict:
     out = {key: getattr(cfg, key) for key in _SETTINGS}
-    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k != "label"},
+    # a dataset's `methods` is a grid axis like the top-level one: it may grow between runs
+    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k not in ("label", "methods")},
                                  "negatives": _negatives(cfg, d)} for d in cfg.datasets}
     return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
 

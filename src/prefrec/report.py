@@ -495,7 +495,7 @@ def _rel(path: Path, base: Path) -> str:
 
 
 # Table rows: LLM methods in the order of the papers' tables, then the traditional baselines, few-shot before full
-_METHOD_ORDER = ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo", "popularity", "bpr", "sasrec",
+_METHOD_ORDER = ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo", "popularity", "liked-share", "bpr", "sasrec",
                  "gru4rec", "bert4rec", "caser", "stamp", "core", "gcsan", "shan", "cmf"]
 
 

@@ -29,13 +29,13 @@ from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
                                       training_data)
-from prefrec.baselines.popularity import Popularity
+from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
 from prefrec.samples import write_json_atomic
 
-BASELINES = ("popularity", "bpr", *SEQUENTIAL, "cmf")
+BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf")
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
 TARGET_PREFIX = "target:"  # keeps a target domain's item keys apart from the source's
 EPOCHS = {"few-shot": 20, "full": 10}  # few-shot data is small, so it gets more passes
@@ -51,6 +51,8 @@ def make_model(name: str, *, dim: int, max_len: int, epochs: int, lr: float | No
                cap: int, seed: int, progress: bool):
     if name == "popularity":
         return Popularity()
+    if name == "liked-share":
+        return LikedShare()
     mf = dict(dim=dim, epochs=epochs, cap=cap, seed=seed, progress=progress, lr=lr or 0.01,
               batch_size=batch_size or 512)
     if name == "bpr":
@@ -174,7 +176,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     m, rows = evaluate(target.task, scores, test)
 
     config = {"samples": str(Path(samples_dir)), "train_samples": str(Path(train_samples or samples_dir)),
-              "regime": regime, "epochs": 0 if name == "popularity" else n_epochs, "dim": dim, "max_len": max_len,
+              "regime": regime, "epochs": 0 if name in ("popularity", "liked-share") else n_epochs, "dim": dim, "max_len": max_len,
               "lr": getattr(model, "lr", None), "batch_size": getattr(model, "batch_size", None),
               "examples_per_epoch": examples_per_epoch, "like_threshold": source.like_threshold, "limit": limit,
               "source_dataset": source.name, "target_dataset": target.name, "cross_domain": cross}
