@@ -172,3 +172,23 @@ def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert any(n.endswith("-vs-beta.png") for n in pngs)
     assert not any(n.endswith("-vs-k.png") or n.endswith("-vs-shots.png") for n in pngs)  # one k, one shots value
+
+
+def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
+    """scipy.stats.bootstrap (percentile) gives what the hand-written loop gave for the same resamples: metric on
+    rows resampled with replacement, then the 2.5 % and 97.5 % quantiles (numpy's linear interpolation)."""
+    import numpy as np
+
+    from prefrec.report import metric_functions
+
+    _write_run(tmp_path / "r", method="dpo", seed=0, n=60, shift=0.5)
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "per_sample.jsonl")]
+    ci = bootstrap_ci(rows, ["auc", "pairwise_accuracy"], n_boot=200, seed=7)
+    # the old formula, fed with the resamples scipy draws: one (n_boot, n) block of indices from the same generator
+    idx = np.random.default_rng(7).integers(0, len(rows), size=(200, len(rows)))
+    (f,) = metric_functions(rows)
+    for m in ("auc", "pairwise_accuracy"):
+        d = np.array([f(i)[m] for i in idx])
+        assert ci[m]["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
+        assert ci[m]["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
+        assert ci[m]["n_boot"] == 200
