@@ -422,3 +422,21 @@ def test_cli_reports_config_errors(tmp_path, data_dirs, tiny_dir):
     result = CliRunner().invoke(app, ["train", str(path), "--set", "stages[1].beta=abc"])
     assert result.exit_code == 2
     assert "stages[1].beta: expected float, got 'abc'" in result.output
+
+
+def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
+    """transformers' get_cosine_schedule_with_warmup gives the same factors from step `warmup` on; during the warmup
+    prefrec's factor is the library's of the next step ((s+1)/w instead of s/w, so step 0 learns)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    for warmup, total in [(0, 10), (2, 10), (3, 7), (1, 1)]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = get_cosine_schedule_with_warmup(opt, warmup, total)
+        lib = []
+        for _ in range(total + 1):
+            lib.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        ours = [cosine_with_warmup(s, warmup=warmup, total=total) for s in range(total)]
+        assert ours[warmup:] == pytest.approx(lib[warmup:total], abs=1e-12)
+        assert ours[:warmup] == pytest.approx(lib[1:warmup + 1], abs=1e-12)

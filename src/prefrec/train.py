@@ -196,7 +196,11 @@ def epoch_order(n: int, seed: int, stage_index: int, epoch: int) -> list[int]:
 
 def cosine_with_warmup(step: int, *, warmup: int, total: int) -> float:
     """LR factor of optimizer step `step` (0-based): linear warmup (s+1)/warmup, so the first step already learns,
-    then half a cosine from 1 down towards 0 over the remaining steps (the last step still has a small LR)."""
+    then half a cosine from 1 down towards 0 over the remaining steps (the last step still has a small LR).
+
+    This is transformers' get_cosine_schedule_with_warmup from step `warmup` on (tests check it), but not during
+    the warmup: the library's step s has factor s/warmup, so its first step has LR 0 and is wasted. prefrec keeps its
+    own warmup so that runs and published results keep their numbers (issue 16)."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
