@@ -184,7 +184,9 @@ def test_run_folder(full_run):
     _assert_same_adapter(run / "adapter", run / "checkpoints" / "step-8" / "adapter", atol=0)
     state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
     assert state["stage_index"] == 1 and state["stage_step"] == 2 and state["samples_consumed"] == 8
-    assert (run / "checkpoints" / "step-6" / "optimizer.pt").is_file()
+    assert (run / "checkpoints" / "step-6" / "optimizer.bin").is_file()  # Accelerate save_state
+    assert (run / "checkpoints" / "step-6" / "random_states_0.pkl").is_file()
+    assert not list((run / "checkpoints" / "step-6").glob("model*.safetensors"))  # the frozen base is not copied
 
 
 def test_first_sft_loss_matches_naive_computation(full_run, tiny_dir, data_dirs):
@@ -264,11 +266,11 @@ def _killed_copy(run: Path, dest: Path, step: int) -> None:
     for name in ("adapter", "best"):
         shutil.rmtree(dest / name)
     (dest / "run.json").unlink()
-    if step < 4:
+    if step <= 4:
         (dest / "ref_logps.safetensors").unlink()
 
 
-@pytest.mark.parametrize("step", [2, 6])
+@pytest.mark.parametrize("step", [2, 4, 6])  # in SFT, at the SFT -> DMPO boundary, in DMPO
 def test_resume_reproduces_uninterrupted_run(full_run, tmp_path, step):
     run, raw = full_run
     dest = tmp_path / "resumed"

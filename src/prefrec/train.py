@@ -25,8 +25,9 @@ Batches, distribution and determinism:
     [a*B*W + r*B : a*B*W + (r+1)*B]. The loss of a global batch is the mean over its samples (SFT: the mean over its
     chosen tokens), whatever W and grad_accum are; so 1 process with batch 4 and 2 processes with batch 2 take the
     same steps (tests/test_train.py checks losses and weights).
-    Everything a resumed run needs is in the checkpoint: adapter, optimizer, scheduler, per-process RNG states,
-    step counters (the data position follows from them); resuming reproduces the uninterrupted run.
+    Everything a resumed run needs is in the checkpoint: adapter, and through Accelerate's save_state the optimizer,
+    scheduler and per-process RNG states (sharded under FSDP/DeepSpeed), plus step counters (the data position
+    follows from them); resuming reproduces the uninterrupted run.
 
 Why Accelerate directly and not transformers' Trainer: the training step is not a causal-LM forward. One packed
 row carries a prompt and k+1 responses with a 4D mask (prefrec.packing), the reference log-probs come from a cache
@@ -43,13 +44,11 @@ import functools
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from prefrec.config import ALIGNMENT_KINDS, TrainConfig, config_to_dict, dump_config
@@ -181,7 +180,10 @@ def base_model_name(name: str) -> str:
     if is_run_dir(p):
         return json.loads((p / "run.json").read_text()).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
-        return json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path") or "embedded"
+        from prefrec.model import known_name
+
+        return known_name(json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                          or "embedded")
     return name
 
 
@@ -303,26 +305,6 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
 # ---------------------------------------------------------------------------------------------------------------
 # Run folder: checkpoints, RNG, metrics
 
-def rng_state() -> dict:
-    py = random.getstate()
-    npst = np.random.get_state()
-    out = {"python": [py[0], list(py[1]), py[2]],
-           "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-           "torch": torch.get_rng_state().tolist()}
-    if torch.cuda.is_available():
-        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def set_rng_state(st: dict) -> None:
-    random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
-    name, keys, pos, has_gauss, cached = st["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in st["cuda"]])
-
-
 def checkpoints(run: Path) -> list[Path]:
     """Complete checkpoints (trainer_state.json is written last, and the folder renamed into place), oldest first."""
     root = run / "checkpoints"
@@ -342,20 +324,25 @@ def adapter_state(acc, prepared) -> dict | None:
     if not acc.is_main_process:
         return None
     lm = acc.unwrap_model(prepared).lm
+    # save_embedding_layers=False: prefrec never resizes the vocabulary, and "auto" would look the base's Hub id up
+    # on the network to check
     return get_peft_model_state_dict(lm, state_dict={k[len("lm."):]: v for k, v in full.items()
-                                                     if k.startswith("lm.")})
+                                                     if k.startswith("lm.")}, save_embedding_layers=False)
 
 
 def save_adapter(lm, dest: Path, state_dict: dict | None = None) -> None:
     """PEFT save_pretrained (safetensors) into a temp folder, then renamed into place."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
 
-def save_checkpoint(acc, run: Path, prepared, optimizer, scheduler, state: dict, keep_last: int) -> None:
+def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
+    """RUN/checkpoints/step-N/: Accelerate's save_state (optimizer, scheduler, every process's RNG; under FSDP and
+    DeepSpeed also the sharded model and optimizer), adapter/ (PEFT format) and trainer_state.json (prefrec's
+    counters). Written into a temp folder that is renamed into place once trainer_state.json is in it."""
     root = run / "checkpoints"
     final = root / f"step-{state['global_step']}"
     tmp = root / f".step-{state['global_step']}.tmp"
@@ -363,21 +350,39 @@ def save_checkpoint(acc, run: Path, prepared, optimizer, scheduler, state: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    write_json_atomic(tmp / f"rng-rank{acc.process_index}.json", rng_state())
+    acc.save_state(str(tmp))
     weights = adapter_state(acc, prepared)
     acc.wait_for_everyone()
     if acc.is_main_process:
         acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
-                                                      state_dict=weights)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                                                      state_dict=weights, save_embedding_layers=False)
         write_json_atomic(tmp / "trainer_state.json", state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _adapter_only_on_save(models, weights, output_dir) -> None:
+    """Accelerate save_state hook (one process / DDP): skip the full model; the checkpoint's adapter/ holds every
+    trainable weight, and the frozen base is not copied into each checkpoint. FSDP/DeepSpeed save their shards."""
+    weights.clear()
+
+
+def _adapter_only_on_load(models, input_dir) -> None:
+    """Accelerate load_state hook, the pair of _adapter_only_on_save: the adapter is loaded from adapter/."""
+    models.clear()
+
+
+def restore_accelerate_state(acc, checkpoint: Path) -> None:
+    """Accelerate's load_state from a prefrec checkpoint: the optimizer and scheduler prepared now, the RNG of
+    every process, and under FSDP/DeepSpeed the model shards. Refuses a checkpoint without this process's RNG (its
+    silent absence would break exact resume)."""
+    if not (checkpoint / f"random_states_{acc.process_index}.pkl").is_file():
+        raise UserError(f"--resume: {checkpoint} has no random_states_{acc.process_index}.pkl (written by an "
+                        f"older prefrec or another number of processes); start the run again without --resume")
+    acc.load_state(str(checkpoint))
 
 
 def load_adapter_weights(lm, folder: Path) -> None:
@@ -472,14 +477,19 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from prefrec.model import add_lora, load_model
+    from prefrec.card import write_card
+    from prefrec.model import add_lora, hub_reference, load_model
     from prefrec.provenance import provenance
 
     t_process = time.time()
     # Accelerate only picks its CPU backend (gloo) when told to use the CPU; under torchrun / `accelerate launch
     # --multi_gpu` on a machine without CUDA, say so, so that several CPU processes form one DDP group.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu)
+    # step_scheduler_with_optimizer=False: the schedule is stepped once per optimizer step here, whatever the number
+    # of processes (Accelerate would otherwise step it once per process); it is prepared only to be checkpointed
+    acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False)
+    acc.register_save_state_pre_hook(_adapter_only_on_save)
+    acc.register_load_state_pre_hook(_adapter_only_on_load)
     main = acc.is_main_process
     W, rank = acc.num_processes, acc.process_index
     run = Path(cfg.output_dir)
@@ -496,9 +506,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         if state["num_processes"] != W:
             raise UserError(f"--resume: {resume_from} was written by {state['num_processes']} process(es), this "
                             f"launch has {W}; the data order depends on the global batch, so use the same number")
-        if acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            raise UserError("--resume is supported for single-process and DDP runs (FSDP/DeepSpeed shard the "
-                            "optimizer state, which prefrec checkpoints do not save per shard)")
     else:
         state = None
 
@@ -538,6 +545,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                                trust_remote_code=cfg.model.trust_remote_code)
     lm = add_lora(lm, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                   target_modules=cfg.lora.target_modules)
+    for peft_cfg in lm.peft_config.values():  # adapter_config.json names a base any machine can resolve
+        peft_cfg.base_model_name_or_path = hub_reference(base_model_name(cfg.model.name))
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     scorer = TreeScorer(lm)
@@ -585,7 +594,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, functools.partial(cosine_with_warmup, warmup=math.ceil(stage.warmup_ratio * total), total=total))
-        prepared, optimizer = acc.prepare(scorer, optimizer)
+        if state is not None and not rng_restored and not (resuming_here and state["stage_step"] > 0):
+            # resuming at a stage boundary: nothing is prepared yet, so load_state restores the RNG only
+            restore_accelerate_state(acc, resume_from)
+            rng_restored = True
+        prepared, optimizer, scheduler = acc.prepare(scorer, optimizer, scheduler)
 
         ref = None
         if kind in ALIGNMENT_KINDS:
@@ -598,16 +611,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             timings["reference"] = timings.get("reference", 0.0) + time.time() - t0
 
         stage_step = 0
-        if resuming_here:
+        if resuming_here and state["stage_step"] > 0:
+            # optimizer, scheduler and RNG continue exactly where the checkpoint left them (dropout masks included):
+            # this is the first stage that runs after the checkpoint, and nothing since it has drawn random numbers
             stage_step = state["stage_step"]
-            if stage_step > 0:
-                optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True,
-                                                     map_location=acc.device))
-                scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=True))
-        if state is not None and not rng_restored:
-            # the RNG stream continues exactly where the checkpoint left it (dropout masks); this is the first stage
-            # that runs after the checkpoint, and nothing since it has drawn random numbers
-            set_rng_state(json.loads((resume_from / f"rng-rank{rank}.json").read_text()))
+            restore_accelerate_state(acc, resume_from)
             rng_restored = True
 
         def validate() -> dict | None:
@@ -630,8 +638,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                   "step_in_epoch": stage_step % steps_per_epoch, "samples_consumed": stage_step * G,
                   "num_processes": W, "global_batch": G, "best": best, "timings": timings,
                   "final_valid": final_valid, "stage_info": stage_info, "resumes": resumes, "seed": cfg.seed}
-            save_checkpoint(acc, run, prepared, None if done else optimizer,
-                            None if done else scheduler, st, cfg.keep_last)
+            save_checkpoint(acc, run, prepared, st, cfg.keep_last)
 
         prepared.train()
         bar = tqdm(total=total, initial=stage_step, desc=kind, disable=not show, dynamic_ncols=True)
@@ -726,6 +733,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 "num_processes": W, "stage_info": stage_info, "best": best,
                 "final_valid": final_valid, **provenance()}
         write_json_atomic(run / "run.json", info)
+        write_card(run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     log.close()
     acc.wait_for_everyone()
     acc.end_training()

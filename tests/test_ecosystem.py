@@ -1,0 +1,147 @@
+"""Issue 16: adapters that load on any machine, model cards, `prefrec export`, CLI conventions.
+
+A short real training run (tiny random Llama, 2 SFT + 2 DMPO steps) under the name "embedded": the table of known
+models is pointed at the tiny model's folder, so the run records the embedded model's Hub id exactly as a real one.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import make_tiny_lm
+from prefrec.config import config_from_dict, resolve_paths
+from prefrec.model import EMBEDDED, KNOWN_MODELS, KnownModel
+from prefrec.samples import Comparison, Sample, write_jsonl
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars"]
+
+
+def _sample(i: int) -> Sample:
+    g = torch.Generator().manual_seed(i)
+    p = [TITLES[j] for j in torch.randperm(len(TITLES), generator=g).tolist()]
+    return Sample(id=f"s{i}", task="pairwise", domain="movies", prefix="Seen: " + ", ".join(p[:3]) + ".\n",
+                  comparisons=[Comparison(question=f" Rank {p[3]} and {p[4]}.", chosen=f"{p[3]}, {p[4]}",
+                                          rejected=[f"{p[4]}, {p[3]}"])], target=p[3], candidates=[p[3], p[4]])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_tokenizer):
+    d = tmp_path_factory.mktemp("tiny")
+    make_tiny_lm(embedded_tokenizer, seed=1).save_pretrained(d)
+    embedded_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory, tiny_dir):
+    """A finished run whose base is 'embedded' (pointed at the tiny model), with a stats.json for the card."""
+    from prefrec.train import train
+
+    root = tmp_path_factory.mktemp("eco")
+    data = root / "data"
+    write_jsonl(data / "train.jsonl", [_sample(i) for i in range(4)])
+    write_jsonl(data / "valid.jsonl", [_sample(50 + i) for i in range(2)])
+    (data / "stats.json").write_text(json.dumps({"dataset": "ml-100k", "task": "pairwise", "domain": "movies",
+                                                 "seed": 0, "protocol": {"name": "DMPO pairwise", "negatives": 1},
+                                                 "split_sizes": {"train": 4, "valid": 2, "test": 0}}))
+    raw = {"output_dir": str(root / "run"), "seed": 1, "progress": False,
+           "model": {"name": "embedded"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "data": {"dir": str(data)},
+           "stages": [{"kind": "sft", "epochs": 2, "lr": 1e-2, "batch_size": 2},
+                      {"kind": "dmpo", "epochs": 1, "lr": 1e-2, "batch_size": 2, "beta": 0.2}]}
+    mp = pytest.MonkeyPatch()
+    mp.setitem(KNOWN_MODELS, EMBEDDED, KnownModel(HUB_ID, "apache-2.0", "test copy", lambda: tiny_dir))
+    try:
+        run = train(resolve_paths(config_from_dict(raw, "test")))
+        yield run
+    finally:
+        mp.undo()
+
+
+def _logits(model, tok):
+    ids = tok("Seen: Alien, Heat. Rank Fargo and Jaws.", return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits.float()
+
+
+def test_adapter_records_the_hub_id_and_loads_from_a_copied_folder(embedded_run, tiny_dir, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from prefrec.model import load_model
+
+    cfg = json.loads((embedded_run / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == HUB_ID
+    assert json.loads((embedded_run / "run.json").read_text())["base_model"] == "embedded"
+    for folder in ("adapter", "best", "checkpoints/step-4/adapter"):
+        text = (embedded_run / folder / "adapter_config.json").read_text()
+        assert str(tiny_dir) not in text and json.loads(text)["base_model_name_or_path"] == HUB_ID
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(embedded_run, copy)
+    monkeypatch.setitem(KNOWN_MODELS, EMBEDDED, KnownModel(HUB_ID, "apache-2.0", "test copy", lambda: tiny_dir))
+    model, tok = load_model(str(copy), device="cpu", dtype="fp32")
+    bare, _ = load_model(str(copy / "adapter"), device="cpu", dtype="fp32")  # Hub id -> prefrec's copy
+    # plain transformers + peft, as on a machine that has the base under its Hub id
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+                                      str(copy / "adapter")).eval()
+    ref = _logits(plain, tok)
+    torch.testing.assert_close(_logits(model, tok), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_logits(bare, tok), ref, atol=1e-5, rtol=0)
+
+
+def test_model_card_is_filled_in_hub_format(embedded_run):
+    for folder in (embedded_run, embedded_run / "adapter"):
+        text = (folder / "README.md").read_text()
+        assert text.startswith("---\n") and "More Information Needed" not in text
+        front = yaml.safe_load(text.split("---\n")[1])
+        assert front["base_model"] == HUB_ID and front["library_name"] == "peft"
+        assert front["license"] == "apache-2.0" and front["datasets"] == ["ml-100k"]
+        assert {"prefrec", "sft", "dmpo", "pairwise"} <= set(front["tags"])
+    body = (embedded_run / "README.md").read_text()
+    assert "| dmpo | 1 | 0.2 |" in body  # stage table: k, β
+    assert "valid (dmpo)" in body and "reward_accuracy" in body  # validation metrics from run.json
+    assert "GroupLens" in body and "DMPO pairwise" in body and "test copy" in body
+    assert "Rank" not in body.split("## Prompt format")[0] and "```text" in body
+
+
+def test_card_lists_test_metrics_after_eval(embedded_run, tmp_path):
+    from prefrec.card import model_card
+    from prefrec.samples import write_json_atomic
+
+    run = tmp_path / "run"
+    shutil.copytree(embedded_run, run)
+    write_json_atomic(run / "eval" / "ml-100k-pairwise-test" / "results.json",
+                      {"kind": "eval", "dataset": "ml-100k", "task": "pairwise", "split": "test", "n_samples": 7,
+                       "metrics": {"auc": 0.61234, "pairwise_accuracy": 0.5}})
+    text = model_card(run)
+    assert "ml-100k pairwise test (n=7)" in text and "0.6123" in text
+
+
+def test_export_is_a_plain_transformers_model_with_the_adapters_logits(embedded_run, tiny_dir, tmp_path,
+                                                                      monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefrec.errors import UserError
+    from prefrec.export import export_run
+    from prefrec.model import load_model
+
+    monkeypatch.setitem(KNOWN_MODELS, EMBEDDED, KnownModel(HUB_ID, "apache-2.0", "test copy", lambda: tiny_dir))
+    out = export_run(embedded_run, tmp_path / "merged")
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    adapter, _ = load_model(str(embedded_run), device="cpu", dtype="fp32")
+    torch.testing.assert_close(_logits(merged, tok), _logits(adapter, tok), atol=1e-5, rtol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    assert (_logits(base, tok) - _logits(merged, tok)).abs().max() > 1e-4  # the adapter did change the model
+    assert yaml.safe_load((out / "README.md").read_text().split("---\n")[1])["library_name"] == "transformers"
+    with pytest.raises(UserError, match="not empty"):
+        export_run(embedded_run, out)
+    with pytest.raises(UserError, match="not a finished prefrec run"):
+        export_run(tmp_path, tmp_path / "x")
