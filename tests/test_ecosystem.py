@@ -49,7 +49,7 @@ def embedded_run(tmp_path_factory, tiny_dir):
     (data / "stats.json").write_text(json.dumps({"dataset": "ml-100k", "task": "pairwise", "domain": "movies",
                                                  "seed": 0, "protocol": {"name": "DMPO pairwise", "negatives": 1},
                                                  "split_sizes": {"train": 4, "valid": 2, "test": 0}}))
-    raw = {"output_dir": str(root / "run"), "seed": 1, "progress": False,
+    raw = {"output_dir": str(root / "run"), "seed": 1, "progress": False, "log_with": ["tensorboard"],
            "model": {"name": "embedded"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
            "data": {"dir": str(data)},
            "stages": [{"kind": "sft", "epochs": 2, "lr": 1e-2, "batch_size": 2},
@@ -145,3 +145,35 @@ def test_export_is_a_plain_transformers_model_with_the_adapters_logits(embedded_
         export_run(embedded_run, out)
     with pytest.raises(UserError, match="not a finished prefrec run"):
         export_run(tmp_path, tmp_path / "x")
+
+
+def test_tensorboard_through_accelerate_has_the_metrics_jsonl_numbers(embedded_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [json.loads(line) for line in (embedded_run / "metrics.jsonl").read_text().splitlines()]
+    logdir = embedded_run / "logs" / "prefrec"
+    assert list(logdir.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    want = {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+    assert loss.keys() == want.keys() and len(want) == 6  # 4 SFT + 2 DMPO steps
+    for step, v in want.items():
+        assert loss[step] == pytest.approx(v, rel=1e-6)
+    assert "valid/reward_accuracy" in acc.Tags()["scalars"]
+
+
+def test_trackers_are_checked_before_training(tmp_path, monkeypatch):
+    import accelerate.utils
+
+    from prefrec.errors import UserError
+    from prefrec.train import tracker_names
+
+    raw = {"output_dir": str(tmp_path / "r"), "data": {"dir": str(tmp_path)}, "stages": [{"kind": "sft"}]}
+    with pytest.raises(UserError, match=r"log_with\[0\]: expected one of \['tensorboard', 'wandb', 'mlflow'\]"):
+        config_from_dict({**raw, "log_with": ["neptune"]}, "cfg.yaml")
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    cfg = config_from_dict({**raw, "log_with": ["wandb"], "tensorboard": True}, "cfg.yaml")
+    with pytest.raises(UserError, match=r"\['wandb'\] not installed; pip install 'prefrec\[wandb\]'"):
+        tracker_names(cfg)
+    assert tracker_names(config_from_dict({**raw, "tensorboard": True}, "cfg.yaml")) == ["tensorboard"]

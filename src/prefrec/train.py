@@ -396,14 +396,43 @@ def load_adapter_weights(lm, folder: Path) -> None:
                         f"{list(result.unexpected_keys)[:3]})")
 
 
-class MetricsLog:
-    """RUN/metrics.jsonl (one JSON object per optimizer step or validation) and optional TensorBoard, main process
-    only."""
+def tracker_names(cfg: TrainConfig) -> list[str]:
+    """The Accelerate trackers of a run (log_with, plus tensorboard: true), each checked to be installed."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-    def __init__(self, run: Path, active: bool, tensorboard: bool, keep_up_to_step: int | None):
+    names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
+    have = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    missing = [n for n in names if not have[n]()]
+    if missing:
+        raise UserError(f"log_with: {missing} not installed; pip install 'prefrec[{','.join(missing)}]'")
+    return names
+
+
+def flat_config(cfg: TrainConfig) -> dict:
+    """The config as one level of scalars (stages[1].beta: 0.1), what trackers store as hyperparameters."""
+    out = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for i, x in enumerate(v):
+                walk(f"{prefix}[{i}]", x)
+        else:
+            out[prefix] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk("", config_to_dict(cfg))
+    return out
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl (one JSON object per optimizer step or validation), main process only, and the same numbers
+    to Accelerate's trackers (TensorBoard, W&B, MLflow) when the run has any."""
+
+    def __init__(self, run: Path, active: bool, acc, keep_up_to_step: int | None):
         self.active = active
         self.path = run / "metrics.jsonl"
-        self.tb = None
+        self.acc = acc if acc is not None and acc.trackers else None
         if not active:
             return
         if keep_up_to_step is not None and self.path.is_file():
@@ -418,14 +447,6 @@ class MetricsLog:
             tmp = self.path.with_name(".metrics.jsonl.tmp")
             tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
             os.replace(tmp, self.path)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run / "tensorboard"))
-            except ImportError:
-                print("prefrec: tensorboard: true but the tensorboard package is not installed "
-                      "(pip install 'prefrec[tensorboard]'); logging to metrics.jsonl only", file=sys.stderr)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -433,16 +454,14 @@ class MetricsLog:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key, v in row.items():
-                if isinstance(v, (int, float)) and key not in ("step", "stage_step"):
-                    self.tb.add_scalar(f"{row['split']}/{key}", v, row["step"])
+        if self.acc is not None:
+            self.acc.log({f"{row['split']}/{key}": v for key, v in row.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and key not in ("step", "stage_step")}, step=row["step"])
 
     def close(self) -> None:
         if self.active:
             self.file.close()
-            if self.tb is not None:
-                self.tb.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -462,7 +481,7 @@ def _check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
 
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         new = config_to_dict(cfg)
-        free = {"progress", "tensorboard", "output_dir"}  # may differ between the killed and the resumed run
+        free = {"progress", "tensorboard", "log_with", "output_dir"}  # may differ between the killed and the resumed run
         diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
         if diff:
             raise UserError(f"--resume: the config differs from {saved} in {diff}; resume with the run's own "
@@ -474,7 +493,7 @@ def _check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run every stage of `cfg` (or resume the run in cfg.output_dir); returns the run folder."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     from prefrec.card import write_card
@@ -487,12 +506,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # step_scheduler_with_optimizer=False: the schedule is stepped once per optimizer step here, whatever the number
     # of processes (Accelerate would otherwise step it once per process); it is prepared only to be checkpointed
-    acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False)
+    run = Path(cfg.output_dir)
+    trackers = tracker_names(cfg)
+    acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False, log_with=trackers or None,
+                      project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
     acc.register_save_state_pre_hook(_adapter_only_on_save)
     acc.register_load_state_pre_hook(_adapter_only_on_load)
     main = acc.is_main_process
     W, rank = acc.num_processes, acc.process_index
-    run = Path(cfg.output_dir)
     resume_from = _check_run_folder(cfg, run, resume)
     if resume and (run / "run.json").is_file() and (run / "adapter").is_dir():
         if main:
@@ -535,7 +556,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         tmp.write_text(dump_config(cfg), encoding="utf-8")
         os.replace(tmp, run / "config.yaml")
     # resuming drops metrics rows after the checkpoint (all of them when there is none)
-    log = MetricsLog(run, main, cfg.tensorboard, state["global_step"] if state else (0 if resume else None))
+    if trackers:  # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
+        acc.init_trackers("prefrec", config=flat_config(cfg),
+                          init_kwargs={"wandb": {"name": run.name, "dir": str(run)}})
+    log = MetricsLog(run, main, acc, state["global_step"] if state else (0 if resume else None))
     show = main and cfg.progress
 
     # ---- model: one base copy + one LoRA adapter for every stage
