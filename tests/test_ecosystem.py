@@ -177,3 +177,57 @@ def test_trackers_are_checked_before_training(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"\['wandb'\] not installed; pip install 'prefrec\[wandb\]'"):
         tracker_names(cfg)
     assert tracker_names(config_from_dict({**raw, "tensorboard": True}, "cfg.yaml")) == ["tensorboard"]
+
+
+# ---- command line conventions --------------------------------------------------------------------------------
+
+def test_cli_version_short_help_and_natural_flags():
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("prefrec ")
+    for args in (["-h"], ["train", "-h"], ["data", "fetch", "-h"], ["export", "-h"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0 and "Usage:" in r.output, args
+        assert "<bool>" not in r.output, args
+    assert "--resume / --no-resume" in CliRunner().invoke(app, ["train", "-h"]).output
+    assert "--force / --no-force" in CliRunner().invoke(app, ["data", "fetch", "-h"]).output
+
+
+def test_cli_eval_prints_a_table_or_json_and_refreshes_the_card(embedded_run, tiny_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    monkeypatch.setitem(KNOWN_MODELS, EMBEDDED, KnownModel(HUB_ID, "apache-2.0", "test copy", lambda: tiny_dir))
+    run = tmp_path / "run"
+    shutil.copytree(embedded_run, run)
+    data = tmp_path / "data"
+    write_jsonl(data / "test.jsonl", [_sample(200 + i) for i in range(3)])
+    (data / "stats.json").write_text(json.dumps({"dataset": "hand", "task": "pairwise", "seed": 0}))
+    r = CliRunner().invoke(app, ["eval", str(run), "--samples", str(data), "--no-generate"])
+    assert r.exit_code == 0, r.output
+    header, row = r.stdout.strip().splitlines()  # stdout: the table only (progress bars go to stderr)
+    assert header.split()[:5] == ["method", "dataset", "task", "n", "auc"] and header.split()[-1] == "results"
+    assert row.split()[:4] == ["dmpo", "hand", "pairwise", "3"] and row.endswith("results.json")
+    assert "hand pairwise test (n=3)" in (run / "README.md").read_text()  # the card now lists the test metrics
+    r = CliRunner().invoke(app, ["eval", str(run), "--samples", str(data), "--json", "--out", str(tmp_path / "e2")])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    saved = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert got["auc"] == saved["metrics"]["auc"] and got["results"] == str(tmp_path / "e2" / "results.json")
+
+
+def test_cli_export(embedded_run, tiny_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    monkeypatch.setitem(KNOWN_MODELS, EMBEDDED, KnownModel(HUB_ID, "apache-2.0", "test copy", lambda: tiny_dir))
+    r = CliRunner().invoke(app, ["export", str(embedded_run), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m" / "config.json").is_file()
+    r = CliRunner().invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "n")])
+    assert r.exit_code == 2 and "not a finished prefrec run" in r.output

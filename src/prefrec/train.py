@@ -229,7 +229,7 @@ def score_split(acc, model, trees: list[Tree], chunk: int, desc: str, progress: 
     mine = shard(n, acc.process_index, acc.num_processes)
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        for lo in tqdm(range(0, len(mine), chunk), desc=desc, disable=not progress, leave=False):
+        for lo in tqdm(range(0, len(mine), chunk), desc=desc, disable=None if progress else True, leave=False):
             batch = [trees[i] for i in mine[lo:lo + chunk]]
             terms = tree_terms(model(batch, per_token=True), len(batch))
             for key in ("chosen", "rejected", "nll_sum", "n_tokens"):
@@ -510,6 +510,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     trackers = tracker_names(cfg)
     acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False, log_with=trackers or None,
                       project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP" \
+            and acc.is_main_process:  # Accelerate turns FSDP on only for accelerators; say so rather than hide it
+        print(f"prefrec: FSDP was requested but Accelerate runs {acc.distributed_type.value} here (CPU processes "
+              f"get DDP)", file=sys.stderr)
     acc.register_save_state_pre_hook(_adapter_only_on_save)
     acc.register_load_state_pre_hook(_adapter_only_on_load)
     main = acc.is_main_process
@@ -665,7 +669,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             save_checkpoint(acc, run, prepared, st, cfg.keep_last)
 
         prepared.train()
-        bar = tqdm(total=total, initial=stage_step, desc=kind, disable=not show, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (a log file gets metrics.jsonl, not bar updates)
+        bar = tqdm(total=total, initial=stage_step, desc=kind, disable=None if show else True, dynamic_ncols=True)
         while stage_step < total:
             t0 = time.time()
             epoch, pos = divmod(stage_step, steps_per_epoch)
