@@ -231,3 +231,17 @@ def test_cli_export(embedded_run, tiny_dir, tmp_path, monkeypatch):
     assert (tmp_path / "m" / "config.json").is_file()
     r = CliRunner().invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "n")])
     assert r.exit_code == 2 and "not a finished prefrec run" in r.output
+
+
+def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
+    """progress: true, but stderr is not a terminal (pytest captures it, as a log file would): no bar updates."""
+    from prefrec.train import train
+
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", [_sample(i) for i in range(2)])
+    write_jsonl(data / "valid.jsonl", [_sample(50)])
+    raw = {"output_dir": str(tmp_path / "run"), "progress": True, "model": {"name": str(tiny_dir)},
+           "data": {"dir": str(data)}, "stages": [{"kind": "sft", "batch_size": 2}]}
+    train(resolve_paths(config_from_dict(raw, "test")))
+    err = capfd.readouterr().err
+    assert "sft:" not in err and "validation" not in err
