@@ -323,6 +323,12 @@ def test_resume_refuses_a_changed_config_and_busy_folder_needs_resume(full_run, 
     changed = {**raw, "output_dir": str(dest), "stages": [raw["stages"][0], {**raw["stages"][1], "beta": 0.9}]}
     with pytest.raises(UserError, match=r"config differs .* \['stages'\]"):
         train(_cfg(changed), resume=True)
+    # a checkpoint without Accelerate's RNG file (an older prefrec's) is refused, not resumed with a fresh RNG
+    old = tmp_path / "old"
+    _killed_copy(run, old, 6)
+    (old / "checkpoints" / "step-6" / "random_states_0.pkl").unlink()
+    with pytest.raises(UserError, match=r"step-6 has no random_states_0.pkl"):
+        train(_cfg({**raw, "output_dir": str(old)}), resume=True)
 
 
 # ---- more processes ----------------------------------------------------------------------------------------------
