@@ -143,7 +143,8 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     lines += (["Test (`prefrec eval`):", "", *_metric_table(tests)] if tests else
               ["No test metrics yet (run `prefrec eval RUN --samples DATA`; it rewrites this card)."])
     use = (["from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "model = AutoModelForCausalLM.from_pretrained(\"PATH\")", "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")"]
+            "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
+            "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")"]
            if merged else
            ["from peft import AutoPeftModelForCausalLM",
             "model = AutoPeftModelForCausalLM.from_pretrained(\"PATH/adapter\")  # fetches the base from the Hub",

@@ -216,7 +216,8 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run in the output folder from "
                                 "its last checkpoint (model, optimizer, scheduler, RNG, data position)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (overrides output_dir)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override one config value, e.g. "
+    overrides: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                                   help="Override one config value, e.g. "
                                                    "--set stages[1].beta=0.2 --set data.max_train_samples=50."),
 ) -> None:
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""

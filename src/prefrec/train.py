@@ -481,7 +481,8 @@ def _check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
 
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         new = config_to_dict(cfg)
-        free = {"progress", "tensorboard", "log_with", "output_dir"}  # may differ between the killed and the resumed run
+        # may differ between the killed and the resumed run
+        free = {"progress", "tensorboard", "log_with", "output_dir"}
         diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
         if diff:
             raise UserError(f"--resume: the config differs from {saved} in {diff}; resume with the run's own "
