@@ -245,3 +245,27 @@ def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
     train(resolve_paths(config_from_dict(raw, "test")))
     err = capfd.readouterr().err
     assert "sft:" not in err and "validation" not in err
+
+
+def test_cli_slows_progress_bars_when_stderr_is_a_log(monkeypatch):
+    """Commands whose bars prefrec does not switch off (evaluate, packing) update at most once a minute in a log:
+    the CLI sets tqdm's TQDM_MININTERVAL default before tqdm is first imported (in a real CLI process)."""
+    import os
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "1")
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    CliRunner().invoke(app, ["data", "stats", "/nonexistent"])  # stderr is not a terminal here
+    assert os.environ.get("TQDM_MININTERVAL") == "60"
+    code = ("import sys; sys.argv = ['prefrec', 'data', 'stats', '/nonexistent']\n"
+            "from prefrec.cli import app\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
+            "import tqdm; print(tqdm.tqdm(range(1), file=sys.stdout).mininterval)")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip().endswith("60.0"), out.stderr[-500:]
