@@ -416,6 +416,15 @@ def test_cli_writes_one_folder_per_regime(folders, tmp_path):
     for regime in ("few-shot", "full"):
         saved = json.loads((out / f"popularity-{regime}" / "results.json").read_text())
         assert saved["regime"] == regime and saved["method"] == "popularity" and saved["task"] == "pairwise"
+    header, *rows = res.stdout.strip().splitlines()  # a table: one row per regime, then --json gives the same
+    assert header.split()[:2] == ["baseline", "regime"] and header.split()[-2:] == ["seconds", "results"]
+    assert [r.split()[:2] for r in rows] == [["popularity", "few-shot"], ["popularity", "full"]]
+    res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out", str(out),
+                                   "--regime", "full", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["results"] == str(out / "popularity-full" / "results.json")
+    assert got["auc"] == json.loads((out / "popularity-full" / "results.json").read_text())["metrics"]["auc"]
     bad = CliRunner().invoke(app, ["baseline", "nope", "--samples", str(folders["quality"]), "--out", str(out)])
     assert bad.exit_code == 2 and "unknown baseline" in bad.output
 

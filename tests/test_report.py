@@ -236,3 +236,21 @@ def test_report_tests_every_run_against_zero_shot_on_the_same_samples(tmp_path):
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     (t,) = summary["tests_vs_zero_shot"]
     assert t["label"].startswith("sft") and t["n"] == 40 and t["diff"] > 0
+def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
+    """scipy.stats.bootstrap (percentile) gives what the hand-written loop gave for the same resamples: metric on
+    rows resampled with replacement, then the 2.5 % and 97.5 % quantiles (numpy's linear interpolation)."""
+    import numpy as np
+
+    from prefrec.report import metric_functions
+
+    _write_run(tmp_path / "r", method="dpo", seed=0, n=60, shift=0.5)
+    rows = [json.loads(line) for line in open(tmp_path / "r" / "per_sample.jsonl")]
+    ci = bootstrap_ci(rows, ["auc", "pairwise_accuracy"], n_boot=200, seed=7)
+    # the old formula, fed with the resamples scipy draws: one (n_boot, n) block of indices from the same generator
+    idx = np.random.default_rng(7).integers(0, len(rows), size=(200, len(rows)))
+    (f,) = metric_functions(rows)
+    for m in ("auc", "pairwise_accuracy"):
+        d = np.array([f(i)[m] for i in idx])
+        assert ci[m]["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
+        assert ci[m]["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
+        assert ci[m]["n_boot"] == 200

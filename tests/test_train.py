@@ -184,7 +184,9 @@ def test_run_folder(full_run):
     _assert_same_adapter(run / "adapter", run / "checkpoints" / "step-8" / "adapter", atol=0)
     state = json.loads((run / "checkpoints" / "step-6" / "trainer_state.json").read_text())
     assert state["stage_index"] == 1 and state["stage_step"] == 2 and state["samples_consumed"] == 8
-    assert (run / "checkpoints" / "step-6" / "optimizer.pt").is_file()
+    assert (run / "checkpoints" / "step-6" / "optimizer.bin").is_file()  # Accelerate save_state
+    assert (run / "checkpoints" / "step-6" / "random_states_0.pkl").is_file()
+    assert not list((run / "checkpoints" / "step-6").glob("model*.safetensors"))  # the frozen base is not copied
 
 
 def test_first_sft_loss_matches_naive_computation(full_run, tiny_dir, data_dirs):
@@ -264,11 +266,11 @@ def _killed_copy(run: Path, dest: Path, step: int) -> None:
     for name in ("adapter", "best"):
         shutil.rmtree(dest / name)
     (dest / "run.json").unlink()
-    if step < 4:
+    if step <= 4:
         (dest / "ref_logps.safetensors").unlink()
 
 
-@pytest.mark.parametrize("step", [2, 6])
+@pytest.mark.parametrize("step", [2, 4, 6])  # in SFT, at the SFT -> DMPO boundary, in DMPO
 def test_resume_reproduces_uninterrupted_run(full_run, tmp_path, step):
     run, raw = full_run
     dest = tmp_path / "resumed"
@@ -321,6 +323,12 @@ def test_resume_refuses_a_changed_config_and_busy_folder_needs_resume(full_run, 
     changed = {**raw, "output_dir": str(dest), "stages": [raw["stages"][0], {**raw["stages"][1], "beta": 0.9}]}
     with pytest.raises(UserError, match=r"config differs .* \['stages'\]"):
         train(_cfg(changed), resume=True)
+    # a checkpoint without Accelerate's RNG file (an older prefrec's) is refused, not resumed with a fresh RNG
+    old = tmp_path / "old"
+    _killed_copy(run, old, 6)
+    (old / "checkpoints" / "step-6" / "random_states_0.pkl").unlink()
+    with pytest.raises(UserError, match=r"step-6 has no random_states_0.pkl"):
+        train(_cfg({**raw, "output_dir": str(old)}), resume=True)
 
 
 # ---- more processes ----------------------------------------------------------------------------------------------
@@ -449,3 +457,19 @@ def test_dropout_option_defaults_by_stage_kind():
     assert not StageConfig(kind="sft").dropout_off()
     assert StageConfig(kind="sft", disable_dropout=True).dropout_off()
     assert not StageConfig(kind="dpo", disable_dropout=False).dropout_off()
+def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
+    """transformers' get_cosine_schedule_with_warmup gives the same factors from step `warmup` on; during the warmup
+    prefrec's factor is the library's of the next step ((s+1)/w instead of s/w, so step 0 learns)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    for warmup, total in [(0, 10), (2, 10), (3, 7), (1, 1)]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = get_cosine_schedule_with_warmup(opt, warmup, total)
+        lib = []
+        for _ in range(total + 1):
+            lib.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        ours = [cosine_with_warmup(s, warmup=warmup, total=total) for s in range(total)]
+        assert ours[warmup:] == pytest.approx(lib[warmup:total], abs=1e-12)
+        assert ours[:warmup] == pytest.approx(lib[1:warmup + 1], abs=1e-12)

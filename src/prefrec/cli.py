@@ -12,14 +12,63 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM personalized ranking: data, SFT, DPO/DMPO/S-DPO, evaluation.")
-data_app = typer.Typer(no_args_is_help=True, help="Read rating logs, build protocol samples, import peer prompt files.")
+# Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
+# help reads the same in a terminal and in a log file. -h is --help.
+_CLI = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="LLM personalized ranking: data, SFT, DPO/DMPO/S-DPO, evaluation.", **_CLI)
+data_app = typer.Typer(no_args_is_help=True, help="Read rating logs, build protocol samples, import peer prompt files.",
+                       **_CLI)
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"prefrec {version('prefrec')}")
+        except PackageNotFoundError:
+            typer.echo("prefrec (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print prefrec's version and exit.")) -> None:
+    """LLM personalized ranking: data, SFT, DPO/DMPO/S-DPO, evaluation."""
+    import os
+
+    # Progress bars in a log file: tqdm reads TQDM_* defaults when first imported (after this point in a CLI
+    # process); at most one update a minute instead of many carriage-return updates a second.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", "60")
 
 
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _table(rows: list[dict]) -> str:
+    """Rows as a plain aligned text table (floats to 4 decimals), the one stdout format of result commands."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _emit(rows: list[dict], as_json: bool) -> None:
+    """Result commands print a short table (metrics + results file), or with --json the same rows as JSON."""
+    import json
+
+    typer.echo(json.dumps(rows if len(rows) != 1 else rows[0], indent=2, ensure_ascii=False) if as_json
+               else _table(rows))
+
+
+_JSON_HELP = "Print the results as JSON instead of a table."
 
 
 # ---- data commands (region owned by the data work) ----
@@ -93,7 +142,7 @@ def data_fetch(
     name: str = typer.Argument(..., help="ml-100k | ml-1m | lastfm"),
     url: Optional[str] = typer.Option(None, "--url", help="Download from here instead (http(s):// or file://)."),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="Expected SHA-256 of the archive (overrides the known one)."),
-    force: bool = typer.Option(False, "--force", help="Download again even if the cache has the dataset."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Download again even if the cache has the dataset."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the server."),
 ) -> None:
     """Download a public dataset archive into the cache, checking its SHA-256."""
@@ -167,10 +216,11 @@ def data_stats(
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="Training config (YAML); see configs/ and docs/train.md."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder from its last "
-                                "checkpoint (model, optimizer, scheduler, RNG, data position)."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue the run in the output folder from "
+                                "its last checkpoint (model, optimizer, scheduler, RNG, data position)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (overrides output_dir)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override one config value, e.g. "
+    overrides: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                                   help="Override one config value, e.g. "
                                                    "--set stages[1].beta=0.2 --set data.max_train_samples=50."),
 ) -> None:
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
@@ -187,6 +237,24 @@ def train_cmd(
         _fail(e)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         typer.echo(str(run))
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A finished run folder (run.json + adapter/)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the merged model (safetensors), tokenizer and card."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16: the dtype the merged weights are saved in."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace --out if it is not empty."),
+) -> None:
+    """Merge the run's LoRA adapter into its base: a model folder plain transformers loads (no peft, no prefrec)."""
+    from prefrec.errors import UserError
+    from prefrec.export import export_run
+
+    try:
+        path = export_run(run, out, dtype=dtype, force=force)
+    except (UserError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(str(path))
 
 # ---- end train commands ----
 
@@ -217,6 +285,7 @@ def eval_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed recorded in results.json (default: the run's, "
                                        "else the data's)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
     from prefrec.errors import UserError
@@ -237,9 +306,15 @@ def eval_cmd(
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in res["metrics"].items()}
-    typer.echo(f"{res['method']} on {res['dataset']} {res['task']} ({res['n_samples']} samples): {shown}")
-    typer.echo(str(Path(res["out"]) / "results.json"))
+    from prefrec.model import is_run_dir
+
+    if is_run_dir(model):  # the run's model card lists its test metrics
+        from prefrec.card import write_card
+
+        write_card(model)
+    _emit([{"method": res["method"], "dataset": res["dataset"], "task": res["task"], "n": res["n_samples"],
+            **{k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))},
+            "results": str(Path(res["out"]) / "results.json")}], as_json)
 
 
 @app.command("report")
@@ -280,6 +355,7 @@ def baseline(
     examples_per_epoch: int = typer.Option(10000, "--examples-per-epoch", help="Training examples drawn per epoch."),
     dim: int = typer.Option(64, "--dim", help="Embedding size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: MF 0.01, sequential 0.001)."),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Train a traditional recommender on the same samples and score them with the shared metrics."""
     from prefrec.baselines.common import load_prepared
@@ -293,18 +369,20 @@ def baseline(
             prep = load_prepared(samples)
             label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
             out = Path("results") / "baselines" / f"{label}-{prep.task}"
+        rows = []
         for n in names:
             for r in regimes:
                 folder = out / f"{n}-{r}"
                 res = run_baseline(n, samples, regime=r, seed=seed, out=folder, epochs=epochs,
                                    examples_per_epoch=examples_per_epoch, dim=dim, lr=lr,
                                    train_samples=train_samples)
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items()
-                                  if isinstance(v, float) and k != "valid_ratio")
-                typer.echo(f"{n} {r}: {shown}  ({res['training']['train_seconds']:.0f} s)")
-                typer.echo(str(folder / "results.json"))
+                rows.append({"baseline": n, "regime": r,
+                             **{k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"},
+                             "seconds": round(res["training"]["train_seconds"], 1),
+                             "results": str(folder / "results.json")})
     except (UserError, FileNotFoundError) as e:
         _fail(e)
+    _emit(rows, as_json)
 
 # ---- end baseline commands ----
 

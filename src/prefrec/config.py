@@ -4,7 +4,7 @@
     lora:    {r: 8, alpha: 16, dropout: 0.05, ...}        the adapter that every stage trains
     data:    {dir: path/to/prepared, ...}                 samples (train.jsonl, valid.jsonl) from `prefrec data prepare`
     stages:  [{kind: sft, ...}, {kind: dmpo, beta: 0.1, k: 3, ...}]
-    seed, output_dir, eval_every, save_every, keep_last, best_metric, tensorboard, progress
+    seed, output_dir, eval_every, save_every, keep_last, best_metric, tensorboard, log_with, progress
 
 Every mistake is reported with the file and the key path, e.g.
     config.yaml: stages[1].beta: expected float, got 'abc'
@@ -32,6 +32,7 @@ from prefrec.errors import UserError
 STAGE_KINDS = ("sft", "dpo", "dmpo", "sdpo")
 ALIGNMENT_KINDS = ("dpo", "dmpo", "sdpo")
 BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
 
@@ -95,7 +96,8 @@ class TrainConfig:
     save_every: int | None = None  # checkpoint every N optimizer steps (and always at the end of each stage)
     keep_last: int = 2  # checkpoints kept (older ones deleted); RUN/best/ is kept apart
     best_metric: str = "auto"  # validation metric that picks RUN/best/ (auto: reward_accuracy, or loss for sft)
-    tensorboard: bool = False  # also log to RUN/tensorboard/ (needs the tensorboard package)
+    tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
 
     def stage_kinds(self) -> list[str]:
@@ -243,6 +245,9 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
     positive("eval_every", cfg.eval_every)
     positive("save_every", cfg.save_every)
     positive("keep_last", cfg.keep_last, allow_none=False)
+    for i, name in enumerate(cfg.log_with):
+        if name not in TRACKERS:
+            ck.fail(f"log_with[{i}]", f"expected one of {list(TRACKERS)}, got {_show(name)}")
     if cfg.best_metric not in BEST_METRICS:
         ck.fail("best_metric", f"expected one of {list(BEST_METRICS)}, got {_show(cfg.best_metric)}")
     if not cfg.output_dir:

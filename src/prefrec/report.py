@@ -231,34 +231,44 @@ def metric_functions(rows: list[dict]):
 
 def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> dict[str, dict]:
-    """{metric: {"value", "lo", "hi"}}: percentile bootstrap over samples (resampled with replacement)."""
+    """{metric: {"value", "lo", "hi", "n_boot"}}: percentile bootstrap over samples (scipy.stats.bootstrap).
+
+    The resampled unit is the sample (its row index), so each metric family is recomputed on the resampled rows and
+    pooled metrics such as AUC stay right. A metric a resample cannot define (AUC with one class only) is NaN there;
+    those resamples are left out of that metric's percentiles (n_boot says how many remained)."""
+    from scipy.stats import bootstrap
+
     fams = metric_functions(rows)
     n = len(rows)
-    if not fams or n == 0:
+    if not fams or n < 2 or n_boot < 1:
         return {}
-    full: dict[str, float] = {}
-    for f in fams:
-        full.update(_numeric_metrics(f(np.arange(n))))
     names = None if names is None else set(names)
-    wanted = [m for m in full if names is None or m in names]
-    if not wanted:
-        return {}
     rng = np.random.default_rng(seed)
-    draws = defaultdict(list)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        for f in fams:
-            for m, v in f(idx).items():
-                if m in wanted and isinstance(v, (int, float)):
-                    draws[m].append(float(v))
-    alpha = (1 - level) / 2
     out = {}
-    for m in wanted:
-        d = np.array(draws[m])
-        if d.size == 0:
-            continue  # e.g. every resample had one class only
-        out[m] = {"value": full[m], "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)),
-                  "n_boot": int(d.size)}
+    for f in fams:
+        full = _numeric_metrics(f(np.arange(n)))
+        wanted = [m for m in full if names is None or m in names]
+        if not wanted:
+            continue
+
+        def stat(idx, f=f, wanted=wanted):
+            got = f(idx.astype(int))
+            return np.array([float(got[m]) if isinstance(got.get(m), (int, float)) else np.nan for m in wanted])
+
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns about NaN or degenerate distributions; handled below
+            res = bootstrap((np.arange(n),), stat, n_resamples=n_boot, confidence_level=level, method="percentile",
+                            vectorized=False, rng=rng)
+        alpha = (1 - level) / 2
+        for i, m in enumerate(wanted):
+            d = res.bootstrap_distribution[i]
+            d = d[np.isfinite(d)]
+            if d.size == 0:
+                continue  # e.g. every resample had one class only
+            lo, hi = res.confidence_interval.low[i], res.confidence_interval.high[i]
+            if not (np.isfinite(lo) and np.isfinite(hi)):  # some resamples undefined: percentiles of the rest
+                lo, hi = np.quantile(d, alpha), np.quantile(d, 1 - alpha)
+            out[m] = {"value": full[m], "lo": float(lo), "hi": float(hi), "n_boot": int(d.size)}
     return out
 
 

@@ -25,8 +25,9 @@ Batches, distribution and determinism:
     [a*B*W + r*B : a*B*W + (r+1)*B]. The loss of a global batch is the mean over its samples (SFT: the mean over its
     chosen tokens), whatever W and grad_accum are; so 1 process with batch 4 and 2 processes with batch 2 take the
     same steps (tests/test_train.py checks losses and weights).
-    Everything a resumed run needs is in the checkpoint: adapter, optimizer, scheduler, per-process RNG states,
-    step counters (the data position follows from them); resuming reproduces the uninterrupted run.
+    Everything a resumed run needs is in the checkpoint: adapter, and through Accelerate's save_state the optimizer,
+    scheduler and per-process RNG states (sharded under FSDP/DeepSpeed), plus step counters (the data position
+    follows from them); resuming reproduces the uninterrupted run.
 
 Why Accelerate directly and not transformers' Trainer: the training step is not a causal-LM forward. One packed
 row carries a prompt and k+1 responses with a 4D mask (prefrec.packing), the reference log-probs come from a cache
@@ -43,13 +44,11 @@ import functools
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from prefrec.config import ALIGNMENT_KINDS, TrainConfig, config_to_dict, dump_config
@@ -181,7 +180,10 @@ def base_model_name(name: str) -> str:
     if is_run_dir(p):
         return json.loads((p / "run.json").read_text()).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
-        return json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path") or "embedded"
+        from prefrec.model import known_name
+
+        return known_name(json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                          or "embedded")
     return name
 
 
@@ -202,7 +204,11 @@ def epoch_order(n: int, seed: int, stage_index: int, epoch: int) -> list[int]:
 
 def cosine_with_warmup(step: int, *, warmup: int, total: int) -> float:
     """LR factor of optimizer step `step` (0-based): linear warmup (s+1)/warmup, so the first step already learns,
-    then half a cosine from 1 down towards 0 over the remaining steps (the last step still has a small LR)."""
+    then half a cosine from 1 down towards 0 over the remaining steps (the last step still has a small LR).
+
+    This is transformers' get_cosine_schedule_with_warmup from step `warmup` on (tests check it), but not during
+    the warmup: the library's step s has factor s/warmup, so its first step has LR 0 and is wasted. prefrec keeps its
+    own warmup so that runs and published results keep their numbers (issue 16)."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -229,7 +235,7 @@ def score_split(acc, model, trees: list[Tree], chunk: int, desc: str, progress: 
     mine = shard(n, acc.process_index, acc.num_processes)
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        for lo in tqdm(range(0, len(mine), chunk), desc=desc, disable=not progress, leave=False):
+        for lo in tqdm(range(0, len(mine), chunk), desc=desc, disable=None if progress else True, leave=False):
             batch = [trees[i] for i in mine[lo:lo + chunk]]
             terms = tree_terms(model(batch, per_token=True), len(batch))
             for key in ("chosen", "rejected", "nll_sum", "n_tokens"):
@@ -305,26 +311,6 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
 # ---------------------------------------------------------------------------------------------------------------
 # Run folder: checkpoints, RNG, metrics
 
-def rng_state() -> dict:
-    py = random.getstate()
-    npst = np.random.get_state()
-    out = {"python": [py[0], list(py[1]), py[2]],
-           "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-           "torch": torch.get_rng_state().tolist()}
-    if torch.cuda.is_available():
-        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def set_rng_state(st: dict) -> None:
-    random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
-    name, keys, pos, has_gauss, cached = st["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in st["cuda"]])
-
-
 def checkpoints(run: Path) -> list[Path]:
     """Complete checkpoints (trainer_state.json is written last, and the folder renamed into place), oldest first."""
     root = run / "checkpoints"
@@ -344,20 +330,25 @@ def adapter_state(acc, prepared) -> dict | None:
     if not acc.is_main_process:
         return None
     lm = acc.unwrap_model(prepared).lm
+    # save_embedding_layers=False: prefrec never resizes the vocabulary, and "auto" would look the base's Hub id up
+    # on the network to check
     return get_peft_model_state_dict(lm, state_dict={k[len("lm."):]: v for k, v in full.items()
-                                                     if k.startswith("lm.")})
+                                                     if k.startswith("lm.")}, save_embedding_layers=False)
 
 
 def save_adapter(lm, dest: Path, state_dict: dict | None = None) -> None:
     """PEFT save_pretrained (safetensors) into a temp folder, then renamed into place."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
 
 
-def save_checkpoint(acc, run: Path, prepared, optimizer, scheduler, state: dict, keep_last: int) -> None:
+def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
+    """RUN/checkpoints/step-N/: Accelerate's save_state (optimizer, scheduler, every process's RNG; under FSDP and
+    DeepSpeed also the sharded model and optimizer), adapter/ (PEFT format) and trainer_state.json (prefrec's
+    counters). Written into a temp folder that is renamed into place once trainer_state.json is in it."""
     root = run / "checkpoints"
     final = root / f"step-{state['global_step']}"
     tmp = root / f".step-{state['global_step']}.tmp"
@@ -365,21 +356,39 @@ def save_checkpoint(acc, run: Path, prepared, optimizer, scheduler, state: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    write_json_atomic(tmp / f"rng-rank{acc.process_index}.json", rng_state())
+    acc.save_state(str(tmp))
     weights = adapter_state(acc, prepared)
     acc.wait_for_everyone()
     if acc.is_main_process:
         acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
-                                                      state_dict=weights)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                                                      state_dict=weights, save_embedding_layers=False)
         write_json_atomic(tmp / "trainer_state.json", state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _adapter_only_on_save(models, weights, output_dir) -> None:
+    """Accelerate save_state hook (one process / DDP): skip the full model; the checkpoint's adapter/ holds every
+    trainable weight, and the frozen base is not copied into each checkpoint. FSDP/DeepSpeed save their shards."""
+    weights.clear()
+
+
+def _adapter_only_on_load(models, input_dir) -> None:
+    """Accelerate load_state hook, the pair of _adapter_only_on_save: the adapter is loaded from adapter/."""
+    models.clear()
+
+
+def restore_accelerate_state(acc, checkpoint: Path) -> None:
+    """Accelerate's load_state from a prefrec checkpoint: the optimizer and scheduler prepared now, the RNG of
+    every process, and under FSDP/DeepSpeed the model shards. Refuses a checkpoint without this process's RNG (its
+    silent absence would break exact resume)."""
+    if not (checkpoint / f"random_states_{acc.process_index}.pkl").is_file():
+        raise UserError(f"--resume: {checkpoint} has no random_states_{acc.process_index}.pkl (written by an "
+                        f"older prefrec or another number of processes); start the run again without --resume")
+    acc.load_state(str(checkpoint))
 
 
 def load_adapter_weights(lm, folder: Path) -> None:
@@ -393,14 +402,43 @@ def load_adapter_weights(lm, folder: Path) -> None:
                         f"{list(result.unexpected_keys)[:3]})")
 
 
-class MetricsLog:
-    """RUN/metrics.jsonl (one JSON object per optimizer step or validation) and optional TensorBoard, main process
-    only."""
+def tracker_names(cfg: TrainConfig) -> list[str]:
+    """The Accelerate trackers of a run (log_with, plus tensorboard: true), each checked to be installed."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-    def __init__(self, run: Path, active: bool, tensorboard: bool, keep_up_to_step: int | None):
+    names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
+    have = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    missing = [n for n in names if not have[n]()]
+    if missing:
+        raise UserError(f"log_with: {missing} not installed; pip install 'prefrec[{','.join(missing)}]'")
+    return names
+
+
+def flat_config(cfg: TrainConfig) -> dict:
+    """The config as one level of scalars (stages[1].beta: 0.1), what trackers store as hyperparameters."""
+    out = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for i, x in enumerate(v):
+                walk(f"{prefix}[{i}]", x)
+        else:
+            out[prefix] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk("", config_to_dict(cfg))
+    return out
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl (one JSON object per optimizer step or validation), main process only, and the same numbers
+    to Accelerate's trackers (TensorBoard, W&B, MLflow) when the run has any."""
+
+    def __init__(self, run: Path, active: bool, acc, keep_up_to_step: int | None):
         self.active = active
         self.path = run / "metrics.jsonl"
-        self.tb = None
+        self.acc = acc if acc is not None and acc.trackers else None
         if not active:
             return
         if keep_up_to_step is not None and self.path.is_file():
@@ -415,14 +453,6 @@ class MetricsLog:
             tmp = self.path.with_name(".metrics.jsonl.tmp")
             tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
             os.replace(tmp, self.path)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run / "tensorboard"))
-            except ImportError:
-                print("prefrec: tensorboard: true but the tensorboard package is not installed "
-                      "(pip install 'prefrec[tensorboard]'); logging to metrics.jsonl only", file=sys.stderr)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -430,16 +460,14 @@ class MetricsLog:
             return
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key, v in row.items():
-                if isinstance(v, (int, float)) and key not in ("step", "stage_step"):
-                    self.tb.add_scalar(f"{row['split']}/{key}", v, row["step"])
+        if self.acc is not None:
+            self.acc.log({f"{row['split']}/{key}": v for key, v in row.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and key not in ("step", "stage_step")}, step=row["step"])
 
     def close(self) -> None:
         if self.active:
             self.file.close()
-            if self.tb is not None:
-                self.tb.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,7 +487,8 @@ def _check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
 
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         new = config_to_dict(cfg)
-        free = {"progress", "tensorboard", "output_dir"}  # may differ between the killed and the resumed run
+        # may differ between the killed and the resumed run
+        free = {"progress", "tensorboard", "log_with", "output_dir"}
         diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
         if diff:
             raise UserError(f"--resume: the config differs from {saved} in {diff}; resume with the run's own "
@@ -471,20 +500,31 @@ def _check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run every stage of `cfg` (or resume the run in cfg.output_dir); returns the run folder."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
-    from prefrec.model import add_lora, load_model
+    from prefrec.card import write_card
+    from prefrec.model import add_lora, hub_reference, load_model
     from prefrec.provenance import provenance
 
     t_process = time.time()
     # Accelerate only picks its CPU backend (gloo) when told to use the CPU; under torchrun / `accelerate launch
     # --multi_gpu` on a machine without CUDA, say so, so that several CPU processes form one DDP group.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    acc = Accelerator(cpu=cpu)
+    # step_scheduler_with_optimizer=False: the schedule is stepped once per optimizer step here, whatever the number
+    # of processes (Accelerate would otherwise step it once per process); it is prepared only to be checkpointed
+    run = Path(cfg.output_dir)
+    trackers = tracker_names(cfg)
+    acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False, log_with=trackers or None,
+                      project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP" \
+            and acc.is_main_process:  # Accelerate turns FSDP on only for accelerators; say so rather than hide it
+        print(f"prefrec: FSDP was requested but Accelerate runs {acc.distributed_type.value} here (CPU processes "
+              f"get DDP)", file=sys.stderr)
+    acc.register_save_state_pre_hook(_adapter_only_on_save)
+    acc.register_load_state_pre_hook(_adapter_only_on_load)
     main = acc.is_main_process
     W, rank = acc.num_processes, acc.process_index
-    run = Path(cfg.output_dir)
     resume_from = _check_run_folder(cfg, run, resume)
     if resume and (run / "run.json").is_file() and (run / "adapter").is_dir():
         if main:
@@ -498,9 +538,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         if state["num_processes"] != W:
             raise UserError(f"--resume: {resume_from} was written by {state['num_processes']} process(es), this "
                             f"launch has {W}; the data order depends on the global batch, so use the same number")
-        if acc.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            raise UserError("--resume is supported for single-process and DDP runs (FSDP/DeepSpeed shard the "
-                            "optimizer state, which prefrec checkpoints do not save per shard)")
     else:
         state = None
 
@@ -530,7 +567,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         tmp.write_text(dump_config(cfg), encoding="utf-8")
         os.replace(tmp, run / "config.yaml")
     # resuming drops metrics rows after the checkpoint (all of them when there is none)
-    log = MetricsLog(run, main, cfg.tensorboard, state["global_step"] if state else (0 if resume else None))
+    if trackers:  # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
+        acc.init_trackers("prefrec", config=flat_config(cfg),
+                          init_kwargs={"wandb": {"name": run.name, "dir": str(run)}})
+    log = MetricsLog(run, main, acc, state["global_step"] if state else (0 if resume else None))
     show = main and cfg.progress
 
     # ---- model: one base copy + one LoRA adapter for every stage
@@ -540,6 +580,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                                trust_remote_code=cfg.model.trust_remote_code)
     lm = add_lora(lm, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                   target_modules=cfg.lora.target_modules)
+    for peft_cfg in lm.peft_config.values():  # adapter_config.json names a base any machine can resolve
+        peft_cfg.base_model_name_or_path = hub_reference(base_model_name(cfg.model.name))
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     scorer = TreeScorer(lm)
@@ -588,7 +630,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, functools.partial(cosine_with_warmup, warmup=math.ceil(stage.warmup_ratio * total), total=total))
-        prepared, optimizer = acc.prepare(scorer, optimizer)
+        if state is not None and not rng_restored and not (resuming_here and state["stage_step"] > 0):
+            # resuming at a stage boundary: nothing is prepared yet, so load_state restores the RNG only
+            restore_accelerate_state(acc, resume_from)
+            rng_restored = True
+        prepared, optimizer, scheduler = acc.prepare(scorer, optimizer, scheduler)
 
         ref = None
         if kind in ALIGNMENT_KINDS:
@@ -601,16 +647,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
             timings["reference"] = timings.get("reference", 0.0) + time.time() - t0
 
         stage_step = 0
-        if resuming_here:
+        if resuming_here and state["stage_step"] > 0:
+            # optimizer, scheduler and RNG continue exactly where the checkpoint left them (dropout masks included):
+            # this is the first stage that runs after the checkpoint, and nothing since it has drawn random numbers
             stage_step = state["stage_step"]
-            if stage_step > 0:
-                optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True,
-                                                     map_location=acc.device))
-                scheduler.load_state_dict(torch.load(resume_from / "scheduler.pt", weights_only=True))
-        if state is not None and not rng_restored:
-            # the RNG stream continues exactly where the checkpoint left it (dropout masks); this is the first stage
-            # that runs after the checkpoint, and nothing since it has drawn random numbers
-            set_rng_state(json.loads((resume_from / f"rng-rank{rank}.json").read_text()))
+            restore_accelerate_state(acc, resume_from)
             rng_restored = True
 
         def validate() -> dict | None:
@@ -633,12 +674,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                   "step_in_epoch": stage_step % steps_per_epoch, "samples_consumed": stage_step * G,
                   "num_processes": W, "global_batch": G, "best": best, "timings": timings,
                   "final_valid": final_valid, "stage_info": stage_info, "resumes": resumes, "seed": cfg.seed}
-            save_checkpoint(acc, run, prepared, None if done else optimizer,
-                            None if done else scheduler, st, cfg.keep_last)
+            save_checkpoint(acc, run, prepared, st, cfg.keep_last)
 
         set_dropout(lm, dropout_rates, stage.dropout_off())
         prepared.train()
-        bar = tqdm(total=total, initial=stage_step, desc=kind, disable=not show, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (a log file gets metrics.jsonl, not bar updates)
+        bar = tqdm(total=total, initial=stage_step, desc=kind, disable=None if show else True, dynamic_ncols=True)
         while stage_step < total:
             t0 = time.time()
             epoch, pos = divmod(stage_step, steps_per_epoch)
@@ -730,6 +771,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 "num_processes": W, "stage_info": stage_info, "best": best,
                 "final_valid": final_valid, **provenance()}
         write_json_atomic(run / "run.json", info)
+        write_card(run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     log.close()
     acc.wait_for_everyone()
     acc.end_training()
