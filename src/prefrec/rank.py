@@ -197,9 +197,12 @@ def _json_lines(lines: list[str], p: Path) -> list:
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{p}:{n}: not valid JSON ({e.msg}); expected one JSON string per line") from None
+            if not isinstance(value, str):
+                raise UserError(f"{p}:{n}: expected a JSON string (one title per line), got {type(value).__name__}")
+            out.append(value)
     return out
 
 
