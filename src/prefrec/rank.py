@@ -8,7 +8,7 @@ scored as the answer to it,
     score_per_token(c) = score(c) / n_tokens(c)
 
 all in one packed row (prefrec.packing: the prompt once, each title attending only to the prompt and to itself),
-run through the model in chunks of 512 tokens over a KV cache (`score_steps`), so the attention mask is never L×L
+run through the model in chunks of 256 tokens over a KV cache (`score_steps`), so the attention mask is never L×L
 and a caller (the HTTP service) can stop or interleave work between chunks. The row must fit a token budget
 (prefrec.budget: min(model context, max_tokens)): the history is shortened oldest-first to fit, and candidates that
 do not fit are refused. Candidates are sorted by `score` (the quantity evaluation ranks by), ties keeping input order. The
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # Query tokens per forward chunk: small enough that a waiting short request gets the worker within about one
 # short request's time, large enough that the per-chunk overhead stays small (benchmarks/serve_load.py).
-DEFAULT_CHUNK_TOKENS = 512
+DEFAULT_CHUNK_TOKENS = 256
 
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
