@@ -151,7 +151,8 @@ def run(args) -> dict:
     from prefrec.model import embedded_model_dir
     from prefrec.provenance import provenance
 
-    load_before = os.getloadavg()
+    load_before, host = os.getloadavg(), machine()
+    host.pop("load_average_at_start", None)  # recorded below as load_average_before / _after
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(args, port)
@@ -202,7 +203,7 @@ def run(args) -> dict:
         "targets": {"peak_rss_under_4gb": peak_kb / 2**20 < 4.0,
                     "normal_p99_over_idle": (normal.get("p99", float("nan")) / idle_normal),
                     "normal_p99_under_3x_idle": normal.get("p99", float("inf")) < 3 * idle_normal},
-        "machine": {**machine(), "load_average_before": load_before, "load_average_after": load_after},
+        "machine": {**host, "load_average_before": load_before, "load_average_after": load_after},
         **provenance(),
     }
 
