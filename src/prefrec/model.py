@@ -136,9 +136,9 @@ def _locate(name: str) -> bool:
         cached = None
     if isinstance(cached, str):
         return True
-    raise UserError(f"model {name!r}: not found. Looked for a prefrec run folder (run.json + adapter/), a PEFT adapter "
-                    f"folder (adapter_config.json) or a model folder at {Path(name).absolute()}, a known name "
-                    f"({', '.join(known_model_names())}), and a Hugging Face id in the local cache "
+    raise UserError(f"model {name!r}: not found: not {' or '.join(map(repr, known_model_names()))}, no prefrec run "
+                    f"folder (run.json + adapter/), PEFT adapter folder (adapter_config.json) or model folder at "
+                    f"{Path(name).absolute()}, and no Hugging Face id {name!r} in the local cache "
                     f"({constants.HF_HUB_CACHE}); models are not downloaded")
 
 
