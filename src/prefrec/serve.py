@@ -162,7 +162,8 @@ def _describe(e: dict, fields: list[str]) -> tuple[int, str]:
     if kind == "string_too_long":
         return 422, (f"{name} is {len(e.get('input') or '')} characters long; the limit is {ctx.get('max_length')} "
                      "(max_title_chars)")
-    return 422, f"{name if len(loc) > 1 else f'field {name!r}'}: {e.get('msg')}"
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")  # our own title checks
+    return 422, f"{name if len(loc) > 1 else f'field {name!r}'}: {msg}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
