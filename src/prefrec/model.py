@@ -122,11 +122,12 @@ def known_model_names() -> tuple[str, ...]:
     return (EMBEDDED,)
 
 
-def _locate(name: str) -> bool:
-    """Check, without the network, that `name` is a known name, an existing folder or a Hugging Face id in the local
-    cache; returns True for a cached id (load it with local_files_only, so nothing retries the Hub). A name that is
-    none of these fails at once, saying what was looked for."""
-    if name in known_model_names() or Path(name).is_dir():
+def _locate(name: str, path: str) -> bool:
+    """Check, without the network, that `name` is a known name (resolve_base mapped it to `path`, its local folder),
+    an existing folder or a Hugging Face id in the local cache; returns True for a cached id (load it with
+    local_files_only, so nothing retries the Hub). A name that is none of these fails at once, saying what was
+    looked for."""
+    if path != name or Path(name).is_dir():
         return False
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -167,8 +168,8 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         adapter, name = name, cfg.get("base_model_name_or_path") or EMBEDDED
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
-    local_only = _locate(name)
     path = resolve_base(name)
+    local_only = _locate(name, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                   local_files_only=local_only)
