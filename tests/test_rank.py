@@ -41,9 +41,13 @@ def save_tiny_run(run_dir, base_dir, base_model, seed=1):
     return peft_model
 
 
-def naive_scores(model, tokenizer, history, candidates, domain="movies"):
+def tree_of(tokenizer, history, candidates, domain="movies"):
     prefix, question = build_prompt(history, candidates, domain)
-    tree = encode_texts(tokenizer, prefix, [question], [candidates])
+    return encode_texts(tokenizer, prefix, [question], [candidates])
+
+
+def naive_scores(model, tokenizer, history, candidates, domain="movies"):
+    tree = tree_of(tokenizer, history, candidates, domain)
     with torch.no_grad():
         return naive_response_logps(model, [tree]).summed.double().tolist()
 
@@ -142,3 +146,110 @@ def test_cli_rank_plain_model_and_run_folder(tmp_path, embedded_tokenizer):
     res = runner.invoke(app, ["rank", str(base_dir), "--history", str(tmp_path / "missing.txt"),
                               "--candidates", str(tmp_path / "c.json")])
     assert res.exit_code == 2 and "missing.txt" in res.output
+
+
+# ---- token budget, chunked scoring, input files, model names (issue 15) ----
+
+def test_history_is_cut_oldest_first_to_the_token_budget(tiny_lm):
+    from prefrec.budget import TokenBudgetError
+
+    model, tok = tiny_lm
+    history = [f"Some long film title number {i} ({1950 + i})" for i in range(8)]
+    n = {k: tree_of(tok, history[8 - k:], CANDIDATES).n_tokens() for k in range(1, 9)}  # brute force: the tree's size with the last k titles
+    budget = n[5]  # exactly five titles fit
+    cut = rank(model, tok, history, CANDIDATES, max_tokens=budget)
+    same = rank(model, tok, history[-5:], CANDIDATES, max_tokens=None)
+    assert [(r["title"], r["score"]) for r in cut] == [(r["title"], r["score"]) for r in same]
+    with pytest.raises(TokenBudgetError, match=f"the limit is {n[1] - 1} tokens .*max_tokens {n[1] - 1}"):
+        rank(model, tok, history, CANDIDATES, max_tokens=n[1] - 1)
+    # the model's context (2048 here) caps the budget too
+    with pytest.raises(TokenBudgetError, match="model context 2048"):
+        rank(model, tok, history, [f"{'y' * 250} {i}" for i in range(60)], max_tokens=None)
+
+
+def test_chunked_scoring_matches_packed_forward_and_bounds_the_mask(tiny_lm, monkeypatch):
+    from prefrec.packing import PackedBatch, response_logps
+    from prefrec.rank import run_steps, score_steps
+
+    model, tok = tiny_lm
+    tree = tree_of(tok, HISTORY, CANDIDATES)
+    with torch.inference_mode():
+        packed = response_logps(model, [tree]).summed.double().tolist()
+    shapes = []
+    real = PackedBatch.attention_mask
+
+    def spy(self, *a, **kw):
+        m = real(self, *a, **kw)
+        shapes.append(tuple(m.shape))
+        return m
+
+    monkeypatch.setattr(PackedBatch, "attention_mask", spy)
+    steps = score_steps(model, tree, chunk_tokens=32)
+    done = []
+    while True:
+        try:
+            done.append(next(steps))
+        except StopIteration as end:
+            chunked = end.value
+            break
+    L = tree.n_tokens()
+    assert done == list(range(32, L, 32)) + [L]  # a step per chunk: a caller can stop between them
+    assert chunked == pytest.approx(packed, abs=1e-4)
+    assert max(s[2] for s in shapes) <= 32 and all(s[3] <= L for s in shapes)  # never L × L
+    assert run_steps(score_steps(model, tree, chunk_tokens=L + 5)) == pytest.approx(packed, abs=1e-4)
+
+
+def test_read_titles_decides_by_content(tmp_path):
+    cands = ["Amélie (2001)", "Heat (1995)"]
+    (tmp_path / "list.jsonl").write_text(json.dumps(cands), encoding="utf-8")  # a JSON list saved as .jsonl
+    assert read_titles(tmp_path / "list.jsonl", "candidates") == cands
+    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps(c) for c in cands) + "\n", encoding="utf-8")
+    assert read_titles(tmp_path / "lines.jsonl", "candidates") == cands
+    (tmp_path / "list.txt").write_text(json.dumps(cands, indent=1), encoding="utf-8")
+    assert read_titles(tmp_path / "list.txt", "candidates") == cands
+    (tmp_path / "rec.txt").write_text("[REC] (2007)\nHeat (1995)\n", encoding="utf-8")  # a title, not JSON
+    assert read_titles(tmp_path / "rec.txt", "history") == ["[REC] (2007)", "Heat (1995)"]
+    (tmp_path / "bom.txt").write_text("Heat (1995)\n", encoding="utf-8-sig")
+    assert read_titles(tmp_path / "bom.txt", "history") == ["Heat (1995)"]
+    (tmp_path / "latin1.txt").write_bytes("Amélie (2001)\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.txt: not UTF-8 text \(byte 0xe9 at offset 2\)"):
+        read_titles(tmp_path / "latin1.txt", "history")
+    (tmp_path / "obj.jsonl").write_text('{"a": 1}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"obj\.jsonl:1: expected a JSON string"):
+        read_titles(tmp_path / "obj.jsonl", "history")
+
+
+def test_unknown_model_name_fails_at_once_without_the_network(tmp_path, monkeypatch):
+    import transformers
+
+    from prefrec.model import known_model_names, load_model
+
+    def no_network(*a, **kw):
+        raise AssertionError("from_pretrained must not be reached for a name that is nowhere")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_network)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_network)
+    for name in (str(tmp_path / "runs" / "sft-typo"), "embeded", "no-such-org/no-such-model-xyz"):
+        with pytest.raises(UserError) as e:
+            load_model(name)
+        msg = str(e.value)
+        assert f"model {name!r}: not found" in msg and "run.json" in msg and "local cache" in msg
+        assert all(known in msg for known in known_model_names())
+
+
+def test_cli_rank_mistyped_model_and_budget(tmp_path, embedded_tokenizer):
+    from prefrec.cli import app
+
+    (tmp_path / "h.txt").write_text("\n".join(HISTORY), encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(json.dumps(CANDIDATES), encoding="utf-8")
+    runner = CliRunner()
+    res = runner.invoke(app, ["rank", str(tmp_path / "typo"), "--history", str(tmp_path / "h.txt"),
+                              "--candidates", str(tmp_path / "c.jsonl")])
+    assert res.exit_code == 2 and "not found" in res.output and str(tmp_path / "typo") in res.output
+    save_tiny_model(tmp_path / "tiny", embedded_tokenizer)
+    res = runner.invoke(app, ["rank", str(tmp_path / "tiny"), "--history", str(tmp_path / "h.txt"),
+                              "--candidates", str(tmp_path / "c.jsonl"), "--max-tokens", "40"])
+    assert res.exit_code == 2 and "max_tokens 40" in res.output
+    res = runner.invoke(app, ["rank", str(tmp_path / "tiny"), "--history", str(tmp_path / "h.txt"),
+                              "--candidates", str(tmp_path / "c.jsonl")])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_candidates"] == len(CANDIDATES)

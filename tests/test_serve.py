@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -12,13 +13,13 @@ import uvicorn
 from conftest import make_tiny_lm
 
 from prefrec.rank import rank
-from prefrec.serve import ApiError, Limits, create_app, parse_rank_request
+from prefrec.serve import Limits, create_app
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 POOL = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)", "Pulp Fiction (1994)",
         "Casino (1995)", "Se7en (1995)", "Alien (1979)", "Jaws (1975)", "Rocky (1976)", "Amélie (2001)",
         "Brazil (1985)", "Clerks (1994)", "Contact (1997)", "Twister (1996)", "Scream (1996)", "Titanic (1997)"]
-LIMITS = Limits(max_history=5, max_candidates=8, max_title_chars=40, max_body_bytes=4096)
+LIMITS = Limits(max_history=5, max_candidates=8, max_title_chars=40, max_body_bytes=4096, max_queue=32)
 
 
 def free_port() -> int:
@@ -27,11 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(embedded_tokenizer):
-    """(base_url, model, tokenizer): uvicorn serving a tiny model in a background thread, stopped afterwards."""
-    model = make_tiny_lm(embedded_tokenizer)
-    app = create_app((model, embedded_tokenizer), limits=LIMITS, model_label="tiny")
+@contextmanager
+def running(app):
+    """uvicorn serving `app` on 127.0.0.1 in a background thread; yields the base URL, stops it afterwards."""
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -41,10 +40,20 @@ def server(embedded_tokenizer):
             break
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", model, embedded_tokenizer
-    srv.should_exit = True
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server(embedded_tokenizer):
+    """(base_url, model, tokenizer): uvicorn serving a tiny model in a background thread, stopped afterwards."""
+    model = make_tiny_lm(embedded_tokenizer)
+    with running(create_app((model, embedded_tokenizer), limits=LIMITS, model_label="tiny")) as base:
+        yield base, model, embedded_tokenizer
 
 
 def post(base, body, **kw):
@@ -78,7 +87,7 @@ def test_good_request_equals_library_ranking(server):
     (b'{"history": ["a"], "candidates": ["b"]', 400, "not valid JSON"),
     (b"not json at all", 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
-    (b"[" * 1500 + b"]" * 1500, 400, "not valid JSON"),
+    (b"[" * 1500 + b"]" * 1500, 400, "parsing the body"),  # nested too deeply for json.loads
     ([1, 2], 422, "JSON object"),
     ({"candidates": ["b"]}, 422, "'history'"),
     ({"history": "Star Wars", "candidates": ["b"]}, 422, "'history'"),
@@ -149,12 +158,23 @@ def test_20_concurrent_requests_get_their_own_answers(server):
         assert [x["score"] for x in got] == pytest.approx([x["score"] for x in seq["ranking"]], rel=1e-6)
 
 
-def test_parse_rank_request_is_pure():
-    req = parse_rank_request(b'{"history": ["a"], "candidates": ["b", "c"]}', Limits())
-    assert req == {"history": ["a"], "candidates": ["b", "c"], "top": None, "domain": "movies"}
-    with pytest.raises(ApiError) as e:
-        parse_rank_request(b'{"history": ["a"], "candidates": ["b", "c", "d"]}', Limits(max_candidates=2))
-    assert e.value.status == 422 and "the limit is 2" in e.value.message
+def test_openapi_schema_comes_from_the_request_model_and_docs_are_off(server):
+    base, _, _ = server
+    spec = httpx.get(f"{base}/openapi.json").json()
+    ref = spec["paths"]["/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert body["required"] == ["history", "candidates"] and body["additionalProperties"] is False
+    assert body["properties"]["history"]["maxItems"] == LIMITS.max_history
+    assert body["properties"]["candidates"]["maxItems"] == LIMITS.max_candidates
+    assert body["properties"]["candidates"]["items"]["maxLength"] == LIMITS.max_title_chars
+    assert httpx.get(f"{base}/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
+
+
+def test_docs_can_be_turned_on(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(tiny_lm, docs=True)) as c:
+        assert c.get("/docs").status_code == 200
 
 
 def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, embedded_tokenizer):
@@ -168,3 +188,127 @@ def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, em
         assert c.get("/health").json()["model"] == str(tmp_path / "tiny")
         r = c.post("/rank", json={"history": ["a"], "candidates": ["b"]})
         assert r.status_code == 503 and "max_queue" in r.json()["error"]
+        assert int(r.headers["retry-after"]) >= 1
+
+
+# ---- bounded tokens, bounded time, cancelled work (issue 15) ----
+
+def _n_tokens(tok, history, candidates):
+    from prefrec.packing import encode_texts
+    from prefrec.rank import build_prompt
+
+    prefix, question = build_prompt(history, candidates)
+    return encode_texts(tok, prefix, [question], [candidates]).n_tokens()
+
+
+def test_token_budget_shortens_history_and_refuses_candidates_naming_the_limit(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    model, tok = tiny_lm
+    history = [f"A rather long film title number {i} ({1950 + i})" for i in range(5)]
+    cands = POOL[:4]
+    # brute force: the most recent history titles that fit a budget between 2 and 3 titles' worth
+    sizes = {k: _n_tokens(tok, history[5 - k:], cands) for k in range(1, 6)}
+    budget = (sizes[2] + sizes[3]) // 2
+    app = create_app((model, tok), limits=Limits(max_tokens=budget))
+    with TestClient(app) as c:
+        r = c.post("/rank", json={"history": history, "candidates": cands})
+        assert r.status_code == 200, r.text
+        assert r.json()["n_history"] == 2 and r.json()["n_tokens"] == sizes[2] <= budget
+        expected = rank(model, tok, history[-2:], cands)
+        assert [(x["title"], x["score"]) for x in r.json()["ranking"]] == \
+            [(x["title"], pytest.approx(x["score"], abs=1e-4)) for x in expected]
+        many = [f"Candidate film with a long title {i}" for i in range(40)]
+        r = c.post("/rank", json={"history": history, "candidates": many})
+        assert r.status_code == 422 and "max_tokens" in r.json()["error"] and str(budget) in r.json()["error"]
+        assert c.get("/health").json()["max_tokens_effective"] == budget
+
+
+def test_model_context_caps_the_budget(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    model, tok = tiny_lm  # max_position_embeddings 2048, below the default cap of 4096
+    with TestClient(create_app((model, tok))) as c:
+        many = [f"{'x' * 280} {i}" for i in range(100)]  # inside every size limit, far over 2048 tokens
+        r = c.post("/rank", json={"history": ["a"], "candidates": many})
+        assert r.status_code == 422 and "model context 2048" in r.json()["error"]
+
+
+class SlowLM:
+    """A tiny model whose every forward chunk sleeps, so a request takes seconds; counts the chunks run."""
+
+    def __init__(self, tok, seconds=0.25):
+        self.model = make_tiny_lm(tok)
+        self.calls = 0
+
+        def hook(module, args):
+            self.calls += 1
+            time.sleep(seconds)
+
+        self.model.model.register_forward_pre_hook(hook)
+
+
+LONG = {"history": HISTORY, "candidates": POOL[:12]}  # 331 tokens: 21 chunks of 16, ~5 s
+SHORT = {"history": HISTORY[:1], "candidates": POOL[:1]}  # 97 tokens: 7 chunks
+
+
+def _wait_for(predicate, seconds=10.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not predicate():
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_client_leaving_stops_the_work_and_health_stays_fast(embedded_tokenizer):
+    slow = SlowLM(embedded_tokenizer)
+    app = create_app((slow.model, embedded_tokenizer), chunk_tokens=16)
+    with running(app) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/rank", json=LONG, timeout=1.0)  # the client gives up after 1 s
+        t0 = time.monotonic()
+        health = httpx.get(f"{base}/health", timeout=5)
+        assert time.monotonic() - t0 < 1.0 and health.status_code == 200
+        assert _wait_for(lambda: httpx.get(f"{base}/health").json()["jobs"]["cancelled"] == 1)
+        calls = slow.calls
+        time.sleep(1.0)
+        assert slow.calls == calls  # nothing runs for the request that was left
+        assert calls < 12  # far fewer chunks than the whole request
+        r = httpx.post(f"{base}/rank", json=SHORT, timeout=30)
+        assert r.status_code == 200 and httpx.get(f"{base}/health").json()["jobs"]["done"] == 1
+
+
+def test_time_limit_stops_the_work_with_503(embedded_tokenizer):
+    slow = SlowLM(embedded_tokenizer)
+    app = create_app((slow.model, embedded_tokenizer), limits=Limits(max_seconds=1.0), chunk_tokens=16)
+    with running(app) as base:
+        r = httpx.post(f"{base}/rank", json=LONG, timeout=30)
+        assert r.status_code == 503 and "max_seconds" in r.json()["error"]
+        assert int(r.headers["retry-after"]) >= 1
+        calls = slow.calls
+        time.sleep(0.6)
+        assert slow.calls == calls and calls < 12
+        assert httpx.get(f"{base}/health").json()["jobs"]["timed_out"] == 1
+
+
+def test_short_request_overtakes_a_long_one_and_full_queue_gets_retry_after(embedded_tokenizer):
+    slow = SlowLM(embedded_tokenizer, seconds=0.15)
+    app = create_app((slow.model, embedded_tokenizer), limits=Limits(max_queue=2), chunk_tokens=16)
+    finished = {}
+
+    def send(name, body):
+        r = httpx.post(f"{base}/rank", json=body, timeout=60)
+        finished[name] = (time.monotonic(), r.status_code)
+
+    with running(app) as base:
+        long = threading.Thread(target=send, args=("long", LONG))
+        long.start()
+        assert _wait_for(lambda: slow.calls >= 2)  # the long request is running
+        short = threading.Thread(target=send, args=("short", SHORT))
+        short.start()
+        assert _wait_for(lambda: httpx.get(f"{base}/health").json()["admitted"] == 2)
+        r = httpx.post(f"{base}/rank", json=SHORT, timeout=30)  # a third one: the queue is full
+        assert r.status_code == 503 and "max_queue" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+        long.join()
+        short.join()
+    assert finished["long"][1] == finished["short"][1] == 200
+    assert finished["short"][0] < finished["long"][0]  # it waited for one chunk of the long one, not all of it

@@ -419,12 +419,15 @@ def explain_cmd(
 def rank_cmd(
     model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
     history: Path = typer.Option(..., "--history", help="Titles the user interacted with, oldest first: one per "
-                                 "line, or a JSON list (.json)."),
-    candidates: Path = typer.Option(..., "--candidates", help="Titles to rank: one per line, or a JSON list (.json)."),
+                                 "line, or a JSON list (decided by the content)."),
+    candidates: Path = typer.Option(..., "--candidates", help="Titles to rank: one per line, or a JSON list "
+                                    "(decided by the content)."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Print only the best N."),
     domain: str = typer.Option("movies", "--domain", help="Prompt wording: movies | games | music | books | items."),
     max_history: Optional[int] = typer.Option(None, "--max-history", min=1, help="Keep only the last N history "
                                               "titles (the candidates protocol trains with at most 10)."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", min=16, help="Most tokens of prompt + candidates (also "
+                                   "capped by the model's context); the oldest history titles are dropped to fit."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here instead of stdout."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
@@ -439,7 +442,7 @@ def rank_cmd(
         hist = read_titles(history, "history")
         cands = read_titles(candidates, "candidates")
         m, tok = load_model(model, dtype=dtype)
-        ranking = rank(m, tok, hist, cands, domain=domain, top=top, max_history=max_history)
+        ranking = rank(m, tok, hist, cands, domain=domain, top=top, max_history=max_history, max_tokens=max_tokens)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     result = {"model": model, "domain": domain, "n_candidates": len(cands), "ranking": ranking}
@@ -460,6 +463,12 @@ def serve_cmd(
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Most candidates per request."),
     max_title_chars: int = typer.Option(300, "--max-title-chars", min=1, help="Longest title, in characters."),
     max_body_bytes: int = typer.Option(256 * 1024, "--max-body-bytes", min=1, help="Largest request body."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", min=16, help="Most tokens per request after tokenisation "
+                                   "(also capped by the model's context); the history is shortened to fit."),
+    max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1, help="Time limit per request, queueing "
+                                      "included; the work stops when it passes (503)."),
+    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once; more get 503."),
+    docs: bool = typer.Option(False, "--docs", help="Serve Swagger UI at /docs (the browser loads it from a CDN)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
@@ -471,8 +480,9 @@ def serve_cmd(
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     limits = Limits(max_history=max_history, max_candidates=max_candidates, max_title_chars=max_title_chars,
-                    max_body_bytes=max_body_bytes)
-    run_server(pair, host=host, port=port, limits=limits, model_label=model)
+                    max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_seconds=max_seconds,
+                    max_queue=max_queue)
+    run_server(pair, host=host, port=port, limits=limits, model_label=model, docs=docs)
 
 # ---- end explain / rank / serve commands ----
 

@@ -81,8 +81,11 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
 
     from prefrec.packing import encode_texts, response_logps
 
+    from prefrec.budget import check_tokens, token_budget
+
     questions, responses, positive = _responses_of(sample)
     tree = encode_texts(tokenizer, sample.prefix, questions, responses)
+    check_tokens(tree.n_tokens(), token_budget(model), f"sample {sample.id}")  # before the L×L mask is built
     with torch.inference_mode():
         scores = response_logps(model, [tree], per_token=True)
     special = set(tokenizer.all_special_ids)

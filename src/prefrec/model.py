@@ -147,6 +147,32 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return (p / "run.json").is_file() and (p / "adapter").is_dir()
 
 
+def known_model_names() -> tuple[str, ...]:
+    """Model names that load_model resolves by itself, offline (no path, no Hugging Face id)."""
+    return tuple(KNOWN_MODELS)
+
+
+def _locate(name: str, path: str) -> bool:
+    """Check, without the network, that `name` is a known name (resolve_base mapped it to `path`, its local folder),
+    an existing folder or a Hugging Face id in the local cache; returns True for a cached id (load it with
+    local_files_only, so nothing retries the Hub). A name that is none of these fails at once, saying what was
+    looked for."""
+    if path != name or Path(name).is_dir():
+        return False
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id (HFValidationError), e.g. a mistyped path
+        cached = None
+    if isinstance(cached, str):
+        return True
+    raise UserError(f"model {name!r}: not found: not {' or '.join(map(repr, known_model_names()))}, no prefrec run "
+                    f"folder (run.json + adapter/), PEFT adapter folder (adapter_config.json) or model folder at "
+                    f"{Path(name).absolute()}, and no Hugging Face id {name!r} in the local cache "
+                    f"({constants.HF_HUB_CACHE}); models are not downloaded")
+
+
 def resolve_base(name: str) -> str:
     """The from_pretrained path for a base model name (a known short name -> its local folder)."""
     return str(KNOWN_MODELS[name].local_dir()) if name in KNOWN_MODELS else name
@@ -173,10 +199,12 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     path = resolve_base(name)
+    local_only = _locate(name, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, local_files_only=local_only)
     except OSError as e:
         raise UserError(f"model {name!r}: not 'embedded', a prefrec run folder, or a loadable Hugging Face "
                         f"model folder/id available offline ({e})") from None

@@ -226,20 +226,24 @@ class PackedBatch:
     lengths: list[int]
     index: list[tuple[int, int, int]]
 
-    def attention_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    def attention_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                       rows: tuple[int, int] | None = None) -> Tensor:
         """4D additive mask (B, 1, L, L): 0 where query i may attend key j, finfo(dtype).min elsewhere.
 
         allowed(i, j) = j ≤ i  ∧  same tree  ∧  key j is in the prefix or in i's branch
                         ∧  key j is in no response or in i's response;  plus every token attends to itself.
+        rows=(start, stop): only queries start..stop-1 against keys 0..stop-1, (B, 1, stop-start, stop), for a
+        forward in chunks over a KV cache (memory (stop-start)×stop instead of L×L).
         """
-        L = self.input_ids.shape[1]
-        pos = torch.arange(L, device=device)
-        seg, br, rs = (x.to(device) for x in (self.segment, self.branch, self.response))
-        allowed = (pos[None, :, None] >= pos[None, None, :]) & (seg[:, :, None] == seg[:, None, :])
-        allowed &= (br[:, None, :] < 0) | (br[:, None, :] == br[:, :, None])
-        allowed &= (rs[:, None, :] < 0) | (rs[:, None, :] == rs[:, :, None])
+        start, stop = rows or (0, self.input_ids.shape[1])
+        q, k = torch.arange(start, stop, device=device), torch.arange(stop, device=device)
+        seg, br, rs = (x[:, :stop].to(device) for x in (self.segment, self.branch, self.response))
+        qs, qb, qr = seg[:, start:], br[:, start:], rs[:, start:]
+        allowed = (q[None, :, None] >= k[None, None, :]) & (qs[:, :, None] == seg[:, None, :])
+        allowed &= (br[:, None, :] < 0) | (br[:, None, :] == qb[:, :, None])
+        allowed &= (rs[:, None, :] < 0) | (rs[:, None, :] == qr[:, :, None])
         allowed &= (seg >= 0)[:, None, :]  # no one attends to padding...
-        allowed |= torch.eye(L, dtype=torch.bool, device=device)  # ...but a padding query sees itself: no empty row
+        allowed |= q[None, :, None] == k[None, None, :]  # ...but a padding query sees itself: no empty row
         mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None]
@@ -446,14 +450,22 @@ def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = Fals
 
 
 def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 4096, per_token: bool = False,
-                pack_tokens: int | None = None, progress: bool = True, desc: str = "scoring") -> Scores:
+                pack_tokens: int | None = None, progress: bool = True, desc: str = "scoring",
+                max_tokens: int | None = None) -> Scores:
     """Evaluation helper: response_logps over a long list of trees under torch.inference_mode(), in batches of at
     most `max_tokens_per_batch` padded tokens (rows × longest row; a longer tree is a batch of its own), longest trees
-    first to waste little padding, with a tqdm bar. Returns Scores in the order of `trees` (index as usual)."""
+    first to waste little padding, with a tqdm bar. Returns Scores in the order of `trees` (index as usual).
+    Every tree must fit the token budget (prefrec.budget: the model's context, and `max_tokens` if given); one that
+    does not is refused before any forward pass."""
     from tqdm.auto import tqdm
+
+    from prefrec.budget import check_tokens, token_budget
 
     if not trees:
         return Scores(summed=torch.zeros(0), token_logps=[] if per_token else None, index=[])
+    budget = token_budget(model, max_tokens)
+    for t, tree in enumerate(trees):
+        check_tokens(tree.n_tokens(), budget, f"{desc}: item {t} (0-based, in input order)")
     order = sorted(range(len(trees)), key=lambda t: -trees[t].n_tokens())
     batches, cur = [], []
     for t in order:
