@@ -128,3 +128,34 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
                                  "pairwise", "--out", str(tmp_path / "o"), "--train", "many"])
     assert r.exit_code == 2 and "whole number or 'all'" in r.output
+
+
+def test_prepare_out_naming_a_file_fails_before_the_work(tmp_path):
+    """Issue 14 point 8: one line, exit 2, no FileExistsError traceback."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src),
+                                     "--task", "pairwise", "--out", str(out)])
+        assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
+def test_prepare_with_every_split_empty_fails_with_the_reason(tmp_path):
+    """Issue 14 point 5: all titles identical (pairwise) or a 10-item catalogue (candidates) -> exit 2, no files."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    lines = (src / "u.item").read_text(encoding="latin-1").splitlines()
+    (src / "u.item").write_text("\n".join(ln.split("|", 2)[0] + "|Same Film (1990)|" + ln.split("|", 2)[2]
+                                          for ln in lines) + "\n", encoding="latin-1")
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
+                                 "pairwise", "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 2 and "no sample in any split" in r.output and "title" in r.output, r.output
+    assert not (tmp_path / "o1" / "train.jsonl").exists()
+    small = tmp_path / "small"  # 10 films: never 19 unseen negatives
+    small.mkdir()
+    (small / "u.item").write_text("".join(f"{i}|Film {i} (1990)|01-Jan-1995||http://x|0\n" for i in range(1, 11)))
+    (small / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t{880000000 + i}\n"
+                                          for u in range(1, 13) for i in range(1, 9)))
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(small), "--task",
+                                 "candidates", "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "no sample in any split" in r.output and "19 items" in r.output, r.output

@@ -129,6 +129,9 @@ def data_import(
         if len(r["rejected"]) > 5:
             typer.echo(f"    ... {len(r['rejected']) - 5} more in import_report.json")
     typer.echo(str(out / "import_report.json"))
+    if report["total"]["samples"] == 0:
+        _fail(UserError(f"nothing was imported: all {report['total']['files']} file(s) rejected "
+                        f"(reasons above and in {out / 'import_report.json'})"))
 
 
 @data_app.command("stats")

@@ -108,12 +108,33 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
     """
     if task not in TASKS:
         raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
+    check_out_folder(out)  # before the work, not after it
     log, filters, raw = read_filtered(dataset, source, domain=domain)
     return prepare_log(log, filters, raw, task, out, dataset=dataset, source=source, seed=seed, negatives=negatives,
                        n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
                        min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
                        n_candidates=n_candidates, per_user=per_user, history_ratings=history_ratings,
                        item_stats=item_stats, warn=warn)
+
+
+def check_out_folder(out: str | os.PathLike) -> None:
+    """--out must be a folder or not exist yet (nor may any part of its path be a file)."""
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UserError(f"--out {out}: {q} is a file, not a folder")
+            break
+
+
+def _check_not_empty(built: "protocols.Built", task: str) -> list[str]:
+    """Every split empty is an error (with the protocol's reasons); one empty requested split is a warning."""
+    sizes = {s: len(built.samples[s]) for s in protocols.SPLITS}
+    if not any(sizes.values()):
+        why = "; ".join(built.warnings) or "no user or position passed the protocol's filters"
+        raise UserError(f"the {task} protocol produced no sample in any split ({why}); nothing was written")
+    return [f"the {s} split is empty (requested {built.requested[s] if built.requested[s] is not None else 'all'})"
+            for s in protocols.SPLITS if not sizes[s] and built.requested[s] != 0]
 
 
 def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
@@ -149,7 +170,8 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
     else:
         built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
                                       min_history=p["min_history"], **sizes)
-    warnings = list(log.warnings) + built.warnings
+    warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
+    check_out_folder(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for s in protocols.SPLITS:
