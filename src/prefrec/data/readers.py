@@ -19,6 +19,7 @@ compressed or not whatever its name.
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import json
@@ -120,6 +121,19 @@ def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",)) -> Iterator[tupl
                 yield first + j, line
 
 
+def _movielens_encoding(path: Path) -> tuple[str, ...]:
+    """The published MovieLens files are latin-1; a copy re-saved as UTF-8 (valid UTF-8 throughout, which latin-1
+    text with accents practically never is) is read as UTF-8 instead of turning "é" into "Ã©"."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for _, raw in _raw_chunks(path):
+            dec.decode(b"\n".join(raw) + b"\n")
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return ("latin-1",)
+    return ("utf-8-sig",)
+
+
 def _fields(line: str, sep: str, want: int, path: Path, n: int, names: str, at_least: bool = False) -> list[str]:
     parts = line.split(sep)
     if len(parts) < want or (not at_least and len(parts) != want):
@@ -190,7 +204,7 @@ def read_ml1m(source: str | Path) -> Log:
     log = Log(name="ml-1m", domain="movies", interactions=[], titles={}, files=[str(ratings)])
     if movies is not None:
         log.files.append(str(movies))
-        for n, line in _lines(movies, ("latin-1",)):  # the published file is ISO-8859-1, not UTF-8
+        for n, line in _lines(movies, _movielens_encoding(movies)):  # published as ISO-8859-1, not UTF-8
             mid, title, _genres = _fields(line, "::", 3, movies, n, "MovieID::Title::Genres")
             log.titles[mid.strip()] = normalise_title(title)
         log.catalog["items"] = len(log.titles)
@@ -218,7 +232,7 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
     log = Log(name="ml-100k", domain="movies", interactions=[], titles={}, files=[str(data)])
     if item is not None:
         log.files.append(str(item))
-        for n, line in _lines(item, ("latin-1",)):
+        for n, line in _lines(item, _movielens_encoding(item)):
             parts = _fields(line, "|", 3, item, n, "movie id|title|release date|...", at_least=True)
             log.titles[parts[0].strip()] = normalise_title(parts[1])
         log.catalog["items"] = len(log.titles)
@@ -306,6 +320,9 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
             if len(parts) != len(cols):
                 raise UserError(f"{item_file}:{n}: expected {len(cols)} tab-separated fields, found {len(parts)}")
             title = normalise_title(parts[tc]) if tc is not None else parts[ic]
+            if not title:  # a blank title stays blank (read() names the item by its id), never " (1995)"
+                log.titles[parts[ic]] = ""
+                continue
             if yc is not None:
                 title = with_year(title, parts[yc])
             log.titles[parts[ic]] = title
@@ -542,6 +559,18 @@ def read_goodreads(source: str | Path) -> Log:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _blank_titles(log: Log) -> None:
+    """A catalogue row with a blank title: the item id is its title (as for a missing catalogue), with a warning
+    and a count, rather than an empty or year-only title that every such item would share."""
+    blank = sorted((i for i, t in log.titles.items() if not t.strip()), key=lambda i: (len(i), i))
+    if blank:
+        for i in blank:
+            log.titles[i] = i
+        shown = ", ".join(blank[:5]) + (", ..." if len(blank) > 5 else "")
+        log.warnings.append(f"{len(blank)} catalogue items have a blank title ({shown}); their item id is used "
+                            "as the title")
+
+
 def read(dataset: str, source: str | Path, *, domain: str | None = None) -> Log:
     """Read `source` in the format of `dataset` (one of DATASETS)."""
     source = Path(source)
@@ -563,6 +592,7 @@ def read(dataset: str, source: str | Path, *, domain: str | None = None) -> Log:
         raise UserError(f"--dataset {dataset!r} is not known; expected one of {', '.join(DATASETS)}")
     if domain:
         log.domain = domain
+    _blank_titles(log)
     if log.has_timestamps and any(x.timestamp is None for x in log.interactions):
         log.has_timestamps = False
     return log
