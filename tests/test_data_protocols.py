@@ -381,3 +381,61 @@ def test_hybrid_options_are_checked():
         P.build_pairwise(synthetic_log(), per_user=0)
     with pytest.raises(UserError, match="history-ratings needs a log of ratings"):
         P.build_pairwise(synthetic_log(value="plays"), history_ratings=True, n_train=5, n_valid=5, n_test=5)
+
+
+# ---- issue 14: title twins, same-second history, the negative threshold ------------------------------------------
+
+def test_history_never_shows_a_title_of_the_sample_under_another_id():
+    """Point 7: item 2 has item 1's title; no history may show the positive's or a negative's title."""
+    log = synthetic_log(dup_title=True, n_users=60)
+    removed = 0
+    for task in ("pairwise", "candidates", "yesno"):
+        build = getattr(P, f"build_{task}")
+        built = build(log, seed=0, n_train=None, n_valid=1, n_test=1)
+        shown = lambda s: s.candidates if task != "candidates" else [s.target]  # noqa: E731
+        for s in all_samples(built):
+            assert not {t.casefold() for t in s.history} & {t.casefold() for t in shown(s)}, s.id
+        removed += built.protocol["history_title_twins_removed"]
+    assert removed > 0  # the case occurs in this log
+
+
+def naive_same_time(log, built):
+    ts = {(x.user, x.item): x.timestamp for x in log.interactions}
+    return sum(any(ts[(s.user, i)] == ts[(s.user, s.target_item)] for i in s.history_items) for s in all_samples(built))
+
+
+@pytest.mark.parametrize("task", ["pairwise", "candidates", "yesno"])
+def test_same_time_history_is_counted_kept_by_default_and_droppable(task):
+    """Point 6: the default keeps the papers' stable-sort history (and says how many samples have such items);
+    --same-time drop keeps only strictly earlier timestamps."""
+    log = synthetic_log()  # pairs of equal timestamps per user
+    build = getattr(P, f"build_{task}")
+    kw = dict(seed=0, n_train=None, n_valid=2, n_test=2)
+    keep, drop = build(log, **kw), build(log, same_time="drop", **kw)
+    assert keep.protocol["same_time_history"]["samples_with_same_time_history"] == naive_same_time(log, keep) > 0
+    assert keep.protocol["same_time_history"]["rule"].startswith("kept")
+    assert drop.protocol["same_time_history"] == {"rule": drop.protocol["same_time_history"]["rule"],
+                                                  "samples_with_same_time_history": 0}
+    assert naive_same_time(log, drop) == 0 and all_samples(drop)
+    ts = {(x.user, x.item): x.timestamp for x in log.interactions}
+    for s in all_samples(drop):
+        assert all(ts[(s.user, i)] < ts[(s.user, s.target_item)] for i in s.history_items)
+    with pytest.raises(UserError, match="--same-time"):
+        build(log, same_time="later", **kw)
+
+
+def test_negative_below_drops_middle_ratings_from_the_negatives():
+    """Point 10: the papers' other reading (negatives < 3, 3s neither); 3s stay in the history."""
+    log = synthetic_log(n_users=60)
+    rating = {(x.user, x.item): x.rating for x in log.interactions}
+    built = P.build_pairwise(log, seed=0, negatives=2, negative_below=3, n_train=None, n_valid=1, n_test=1)
+    negs = [rating[(s.user, i)] for s in all_samples(built) for i in s.candidate_items[1:]]
+    assert negs and max(negs) < 3
+    assert any(rating[(s.user, i)] == 3 for s in all_samples(built) for i in s.history_items)
+    assert built.protocol["negative"].startswith("rating < 3")
+    default = P.build_pairwise(log, seed=0, negatives=2, n_train=None, n_valid=1, n_test=1)
+    assert any(rating[(s.user, i)] == 3 for s in all_samples(default) for i in s.candidate_items[1:])
+    with pytest.raises(UserError, match="must not exceed --threshold"):
+        P.build_pairwise(log, negative_below=4, threshold=3)
+    with pytest.raises(UserError, match="play counts"):
+        P.build_pairwise(synthetic_log(value="weight", timestamps=False), negative_below=3)

@@ -290,3 +290,27 @@ def test_recbole_blank_titles_fall_back_to_the_item_id_with_a_warning(tmp_path):
     log = R.read("ml-100k", folder)
     assert log.titles == {"1": "1", "2": "2", "3": "Les Misérables (1995)"}
     assert any(w.startswith("2 catalogue items have a blank title (1, 2)") for w in log.warnings)
+
+
+def test_order_by_names_the_time_of_a_log_without_timestamps(tmp_path):
+    """Issue 14 point 1: the user may say what orders a log without time: a column, or the file's line order."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "mine.inter").write_text("user_id:token\titem_id:token\tseen_at:float\nu1\tA\t30\nu1\tB\t10\nu2\tA\t5\n")
+    log = R.read("recbole", folder, order_by="seen_at")
+    assert log.has_timestamps and log.order_by == "seen_at"
+    assert [x.timestamp for x in log.interactions] == [30, 10, 5]
+    plain = R.read("recbole", folder)
+    assert not plain.has_timestamps and plain.order_by is None
+    assert R.read("recbole", folder, order_by="file").order_by == "file"
+    with pytest.raises(UserError, match="--order-by when: no such column"):
+        R.read("recbole", folder, order_by="when")
+    lfm = tmp_path / "lfm"
+    lfm.mkdir()
+    (lfm / "user_artists.dat").write_text("userID\tartistID\tweight\tday\n2\t51\t13883\t7\n2\t52\t11690\t3\n")
+    log = R.read("lastfm", lfm, order_by="day")
+    assert log.has_timestamps and [x.timestamp for x in log.interactions] == [7, 3]
+    with pytest.raises(UserError, match="--order-by file: .* has timestamps"):
+        R.read("ml-1m", write_ml1m(tmp_path / "ml1m"), order_by="file")
+    with pytest.raises(UserError, match="its own timestamps"):
+        R.read("ml-1m", tmp_path / "ml1m", order_by="seen_at")
