@@ -3,12 +3,14 @@
     OUT/train.jsonl, valid.jsonl, test.jsonl   one Sample per line (samples.py)
     OUT/stats.json        counts before/after each filter, split sizes (requested and actual), warnings, parameters
     OUT/items.tsv         item_id \\t title
-    OUT/interactions.tsv  user \\t item \\t rating \\t timestamp \\t split   (the log after the read-level filters)
+    OUT/interactions.tsv  user \\t item \\t rating \\t timestamp \\t split   (the log after the read-level filters;
+                          file order, or for a log without time each user's rows in the protocols' seeded order)
 
 Read-level filters, applied before any protocol and listed first in stats.json `filters`: rows whose rating means
 "not rated" (Goodreads 0) are dropped, and a repeated (user, item) pair keeps only its first interaction in time
 order. Every write is atomic (temp file + rename). Warnings (a smaller split than requested, missing titles) are
-printed to stderr and stored in stats.json: never silent.
+printed to stderr and stored in stats.json: never silent. Nothing is written when every split is empty or `--out`
+is a file (both errors).
 """
 
 from __future__ import annotations

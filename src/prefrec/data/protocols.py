@@ -6,8 +6,9 @@ build_pairwise  DMPO (Bai et al., DMPO §4.1, §5.1, §5.4). Ratings > 3 are pos
     least 5 positives and 5 negatives are eligible. Eligible users are shuffled by the seed and split disjointly into
     100 train / 100 valid / 1000 test users, one sample each. A sample holds out one positive (drawn uniformly among
     the user's positives that have at least `min_history + k` earlier interactions) and k negatives (drawn uniformly
-    among the user's negatives; default k = 1). History = the user's interactions strictly before the positive in
-    time order (equal timestamps keep file order), minus the held-out negatives, the last 40. Comparison i asks to
+    among the user's negatives; default k = 1). History = the user's interactions before the positive in time order
+    (equal timestamps keep file order; --same-time drop leaves them out), minus the held-out negatives and any item
+    sharing a title with the positive or a negative, the last 40. Comparison i asks to
     rank the positive and negative i, shown in a seed-shuffled order; chosen = "positive, negative_i", rejected =
     ["negative_i, positive"].
 
@@ -17,7 +18,8 @@ build_candidates  S-DPO (Chen et al. 2024) on LLaRA's setting (Liao et al. 2024)
     from the items the user never interacted with (anywhere in the log), in a seed-shuffled order; rejected = k of
     the 19 (default 3). Split 8:1:1 chronologically: all samples are ordered by their target's timestamp (ties:
     user, then position) and cut at 80 % and 90 %. Without timestamps (LastFM, Goodreads CSV) each user's own
-    sequence is cut instead: the last 10 % of a user's targets are test, the 10 % before valid. Samples are not
+    sequence, in its seeded random order (see `sequences`), is cut instead: the last 10 % of a user's targets are
+    test, the 10 % before valid; the prompts then claim no time order. Samples are not
     user-disjoint (as in LLaRA / S-DPO). Each split is then capped to --train/--valid/--test samples, drawn
     uniformly by the seed and kept in time order.
 
@@ -27,7 +29,8 @@ build_yesno  TALLRec (Bao et al. 2023). A user's target interaction (drawn unifo
 
 Play counts (LastFM) have no "> 3 stars": `liked_flags` then marks, per user, the top half of the user's artists by
 play count as liked (positives) and the rest as not liked (negatives); with an odd count the middle one is not
-liked. Everything random comes from `random.Random` seeded with a string built from the seed, the task and the
+liked. No history shows a title of its own sample (one title with two item ids), and a log without timestamps is
+never ordered by file or id (see `sequences`). Everything random comes from `random.Random` seeded with a string built from the seed, the task and the
 user (and position), so a user's sample does not change when other users are added or removed.
 """
 

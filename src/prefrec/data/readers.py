@@ -47,7 +47,7 @@ class Interaction(NamedTuple):
 class Log:
     name: str  # dataset name, e.g. "ml-1m"
     domain: str  # movies | games | music | books | items: picks the prompt template
-    interactions: list[Interaction]  # in file order: the tie-breaker wherever timestamps are equal or missing
+    interactions: list[Interaction]  # in file order: the tie-breaker wherever timestamps are equal
     titles: dict[str, str]  # item id -> normalised title (may hold items nobody rated)
     value: str = "rating"  # "rating" (stars, higher = liked) or "weight" (play counts, compared within a user)
     unrated: float | None = None  # a rating value that means "not rated" (Goodreads: 0); such rows are filtered
