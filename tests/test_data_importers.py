@@ -150,3 +150,20 @@ def test_import_files_writes_jsonl_and_report_and_rejects_registry(tmp_path):
     assert json.loads((tmp_path / "out" / "import_report.json").read_text())["total"]["files_rejected"] == 2
     r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(tmp_path / "out2")])
     assert r.exit_code == 0 and "REJECTED" in r.output and "rec_a.json: loaded 1 rows -> 1 samples" in r.output
+
+
+def test_import_exits_nonzero_when_nothing_is_imported_and_removes_stale_output(tmp_path):
+    """Issue 14 point 4: every file rejected or missing -> exit 2; a rejected re-import leaves no old NAME.jsonl."""
+    src = tmp_path / "rec_a.json"
+    src.write_text(json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])]))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(out)])
+    assert r.exit_code == 0 and (out / "rec_a.jsonl").is_file()
+    src.write_text(json.dumps([{"instruction": 1}]))  # the same file, now with no usable row
+    r = CliRunner().invoke(app, ["data", "import", str(src), str(tmp_path / "missing.json"), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "nothing was imported" in r.output and "missing.json: file not found" in r.output
+    assert not (out / "rec_a.jsonl").exists()
+    report = json.loads((out / "import_report.json").read_text())
+    assert report["total"]["samples"] == 0 and report["total"]["files_rejected"] == 2
+    assert any("removed rec_a.jsonl" in n for n in report["files"][0]["notes"])

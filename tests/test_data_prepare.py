@@ -128,3 +128,82 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
                                  "pairwise", "--out", str(tmp_path / "o"), "--train", "many"])
     assert r.exit_code == 2 and "whole number or 'all'" in r.output
+
+
+def test_prepare_out_naming_a_file_fails_before_the_work(tmp_path):
+    """Issue 14 point 8: one line, exit 2, no FileExistsError traceback."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src),
+                                     "--task", "pairwise", "--out", str(out)])
+        assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+
+
+def test_prepare_with_every_split_empty_fails_with_the_reason(tmp_path):
+    """Issue 14 point 5: all titles identical (pairwise) or a 10-item catalogue (candidates) -> exit 2, no files."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    lines = (src / "u.item").read_text(encoding="latin-1").splitlines()
+    (src / "u.item").write_text("\n".join(ln.split("|", 2)[0] + "|Same Film (1990)|" + ln.split("|", 2)[2]
+                                          for ln in lines) + "\n", encoding="latin-1")
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--task",
+                                 "pairwise", "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 2 and "no sample in any split" in r.output and "title" in r.output, r.output
+    assert not (tmp_path / "o1" / "train.jsonl").exists()
+    small = tmp_path / "small"  # 10 films: never 19 unseen negatives
+    small.mkdir()
+    (small / "u.item").write_text("".join(f"{i}|Film {i} (1990)|01-Jan-1995||http://x|0\n" for i in range(1, 11)))
+    (small / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t{880000000 + i}\n"
+                                          for u in range(1, 13) for i in range(1, 9)))
+    r = CliRunner().invoke(app, ["data", "prepare", "--dataset", "ml-100k", "--source", str(small), "--task",
+                                 "candidates", "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "no sample in any split" in r.output and "19 items" in r.output, r.output
+
+
+def write_tiny_lastfm(folder: Path, n_users=12, n_artists=40, seed=0) -> Path:
+    """user_artists.dat sorted by user then artist id, as HetRec publishes it (no timestamps)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "artists.dat").write_text("id\tname\turl\tpictureURL\n" + "".join(
+        f"{i}\tBand {i}\thttp://x\thttp://p\n" for i in range(1, n_artists + 1)))
+    rows = [f"{u}\t{i}\t{rng.randint(1, 5000)}" for u in range(1, n_users + 1)
+            for i in sorted(rng.sample(range(1, n_artists + 1), 25))]
+    (folder / "user_artists.dat").write_text("userID\tartistID\tweight\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def test_lastfm_threshold_is_refused_and_the_order_is_said(tmp_path):
+    """Issue 14 points 10 and 1: --threshold would be ignored on play counts: say so (exit 2). Without time the
+    order is a seeded random one: stderr and stats.json say so, and --order-by file restores file order."""
+    src = write_tiny_lastfm(tmp_path / "lfm")
+    args = ["data", "prepare", "--dataset", "lastfm", "--source", str(src), "--task", "pairwise",
+            "--train", "4", "--valid", "2", "--test", "2"]
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "o"), "--threshold", "4"])
+    assert r.exit_code == 2 and "--threshold applies to star ratings" in r.output, r.output
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "no timestamps" in r.output  # the warning (CliRunner mixes stderr into output)
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert "seeded random order" in stats["protocol"]["history_order"]
+    samples = read_jsonl(tmp_path / "o" / "train.jsonl")
+    assert all("in no particular order" in s.prefix for s in samples)
+    assert sum(s.history_items == sorted(s.history_items, key=int) for s in samples) == 0
+    r = CliRunner().invoke(app, args + ["--out", str(tmp_path / "f"), "--order-by", "file"])
+    assert r.exit_code == 0 and "no timestamps" not in r.output, r.output
+    stats = json.loads((tmp_path / "f" / "stats.json").read_text())
+    assert stats["protocol"]["history_order"].startswith("file order")
+    samples = read_jsonl(tmp_path / "f" / "train.jsonl")
+    assert all("oldest first" in s.prefix and s.history_items == sorted(s.history_items, key=int) for s in samples)
+
+
+def test_threshold_and_negative_below_options(tmp_path):
+    """Point 10: --negative-below 3 is the papers' other reading; --threshold is refused where it is ignored."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    stats = prepare("ml-100k", src, "pairwise", tmp_path / "o", n_train=5, n_valid=2, n_test=2, negative_below=3,
+                    min_neg=2, warn=lambda m: None)
+    assert stats["protocol"]["negative"].startswith("rating < 3")
+    with pytest.raises(UserError, match="--threshold applies to the pairwise and yesno"):
+        prepare("ml-100k", src, "candidates", tmp_path / "c", threshold=4)
+    with pytest.raises(UserError, match="--negative-below applies to the pairwise task"):
+        prepare("ml-100k", src, "yesno", tmp_path / "y", negative_below=3)

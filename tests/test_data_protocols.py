@@ -29,13 +29,16 @@ def synthetic_log(n_users=40, n_items=80, per_user=(14, 40), seed=0, timestamps=
                has_timestamps=timestamps)
 
 
-def time_order(log: Log) -> dict[str, list[int]]:
-    """Naive: each user's interaction indices sorted by (timestamp, file position)."""
+def time_order(log: Log, seed: int = 0) -> dict[str, list[int]]:
+    """Naive: each user's interaction indices sorted by (timestamp, file position); without timestamps, file
+    order shuffled by random.Random(f"{seed}:order:{user}") (the documented seeded order)."""
     out: dict[str, list[int]] = {}
     for i, x in enumerate(log.interactions):
         out.setdefault(x.user, []).append(i)
     for u in out:
         out[u].sort(key=lambda i: ((log.interactions[i].timestamp or 0), i))
+        if not log.has_timestamps and log.order_by != "file":
+            random.Random(f"{seed}:order:{u}").shuffle(out[u])
     return out
 
 
@@ -47,13 +50,19 @@ def all_samples(built):
 
 def test_sequences_break_ties_by_file_order():
     log = synthetic_log()
-    assert P.sequences(log) == time_order(log)
+    assert P.sequences(log, 0) == P.sequences(log, 5) == time_order(log)
 
 
-def test_sequences_without_timestamps_keep_file_order():
+def test_sequences_without_timestamps_are_a_seeded_random_order():
+    """Issue 14 point 1: file (or id) order is not time; only --order-by file makes it so."""
     log = synthetic_log(timestamps=False)
-    seqs = P.sequences(log)
-    assert all(s == sorted(s) for s in seqs.values())
+    seqs = P.sequences(log, 0)
+    assert seqs == time_order(log, 0) and seqs != time_order(log, 1) == P.sequences(log, 1)
+    assert sum(s == sorted(s) for s in seqs.values()) == 0
+    assert all(s == sorted(s) for s in P.sequences(log, None).values())  # order-free uses: file order
+    log.order_by = "file"
+    assert all(s == sorted(s) for s in P.sequences(log, 0).values())
+    assert P.timed(log) and "file order" in P.order_note(log)
 
 
 def test_liked_flags_ratings_and_play_counts():
@@ -171,20 +180,25 @@ def test_pairwise_play_counts():
     liked = {(x.user, x.item) for x, f in zip(log.interactions, flags) if f}
     for s in all_samples(built):
         assert (s.user, s.target_item) in liked and (s.user, s.candidate_items[1]) not in liked
-    assert "file order" in built.protocol["history_order"]
+    assert "seeded random order" in built.protocol["history_order"]
+    assert any("no timestamps" in w for w in built.warnings)
+    assert all("in no particular order" in s.prefix for s in all_samples(built))
 
 
 # ---- S-DPO candidates --------------------------------------------------------------------------------------------
 
-def check_candidates(log, built, k, n_candidates=20, history_len=10):
-    inter, order = log.interactions, time_order(log)
+def check_candidates(log, built, k, n_candidates=20, history_len=10, seed=0):
+    inter, order = log.interactions, time_order(log, seed)
+    timed = log.has_timestamps
     for split in P.SPLITS:
         for s in built.samples[split]:
             idxs = order[s.user]
             items = [inter[i].item for i in idxs]
             t = int(s.id.rsplit("-", 1)[1])
             assert items[t] == s.target_item
-            assert s.history_items == items[max(0, t - history_len):t] and 3 <= len(s.history_items) <= history_len
+            # history: the items before t, minus any with the target's title under another id (point 7)
+            earlier = [i for i in items[:t] if log.title(i).casefold() != s.target.casefold()]
+            assert s.history_items == earlier[-history_len:] and 3 <= len(s.history_items) <= history_len
             assert len(s.candidate_items) == n_candidates and s.candidate_items.count(s.target_item) == 1
             others = [c for c in s.candidate_items if c != s.target_item]
             assert not set(others) & set(items)  # never interacted with, anywhere in the log
@@ -194,8 +208,8 @@ def check_candidates(log, built, k, n_candidates=20, history_len=10):
             assert comp.chosen == s.target == log.title(s.target_item)
             assert len(comp.rejected) == k == s.k and len(set(comp.rejected)) == k
             assert set(comp.rejected) <= {log.title(c) for c in others}
-            assert comp.question == prompts.candidates_question("movies", s.candidates)
-            assert s.prefix == prompts.history_prefix("movies", s.history)
+            assert comp.question == prompts.candidates_question("movies", s.candidates, timed=timed)
+            assert s.prefix == prompts.history_prefix("movies", s.history, timed=timed)
             assert built.interaction_split[idxs[t]] == split
 
 
@@ -367,3 +381,61 @@ def test_hybrid_options_are_checked():
         P.build_pairwise(synthetic_log(), per_user=0)
     with pytest.raises(UserError, match="history-ratings needs a log of ratings"):
         P.build_pairwise(synthetic_log(value="plays"), history_ratings=True, n_train=5, n_valid=5, n_test=5)
+
+
+# ---- issue 14: title twins, same-second history, the negative threshold ------------------------------------------
+
+def test_history_never_shows_a_title_of_the_sample_under_another_id():
+    """Point 7: item 2 has item 1's title; no history may show the positive's or a negative's title."""
+    log = synthetic_log(dup_title=True, n_users=60)
+    removed = 0
+    for task in ("pairwise", "candidates", "yesno"):
+        build = getattr(P, f"build_{task}")
+        built = build(log, seed=0, n_train=None, n_valid=1, n_test=1)
+        shown = lambda s: s.candidates if task != "candidates" else [s.target]  # noqa: E731
+        for s in all_samples(built):
+            assert not {t.casefold() for t in s.history} & {t.casefold() for t in shown(s)}, s.id
+        removed += built.protocol["history_title_twins_removed"]
+    assert removed > 0  # the case occurs in this log
+
+
+def naive_same_time(log, built):
+    ts = {(x.user, x.item): x.timestamp for x in log.interactions}
+    return sum(any(ts[(s.user, i)] == ts[(s.user, s.target_item)] for i in s.history_items) for s in all_samples(built))
+
+
+@pytest.mark.parametrize("task", ["pairwise", "candidates", "yesno"])
+def test_same_time_history_is_counted_kept_by_default_and_droppable(task):
+    """Point 6: the default keeps the papers' stable-sort history (and says how many samples have such items);
+    --same-time drop keeps only strictly earlier timestamps."""
+    log = synthetic_log()  # pairs of equal timestamps per user
+    build = getattr(P, f"build_{task}")
+    kw = dict(seed=0, n_train=None, n_valid=2, n_test=2)
+    keep, drop = build(log, **kw), build(log, same_time="drop", **kw)
+    assert keep.protocol["same_time_history"]["samples_with_same_time_history"] == naive_same_time(log, keep) > 0
+    assert keep.protocol["same_time_history"]["rule"].startswith("kept")
+    assert drop.protocol["same_time_history"] == {"rule": drop.protocol["same_time_history"]["rule"],
+                                                  "samples_with_same_time_history": 0}
+    assert naive_same_time(log, drop) == 0 and all_samples(drop)
+    ts = {(x.user, x.item): x.timestamp for x in log.interactions}
+    for s in all_samples(drop):
+        assert all(ts[(s.user, i)] < ts[(s.user, s.target_item)] for i in s.history_items)
+    with pytest.raises(UserError, match="--same-time"):
+        build(log, same_time="later", **kw)
+
+
+def test_negative_below_drops_middle_ratings_from_the_negatives():
+    """Point 10: the papers' other reading (negatives < 3, 3s neither); 3s stay in the history."""
+    log = synthetic_log(n_users=60)
+    rating = {(x.user, x.item): x.rating for x in log.interactions}
+    built = P.build_pairwise(log, seed=0, negatives=2, negative_below=3, n_train=None, n_valid=1, n_test=1)
+    negs = [rating[(s.user, i)] for s in all_samples(built) for i in s.candidate_items[1:]]
+    assert negs and max(negs) < 3
+    assert any(rating[(s.user, i)] == 3 for s in all_samples(built) for i in s.history_items)
+    assert built.protocol["negative"].startswith("rating < 3")
+    default = P.build_pairwise(log, seed=0, negatives=2, n_train=None, n_valid=1, n_test=1)
+    assert any(rating[(s.user, i)] == 3 for s in all_samples(default) for i in s.candidate_items[1:])
+    with pytest.raises(UserError, match="must not exceed --threshold"):
+        P.build_pairwise(log, negative_below=4, threshold=3)
+    with pytest.raises(UserError, match="play counts"):
+        P.build_pairwise(synthetic_log(value="weight", timestamps=False), negative_below=3)

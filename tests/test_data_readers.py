@@ -266,3 +266,51 @@ def test_not_utf8_where_utf8_is_required(tmp_path):
         f.write("4\tCaf\u00e9\t1990\tDrama\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"ml-100k\.item:5: not valid utf-8 text"):
         R.read_ml100k(folder)
+
+
+# ---- issue 14: encodings and blank titles --------------------------------------------------------------------------
+
+def test_movielens_catalogue_resaved_as_utf8_is_read_as_utf8(tmp_path):
+    """Point 2: a movies.dat / u.item re-saved as UTF-8 must not become mojibake; the published latin-1 still works."""
+    a = write_ml1m(tmp_path / "ml1m")
+    (a / "movies.dat").write_bytes(("\ufeff" + "\n".join(ML1M_MOVIES) + "\n").encode("utf-8"))  # with a BOM, too
+    assert R.read("ml-1m", a).titles["3"] == "Les Misérables (1995)"
+    b = write_grouplens_100k(tmp_path / "gl")
+    (b / "u.item").write_bytes((b / "u.item").read_bytes().decode("latin-1").encode("utf-8"))
+    log = R.read("ml-100k", b)
+    assert log.titles["3"] == "Les Misérables (1995)" and "1" in log.titles
+    assert R.read("ml-100k", write_grouplens_100k(tmp_path / "gl2")).titles["3"] == "Les Misérables (1995)"
+
+
+def test_recbole_blank_titles_fall_back_to_the_item_id_with_a_warning(tmp_path):
+    """Point 3: blank titles do not become " (1995)" shared by every such item."""
+    folder = write_recbole_100k(tmp_path / "ml-100k")
+    f = folder / "ml-100k.item"
+    f.write_text(f.read_text().replace("Toy Story", " ").replace("Usual Suspects, The", ""))
+    log = R.read("ml-100k", folder)
+    assert log.titles == {"1": "1", "2": "2", "3": "Les Misérables (1995)"}
+    assert any(w.startswith("2 catalogue items have a blank title (1, 2)") for w in log.warnings)
+
+
+def test_order_by_names_the_time_of_a_log_without_timestamps(tmp_path):
+    """Issue 14 point 1: the user may say what orders a log without time: a column, or the file's line order."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "mine.inter").write_text("user_id:token\titem_id:token\tseen_at:float\nu1\tA\t30\nu1\tB\t10\nu2\tA\t5\n")
+    log = R.read("recbole", folder, order_by="seen_at")
+    assert log.has_timestamps and log.order_by == "seen_at"
+    assert [x.timestamp for x in log.interactions] == [30, 10, 5]
+    plain = R.read("recbole", folder)
+    assert not plain.has_timestamps and plain.order_by is None
+    assert R.read("recbole", folder, order_by="file").order_by == "file"
+    with pytest.raises(UserError, match="--order-by when: no such column"):
+        R.read("recbole", folder, order_by="when")
+    lfm = tmp_path / "lfm"
+    lfm.mkdir()
+    (lfm / "user_artists.dat").write_text("userID\tartistID\tweight\tday\n2\t51\t13883\t7\n2\t52\t11690\t3\n")
+    log = R.read("lastfm", lfm, order_by="day")
+    assert log.has_timestamps and [x.timestamp for x in log.interactions] == [7, 3]
+    with pytest.raises(UserError, match="--order-by file: .* has timestamps"):
+        R.read("ml-1m", write_ml1m(tmp_path / "ml1m"), order_by="file")
+    with pytest.raises(UserError, match="its own timestamps"):
+        R.read("ml-1m", tmp_path / "ml1m", order_by="seen_at")

@@ -7,6 +7,7 @@ prefrec's readers, or taken from the folders' SOURCE.md tables.
 import functools
 import gzip
 import json
+import random
 import re
 from collections import defaultdict
 
@@ -149,15 +150,27 @@ def prepared(tmp_path_factory):
 @functools.lru_cache(maxsize=None)
 def order_liked(root, name):
     rows = raw_rows(root, name)
-    return order_of(rows), liked_of(rows, weights=(name == "lastfm"))
+    return order_of(rows, timed=(name != "lastfm")), liked_of(rows, weights=(name == "lastfm"))
 
 
-def order_of(rows):
-    """user -> items in time order (timestamp, then file line), independently."""
+def order_of(rows, timed=True, seed=0):
+    """user -> items in time order (timestamp, then file line), independently; a log without time (LastFM): file
+    order shuffled per user by random.Random(f"{seed}:order:{user}"), the documented seeded order."""
     by = defaultdict(list)
     for u, i, _, key in rows:
         by[u].append((key, i))
-    return {u: [i for _, i in sorted(xs)] for u, xs in by.items()}
+    out = {u: [i for _, i in sorted(xs)] for u, xs in by.items()}
+    if not timed:
+        for u, items in out.items():
+            random.Random(f"{seed}:order:{u}").shuffle(items)
+    return out
+
+
+def without_twins(name, items, titles):
+    """items minus those whose title (casefolded) is one of `titles`: no history shows a sample's own title."""
+    title = read_once(shared_data_dir(), name)[0].title
+    shown = {t.casefold() for t in titles}
+    return [i for i in items if title(i).casefold() not in shown]
 
 
 def load(d):
@@ -204,7 +217,8 @@ def test_pairwise_invariants(prepared, name):
         t = items.index(s.target_item)
         negs = s.candidate_items[1:]
         assert len(negs) == 3 and liked[(s.user, s.target_item)] and not any(liked[(s.user, n)] for n in negs)
-        assert s.history_items == [i for i in items[:t] if i not in negs][-40:]  # strictly before, time order
+        before = without_twins(name, [i for i in items[:t] if i not in negs], s.candidates)
+        assert s.history_items == before[-40:]  # strictly before, time order
 
 
 @pytest.mark.parametrize("name", list(RAW))
@@ -217,7 +231,8 @@ def test_candidates_invariants(prepared, name):
         for s in samples[:300]:
             t = int(s.id.rsplit("-", 1)[1])
             assert order[s.user][t] == s.target_item
-            assert s.history_items == order[s.user][max(0, t - 10):t] and len(s.history_items) >= 3
+            before = without_twins(name, order[s.user][:t], [s.target])
+            assert s.history_items == before[-10:] and len(s.history_items) >= 3
             assert s.candidate_items.count(s.target_item) == 1 and len(s.candidate_items) == 20
             assert not (set(s.candidate_items) - {s.target_item}) & seen[s.user]
             assert len(set(s.candidates)) == 20
@@ -233,7 +248,7 @@ def test_yesno_invariants(prepared, name):
     assert len(users) == len(set(users))
     for s in samples["test"][:300]:
         t = order[s.user].index(s.target_item)
-        assert s.history_items == order[s.user][t - 10:t]
+        assert s.history_items == without_twins(name, order[s.user][:t], [s.target])[-10:]
         assert s.label == int(liked[(s.user, s.target_item)])
 
 
@@ -303,3 +318,47 @@ def test_dmpo_malformed_copy_reports_rows(shared_data, tmp_path):
     assert "(record 5)" in reasons[1][0] and "not the chosen ordering reversed" in reasons[1][1]
     assert "not valid JSON" in reasons[2][1]
     assert report["rows_loaded"] == 6
+
+
+# ---- issue 14 point 1: on LastFM (no timestamps) no id-order rule beats chance -----------------------------------
+
+def id_key(item):
+    return int(item)
+
+
+def next_id_rule(s, ref, cands):
+    """The leak's rule: the lowest candidate id above `ref` (else the lowest id) is the answer."""
+    above = [c for c in cands if id_key(c) > ref]
+    return (min(above, key=id_key) if above else min(cands, key=id_key)) == s.target_item
+
+
+def test_lastfm_prepared_output_leaks_no_id_order(prepared):
+    """The staged HetRec files are sorted by artist id. Before the fix histories were in rising id order, so "the
+    lowest candidate id above the LAST history id" had HR@1 0.80 on candidates (0.495 with a random history item
+    as reference) and "the item right after the history is the positive" was right in 985/1,000 pairwise
+    comparisons. Now the last history item is no more informative than a random one (chance for an order rule;
+    low ids are popular artists, an order-free prior the prompts do not show), and the last history item's id
+    rank among the history is uniform."""
+    d, stats, _ = prepared[("lastfm", "candidates")]
+    assert "seeded random order" in stats["protocol"]["history_order"]
+    assert any("no timestamps" in w for w in stats["warnings"])
+    test = load(d)["test"]
+    assert len(test) >= 200
+    for s in test:
+        assert "in no particular order" in s.prefix and " next?" not in s.comparisons[0].question
+    last = sum(next_id_rule(s, id_key(s.history_items[-1]), s.candidate_items) for s in test) / len(test)
+    rand = sum(next_id_rule(s, id_key(random.Random(s.id).choice(s.history_items)), s.candidate_items)
+               for s in test) / len(test)
+    assert last < rand + 0.06, (last, rand)
+    samples = [s for v in load(prepared[("lastfm", "pairwise")][0]).values() for s in v]
+    comps = [(s, [s.target_item, neg]) for s in samples for neg in s.candidate_items[1:]]
+    right = sum(next_id_rule(s, id_key(s.history_items[-1]), pair) for s, pair in comps) / len(comps)
+    assert len(comps) >= 1000 and 0.4 < right < 0.6, right  # chance: 1/2
+    hist = [[id_key(i) for i in s.history_items] for s in samples + test if len(s.history_items) > 1]
+    rank = sum(sorted(h).index(h[-1]) / (len(h) - 1) for h in hist) / len(hist)
+    assert 0.45 < rank < 0.55, rank  # rising id order: 1.0
+    rows = (d / "interactions.tsv").read_text().splitlines()[1:]
+    by_user = defaultdict(list)
+    for r in rows:
+        by_user[r.split("\t")[0]].append(id_key(r.split("\t")[1]))
+    assert sum(v == sorted(v) for v in by_user.values() if len(v) > 5) == 0  # the baselines read this order

@@ -104,7 +104,10 @@ def data_prepare(
     test: Optional[str] = typer.Option(None, "--test", help="Test size (as --train)."),
     history_len: Optional[int] = typer.Option(None, "--history-len", help="History items shown (default: pairwise 40, candidates/yesno 10)."),
     min_history: Optional[int] = typer.Option(None, "--min-history", help="Fewest earlier items a target needs (default: pairwise 5, candidates 3, yesno 10)."),
-    threshold: float = typer.Option(3.0, "--threshold", help="Ratings above this are positives (liked)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Ratings above this are positives (liked); default 3. Star ratings only (pairwise, yesno)."),
+    negative_below: Optional[float] = typer.Option(None, "--negative-below", help="Pairwise: negatives are ratings below this (the papers' other reading: 3, so 3s are neither); default: every rating not above --threshold."),
+    same_time: str = typer.Option("keep", "--same-time", help="keep | drop: history items with the target's exact timestamp (keep = the papers' stable sort; see docs/data.md)."),
+    order_by: Optional[str] = typer.Option(None, "--order-by", help="For a log without timestamps: 'file' (its line order is time order) or a numeric column of the interactions file. Default: a seeded random order per user."),
     min_positives: int = typer.Option(5, "--min-positives", help="Pairwise: users need this many positives."),
     min_negatives: int = typer.Option(5, "--min-negatives", help="Pairwise: users need this many negatives."),
     candidates: int = typer.Option(20, "--candidates", help="Candidates task: titles shown (target + n-1 negatives)."),
@@ -125,7 +128,8 @@ def data_prepare(
                         history_len=_UNSET if history_len is None else history_len,
                         min_history=_UNSET if min_history is None else min_history,
                         threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
-                        per_user=per_user, history_ratings=history_ratings, item_stats=item_stats, domain=domain)
+                        per_user=per_user, history_ratings=history_ratings, item_stats=item_stats,
+                        negative_below=negative_below, same_time=same_time, order_by=order_by, domain=domain)
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     sizes = stats["split_sizes"]
@@ -178,6 +182,9 @@ def data_import(
         if len(r["rejected"]) > 5:
             typer.echo(f"    ... {len(r['rejected']) - 5} more in import_report.json")
     typer.echo(str(out / "import_report.json"))
+    if report["total"]["samples"] == 0:
+        _fail(UserError(f"nothing was imported: all {report['total']['files']} file(s) rejected "
+                        f"(reasons above and in {out / 'import_report.json'})"))
 
 
 @data_app.command("stats")

@@ -277,6 +277,11 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
             raise UserError(f"--limit must be at least 1, got {limit}")
         samples = samples[:limit]
     task = _task_of(samples, where)
+    if task == "candidates":  # refuse a sample whose prompt shows titles that would not be scored, before loading
+        for s in samples:
+            if not s.candidates:
+                raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every "
+                                f"title its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
     info = _run_info(model_or_run)
     method = method or info.get("method") or "zero-shot"
     if seed is None:

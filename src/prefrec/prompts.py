@@ -103,9 +103,11 @@ def pairwise_question(dom: str, a: str, b: str, notes: tuple[str, str] | None = 
 
 # ---- S-DPO / LLaRA candidates ----
 
-def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None) -> str:
+def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None, *, timed: bool = True) -> str:
+    """timed: False for a log without time (a held-out item, not the next one): the question must not say "next"."""
     d = domain(dom)
-    return (f"Which one of these {len(candidates)} {d.plural} will the user {d.consume} next? "
+    ask = (f"will the user {d.consume} next" if timed else f"has the user also {d.consumed}")
+    return (f"Which one of these {len(candidates)} {d.plural} {ask}? "
             f"Candidates: {title_list(candidates, notes)}. Answer with the title only.")
 
 

@@ -85,6 +85,7 @@ class Sample:
                 raise ValueError(f"{where}: missing field '{name}'")
         if d["task"] not in TASKS:
             raise ValueError(f"{where}: field 'task' is {d['task']!r}; expected one of {TASKS}")
+        _check_types(d, where)
         comps = d["comparisons"]
         if not isinstance(comps, list) or not comps:
             raise ValueError(f"{where}: field 'comparisons' must be a non-empty list")
@@ -97,9 +98,31 @@ class Sample:
                 raise ValueError(f"{where}: comparisons[{j}].rejected must be a non-empty list of non-empty strings")
             if not isinstance(c["chosen"], str) or not c["chosen"]:
                 raise ValueError(f"{where}: comparisons[{j}].chosen must be a non-empty string")
-            parsed.append(Comparison(question=str(c["question"]), chosen=c["chosen"], rejected=list(rej)))
+            if not isinstance(c["question"], str):
+                raise ValueError(f"{where}: comparisons[{j}].question must be a string, got {type(c['question']).__name__}")
+            parsed.append(Comparison(question=c["question"], chosen=c["chosen"], rejected=list(rej)))
         rest = {k: v for k, v in d.items() if k != "comparisons"}
         return cls(comparisons=parsed, **rest)
+
+
+# field -> (what it must be, test): checked on read so that a bad file fails with its line, before any model loads
+_FIELD_TYPES = {
+    "id": ("a string", lambda v: isinstance(v, str)),
+    "domain": ("a string", lambda v: isinstance(v, str)),
+    "prefix": ("a string", lambda v: isinstance(v, str)),
+    "user": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "target": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "target_item": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "label": ("0, 1 or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v in (0, 1))),
+    **{name: ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+       for name in ("history", "history_items", "candidates", "candidate_items")},
+}
+
+
+def _check_types(d: dict, where: str) -> None:
+    for name, (want, ok) in _FIELD_TYPES.items():
+        if name in d and not ok(d[name]):
+            raise ValueError(f"{where}: field '{name}' must be {want}, got {type(d[name]).__name__} {d[name]!r:.60}")
 
 
 def _umask_mode() -> int:
@@ -130,12 +153,18 @@ def write_jsonl(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
+    """Samples of a JSON-lines file, one per non-blank line; ValueError naming the file and line on bad input."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not valid UTF-8 text (byte {e.start + 1}); samples files are UTF-8 "
+                                 "JSON lines") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 d = json.loads(line)
             except json.JSONDecodeError as e:

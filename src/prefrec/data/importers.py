@@ -80,6 +80,8 @@ def read_records(path: Path, report: FileReport) -> list[tuple[str, object]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
     if not text.strip():
         raise UserError(f"{path}: empty file")
     try:
@@ -361,18 +363,20 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
         raise UserError(f"no .json/.jsonl files in {[str(p) for p in paths]}")
     reports = []
     for f in files:
+        dest = out / f"{f.stem}.jsonl"
         try:
             samples, report = import_file(f, domain=domain)
         except UserError as e:
-            reports.append(FileReport(file=str(f), reason=str(e)))
-            continue
+            samples, report = [], FileReport(file=str(f), reason=str(e))
         if samples:
-            dest = out / f"{f.stem}.jsonl"
             write_jsonl(dest, samples)
             make_readable([dest])
             report.output = str(dest)
         else:
-            report.reason = "no row could be imported"
+            report.reason = report.reason or "no row could be imported"
+            if dest.is_file():  # an earlier import's output would sit beside a report saying REJECTED
+                dest.unlink()
+                report.notes.append(f"removed {dest.name} left by an earlier import of this file")
         reports.append(report)
     result = {"files": [r.__dict__ for r in reports],
               "total": {"files": len(reports), "files_rejected": sum(r.output is None for r in reports),

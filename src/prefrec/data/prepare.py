@@ -3,12 +3,14 @@
     OUT/train.jsonl, valid.jsonl, test.jsonl   one Sample per line (samples.py)
     OUT/stats.json        counts before/after each filter, split sizes (requested and actual), warnings, parameters
     OUT/items.tsv         item_id \\t title
-    OUT/interactions.tsv  user \\t item \\t rating \\t timestamp \\t split   (the log after the read-level filters)
+    OUT/interactions.tsv  user \\t item \\t rating \\t timestamp \\t split   (the log after the read-level filters;
+                          file order, or for a log without time each user's rows in the protocols' seeded order)
 
 Read-level filters, applied before any protocol and listed first in stats.json `filters`: rows whose rating means
 "not rated" (Goodreads 0) are dropped, and a repeated (user, item) pair keeps only its first interaction in time
 order. Every write is atomic (temp file + rename). Warnings (a smaller split than requested, missing titles) are
-printed to stderr and stored in stats.json: never silent.
+printed to stderr and stored in stats.json: never silent. Nothing is written when every split is empty or `--out`
+is a file (both errors).
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def _warn_stderr(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def read_filtered(dataset: str, source: str | os.PathLike, *, domain: str | None = None) -> tuple[Log, list[dict], dict]:
+def read_filtered(dataset: str, source: str | os.PathLike, *, domain: str | None = None,
+                  order_by: str | None = None) -> tuple[Log, list[dict], dict]:
     """Read the log and apply the read-level filters. Returns (log, filter rows, raw counts)."""
-    log = read(dataset, source, domain=domain)
+    log = read(dataset, source, domain=domain, order_by=order_by)
     raw = log.counts()
     filters = [{"name": "raw", **raw}]
     if log.unrated is not None:
@@ -55,7 +58,7 @@ def read_filtered(dataset: str, source: str | os.PathLike, *, domain: str | None
     if len({(x.user, x.item) for x in log.interactions}) == len(log.interactions):
         return log, filters, raw  # no repeated (user, item): skip the time sort below
     seen: set[tuple[str, str]] = set()
-    order = protocols.sequences(log)
+    order = protocols.sequences(log, None)  # time order, or file order for a log without time
     keep = [False] * len(log.interactions)
     for seq in order.values():
         for i in seq:
@@ -67,6 +70,18 @@ def read_filtered(dataset: str, source: str | os.PathLike, *, domain: str | None
         log.interactions = [x for x, k in zip(log.interactions, keep) if k]
         filters.append({"name": "repeated (user, item): first in time order kept", **log.counts()})
     return log, filters, raw
+
+
+def _rows_in_order(log: Log, split: list[str], seed: int):
+    """(interaction, split) in file order; for a log without time, each user's rows in the protocols' seeded order
+    instead, so that tools that read interactions.tsv in order (the sequential baselines) do not learn the id
+    order the prompts no longer show."""
+    if protocols.timed(log):
+        yield from zip(log.interactions, split)
+        return
+    for seq in protocols.sequences(log, seed).values():
+        for i in seq:
+            yield log.interactions[i], split[i]
 
 
 def make_readable(paths) -> None:
@@ -99,8 +114,9 @@ def _write_tsv(path: Path, header: str, rows) -> None:
 
 def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.PathLike, *, seed: int = 0,
             negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET, n_test=_UNSET, history_len=_UNSET,
-            min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20,
-            per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
+            min_history=_UNSET, threshold: float | None = None, min_pos: int = 5, min_neg: int = 5,
+            n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
+            negative_below: float | None = None, same_time: str = "keep", order_by: str | None = None,
             domain: str | None = None, warn: Callable[[str], None] = _warn_stderr) -> dict:
     """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
 
@@ -108,19 +124,53 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
     """
     if task not in TASKS:
         raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
-    log, filters, raw = read_filtered(dataset, source, domain=domain)
+    check_out_folder(out)  # before the work, not after it
+    log, filters, raw = read_filtered(dataset, source, domain=domain, order_by=order_by)
     return prepare_log(log, filters, raw, task, out, dataset=dataset, source=source, seed=seed, negatives=negatives,
                        n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
                        min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
                        n_candidates=n_candidates, per_user=per_user, history_ratings=history_ratings,
-                       item_stats=item_stats, warn=warn)
+                       item_stats=item_stats, negative_below=negative_below, same_time=same_time, warn=warn)
+
+
+def _threshold(log: Log, task: str, threshold: float | None, negative_below: float | None) -> float:
+    """--threshold (default 3) for star ratings; an error, not silence, where it would be ignored."""
+    if threshold is not None and log.value != "rating":
+        raise UserError(f"--threshold applies to star ratings; {log.name} has play counts (liked = the top half of "
+                        "each user's items by play count), so it would be ignored: leave it out")
+    if threshold is not None and task == "candidates":
+        raise UserError("--threshold applies to the pairwise and yesno tasks; the candidates task uses no ratings")
+    if negative_below is not None and task != "pairwise":
+        raise UserError("--negative-below applies to the pairwise task")
+    return 3.0 if threshold is None else threshold
+
+
+def check_out_folder(out: str | os.PathLike) -> None:
+    """--out must be a folder or not exist yet (nor may any part of its path be a file)."""
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UserError(f"--out {out}: {q} is a file, not a folder")
+            break
+
+
+def _check_not_empty(built: "protocols.Built", task: str) -> list[str]:
+    """Every split empty is an error (with the protocol's reasons); one empty requested split is a warning."""
+    sizes = {s: len(built.samples[s]) for s in protocols.SPLITS}
+    if not any(sizes.values()):
+        why = "; ".join(built.warnings) or "no user or position passed the protocol's filters"
+        raise UserError(f"the {task} protocol produced no sample in any split ({why}); nothing was written")
+    return [f"the {s} split is empty (requested {built.requested[s] if built.requested[s] is not None else 'all'})"
+            for s in protocols.SPLITS if not sizes[s] and built.requested[s] != 0]
 
 
 def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
                 source: str | os.PathLike, seed: int = 0, negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET,
-                n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float = 3.0, min_pos: int = 5,
-                min_neg: int = 5, n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False,
-                item_stats: bool = False, warn: Callable[[str], None] = _warn_stderr) -> dict:
+                n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float | None = None,
+                min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20, per_user: int = 1,
+                history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
+                same_time: str = "keep", warn: Callable[[str], None] = _warn_stderr) -> dict:
     """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
     if task not in TASKS:
         raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
@@ -137,19 +187,22 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                         "of a user's timeline)")
     if (history_ratings or item_stats) and task == "yesno":
         raise UserError("--history-ratings and --item-stats apply to the pairwise and candidates tasks")
+    threshold = _threshold(log, task, threshold, negative_below)
     hybrid = {"history_ratings": history_ratings, "item_stats": item_stats}
     if task == "pairwise":
         built = protocols.build_pairwise(log, seed=seed, negatives=p["negatives"], threshold=threshold, min_pos=min_pos,
                                          min_neg=min_neg, min_history=p["min_history"], history_len=p["history_len"],
-                                         per_user=per_user, **hybrid, **sizes)
+                                         per_user=per_user, negative_below=negative_below, same_time=same_time,
+                                         **hybrid, **sizes)
     elif task == "candidates":
         built = protocols.build_candidates(log, seed=seed, negatives=p["negatives"], n_candidates=n_candidates,
-                                           history_len=p["history_len"], min_history=p["min_history"], **hybrid,
-                                           **sizes)
+                                           history_len=p["history_len"], min_history=p["min_history"],
+                                           same_time=same_time, **hybrid, **sizes)
     else:
         built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
-                                      min_history=p["min_history"], **sizes)
-    warnings = list(log.warnings) + built.warnings
+                                      min_history=p["min_history"], same_time=same_time, **sizes)
+    warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
+    check_out_folder(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for s in protocols.SPLITS:
@@ -161,7 +214,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                (f"{i}\t{_cell(t)}\n" for i, t in sorted(items.items(), key=lambda kv: protocols.user_key(kv[0]))))
     _write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
                (f"{x.user}\t{x.item}\t{x.rating:g}\t{'' if x.timestamp is None else x.timestamp}\t{sp}\n"
-                for x, sp in zip(log.interactions, built.interaction_split)))
+                for x, sp in _rows_in_order(log, built.interaction_split, seed)))
     stats = {
         "dataset": dataset, "task": task, "seed": seed, "source": str(Path(source).resolve()), "domain": log.domain,
         "files": log.files,

@@ -6,8 +6,9 @@ build_pairwise  DMPO (Bai et al., DMPO §4.1, §5.1, §5.4). Ratings > 3 are pos
     least 5 positives and 5 negatives are eligible. Eligible users are shuffled by the seed and split disjointly into
     100 train / 100 valid / 1000 test users, one sample each. A sample holds out one positive (drawn uniformly among
     the user's positives that have at least `min_history + k` earlier interactions) and k negatives (drawn uniformly
-    among the user's negatives; default k = 1). History = the user's interactions strictly before the positive in
-    time order (equal timestamps keep file order), minus the held-out negatives, the last 40. Comparison i asks to
+    among the user's negatives; default k = 1). History = the user's interactions before the positive in time order
+    (equal timestamps keep file order; --same-time drop leaves them out), minus the held-out negatives and any item
+    sharing a title with the positive or a negative, the last 40. Comparison i asks to
     rank the positive and negative i, shown in a seed-shuffled order; chosen = "positive, negative_i", rejected =
     ["negative_i, positive"].
 
@@ -17,7 +18,8 @@ build_candidates  S-DPO (Chen et al. 2024) on LLaRA's setting (Liao et al. 2024)
     from the items the user never interacted with (anywhere in the log), in a seed-shuffled order; rejected = k of
     the 19 (default 3). Split 8:1:1 chronologically: all samples are ordered by their target's timestamp (ties:
     user, then position) and cut at 80 % and 90 %. Without timestamps (LastFM, Goodreads CSV) each user's own
-    sequence is cut instead: the last 10 % of a user's targets are test, the 10 % before valid. Samples are not
+    sequence, in its seeded random order (see `sequences`), is cut instead: the last 10 % of a user's targets are
+    test, the 10 % before valid; the prompts then claim no time order. Samples are not
     user-disjoint (as in LLaRA / S-DPO). Each split is then capped to --train/--valid/--test samples, drawn
     uniformly by the seed and kept in time order.
 
@@ -27,7 +29,8 @@ build_yesno  TALLRec (Bao et al. 2023). A user's target interaction (drawn unifo
 
 Play counts (LastFM) have no "> 3 stars": `liked_flags` then marks, per user, the top half of the user's artists by
 play count as liked (positives) and the rest as not liked (negatives); with an odd count the middle one is not
-liked. Everything random comes from `random.Random` seeded with a string built from the seed, the task and the
+liked. No history shows a title of its own sample (one title with two item ids), and a log without timestamps is
+never ordered by file or id (see `sequences`). Everything random comes from `random.Random` seeded with a string built from the seed, the task and the
 user (and position), so a user's sample does not change when other users are added or removed.
 """
 
@@ -67,9 +70,14 @@ def user_key(user: str):
     return (0, int(user), "") if user.isdigit() else (1, 0, user)
 
 
-def sequences(log: Log) -> dict[str, list[int]]:
-    """Each user's interaction indices in time order; equal or missing timestamps keep file order (the stable sort
-    breaks ties by index)."""
+def sequences(log: Log, seed: int | None) -> dict[str, list[int]]:
+    """Each user's interaction indices in the order the protocols treat as time.
+
+    With timestamps: time order, equal timestamps keep file order (the stable sort breaks ties by index). Without
+    them, file order is not time (LastFM's files are sorted by artist id, so "the next id" would give the answer
+    away): each user's interactions are shuffled by a generator seeded with `seed` and the user, unless the user
+    said the file is in time order (`Log.order_by == "file"`). seed=None keeps file order, for uses where the order
+    does not matter (which of two repeated rows to keep)."""
     seqs: dict[str, list[int]] = {}
     for idx, x in enumerate(log.interactions):
         seqs.setdefault(x.user, []).append(idx)
@@ -77,7 +85,86 @@ def sequences(log: Log) -> dict[str, list[int]]:
         inter = log.interactions
         for s in seqs.values():
             s.sort(key=lambda i: inter[i].timestamp)
+    elif log.order_by != "file" and seed is not None:
+        for u, s in seqs.items():
+            random.Random(f"{seed}:order:{u}").shuffle(s)
     return seqs
+
+
+def timed(log: Log) -> bool:
+    """Does the protocols' order of a user's interactions mean time (so a prompt may say "oldest first")?"""
+    return log.has_timestamps or log.order_by == "file"
+
+
+def order_note(log: Log) -> str:
+    """stats.json `history_order`: what orders each user's interactions."""
+    if log.has_timestamps:
+        col = f"column '{log.order_by}'" if log.order_by else "timestamp"
+        return f"{col}, ties by file order"
+    if log.order_by == "file":
+        return "file order (--order-by file: the user says the file is in time order)"
+    return "seeded random order per user (no timestamps; file and id order are not time)"
+
+
+def _order_warnings(log: Log) -> list[str]:
+    if timed(log):
+        return []
+    return [f"{log.name} has no timestamps: each user's interactions are put in a random order seeded by --seed "
+            "(file and id order are not time), the prompts say 'in no particular order' and no sample claims to "
+            "be the next item in time; name a time column with --order-by COLUMN (or --order-by file) if the "
+            "log has one"]
+
+
+def before_counts(log: Log, seqs: dict[str, list[int]], same_time: str) -> dict[str, list[int]]:
+    """Per user and sequence position t: how many of the user's interactions count as before t. same_time="keep"
+    (the papers' code: a stable sort, history = the positions before t): t. same_time="drop": interactions with
+    t's exact timestamp are simultaneous, not earlier, so only those with a smaller timestamp count."""
+    if same_time not in ("keep", "drop"):
+        raise UserError(f"--same-time must be 'keep' or 'drop', got {same_time!r}")
+    if same_time == "keep" or not log.has_timestamps:
+        return {u: list(range(len(seq))) for u, seq in seqs.items()}
+    inter, out = log.interactions, {}
+    for u, seq in seqs.items():
+        first = []
+        for t, i in enumerate(seq):
+            same = t > 0 and inter[seq[t - 1]].timestamp == inter[i].timestamp
+            first.append(first[t - 1] if same else t)
+        out[u] = first
+    return out
+
+
+def same_time_note(log: Log, same_time: str, samples: dict[str, list[Sample]]) -> dict:
+    """stats.json `same_time_history`: the rule, and how many samples show a history item with the target's exact
+    timestamp (0 under "drop")."""
+    ts = {(x.user, x.item): x.timestamp for x in log.interactions}
+    n = sum(any(ts.get((s.user, i)) == ts.get((s.user, s.target_item)) for i in s.history_items)
+            for v in samples.values() for s in v) if log.has_timestamps else 0
+    rule = ("kept: an interaction with the target's exact timestamp but earlier in file order is history (the "
+            "papers' stable sort)" if same_time == "keep" else
+            "dropped: only interactions with an earlier timestamp than the target's are history")
+    return {"rule": rule, "samples_with_same_time_history": n}
+
+
+def history_before(log: Log, seq: list[int], n_before: int, limit: int, exclude_titles: set[str],
+                   skip: set[int] = frozenset()) -> tuple[list[int], int]:
+    """The history shown for a target: the last `limit` of the user's first `n_before` interactions (oldest
+    first), leaving out positions in `skip` (held-out negatives) and items whose casefolded title is in
+    `exclude_titles` (one title under two item ids must not show the answer in its own history). Returns
+    (interaction indices, number of title twins left out)."""
+    inter, title = log.interactions, log.title
+    hist, twins = [], 0
+    for j in range(n_before - 1, -1, -1):
+        if len(hist) == limit:
+            break
+        if j in skip:
+            continue
+        i = seq[j]
+        if exclude_titles and title(inter[i].item).casefold() in exclude_titles:
+            twins += 1
+            continue
+        hist.append(i)
+    hist.reverse()
+    return hist, twins
 
 
 def liked_flags(log: Log, threshold: float = 3.0) -> list[bool]:
@@ -180,6 +267,20 @@ def _check_options(log: Log, history_ratings: bool) -> None:
         raise UserError(f"--history-ratings needs a log of ratings; {log.name} has {log.value} values")
 
 
+def _negative_flags(log: Log, liked: list[bool], threshold: float, negative_below: float | None) -> list[bool]:
+    """Per interaction: is it a negative? The rest (default), or, with negative_below (the papers' other reading:
+    negatives < 3), only ratings below it; ratings in between are neither (they stay in the history)."""
+    if negative_below is None:
+        return [not f for f in liked]
+    if log.value != "rating":
+        raise UserError(f"--negative-below needs a log of ratings; {log.name} has {log.value} values (negatives "
+                        "are the bottom half of each user's play counts)")
+    if negative_below > threshold:
+        raise UserError(f"--negative-below ({negative_below:g}) must not exceed --threshold ({threshold:g}): a "
+                        "rating would be both a positive and a negative")
+    return [x.rating < negative_below for x in log.interactions]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # DMPO pairwise
 
@@ -187,7 +288,8 @@ def _check_options(log: Log, history_ratings: bool) -> None:
 def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: float = 3.0, min_pos: int = 5,
                    min_neg: int = 5, min_history: int = 5, history_len: int = 40, n_train: int | None = 100,
                    n_valid: int | None = 100, n_test: int | None = 1000, per_user: int = 1,
-                   history_ratings: bool = False, item_stats: bool = False) -> Built:
+                   history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
+                   same_time: str = "keep") -> Built:
     if negatives < 1:
         raise UserError(f"--negatives must be ≥ 1 for the pairwise task, got {negatives}")
     if per_user < 1:
@@ -195,16 +297,18 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     _check_common(history_len, min_history)
     _check_options(log, history_ratings)
     inter = log.interactions
-    seqs, liked = sequences(log), liked_flags(log, threshold)
+    seqs, liked = sequences(log, seed), liked_flags(log, threshold)
+    disliked = _negative_flags(log, liked, threshold, negative_below)
+    before = before_counts(log, seqs, same_time)
     need_neg = max(min_neg, negatives)
     pos_neg_ok, eligible = set(), {}
     for u, seq in seqs.items():
         pos = [j for j, i in enumerate(seq) if liked[i]]
-        neg = [j for j, i in enumerate(seq) if not liked[i]]
+        neg = [j for j, i in enumerate(seq) if disliked[i]]
         if len(pos) >= min_pos and len(neg) >= need_neg:
             pos_neg_ok.add(u)
             # a positive late enough that, after removing up to k negatives, min_history earlier items remain
-            late = [j for j in pos if j >= min_history + negatives]
+            late = [j for j in pos if before[u][j] >= min_history + negatives]
             if late:
                 eligible[u] = (late, neg)
     kind = "rating > %g" % threshold if log.value == "rating" else "top half of the user's play counts"
@@ -219,7 +323,7 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     facts = ItemFacts(log, [user_split.get(x.user) != "test" for x in inter]) if item_stats else None
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     rank: dict[str, tuple[int, int]] = {}  # sample id -> (its index among the user's samples, the user's position)
-    dropped = 0
+    dropped, tally = 0, {"twins": 0}
     for ui, u in enumerate(sorted(user_split, key=user_key)):
         split = user_split[u]
         late, neg = eligible[u]
@@ -233,8 +337,8 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
         for n, p in enumerate(positions):
             r = rng if n == 0 else random.Random(f"{seed}:pairwise:{u}:{n}")
             sample = _pairwise_sample(log, seqs[u], p, neg, r, negatives=negatives, history_len=history_len,
-                                      history_ratings=history_ratings, facts=facts,
-                                      sid=f"{log.name}-pairwise-{split}-{u}" + (f"-{n}" if n else ""))
+                                      history_ratings=history_ratings, facts=facts, n_before=before[u][p],
+                                      tally=tally, sid=f"{log.name}-pairwise-{split}-{u}" + (f"-{n}" if n else ""))
             if sample is None:
                 dropped += 1
             else:
@@ -246,24 +350,31 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     if dropped:
         warnings.append(f"{dropped} sampled positives were dropped: fewer than {negatives} negatives with a title "
                         "different from the held-out positive's")
+    warnings += _order_warnings(log)
     filters.append(_filter_row("sampled into train/valid/test", log, {s.user for v in samples.values() for s in v}))
     split_of = {s.user: name for name, v in samples.items() for s in v}
     return Built(samples=samples, interaction_split=[split_of.get(x.user, "unused") for x in inter],
                  users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
                  protocol={"name": "DMPO pairwise", "negatives": negatives, "positive": kind,
-                           "negative": "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}",
+                           "negative": "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}"
+                           if negative_below is None else f"rating < {negative_below:g} (ratings in between are "
+                           "neither; they stay in the history)",
                            "min_positives": min_pos, "min_negatives": min_neg, "min_history": min_history,
                            "history_len": history_len, "user_disjoint": True, "per_user": per_user,
                            "history_ratings": history_ratings,
                            "item_stats": "users outside the test split, the sample's own user left out"
                            if item_stats else False,
-                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+                           "history_order": order_note(log),
+                           "same_time_history": same_time_note(log, same_time, samples),
+                           "history_title_twins_removed": tally["twins"]})
 
 
 def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: random.Random, *, negatives: int,
-                     history_len: int, history_ratings: bool, facts: "ItemFacts | None", sid: str) -> Sample | None:
+                     history_len: int, history_ratings: bool, facts: "ItemFacts | None", sid: str,
+                     n_before: int | None = None, tally: dict | None = None) -> Sample | None:
     """One pairwise sample of a user: the positive at sequence position p, k negatives drawn from `neg`, the
-    history strictly before p minus the held-out negatives; None when too few negatives have another title."""
+    history = the first n_before positions (default p: everything before p) minus the held-out negatives and any
+    item sharing a title with the positive or a negative; None when too few negatives have another title."""
     inter, title = log.interactions, log.title
     u = inter[seq[p]].user
     pos_item = inter[seq[p]].item
@@ -273,11 +384,14 @@ def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: rand
     if len(usable) < negatives:
         return None
     chosen_negs = rng.sample(usable, negatives)
-    held = set(chosen_negs)
-    hist = [seq[j] for j in range(p) if j not in held][-history_len:]
+    neg_items = [inter[seq[j]].item for j in chosen_negs]
+    shown = {pos_title.casefold(), *(title(i).casefold() for i in neg_items)}
+    hist, n_twins = history_before(log, seq, p if n_before is None else n_before, history_len, shown,
+                                   set(chosen_negs))
+    if tally is not None:
+        tally["twins"] += n_twins > 0
     hist_items = [inter[i].item for i in hist]
     hist_titles = [title(i) for i in hist_items]
-    neg_items = [inter[seq[j]].item for j in chosen_negs]
     note = (lambda it: facts.note(it, u)) if facts is not None else None
     comps = []
     for n_item in neg_items:
@@ -292,7 +406,8 @@ def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: rand
                                 rejected=[prompts.format_ordering(n_title, pos_title)]))
     ratings = [inter[i].rating for i in hist] if history_ratings else None
     return Sample(id=sid, task="pairwise", domain=log.domain,
-                  prefix=prompts.history_prefix(log.domain, hist_titles, ratings), comparisons=comps, user=u,
+                  prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=timed(log)),
+                  comparisons=comps, user=u,
                   history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
                   candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item)
 
@@ -345,7 +460,7 @@ def _sample_negatives(rng: random.Random, pool: list[str], n: int, banned: set[s
 def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
                      min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                      n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
-                     history_ratings: bool = False, item_stats: bool = False) -> Built:
+                     history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep") -> Built:
     if n_candidates < 2:
         raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
     if not 1 <= negatives <= n_candidates - 1:
@@ -354,10 +469,11 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     _check_options(log, history_ratings)
     min_history = max(min_history, 1)
     inter, title = log.interactions, log.title
-    seqs = sequences(log)
+    seqs = sequences(log, seed)
+    before = before_counts(log, seqs, same_time)
     pool = sorted({x.item for x in inter}, key=user_key)
     urank = {u: r for r, u in enumerate(sorted(seqs, key=user_key))}
-    eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history}
+    eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history and before[u][-1] >= min_history}
     if not eligible_users:
         raise UserError(f"no user has more than {min_history} interactions, so there is no next-item sample")
     filters = [_filter_row(f">{min_history} interactions (a target with ≥{min_history} history items)", log, eligible_users)]
@@ -368,7 +484,7 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     if log.has_timestamps:
         # one sort of plain tuples (timestamp, user rank, position, user): ties broken by user, then position
         keyed = sorted((inter[i].timestamp, urank[u], t, u) for u, seq in seqs.items() for t, i in enumerate(seq))
-        targets = [k for k in keyed if k[2] >= min_history]
+        targets = [k for k in keyed if before[k[3]][k[2]] >= min_history]
         n = len(targets)
         c1, c2 = round(n * ratios[0] / tot), round(n * (ratios[0] + ratios[1]) / tot)
         by_split = {"train": [(k[3], k[2]) for k in targets[:c1]], "valid": [(k[3], k[2]) for k in targets[c1:c2]],
@@ -392,8 +508,9 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                 interaction_split[seq[t]] = split
                 if r >= 0:
                     by_split[split].append((u, t))
-        mode = (f"per-user {ratios[0]:g}:{ratios[1]:g}:{ratios[2]:g} cut of each sequence (no timestamps: "
-                "file order stands in for time)")
+        mode = (f"per-user {ratios[0]:g}:{ratios[1]:g}:{ratios[2]:g} cut of each sequence, in "
+                + ("file order (--order-by file)" if timed(log) else "a seeded random order (no timestamps: a "
+                   "held-out item, not the next one)"))
     potential = {s: len(by_split[s]) for s in SPLITS}
     requested = {"train": n_train, "valid": n_valid, "test": n_test}
     warnings: list[str] = []
@@ -409,7 +526,8 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     facts = ItemFacts(log, [sp == "train" for sp in interaction_split]) if item_stats else None
     twins = _title_twins(pool, title)
     user_items: dict[str, set[str]] = {}
-    skipped = 0
+    skipped = twins_removed = 0
+    is_timed = timed(log)
     for s in SPLITS:
         for u, t in by_split[s]:
             seq = seqs[u]
@@ -424,7 +542,8 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
             cands = negs + [target]
             rng.shuffle(cands)
             rejected = rng.sample(negs, negatives)
-            hist = seq[max(0, t - history_len):t]
+            hist, n_twins = history_before(log, seq, before[u][t], history_len, {title(target).casefold()})
+            twins_removed += n_twins > 0
             hist_items = [inter[i].item for i in hist]
             hist_titles = [title(i) for i in hist_items]
             cand_titles = [title(i) for i in cands]
@@ -432,14 +551,16 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
             notes = [facts.note(i, u) for i in cands] if facts is not None else None
             samples[s].append(Sample(
                 id=f"{log.name}-candidates-{s}-{u}-{t}", task="candidates", domain=log.domain,
-                prefix=prompts.history_prefix(log.domain, hist_titles, ratings),
-                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles, notes),
+                prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=is_timed),
+                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles, notes,
+                                                                             timed=is_timed),
                                         chosen=title(target), rejected=[title(i) for i in rejected])],
                 user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
                 candidate_items=cands, target=title(target), target_item=target))
     if skipped:
         warnings.append(f"{skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct titles "
                         "that the user never interacted with")
+    warnings += _order_warnings(log)
     filters.append(_filter_row("users with a sample kept in train/valid/test", log,
                                {x.user for v in samples.values() for x in v}))
     return Built(samples=samples, interaction_split=interaction_split, users_eligible=len(eligible_users),
@@ -451,7 +572,9 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                            "potential_samples": potential, "history_ratings": history_ratings,
                            "item_stats": "train-period interactions, the sample's own user left out"
                            if item_stats else False,
-                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+                           "history_order": order_note(log),
+                           "same_time_history": same_time_note(log, same_time, samples),
+                           "history_title_twins_removed": twins_removed})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,22 +582,29 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
 
 
 def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len: int = 10, min_history: int = 10,
-                n_train: int | None = 64, n_valid: int | None = 100, n_test: int | None = 1000) -> Built:
+                n_train: int | None = 64, n_valid: int | None = 100, n_test: int | None = 1000,
+                same_time: str = "keep") -> Built:
     _check_common(history_len, min_history)
     min_history = max(min_history, 1)
     inter, title = log.interactions, log.title
-    seqs, liked = sequences(log), liked_flags(log, threshold)
-    eligible = [u for u, seq in seqs.items() if len(seq) > min_history]
+    seqs, liked = sequences(log, seed), liked_flags(log, threshold)
+    before = before_counts(log, seqs, same_time)
+    eligible = [u for u, seq in seqs.items() if len(seq) > min_history and before[u][-1] >= min_history]
     filters = [_filter_row(f">{min_history} interactions", log, set(eligible))]
     requested = {"train": n_train, "valid": n_valid, "test": n_test}
     sizes, warnings = split_sizes(len(eligible), requested, f"eligible users (>{min_history} interactions)")
     user_split = _assign_users(eligible, seed, "yesno", sizes)
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    twins_removed = 0
     for u in sorted(user_split, key=user_key):
         rng = random.Random(f"{seed}:yesno:{u}")
         seq = seqs[u]
-        t = rng.randrange(min_history, len(seq))
-        hist = seq[max(0, t - history_len):t]
+        if same_time == "keep":
+            t = rng.randrange(min_history, len(seq))
+        else:
+            t = rng.choice([t for t in range(len(seq)) if before[u][t] >= min_history])
+        hist, n_twins = history_before(log, seq, before[u][t], history_len, {title(inter[seq[t]].item).casefold()})
+        twins_removed += n_twins > 0
         hist_items = [inter[i].item for i in hist]
         liked_titles = [title(inter[i].item) for i in hist if liked[i]]
         disliked_titles = [title(inter[i].item) for i in hist if not liked[i]]
@@ -490,9 +620,12 @@ def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len:
             user=u, history=[title(i) for i in hist_items], history_items=hist_items, candidates=[title(target)],
             candidate_items=[target], target=title(target), target_item=target, label=label))
     filters.append(_filter_row("sampled into train/valid/test", log, set(user_split)))
+    warnings += _order_warnings(log)
     kind = "rating > %g" % threshold if log.value == "rating" else "top half of the user's play counts"
     return Built(samples=samples, interaction_split=[user_split.get(x.user, "unused") for x in inter],
                  users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
                  protocol={"name": "TALLRec yes/no", "liked": kind, "history_len": history_len,
                            "min_history": min_history, "user_disjoint": True,
-                           "history_order": "timestamp, ties by file order" if log.has_timestamps else "file order (no timestamps)"})
+                           "history_order": order_note(log),
+                           "same_time_history": same_time_note(log, same_time, samples),
+                           "history_title_twins_removed": twins_removed})

@@ -19,6 +19,7 @@ compressed or not whatever its name.
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import json
@@ -46,7 +47,7 @@ class Interaction(NamedTuple):
 class Log:
     name: str  # dataset name, e.g. "ml-1m"
     domain: str  # movies | games | music | books | items: picks the prompt template
-    interactions: list[Interaction]  # in file order: the tie-breaker wherever timestamps are equal or missing
+    interactions: list[Interaction]  # in file order: the tie-breaker wherever timestamps are equal
     titles: dict[str, str]  # item id -> normalised title (may hold items nobody rated)
     value: str = "rating"  # "rating" (stars, higher = liked) or "weight" (play counts, compared within a user)
     unrated: float | None = None  # a rating value that means "not rated" (Goodreads: 0); such rows are filtered
@@ -54,6 +55,7 @@ class Log:
     catalog: dict[str, int] = field(default_factory=dict)  # side-table sizes, e.g. {"items": 3883, "users": 6040}
     warnings: list[str] = field(default_factory=list)
     has_timestamps: bool = True
+    order_by: str | None = None  # what the user named as the log's time order: a column, or "file" (file order)
 
     def title(self, item: str) -> str:
         return self.titles.get(item) or item
@@ -118,6 +120,19 @@ def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",)) -> Iterator[tupl
         for j, line in enumerate(lines):
             if line.strip():
                 yield first + j, line
+
+
+def _movielens_encoding(path: Path) -> tuple[str, ...]:
+    """The published MovieLens files are latin-1; a copy re-saved as UTF-8 (valid UTF-8 throughout, which latin-1
+    text with accents practically never is) is read as UTF-8 instead of turning "é" into "Ã©"."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for _, raw in _raw_chunks(path):
+            dec.decode(b"\n".join(raw) + b"\n")
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return ("latin-1",)
+    return ("utf-8-sig",)
 
 
 def _fields(line: str, sep: str, want: int, path: Path, n: int, names: str, at_least: bool = False) -> list[str]:
@@ -190,7 +205,7 @@ def read_ml1m(source: str | Path) -> Log:
     log = Log(name="ml-1m", domain="movies", interactions=[], titles={}, files=[str(ratings)])
     if movies is not None:
         log.files.append(str(movies))
-        for n, line in _lines(movies, ("latin-1",)):  # the published file is ISO-8859-1, not UTF-8
+        for n, line in _lines(movies, _movielens_encoding(movies)):  # published as ISO-8859-1, not UTF-8
             mid, title, _genres = _fields(line, "::", 3, movies, n, "MovieID::Title::Genres")
             log.titles[mid.strip()] = normalise_title(title)
         log.catalog["items"] = len(log.titles)
@@ -218,7 +233,7 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
     log = Log(name="ml-100k", domain="movies", interactions=[], titles={}, files=[str(data)])
     if item is not None:
         log.files.append(str(item))
-        for n, line in _lines(item, ("latin-1",)):
+        for n, line in _lines(item, _movielens_encoding(item)):
             parts = _fields(line, "|", 3, item, n, "movie id|title|release date|...", at_least=True)
             log.titles[parts[0].strip()] = normalise_title(parts[1])
         log.catalog["items"] = len(log.titles)
@@ -234,13 +249,16 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
     return log
 
 
-def read_ml100k(source: str | Path) -> Log:
+def read_ml100k(source: str | Path, *, time_column: str | None = None) -> Log:
     """MovieLens-100K from either edition: a folder (or file) with GroupLens `u.data`/`u.item`, or RecBole's
-    `ml-100k.inter`/`ml-100k.item` (the copy inside the recbole 1.2.1 wheel)."""
+    `ml-100k.inter`/`ml-100k.item` (the copy inside the recbole 1.2.1 wheel). time_column: RecBole edition only."""
     source = Path(source)
+    recbole = source.suffix == ".inter" if source.is_file() else (source.is_dir() and not (source / "u.data").is_file())
+    if time_column and not recbole:
+        raise UserError(f"--order-by {time_column}: GroupLens u.data has no header (its 4th field is the timestamp)")
     if source.is_file():
         if source.suffix == ".inter":
-            return read_recbole(source, name="ml-100k", domain="movies")
+            return read_recbole(source, name="ml-100k", domain="movies", time_column=time_column)
         item = source.parent / "u.item"
         return _read_grouplens_100k(source, item if item.is_file() else None)
     if not source.is_dir():
@@ -249,7 +267,7 @@ def read_ml100k(source: str | Path) -> Log:
         item = source / "u.item"
         return _read_grouplens_100k(source / "u.data", item if item.is_file() else None)
     if any(source.glob("*.inter")):
-        return read_recbole(source, name="ml-100k", domain="movies")
+        return read_recbole(source, name="ml-100k", domain="movies", time_column=time_column)
     raise UserError(f"{source}: neither GroupLens u.data nor a RecBole .inter file found")
 
 
@@ -274,10 +292,11 @@ def _column(names: list[str], choices: tuple[str, ...]) -> int | None:
     return None
 
 
-def read_recbole(source: str | Path, *, name: str | None = None, domain: str | None = None) -> Log:
+def read_recbole(source: str | Path, *, name: str | None = None, domain: str | None = None,
+                 time_column: str | None = None) -> Log:
     """RecBole atomic files: NAME.inter (user_id, item_id, rating?, timestamp?) and optional NAME.item (a title
     column: the first whose name contains 'title' or 'name'; a 'release_year'/'year' column is appended as
-    '(YYYY)')."""
+    '(YYYY)'). time_column: the numeric column that orders the log in time (default 'timestamp')."""
     source = Path(source)
     if source.is_file():
         inter, folder = source, source.parent
@@ -306,6 +325,9 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
             if len(parts) != len(cols):
                 raise UserError(f"{item_file}:{n}: expected {len(cols)} tab-separated fields, found {len(parts)}")
             title = normalise_title(parts[tc]) if tc is not None else parts[ic]
+            if not title:  # a blank title stays blank (read() names the item by its id), never " (1995)"
+                log.titles[parts[ic]] = ""
+                continue
             if yc is not None:
                 title = with_year(title, parts[yc])
             log.titles[parts[ic]] = title
@@ -320,7 +342,9 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
     uc, ic = _column(cols, ("user_id",)), _column(cols, ("item_id",))
     if uc is None or ic is None:
         raise UserError(f"{inter}:1: the header needs 'user_id' and 'item_id' columns, found {cols}")
-    rc, tc = _column(cols, ("rating",)), _column(cols, ("timestamp",))
+    rc, tc = _column(cols, ("rating",)), _column(cols, (time_column or "timestamp",))
+    if time_column and tc is None:
+        raise UserError(f"{inter}:1: --order-by {time_column}: no such column in the header {cols}")
     log.has_timestamps = tc is not None
     for n, line in lines:
         parts = line.split("\t")
@@ -330,7 +354,7 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
         if log.titles and item not in log.titles:
             raise _unknown_item(inter, n, item, item_file.name)
         rating = _number(parts[rc], inter, n, "rating") if rc is not None else 1.0
-        ts = _timestamp(parts[tc], inter, n) if tc is not None else None
+        ts = _timestamp(parts[tc], inter, n, time_column or "timestamp") if tc is not None else None
         log.interactions.append(Interaction(parts[uc], item, rating, ts))
     if not log.interactions:
         raise _no_rows(inter, "interaction")
@@ -426,11 +450,12 @@ def read_amazon(source: str | Path, *, edition: int = 2018, meta: str | Path | N
 # Last.fm HetRec 2011
 
 
-def read_lastfm(source: str | Path) -> Log:
+def read_lastfm(source: str | Path, *, time_column: str | None = None) -> Log:
     """HetRec-2011 Last.fm 2K: `user_artists.dat` (userID, artistID, weight = play count) and `artists.dat` (id,
     name, url, pictureURL). Tab-separated with a header; line endings are CRLF or LF and encodings UTF-8 or latin-1
-    depending on the file, so each line is decoded as UTF-8 and, failing that, latin-1. There are no timestamps:
-    the file order (user, then artist id) stands in for time."""
+    depending on the file, so each line is decoded as UTF-8 and, failing that, latin-1. There are no timestamps,
+    and the file order (user, then artist id) is not time: the protocols give each user a seeded random order,
+    unless `time_column` names a numeric column of user_artists.dat that orders it."""
     source = Path(source)
     folder = source if source.is_dir() else source.parent
     ua = source if source.is_file() else folder / "user_artists.dat"
@@ -451,11 +476,20 @@ def read_lastfm(source: str | Path) -> Log:
     _, header = next(lines)
     if "\t" not in header:
         raise UserError(f"{ua}:1: expected a tab-separated header 'userID\\tartistID\\tweight', found {header[:60]!r}")
+    cols = [c.strip() for c in header.split("\t")]
+    tc = None
+    if time_column:
+        if time_column not in cols:
+            raise UserError(f"{ua}:1: --order-by {time_column}: no such column in the header {cols}")
+        tc = cols.index(time_column)
+        log.has_timestamps = True
     for n, line in lines:
-        u, i, w = _fields(line, "\t", 3, ua, n, "userID, artistID, weight")
+        parts = _fields(line, "\t", len(cols) if tc is not None else 3, ua, n, ", ".join(cols))
+        u, i, w = parts[:3]
         if log.titles and i not in log.titles:
             raise _unknown_item(ua, n, i, artists.name)
-        log.interactions.append(Interaction(u, i, _number(w, ua, n, "weight"), None))
+        ts = _timestamp(parts[tc], ua, n, time_column) if tc is not None else None
+        log.interactions.append(Interaction(u, i, _number(w, ua, n, "weight"), ts))
     if not log.interactions:
         raise _no_rows(ua, "user-artist")
     return log
@@ -467,7 +501,7 @@ def read_lastfm(source: str | Path) -> Log:
 _GOODREADS_TIME = "%a %b %d %H:%M:%S %z %Y"  # "Tue Oct 17 06:42:31 -0700 2017"
 
 
-def read_goodreads(source: str | Path) -> Log:
+def read_goodreads(source: str | Path, *, time_column: str | None = None) -> Log:
     """Goodreads interactions: the CSV (`user_id,book_id,is_read,rating,is_reviewed`, remapped ids, no time) or
     the JSON lines (`user_id, book_id, rating, date_added, …`). Rating 0 means "shelved, not rated": such rows are
     kept here (they count as raw interactions) and dropped by the protocols' first filter (`Log.unrated`).
@@ -490,13 +524,19 @@ def read_goodreads(source: str | Path) -> Log:
         if "user_id" not in cols or "book_id" not in cols or "rating" not in cols:
             raise UserError(f"{path}:1: expected a comma-separated header with user_id, book_id, rating; found {header[:80]!r}")
         uc, bc, rc = cols.index("user_id"), cols.index("book_id"), cols.index("rating")
+        if time_column and time_column not in cols:
+            raise UserError(f"{path}:1: --order-by {time_column}: no such column in the header {cols}")
+        tc = cols.index(time_column) if time_column else None
         for n, line in lines:
             parts = next(csv.reader([line]))
             if len(parts) != len(cols):
                 raise UserError(f"{path}:{n}: expected {len(cols)} comma-separated fields ({header}), found {len(parts)}")
-            log.interactions.append(Interaction(parts[uc], parts[bc], _number(parts[rc], path, n, "rating"), None))
-        log.has_timestamps = False
+            ts = _timestamp(parts[tc], path, n, time_column) if tc is not None else None
+            log.interactions.append(Interaction(parts[uc], parts[bc], _number(parts[rc], path, n, "rating"), ts))
+        log.has_timestamps = tc is not None
     else:
+        if time_column:
+            raise UserError(f"--order-by {time_column}: the Goodreads JSON lines carry their own date_added")
         for n, line in _lines(path):
             rec = _record(line, path, n, literal_ok=False)
             for key in ("user_id", "book_id", "rating"):
@@ -542,27 +582,54 @@ def read_goodreads(source: str | Path) -> Log:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read(dataset: str, source: str | Path, *, domain: str | None = None) -> Log:
-    """Read `source` in the format of `dataset` (one of DATASETS)."""
+def _blank_titles(log: Log) -> None:
+    """A catalogue row with a blank title: the item id is its title (as for a missing catalogue), with a warning
+    and a count, rather than an empty or year-only title that every such item would share."""
+    blank = sorted((i for i, t in log.titles.items() if not t.strip()), key=lambda i: (len(i), i))
+    if blank:
+        for i in blank:
+            log.titles[i] = i
+        shown = ", ".join(blank[:5]) + (", ..." if len(blank) > 5 else "")
+        log.warnings.append(f"{len(blank)} catalogue items have a blank title ({shown}); their item id is used "
+                            "as the title")
+
+
+def read(dataset: str, source: str | Path, *, domain: str | None = None, order_by: str | None = None) -> Log:
+    """Read `source` in the format of `dataset` (one of DATASETS).
+
+    order_by: what orders a log in time when its format has no timestamp: "file" (the user says the file's line
+    order is time order) or the name of a numeric column of the interactions file (RecBole .inter, LastFM
+    user_artists.dat, Goodreads CSV). Without it such a log gets a seeded random order (protocols.sequences)."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"--source {source}: no such file or folder")
+    column = order_by if order_by not in (None, "file") else None
+    if column and dataset not in ("recbole", "ml-100k", "lastfm", "goodreads"):
+        raise UserError(f"--order-by COLUMN applies to the formats with a header (recbole, lastfm, goodreads CSV); "
+                        f"{dataset} has its own timestamps")
     if dataset == "ml-1m":
         log = read_ml1m(source)
     elif dataset == "ml-100k":
-        log = read_ml100k(source)
+        log = read_ml100k(source, time_column=column)
     elif dataset == "recbole":
-        log = read_recbole(source)
+        log = read_recbole(source, time_column=column)
     elif dataset in ("amazon-2014", "amazon-2018"):
         log = read_amazon(source, edition=int(dataset[-4:]))
     elif dataset == "lastfm":
-        log = read_lastfm(source)
+        log = read_lastfm(source, time_column=column)
     elif dataset == "goodreads":
-        log = read_goodreads(source)
+        log = read_goodreads(source, time_column=column)
     else:
         raise UserError(f"--dataset {dataset!r} is not known; expected one of {', '.join(DATASETS)}")
     if domain:
         log.domain = domain
+    _blank_titles(log)
     if log.has_timestamps and any(x.timestamp is None for x in log.interactions):
         log.has_timestamps = False
+    if order_by == "file":
+        if log.has_timestamps:
+            raise UserError(f"--order-by file: {source} has timestamps, which order it; leave --order-by out")
+        log.order_by = "file"
+    elif order_by:
+        log.order_by = order_by
     return log
