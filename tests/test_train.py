@@ -168,6 +168,7 @@ def test_run_folder(full_run):
     assert {"sft", "dmpo", "reference", "total"} <= set(info["timings"])
     assert info["git_commit"] is None or isinstance(info["git_commit"], str)
     assert info["versions"]["torch"] and info["stage_info"]["dmpo"]["k"] == 3
+    assert info["prompt_format"]["kind"] == "chat-template" and info["prompt_format"]["end_of_turn"] == "<|im_end|>"
     assert load_config(run / "config.yaml") == _cfg(raw)
     train_rows = _rows(run)
     assert [r["step"] for r in train_rows] == list(range(1, 9))
@@ -422,3 +423,14 @@ def test_cli_reports_config_errors(tmp_path, data_dirs, tiny_dir):
     result = CliRunner().invoke(app, ["train", str(path), "--set", "stages[1].beta=abc"])
     assert result.exit_code == 2
     assert "stages[1].beta: expected float, got 'abc'" in result.output
+
+
+def test_tree_terms_pair_each_rejected_with_its_own_chosen():
+    """DPO with k > 1 on pairwise samples: rejected i is compared with comparison i's own chosen ordering."""
+    from prefrec.packing import Scores
+    from prefrec.train import tree_terms
+
+    s = Scores(summed=torch.tensor([-1.0, -2.0, -3.0, -5.0]), token_logps=[torch.tensor([-1.0])] * 4,
+               index=[(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])
+    t = tree_terms(s, 1)
+    assert t["chosen"].tolist() == [[-1.0, -3.0]] and t["rejected"].tolist() == [[-2.0, -5.0]]

@@ -240,8 +240,9 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
                                                      trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise UserError(f"model {name!r}: not one of {sorted(OFFLINE_MODELS)}, a prefrec run folder, or a loadable "
-                        f"Hugging Face model folder/id available offline ({e})") from None
+        offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
+        raise UserError(f"model {name!r}: not {offline}, a prefrec run folder, or a loadable Hugging Face model "
+                        f"folder/id available offline ({e})") from None
     if run is not None and run.get("prompt_format") is not None:
         from prefrec.packing import check_prompt_format
 
