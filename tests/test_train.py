@@ -229,13 +229,14 @@ def test_reference_cache_is_the_model_after_sft(full_run, tiny_dir, data_dirs):
         with torch.no_grad():
             scores = naive_response_logps(model, encode_trees(tok, samples, "dmpo", 3))
         chosen, rejected = [], []
-        for t in range(len(samples)):  # per sample: mean over comparisons of the chosen, every rejected in order
+        for t in range(len(samples)):  # per sample: every rejected in order, each next to its comparison's chosen
             mine = [(b, i, scores.summed[n]) for n, (tt, b, i) in enumerate(scores.index) if tt == t]
-            chosen.append(torch.stack([v for _, i, v in mine if i == 0]).mean())
+            own = {b: v for b, i, v in mine if i == 0}
+            chosen.append(torch.stack([own[b] for b, i, _ in mine if i > 0]))
             rejected.append(torch.stack([v for _, i, v in mine if i > 0]))
         torch.testing.assert_close(cached[split][0], torch.stack(chosen), atol=1e-4, rtol=0)
         torch.testing.assert_close(cached[split][1], torch.stack(rejected), atol=1e-4, rtol=0)
-    assert cached["train"][1].shape == (8, 3)
+    assert cached["train"][0].shape == cached["train"][1].shape == (8, 3) and meta["chosen"] == "pairs"
 
 
 def test_adapter_reloads_with_load_model(full_run):
