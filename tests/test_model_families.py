@@ -7,6 +7,7 @@ Gemma model itself needs its converted weights (~75 s and 1.1 GB once per machin
 or PREFREC_TEST_GEMMA=1, and skips otherwise, so a fresh CI clone does not pay for them.
 """
 
+import contextlib
 import copy
 import os
 
@@ -47,7 +48,7 @@ def llama3_tokenizer(embedded_tokenizer):
     return tok
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gemma_tokenizer():
     """Gemma 3 270M's real tokenizer (base model: no chat template)."""
     from transformers import AutoTokenizer
@@ -55,6 +56,17 @@ def gemma_tokenizer():
     from prefrec.model import GEMMA3_270M, offline_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(offline_tokenizer_dir(GEMMA3_270M))
+
+
+@contextlib.contextmanager
+def _template(tok, template):
+    """`tok` with another chat template for the duration (a deepcopy of Gemma's tokenizer takes seconds)."""
+    old = tok.chat_template
+    tok.chat_template = template
+    try:
+        yield tok
+    finally:
+        tok.chat_template = old
 
 
 def _ends(tok, tree):
@@ -88,15 +100,16 @@ def test_end_of_turn_llama3_is_eot_not_eos(llama3_tokenizer):
 
 def test_end_of_turn_gemma(gemma_tokenizer):
     """The base model has no template: its eos <eos> ends a response; with Gemma's template, <end_of_turn>."""
-    tok = copy.deepcopy(gemma_tokenizer)
+    tok = gemma_tokenizer
     assert not tok.chat_template and tok.eos_token == "<eos>"
     assert end_of_turn_id(tok) == tok.eos_token_id
-    tok.chat_template = GEMMA_TEMPLATE
-    eot = tok.convert_tokens_to_ids("<end_of_turn>")
-    assert eot != tok.eos_token_id and end_of_turn_id(tok) == eot
-    tree = encode_texts(tok, "History: A.\n", ["Which?"], [["Alien (1979)"]])
-    assert _ends(tok, tree) == [eot]
-    assert tok.decode(tree.prefix + tree.branches[0].question).endswith("<start_of_turn>model\n")
+    with _template(tok, GEMMA_TEMPLATE):
+        eot = tok.convert_tokens_to_ids("<end_of_turn>")
+        assert eot != tok.eos_token_id and end_of_turn_id(tok) == eot
+        tree = encode_texts(tok, "History: A.\n", ["Which?"], [["Alien (1979)"]])
+        assert _ends(tok, tree) == [eot]
+        assert tok.decode(tree.prefix + tree.branches[0].question).endswith("<start_of_turn>model\n")
+    assert end_of_turn_id(tok) == tok.eos_token_id  # the template is gone again: so is its end of turn
 
 
 def test_template_without_special_end_falls_back_to_eos(embedded_tokenizer):
@@ -251,3 +264,29 @@ def test_fig5_grid_covers_both_offline_models():
         assert sorted((c.method, c.k) for c in mine) == [("dmpo", 1), ("dmpo", 3), ("sft", None), ("zero-shot", None)]
     folders = [c.folder() for c in grid]
     assert len(set(folders)) == len(folders) and any("model-gemma3-270m" in f for f in folders)
+
+
+def test_explain_leaves_gemmas_end_of_turn_out_of_text_means(gemma_tokenizer):
+    """`<end_of_turn>` is a special added token that all_special_ids does not list: explain must still treat it
+    as the end-of-turn token, not as text."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefrec.explain import explain_sample, special_ids
+    from prefrec.samples import Comparison, Sample
+
+    tok = gemma_tokenizer
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    sample = Sample(id="s", task="pairwise", domain="movies", prefix="History: Heat.\n",
+                    comparisons=[Comparison(question="Rank A and B.", chosen="A, B", rejected=["B, A"])])
+    with _template(tok, GEMMA_TEMPLATE):
+        assert eot not in tok.all_special_ids and eot in special_ids(tok)
+        out = explain_sample(model, tok, sample)
+    for resp in out["groups"][0]["responses"]:
+        last = resp["tokens"][-1]
+        assert last["id"] == eot and last["special"]
+        text = [t["p"] for t in resp["tokens"] if not t["special"]]
+        assert resp["mean_p"] == pytest.approx(sum(text) / len(text))
