@@ -284,9 +284,10 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
     model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
-    model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after). samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of
-    Samples. method: default the run's last training stage, "zero-shot" for an untrained model. limit: the first N
-    samples. generate: candidates task only, greedy generation for HR@1/ValidRatio (the slow part).
+    model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after).
+    samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of Samples. method: default the run's
+    last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
+    only, greedy generation for HR@1/ValidRatio (the slow part).
     max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
     Returns the results dict (as written, plus "out": the output folder).
     """
