@@ -154,7 +154,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _prompt_parts(tokenizer, prefix: str, question: str) -> tuple[str, str]:
-    """The final prompt text, split where the shared prefix ends: (template head + prefix, question + template tail)."""
+    """The final prompt text, split where the shared prefix ends: (template head + prefix, question + template tail);
+    without a chat template (prefix, question + PLAIN_ANSWER)."""
     for name, text in (("prefix", prefix), ("question", question)):
         if SENTINEL in text:
             raise UserError(f"prompt {name} contains prefrec's reserved split marker U+E000")
@@ -197,7 +198,7 @@ def end_of_turn_id(tokenizer) -> int | None:
     tokenizer's eos (Gemma's eos is `<eos>`, Llama-3's `<|end_of_text|>`). Without a template, or when the template
     writes no special token there: the tokenizer's eos. None when there is neither.
     """
-    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id)
+    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, len(tokenizer))
     hit = _EOT_CACHE.get(tokenizer)
     if hit is not None and hit[0] == key:
         return hit[1]
