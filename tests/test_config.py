@@ -73,6 +73,8 @@ def test_wrong_type_names_file_and_key_path(tmp_path):
     ("eval_every: -2", "eval_every", "expected a positive number"),
     ("best_metric: auc", "best_metric", "expected one of"),
     ("lora: {dropout: 1.5}", "lora.dropout", "expected a float in [0, 1)"),
+    ("model: {attn_implementation: flash_attention_2}", "model.attn_implementation", "expected one of ['eager', "),
+    ("model: {attn_implementation: fast}", "model.attn_implementation", "got 'fast'"),
 ])
 def test_wrong_values_name_the_key(tmp_path, text, key, expected):
     msg = _error(tmp_path, MINIMAL + text + "\n")

@@ -212,3 +212,23 @@ def test_cli_eval_and_report_on_a_saved_model(tiny_lm, tmp_path):
     assert r.exit_code == 2
     r = runner.invoke(app, ["eval", str(model_dir)])
     assert r.exit_code == 2
+
+
+def test_evaluate_puts_a_model_object_in_eval_mode_and_restores_it(embedded_tokenizer, tmp_path):
+    """With dropout on (train mode), two evaluations of the same model differed; evaluate() now scores in eval mode
+    and gives the model back in the mode it had."""
+    from conftest import make_tiny_lm
+
+    model = make_tiny_lm(embedded_tokenizer, seed=4)
+    model.config.attention_dropout = 0.5
+    for m in model.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    model.train()
+    a = ev.evaluate((model, embedded_tokenizer), pairwise_samples(), out=tmp_path / "a", progress=False)
+    assert model.training
+    b = ev.evaluate((model, embedded_tokenizer), pairwise_samples(), out=tmp_path / "b", progress=False)
+    assert _per_sample(tmp_path / "a") == _per_sample(tmp_path / "b") and a["metrics"] == b["metrics"]
+    model.eval()
+    ev.evaluate((model, embedded_tokenizer), pairwise_samples(), out=tmp_path / "c", progress=False)
+    assert not model.training and _per_sample(tmp_path / "c") == _per_sample(tmp_path / "a")

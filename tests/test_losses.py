@@ -124,3 +124,28 @@ def test_reward_stats():
     s = reward_stats(torch.tensor([1.0, 0.0]), torch.tensor([[0.5, -1.0], [0.5, -1.0]]))
     assert s["rewards/accuracy"] == 0.5
     assert s["rewards/margin"] == pytest.approx(((1 + 0.25) + 0.25) / 2)
+
+
+def test_dpo_with_k_pairs_is_the_mean_of_k_independent_pairwise_losses():
+    """Pairwise samples: comparison i has its own prompt, its own chosen and its own rejected response. DPO with
+    k > 1 is the mean of the k one-pair DPO losses, each chosen paired with its own rejected (not the mean chosen
+    paired with every rejected)."""
+    pc, pr, rc, rr = _inputs(4, 3, seed=7)
+    pc_pairs, rc_pairs = pc[:, None] + torch.tensor([0.0, -3.0, 2.0], dtype=torch.float64), rc[:, None].repeat(1, 3)
+    got, cr, _ = dpo_loss(pc_pairs, pr, rc_pairs, rr, 0.5)
+    singles = torch.stack([dpo_loss(pc_pairs[:, i], pr[:, i], rc_pairs[:, i], rr[:, i], 0.5)[0] for i in range(3)])
+    torch.testing.assert_close(got, singles.mean(dim=0), rtol=1e-12, atol=1e-12)
+    for b in range(4):  # and by hand
+        want = sum(_neg_log_sigmoid(0.5 * ((pc_pairs[b, i] - rc_pairs[b, i]) - (pr[b, i] - rr[b, i])).item())
+                   for i in range(3)) / 3
+        assert got[b].item() == pytest.approx(want, rel=1e-12)
+    torch.testing.assert_close(cr, 0.5 * (pc_pairs - rc_pairs).mean(dim=1))
+    # a chosen column per rejected response changes nothing when all columns are the same
+    same = dpo_loss(pc[:, None].expand(4, 3), pr, rc[:, None].expand(4, 3), rr, 0.5)[0]
+    torch.testing.assert_close(same, dpo_loss(pc, pr, rc, rr, 0.5)[0], rtol=0, atol=0)
+    # DMPO and S-DPO read per-pair chosen log-probs as their mean (DMPO eq. 3's r(y_w|x) over the k prompts)
+    for fn in (dmpo_loss, sdpo_loss):
+        torch.testing.assert_close(fn(pc_pairs, pr, rc_pairs, rr, 0.5)[0],
+                                   fn(pc_pairs.mean(1), pr, rc_pairs.mean(1), rr, 0.5)[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="pair one-to-one"):
+        dpo_loss(pc_pairs[:, :2], pr, rc_pairs[:, :2], rr, 0.5)

@@ -159,3 +159,17 @@ def test_generation_metrics_hand_case():
     assert m == {"hr@1": 0.25, "valid_ratio": 0.5, "n": 4}
     with pytest.raises(ValueError):
         generation_metrics(["x"], [cands], ["Not a candidate"])
+
+
+def test_pairwise_infinite_scores_match_sklearn_on_finite_stand_ins():
+    """A single ±inf score (an impossible ordering) is handled: the AUC equals scikit-learn's on the same case with
+    the infinities replaced by finite values beyond every other score (the AUC depends on the order only)."""
+    inf = np.inf
+    s1 = np.array([0.0, inf, -1.0, -inf, -2.0, -inf])
+    s2 = np.array([1.0, -3.0, -inf, -4.0, -2.0, -inf])  # d = [-1, inf, inf, -inf, 0, tie (inf - inf)]
+    m = pairwise_metrics(s1, s2)
+    d = np.array([-1.0, 1e9, 1e9, -1e9, 0.0, 0.0])
+    want = roc_auc_score(np.r_[np.ones(6), np.zeros(6)], np.r_[d, -d])
+    assert m["auc"] == pytest.approx(want, abs=1e-12)
+    assert m["pairwise_accuracy"] == pytest.approx(2 / 6)
+    assert pairwise_metrics([inf], [0.0])["auc"] == 1.0 and pairwise_metrics([-inf], [0.0])["auc"] == 0.0

@@ -94,3 +94,11 @@ def test_embedded_model_loads_fp32_with_chat_template(embedded_lm):
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert answer.strip()
+
+
+@pytest.mark.parametrize("value", ["flash_attention_2", "flash_attention_3", "flex_attention", "sdpa2"])
+def test_attn_implementation_without_4d_mask_support_is_rejected(value):
+    """The packed scorer's 4D mask is honoured by eager and sdpa only: anything else is one clear error, raised
+    before any model is loaded."""
+    with pytest.raises(UserError, match=rf"attn_implementation '{value}': expected one of \['eager', 'sdpa'\]"):
+        load_model("embedded", attn_implementation=value, device="cpu")

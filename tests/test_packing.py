@@ -22,6 +22,7 @@ from conftest import make_tiny_lm
 from prefrec.losses import dmpo_loss
 from prefrec.model import add_lora
 from prefrec.packing import (
+    PLAIN_ANSWER,
     SENTINEL,
     Branch,
     Scores,
@@ -256,6 +257,11 @@ def test_nested_and_chosen_rejected():
     assert [[x.tolist() for x in t] for t in nested] == [[[0, 1], [2, 3]], [[4, 5, 6]]]
     chosen, rejected = s.chosen_rejected()
     assert chosen.tolist() == [1.0, 4.0] and rejected.tolist() == [[1.0, 3.0], [5.0, 6.0]]
+    # pairs: each rejected response next to the chosen of its own branch (DPO's pairs); SFT trees keep (B,)
+    chosen, rejected = s.chosen_rejected(pairs=True)
+    assert chosen.tolist() == [[0.0, 2.0], [4.0, 4.0]] and rejected.tolist() == [[1.0, 3.0], [5.0, 6.0]]
+    sft = Scores(summed=torch.arange(3.0), token_logps=None, index=[(0, 0, 0), (0, 1, 0), (1, 0, 0)])
+    assert sft.chosen_rejected(pairs=True)[0].tolist() == [0.5, 2.0]
 
 
 @pytest.mark.parametrize("budget", [10_000, 60])
@@ -303,7 +309,10 @@ def test_encode_texts_without_chat_template(tok):
     plain = copy.deepcopy(tok)
     plain.chat_template = None
     tree = encode_texts(plain, "History: A, B.\n", ["Next?"], [["C", "D"]])
-    assert plain.decode(tree.prefix) == "History: A, B.\n" and plain.decode(tree.branches[0].question) == "Next?"
+    assert plain.decode(tree.prefix) == "History: A, B.\n"
+    # base models: a separator before the answer, so the response's first token never merges with the prompt's
+    assert plain.decode(tree.branches[0].question) == "Next?" + PLAIN_ANSWER == "Next?\n\nAnswer:\n"
+    assert [plain.decode(r) for r in tree.branches[0].responses] == ["C" + plain.eos_token, "D" + plain.eos_token]
 
 
 def test_template_that_renders_the_prefix_per_question_shares_nothing(tok):

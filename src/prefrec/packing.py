@@ -44,6 +44,8 @@ tuning, which add virtual tokens in PeftModel.forward) are not supported.
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -55,6 +57,10 @@ from prefrec.errors import UserError
 # A private-use character pair: never in real prompt text, untouched by chat templates; marks where the shared
 # prefix ends inside the templated user message.
 SENTINEL = "\ue000prefrec-split\ue000"
+# Prompt format of a model without a chat template (base models): prefix + question + PLAIN_ANSWER + response + eos.
+# The newline at its end keeps the first response token from merging with the prompt's last one, and a response
+# starts as text starts after a line break (no leading space), whichever tokenizer.
+PLAIN_ANSWER = "\n\nAnswer:\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,19 +115,23 @@ class Scores:
             start = stop
         return out
 
-    def chosen_rejected(self) -> tuple[Tensor, Tensor]:
-        """Split into the losses' inputs, one row per tree: chosen (B,), rejected (B, k).
+    def chosen_rejected(self, pairs: bool = False) -> tuple[Tensor, Tensor]:
+        """Split into the losses' inputs, one row per tree: chosen (B,) [or (B, k) with pairs], rejected (B, k).
 
         Convention of `encode_sample(which="all")`: response 0 of every branch is chosen, the others rejected.
         chosen_b = mean over branches of the branch's chosen log-prob (one branch: just the chosen; pairwise task:
         the k orderings "positive, negative_i" each have their own prompt, and a mean of log-probs gives the mean of
         their rewards, since the reward is linear); rejected_b = every other response, in order. Every tree must
-        have the same k.
+        have the same k. pairs=True: chosen[b, i] = the chosen log-prob of the branch rejected i belongs to (its own
+        prompt's chosen, what DPO pairs it with); trees without rejected responses keep chosen (B,).
         """
         chosen, rejected = [], []
         for branches in self.nested():
-            chosen.append(torch.stack([b[0] for b in branches]).mean())
             rejected.append(torch.cat([b[1:] for b in branches]))
+            if pairs and rejected[-1].numel():
+                chosen.append(torch.cat([b[:1].expand(len(b) - 1) for b in branches]))
+            else:
+                chosen.append(torch.stack([b[0] for b in branches]).mean())
         ks = {r.numel() for r in rejected}
         if len(ks) != 1:
             raise ValueError(f"trees have different numbers of rejected responses: {sorted(ks)}")
@@ -144,7 +154,8 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _prompt_parts(tokenizer, prefix: str, question: str) -> tuple[str, str]:
-    """The final prompt text, split where the shared prefix ends: (template head + prefix, question + template tail)."""
+    """The final prompt text, split where the shared prefix ends: (template head + prefix, question + template tail);
+    without a chat template (prefix, question + PLAIN_ANSWER)."""
     for name, text in (("prefix", prefix), ("question", question)):
         if SENTINEL in text:
             raise UserError(f"prompt {name} contains prefrec's reserved split marker U+E000")
@@ -155,14 +166,90 @@ def _prompt_parts(tokenizer, prefix: str, question: str) -> tuple[str, str]:
             raise ValueError("the chat template did not keep the user message intact; cannot split the prompt")
         head, tail = text.split(SENTINEL)
         return head, tail
-    return prefix, question
+    return prefix, question + PLAIN_ANSWER
+
+
+def _template_end_of_turn(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant message's content, or None."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                              {"role": "assistant", "content": SENTINEL}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that rejects this conversation tells us nothing
+        return None
+    if not isinstance(text, str) or text.count(SENTINEL) != 1:
+        return None
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for i in _encode(tokenizer, text.split(SENTINEL)[1]):
+        if i in special:
+            return int(i)
+        if tokenizer.decode([i]).strip():  # plain text before any special token: the template has no end marker
+            return None
+    return None
+
+
+_EOT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends a response, in training, scoring and generation alike (the one rule for it).
+
+    With a chat template: the special token the template puts after an assistant message (`<|im_end|>` for ChatML
+    models such as SmolLM2, `<end_of_turn>` for Gemma, `<|eot_id|>` for Llama-3), which is often not the
+    tokenizer's eos (Gemma's eos is `<eos>`, Llama-3's `<|end_of_text|>`). Without a template, or when the template
+    writes no special token there: the tokenizer's eos. None when there is neither.
+    """
+    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, len(tokenizer))
+    hit = _EOT_CACHE.get(tokenizer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    eot = _template_end_of_turn(tokenizer) if key[0] else None
+    if eot is None and tokenizer.eos_token_id is not None:
+        eot = int(tokenizer.eos_token_id)
+    _EOT_CACHE[tokenizer] = (key, eot)
+    return eot
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end greedy generation: the end of turn first, then the tokenizer's and the model's
+    generation-config eos ids (a model that writes eos instead has ended its answer too)."""
+    ids = [end_of_turn_id(tokenizer), tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def prompt_format(tokenizer) -> dict:
+    """How prompts and responses are laid out for this tokenizer (recorded in run.json as prompt_format):
+    kind "chat-template" (the tokenizer's template, its sha256) or "plain" (PLAIN_ANSWER), and the end-of-turn
+    token."""
+    template = getattr(tokenizer, "chat_template", None)
+    eot = end_of_turn_id(tokenizer)
+    out = {"kind": "chat-template" if template else "plain",
+           "end_of_turn": tokenizer.convert_ids_to_tokens(eot) if eot is not None else None}
+    if template:
+        out["chat_template_sha256"] = hashlib.sha256(str(template).encode("utf-8")).hexdigest()
+    else:
+        out["answer_separator"] = PLAIN_ANSWER
+    return out
+
+
+def check_prompt_format(tokenizer, recorded: dict, where: str) -> None:
+    """UserError when `tokenizer` would lay prompts out differently (kind or end-of-turn token) from `recorded`."""
+    now = prompt_format(tokenizer)
+    keys = ("kind", "end_of_turn", "answer_separator")
+    if any(recorded.get(k) != now.get(k) for k in keys):
+        raise UserError(f"{where}: prompt_format {({k: recorded.get(k) for k in keys})} was used in training, but "
+                        f"the base model's tokenizer now gives {({k: now.get(k) for k in keys})}; evaluate with the "
+                        f"tokenizer the run was trained with")
 
 
 def _response_ids(tokenizer, text: str) -> list[int]:
-    """Response tokens = the text's tokens + the end-of-turn token (the tokenizer's eos, `<|im_end|>` for SmolLM2)."""
+    """Response tokens = the text's tokens + the end-of-turn token (`end_of_turn_id`)."""
     ids = _encode(tokenizer, text)
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
+    eot = end_of_turn_id(tokenizer)
+    if eot is not None:
+        ids.append(eot)
     if not ids:
         raise UserError("empty response text (and the tokenizer has no end-of-turn token)")
     return ids
@@ -172,8 +259,9 @@ def encode_texts(tokenizer, prefix: str, questions: Sequence[str], responses: Se
     """Tree for prompts `prefix + questions[i]` (each as one user message through the chat template, with the
     generation prompt) and their `responses[i]`. The template text is split at the end of `prefix`, each part
     tokenised with add_special_tokens=False, so prefix tokens are shared and the naive path sees the very same ids
-    (prefix + question + response). Without a chat template the plain text is used, after the tokenizer's own
-    leading special tokens (BOS) if it adds any."""
+    (prefix + question + response). Without a chat template (base models) the prompt is the plain text
+    prefix + question + PLAIN_ANSWER, after the tokenizer's own leading special tokens (BOS) if it adds any. Every
+    response ends with `end_of_turn_id(tokenizer)`."""
     if len(questions) != len(responses):
         raise ValueError(f"{len(questions)} questions but {len(responses)} response lists")
     parts = [_prompt_parts(tokenizer, prefix, q) for q in questions]

@@ -12,11 +12,13 @@ The recipe, top to bottom (docs/train.md says the same for users):
     RUN/adapter/     the final adapter; RUN/run.json, RUN/metrics.jsonl, RUN/checkpoints/step-N/, RUN/best/
 
 One sample -> the losses' inputs (the shapes of prefrec.losses):
-    chosen   (B,)    mean over the sample's comparisons of logp(chosen_j | x_j)   (one comparison: just the chosen)
+    chosen   (B, k)  column i: logp(chosen_j | x_j) of the comparison j that rejected response i belongs to
+                     (pairwise: comparison i's own chosen; candidates: the one chosen, repeated)
     rejected (B, k)  every rejected response in order (pairwise: one per comparison, each with its own prompt x_j;
                      candidates: the k rejected titles of the one prompt)
-Because the reward is linear in the log-probs, the mean of the k chosen log-probs gives the mean of the k chosen
-rewards: this is how DMPO eq. 3's r(y_w|x) is formed when every negative comes with its own prompt.
+DPO pairs column i with rejected i (k independent pairwise losses). DMPO and S-DPO use the mean of the chosen
+columns: because the reward is linear in the log-probs, that is the mean of the k chosen rewards, which is how
+DMPO eq. 3's r(y_w|x) is formed when every negative comes with its own prompt.
 
 Batches, distribution and determinism:
     global batch G = batch_size x grad_accum x processes. Each epoch visits the training samples in an order drawn
@@ -54,7 +56,7 @@ import torch
 from prefrec.config import ALIGNMENT_KINDS, TrainConfig, config_to_dict, dump_config
 from prefrec.errors import UserError
 from prefrec.losses import PREFERENCE_LOSSES, ftx_term, reward_stats, sft_loss
-from prefrec.packing import Tree, encode_sample, response_logps
+from prefrec.packing import Tree, encode_sample, prompt_format, response_logps
 from prefrec.samples import Comparison, Sample, read_jsonl, write_json_atomic
 
 REF_CACHE = "ref_logps.safetensors"
@@ -159,9 +161,10 @@ class TreeScorer(torch.nn.Module):
 
 
 def tree_terms(scores, n_trees: int) -> dict:
-    """Per-tree tensors from Scores: chosen (B,) and rejected (B, k) summed log-probs (graph kept), the chosen
-    responses' token log-probs concatenated per tree (list of B tensors), and their NLL sum and count (B,)."""
-    chosen, rejected = scores.chosen_rejected()
+    """Per-tree tensors from Scores: chosen (B, k) [(B,) without rejected responses] and rejected (B, k) summed
+    log-probs (graph kept; chosen[:, i] is the chosen of rejected i's own comparison), the chosen responses' token
+    log-probs concatenated per tree (list of B tensors), and their NLL sum and count (B,)."""
+    chosen, rejected = scores.chosen_rejected(pairs=True)
     per_tree: list[list[torch.Tensor]] = [[] for _ in range(n_trees)]
     for n, (t, _b, i) in enumerate(scores.index):
         if i == 0:
@@ -281,8 +284,8 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            ok = meta.get("k") == str(k) and all(json.loads(meta.get(f"{s}.ids", "null")) == ids
-                                                 for s, (ids, _) in splits.items())
+            ok = meta.get("k") == str(k) and meta.get("chosen") == "pairs" and \
+                all(json.loads(meta.get(f"{s}.ids", "null")) == ids for s, (ids, _) in splits.items())
             if ok:
                 return {s: (f.get_tensor(f"{s}.chosen"), f.get_tensor(f"{s}.rejected")) for s in splits}
     if must_exist:
@@ -290,7 +293,7 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
                         f"alignment stage cannot be resumed (its reference, the model before the stage, is gone)")
     was_training = model.training
     model.eval()
-    tensors, meta = {}, {"k": str(k)}
+    tensors, meta = {}, {"k": str(k), "chosen": "pairs"}  # chosen (n, k): one per rejected, as tree_terms
     for s, (ids, trees) in splits.items():
         if not trees:
             continue
@@ -769,7 +772,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 "timings": {key: round(v, 2) for key, v in timings.items()},
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": resumes,
                 "num_processes": W, "stage_info": stage_info, "best": best,
-                "final_valid": final_valid, **provenance()}
+                "final_valid": final_valid, "prompt_format": prompt_format(tokenizer), **provenance()}
         write_json_atomic(run / "run.json", info)
         write_card(run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     log.close()
