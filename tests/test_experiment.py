@@ -163,3 +163,25 @@ def test_only_combines_methods_and_datasets(tmp_path, tiny_setup):
     assert {c.dataset for c in select(grid, ["sft", "zero-shot"])} == {"tiny-ml", "other"}
     with pytest.raises(UserError, match="--only 'sdpo': not a method or dataset label"):
         select(grid, ["sdpo"])
+
+
+def test_dataset_methods_may_grow_between_runs(tmp_path, tiny_setup):
+    from prefrec.experiment import _check_settings
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "sft", "popularity"])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"][0]["methods"] = ["zero-shot"]
+    path.write_text(yaml.safe_dump(raw))
+    record = tmp_path / "settings.json"
+    _check_settings(load_experiment(path), record)
+    old = json.loads(record.read_text())
+    old["datasets"]["tiny-ml"]["methods"] = ["zero-shot"]  # as written by an earlier prefrec
+    record.write_text(json.dumps(old))
+    raw["datasets"][0]["methods"] = ["zero-shot", "sft"]
+    path.write_text(yaml.safe_dump(raw))
+    _check_settings(load_experiment(path), record)  # no error: a grid axis grew
+    raw["datasets"][0]["prepare"]["n_train"] = 5
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="different settings"):
+        _check_settings(load_experiment(path), record)
