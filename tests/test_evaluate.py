@@ -232,3 +232,24 @@ def test_evaluate_puts_a_model_object_in_eval_mode_and_restores_it(embedded_toke
     model.eval()
     ev.evaluate((model, embedded_tokenizer), pairwise_samples(), out=tmp_path / "c", progress=False)
     assert not model.training and _per_sample(tmp_path / "c") == _per_sample(tmp_path / "a")
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_plain_format_answer_is_its_first_line(tiny_lm, monkeypatch, plain):
+    """A base model (plain prompt format) runs on past its answer ("Alien (1979)\\n\\"Heat (1995)\\"..."): its
+    answer is the first line. A chat model's answer ends at its end-of-turn token and is kept whole."""
+    import copy
+
+    model, tok = tiny_lm
+    tok = copy.deepcopy(tok)
+    if plain:
+        tok.chat_template = None
+    text = 'Alien (1979)\n"Heat (1995)", "Fargo (1996)"'
+    new = tok(text, add_special_tokens=False)["input_ids"]
+
+    def fake_generate(input_ids, **kw):
+        return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    (answer,) = ev.generate_answers(model, tok, candidate_samples()[:1], progress=False)
+    assert answer == ("Alien (1979)" if plain else text)

@@ -132,7 +132,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                      progress: bool = True) -> list[str]:
     """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
     with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
-    token (prefrec.packing.stop_token_ids)."""
+    token (prefrec.packing.stop_token_ids). In the plain format (base models) the answer is its first line: an
+    untuned base model rarely emits eos and runs on into more titles, while every trained response is one line."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
@@ -142,6 +143,7 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                            eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
     device = next(model.parameters()).device
+    first_line = prompt_format(tokenizer)["kind"] == "plain"
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
     with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="sample",
@@ -156,7 +158,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                 mask[r, L - len(prompts[i]):] = 1
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
             for r, i in enumerate(idx):
-                answers[i] = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
+                text = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
+                answers[i] = text.split("\n", 1)[0].strip() if first_line else text
             bar.update(len(idx))
     return answers
 
