@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,12 +32,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from prefrec import io
 from prefrec.errors import UserError
 from prefrec.matching import match
 from prefrec.metrics import generation_metrics, pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
-from prefrec.samples import Sample, read_jsonl, write_json_atomic
+from prefrec.samples import Sample, read_jsonl
 
 
 # ---- inputs ----
@@ -244,20 +244,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _in_eval_mode(fn):
     """Run `fn(model_or_run, ...)` with an already loaded model in eval mode (dropout off: scores must not depend on
     the caller's mode), and give the model its previous train/eval mode back afterwards, even on an error."""
@@ -391,6 +377,6 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "timing": timing,
         **provenance(),
     }
-    _write_jsonl_atomic(out / "per_sample.jsonl", rows)
-    write_json_atomic(out / "results.json", results)
+    io.write_jsonl(out / "per_sample.jsonl", rows)
+    io.write_json(out / "results.json", results)
     return {**results, "out": str(out)}

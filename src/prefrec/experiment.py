@@ -252,7 +252,8 @@ def _shared_path(p: str) -> Path:
 def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
     """Import peer prompt files (one per split) into a prepared folder; the same for every seed (fixed files)."""
     from prefrec.data.importers import import_file
-    from prefrec.samples import write_json_atomic, write_jsonl
+    from prefrec import io
+    from prefrec.samples import write_jsonl
 
     folder = Path(cfg.output_dir) / "data" / f"{ds.label}-imported"
     if (folder / "stats.json").exists():
@@ -266,7 +267,7 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
         write_jsonl(folder / f"{split}.jsonl", samples)
         stats["imported"][split] = str(file)
         stats["split_sizes"][split] = len(samples)
-    write_json_atomic(folder / "stats.json", stats)
+    io.write_json(folder / "stats.json", stats)
     return folder
 
 
@@ -352,9 +353,9 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
     if cell.method in LLM_METHODS and cell.model != "embedded":
         res["base_model"] = cell.model
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
-    write_json_atomic(out / "results.json", res)
+    io.write_json(out / "results.json", res)
     # the eval folder keeps its own copy for per-sample bootstrap; drop its results.json so the report counts once
     inner = out / "eval" / "results.json"
     if inner.exists():
@@ -391,9 +392,9 @@ def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
                             f"folder (--set output_dir=...) or delete {record.parent}")
         now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
-    write_json_atomic(record, now)
+    io.write_json(record, now)
 
 
 def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
@@ -461,14 +462,14 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if not report:
         return None
     from prefrec.report import make_report
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
     done = [c for c in grid if (root / c.folder() / "results.json").exists()]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []])
     seconds = _cell_seconds(log_path)
-    write_json_atomic(Path(cfg.report_dir) / "experiment.json",
+    io.write_json(Path(cfg.report_dir) / "experiment.json",
                       {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
                        "command": command, "cells": [c.folder() for c in done],
                        "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -39,10 +38,10 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from prefrec import io
 from prefrec.errors import UserError
 from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.provenance import provenance
-from prefrec.samples import write_json_atomic
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
 # metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
@@ -355,15 +354,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io.write_figure(fig, path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -646,10 +637,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
-    write_json_atomic(out_dir / "results.json", summary)
+    io.write_json(out_dir / "results.json", summary)
     md_path = out_dir / "results.md"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(md).rstrip() + "\n")
-    os.replace(tmp, md_path)
+    io.write_text(md_path, "\n".join(md).rstrip() + "\n")
     return md_path

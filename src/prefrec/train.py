@@ -53,11 +53,12 @@ from pathlib import Path
 
 import torch
 
+from prefrec import io
 from prefrec.config import ALIGNMENT_KINDS, TrainConfig, config_to_dict, dump_config
 from prefrec.errors import UserError
 from prefrec.losses import PREFERENCE_LOSSES, ftx_term, reward_stats, sft_loss
 from prefrec.packing import Tree, encode_sample, prompt_format, response_logps
-from prefrec.samples import Comparison, Sample, read_jsonl, write_json_atomic
+from prefrec.samples import Comparison, Sample, read_jsonl
 
 REF_CACHE = "ref_logps.safetensors"
 
@@ -303,9 +304,8 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
         meta[f"{s}.ids"] = json.dumps(ids)
     model.train(was_training)
     if acc.is_main_process:
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with io.atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
     acc.wait_for_everyone()
     # read back what was written, so a resumed run and this one use the very same numbers
     return {s: (tensors[f"{s}.chosen"], tensors[f"{s}.rejected"]) for s in splits if f"{s}.chosen" in tensors}
@@ -365,7 +365,7 @@ def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> No
     if acc.is_main_process:
         acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
                                                       state_dict=weights, save_embedding_layers=False)
-        write_json_atomic(tmp / "trainer_state.json", state)
+        io.write_json(tmp / "trainer_state.json", state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run)[:-keep_last]:
@@ -453,9 +453,7 @@ class MetricsLog:
                         rows.append(line)
                 except (json.JSONDecodeError, KeyError, TypeError):
                     pass  # a line cut short by the kill
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-            os.replace(tmp, self.path)
+            io.write_lines(self.path, (r + "\n" for r in rows))
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
@@ -566,9 +564,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
 
     if main:
         run.mkdir(parents=True, exist_ok=True)
-        tmp = run / ".config.yaml.tmp"
-        tmp.write_text(dump_config(cfg), encoding="utf-8")
-        os.replace(tmp, run / "config.yaml")
+        io.write_text(run / "config.yaml", dump_config(cfg))
     # resuming drops metrics rows after the checkpoint (all of them when there is none)
     if trackers:  # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
         acc.init_trackers("prefrec", config=flat_config(cfg),
@@ -753,7 +749,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                         weights = adapter_state(acc, prepared)
                         if main:
                             save_adapter(acc.unwrap_model(prepared).lm, run / "best", weights)
-                            write_json_atomic(run / "best" / "best.json", best)
+                            io.write_json(run / "best" / "best.json", best)
             timings[kind] = timings.get(kind, 0.0) + time.time() - t1
             if last or (cfg.save_every and stage_step % cfg.save_every == 0):
                 checkpoint(done=last)
@@ -773,7 +769,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": resumes,
                 "num_processes": W, "stage_info": stage_info, "best": best,
                 "final_valid": final_valid, "prompt_format": prompt_format(tokenizer), **provenance()}
-        write_json_atomic(run / "run.json", info)
+        io.write_json(run / "run.json", info)
         write_card(run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     log.close()
     acc.wait_for_everyone()

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prefrec import metrics
+from prefrec import io, metrics
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
@@ -33,7 +30,6 @@ from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
-from prefrec.samples import write_json_atomic
 
 BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf")
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
@@ -193,20 +189,6 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "results.json", result)
-        _write_jsonl_atomic(out / "per_sample.jsonl", rows)
+        io.write_json(out / "results.json", result)
+        io.write_jsonl(out / "per_sample.jsonl", rows, ensure_ascii=True)
     return {**result, "scores": scores}
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """One JSON object per line, written to a temp file and renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
