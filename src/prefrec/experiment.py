@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from prefrec import methods
 from prefrec.errors import UserError
 
-LLM_METHODS = ("zero-shot", "sft", "dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
 
 
 @dataclass
@@ -151,8 +151,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     from prefrec.baselines.run import BASELINES
 
     for m in raw["methods"]:
-        if m not in LLM_METHODS and m not in BASELINES:
-            raise UserError(f"{path}: methods: {m!r} is not one of {list(LLM_METHODS) + list(BASELINES)}")
+        if m not in methods.llm_methods() and m not in BASELINES:
+            raise UserError(f"{path}: methods: {m!r} is not one of {list(methods.llm_methods()) + list(BASELINES)}")
     rest = {k: v for k, v in raw.items() if k != "datasets"}
     cfg = ExperimentConfig(datasets=datasets, **rest)
     cfg.output_dir = cfg.output_dir or f"experiments/{cfg.name}"
@@ -178,7 +178,7 @@ class Cell:
         parts = [self.method]
         if self.regime:
             parts.append(self.regime)
-        if self.model != "embedded" and self.method in LLM_METHODS:
+        if self.model != "embedded" and self.method in methods.llm_methods():
             parts.append("model-" + Path(self.model).name)
         if self.k is not None:
             parts.append(f"k{self.k}")
@@ -198,13 +198,12 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
             cfg.seeds):
         if ds.methods is not None and method not in ds.methods:
             continue
-        aligned = method in ("dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
-        trained = method in LLM_METHODS and method != "zero-shot"
-        cell_k = (1 if method == "dpo" else k) if aligned else None
-        regimes = cfg.regimes if method not in LLM_METHODS else [None]
+        aligned = methods.method_is_aligned(method)
+        trained = method in methods.llm_methods() and method != methods.ZERO_SHOT
+        regimes = cfg.regimes if method not in methods.llm_methods() else [None]
         for regime in regimes:
-            out.append(Cell(dataset=ds.label, method=method, model=model if method in LLM_METHODS else "-",
-                            k=cell_k, shots=shots if (trained or regime == "few-shot") else None,
+            out.append(Cell(dataset=ds.label, method=method, model=model if method in methods.llm_methods() else "-",
+                            k=methods.cell_k(method, k), shots=shots if (trained or regime == "few-shot") else None,
                             beta=beta if aligned else None, seed=seed, regime=regime))
     return list(dict.fromkeys(out))
 
@@ -303,8 +302,8 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
 
     root = Path(cfg.output_dir) / "cells"
     run_dir = out / "run"
-    if cell.method == "sft" or cell.method.endswith("-only"):
-        kinds = ["sft"] if cell.method == "sft" else [cell.method.replace("-only", "")]
+    kinds, after_sft = methods.method_stages(cell.method)
+    if not after_sft:
         train(_train_config(cfg, cell, train_dir, run_dir, kinds, cell.model), resume=True)
         return run_dir
     sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
@@ -312,7 +311,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_run = root / sft_cell.folder() / "run"
     if not _is_complete_run(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
-    train(_train_config(cfg, cell, train_dir, run_dir, [cell.method], str(sft_run)), resume=True)
+    train(_train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run)), resume=True)
     return run_dir
 
 
@@ -327,7 +326,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         train_dir = _prepared_dir(cfg, source, cell.seed, cell.k)
     else:
         train_dir = data_dir
-    if cell.method in LLM_METHODS:
+    if cell.method in methods.llm_methods():
         from prefrec.evaluate import evaluate
 
         model = cell.model
@@ -351,7 +350,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     res = {k: v for k, v in res.items() if k != "out"}
     res.update({"dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "k": cell.k, "shots": cell.shots,
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
-    if cell.method in LLM_METHODS and cell.model != "embedded":
+    if cell.method in methods.llm_methods() and cell.model != "embedded":
         res["base_model"] = cell.model
     from prefrec import io
 

@@ -38,7 +38,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from prefrec import io
+from prefrec import io, methods
 from prefrec.errors import UserError
 from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.provenance import provenance
@@ -495,14 +495,16 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
-# Table rows: LLM methods in the order of the papers' tables, then the traditional baselines, few-shot before full
-_METHOD_ORDER = ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo", "popularity", "liked-share", "bpr", "sasrec",
-                 "gru4rec", "bert4rec", "caser", "stamp", "core", "gcsan", "shan", "cmf"]
+# Table rows: LLM methods in the order of the papers' tables (prefrec.methods), then the traditional baselines,
+# few-shot before full
+_BASELINE_ORDER = ["popularity", "liked-share", "bpr", "sasrec", "gru4rec", "bert4rec", "caser", "stamp", "core",
+                   "gcsan", "shan", "cmf"]
 
 
 def _row_order(g: dict) -> tuple:
     m = str(g.get("method"))
-    rank = _METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER)
+    order = [*methods.table_order(), *_BASELINE_ORDER]  # read now: a loss registered after import has its place
+    rank = order.index(m) if m in order else len(order)
     regime = {"few-shot": 0, "full": 1}.get(g.get("regime"), -1)
     return (rank, m, str(g.get("base_model") or ""), regime,
             *((g.get(k) is not None, g.get(k) or 0) for k in ("k", "shots", "beta")))

@@ -53,10 +53,10 @@ from pathlib import Path
 
 import torch
 
-from prefrec import io
-from prefrec.config import ALIGNMENT_KINDS, TrainConfig, config_to_dict, dump_config
+from prefrec import io, methods
+from prefrec.config import TrainConfig, config_to_dict, dump_config
 from prefrec.errors import UserError
-from prefrec.losses import PREFERENCE_LOSSES, ftx_term, reward_stats, sft_loss
+from prefrec.losses import ftx_term, reward_stats, sft_loss
 from prefrec.packing import Tree, encode_sample, prompt_format, response_logps
 from prefrec.samples import Comparison, Sample, read_jsonl
 
@@ -115,8 +115,8 @@ def with_k_negatives(sample: Sample, k: int) -> Sample:
 
 
 def stage_k(kind: str, k: int | None, samples: list[Sample], where: str) -> int | None:
-    """Negatives per sample for a stage: the configured k (every sample must have that many), else dpo 1, sft all
-    (None), dmpo/sdpo all the data has (must be the same for every sample)."""
+    """Negatives per sample for a stage: the configured k (every sample must have that many), else the stage kind's
+    default_k (methods.STAGES: dpo 1, sft all (None), dmpo/sdpo all the data has, the same for every sample)."""
     counts = [n_negatives(s) for s in samples]
     if k is not None:
         short = [(s.id, c) for s, c in zip(samples, counts) if c < k]
@@ -124,10 +124,9 @@ def stage_k(kind: str, k: int | None, samples: list[Sample], where: str) -> int 
             raise UserError(f"{where}: k={k} but sample {short[0][0]!r} has only {short[0][1]} negative(s) "
                             f"({len(short)} such samples)")
         return k
-    if kind == "sft":
-        return None
-    if kind == "dpo":
-        return 1
+    default = methods.stage(kind).default_k
+    if default != "data":
+        return default
     if len(set(counts)) > 1:
         raise UserError(f"{where}: samples have different numbers of negatives ({sorted(set(counts))}); set k in "
                         f"the {kind} stage")
@@ -253,7 +252,7 @@ def score_split(acc, model, trees: list[Tree], chunk: int, desc: str, progress: 
 def alignment_metrics(kind: str, beta: float, ftx: float, chosen, rejected, ref_chosen, ref_rejected,
                       nll_sum, n_tokens) -> dict[str, float]:
     """Mean loss and reward statistics of a set of samples (all inputs detached, one row per sample)."""
-    losses, cr, rr = PREFERENCE_LOSSES[kind](chosen, rejected, ref_chosen, ref_rejected, beta)
+    losses, cr, rr = methods.stage(kind).loss_fn()(chosen, rejected, ref_chosen, ref_rejected, beta)
     if ftx:
         losses = losses + ftx * nll_sum / n_tokens
     return row_metrics(losses, cr, rr, chosen, rejected)
@@ -597,7 +596,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     resumes = state.get("resumes", 0) + 1 if state else 0
     last_kind = cfg.stages[-1].kind
     best_metric = cfg.best_metric if cfg.best_metric != "auto" else \
-        ("reward_accuracy" if last_kind in ALIGNMENT_KINDS else "loss")
+        ("reward_accuracy" if methods.is_aligned(last_kind) else "loss")
     best_sign = -1.0 if best_metric == "loss" else 1.0
     prepared = None
     rng_restored = False
@@ -636,7 +635,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
         prepared, optimizer, scheduler = acc.prepare(scorer, optimizer, scheduler)
 
         ref = None
-        if kind in ALIGNMENT_KINDS:
+        if methods.is_aligned(kind):
             t0 = time.time()
             splits = {"train": ([s.id for s in train_samples], train_trees)}
             if valid_trees:
@@ -701,7 +700,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
                     else:
                         ref_c, ref_r = ref["train"]
                         sel = torch.tensor(idx)
-                        losses, cr, rr = PREFERENCE_LOSSES[kind](terms["chosen"], terms["rejected"],
+                        losses, cr, rr = methods.stage(kind).loss_fn()(terms["chosen"], terms["rejected"],
                                                                  ref_c[sel].to(acc.device), ref_r[sel].to(acc.device),
                                                                  stage.beta)
                         if stage.ftx:
