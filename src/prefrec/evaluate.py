@@ -32,10 +32,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from prefrec import io
+from prefrec import io, tasks
 from prefrec.errors import UserError
 from prefrec.matching import match
-from prefrec.metrics import generation_metrics, pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.metrics import generation_metrics
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
 from prefrec.samples import Sample, read_jsonl
@@ -315,10 +315,8 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     timing: dict = {"load_s": t_loaded - t0}
     if task == "pairwise":
         rows = score_pairwise(model, tokenizer, samples, **kw)
-        s1 = np.concatenate([r["s_first"] for r in rows])
-        s2 = np.concatenate([r["s_second"] for r in rows])
-        metrics = pairwise_metrics(s1, s2)
-        metrics["ties"] = int(np.sum(s1 == s2))
+        metrics = tasks.task("pairwise").metrics(rows)
+        metrics["ties"] = int(sum(np.sum(np.asarray(r["s_first"]) == np.asarray(r["s_second"])) for r in rows))
         timing["score_s"] = time.perf_counter() - t_loaded
     elif task == "candidates":
         rows = score_candidates(model, tokenizer, samples, **kw)
@@ -336,21 +334,10 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
                 j, rule = match(a, c)
                 r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
                           "hit": j is not None and j == r["target_index"]})
-        # ranking rows can differ in length when samples have different candidate counts: rank row by row
-        for prefix, key in (("rank_", "rank_scores"), ("rank_norm_", "rank_norm_scores")):
-            sizes = {len(r[key]) for r in rows}
-            parts = []
-            for size in sorted(sizes):
-                sel = [r for r in rows if len(r[key]) == size]
-                m = ranking_metrics(np.array([r[key] for r in sel]), np.array([r["target_index"] for r in sel]))
-                parts.append((m, len(sel)))
-            for name in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr"):
-                metrics[prefix + name] = float(sum(m[name] * n for m, n in parts) / len(rows))
-        metrics["n"] = len(rows)
-        metrics["n_candidates"] = int(np.mean([len(r["rank_scores"]) for r in rows]))
+        metrics.update(tasks.task("candidates").metrics(rows))
     else:
         rows = score_yesno(model, tokenizer, samples, **kw)
-        metrics = yesno_metrics([r["p_yes"] for r in rows], [r["label"] for r in rows])
+        metrics = tasks.task("yesno").metrics(rows)
         timing["score_s"] = time.perf_counter() - t_loaded
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)

@@ -38,9 +38,8 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from prefrec import io, methods
+from prefrec import io, methods, tasks
 from prefrec.errors import UserError
-from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.provenance import provenance
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
@@ -190,42 +189,8 @@ def read_per_sample(path: Path) -> list[dict]:
     return rows
 
 
-def _as_list(v) -> list[float]:
-    return [float(x) for x in v] if isinstance(v, list) else [float(v)]
-
-
-def metric_functions(rows: list[dict]):
-    """(name, fn(indices) -> dict of metrics) for each metric family the per-sample rows support."""
-    if not rows:
-        return []
-    fields = set(rows[0])
-    fams = []
-    if {"s_first", "s_second"} <= fields:
-        s1 = [np.array(_as_list(r["s_first"])) for r in rows]
-        s2 = [np.array(_as_list(r["s_second"])) for r in rows]
-        if all(a.size == 1 for a in s1):  # one comparison per sample: plain indexing, much faster
-            f1, f2 = np.concatenate(s1), np.concatenate(s2)
-            fams.append(lambda idx: pairwise_metrics(f1[idx], f2[idx]))
-        else:  # a sample's comparisons stay together in a resample
-            fams.append(lambda idx: pairwise_metrics(np.concatenate([s1[i] for i in idx]),
-                                                     np.concatenate([s2[i] for i in idx])))
-    if {"p_yes", "label"} <= fields:
-        p = np.array([float(r["p_yes"]) for r in rows])
-        y = np.array([int(r["label"]) for r in rows])
-        fams.append(lambda idx: yesno_metrics(p[idx], y[idx]))
-    if {"valid", "hit"} <= fields:
-        valid = np.array([bool(r["valid"]) for r in rows], dtype=float)
-        hit = np.array([bool(r["hit"]) for r in rows], dtype=float)
-        fams.append(lambda idx: {"hr@1": float(hit[idx].mean()), "valid_ratio": float(valid[idx].mean())})
-    if "target_index" in fields:
-        t = np.array([int(r["target_index"]) for r in rows])
-        for f in sorted(fields):
-            if f.endswith("scores") and isinstance(rows[0][f], list):
-                prefix = f[: -len("scores")]
-                sc = np.array([r[f] for r in rows], dtype=float)
-                fams.append(lambda idx, sc=sc, prefix=prefix: {prefix + k: v for k, v in
-                                                               ranking_metrics(sc[idx], t[idx]).items()})
-    return fams
+# the metric families live with the tasks; this name stays for code that imported it from here
+metric_functions = tasks.metric_families
 
 
 def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot: int = 1000, level: float = 0.95,

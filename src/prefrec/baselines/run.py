@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefrec import io, metrics
+from prefrec import io, tasks
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
@@ -66,15 +66,12 @@ def evaluate(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[d
     ids = [s.id for s in test.samples]
     if task == "pairwise":
         s_first = np.repeat(scores[:, :1], scores.shape[1] - 1, axis=1)
-        s_second = scores[:, 1:]
-        m = metrics.pairwise_metrics(s_first.ravel(), s_second.ravel())
-        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()} for i, a, b in zip(ids, s_first, s_second)]
-        return m, rows
-    m = metrics.ranking_metrics(scores, test.target_index)
-    m["valid_ratio"] = 1.0  # no generation: every answer is a candidate
-    rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
-            for i, row, t in zip(ids, scores, test.target_index)]
-    return m, rows
+        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()}
+                for i, a, b in zip(ids, s_first, scores[:, 1:])]
+    else:
+        rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
+                for i, row, t in zip(ids, scores, test.target_index)]
+    return tasks.task(task).metrics(rows), rows
 
 
 def coverage(test: EvalSet, n_trained: int) -> dict:
