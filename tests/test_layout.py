@@ -17,3 +17,8 @@ def test_the_recipe_reads_on_one_screen():
     lengths = dict(_functions(SRC / "train.py"))
     assert lengths["train"] <= 60, lengths["train"]
     assert max(lengths.values()) <= 80, {k: v for k, v in lengths.items() if v > 80}
+
+
+def test_no_function_over_80_lines():
+    long = {f"{p.relative_to(SRC)}:{name}": n for p in SRC.rglob("*.py") for name, n in _functions(p) if n > 80}
+    assert long == {}

@@ -261,58 +261,10 @@ def _in_eval_mode(fn):
     return wrapper
 
 
-@_in_eval_mode
-def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.PathLike | None = None,
-             limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
-             dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
-             max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
-
-    model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
-    model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after).
-    samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of Samples. method: default the run's
-    last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
-    only, greedy generation for HR@1/ValidRatio (the slow part).
-    max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
-    Returns the results dict (as written, plus "out": the output folder).
-    """
-    t0 = time.perf_counter()
-    samples, stats, where = load_samples(samples_dir, split)
-    if limit is not None:
-        if limit < 1:
-            raise UserError(f"--limit must be at least 1, got {limit}")
-        samples = samples[:limit]
-    task = _task_of(samples, where)
-    if task == "candidates":  # refuse a sample whose prompt shows titles that would not be scored, before loading
-        for s in samples:
-            if not s.candidates:
-                raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every "
-                                f"title its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
-    info = _run_info(model_or_run)
-    method = method or info.get("method") or "zero-shot"
-    if seed is None:
-        seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
-    if dataset is None:
-        dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
-
-    if isinstance(model_or_run, tuple):
-        model, tokenizer = model_or_run
-        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
-    else:
-        from prefrec.model import load_model
-
-        model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device)
-        model_name = str(model_or_run)
-    t_loaded = time.perf_counter()
-
-    if max_tokens_per_batch is None:
-        # CPU: one sample per forward pass was 1.3x faster than padded batches of 4096 tokens on 2 cores
-        # (benchmarks/results/eval_pairwise.md); a GPU wants big batches.
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        max_tokens_per_batch = 16384 if on_gpu else 1
-    kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
-    timing: dict = {"load_s": t_loaded - t0}
+def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing: dict, t_loaded: float, *,
+           generate: bool, max_new_tokens: int, gen_batch_size: int) -> tuple[list[dict], dict]:
+    """Per-sample rows and the task's metrics (tasks.TASKS), with the scoring and generation times in `timing`."""
+    progress = kw["progress"]
     if task == "pairwise":
         rows = score_pairwise(model, tokenizer, samples, **kw)
         metrics = tasks.task("pairwise").metrics(rows)
@@ -339,6 +291,69 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         rows = score_yesno(model, tokenizer, samples, **kw)
         metrics = tasks.task("yesno").metrics(rows)
         timing["score_s"] = time.perf_counter() - t_loaded
+    return rows, metrics
+
+
+def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Sample], dict, str, str]:
+    """(samples, stats.json of their folder, where they came from, their task), checked before any model loads."""
+    samples, stats, where = load_samples(samples_dir, split)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        samples = samples[:limit]
+    task = _task_of(samples, where)
+    if task == "candidates":  # refuse a sample whose prompt shows titles that would not be scored, before loading
+        for s in samples:
+            if not s.candidates:
+                raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every "
+                                f"title its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
+    return samples, stats, where, task
+
+
+@_in_eval_mode
+def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.PathLike | None = None,
+             limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
+             dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
+             max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
+
+    model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
+    model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after).
+    samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of Samples. method: default the run's
+    last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
+    only, greedy generation for HR@1/ValidRatio (the slow part).
+    max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
+    Returns the results dict (as written, plus "out": the output folder).
+    """
+    t0 = time.perf_counter()
+    samples, stats, where, task = _eval_samples(samples_dir, split, limit)
+    info = _run_info(model_or_run)
+    method = method or info.get("method") or "zero-shot"
+    if seed is None:
+        seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
+    if dataset is None:
+        dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
+
+    if isinstance(model_or_run, tuple):
+        model, tokenizer = model_or_run
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
+    else:
+        from prefrec.model import load_model
+
+        model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device)
+        model_name = str(model_or_run)
+    t_loaded = time.perf_counter()
+
+    if max_tokens_per_batch is None:
+        # CPU: one sample per forward pass was 1.3x faster than padded batches of 4096 tokens on 2 cores
+        # (benchmarks/results/eval_pairwise.md); a GPU wants big batches.
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        max_tokens_per_batch = 16384 if on_gpu else 1
+    kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
+    timing: dict = {"load_s": t_loaded - t0}
+    rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
+                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size)
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
