@@ -303,7 +303,7 @@ def eval_cmd(
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
         if peer is not None:
-            from prefrec.peer import load_peer
+            from prefrec.data.peer import load_peer
 
             data = load_peer(peer, peer_format, history_field=history_field, candidates_field=candidates_field,
                              target_field=target_field, domain=domain)
