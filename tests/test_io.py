@@ -110,3 +110,16 @@ def test_report_and_eval_outputs_get_the_same_mode(tmp_path, umask022):
     md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=5)
     modes = {p.name: _mode(p) for p in (tmp_path / "out").iterdir()}
     assert modes == {name: 0o644 for name in modes} and md.name in modes
+
+
+def test_json_readers_name_the_file_line_and_what_was_expected():
+    from prefrec.errors import UserError
+
+    lines = ['"a"', "", "{bad", "1"]
+    with pytest.raises(UserError, match=r"^f\.jsonl:3: not valid JSON \(.*\); one string a line$"):
+        list(io.json_lines(lines, "f.jsonl", str, "{where}: not valid JSON ({msg}); one string a line", "x"))
+    with pytest.raises(UserError, match=r"^f\.jsonl:3: expected a string, got int$"):
+        list(io.json_lines(lines[:2] + lines[3:], "f.jsonl", str, "x", "{where}: expected a string, got {type}"))
+    assert io.json_value('["x"]', "f.json", list, "x", "y") == ["x"]
+    with pytest.raises(UserError, match=r"^f\.json: not valid JSON \(.*at line 2, column 1\)$"):
+        io.json_value('[\n', "f.json", list, "{where}: not valid JSON ({msg} at line {line}, column {col})", "y")

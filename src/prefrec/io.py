@@ -79,3 +79,28 @@ def write_figure(fig, path: str | os.PathLike, **savefig) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", **savefig)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading JSON written by people: one clear error naming the file (and line) and what was expected
+
+def json_value(text: str, where: str, want: type, bad_json: str, bad_type: str):
+    """json.loads(text), which must be a `want`; else UserError. The messages are templates: bad_json gets {where},
+    {msg}, {line} and {col} of the decode error, bad_type {where} and {type} (the JSON type found)."""
+    from prefrec.errors import UserError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(bad_json.format(where=where, msg=e.msg, line=e.lineno, col=e.colno)) from None
+    if not isinstance(value, want):
+        raise UserError(bad_type.format(where=where, type=type(value).__name__))
+    return value
+
+
+def json_lines(lines: Iterable[str], where: str, want: type, bad_json: str,
+               bad_type: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of every non-blank line, each a JSON `want` (json_value's messages, where = FILE:LINE)."""
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            yield n, json_value(line, f"{where}:{n}", want, bad_json, bad_type)
