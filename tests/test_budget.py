@@ -48,7 +48,7 @@ def test_explain_refuses_a_sample_over_the_model_context(tiny_lm):
 def test_evaluation_of_a_peer_file_refuses_trees_over_the_budget(tmp_path, tiny_lm):
     from prefrec.evaluate import evaluate
     from prefrec.packing import encode_sample, score_trees
-    from prefrec.peer import load_candidates
+    from prefrec.data.peer import load_candidates
 
     model, tok = tiny_lm
     rec = {"historyList": "::".join(f"A long history title {i} (19{i % 100:02d})" for i in range(400)),

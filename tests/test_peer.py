@@ -6,7 +6,7 @@ import json
 import pytest
 
 from prefrec.errors import UserError
-from prefrec.peer import load_alpaca_yesno, load_candidates, load_peer, parse_list
+from prefrec.data.peer import load_alpaca_yesno, load_candidates, load_peer, parse_list
 
 TALLREC = [
     {"instruction": "Given the user's preference and unpreference, identify whether the user will like the target "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from prefrec.explain import _write_text_atomic
+from prefrec import io
 
 # Terms of the public rating logs prefrec reads (data/README.md of each source has the details). The Hub's
 # `license` key is the model's: the base's licence; the data's terms go in the body, since they bind any use.
@@ -161,5 +161,5 @@ def write_card(run: str | Path) -> Path:
     text = model_card(run)
     for folder in (run, run / "adapter"):
         if folder.is_dir():
-            _write_text_atomic(folder / "README.md", text)
+            io.write_text(folder / "README.md", text)
     return run / "README.md"

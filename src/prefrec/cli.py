@@ -303,7 +303,7 @@ def eval_cmd(
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
         if peer is not None:
-            from prefrec.peer import load_peer
+            from prefrec.data.peer import load_peer
 
             data = load_peer(peer, peer_format, history_field=history_field, candidates_field=candidates_field,
                              target_field=target_field, domain=domain)
@@ -444,7 +444,7 @@ def rank_cmd(
 
     from prefrec.model import load_model
     from prefrec.rank import rank, read_titles
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
     try:
         hist = read_titles(history, "history")
@@ -455,7 +455,7 @@ def rank_cmd(
         _fail(e)
     result = {"model": model, "domain": domain, "n_candidates": len(cands), "ranking": ranking}
     if out is not None:
-        write_json_atomic(out, result)
+        io.write_json(out, result)
         typer.echo(f"ranking: {out}")
     else:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))

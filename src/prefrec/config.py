@@ -27,10 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from prefrec import methods
 from prefrec.errors import UserError
 
-STAGE_KINDS = ("sft", "dpo", "dmpo", "sdpo")
-ALIGNMENT_KINDS = ("dpo", "dmpo", "sdpo")
 BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
@@ -84,7 +83,7 @@ class StageConfig:
     disable_dropout: bool | None = None
 
     def dropout_off(self) -> bool:
-        return self.kind in ALIGNMENT_KINDS if self.disable_dropout is None else self.disable_dropout
+        return methods.is_aligned(self.kind) if self.disable_dropout is None else self.disable_dropout
 
 
 @dataclass
@@ -262,8 +261,8 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
         ck.fail("stages", "expected at least one stage")
     for i, s in enumerate(cfg.stages):
         p = f"stages[{i}]"
-        if s.kind not in STAGE_KINDS:
-            ck.fail(f"{p}.kind", f"expected one of {list(STAGE_KINDS)}, got {_show(s.kind)}")
+        if s.kind not in methods.STAGES:
+            ck.fail(f"{p}.kind", f"expected one of {list(methods.stage_kinds())}, got {_show(s.kind)}")
         positive(f"{p}.epochs", s.epochs, allow_none=False)
         positive(f"{p}.max_steps", s.max_steps)
         positive(f"{p}.lr", s.lr, allow_none=False)
@@ -276,13 +275,14 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
         positive(f"{p}.beta", s.beta, allow_none=False)
         positive(f"{p}.k", s.k)
         positive(f"{p}.ftx", s.ftx, allow_none=False, allow_zero=True)
+        aligned = methods.alignment_kinds()
         if s.kind == "sft" and s.ftx:
-            ck.fail(f"{p}.ftx", "only alignment stages (dpo, dmpo, sdpo) take an ftx term")
+            ck.fail(f"{p}.ftx", f"only alignment stages ({', '.join(aligned)}) take an ftx term")
     kinds = cfg.stage_kinds()
-    ok = kinds in (["sft"],) or (len(kinds) == 1 and kinds[0] in ALIGNMENT_KINDS) or \
-        (len(kinds) == 2 and kinds[0] == "sft" and kinds[1] in ALIGNMENT_KINDS)
+    ok = kinds in (["sft"],) or (len(kinds) == 1 and kinds[0] in aligned) or \
+        (len(kinds) == 2 and kinds[0] == "sft" and kinds[1] in aligned)
     if not ok:
-        ck.fail("stages", f"expected [sft], [sft, dpo|dmpo|sdpo] or [dpo|dmpo|sdpo], got {kinds}")
+        ck.fail("stages", f"expected [sft], [sft, {'|'.join(aligned)}] or [{'|'.join(aligned)}], got {kinds}")
     if cfg.best_metric in ("reward_accuracy", "reward_margin") and kinds[-1] == "sft":
         ck.fail("best_metric", f"{cfg.best_metric} needs an alignment stage; an sft-only run has loss, chosen_logp")
 

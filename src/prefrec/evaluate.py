@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,12 +32,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from prefrec import io, tasks
 from prefrec.errors import UserError
 from prefrec.matching import match
-from prefrec.metrics import generation_metrics, pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.metrics import generation_metrics
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
-from prefrec.samples import Sample, read_jsonl, write_json_atomic
+from prefrec.samples import Sample, read_jsonl
 
 
 # ---- inputs ----
@@ -247,20 +247,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _in_eval_mode(fn):
     """Run `fn(model_or_run, ...)` with an already loaded model in eval mode (dropout off: scores must not depend on
     the caller's mode), and give the model its previous train/eval mode back afterwards, even on an error."""
@@ -276,6 +262,55 @@ def _in_eval_mode(fn):
         finally:
             model.train(was_training)
     return wrapper
+
+
+def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing: dict, t_loaded: float, *,
+           generate: bool, max_new_tokens: int, gen_batch_size: int) -> tuple[list[dict], dict]:
+    """Per-sample rows and the task's metrics (tasks.TASKS), with the scoring and generation times in `timing`."""
+    progress = kw["progress"]
+    if task == "pairwise":
+        rows = score_pairwise(model, tokenizer, samples, **kw)
+        metrics = tasks.task("pairwise").metrics(rows)
+        metrics["ties"] = int(sum(np.sum(np.asarray(r["s_first"]) == np.asarray(r["s_second"])) for r in rows))
+        timing["score_s"] = time.perf_counter() - t_loaded
+    elif task == "candidates":
+        rows = score_candidates(model, tokenizer, samples, **kw)
+        t_scored = time.perf_counter()
+        timing["score_s"] = t_scored - t_loaded
+        metrics = {}
+        if generate:
+            answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
+                                       batch_size=gen_batch_size, progress=progress)
+            timing["generate_s"] = time.perf_counter() - t_scored
+            cand_lists = [candidate_list(s)[0] for s in samples]
+            targets = [c[r["target_index"]] for c, r in zip(cand_lists, rows)]
+            metrics.update(generation_metrics(answers, cand_lists, targets))
+            for r, a, c in zip(rows, answers, cand_lists):
+                j, rule = match(a, c)
+                r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
+                          "hit": j is not None and j == r["target_index"]})
+        metrics.update(tasks.task("candidates").metrics(rows))
+    else:
+        rows = score_yesno(model, tokenizer, samples, **kw)
+        metrics = tasks.task("yesno").metrics(rows)
+        timing["score_s"] = time.perf_counter() - t_loaded
+    return rows, metrics
+
+
+def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Sample], dict, str, str]:
+    """(samples, stats.json of their folder, where they came from, their task), checked before any model loads."""
+    samples, stats, where = load_samples(samples_dir, split)
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        samples = samples[:limit]
+    task = _task_of(samples, where)
+    if task == "candidates":  # refuse a sample whose prompt shows titles that would not be scored, before loading
+        for s in samples:
+            if not s.candidates:
+                raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every "
+                                f"title its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
+    return samples, stats, where, task
 
 
 @_in_eval_mode
@@ -295,17 +330,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     Returns the results dict (as written, plus "out": the output folder).
     """
     t0 = time.perf_counter()
-    samples, stats, where = load_samples(samples_dir, split)
-    if limit is not None:
-        if limit < 1:
-            raise UserError(f"--limit must be at least 1, got {limit}")
-        samples = samples[:limit]
-    task = _task_of(samples, where)
-    if task == "candidates":  # refuse a sample whose prompt shows titles that would not be scored, before loading
-        for s in samples:
-            if not s.candidates:
-                raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every "
-                                f"title its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
+    samples, stats, where, task = _eval_samples(samples_dir, split, limit)
     info = _run_info(model_or_run)
     method = method or info.get("method") or "zero-shot"
     if seed is None:
@@ -330,45 +355,8 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         max_tokens_per_batch = 16384 if on_gpu else 1
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
     timing: dict = {"load_s": t_loaded - t0}
-    if task == "pairwise":
-        rows = score_pairwise(model, tokenizer, samples, **kw)
-        s1 = np.concatenate([r["s_first"] for r in rows])
-        s2 = np.concatenate([r["s_second"] for r in rows])
-        metrics = pairwise_metrics(s1, s2)
-        metrics["ties"] = int(np.sum(s1 == s2))
-        timing["score_s"] = time.perf_counter() - t_loaded
-    elif task == "candidates":
-        rows = score_candidates(model, tokenizer, samples, **kw)
-        t_scored = time.perf_counter()
-        timing["score_s"] = t_scored - t_loaded
-        metrics = {}
-        if generate:
-            answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
-                                       batch_size=gen_batch_size, progress=progress)
-            timing["generate_s"] = time.perf_counter() - t_scored
-            cand_lists = [candidate_list(s)[0] for s in samples]
-            targets = [c[r["target_index"]] for c, r in zip(cand_lists, rows)]
-            metrics.update(generation_metrics(answers, cand_lists, targets))
-            for r, a, c in zip(rows, answers, cand_lists):
-                j, rule = match(a, c)
-                r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
-                          "hit": j is not None and j == r["target_index"]})
-        # ranking rows can differ in length when samples have different candidate counts: rank row by row
-        for prefix, key in (("rank_", "rank_scores"), ("rank_norm_", "rank_norm_scores")):
-            sizes = {len(r[key]) for r in rows}
-            parts = []
-            for size in sorted(sizes):
-                sel = [r for r in rows if len(r[key]) == size]
-                m = ranking_metrics(np.array([r[key] for r in sel]), np.array([r["target_index"] for r in sel]))
-                parts.append((m, len(sel)))
-            for name in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr"):
-                metrics[prefix + name] = float(sum(m[name] * n for m, n in parts) / len(rows))
-        metrics["n"] = len(rows)
-        metrics["n_candidates"] = int(np.mean([len(r["rank_scores"]) for r in rows]))
-    else:
-        rows = score_yesno(model, tokenizer, samples, **kw)
-        metrics = yesno_metrics([r["p_yes"] for r in rows], [r["label"] for r in rows])
-        timing["score_s"] = time.perf_counter() - t_loaded
+    rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
+                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size)
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
@@ -394,6 +382,6 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "timing": timing,
         **provenance(),
     }
-    _write_jsonl_atomic(out / "per_sample.jsonl", rows)
-    write_json_atomic(out / "results.json", results)
+    io.write_jsonl(out / "per_sample.jsonl", rows)
+    io.write_json(out / "results.json", results)
     return {**results, "out": str(out)}

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from prefrec import methods
 from prefrec.errors import UserError
 
-LLM_METHODS = ("zero-shot", "sft", "dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
 
 
 @dataclass
@@ -151,8 +151,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     from prefrec.baselines.run import BASELINES
 
     for m in raw["methods"]:
-        if m not in LLM_METHODS and m not in BASELINES:
-            raise UserError(f"{path}: methods: {m!r} is not one of {list(LLM_METHODS) + list(BASELINES)}")
+        if m not in methods.llm_methods() and m not in BASELINES:
+            raise UserError(f"{path}: methods: {m!r} is not one of {list(methods.llm_methods()) + list(BASELINES)}")
     rest = {k: v for k, v in raw.items() if k != "datasets"}
     cfg = ExperimentConfig(datasets=datasets, **rest)
     cfg.output_dir = cfg.output_dir or f"experiments/{cfg.name}"
@@ -178,7 +178,7 @@ class Cell:
         parts = [self.method]
         if self.regime:
             parts.append(self.regime)
-        if self.model != "embedded" and self.method in LLM_METHODS:
+        if self.model != "embedded" and self.method in methods.llm_methods():
             parts.append("model-" + Path(self.model).name)
         if self.k is not None:
             parts.append(f"k{self.k}")
@@ -198,13 +198,12 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
             cfg.seeds):
         if ds.methods is not None and method not in ds.methods:
             continue
-        aligned = method in ("dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
-        trained = method in LLM_METHODS and method != "zero-shot"
-        cell_k = (1 if method == "dpo" else k) if aligned else None
-        regimes = cfg.regimes if method not in LLM_METHODS else [None]
+        aligned = methods.method_is_aligned(method)
+        trained = method in methods.llm_methods() and method != methods.ZERO_SHOT
+        regimes = cfg.regimes if method not in methods.llm_methods() else [None]
         for regime in regimes:
-            out.append(Cell(dataset=ds.label, method=method, model=model if method in LLM_METHODS else "-",
-                            k=cell_k, shots=shots if (trained or regime == "few-shot") else None,
+            out.append(Cell(dataset=ds.label, method=method, model=model if method in methods.llm_methods() else "-",
+                            k=methods.cell_k(method, k), shots=shots if (trained or regime == "few-shot") else None,
                             beta=beta if aligned else None, seed=seed, regime=regime))
     return list(dict.fromkeys(out))
 
@@ -252,7 +251,8 @@ def _shared_path(p: str) -> Path:
 def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
     """Import peer prompt files (one per split) into a prepared folder; the same for every seed (fixed files)."""
     from prefrec.data.importers import import_file
-    from prefrec.samples import write_json_atomic, write_jsonl
+    from prefrec import io
+    from prefrec.samples import write_jsonl
 
     folder = Path(cfg.output_dir) / "data" / f"{ds.label}-imported"
     if (folder / "stats.json").exists():
@@ -266,7 +266,7 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
         write_jsonl(folder / f"{split}.jsonl", samples)
         stats["imported"][split] = str(file)
         stats["split_sizes"][split] = len(samples)
-    write_json_atomic(folder / "stats.json", stats)
+    io.write_json(folder / "stats.json", stats)
     return folder
 
 
@@ -302,8 +302,8 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
 
     root = Path(cfg.output_dir) / "cells"
     run_dir = out / "run"
-    if cell.method == "sft" or cell.method.endswith("-only"):
-        kinds = ["sft"] if cell.method == "sft" else [cell.method.replace("-only", "")]
+    kinds, after_sft = methods.method_stages(cell.method)
+    if not after_sft:
         train(_train_config(cfg, cell, train_dir, run_dir, kinds, cell.model), resume=True)
         return run_dir
     sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
@@ -311,7 +311,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_run = root / sft_cell.folder() / "run"
     if not _is_complete_run(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
-    train(_train_config(cfg, cell, train_dir, run_dir, [cell.method], str(sft_run)), resume=True)
+    train(_train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run)), resume=True)
     return run_dir
 
 
@@ -326,7 +326,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         train_dir = _prepared_dir(cfg, source, cell.seed, cell.k)
     else:
         train_dir = data_dir
-    if cell.method in LLM_METHODS:
+    if cell.method in methods.llm_methods():
         from prefrec.evaluate import evaluate
 
         model = cell.model
@@ -350,11 +350,11 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     res = {k: v for k, v in res.items() if k != "out"}
     res.update({"dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "k": cell.k, "shots": cell.shots,
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
-    if cell.method in LLM_METHODS and cell.model != "embedded":
+    if cell.method in methods.llm_methods() and cell.model != "embedded":
         res["base_model"] = cell.model
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
-    write_json_atomic(out / "results.json", res)
+    io.write_json(out / "results.json", res)
     # the eval folder keeps its own copy for per-sample bootstrap; drop its results.json so the report counts once
     inner = out / "eval" / "results.json"
     if inner.exists():
@@ -393,9 +393,9 @@ def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
                             f"folder (--set output_dir=...) or delete {record.parent}")
         now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
-    write_json_atomic(record, now)
+    io.write_json(record, now)
 
 
 def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
@@ -463,14 +463,14 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if not report:
         return None
     from prefrec.report import make_report
-    from prefrec.samples import write_json_atomic
+    from prefrec import io
 
     done = [c for c in grid if (root / c.folder() / "results.json").exists()]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []])
     seconds = _cell_seconds(log_path)
-    write_json_atomic(Path(cfg.report_dir) / "experiment.json",
+    io.write_json(Path(cfg.report_dir) / "experiment.json",
                       {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
                        "command": command, "cells": [c.folder() for c in done],
                        "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})

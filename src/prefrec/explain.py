@@ -27,16 +27,15 @@ Titles are untrusted text: every string that reaches the HTML page goes through 
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from prefrec import io
 from prefrec.errors import UserError
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -270,48 +269,8 @@ def render_heatmap(explanations: list[dict], path: str | os.PathLike, max_rows: 
         ax.set_title(f"{title}: conditional probability of each answer token", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="p")
     fig.tight_layout()
-    _savefig_atomic(fig, path)
+    io.write_figure(fig, path, dpi=150)
     plt.close(fig)
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _savefig_atomic(fig, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, format="png")
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: str | os.PathLike, obj) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_explanation(explanations: list[dict], out_dir: str | os.PathLike, stem: str = "explanation") -> dict:
@@ -320,9 +279,10 @@ def write_explanation(explanations: list[dict], out_dir: str | os.PathLike, stem
 
     out = Path(out_dir)
     paths = {"html": out / f"{stem}.html", "png": out / f"{stem}.png", "json": out / f"{stem}.json"}
-    _write_text_atomic(paths["html"], render_html(explanations))
+    io.write_text(paths["html"], render_html(explanations))
     render_heatmap(explanations, paths["png"])
-    _write_json(paths["json"], {"kind": "explanation", "explanations": explanations, **provenance()})
+    io.write_json(paths["json"], {"kind": "explanation", "explanations": explanations, **provenance()},
+                  allow_nan=False)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -447,8 +407,8 @@ def compare_models(models: list[str], samples_file: str | os.PathLike, out_dir: 
               "gap = positive - negative", "models": rows, **provenance()}
     paths = {"json": out / "conditional_probs.json", "md": out / "conditional_probs.md",
              "png": out / "conditional_probs.png"}
-    _write_json(paths["json"], result)
-    _write_text_atomic(paths["md"], _probs_markdown(result))
+    io.write_json(paths["json"], result, allow_nan=False)
+    io.write_text(paths["md"], _probs_markdown(result))
     _probs_chart(rows, paths["png"], title=f"{Path(samples_file).name}: {len(samples)} samples ({samples[0].task})")
     return {k: str(v) for k, v in paths.items()}
 
@@ -508,5 +468,5 @@ def _probs_chart(rows: list[dict], path: Path, title: str) -> None:
     bx.margins(y=0.25)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _savefig_atomic(fig, path)
+    io.write_figure(fig, path, dpi=150)
     plt.close(fig)

@@ -18,7 +18,7 @@ from prefrec.errors import UserError
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", force: bool = False) -> Path:
     """Merge RUN's adapter into its base and write OUT (written to a temp folder, then renamed into place)."""
     from prefrec.card import model_card
-    from prefrec.explain import _write_text_atomic
+    from prefrec import io
     from prefrec.model import is_run_dir, load_model
 
     run, out = Path(run), Path(out)
@@ -33,7 +33,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
     try:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        _write_text_atomic(tmp / "README.md", model_card(run, merged=True))
+        io.write_text(tmp / "README.md", model_card(run, merged=True))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

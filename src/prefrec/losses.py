@@ -113,9 +113,6 @@ def sdpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_ch
     return losses, chosen.detach(), rejected.detach()
 
 
-PREFERENCE_LOSSES = {"dpo": dpo_loss, "dmpo": dmpo_loss, "sdpo": sdpo_loss}
-
-
 def sft_loss(token_logps: list[Tensor]) -> Tensor:
     """SFT: mean token negative log-likelihood over all response tokens of the batch (scalar).
 

@@ -14,7 +14,7 @@ Tie conventions, chosen so a constant scorer gets chance-level numbers and never
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -85,6 +85,34 @@ def target_ranks(scores, target_index) -> tuple[np.ndarray, np.ndarray]:
     return greater, tied
 
 
+def hit_rate(k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """HR@k: 1 when the target is among the first k."""
+    return lambda r: (r <= k).astype(float)
+
+
+def ndcg(k: int) -> Callable[[np.ndarray], np.ndarray]:
+    """NDCG@k with one relevant item: 1/log2(r + 1) within the first k (the ideal DCG is 1)."""
+    return lambda r: np.where(r <= k, 1.0 / np.log2(r + 1), 0.0)
+
+
+def reciprocal_rank(r: np.ndarray) -> np.ndarray:
+    """MRR's term: 1/r."""
+    return 1.0 / r
+
+
+# The ranking metrics, one row each: name -> the metric's value for a target at rank r, given an array of every
+# possible rank 1..C. ranking_metrics takes each one's expectation over the target's rank (ties included), and every
+# user of ranking metrics (LLM evaluation with its rank_/rank_norm_ prefixes, the baselines, the report's bootstrap)
+# reads this table, so a new ranking metric is one function + one row (docs/dev/extending.md).
+RANKING_METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hr@1": hit_rate(1),
+    "hr@5": hit_rate(5),
+    "ndcg@5": ndcg(5),
+    "ndcg@10": ndcg(10),
+    "mrr": reciprocal_rank,
+}
+
+
 def ranking_metrics(scores, target_index) -> dict:
     """HR@1, HR@5, NDCG@5, NDCG@10 and MRR of one target among C candidates (S-DPO/LLaRA candidate task).
 
@@ -101,7 +129,7 @@ def ranking_metrics(scores, target_index) -> dict:
     greater, tied = target_ranks(scores, target_index)
     n = int(greater.size)
     if n == 0:
-        return {"hr@1": None, "hr@5": None, "ndcg@5": None, "ndcg@10": None, "mrr": None, "n": 0}
+        return {**{name: None for name in RANKING_METRICS}, "n": 0}
     C = np.asarray(scores).shape[1]
     r = np.arange(1, C + 1, dtype=np.float64)  # every possible rank
     # weight[i, j] = P(rank of sample i == j + 1): 1/(t+1) on the tied block starting after the g candidates ahead
@@ -111,15 +139,7 @@ def ranking_metrics(scores, target_index) -> dict:
     def expect(values: np.ndarray) -> float:
         return float(np.mean((w * values[None, :]).sum(axis=1)))
 
-    disc = 1.0 / np.log2(r + 1)
-    return {
-        "hr@1": expect((r <= 1).astype(float)),
-        "hr@5": expect((r <= 5).astype(float)),
-        "ndcg@5": expect(np.where(r <= 5, disc, 0.0)),
-        "ndcg@10": expect(np.where(r <= 10, disc, 0.0)),
-        "mrr": expect(1.0 / r),
-        "n": n,
-    }
+    return {**{name: expect(value(r)) for name, value in RANKING_METRICS.items()}, "n": n}
 
 
 def yesno_metrics(p_yes, labels) -> dict:

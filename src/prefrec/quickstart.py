@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from prefrec import io
+
 SHOTS = 333  # training samples (3 pairs each)
 
 QUICKSTART = {
@@ -56,7 +58,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = 
     cfg["eval"] = {} if n_test is None else {"limit": n_test}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     from prefrec.experiment import run_experiment
 
     t0 = time.time()

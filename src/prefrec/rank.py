@@ -28,6 +28,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Generator
 
+from prefrec import io
 from prefrec.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
 from prefrec.errors import UserError
 
@@ -183,27 +184,14 @@ def _decode(p: Path) -> str:
 
 
 def _json_list(text: str, p: Path) -> list:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(data, list):
-        raise UserError(f"{p}: expected a JSON list of title strings, got a JSON {type(data).__name__}")
-    return data
+    return io.json_value(text, str(p), list, "{where}: not valid JSON ({msg} at line {line}, column {col})",
+                         "{where}: expected a JSON list of title strings, got a JSON {type}")
 
 
 def _json_lines(lines: list[str], p: Path) -> list:
-    out = []
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not valid JSON ({e.msg}); expected one JSON string per line") from None
-            if not isinstance(value, str):
-                raise UserError(f"{p}:{n}: expected a JSON string (one title per line), got {type(value).__name__}")
-            out.append(value)
-    return out
+    return [v for _, v in io.json_lines(lines, str(p), str, "{where}: not valid JSON ({msg}); expected one JSON "
+                                        "string per line", "{where}: expected a JSON string (one title per line), "
+                                        "got {type}")]
 
 
 def read_titles(path: str | os.PathLike, field: str) -> list[str]:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -39,10 +38,9 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from prefrec import io, methods, tasks
 from prefrec.errors import UserError
-from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.provenance import provenance
-from prefrec.samples import write_json_atomic
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
 # metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
@@ -191,42 +189,8 @@ def read_per_sample(path: Path) -> list[dict]:
     return rows
 
 
-def _as_list(v) -> list[float]:
-    return [float(x) for x in v] if isinstance(v, list) else [float(v)]
-
-
-def metric_functions(rows: list[dict]):
-    """(name, fn(indices) -> dict of metrics) for each metric family the per-sample rows support."""
-    if not rows:
-        return []
-    fields = set(rows[0])
-    fams = []
-    if {"s_first", "s_second"} <= fields:
-        s1 = [np.array(_as_list(r["s_first"])) for r in rows]
-        s2 = [np.array(_as_list(r["s_second"])) for r in rows]
-        if all(a.size == 1 for a in s1):  # one comparison per sample: plain indexing, much faster
-            f1, f2 = np.concatenate(s1), np.concatenate(s2)
-            fams.append(lambda idx: pairwise_metrics(f1[idx], f2[idx]))
-        else:  # a sample's comparisons stay together in a resample
-            fams.append(lambda idx: pairwise_metrics(np.concatenate([s1[i] for i in idx]),
-                                                     np.concatenate([s2[i] for i in idx])))
-    if {"p_yes", "label"} <= fields:
-        p = np.array([float(r["p_yes"]) for r in rows])
-        y = np.array([int(r["label"]) for r in rows])
-        fams.append(lambda idx: yesno_metrics(p[idx], y[idx]))
-    if {"valid", "hit"} <= fields:
-        valid = np.array([bool(r["valid"]) for r in rows], dtype=float)
-        hit = np.array([bool(r["hit"]) for r in rows], dtype=float)
-        fams.append(lambda idx: {"hr@1": float(hit[idx].mean()), "valid_ratio": float(valid[idx].mean())})
-    if "target_index" in fields:
-        t = np.array([int(r["target_index"]) for r in rows])
-        for f in sorted(fields):
-            if f.endswith("scores") and isinstance(rows[0][f], list):
-                prefix = f[: -len("scores")]
-                sc = np.array([r[f] for r in rows], dtype=float)
-                fams.append(lambda idx, sc=sc, prefix=prefix: {prefix + k: v for k, v in
-                                                               ranking_metrics(sc[idx], t[idx]).items()})
-    return fams
+# the metric families live with the tasks; this name stays for code that imported it from here
+metric_functions = tasks.metric_families
 
 
 def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot: int = 1000, level: float = 0.95,
@@ -355,15 +319,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io.write_figure(fig, path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -504,14 +460,16 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
-# Table rows: LLM methods in the order of the papers' tables, then the traditional baselines, few-shot before full
-_METHOD_ORDER = ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo", "popularity", "liked-share", "bpr", "sasrec",
-                 "gru4rec", "bert4rec", "caser", "stamp", "core", "gcsan", "shan", "cmf"]
+# Table rows: LLM methods in the order of the papers' tables (prefrec.methods), then the traditional baselines,
+# few-shot before full
+_BASELINE_ORDER = ["popularity", "liked-share", "bpr", "sasrec", "gru4rec", "bert4rec", "caser", "stamp", "core",
+                   "gcsan", "shan", "cmf"]
 
 
 def _row_order(g: dict) -> tuple:
     m = str(g.get("method"))
-    rank = _METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER)
+    order = [*methods.table_order(), *_BASELINE_ORDER]  # read now: a loss registered after import has its place
+    rank = order.index(m) if m in order else len(order)
     regime = {"few-shot": 0, "full": 1}.get(g.get("regime"), -1)
     return (rank, m, str(g.get("base_model") or ""), regime,
             *((g.get(k) is not None, g.get(k) or 0) for k in ("k", "shots", "beta")))
@@ -531,6 +489,91 @@ def _log_name(log: Path, paths: list) -> str:
     return folder.name
 
 
+def _runs(results: list[tuple[Path, dict]], n_boot: int, seed: int) -> list[dict]:
+    """One entry per results.json: its configuration, metrics and per-run bootstrap CIs."""
+    runs = []
+    for path, r in results:
+        ps = path.parent / "per_sample.jsonl"
+        ci = {}
+        if ps.is_file() and n_boot > 0:
+            ci = bootstrap_ci(read_per_sample(ps), names=_numeric_metrics(r["metrics"]), n_boot=n_boot, seed=seed)
+        runs.append({"path": str(path), **{k: r.get(k) for k in GROUP_KEYS + ("seed", "model", "n_samples")},
+                     "metrics": r["metrics"], "ci95": ci})
+    return runs
+
+
+def _training_plots(logs: list[Path], paths: list, plots_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(name, metrics.jsonl, PNG) for every training log that has something to plot; names made unique."""
+    train_plots = []
+    names_seen: dict[str, int] = defaultdict(int)
+    for log in logs:
+        name = _log_name(log, paths)
+        names_seen[name] += 1
+        if names_seen[name] > 1:
+            name = f"{name}-{names_seen[name]}"
+        p = plot_training_curves(log, plots_dir, name)
+        if p:
+            train_plots.append((name, log, p))
+    return train_plots
+
+
+def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, sweep_plots, out_dir: Path,
+             n_boot: int) -> list[str]:
+    """The Markdown of one dataset · task: the seed-group table, paired tests, runs with CIs, tests against
+    zero-shot and the sweep plots."""
+    md = []
+    gs = sorted(gs, key=_row_order)
+    have = {m for g in gs for m in g["metrics"]}
+    cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
+    md += [f"## {dataset} · {task}", ""]
+    rows = []
+    models = {g.get("base_model") for g in gs if g.get("base_model")}
+    show_model = len(models) > 1
+    for g in gs:
+        cells = [str(g["method"])] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
+                                      if show_model else [])
+        cells += [_fmt(g.get("k")), _fmt(g.get("shots")), ("–" if g.get("beta") is None else f"{g['beta']:g}"), _fmt(g.get("regime")),
+                  str(len(g["seeds"]))]
+        for m in cols:
+            s = g["metrics"].get(m)
+            cells.append("–" if s is None else
+                         _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else ""))
+        rows.append(cells)
+    md += _table(["method"] + (["model"] if show_model else []) + ["k", "shots", "β", "regime", "seeds"] + cols,
+                 rows) + [""]
+    ts = [t for t in tests if t["dataset"] == dataset and t["task"] == task and t["metric"] in cols]
+    if ts:
+        md += ["Paired tests over seeds:", ""]
+        md += _table(["A", "B", "metric", "seeds", "mean(A−B)", "t", "p (t-test)", "p (Wilcoxon)"],
+                     [[t["a"], t["b"], t["metric"], str(t["n"]), _fmt(t["mean_diff"]), _fmt(t["t"], 3),
+                       _fmt_p(t["p_ttest"]), _fmt_p(t["p_wilcoxon"])] for t in ts]) + [""]
+    rs = sorted((r for r in runs if r["dataset"] == dataset and r["task"] == task),
+                key=lambda r: (_row_order(r), r.get("seed") if r.get("seed") is not None else -1))
+    md += ["Runs (value [bootstrap 95 % CI]):", ""]
+    rows = []
+    for r in rs:
+        cells = [group_label(r), _fmt(r.get("seed")), _fmt(r.get("n_samples"))]
+        for m in cols:
+            v = r["metrics"].get(m)
+            c = r["ci95"].get(m)
+            cells.append(_fmt(v) + (f" [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" if c else ""))
+        cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
+        rows.append(cells)
+    md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
+    zs = [t for t in vs_zero if t["dataset"] == dataset and t["task"] == task]
+    if zs:
+        md += [f"Against zero-shot on the same test samples (paired bootstrap over samples, {n_boot} resamples; "
+               "p two-sided):", ""]
+        md += _table(["configuration", "seed", "samples", "metric", "value", "zero-shot", "difference [95 % CI]",
+                      "p"],
+                     [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), _fmt(t["b"]),
+                       f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])] for t in zs]) + [""]
+    for d, t, m, p, field in sweep_plots:
+        if (d, t) == (dataset, task):
+            md += [f"![{m} vs {field}]({_rel(p, out_dir)})", ""]
+    return md
+
+
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
                 seed: int = 0, preamble: list[str] | None = None) -> Path:
     """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md.
@@ -547,25 +590,9 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     groups, warns = summarize(results)
     tests = paired_tests(groups)
 
-    runs = []
-    for path, r in results:
-        ps = path.parent / "per_sample.jsonl"
-        ci = {}
-        if ps.is_file() and n_boot > 0:
-            ci = bootstrap_ci(read_per_sample(ps), names=_numeric_metrics(r["metrics"]), n_boot=n_boot, seed=seed)
-        runs.append({"path": str(path), **{k: r.get(k) for k in GROUP_KEYS + ("seed", "model", "n_samples")},
-                     "metrics": r["metrics"], "ci95": ci})
+    runs = _runs(results, n_boot, seed)
 
-    train_plots = []
-    names_seen: dict[str, int] = defaultdict(int)
-    for log in logs:
-        name = _log_name(log, paths)
-        names_seen[name] += 1
-        if names_seen[name] > 1:
-            name = f"{name}-{names_seen[name]}"
-        p = plot_training_curves(log, plots_dir, name)
-        if p:
-            train_plots.append((name, log, p))
+    train_plots = _training_plots(logs, paths, plots_dir)
     sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
     vs_zero = tests_against_zero_shot(runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
 
@@ -586,55 +613,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     for g in groups:
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        gs = sorted(gs, key=_row_order)
-        have = {m for g in gs for m in g["metrics"]}
-        cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
-        md += [f"## {dataset} · {task}", ""]
-        rows = []
-        models = {g.get("base_model") for g in gs if g.get("base_model")}
-        show_model = len(models) > 1
-        for g in gs:
-            cells = [str(g["method"])] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
-                                          if show_model else [])
-            cells += [_fmt(g.get("k")), _fmt(g.get("shots")), ("–" if g.get("beta") is None else f"{g['beta']:g}"), _fmt(g.get("regime")),
-                      str(len(g["seeds"]))]
-            for m in cols:
-                s = g["metrics"].get(m)
-                cells.append("–" if s is None else
-                             _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else ""))
-            rows.append(cells)
-        md += _table(["method"] + (["model"] if show_model else []) + ["k", "shots", "β", "regime", "seeds"] + cols,
-                     rows) + [""]
-        ts = [t for t in tests if t["dataset"] == dataset and t["task"] == task and t["metric"] in cols]
-        if ts:
-            md += ["Paired tests over seeds:", ""]
-            md += _table(["A", "B", "metric", "seeds", "mean(A−B)", "t", "p (t-test)", "p (Wilcoxon)"],
-                         [[t["a"], t["b"], t["metric"], str(t["n"]), _fmt(t["mean_diff"]), _fmt(t["t"], 3),
-                           _fmt_p(t["p_ttest"]), _fmt_p(t["p_wilcoxon"])] for t in ts]) + [""]
-        rs = sorted((r for r in runs if r["dataset"] == dataset and r["task"] == task),
-                    key=lambda r: (_row_order(r), r.get("seed") if r.get("seed") is not None else -1))
-        md += ["Runs (value [bootstrap 95 % CI]):", ""]
-        rows = []
-        for r in rs:
-            cells = [group_label(r), _fmt(r.get("seed")), _fmt(r.get("n_samples"))]
-            for m in cols:
-                v = r["metrics"].get(m)
-                c = r["ci95"].get(m)
-                cells.append(_fmt(v) + (f" [{_fmt(c['lo'])}, {_fmt(c['hi'])}]" if c else ""))
-            cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
-            rows.append(cells)
-        md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
-        zs = [t for t in vs_zero if t["dataset"] == dataset and t["task"] == task]
-        if zs:
-            md += [f"Against zero-shot on the same test samples (paired bootstrap over samples, {n_boot} resamples; "
-                   "p two-sided):", ""]
-            md += _table(["configuration", "seed", "samples", "metric", "value", "zero-shot", "difference [95 % CI]",
-                          "p"],
-                         [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), _fmt(t["b"]),
-                           f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])] for t in zs]) + [""]
-        for d, t, m, p, field in sweep_plots:
-            if (d, t) == (dataset, task):
-                md += [f"![{m} vs {field}]({_rel(p, out_dir)})", ""]
+        md += _section(dataset, task, gs, tests, runs, vs_zero, sweep_plots, out_dir, n_boot)
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -646,10 +625,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
-    write_json_atomic(out_dir / "results.json", summary)
+    io.write_json(out_dir / "results.json", summary)
     md_path = out_dir / "results.md"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.md.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(md).rstrip() + "\n")
-    os.replace(tmp, md_path)
+    io.write_text(md_path, "\n".join(md).rstrip() + "\n")
     return md_path

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from prefrec import io
 
 TASKS = ("pairwise", "candidates", "yesno")
 
@@ -125,31 +126,9 @@ def _check_types(d: dict, where: str) -> None:
             raise ValueError(f"{where}: field '{name}' must be {want}, got {type(d[name]).__name__} {d[name]!r:.60}")
 
 
-def _umask_mode() -> int:
-    """The mode an ordinary open() would give a new file (mkstemp makes 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_jsonl(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
     """Write samples atomically (temp file, then rename) so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
-                n += 1
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return n
+    return io.write_jsonl(path, (s.to_dict() for s in samples))
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
@@ -176,18 +155,5 @@ def read_jsonl(path: str | os.PathLike) -> list[Sample]:
     return list(iter_jsonl(path))
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """json.dump to a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# the results writer lives in prefrec.io; this name stays for code that imported it from here
+write_json_atomic = io.write_json

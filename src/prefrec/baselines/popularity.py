@@ -23,15 +23,24 @@ import numpy as np
 from prefrec.baselines.common import EvalSet, TrainData
 
 
+def _tally(data: TrainData, labelled_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(interactions, liked interactions) per item. labelled_only: leave out liked = -1 (unlabelled, a few-shot
+    history), which says nothing about being liked."""
+    n = np.zeros(len(data.vocab), dtype=np.float64)
+    likes = np.zeros(len(data.vocab), dtype=np.float64)
+    for r in data.records:
+        for item, liked in zip(r.items, r.liked):
+            if labelled_only and liked < 0:
+                continue
+            n[item] += 1
+            likes[item] += liked == 1
+    return n, likes
+
+
 class Popularity:
     def fit(self, data: TrainData) -> "Popularity":
         self.vocab = data.vocab
-        n = np.zeros(len(data.vocab), dtype=np.float64)
-        likes = np.zeros(len(data.vocab), dtype=np.float64)
-        for r in data.records:
-            for item, liked in zip(r.items, r.liked):
-                n[item] += 1
-                likes[item] += liked == 1
+        n, likes = _tally(data, labelled_only=False)
         self.counts = n if data.task == "candidates" else likes + n / (1 + n.max())
         return self
 
@@ -45,13 +54,7 @@ class LikedShare:
 
     def fit(self, data: TrainData) -> "LikedShare":
         self.vocab = data.vocab
-        n = np.zeros(len(data.vocab), dtype=np.float64)
-        likes = np.zeros(len(data.vocab), dtype=np.float64)
-        for r in data.records:
-            for item, liked in zip(r.items, r.liked):
-                if liked >= 0:  # -1: unlabelled (a few-shot history), says nothing about being liked
-                    n[item] += 1
-                    likes[item] += liked
+        n, likes = _tally(data, labelled_only=True)
         prior = likes.sum() / max(n.sum(), 1.0)
         self.share = (likes + self.PRIOR_WEIGHT * prior) / (n + self.PRIOR_WEIGHT)
         self.prior = prior

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prefrec import metrics
+from prefrec import io, tasks
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
@@ -33,7 +30,6 @@ from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
-from prefrec.samples import write_json_atomic
 
 BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf")
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
@@ -70,15 +66,12 @@ def evaluate(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[d
     ids = [s.id for s in test.samples]
     if task == "pairwise":
         s_first = np.repeat(scores[:, :1], scores.shape[1] - 1, axis=1)
-        s_second = scores[:, 1:]
-        m = metrics.pairwise_metrics(s_first.ravel(), s_second.ravel())
-        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()} for i, a, b in zip(ids, s_first, s_second)]
-        return m, rows
-    m = metrics.ranking_metrics(scores, test.target_index)
-    m["valid_ratio"] = 1.0  # no generation: every answer is a candidate
-    rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
-            for i, row, t in zip(ids, scores, test.target_index)]
-    return m, rows
+        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()}
+                for i, a, b in zip(ids, s_first, scores[:, 1:])]
+    else:
+        rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
+                for i, row, t in zip(ids, scores, test.target_index)]
+    return tasks.task(task).metrics(rows), rows
 
 
 def coverage(test: EvalSet, n_trained: int) -> dict:
@@ -193,20 +186,6 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "results.json", result)
-        _write_jsonl_atomic(out / "per_sample.jsonl", rows)
+        io.write_json(out / "results.json", result)
+        io.write_jsonl(out / "per_sample.jsonl", rows, ensure_ascii=True)
     return {**result, "scores": scores}
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """One JSON object per line, written to a temp file and renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

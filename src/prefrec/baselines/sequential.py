@@ -329,24 +329,11 @@ class SHAN(SeqRec):
 
 
 def build(name: str, n_vocab: int, *, dim: int, max_len: int, dropout: float) -> SeqRec:
-    kw = dict(dim=dim, max_len=max_len, dropout=dropout)
-    if name == "sasrec":
-        return SASRec(n_vocab, **kw)
-    if name == "gru4rec":
-        return GRU4Rec(n_vocab, **kw)
-    if name == "bert4rec":
-        return BERT4Rec(n_vocab, **kw)
-    if name == "caser":
-        return Caser(n_vocab, **kw)
-    if name == "stamp":
-        return STAMP(n_vocab, **kw)
-    if name == "core":
-        return CORE(n_vocab, **kw)
-    if name == "gcsan":
-        return GCSAN(n_vocab, **kw)
-    if name == "shan":
-        return SHAN(n_vocab, **kw)
-    raise ValueError(f"unknown sequential model {name!r}; expected one of {SEQUENTIAL}")
+    models = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec, "caser": Caser, "stamp": STAMP,
+              "core": CORE, "gcsan": GCSAN, "shan": SHAN}
+    if name not in models:
+        raise ValueError(f"unknown sequential model {name!r}; expected one of {SEQUENTIAL}")
+    return models[name](n_vocab, dim=dim, max_len=max_len, dropout=dropout)
 
 
 # ---- one training loop ----

@@ -39,11 +39,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefrec import prompts
-from prefrec.data.prepare import make_readable
+from prefrec import io, prompts
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_json_atomic, write_jsonl
+from prefrec.samples import Comparison, Sample, write_jsonl
 
 _MARK = re.compile(r"<Title:([^<>]*)>")
 _MARK_RUN = re.compile(r"(?:\s*<Title:[^<>]*>)+\s*")
@@ -370,7 +369,6 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
             samples, report = [], FileReport(file=str(f), reason=str(e))
         if samples:
             write_jsonl(dest, samples)
-            make_readable([dest])
             report.output = str(dest)
         else:
             report.reason = report.reason or "no row could be imported"
@@ -382,6 +380,5 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
               "total": {"files": len(reports), "files_rejected": sum(r.output is None for r in reports),
                         "samples": sum(r.samples for r in reports),
                         "rows_rejected": sum(len(r.rejected) for r in reports)}}
-    write_json_atomic(out / "import_report.json", result)
-    make_readable([out / "import_report.json"])
+    io.write_json(out / "import_report.json", result)
     return result

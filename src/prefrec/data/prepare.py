@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from prefrec import io
 from prefrec.data import protocols
 from prefrec.data.readers import Log, read
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
-from prefrec.samples import TASKS, write_json_atomic, write_jsonl
+from prefrec.samples import TASKS, write_jsonl
 
 # The papers' defaults per task (DESIGN §3). Candidates caps: LLaRA/S-DPO use every sample; we cap the splits so a
 # CPU run finishes in minutes. Pass None ("all" on the command line) for no cap.
@@ -84,32 +84,9 @@ def _rows_in_order(log: Log, split: list[str], seed: int):
             yield log.interactions[i], split[i]
 
 
-def make_readable(paths) -> None:
-    """Atomic writes go through mkstemp, which creates files readable by their owner only; give prepared data the
-    permissions an ordinary file would get (0666 minus the umask) so that other users and tools can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in paths:
-        os.chmod(p, 0o666 & ~mask)
-
-
 def _cell(text: str) -> str:
     """Titles may in principle hold a tab or newline; ids never do (the readers split on them)."""
     return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-
-
-def _write_tsv(path: Path, header: str, rows) -> None:
-    """Write header + already formatted lines atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(header + "\n")
-            f.writelines(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.PathLike, *, seed: int = 0,
@@ -210,9 +187,9 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
     items = dict(log.titles)
     for x in log.interactions:
         items.setdefault(x.item, x.item)
-    _write_tsv(out / "items.tsv", "item_id\ttitle",
+    io.write_tsv(out / "items.tsv", "item_id\ttitle",
                (f"{i}\t{_cell(t)}\n" for i, t in sorted(items.items(), key=lambda kv: protocols.user_key(kv[0]))))
-    _write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
+    io.write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
                (f"{x.user}\t{x.item}\t{x.rating:g}\t{'' if x.timestamp is None else x.timestamp}\t{sp}\n"
                 for x, sp in _rows_in_order(log, built.interaction_split, seed)))
     stats = {
@@ -231,9 +208,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
            if task == "yesno" else {}),
         "provenance": provenance(),
     }
-    write_json_atomic(out / "stats.json", stats)
-    make_readable(out / f for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "items.tsv", "interactions.tsv",
-                                    "stats.json"))
+    io.write_json(out / "stats.json", stats)
     for w in warnings:
         warn(w)
     return stats

@@ -285,6 +285,21 @@ def _negative_flags(log: Log, liked: list[bool], threshold: float, negative_belo
 # DMPO pairwise
 
 
+def _pairwise_users(seqs, liked, disliked, before, min_pos: int, need_neg: int, min_before: int):
+    """(users with enough positives and negatives, {user: (positions of late enough positives, of negatives)}):
+    a positive is late enough when, after removing up to k negatives, min_history earlier items remain."""
+    pos_neg_ok, eligible = set(), {}
+    for u, seq in seqs.items():
+        pos = [j for j, i in enumerate(seq) if liked[i]]
+        neg = [j for j, i in enumerate(seq) if disliked[i]]
+        if len(pos) >= min_pos and len(neg) >= need_neg:
+            pos_neg_ok.add(u)
+            late = [j for j in pos if before[u][j] >= min_before]
+            if late:
+                eligible[u] = (late, neg)
+    return pos_neg_ok, eligible
+
+
 def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: float = 3.0, min_pos: int = 5,
                    min_neg: int = 5, min_history: int = 5, history_len: int = 40, n_train: int | None = 100,
                    n_valid: int | None = 100, n_test: int | None = 1000, per_user: int = 1,
@@ -301,16 +316,8 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     disliked = _negative_flags(log, liked, threshold, negative_below)
     before = before_counts(log, seqs, same_time)
     need_neg = max(min_neg, negatives)
-    pos_neg_ok, eligible = set(), {}
-    for u, seq in seqs.items():
-        pos = [j for j, i in enumerate(seq) if liked[i]]
-        neg = [j for j, i in enumerate(seq) if disliked[i]]
-        if len(pos) >= min_pos and len(neg) >= need_neg:
-            pos_neg_ok.add(u)
-            # a positive late enough that, after removing up to k negatives, min_history earlier items remain
-            late = [j for j in pos if before[u][j] >= min_history + negatives]
-            if late:
-                eligible[u] = (late, neg)
+    pos_neg_ok, eligible = _pairwise_users(seqs, liked, disliked, before, min_pos, need_neg,
+                                           min_history + negatives)
     kind = "rating > %g" % threshold if log.value == "rating" else "top half of the user's play counts"
     filters = [_filter_row(f"≥{min_pos} positives ({kind}) and ≥{need_neg} negatives", log, pos_neg_ok),
                _filter_row(f"a positive with ≥{min_history + negatives} earlier interactions", log, set(eligible))]
@@ -457,27 +464,11 @@ def _sample_negatives(rng: random.Random, pool: list[str], n: int, banned: set[s
     return chosen if len(chosen) == n else None
 
 
-def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
-                     min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                     n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
-                     history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep") -> Built:
-    if n_candidates < 2:
-        raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
-    if not 1 <= negatives <= n_candidates - 1:
-        raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
-    _check_common(history_len, min_history)
-    _check_options(log, history_ratings)
-    min_history = max(min_history, 1)
-    inter, title = log.interactions, log.title
-    seqs = sequences(log, seed)
-    before = before_counts(log, seqs, same_time)
-    pool = sorted({x.item for x in inter}, key=user_key)
-    urank = {u: r for r, u in enumerate(sorted(seqs, key=user_key))}
-    eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history and before[u][-1] >= min_history}
-    if not eligible_users:
-        raise UserError(f"no user has more than {min_history} interactions, so there is no next-item sample")
-    filters = [_filter_row(f">{min_history} interactions (a target with ≥{min_history} history items)", log, eligible_users)]
-    # every (user, position t ≥ min_history) is a potential sample; Sample objects are built only for the kept ones
+def _candidate_splits(log: Log, seqs: dict, before: dict, urank: dict, min_history: int,
+                      ratios: tuple[float, float, float]) -> tuple[dict, list[str], str]:
+    """({split: [(user, target position)]}, the split of every interaction, a note on how it was cut): one global
+    chronological cut by target timestamp when the log has them, else a per-user cut of each sequence."""
+    inter = log.interactions
     by_split: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
     interaction_split = ["unused"] * len(inter)
     tot = sum(ratios)
@@ -511,9 +502,11 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
         mode = (f"per-user {ratios[0]:g}:{ratios[1]:g}:{ratios[2]:g} cut of each sequence, in "
                 + ("file order (--order-by file)" if timed(log) else "a seeded random order (no timestamps: a "
                    "held-out item, not the next one)"))
-    potential = {s: len(by_split[s]) for s in SPLITS}
-    requested = {"train": n_train, "valid": n_valid, "test": n_test}
-    warnings: list[str] = []
+    return by_split, interaction_split, mode
+
+
+def _cap_splits(by_split: dict, requested: dict, seed: int) -> None:
+    """Keep a seeded random subset of each split's potential samples (in order) where it exceeds the request."""
     for s in SPLITS:
         cap = requested[s]
         if cap is not None and len(by_split[s]) > cap:
@@ -521,6 +514,34 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
             by_split[s] = [by_split[s][j] for j in keep]
         if requested[s] != 0 and not by_split[s]:
             raise UserError(f"the {s} split has no next-item sample; the log is too small for an 8:1:1 split")
+
+
+def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
+                     min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                     n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
+                     history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep") -> Built:
+    if n_candidates < 2:
+        raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
+    if not 1 <= negatives <= n_candidates - 1:
+        raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
+    _check_common(history_len, min_history)
+    _check_options(log, history_ratings)
+    min_history = max(min_history, 1)
+    inter, title = log.interactions, log.title
+    seqs = sequences(log, seed)
+    before = before_counts(log, seqs, same_time)
+    pool = sorted({x.item for x in inter}, key=user_key)
+    urank = {u: r for r, u in enumerate(sorted(seqs, key=user_key))}
+    eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history and before[u][-1] >= min_history}
+    if not eligible_users:
+        raise UserError(f"no user has more than {min_history} interactions, so there is no next-item sample")
+    filters = [_filter_row(f">{min_history} interactions (a target with ≥{min_history} history items)", log, eligible_users)]
+    # every (user, position t ≥ min_history) is a potential sample; Sample objects are built only for the kept ones
+    by_split, interaction_split, mode = _candidate_splits(log, seqs, before, urank, min_history, ratios)
+    potential = {s: len(by_split[s]) for s in SPLITS}
+    requested = {"train": n_train, "valid": n_valid, "test": n_test}
+    warnings: list[str] = []
+    _cap_splits(by_split, requested, seed)
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     # item facts from the training period only (each sample leaves its own user out)
     facts = ItemFacts(log, [sp == "train" for sp in interaction_split]) if item_stats else None

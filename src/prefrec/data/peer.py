@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from prefrec import io
 from prefrec.errors import UserError
 from prefrec.prompts import candidates_prompt
 from prefrec.samples import Comparison, Sample
@@ -45,22 +46,12 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         return
     text = path.read_text(encoding="utf-8")
     if suffix == ".jsonl" or (suffix != ".json" and not text.lstrip().startswith("[")):
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise UserError(f"{path}:{lineno}: expected a JSON object")
-                yield f"{path}:{lineno}", rec
+        for lineno, rec in io.json_lines(text.splitlines(), str(path), dict, "{where}: not valid JSON ({msg})",
+                                         "{where}: expected a JSON object"):
+            yield f"{path}:{lineno}", rec
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected a list of objects") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    data = io.json_value(text, str(path), list, "{where}: not valid JSON ({msg} at line {line}); expected a list of "
+                         "objects", "{where}: expected a JSON list of objects, got {type}")
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise UserError(f"{path}: record {i}: expected a JSON object")

@@ -1,0 +1,106 @@
+"""Samples -> training batches: split reading, k selection, tree encoding, and the order of an epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from prefrec import methods
+from prefrec.config import TrainConfig
+from prefrec.errors import UserError
+from prefrec.packing import Tree, encode_sample
+from prefrec.samples import Comparison, Sample, read_jsonl
+
+
+def split_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """(train file, valid file or None) from data.dir / data.train / data.valid."""
+    d = Path(cfg.data.dir) if cfg.data.dir else None
+    train = Path(cfg.data.train) if cfg.data.train else d / "train.jsonl"
+    if cfg.data.valid:
+        valid = Path(cfg.data.valid)
+        if not valid.is_file():
+            raise UserError(f"data.valid: {valid} does not exist")
+    else:
+        valid = d / "valid.jsonl" if d is not None and (d / "valid.jsonl").is_file() else None
+    if not train.is_file():
+        raise UserError(f"data: {train} does not exist (prepare samples with `prefrec data prepare`, "
+                        f"see docs/train.md)")
+    return train, valid
+
+
+def read_split(path: Path, limit: int | None) -> list[Sample]:
+    try:
+        samples = read_jsonl(path)
+    except ValueError as e:  # the reader names the file, line and field
+        raise UserError(str(e)) from None
+    if limit is not None:
+        samples = samples[:limit]
+    seen = set()
+    for s in samples:
+        if s.id in seen:
+            raise UserError(f"{path}: sample id {s.id!r} appears twice (ids key the reference cache)")
+        seen.add(s.id)
+    return samples
+
+
+def n_negatives(sample: Sample) -> int:
+    return sum(len(c.rejected) for c in sample.comparisons)
+
+
+def with_k_negatives(sample: Sample, k: int) -> Sample:
+    """The sample with its first k negatives, comparison by comparison (pairwise: the first k comparisons;
+    candidates: the first k rejected titles); comparisons left without a negative are dropped."""
+    comps, left = [], k
+    for c in sample.comparisons:
+        if left == 0:
+            break
+        take = c.rejected[:left]
+        comps.append(Comparison(question=c.question, chosen=c.chosen, rejected=list(take)))
+        left -= len(take)
+    return dataclasses.replace(sample, comparisons=comps)
+
+
+def stage_k(kind: str, k: int | None, samples: list[Sample], where: str) -> int | None:
+    """Negatives per sample for a stage: the configured k (every sample must have that many), else the stage kind's
+    default_k (methods.STAGES: dpo 1, sft all (None), dmpo/sdpo all the data has, the same for every sample)."""
+    counts = [n_negatives(s) for s in samples]
+    if k is not None:
+        short = [(s.id, c) for s, c in zip(samples, counts) if c < k]
+        if short:
+            raise UserError(f"{where}: k={k} but sample {short[0][0]!r} has only {short[0][1]} negative(s) "
+                            f"({len(short)} such samples)")
+        return k
+    default = methods.stage(kind).default_k
+    if default != "data":
+        return default
+    if len(set(counts)) > 1:
+        raise UserError(f"{where}: samples have different numbers of negatives ({sorted(set(counts))}); set k in "
+                        f"the {kind} stage")
+    return counts[0]
+
+
+def encode_trees(tokenizer, samples: list[Sample], kind: str, k: int | None) -> list[Tree]:
+    """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison."""
+    which = "chosen" if kind == "sft" else "all"
+    return [encode_sample(tokenizer, with_k_negatives(s, k) if k is not None else s, which=which) for s in samples]
+
+
+def chosen_tokens(tree: Tree) -> int:
+    return sum(len(b.responses[0]) for b in tree.branches)
+
+
+def epoch_order(n: int, seed: int, stage_index: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: the same on every process, independent of the global RNG."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + stage_index * 10_007 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """Contiguous equal shards of range(n), the last padded with n-1, so every process runs the same number of
+    forward passes and a gather in rank order gives back 0..n-1 first."""
+    m = math.ceil(n / world)
+    padded = list(range(n)) + [n - 1] * (m * world - n)
+    return padded[rank * m:(rank + 1) * m]

@@ -1,0 +1,160 @@
+"""What every reader shares: the normalised Log, and line reading with one clear error per problem (gzip or plain,
+CRLF or LF, encodings, fields, numbers, timestamps)."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from prefrec.errors import UserError
+
+
+class Interaction(NamedTuple):
+    user: str
+    item: str
+    rating: float  # a star rating, or a play count for logs whose `value` is "weight"
+    timestamp: int | None  # seconds since the epoch; None when the format has no time (LastFM, Goodreads CSV)
+
+
+@dataclass
+class Log:
+    name: str  # dataset name, e.g. "ml-1m"
+    domain: str  # movies | games | music | books | items: picks the prompt template
+    interactions: list[Interaction]  # in file order: the tie-breaker wherever timestamps are equal
+    titles: dict[str, str]  # item id -> normalised title (may hold items nobody rated)
+    value: str = "rating"  # "rating" (stars, higher = liked) or "weight" (play counts, compared within a user)
+    unrated: float | None = None  # a rating value that means "not rated" (Goodreads: 0); such rows are filtered
+    files: list[str] = field(default_factory=list)
+    catalog: dict[str, int] = field(default_factory=dict)  # side-table sizes, e.g. {"items": 3883, "users": 6040}
+    warnings: list[str] = field(default_factory=list)
+    has_timestamps: bool = True
+    order_by: str | None = None  # what the user named as the log's time order: a column, or "file" (file order)
+
+    def title(self, item: str) -> str:
+        return self.titles.get(item) or item
+
+    def counts(self) -> dict[str, int]:
+        return {"interactions": len(self.interactions),
+                "users": len({x.user for x in self.interactions}),
+                "items": len({x.item for x in self.interactions})}
+
+
+def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, lines without their endings), a few MB at a time: much faster than iterating a
+    gzip stream line by line, and still streaming for multi-GB review files. Gzip is detected by magic bytes."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
+    n, rest = 0, b""
+    try:
+        with opener(path, "rb") as f:
+            while True:
+                chunk = f.read(chunk_bytes)
+                if not chunk:
+                    break
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                if lines:
+                    yield n + 1, [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                    n += len(lines)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise UserError(f"{path}: truncated or corrupt gzip data after line {n} ({e}); download the file again") from None
+    if rest:
+        yield n + 1, [rest[:-1] if rest.endswith(b"\r") else rest]
+        n += 1
+    if n == 0:
+        raise UserError(f"{path}: empty file")
+
+
+def _decode(raw: bytes, encodings: tuple[str, ...], path: Path, n: int) -> str:
+    """Decode one line, trying each encoding in turn (LastFM mixes UTF-8 and latin-1 between files)."""
+    for enc in encodings:
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    raise UserError(f"{path}:{n}: not valid {' or '.join(encodings)} text")
+
+
+def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",)) -> Iterator[tuple[int, str]]:
+    """Decoded, non-blank lines with their line numbers. A chunk is decoded at once when the first encoding fits
+    all of it, else line by line through the encodings in turn."""
+    for first, raw in _raw_chunks(path):
+        try:
+            lines = b"\n".join(raw).decode(encodings[0]).split("\n")
+        except UnicodeDecodeError:
+            lines = [_decode(b, encodings, path, first + j) for j, b in enumerate(raw)]
+        for j, line in enumerate(lines):
+            if line.strip():
+                yield first + j, line
+
+
+def _movielens_encoding(path: Path) -> tuple[str, ...]:
+    """The published MovieLens files are latin-1; a copy re-saved as UTF-8 (valid UTF-8 throughout, which latin-1
+    text with accents practically never is) is read as UTF-8 instead of turning "é" into "Ã©"."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for _, raw in _raw_chunks(path):
+            dec.decode(b"\n".join(raw) + b"\n")
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return ("latin-1",)
+    return ("utf-8-sig",)
+
+
+def _fields(line: str, sep: str, want: int, path: Path, n: int, names: str, at_least: bool = False) -> list[str]:
+    parts = line.split(sep)
+    if len(parts) < want or (not at_least and len(parts) != want):
+        seen = next((s for s in ("::", "\t", ",", "|", ";") if s != sep and s in line), None)
+        hint = f"; the line looks {seen!r}-separated" if seen else ""
+        raise UserError(f"{path}:{n}: expected {want} fields ({names}) separated by {sep!r}, found {len(parts)}{hint}")
+    return parts
+
+
+def _number(text: str, path: Path, n: int, name: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UserError(f"{path}:{n}: field '{name}' is {text!r}; expected a number") from None
+    if v != v:  # NaN
+        raise UserError(f"{path}:{n}: field '{name}' is NaN; expected a number")
+    return v
+
+
+def _timestamp(text: str, path: Path, n: int, name: str = "timestamp") -> int:
+    return int(_number(text, path, n, name))
+
+
+def _rating_time(r: str, t: str, path: Path, n: int) -> tuple[float, int]:
+    """float(rating), int(timestamp) the fast way; the checked way (with its clear error) only if that fails."""
+    try:
+        return float(r), int(t)
+    except ValueError:
+        return _number(r, path, n, "rating"), _timestamp(t, path, n)
+
+
+def _unknown_item(path: Path, n: int, item: str, catalogue: str) -> UserError:
+    return UserError(f"{path}:{n}: field 'item' is {item!r}, which is not in {catalogue}")
+
+
+def _no_rows(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: no {what} rows (only a header or blank lines)")
+
+
+def _pick(folder: Path, patterns: tuple[str, ...], what: str, required: bool = True) -> Path | None:
+    """The one file in `folder` matching the first pattern that matches anything."""
+    for pat in patterns:
+        hits = sorted(p for p in folder.glob(pat) if p.is_file())
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UserError(f"{folder}: several {what} files match {pat!r}: {[h.name for h in hits]}; pass one file")
+    if required:
+        raise UserError(f"{folder}: no {what} file (looked for {', '.join(patterns)})")
+    return None

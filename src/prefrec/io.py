@@ -1,0 +1,106 @@
+"""Atomic file writes: the one owner of "temp file in the same folder, then rename".
+
+Every output prefrec writes (samples, results, per-sample rows, TSV tables, Markdown, HTML, figures, configs) goes
+through `atomic_path`, so a crash or kill mid-write never leaves a half-written file behind, and every file gets the
+same permissions: those an ordinary open() would give it (0666 minus the umask; mkstemp alone would give 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def umask_mode() -> int:
+    """The mode an ordinary open() gives a new file: 0666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path next to `path` to write to; on success it gets umask_mode() and is renamed onto `path`,
+    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
+    """Write already terminated lines (no newline translation); returns how many were written."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line)
+            n += 1
+    return n
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write one UTF-8 string as it is."""
+    write_lines(path, [text])
+
+
+def write_json(path: str | os.PathLike, obj, *, allow_nan: bool = True) -> None:
+    """json.dump with indent 2, non-ASCII kept, and a final newline."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=allow_nan) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], *, ensure_ascii: bool = False) -> int:
+    """One JSON object a line; returns the number of rows."""
+    return write_lines(path, (json.dumps(r, ensure_ascii=ensure_ascii) + "\n" for r in rows))
+
+
+def write_tsv(path: str | os.PathLike, header: str, rows: Iterable[str]) -> int:
+    """A header line, then already formatted (tab-separated, newline-terminated) rows."""
+    return write_lines(path, _chain([header + "\n"], rows)) - 1
+
+
+def _chain(first: list[str], rest: Iterable[str]) -> Iterator[str]:
+    yield from first
+    yield from rest
+
+
+def write_figure(fig, path: str | os.PathLike, **savefig) -> Path:
+    """matplotlib Figure.savefig to PNG; `savefig` passes dpi, bbox_inches and the like through."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **savefig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading JSON written by people: one clear error naming the file (and line) and what was expected
+
+def json_value(text: str, where: str, want: type, bad_json: str, bad_type: str):
+    """json.loads(text), which must be a `want`; else UserError. The messages are templates: bad_json gets {where},
+    {msg}, {line} and {col} of the decode error, bad_type {where} and {type} (the JSON type found)."""
+    from prefrec.errors import UserError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(bad_json.format(where=where, msg=e.msg, line=e.lineno, col=e.colno)) from None
+    if not isinstance(value, want):
+        raise UserError(bad_type.format(where=where, type=type(value).__name__))
+    return value
+
+
+def json_lines(lines: Iterable[str], where: str, want: type, bad_json: str,
+               bad_type: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of every non-blank line, each a JSON `want` (json_value's messages, where = FILE:LINE)."""
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            yield n, json_value(line, f"{where}:{n}", want, bad_json, bad_type)

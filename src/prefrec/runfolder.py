@@ -1,0 +1,209 @@
+"""A training run folder: the refusal to overwrite, checkpoints (Accelerate save_state + adapter), the final and best
+adapters, metrics.jsonl and the trackers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from prefrec import io
+from prefrec.config import TrainConfig, config_to_dict
+from prefrec.errors import UserError
+
+
+def base_model_name(name: str) -> str:
+    """What run.json records as base_model: a run folder's or adapter folder's own base, else the name itself."""
+    from prefrec.model import is_run_dir
+
+    p = Path(name)
+    if is_run_dir(p):
+        return json.loads((p / "run.json").read_text()).get("base_model", "embedded")
+    if p.is_dir() and (p / "adapter_config.json").is_file():
+        from prefrec.model import known_name
+
+        return known_name(json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+                          or "embedded")
+    return name
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints (trainer_state.json is written last, and the folder renamed into place), oldest first."""
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()
+             and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def adapter_state(acc, prepared) -> dict | None:
+    """The LoRA weights as PEFT saves them, gathered whole (FSDP and DeepSpeed ZeRO-3 shard them; for one process
+    or DDP this is the module's own state). Call on every process; the main process gets the dict."""
+    from peft import get_peft_model_state_dict
+
+    full = acc.get_state_dict(prepared)
+    if not acc.is_main_process:
+        return None
+    lm = acc.unwrap_model(prepared).lm
+    # save_embedding_layers=False: prefrec never resizes the vocabulary, and "auto" would look the base's Hub id up
+    # on the network to check
+    return get_peft_model_state_dict(lm, state_dict={k[len("lm."):]: v for k, v in full.items()
+                                                     if k.startswith("lm.")}, save_embedding_layers=False)
+
+
+def save_adapter(lm, dest: Path, state_dict: dict | None = None) -> None:
+    """PEFT save_pretrained (safetensors) into a temp folder, then renamed into place."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
+    """RUN/checkpoints/step-N/: Accelerate's save_state (optimizer, scheduler, every process's RNG; under FSDP and
+    DeepSpeed also the sharded model and optimizer), adapter/ (PEFT format) and trainer_state.json (prefrec's
+    counters). Written into a temp folder that is renamed into place once trainer_state.json is in it."""
+    root = run / "checkpoints"
+    final = root / f"step-{state['global_step']}"
+    tmp = root / f".step-{state['global_step']}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    weights = adapter_state(acc, prepared)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
+                                                      state_dict=weights, save_embedding_layers=False)
+        io.write_json(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(run)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _adapter_only_on_save(models, weights, output_dir) -> None:
+    """Accelerate save_state hook (one process / DDP): skip the full model; the checkpoint's adapter/ holds every
+    trainable weight, and the frozen base is not copied into each checkpoint. FSDP/DeepSpeed save their shards."""
+    weights.clear()
+
+
+def _adapter_only_on_load(models, input_dir) -> None:
+    """Accelerate load_state hook, the pair of _adapter_only_on_save: the adapter is loaded from adapter/."""
+    models.clear()
+
+
+def restore_accelerate_state(acc, checkpoint: Path) -> None:
+    """Accelerate's load_state from a prefrec checkpoint: the optimizer and scheduler prepared now, the RNG of
+    every process, and under FSDP/DeepSpeed the model shards. Refuses a checkpoint without this process's RNG (its
+    silent absence would break exact resume)."""
+    if not (checkpoint / f"random_states_{acc.process_index}.pkl").is_file():
+        raise UserError(f"--resume: {checkpoint} has no random_states_{acc.process_index}.pkl (written by an "
+                        f"older prefrec or another number of processes); start the run again without --resume")
+    acc.load_state(str(checkpoint))
+
+
+def load_adapter_weights(lm, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(lm, load_file(str(folder / "adapter_model.safetensors")))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing or getattr(result, "unexpected_keys", []):
+        raise UserError(f"{folder}: adapter does not fit the model (missing {missing[:3]}, unexpected "
+                        f"{list(result.unexpected_keys)[:3]})")
+
+
+def tracker_names(cfg: TrainConfig) -> list[str]:
+    """The Accelerate trackers of a run (log_with, plus tensorboard: true), each checked to be installed."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
+    have = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    missing = [n for n in names if not have[n]()]
+    if missing:
+        raise UserError(f"log_with: {missing} not installed; pip install 'prefrec[{','.join(missing)}]'")
+    return names
+
+
+def flat_config(cfg: TrainConfig) -> dict:
+    """The config as one level of scalars (stages[1].beta: 0.1), what trackers store as hyperparameters."""
+    out = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else k, x)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for i, x in enumerate(v):
+                walk(f"{prefix}[{i}]", x)
+        else:
+            out[prefix] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk("", config_to_dict(cfg))
+    return out
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl (one JSON object per optimizer step or validation), main process only, and the same numbers
+    to Accelerate's trackers (TensorBoard, W&B, MLflow) when the run has any."""
+
+    def __init__(self, run: Path, active: bool, acc, keep_up_to_step: int | None):
+        self.active = active
+        self.path = run / "metrics.jsonl"
+        self.acc = acc if acc is not None and acc.trackers else None
+        if not active:
+            return
+        if keep_up_to_step is not None and self.path.is_file():
+            # resuming: drop rows of steps the killed run did after its last checkpoint (they will be redone)
+            rows = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= keep_up_to_step:
+                        rows.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass  # a line cut short by the kill
+            io.write_lines(self.path, (r + "\n" for r in rows))
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.acc is not None:
+            self.acc.log({f"{row['split']}/{key}": v for key, v in row.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and key not in ("step", "stage_step")}, step=row["step"])
+
+    def close(self) -> None:
+        if self.active:
+            self.file.close()
+
+
+def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
+    """Returns the checkpoint to resume from (None: start from scratch); refuses to overwrite a run."""
+    busy = (run / "run.json").exists() or (run / "metrics.jsonl").exists() or bool(checkpoints(run))
+    if not resume:
+        if busy:
+            raise UserError(f"output_dir {run} already holds a run; pass --resume to continue it, or choose "
+                            f"another --out")
+        return None
+    saved = run / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        new = config_to_dict(cfg)
+        # may differ between the killed and the resumed run
+        free = {"progress", "tensorboard", "log_with", "output_dir"}
+        diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+        if diff:
+            raise UserError(f"--resume: the config differs from {saved} in {diff}; resume with the run's own "
+                            f"config ({saved})")
+    ckpts = checkpoints(run)
+    return ckpts[-1] if ckpts else None

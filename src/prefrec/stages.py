@@ -1,0 +1,153 @@
+"""A training stage's model side: the scorer Accelerate wraps, per-tree loss inputs, the LR schedule, dropout, and the
+metrics of a step or a validation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prefrec import methods
+from prefrec.config import StageConfig
+from prefrec.losses import ftx_term, reward_stats, sft_loss
+from prefrec.packing import Tree, response_logps
+
+
+class TreeScorer(torch.nn.Module):
+    """The module Accelerate wraps (DDP/FSDP/DeepSpeed): its forward is the packed scoring of a list of trees.
+
+    prefrec.packing calls the decoder trunk and the LM head directly (to run the head at response positions only);
+    routing that through this module's forward is what lets a distributed wrapper see the forward pass."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, trees: list[Tree], per_token: bool = False):
+        return response_logps(self.lm, trees, per_token=per_token)
+
+
+def tree_terms(scores, n_trees: int) -> dict:
+    """Per-tree tensors from Scores: chosen (B, k) [(B,) without rejected responses] and rejected (B, k) summed
+    log-probs (graph kept; chosen[:, i] is the chosen of rejected i's own comparison), the chosen responses' token
+    log-probs concatenated per tree (list of B tensors), and their NLL sum and count (B,)."""
+    chosen, rejected = scores.chosen_rejected(pairs=True)
+    per_tree: list[list[torch.Tensor]] = [[] for _ in range(n_trees)]
+    for n, (t, _b, i) in enumerate(scores.index):
+        if i == 0:
+            per_tree[t].append(scores.token_logps[n])
+    tokens = [torch.cat(x) for x in per_tree]
+    nll_sum = torch.stack([-x.sum() for x in tokens])
+    n_tok = torch.tensor([x.numel() for x in tokens], dtype=torch.float32, device=nll_sum.device)
+    return {"chosen": chosen, "rejected": rejected, "tokens": tokens, "nll_sum": nll_sum, "n_tokens": n_tok}
+
+
+def set_dropout(model: torch.nn.Module, rates: dict[torch.nn.Dropout, float], off: bool) -> None:
+    """Dropout rate of every dropout module: 0 when `off`, else its configured rate (`rates`, taken once)."""
+    for m, p in rates.items():
+        m.p = 0.0 if off else p
+
+
+def cosine_with_warmup(step: int, *, warmup: int, total: int) -> float:
+    """LR factor of optimizer step `step` (0-based): linear warmup (s+1)/warmup, so the first step already learns,
+    then half a cosine from 1 down towards 0 over the remaining steps (the last step still has a small LR).
+
+    This is transformers' get_cosine_schedule_with_warmup from step `warmup` on (tests check it), but not during
+    the warmup: the library's step s has factor s/warmup, so its first step has LR 0 and is wasted. prefrec keeps its
+    own warmup so that runs and published results keep their numbers (issue 16)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def alignment_metrics(kind: str, beta: float, ftx: float, chosen, rejected, ref_chosen, ref_rejected,
+                      nll_sum, n_tokens) -> dict[str, float]:
+    """Mean loss and reward statistics of a set of samples (all inputs detached, one row per sample)."""
+    losses, cr, rr = methods.stage(kind).loss_fn()(chosen, rejected, ref_chosen, ref_rejected, beta)
+    if ftx:
+        losses = losses + ftx * nll_sum / n_tokens
+    return row_metrics(losses, cr, rr, chosen, rejected)
+
+
+def row_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, float]:
+    stats = reward_stats(chosen_rewards, rejected_rewards)
+    return {
+        "loss": losses.mean().item(),
+        "chosen_reward": stats["rewards/chosen"],
+        "rejected_reward": stats["rewards/rejected"],
+        # chosen reward above every rejected reward (random policy: 1/(k+1)); the _vs_mean variant compares with
+        # the mean rejected reward, which is what the DMPO loss pushes (random: 1/2); equal for k = 1
+        "reward_accuracy": stats["rewards/accuracy"],
+        "reward_accuracy_vs_mean": (chosen_rewards > rejected_rewards.mean(dim=1)).float().mean().item(),
+        "reward_margin": stats["rewards/margin"],
+        "chosen_logp": chosen_logps.mean().item(),
+        "rejected_logp": rejected_logps.mean().item(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage: what differs between SFT and a preference stage, in one place
+
+class Stage:
+    """One training stage as the loop sees it: the loss of a micro-batch, the metrics of an optimizer step (from the
+    stats every process gathered) and the metrics of a validation pass. The loop itself is the same for every kind.
+
+    `scale` passed to loss(): world (processes W), accum (A), global_batch (G), global_tokens (chosen tokens in the
+    global batch) and device, so that the loss of a global batch is its mean whatever W and A are."""
+
+    def __init__(self, cfg: StageConfig, ref: dict | None = None):
+        self.cfg, self.kind, self.ref = cfg, cfg.kind, ref
+
+    def loss(self, terms: dict, idx: list[int], scale: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def step_metrics(self, g: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+    def valid_metrics(self, got: dict) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class SFTStage(Stage):
+    def loss(self, terms, idx, scale):
+        local = sum(x.numel() for x in terms["tokens"])
+        # a token mean over the *global* batch: DDP averages over W, backward divides by A
+        loss = sft_loss(terms["tokens"]) * (local * scale["world"] * scale["accum"] / scale["global_tokens"])
+        return loss, {"nll_sum": terms["nll_sum"], "n_tokens": terms["n_tokens"], "chosen_logp": terms["chosen"]}
+
+    def step_metrics(self, g):
+        return _sft_metrics(g["nll_sum"], g["n_tokens"], g["chosen_logp"])
+
+    def valid_metrics(self, got):
+        return _sft_metrics(got["nll_sum"], got["n_tokens"], got["chosen"])
+
+
+def _sft_metrics(nll_sum, n_tokens, chosen_logp) -> dict[str, float]:
+    return {"loss": (nll_sum.sum() / n_tokens.sum()).item(), "chosen_logp": chosen_logp.mean().item()}
+
+
+class PreferenceStage(Stage):
+    """A stage whose kind has a preference loss in prefrec.methods.STAGES; `ref` holds the reference log-probs."""
+
+    def loss(self, terms, idx, scale):
+        ref_c, ref_r = self.ref["train"]
+        sel = torch.tensor(idx)
+        losses, cr, rr = methods.stage(self.kind).loss_fn()(terms["chosen"], terms["rejected"],
+                                                            ref_c[sel].to(scale["device"]),
+                                                            ref_r[sel].to(scale["device"]), self.cfg.beta)
+        if self.cfg.ftx:
+            losses = losses + ftx_term(terms["tokens"], self.cfg.ftx)
+        loss = losses.sum() * (scale["world"] * scale["accum"] / scale["global_batch"])  # mean over the global batch
+        return loss, {"losses": losses, "chosen_reward": cr, "rejected_reward": rr, "chosen_logp": terms["chosen"],
+                      "rejected_logp": terms["rejected"]}
+
+    def step_metrics(self, g):
+        return row_metrics(g["losses"], g["chosen_reward"], g["rejected_reward"], g["chosen_logp"], g["rejected_logp"])
+
+    def valid_metrics(self, got):
+        return alignment_metrics(self.kind, self.cfg.beta, self.cfg.ftx, got["chosen"], got["rejected"],
+                                 self.ref["valid"][0], self.ref["valid"][1], got["nll_sum"], got["n_tokens"])
+
+
+def make_stage(cfg: StageConfig, ref: dict | None) -> Stage:
+    return PreferenceStage(cfg, ref) if methods.is_aligned(cfg.kind) else SFTStage(cfg)

@@ -1,0 +1,80 @@
+"""prefrec.methods: the one table of stage kinds. A new loss is one function + one row, and everything derives."""
+
+import json
+
+import pytest
+import torch.nn.functional as F
+
+from conftest import make_tiny_lm
+from prefrec import losses, methods
+from prefrec.config import config_from_dict, resolve_paths
+from prefrec.errors import UserError
+from prefrec.samples import Comparison, Sample, write_jsonl
+
+CALLS = []
+
+
+def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    """The worked example of docs/dev/extending.md: max(0, 1 - (r_w - max_i r_l,i))."""
+    CALLS.append(policy_rejected_logps.shape)
+    chosen, rejected = losses.rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                      ref_rejected_logps, beta)
+    chosen = chosen.mean(dim=1) if chosen.dim() == 2 else chosen
+    return F.relu(1 - (chosen - rejected.max(dim=1).values)), chosen.detach(), rejected.detach()
+
+
+@pytest.fixture
+def with_hinge(monkeypatch):
+    table = dict(methods.STAGES)
+    table["hinge"] = methods.StageKind("hinge", hinge_loss, only_variant=True)
+    monkeypatch.setattr(methods, "STAGES", table)
+    CALLS.clear()
+
+
+def test_the_table_gives_todays_lists():
+    assert methods.stage_kinds() == ("sft", "dpo", "dmpo", "sdpo")
+    assert methods.alignment_kinds() == ("dpo", "dmpo", "sdpo")
+    assert methods.llm_methods() == ("zero-shot", "sft", "dpo", "dmpo", "sdpo", "dmpo-only", "sdpo-only")
+    assert methods.table_order() == ["zero-shot", "sft", "dpo", "dmpo-only", "dmpo", "sdpo-only", "sdpo"]
+    assert [methods.cell_k(m, 3) for m in methods.llm_methods()] == [None, None, 1, 3, 3, 3, 3]
+    assert methods.method_stages("dmpo") == (["dmpo"], True)
+    assert methods.method_stages("dmpo-only") == (["dmpo"], False)
+    assert methods.method_stages("sft") == (["sft"], False)
+    assert methods.stage("dpo").loss_fn() is losses.dpo_loss
+
+
+def test_a_registered_loss_reaches_config_experiment_and_report(with_hinge):
+    from prefrec.report import _row_order
+
+    cfg = config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "sft"}, {"kind": "hinge", "ftx": 0.5}]}, "test")
+    assert cfg.stages[1].dropout_off()
+    assert "hinge" in methods.llm_methods() and "hinge-only" in methods.llm_methods()
+    assert methods.method_is_aligned("hinge-only") and methods.cell_k("hinge", 2) == 2
+    # the report places the new rows after the paper's methods and before the baselines
+    rank = [_row_order({"method": m})[0] for m in ("sdpo", "hinge-only", "hinge", "popularity")]
+    assert rank == sorted(rank) and len(set(rank)) == 4
+    with pytest.raises(UserError, match="nope"):
+        config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "nope"}]}, "test")
+
+
+def test_a_registered_loss_trains_through_train(with_hinge, tmp_path, embedded_tokenizer):
+    from prefrec.train import train
+
+    model = tmp_path / "model"
+    make_tiny_lm(embedded_tokenizer, seed=1).save_pretrained(model)
+    embedded_tokenizer.save_pretrained(model)
+    samples = [Sample(id=f"s{i}", task="candidates", domain="movies", prefix=f"Seen: Heat {i}.",
+                      comparisons=[Comparison(question=" Pick one.", chosen="Alien", rejected=["Jaws", "Up"])])
+               for i in range(2)]
+    write_jsonl(tmp_path / "data" / "train.jsonl", samples)
+    raw = {"output_dir": str(tmp_path / "run"), "progress": False, "model": {"name": str(model)},
+           "lora": {"r": 2, "alpha": 4}, "data": {"dir": str(tmp_path / "data"), "max_valid_samples": 0},
+           "stages": [{"kind": "hinge", "max_steps": 1, "batch_size": 2, "beta": 0.5}]}
+    run = train(resolve_paths(config_from_dict(raw, "test")))
+    assert CALLS and CALLS[0][1] == 2  # called on the 2 rejected responses of each sample
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert len(train_rows) == 1 and train_rows[0]["stage"] == "hinge"
+    # a fresh LoRA policy equals its reference: every reward is 0, so the hinge is exactly 1
+    assert train_rows[0]["loss"] == pytest.approx(1.0, abs=1e-5)
+    assert json.loads((run / "run.json").read_text())["stages"] == ["hinge"]
