@@ -35,7 +35,7 @@ import torch
 from prefrec import io, tasks
 from prefrec.errors import UserError
 from prefrec.matching import match
-from prefrec.metrics import generation_metrics
+from prefrec.metrics import generation_rates
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
 from prefrec.samples import Sample, read_jsonl
@@ -282,13 +282,11 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
             answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
                                        batch_size=gen_batch_size, progress=progress)
             timing["generate_s"] = time.perf_counter() - t_scored
-            cand_lists = [candidate_list(s)[0] for s in samples]
-            targets = [c[r["target_index"]] for c, r in zip(cand_lists, rows)]
-            metrics.update(generation_metrics(answers, cand_lists, targets))
-            for r, a, c in zip(rows, answers, cand_lists):
-                j, rule = match(a, c)
+            for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
+                j, rule = match(a, candidate_list(s)[0])
                 r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
                           "hit": j is not None and j == r["target_index"]})
+            metrics.update(generation_rates([r["valid"] for r in rows], [r["hit"] for r in rows]))
         metrics.update(tasks.task("candidates").metrics(rows))
     else:
         rows = score_yesno(model, tokenizer, samples, **kw)
