@@ -43,7 +43,8 @@ from prefrec.samples import Sample, read_jsonl
 
 # ---- inputs ----
 
-def load_samples(samples: str | os.PathLike | Sequence[Sample], split: str = "test") -> tuple[list[Sample], dict, str]:
+def read_samples_and_stats(samples: str | os.PathLike | Sequence[Sample], split: str = "test") \
+        -> tuple[list[Sample], dict, str]:
     """(samples, stats.json or {}, where): a prepared folder (SPLIT.jsonl + stats.json), one .jsonl file, or a list."""
     if not isinstance(samples, (str, os.PathLike)):
         return list(samples), {}, "<samples>"
@@ -243,7 +244,7 @@ def _run_info(name) -> dict:
     return info
 
 
-def _slug(text: str) -> str:
+def _out_dir_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
@@ -297,7 +298,7 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
 
 def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Sample], dict, str, str]:
     """(samples, stats.json of their folder, where they came from, their task), checked before any model loads."""
-    samples, stats, where = load_samples(samples_dir, split)
+    samples, stats, where = read_samples_and_stats(samples_dir, split)
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
@@ -360,9 +361,9 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
 
     if out is None:
         if info:
-            out = Path(model_or_run) / "eval" / _slug(f"{dataset}-{task}-{split}")
+            out = Path(model_or_run) / "eval" / _out_dir_name(f"{dataset}-{task}-{split}")
         else:
-            out = Path("eval") / _slug(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
+            out = Path("eval") / _out_dir_name(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
     out = Path(out)
     results = {
         "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,

@@ -323,7 +323,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _slug(*parts) -> str:
+def _file_stem(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(str(p) for p in parts if p not in (None, ""))).strip("-")
 
 
@@ -373,7 +373,7 @@ def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
         if len(stages) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(name, fontsize=10, y=1.03)
-    path = _save(fig, out_dir / f"train-{_slug(name)}.png")
+    path = _save(fig, out_dir / f"train-{_file_stem(name)}.png")
     plt.close(fig)
     return path
 
@@ -428,7 +428,7 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[
         ax.set_ylabel(metric)
         ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
         ax.legend(fontsize=8)
-        path = _save(fig, out_dir / f"{_slug(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
+        path = _save(fig, out_dir / f"{_file_stem(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
         plt.close(fig)
         made.append((dataset, task, metric, path, field))
     return made
