@@ -32,12 +32,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from prefrec import io, tasks
+from prefrec import tasks
 from prefrec.errors import UserError
 from prefrec.matching import match
 from prefrec.metrics import generation_rates
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
+from prefrec.results import is_run_dir, read_run, write_results
 from prefrec.samples import Sample, read_jsonl
 
 
@@ -205,11 +206,9 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
 
 def _run_info(name) -> dict:
     """What a prefrec run folder says about itself: method (last stage), k, shots, regime, seed, config."""
-    from prefrec.model import is_run_dir
-
     if not isinstance(name, (str, os.PathLike)) or not is_run_dir(name):
         return {}
-    run = json.loads((Path(name) / "run.json").read_text(encoding="utf-8"))
+    run = read_run(name)
     info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model")}
     stages = run.get("stages") or []
     last = stages[-1] if stages else None
@@ -381,6 +380,5 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "timing": timing,
         **provenance(),
     }
-    io.write_jsonl(out / "per_sample.jsonl", rows)
-    io.write_json(out / "results.json", results)
+    write_results(out, results, rows)
     return {**results, "out": str(out)}

@@ -31,6 +31,7 @@ import yaml
 
 from prefrec import methods
 from prefrec.errors import UserError
+from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 
 
 
@@ -287,10 +288,6 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
     return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
 
 
-def _is_complete_run(run_dir: Path) -> bool:
-    return (run_dir / "run.json").is_file() and (run_dir / "adapter").is_dir()
-
-
 def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -> Path:
     """Train the cell's model; returns its run folder.
 
@@ -309,7 +306,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
                     seed=cell.seed, regime=None)
     sft_run = root / sft_cell.folder() / "run"
-    if not _is_complete_run(sft_run):
+    if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
     train(_train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run)), resume=True)
     return run_dir
@@ -352,16 +349,14 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
     if cell.method in methods.llm_methods() and cell.model != "embedded":
         res["base_model"] = cell.model
-    from prefrec import io
-
-    io.write_json(out / "results.json", res)
+    write_results(out, res)
     # the eval folder keeps its own copy for per-sample bootstrap; drop its results.json so the report counts once
-    inner = out / "eval" / "results.json"
+    inner = out / "eval" / RESULTS
     if inner.exists():
         inner.rename(out / "eval" / "results.eval.json")
-    per_sample = out / "eval" / "per_sample.jsonl"
+    per_sample = out / "eval" / PER_SAMPLE
     if per_sample.exists():
-        per_sample.replace(out / "per_sample.jsonl")
+        per_sample.replace(out / PER_SAMPLE)
     return res
 
 
@@ -408,7 +403,7 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
     src_root = Path(cfg.output_dir) / "cells"
     dst_root = Path(cfg.report_dir) / "cells"
     for c in grid:
-        for rel in ("results.json", "per_sample.jsonl", "run/metrics.jsonl"):
+        for rel in (RESULTS, PER_SAMPLE, "run/metrics.jsonl"):
             src, dst = src_root / c.folder() / rel, dst_root / c.folder() / rel
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -444,7 +439,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if only:
         grid = select(grid, only)
     root = Path(cfg.output_dir) / "cells"
-    todo = [c for c in grid if not (root / c.folder() / "results.json").exists()]
+    todo = [c for c in grid if not has_results(root / c.folder())]
     print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run",
           file=sys.stderr)
     if dry_run:
@@ -465,7 +460,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     from prefrec.report import make_report
     from prefrec import io
 
-    done = [c for c in grid if (root / c.folder() / "results.json").exists()]
+    done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []])
