@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from prefrec import methods
+from prefrec.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 
@@ -75,45 +76,6 @@ class ExperimentConfig:
 
 _TOP_KEYS = set(ExperimentConfig.__dataclass_fields__)
 _DS_KEYS = set(DatasetSpec.__dataclass_fields__)
-
-
-def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply `KEY=VALUE` overrides to a raw experiment mapping; returns a new mapping.
-
-    KEY is a dotted path (`eval.limit`, `align.lr`); `datasets.LABEL.…` addresses the dataset with that label
-    (`datasets.ml-100k.prepare.n_train=50`). VALUE is parsed as YAML (`seeds=[0, 1]`, `eval.generate=false`), so
-    lists and numbers keep their types. Used to run a config at a reduced size without editing it.
-    """
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{source} {item!r}: expected KEY=VALUE, e.g. eval.limit=50")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise UserError(f"{source} {item!r}: the value is not valid YAML ({e})") from None
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 5e-5 (no dot) as a string; on a command line it means the number
-                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-            except ValueError:
-                pass
-        parts = key.split(".")
-        node = raw
-        if parts[0] == "datasets" and len(parts) > 2:
-            label = parts[1]
-            node = next((d for d in raw.get("datasets") or [] if isinstance(d, dict) and d.get("label") == label), None)
-            if node is None:
-                labels = [d.get("label") for d in raw.get("datasets") or [] if isinstance(d, dict)]
-                raise UserError(f"{source} {item!r}: no dataset labelled {label!r}; the labels are {labels}")
-            parts = parts[2:]
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise UserError(f"{source} {item!r}: {part!r} holds {type(nxt).__name__}, not a mapping")
-            node = nxt
-        node[parts[-1]] = value
-    return raw
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
