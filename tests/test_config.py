@@ -149,6 +149,25 @@ def test_apply_override_creates_sections():
     assert raw["model"] == {"name": "/x/y"}
 
 
+def test_one_set_dialect_for_train_and_experiment():
+    """Issue 17: `prefrec train --set` and `prefrec experiment --set` read KEY=VALUE with one parser."""
+    from prefrec import experiment
+    from prefrec.config import apply_overrides
+
+    assert experiment.apply_overrides is apply_overrides
+    raw = {"seeds": [0, 1], "datasets": [{"label": "ml-100k", "prepare": {"n_train": 5}}], "stages": [{"kind": "sft"}]}
+    out = apply_overrides(raw, ["seeds[1]=5", "datasets.ml-100k.prepare.n_train=50", "stages.0.lr=5e-5",
+                                "align.lr=1e-4", "eval.generate=false", "seed=3"])
+    assert out["seeds"] == [0, 5] and out["datasets"][0]["prepare"]["n_train"] == 50
+    assert out["stages"][0]["lr"] == 5e-5 and out["align"]["lr"] == 1e-4 and out["eval"]["generate"] is False
+    assert raw["seeds"] == [0, 1] and "align" not in raw  # the input is left alone
+    assert apply_override(raw, "datasets.ml-100k.label=x") == "datasets[0].label"
+    with pytest.raises(UserError, match="duplicate key"):
+        apply_overrides(raw, ["eval={a: 1, a: 2}"])
+    with pytest.raises(UserError, match="no dataset labelled 'nope'"):
+        apply_overrides(raw, ["datasets.nope.prepare.n_train=2"])
+
+
 def test_dump_round_trip(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL), ["seed=7", "stages[1].ftx=1"])
     again = load_config(_write(tmp_path, dump_config(cfg), "again.yaml"))

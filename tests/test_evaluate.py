@@ -111,6 +111,30 @@ def test_candidates_generation_plumbing(tiny_lm, tmp_path, monkeypatch):
     assert [r["answer"] for r in rows] == answers
 
 
+def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
+    """Issue 17: rows and HR@1/ValidRatio come from one match per answer, with generation_metrics' numbers."""
+    from prefrec import matching
+    from prefrec.metrics import generation_metrics
+
+    samples = candidate_samples()
+    answers = ["Star Wars (1977)", "Fargo", "Star Wars"]  # hit, miss, ambiguous
+    monkeypatch.setattr(ev, "generate_answers", lambda *a, **k: list(answers))
+    calls = []
+    real = matching.match
+
+    def counting(answer, cands):
+        calls.append(answer)
+        return real(answer, cands)
+
+    monkeypatch.setattr(matching, "match", counting)
+    monkeypatch.setattr(ev, "match", counting)
+    res = ev.evaluate(tiny_lm, samples, out=tmp_path / "g", progress=False)
+    assert sorted(calls) == sorted(answers)
+    cands = [ev.candidate_list(s)[0] for s in samples]
+    want = generation_metrics(answers, cands, [c[ev.candidate_list(s)[1]] for c, s in zip(cands, samples)])
+    assert {k: res["metrics"][k] for k in want} == want
+
+
 def test_batched_generation_equals_one_at_a_time(tiny_lm):
     model, tok = tiny_lm
     torch.manual_seed(1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from prefrec import io
+from prefrec.results import RESULTS, RUN_JSON, read_results
 
 # Terms of the public rating logs prefrec reads (data/README.md of each source has the details). The Hub's
 # `license` key is the model's: the base's licence; the data's terms go in the body, since they bind any use.
@@ -30,11 +31,7 @@ DATA_TERMS = {
 }
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+_read_json = read_results  # any small JSON file of the run: {} when missing or unreadable
 
 
 def _data_stats(config: dict, run: Path) -> dict:
@@ -47,7 +44,7 @@ def _data_stats(config: dict, run: Path) -> dict:
 
 
 def _test_results(run: Path) -> list[dict]:
-    return [r for r in (_read_json(p) for p in sorted((run / "eval").glob("*/results.json"))) if r.get("metrics")]
+    return [r for r in (_read_json(p) for p in sorted((run / "eval").glob(f"*/{RESULTS}"))) if r.get("metrics")]
 
 
 def _fmt(v) -> str:
@@ -95,7 +92,7 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     from prefrec.model import KNOWN_MODELS, hub_reference
 
     run = Path(run)
-    info = _read_json(run / "run.json")
+    info = _read_json(run / RUN_JSON)
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() \
         else {}
     stats = _data_stats(config, run)

@@ -314,7 +314,7 @@ def eval_cmd(
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
-    from prefrec.model import is_run_dir
+    from prefrec.results import RESULTS, is_run_dir
 
     if is_run_dir(model):  # the run's model card lists its test metrics
         from prefrec.card import write_card
@@ -322,7 +322,7 @@ def eval_cmd(
         write_card(model)
     _emit([{"method": res["method"], "dataset": res["dataset"], "task": res["task"], "n": res["n_samples"],
             **{k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))},
-            "results": str(Path(res["out"]) / "results.json")}], as_json)
+            "results": str(Path(res["out"]) / RESULTS)}], as_json)
 
 
 @app.command("report")
@@ -369,6 +369,7 @@ def baseline(
     from prefrec.baselines.common import load_prepared
     from prefrec.baselines.run import BASELINES, CROSS_DOMAIN, run_baseline
     from prefrec.errors import UserError
+    from prefrec.results import RESULTS
 
     try:
         names = list(CROSS_DOMAIN if train_samples else BASELINES) if name.lower() == "all" else [name.lower()]
@@ -387,7 +388,7 @@ def baseline(
                 rows.append({"baseline": n, "regime": r,
                              **{k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"},
                              "seconds": round(res["training"]["train_seconds"], 1),
-                             "results": str(folder / "results.json")})
+                             "results": str(folder / RESULTS)})
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     _emit(rows, as_json)

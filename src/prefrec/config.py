@@ -19,11 +19,13 @@ where a number is expected. Duplicate keys in one mapping are an error too (PyYA
 
 from __future__ import annotations
 
+import copy
 import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -288,13 +290,20 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Overrides: --set stages[1].beta=0.2  /  --set data.max_train_samples=50  /  --set seed=3
+# Overrides: the one `--set KEY=VALUE` parser, used by `prefrec train` and `prefrec experiment` alike.
+# KEY is a path of mapping keys and list positions: `seed`, `data.max_train_samples`, `stages[1].beta` or
+# `stages.1.beta` (a position), `datasets.ml-100k.prepare.n_train` (the list item whose `label` is ml-100k).
+# VALUE is read as YAML (numbers, `[0, 1]`, `false`, `null`; `5e-5` is a number); an empty VALUE is "".
 
-def _split_key(key: str) -> list[str | int]:
-    """'stages[1].beta' or 'stages.1.beta' -> ['stages', 1, 'beta']."""
+_KEY_PIECE = re.compile(r"([^.\[\]=]*)((?:\[\d+\])*)")
+
+
+def _split_key(key: str, source: str = "--set") -> list[str | int]:
+    """'stages[1].beta' or 'stages.1.beta' -> ['stages', 1, 'beta']; 'datasets.ml-100k.x' -> ['datasets', 'ml-100k',
+    'x'] (a name where a list is met is looked up by label)."""
     parts: list[str | int] = []
     for piece in key.split("."):
-        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)?((?:\[\d+\])*)", piece)
+        m = _KEY_PIECE.fullmatch(piece)
         if piece.isdigit():
             parts.append(int(piece))
         elif m and (m.group(1) or m.group(2)):
@@ -302,7 +311,7 @@ def _split_key(key: str) -> list[str | int]:
                 parts.append(m.group(1))
             parts += [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
         else:
-            raise UserError(f"--set {key}: cannot read the key (use e.g. stages[1].beta or data.dir)")
+            raise UserError(f"{source} {key}: cannot read the key (use e.g. stages[1].beta or data.dir)")
     return parts
 
 
@@ -313,30 +322,49 @@ def _key_path(parts: list[str | int]) -> str:
     return out
 
 
-def apply_override(raw: dict, assignment: str) -> str:
-    """Apply one `key=value` (value read as YAML) to the parsed config dict in place; returns the key path."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment}: expected key=value")
-    key, text = assignment.split("=", 1)
-    parts = _split_key(key.strip())
-    value = parse_yaml(text, f"--set {key}") if text.strip() else ""
+def _by_label(node: list, label: str, where: str, source: str, key: str) -> int:
+    """The position of the list item (a mapping) whose `label` is `label`."""
+    labels = [d.get("label") for d in node if isinstance(d, dict)]
+    if label not in labels:
+        raise UserError(f"{source} {key}: no {where.rstrip('s')} labelled {label!r}; the labels are {labels}")
+    return next(i for i, d in enumerate(node) if isinstance(d, dict) and d.get("label") == label)
+
+
+def apply_override(raw: dict, assignment: str, source: str = "--set") -> str:
+    """Apply one `KEY=VALUE` to a parsed YAML mapping in place (missing mappings on the way are created); returns
+    the key path as `stages[1].beta`. The forms are listed above and in docs/train.md "Config reference"."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"{source} {assignment}: expected key=value, i.e. KEY=VALUE (e.g. seed=3 or eval.limit=50)")
+    parts = _split_key(key, source)
+    value = parse_yaml(text, f"{source} {key}") if text.strip() else ""
     node = raw
     for i, p in enumerate(parts):
-        last = i == len(parts) - 1
         where = _key_path(parts[:i + 1])
+        if isinstance(p, str) and isinstance(node, list) and any(isinstance(d, dict) and "label" in d for d in node):
+            p = parts[i] = _by_label(node, p, _key_path(parts[:i]), source, key)
         if isinstance(p, int):
             if not isinstance(node, list) or p >= len(node):
                 size = len(node) if isinstance(node, list) else 0
-                raise UserError(f"--set {key}: {where}: index {p} out of range ({size} items)")
+                raise UserError(f"{source} {key}: {where}: index {p} out of range ({size} items)")
         elif not isinstance(node, dict):
-            raise UserError(f"--set {key}: {_key_path(parts[:i])} is not a mapping")
-        if last:
+            raise UserError(f"{source} {key}: {_key_path(parts[:i])} is not a mapping")
+        if i == len(parts) - 1:
             node[p] = value
         else:
             if isinstance(p, str) and (p not in node or node[p] is None):
                 node[p] = {}
             node = node[p]
     return _key_path(parts)
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str], source: str = "--set") -> dict:
+    """A copy of `raw` with every `KEY=VALUE` of `overrides` applied in order (the input is left alone)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        apply_override(raw, item, source)
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------------------------

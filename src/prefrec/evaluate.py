@@ -32,18 +32,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from prefrec import io, tasks
+from prefrec import tasks
 from prefrec.errors import UserError
 from prefrec.matching import match
-from prefrec.metrics import generation_metrics
+from prefrec.metrics import generation_rates
 from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
 from prefrec.provenance import provenance
+from prefrec.results import is_run_dir, read_run, write_results
 from prefrec.samples import Sample, read_jsonl
 
 
 # ---- inputs ----
 
-def load_samples(samples: str | os.PathLike | Sequence[Sample], split: str = "test") -> tuple[list[Sample], dict, str]:
+def read_samples_and_stats(samples: str | os.PathLike | Sequence[Sample], split: str = "test") \
+        -> tuple[list[Sample], dict, str]:
     """(samples, stats.json or {}, where): a prepared folder (SPLIT.jsonl + stats.json), one .jsonl file, or a list."""
     if not isinstance(samples, (str, os.PathLike)):
         return list(samples), {}, "<samples>"
@@ -204,11 +206,9 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
 
 def _run_info(name) -> dict:
     """What a prefrec run folder says about itself: method (last stage), k, shots, regime, seed, config."""
-    from prefrec.model import is_run_dir
-
     if not isinstance(name, (str, os.PathLike)) or not is_run_dir(name):
         return {}
-    run = json.loads((Path(name) / "run.json").read_text(encoding="utf-8"))
+    run = read_run(name)
     info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model")}
     stages = run.get("stages") or []
     last = stages[-1] if stages else None
@@ -243,7 +243,7 @@ def _run_info(name) -> dict:
     return info
 
 
-def _slug(text: str) -> str:
+def _out_dir_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
@@ -282,13 +282,11 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
             answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
                                        batch_size=gen_batch_size, progress=progress)
             timing["generate_s"] = time.perf_counter() - t_scored
-            cand_lists = [candidate_list(s)[0] for s in samples]
-            targets = [c[r["target_index"]] for c, r in zip(cand_lists, rows)]
-            metrics.update(generation_metrics(answers, cand_lists, targets))
-            for r, a, c in zip(rows, answers, cand_lists):
-                j, rule = match(a, c)
+            for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
+                j, rule = match(a, candidate_list(s)[0])
                 r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
                           "hit": j is not None and j == r["target_index"]})
+            metrics.update(generation_rates([r["valid"] for r in rows], [r["hit"] for r in rows]))
         metrics.update(tasks.task("candidates").metrics(rows))
     else:
         rows = score_yesno(model, tokenizer, samples, **kw)
@@ -299,7 +297,7 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
 
 def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Sample], dict, str, str]:
     """(samples, stats.json of their folder, where they came from, their task), checked before any model loads."""
-    samples, stats, where = load_samples(samples_dir, split)
+    samples, stats, where = read_samples_and_stats(samples_dir, split)
     if limit is not None:
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
@@ -362,9 +360,9 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
 
     if out is None:
         if info:
-            out = Path(model_or_run) / "eval" / _slug(f"{dataset}-{task}-{split}")
+            out = Path(model_or_run) / "eval" / _out_dir_name(f"{dataset}-{task}-{split}")
         else:
-            out = Path("eval") / _slug(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
+            out = Path("eval") / _out_dir_name(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
     out = Path(out)
     results = {
         "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,
@@ -382,6 +380,5 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "timing": timing,
         **provenance(),
     }
-    io.write_jsonl(out / "per_sample.jsonl", rows)
-    io.write_json(out / "results.json", results)
+    write_results(out, results, rows)
     return {**results, "out": str(out)}

@@ -30,7 +30,9 @@ from pathlib import Path
 import yaml
 
 from prefrec import methods
+from prefrec.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
 from prefrec.errors import UserError
+from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 
 
 
@@ -74,45 +76,6 @@ class ExperimentConfig:
 
 _TOP_KEYS = set(ExperimentConfig.__dataclass_fields__)
 _DS_KEYS = set(DatasetSpec.__dataclass_fields__)
-
-
-def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply `KEY=VALUE` overrides to a raw experiment mapping; returns a new mapping.
-
-    KEY is a dotted path (`eval.limit`, `align.lr`); `datasets.LABEL.…` addresses the dataset with that label
-    (`datasets.ml-100k.prepare.n_train=50`). VALUE is parsed as YAML (`seeds=[0, 1]`, `eval.generate=false`), so
-    lists and numbers keep their types. Used to run a config at a reduced size without editing it.
-    """
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{source} {item!r}: expected KEY=VALUE, e.g. eval.limit=50")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise UserError(f"{source} {item!r}: the value is not valid YAML ({e})") from None
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads 5e-5 (no dot) as a string; on a command line it means the number
-                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-            except ValueError:
-                pass
-        parts = key.split(".")
-        node = raw
-        if parts[0] == "datasets" and len(parts) > 2:
-            label = parts[1]
-            node = next((d for d in raw.get("datasets") or [] if isinstance(d, dict) and d.get("label") == label), None)
-            if node is None:
-                labels = [d.get("label") for d in raw.get("datasets") or [] if isinstance(d, dict)]
-                raise UserError(f"{source} {item!r}: no dataset labelled {label!r}; the labels are {labels}")
-            parts = parts[2:]
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise UserError(f"{source} {item!r}: {part!r} holds {type(nxt).__name__}, not a mapping")
-            node = nxt
-        node[parts[-1]] = value
-    return raw
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -287,10 +250,6 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
     return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
 
 
-def _is_complete_run(run_dir: Path) -> bool:
-    return (run_dir / "run.json").is_file() and (run_dir / "adapter").is_dir()
-
-
 def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -> Path:
     """Train the cell's model; returns its run folder.
 
@@ -309,7 +268,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
                     seed=cell.seed, regime=None)
     sft_run = root / sft_cell.folder() / "run"
-    if not _is_complete_run(sft_run):
+    if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
     train(_train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run)), resume=True)
     return run_dir
@@ -352,16 +311,14 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
     if cell.method in methods.llm_methods() and cell.model != "embedded":
         res["base_model"] = cell.model
-    from prefrec import io
-
-    io.write_json(out / "results.json", res)
+    write_results(out, res)
     # the eval folder keeps its own copy for per-sample bootstrap; drop its results.json so the report counts once
-    inner = out / "eval" / "results.json"
+    inner = out / "eval" / RESULTS
     if inner.exists():
         inner.rename(out / "eval" / "results.eval.json")
-    per_sample = out / "eval" / "per_sample.jsonl"
+    per_sample = out / "eval" / PER_SAMPLE
     if per_sample.exists():
-        per_sample.replace(out / "per_sample.jsonl")
+        per_sample.replace(out / PER_SAMPLE)
     return res
 
 
@@ -408,7 +365,7 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
     src_root = Path(cfg.output_dir) / "cells"
     dst_root = Path(cfg.report_dir) / "cells"
     for c in grid:
-        for rel in ("results.json", "per_sample.jsonl", "run/metrics.jsonl"):
+        for rel in (RESULTS, PER_SAMPLE, "run/metrics.jsonl"):
             src, dst = src_root / c.folder() / rel, dst_root / c.folder() / rel
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -444,7 +401,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if only:
         grid = select(grid, only)
     root = Path(cfg.output_dir) / "cells"
-    todo = [c for c in grid if not (root / c.folder() / "results.json").exists()]
+    todo = [c for c in grid if not has_results(root / c.folder())]
     print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run",
           file=sys.stderr)
     if dry_run:
@@ -465,7 +422,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     from prefrec.report import make_report
     from prefrec import io
 
-    done = [c for c in grid if (root / c.folder() / "results.json").exists()]
+    done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []])

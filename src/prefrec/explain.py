@@ -302,7 +302,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
-def load_samples(samples_file: str | os.PathLike, limit: int | None = None) -> list:
+def read_test_samples(samples_file: str | os.PathLike, limit: int | None = None) -> list:
     from prefrec.samples import read_jsonl
 
     path = Path(samples_file)
@@ -322,7 +322,7 @@ def explain_file(models: Sequence[str], samples_file: str | os.PathLike, out_dir
     """`prefrec explain`: explain one sample (by position or id) under one or more models; write HTML/PNG/JSON."""
     from prefrec.model import load_model
 
-    samples = load_samples(samples_file)
+    samples = read_test_samples(samples_file)
     if sample_id is not None:
         found = [s for s in samples if s.id == sample_id]
         if not found:
@@ -389,7 +389,7 @@ def compare_models(models: list[str], samples_file: str | os.PathLike, out_dir: 
     from prefrec.model import load_model
     from prefrec.provenance import provenance
 
-    samples = load_samples(samples_file, limit)
+    samples = read_test_samples(samples_file, limit)
     rows = []
     for spec in models:
         label, name = parse_model_spec(spec)

@@ -19,7 +19,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
     """Merge RUN's adapter into its base and write OUT (written to a temp folder, then renamed into place)."""
     from prefrec.card import model_card
     from prefrec import io
-    from prefrec.model import is_run_dir, load_model
+    from prefrec.model import load_model
+    from prefrec.results import is_run_dir
 
     run, out = Path(run), Path(out)
     if not is_run_dir(run):

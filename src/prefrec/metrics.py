@@ -172,15 +172,20 @@ def generation_metrics(answers: Sequence[str], candidates: Sequence[Sequence[str
     """
     if not (len(answers) == len(candidates) == len(targets)):
         raise ValueError(f"got {len(answers)} answers, {len(candidates)} candidate lists and {len(targets)} targets")
-    n = len(answers)
-    if n == 0:
-        return {"hr@1": None, "valid_ratio": None, "n": 0}
-    valid = hits = 0
+    valid, hits = [], []
     for i, (a, cands, tgt) in enumerate(zip(answers, candidates, targets)):
         if tgt not in cands:
             raise ValueError(f"sample {i}: target {tgt!r} is not among its candidates")
         j = match_answer(a, cands)
-        if j is not None:
-            valid += 1
-            hits += cands[j] == tgt
-    return {"hr@1": hits / n, "valid_ratio": valid / n, "n": n}
+        valid.append(j is not None)
+        hits.append(j is not None and cands[j] == tgt)
+    return generation_rates(valid, hits)
+
+
+def generation_rates(valid: Sequence[bool], hits: Sequence[bool]) -> dict:
+    """HR@1 and ValidRatio from answers already matched (per answer: did it name one candidate, was it the target);
+    evaluate matches each answer once and derives both its per-sample rows and these metrics from that match."""
+    n = len(valid)
+    if n == 0:
+        return {"hr@1": None, "valid_ratio": None, "n": 0}
+    return {"hr@1": sum(map(bool, hits)) / n, "valid_ratio": sum(map(bool, valid)) / n, "n": n}

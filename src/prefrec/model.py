@@ -35,6 +35,7 @@ import torch
 from prefrec.config import ATTN_IMPLEMENTATIONS
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
+from prefrec.results import RUN_JSON, is_run_dir, read_run
 
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"
@@ -229,11 +230,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
-def is_run_dir(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return (p / "run.json").is_file() and (p / "adapter").is_dir()
-
-
 def known_model_names() -> tuple[str, ...]:
     """Model names that load_model resolves by itself, offline (no path, no Hugging Face id)."""
     return tuple(KNOWN_MODELS)
@@ -286,8 +282,8 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     check_attn_implementation(attn_implementation)
     run = None
     if is_run_dir(name):
-        run_json = Path(name) / "run.json"
-        run = json.loads(run_json.read_text())
+        run_json = Path(name) / RUN_JSON
+        run = read_run(name)
         if adapter is None:
             adapter = Path(name) / "adapter"
         name = run.get("base_model", EMBEDDED)

@@ -41,6 +41,7 @@ from scipy import stats
 from prefrec import io, methods, tasks
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
+from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
 # metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
@@ -59,26 +60,6 @@ TRAIN_PANELS = [  # (title, keys a trainer may log it under, first found wins)
 
 
 # ---- 1. finding results ----
-
-def find_results(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
-    """(path, parsed results.json) for every evaluation result under the given files or folders, sorted by path."""
-    found: dict[Path, dict] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
-        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
-        for f in files:
-            try:
-                d = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise UserError(f"{f}: not a readable results JSON ({e})") from None
-            if isinstance(d, dict) and d.get("kind") == "eval":
-                for key in ("dataset", "task", "method", "metrics"):
-                    if key not in d:
-                        raise UserError(f"{f}: results JSON lacks field '{key}'")
-                found[f.resolve()] = d
-    return sorted(found.items())
-
 
 def find_training_logs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     out = set()
@@ -176,18 +157,6 @@ def paired_tests(groups: list[dict]) -> list[dict]:
 
 
 # ---- 5. bootstrap CIs per run ----
-
-def read_per_sample(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return rows
-
 
 # the metric families live with the tasks; this name stays for code that imported it from here
 metric_functions = tasks.metric_families
@@ -294,7 +263,7 @@ def tests_against_zero_shot(runs: list[dict], *, n_boot: int, seed: int) -> list
         z = zero.get((r["dataset"], r["task"], r.get("seed"), base))
         if z is None:
             continue
-        pa, pz = Path(r["path"]).parent / "per_sample.jsonl", Path(z["path"]).parent / "per_sample.jsonl"
+        pa, pz = per_sample_path(r["path"]), per_sample_path(z["path"])
         if not (pa.is_file() and pz.is_file()):
             continue
         metric = next((m for m in KEY_METRICS.get(r["task"], []) if m in r["metrics"] and m in z["metrics"]), None)
@@ -323,7 +292,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _slug(*parts) -> str:
+def _file_stem(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(str(p) for p in parts if p not in (None, ""))).strip("-")
 
 
@@ -373,7 +342,7 @@ def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
         if len(stages) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(name, fontsize=10, y=1.03)
-    path = _save(fig, out_dir / f"train-{_slug(name)}.png")
+    path = _save(fig, out_dir / f"train-{_file_stem(name)}.png")
     plt.close(fig)
     return path
 
@@ -428,7 +397,7 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[
         ax.set_ylabel(metric)
         ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
         ax.legend(fontsize=8)
-        path = _save(fig, out_dir / f"{_slug(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
+        path = _save(fig, out_dir / f"{_file_stem(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
         plt.close(fig)
         made.append((dataset, task, metric, path, field))
     return made
@@ -493,7 +462,7 @@ def _runs(results: list[tuple[Path, dict]], n_boot: int, seed: int) -> list[dict
     """One entry per results.json: its configuration, metrics and per-run bootstrap CIs."""
     runs = []
     for path, r in results:
-        ps = path.parent / "per_sample.jsonl"
+        ps = per_sample_path(path)
         ci = {}
         if ps.is_file() and n_boot > 0:
             ci = bootstrap_ci(read_per_sample(ps), names=_numeric_metrics(r["metrics"]), n_boot=n_boot, seed=seed)

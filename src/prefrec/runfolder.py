@@ -11,15 +11,14 @@ from pathlib import Path
 from prefrec import io
 from prefrec.config import TrainConfig, config_to_dict
 from prefrec.errors import UserError
+from prefrec.results import RUN_JSON, is_run_dir, read_run
 
 
 def base_model_name(name: str) -> str:
     """What run.json records as base_model: a run folder's or adapter folder's own base, else the name itself."""
-    from prefrec.model import is_run_dir
-
     p = Path(name)
     if is_run_dir(p):
-        return json.loads((p / "run.json").read_text()).get("base_model", "embedded")
+        return read_run(p).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
         from prefrec.model import known_name
 
@@ -187,7 +186,7 @@ class MetricsLog:
 
 def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
     """Returns the checkpoint to resume from (None: start from scratch); refuses to overwrite a run."""
-    busy = (run / "run.json").exists() or (run / "metrics.jsonl").exists() or bool(checkpoints(run))
+    busy = (run / RUN_JSON).exists() or (run / "metrics.jsonl").exists() or bool(checkpoints(run))
     if not resume:
         if busy:
             raise UserError(f"output_dir {run} already holds a run; pass --resume to continue it, or choose "

@@ -15,6 +15,7 @@ import numpy as np
 
 from prefrec import metrics
 from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.samples import TASKS as TASK_NAMES  # the one list of task names; this table gives each its metrics
 
 # LLM candidates rows: (metric name prefix, row field): summed log-probs and log-probs per token
 LLM_RANKINGS = (("rank_", "rank_scores"), ("rank_norm_", "rank_norm_scores"))
@@ -134,11 +135,10 @@ class Task:
         return metric_families(rows)
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("pairwise", _pairwise),
-    Task("candidates", _candidates),
-    Task("yesno", _yesno),
-)}
+_ROW_METRICS = {"pairwise": _pairwise, "candidates": _candidates, "yesno": _yesno}
+if set(_ROW_METRICS) != set(TASK_NAMES):  # a task added to samples.TASKS needs its metrics here
+    raise ImportError(f"prefrec.tasks: metrics for {sorted(set(TASK_NAMES) - set(_ROW_METRICS))} are missing")
+TASKS: dict[str, Task] = {name: Task(name, _ROW_METRICS[name]) for name in TASK_NAMES}
 
 
 def task(name: str) -> Task:

@@ -59,6 +59,7 @@ from prefrec.config import TrainConfig, dump_config
 from prefrec.errors import UserError
 from prefrec.packing import prompt_format
 from prefrec.reference import REF_CACHE, reference_logps, score_split
+from prefrec.results import is_run_dir, write_run
 from prefrec.runfolder import (MetricsLog, _adapter_only_on_load, _adapter_only_on_save, adapter_state, base_model_name,
                                check_run_folder, checkpoints,
                                flat_config, load_adapter_weights, restore_accelerate_state, save_adapter,
@@ -144,7 +145,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     run = Path(cfg.output_dir)
     acc = _accelerator(cfg, run)
     resume_from = check_run_folder(cfg, run, resume)
-    if resume and (run / "run.json").is_file() and (run / "adapter").is_dir():
+    if resume and is_run_dir(run):
         if acc.is_main_process:
             print(f"prefrec: {run} is already complete; nothing to resume", file=sys.stderr)
         return run
@@ -408,7 +409,7 @@ def _finalise(r: Recipe, t_process: float) -> None:
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
                 "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best,
                 "final_valid": r.final_valid, "prompt_format": prompt_format(r.tokenizer), **provenance()}
-        io.write_json(r.run / "run.json", info)
+        write_run(r.run, info)
         write_card(r.run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     r.log.close()
     acc.wait_for_everyone()

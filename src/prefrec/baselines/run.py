@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefrec import io, tasks
+from prefrec import tasks
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
@@ -30,6 +30,7 @@ from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
+from prefrec.results import write_results
 
 BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf")
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
@@ -186,6 +187,5 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        io.write_json(out / "results.json", result)
-        io.write_jsonl(out / "per_sample.jsonl", rows, ensure_ascii=True)
+        write_results(out, result, rows, ascii_rows=True)
     return {**result, "scores": scores}

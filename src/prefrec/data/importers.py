@@ -72,7 +72,7 @@ class FileReport:
 # Containers
 
 
-def read_records(path: Path, report: FileReport) -> list[tuple[str, object]]:
+def read_import_records(path: Path, report: FileReport) -> list[tuple[str, object]]:
     """(where, value) for every record, in file order; a part that is not valid JSON comes as (where, Rejected).
     A file that holds no records at all raises UserError."""
     try:
@@ -311,7 +311,7 @@ def import_file(path: str | Path, *, domain: str | None = None) -> tuple[list[Sa
     report = FileReport(file=str(path))
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    records = read_records(path, report)
+    records = read_import_records(path, report)
     report.rows = len(records)
     notes: dict = {}
     layouts: dict[str, int] = {}

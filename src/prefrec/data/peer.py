@@ -32,7 +32,7 @@ from prefrec.samples import Comparison, Sample
 FORMATS = ("alpaca-yesno", "candidates")
 
 
-def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+def read_peer_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(where, record) for every record of a .json / .jsonl / .csv / .tsv file; `where` names file and record."""
     path = Path(path)
     if not path.is_file():
@@ -105,7 +105,7 @@ _TARGET = re.compile(r'"([^"]+)"\s*\??\s*$')
 def load_alpaca_yesno(path: str | Path, *, domain: str = "movies", limit: int | None = None) -> list[Sample]:
     """Samples (task "yesno") from an alpaca-format file with instruction/input/output "Yes."/"No."."""
     out = []
-    for i, (where, rec) in enumerate(read_records(path)):
+    for i, (where, rec) in enumerate(read_peer_records(path)):
         if limit is not None and len(out) >= limit:
             break
         instruction = str(_field(rec, "instruction", where) or "").strip()
@@ -138,7 +138,7 @@ def load_candidates(path: str | Path, *, history_field: str = "historyList", can
     """Samples (task "candidates") from records with history, candidate list and target in the named fields.
     The rejected responses are the other candidates (the first k of them if k is given)."""
     out = []
-    for i, (where, rec) in enumerate(read_records(path)):
+    for i, (where, rec) in enumerate(read_peer_records(path)):
         if limit is not None and len(out) >= limit:
             break
         history = parse_list(_field(rec, history_field, where), where, history_field)

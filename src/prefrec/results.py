@@ -1,0 +1,107 @@
+"""Run folders and results files: the one place that says what they hold, writes them and finds them again.
+
+A training run folder (`prefrec train --out RUN`) holds run.json and adapter/ once it is complete. An evaluation
+folder holds results.json ("kind": "eval", the schema of docs/dev/HELPERS.md "Results JSON") and per_sample.jsonl
+(one object per test sample, the fields prefrec.tasks reads). evaluate, the baselines and the experiment write them
+with `write_results`; the report and the model card read them with `find_results`, `read_results` and
+`read_per_sample`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from prefrec import io
+from prefrec.errors import UserError
+
+RESULTS = "results.json"
+PER_SAMPLE = "per_sample.jsonl"
+RUN_JSON = "run.json"
+
+
+# ---- training run folders ----
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A complete training run folder: run.json (written at the end of `prefrec train`) and the final adapter/."""
+    p = Path(path)
+    return (p / RUN_JSON).is_file() and (p / "adapter").is_dir()
+
+
+def write_run(path: str | os.PathLike, info: dict) -> None:
+    """Write RUN/run.json, the last file `prefrec train` writes besides the card: with adapter/ it marks the run
+    complete (`is_run_dir`)."""
+    io.write_json(Path(path) / RUN_JSON, info)
+
+
+def read_run(path: str | os.PathLike) -> dict:
+    """A run folder's run.json."""
+    return json.loads((Path(path) / RUN_JSON).read_text(encoding="utf-8"))
+
+
+# ---- evaluation folders ----
+
+def has_results(folder: str | os.PathLike) -> bool:
+    """Whether an evaluation folder holds its results.json (written last, so the evaluation finished)."""
+    return (Path(folder) / RESULTS).exists()
+
+
+def write_results(folder: str | os.PathLike, results: dict, rows: Iterable[dict] | None = None, *,
+                  ascii_rows: bool = False) -> Path:
+    """Write FOLDER/per_sample.jsonl (when `rows` are given) and then FOLDER/results.json, each atomically; the
+    results are written last, so a folder with results.json always has its per-sample rows. `results` is written
+    as it is (key order kept, indent 2, non-ASCII kept); `ascii_rows` escapes non-ASCII in the rows (the baselines
+    have always written them so). Returns the results.json path."""
+    folder = Path(folder)
+    if rows is not None:
+        io.write_jsonl(folder / PER_SAMPLE, rows, ensure_ascii=ascii_rows)
+    io.write_json(folder / RESULTS, results)
+    return folder / RESULTS
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """A parsed results.json; {} when it is missing or unreadable (the model card lists what it can)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def find_results(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
+    """(path, parsed results.json) for every evaluation result under the given files or folders, sorted by path."""
+    found: dict[Path, dict] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        files = [p] if p.is_file() else sorted(p.rglob(RESULTS))
+        for f in files:
+            try:
+                d = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"{f}: not a readable results JSON ({e})") from None
+            if isinstance(d, dict) and d.get("kind") == "eval":
+                for key in ("dataset", "task", "method", "metrics"):
+                    if key not in d:
+                        raise UserError(f"{f}: results JSON lacks field '{key}'")
+                found[f.resolve()] = d
+    return sorted(found.items())
+
+
+def per_sample_path(results_path: Path) -> Path:
+    """The per_sample.jsonl beside a results.json."""
+    return Path(results_path).parent / PER_SAMPLE
+
+
+def read_per_sample(path: Path) -> list[dict]:
+    """The rows of a per_sample.jsonl (blank lines skipped)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
