@@ -14,15 +14,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/prefrec
 
-part=${1:?usage: reproduce-results.sh quickstart|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
+part=${1:?usage: reproduce-results.sh quickstart|learning-curve|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
 case "$part" in
   quickstart)
-    # ML-100K pairwise: zero-shot, SFT, SFT+DMPO (k=3) on 100 training users, 100 test users (timed: README)
-    $P quickstart --out runs/quickstart
+    # the README's quickstart: one point of the learning curve (hybrid prompt, 333 samples, zero-shot vs SFT on all
+    # 702 test users); its cells equal the learning-curve part's zero-shot and sft-shots333 cells
+    $P quickstart --out runs/quickstart-curve
+    ;;
+  learning-curve)
+    # issue 12: the points run so far (shots = 333 training samples of 3 pairs) and the baselines as reference lines;
+    # drop --set shots and the --only flags for the whole curve (days of 2-core CPU; benchmarks/gpu.sh on a GPU)
+    $P experiment configs/experiments/learning-curve.yaml --set 'shots=[333]' --only ml-100k \
+        --only zero-shot --only sft --only popularity --only liked-share --only bpr --only sasrec --only gru4rec
     ;;
   pairwise)
-    # DMPO Table 2 (ML-100K rows: + DPO and six baselines in two regimes) and Figure 5 (the embedded model; k = 3)
-    # reuse the quickstart's cells: same data, settings and seed
+    # DMPO Table 2 (ML-100K rows: + DPO and six baselines in two regimes) and Figure 5 (both offline models; k = 3),
+    # the papers' few-shot protocol; their cells share runs/quickstart (the folder of the first quickstart, whose
+    # cells are table 2's zero-shot, sft and dmpo cells), and fig7 reads its runs
     $P experiment configs/experiments/dmpo-table2.yaml --only ml-100k \
         --set output_dir=runs/quickstart --set 'seeds=[0]' --set eval.limit=100
     $P experiment configs/experiments/dmpo-fig5-models.yaml \
