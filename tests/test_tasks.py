@@ -75,3 +75,16 @@ def test_ranking_by_size_weighs_each_length_by_its_rows():
     got = tasks.ranking_by_size(rows, "s", "x_")
     assert got["x_hr@1"] == pytest.approx(1 / 3) and got["x_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
     assert set(got) == {"x_" + k for k in metrics.RANKING_METRICS}
+
+
+def test_a_new_ranking_metric_is_a_column_of_the_report(with_hr3, tmp_path):
+    from prefrec.report import key_metrics, make_report
+    from prefrec.baselines.run import run_baseline
+    from test_baselines import TINY, make_candidates
+
+    assert "rank_hr@3" in key_metrics("candidates") and "hr@3" in key_metrics("candidates")
+    folder = make_candidates(tmp_path / "cands")
+    run_baseline("popularity", folder, regime="full", seed=0, out=tmp_path / "runs" / "pop", **TINY)
+    md = make_report([tmp_path / "runs"], tmp_path / "rep", n_boot=20).read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "| hr@3 |" in header

@@ -41,16 +41,21 @@ from scipy import stats
 from prefrec import io, methods, tasks
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
+from prefrec import metrics as metrics_module
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
-# metrics shown in the Markdown tables and plots, in this order (all numeric metrics go to results.json)
-KEY_METRICS = {
-    "pairwise": ["auc", "pairwise_accuracy"],
-    "candidates": ["hr@1", "valid_ratio", "rank_hr@1", "rank_hr@5", "rank_ndcg@10", "rank_mrr", "hr@5", "ndcg@5",
-                   "ndcg@10", "mrr"],
-    "yesno": ["auc", "accuracy"],
-}
+
+
+def key_metrics(task: str) -> list[str]:
+    """The metrics shown in a task's Markdown tables and plots, in this order (all numeric metrics go to
+    results.json). Candidates: generation's HR@1 and ValidRatio, then every metrics.RANKING_METRICS row as the LLM's
+    likelihood ranking (rank_…) and as the baselines' scores, read at call time, so a new ranking metric is shown
+    without touching this file (a baseline's hr@1 is its ranking HR@1 under the generation column)."""
+    if task == "candidates":
+        rank = list(metrics_module.RANKING_METRICS)
+        return ["hr@1", "valid_ratio"] + [f"rank_{m}" for m in rank] + [m for m in rank if m != "hr@1"]
+    return {"pairwise": ["auc", "pairwise_accuracy"], "yesno": ["auc", "accuracy"]}.get(task, [])
 COUNT_KEYS = {"n", "n_samples", "n_comparisons", "n_candidates", "ties"}  # counts, not metrics: never averaged or tested
 TRAIN_PANELS = [  # (title, keys a trainer may log it under, first found wins)
     ("loss", ["loss", "train_loss", "train/loss"]),
@@ -266,7 +271,7 @@ def tests_against_zero_shot(runs: list[dict], *, n_boot: int, seed: int) -> list
         pa, pz = per_sample_path(r["path"]), per_sample_path(z["path"])
         if not (pa.is_file() and pz.is_file()):
             continue
-        metric = next((m for m in KEY_METRICS.get(r["task"], []) if m in r["metrics"] and m in z["metrics"]), None)
+        metric = next((m for m in key_metrics(r["task"]) if m in r["metrics"] and m in z["metrics"]), None)
         if metric is None:
             continue
         t = paired_bootstrap(read_per_sample(pa), read_per_sample(pz), metric, n_boot=n_boot, seed=seed)
@@ -298,7 +303,7 @@ def _file_stem(*parts) -> str:
 
 def primary_metric(task: str, groups: list[dict]) -> str | None:
     have = {m for g in groups for m in g["metrics"]}
-    for m in KEY_METRICS.get(task, []):
+    for m in key_metrics(task):
         if m in have:
             return m
     return sorted(have)[0] if have else None
@@ -493,7 +498,7 @@ def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, sweep_plots, o
     md = []
     gs = sorted(gs, key=_row_order)
     have = {m for g in gs for m in g["metrics"]}
-    cols = [m for m in KEY_METRICS.get(task, []) if m in have] or sorted(have)
+    cols = [m for m in key_metrics(task) if m in have] or sorted(have)
     md += [f"## {dataset} · {task}", ""]
     rows = []
     models = {g.get("base_model") for g in gs if g.get("base_model")}
