@@ -53,3 +53,10 @@ def embedded_lm():
     from prefrec.model import load_model
 
     return load_model("embedded", dtype="fp32", device="cpu")
+
+
+def save_tiny_model(folder, tokenizer, seed: int = 0):
+    """make_tiny_lm + the tokenizer saved as a local model folder (what a config's model.name points at)."""
+    make_tiny_lm(tokenizer, seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_tiny_lm
+from conftest import save_tiny_model
 from prefrec.config import config_from_dict, resolve_paths
 from prefrec.model import EMBEDDED, KNOWN_MODELS, KnownModel
 from prefrec.samples import Comparison, Sample, write_jsonl
@@ -31,10 +31,7 @@ def _sample(i: int) -> Sample:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_tokenizer):
-    d = tmp_path_factory.mktemp("tiny")
-    make_tiny_lm(embedded_tokenizer, seed=1).save_pretrained(d)
-    embedded_tokenizer.save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), embedded_tokenizer, seed=1)
 
 
 @pytest.fixture(scope="module")

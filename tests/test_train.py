@@ -21,7 +21,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import make_tiny_lm
+from conftest import save_tiny_model
 from prefrec.config import config_from_dict, load_config, resolve_paths
 from prefrec.errors import UserError
 from prefrec.samples import Comparison, Sample, write_jsonl
@@ -54,10 +54,7 @@ def _candidates(i: int, k: int = 3) -> Sample:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, embedded_tokenizer):
     """The tiny model + the real tokenizer saved as a local model folder (what a config's model.name points at)."""
-    d = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_lm(embedded_tokenizer, seed=3).save_pretrained(d)
-    embedded_tokenizer.save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), embedded_tokenizer, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -254,27 +254,33 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
             "n_boot": int(d.size)}
 
 
+def _zero_shot_of(run: dict, zeros: list[dict]) -> dict | None:
+    """The zero-shot run that `run` is compared with: same dataset, task and seed, and for an LLM run the same base
+    model (a baseline has none: the first zero-shot of its dataset and seed)."""
+    key = (run["dataset"], run["task"], run.get("seed"))
+    same = [z for z in zeros if (z["dataset"], z["task"], z.get("seed")) == key]
+    if run.get("regime") is None:
+        same = [z for z in same if z.get("base_model") == run.get("base_model")]
+    return same[-1] if same else None
+
+
 def tests_against_zero_shot(runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
-    """Every trained LLM run against the zero-shot run of the same dataset, task, seed and base model, and every
-    baseline against it too, on their common test samples (paired_bootstrap on the task's first key metric)."""
+    """Every trained LLM run and every baseline against its zero-shot run (_zero_shot_of) on their common test
+    samples (paired_bootstrap on the task's first key metric); each zero-shot's rows are read once."""
+    zeros = [r for r in runs if r.get("method") == "zero-shot"]
+    zero_rows: dict[str, list[dict]] = {}
     out = []
-    zero = {(r["dataset"], r["task"], r.get("seed"), r.get("base_model")): r for r in runs
-            if r.get("method") == "zero-shot"}
     for r in runs:
-        if r.get("method") == "zero-shot":
-            continue
-        base = r.get("base_model") if r.get("regime") is None else next(
-            (z[3] for z in zero if z[:3] == (r["dataset"], r["task"], r.get("seed"))), None)
-        z = zero.get((r["dataset"], r["task"], r.get("seed"), base))
+        z = None if r.get("method") == "zero-shot" else _zero_shot_of(r, zeros)
         if z is None:
             continue
         pa, pz = per_sample_path(r["path"]), per_sample_path(z["path"])
-        if not (pa.is_file() and pz.is_file()):
-            continue
         metric = next((m for m in key_metrics(r["task"]) if m in r["metrics"] and m in z["metrics"]), None)
-        if metric is None:
+        if metric is None or not (pa.is_file() and pz.is_file()):
             continue
-        t = paired_bootstrap(read_per_sample(pa), read_per_sample(pz), metric, n_boot=n_boot, seed=seed)
+        if z["path"] not in zero_rows:
+            zero_rows[z["path"]] = read_per_sample(pz)
+        t = paired_bootstrap(read_per_sample(pa), zero_rows[z["path"]], metric, n_boot=n_boot, seed=seed)
         if t is not None:
             out.append({"run": r["path"], "zero_shot": z["path"], "dataset": r["dataset"], "task": r["task"],
                         "label": group_label(r), "seed": r.get("seed"), **t})
