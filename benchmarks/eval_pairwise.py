@@ -42,6 +42,8 @@ from prefrec.provenance import provenance
 from prefrec.samples import read_jsonl, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+PATHS = ("packed-batched", "packed-single", "naive")
 
 
 def prepared_samples(args) -> tuple[list, str]:
@@ -73,6 +75,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1000, help="number of test samples (default 1000)")
     ap.add_argument("--chunk", type=int, default=10, help="samples per interleaved timing chunk")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                    help="which paths to time (naive is always scored: it is the reference)")
     ap.add_argument("--out-name", default="eval_pairwise", help="writes OUT_DIR/NAME.{json,md}")
     ap.add_argument("--out-dir", default=str(HERE / "results"), help="default benchmarks/results")
     args = ap.parse_args()
@@ -81,7 +85,9 @@ def main() -> None:
 
     samples, source = prepared_samples(args)
     samples = samples[: args.limit]
-    load_before = os.getloadavg()
+    from quiet import Quiet, describe, result_stem
+
+    quiet = Quiet()
     t = time.perf_counter()
     model, tok = load_model("embedded", dtype="fp32", device="cpu")
     load_s = time.perf_counter() - t
@@ -89,20 +95,23 @@ def main() -> None:
     n_cmp = sum(len(tr.branches) for tr in trees)
 
     # The three paths run interleaved, chunk by chunk, so a change in machine load (a shared CPU) hits all alike.
-    seconds = {"packed-batched": 0.0, "packed-single": 0.0, "naive": 0.0}
+    seconds = {k: 0.0 for k in PATHS if k in args.paths or k == "naive"}
     nested = {k: [] for k in seconds}
     from tqdm.auto import tqdm
 
     with torch.inference_mode():
         for lo in tqdm(range(0, len(trees), args.chunk), desc="chunks", unit="chunk"):
             chunk = trees[lo:lo + args.chunk]
-            t = time.perf_counter()
-            nested["packed-batched"] += score_trees(model, chunk, max_tokens_per_batch=4096, progress=False).nested()
-            seconds["packed-batched"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for tr in chunk:
-                nested["packed-single"].append(response_logps(model, [tr]).nested()[0])
-            seconds["packed-single"] += time.perf_counter() - t
+            if "packed-batched" in seconds:
+                t = time.perf_counter()
+                nested["packed-batched"] += score_trees(model, chunk, max_tokens_per_batch=4096,
+                                                        progress=False).nested()
+                seconds["packed-batched"] += time.perf_counter() - t
+            if "packed-single" in seconds:
+                t = time.perf_counter()
+                for tr in chunk:
+                    nested["packed-single"].append(response_logps(model, [tr]).nested()[0])
+                seconds["packed-single"] += time.perf_counter() - t
             t = time.perf_counter()
             for tr in chunk:
                 nested["naive"].append(naive_response_logps(model, [tr]).nested()[0])
@@ -110,7 +119,7 @@ def main() -> None:
     packed_tokens = sum(tr.n_tokens() for tr in trees)
     runs = {k: (seconds[k], nested[k], sum(tr.n_naive_tokens() for tr in trees) if k == "naive" else packed_tokens)
             for k in seconds}
-    load_after = os.getloadavg()
+    machine = quiet.finish()
 
     ref1, ref2 = first_pair(nested["naive"])
     rows = {}
@@ -128,19 +137,17 @@ def main() -> None:
         "n_samples": len(samples), "n_comparisons": n_cmp, "samples": source,
         "prompt_tokens_mean": float(np.mean(prompt_tokens)), "response_tokens_mean": float(np.mean(resp_tokens)),
         "load_s": load_s, "runs": rows, "speedup_vs_naive": speedup,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "quiet": machine},
         "config": vars(args), **provenance(),
     }
-    out_dir = Path(args.out_dir)
-    write_json_atomic(out_dir / f"{args.out_name}.json", result)
+    stem = result_stem(args.out_name, machine["busy"], Path(args.out_dir))
+    write_json_atomic(stem.with_suffix(".json"), result)
 
     md = [f"# Pairwise evaluation: packed vs one sequence per ordering", "",
           f"{len(samples)} pairwise test samples ({n_cmp} comparisons) from `{source}`; embedded model "
-          f"(SmolLM2-135M-Instruct, fp32, CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
-          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after: "
-          f"{'a shared, busy machine, so absolute times are pessimistic' if load_before[0] > os.cpu_count() else 'quiet'}). "
+          f"(SmolLM2-135M-Instruct, fp32, CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores). "
           f"Prompt {np.mean(prompt_tokens):.0f} tokens on average, responses {np.mean(resp_tokens):.1f}.", "",
+          describe(machine), "",
           "| path | wall time (s) | samples/s | tokens fed | speed-up vs naive | max abs logp diff vs naive | AUC |",
           "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -152,7 +159,7 @@ def main() -> None:
            "", f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/eval_pairwise.py'] + sys.argv[1:])}` "
            f"(git {result['git_commit']}, torch {result['versions']['torch']}, "
            f"transformers {result['versions']['transformers']}, {result['created'][:19]} UTC)."]
-    path = out_dir / f"{args.out_name}.md"
+    path = stem.with_suffix(".md")
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     os.replace(tmp, path)

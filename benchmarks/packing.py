@@ -92,6 +92,15 @@ def film_titles() -> list[str]:
 def build_tree(tokenizer, k: int, prompt_tokens: int, seed: int = 0):
     """One sample: a history prompt of about `prompt_tokens` tokens (chat template included) and k+1 candidates
     (one chosen, k rejected), each a film title. Same history and same first candidates for every k."""
+    from prefrec.packing import encode_texts
+
+    prefix, question, candidates = sample_texts(tokenizer, k, prompt_tokens, seed)
+    return encode_texts(tokenizer, prefix, [question], [candidates])
+
+
+def sample_texts(tokenizer, k: int, prompt_tokens: int, seed: int = 0) -> tuple[str, str, list[str]]:
+    """The texts of build_tree's sample: (prefix, question, candidates), candidates[0] chosen, the k others rejected
+    (benchmarks/vs_trl.py gives TRL the very same texts)."""
     import random
 
     from prefrec.packing import encode_texts
@@ -113,7 +122,7 @@ def build_tree(tokenizer, k: int, prompt_tokens: int, seed: int = 0):
     candidates = [t for t in titles if t not in history][:k + 1]
     if len(candidates) < k + 1:
         raise SystemExit(f"k={k}: only {len(candidates)} candidate titles left; lower --prompt-tokens or k")
-    return encode_texts(tokenizer, prefix, [question], [candidates])
+    return prefix, question, candidates
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -145,7 +154,8 @@ def worker(cfg: dict) -> dict:
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
-    model, tok = load_model("embedded", dtype="fp32", device="cpu", attn_implementation=cfg["attn"])
+    device, dtype = cfg.get("device", "cpu"), cfg.get("dtype", "fp32")
+    model, tok = load_model("embedded", dtype=dtype, device=device, attn_implementation=cfg["attn"])
     tree = build_tree(tok, cfg["k"], cfg["prompt_tokens"])
     fn = response_logps if cfg["method"] == "packed" else naive_response_logps
     mode = cfg["mode"]
@@ -177,20 +187,30 @@ def worker(cfg: dict) -> dict:
     import gc
 
     gc.collect()
+    cuda = device != "cpu"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     model_rss_kb = _rss_kb("VmRSS")
     reset_ok = _reset_peak()
+    if cuda:
+        model_dev_mb = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     step()  # warm-up (allocator, kernels' first-call costs)
+    sync()
     warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(cfg["repeats"]):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     peak_kb = _rss_kb("VmHWM") if reset_ok else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:  # on a GPU the memory that matters is the device's: report its peak in the same fields
+        peak_kb, model_rss_kb = torch.cuda.max_memory_allocated() / 1024, model_dev_mb * 1024
     return {
         "time_s": statistics.median(times), "times_s": times, "warmup_s": warmup_s,
-        "peak_rss_mb": peak_kb / 1024, "model_rss_mb": model_rss_kb / 1024,
+        "useful_gflop": _useful_gflop(model, tree, cfg["method"], mode),
+        "peak_rss_mb": peak_kb / 1024, "model_rss_mb": model_rss_kb / 1024, "memory": "cuda" if cuda else "rss",
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_is_step_only": reset_ok, "torch_threads": torch.get_num_threads(),
         "prompt_tokens": len(tree.prefix) + len(tree.branches[0].question),
@@ -199,6 +219,18 @@ def worker(cfg: dict) -> dict:
         "naive_padded_tokens": (cfg["k"] + 1) * (len(tree.prefix) + len(tree.branches[0].question)
                                                 + max(len(r) for r in tree.branches[0].responses)),
     }
+
+
+def _useful_gflop(model, tree, method: str, mode: str) -> float:
+    """Useful FLOPs of one step (benchmarks/flops.py), for the fraction of the matmul ceiling / MFU."""
+    from flops import attention_pairs, forward_flops
+
+    prompt = len(tree.prefix) + len(tree.branches[0].question)
+    lengths = [len(r) for r in tree.branches[0].responses]
+    packed = method == "packed"
+    tokens = tree.n_tokens() if packed else tree.n_naive_tokens()
+    f = forward_flops(model, tokens, attention_pairs(prompt, lengths, packed), sum(lengths))
+    return f * {"score": 1, "train_cached": 2, "train_ref": 3}[mode] / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,6 +286,8 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--naive-budget-s", type=float, default=None,
                     help="skip (and extrapolate) a naive configuration predicted to take longer (default 900)")
@@ -270,6 +304,16 @@ def main(argv=None) -> None:
     ks = args.ks or ([1, 3] if args.quick else [1, 3, 7, 15, 31, 63])
     repeats = args.repeats or (1 if args.quick else 3)
     budget = args.naive_budget_s or (300.0 if args.quick else 900.0)
+    import torch
+
+    from flops import matmul_gflops
+    from quiet import Quiet, result_stem
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet = Quiet()
+    ceiling = [matmul_gflops(device, args.dtype)]
     mach = machine()
     mem_limit_mb = (args.mem_limit_gb * 1024 if args.mem_limit_gb
                     else 0.85 * (mach.get("mem_total_gb") or 24) * 1024)
@@ -284,7 +328,7 @@ def main(argv=None) -> None:
     plan = [(k, method, mode) for k in sorted(ks) for method in args.methods for mode in args.modes]
     for k, method, mode in tqdm(plan, desc="packing benchmark", unit="config"):
         cfg = {"k": k, "method": method, "mode": mode, "repeats": repeats, "prompt_tokens": args.prompt_tokens,
-               "attn": args.attn, "threads": args.threads}
+               "attn": args.attn, "threads": args.threads, "device": device, "dtype": args.dtype}
         row = dict(cfg)
         prior = measured_naive.get(mode) if method == "naive" else None
         if prior is not None:
@@ -310,11 +354,18 @@ def main(argv=None) -> None:
                    + (f"{row['time_s']:.2f} s  peak {row['peak_rss_mb']:.0f} MB" if "time_s" in row else
                       row.get("note", "")))
 
+    ceiling.append(matmul_gflops(device, args.dtype))
+    mach["quiet"] = quiet.finish()
+    mach["matmul_gflops"] = ceiling
+    for r in rows:
+        if r.get("status") == "measured" and r.get("useful_gflop"):
+            r["fraction_of_ceiling"] = r["useful_gflop"] / r["time_s"] / max(ceiling)
+    stem = result_stem(stem.name, mach["quiet"]["busy"], stem.parent)
     command = " ".join(["python benchmarks/packing.py", *(argv if argv is not None else sys.argv[1:])])
     result = {"kind": "benchmark", "name": "packing", "command": command, "machine": mach,
               "config": {"ks": ks, "repeats": repeats, "prompt_tokens": args.prompt_tokens, "attn": args.attn,
                          "threads": args.threads, "naive_budget_s": budget, "mem_limit_gb": mem_limit_mb / 1024,
-                         "model": "embedded SmolLM2-135M-Instruct, fp32, CPU", "lora": "r=8, alpha=16, q,k,v,o",
+                         "model": f"embedded SmolLM2-135M-Instruct, {args.dtype}, {device}", "lora": "r=8, alpha=16, q,k,v,o",
                          "loss": "DMPO, beta=0.1", "batch": "1 sample per step"},
               "rows": rows, **provenance()}
     result["summary"] = summarize(rows)
@@ -330,7 +381,7 @@ def main(argv=None) -> None:
     os.replace(tmp, md_path)
     print(text)
     print(f"wrote {json_path} and {md_path}")
-    if not args.quick and args.out is None:
+    if not args.quick and args.out is None and not mach["quiet"]["busy"]:
         update_docs(text)
 
 
@@ -481,11 +532,18 @@ def markdown(result: dict) -> str:
         "packed | speed-up | scoring naive | packed | speed-up | peak train naive | packed | packed/naive |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    load = mach.get("load_average_at_start") or [0.0]
-    busy = load[0] > 0.5 * (mach.get("cpu_count") or 1)
-    if busy:
-        lines[6:6] = ["", f"**Warning: the machine was busy (load average {load[0]:.1f} on {mach.get('cpu_count')} "
-                      "cores) when this run started: times are inflated and unreliable; rerun on a quiet machine.**"]
+    if "quiet" in mach:  # benchmarks/quiet.py's record (results before issue 18 only had the load at start)
+        from quiet import describe
+
+        busy = mach["quiet"]["busy"]
+        ceiling = " / ".join(f"{c:.1f}" for c in mach.get("matmul_gflops", []))
+        lines[6:6] = ["", describe(mach["quiet"]) + f" Matmul ceiling {ceiling} GFLOP/s (before / after)."]
+    else:
+        load = mach.get("load_average_at_start") or [0.0]
+        busy = load[0] > 0.5 * (mach.get("cpu_count") or 1)
+        if busy:
+            lines[6:6] = ["", f"**Warning: the machine was busy (load average {load[0]:.1f} on {mach.get('cpu_count')} "
+                          "cores) when this run started: times are inflated and unreliable; rerun on a quiet machine.**"]
     for s in summ:
         def sp(mode):
             v = s.get(f"{mode}_speedup")
@@ -521,6 +579,11 @@ def markdown(result: dict) -> str:
         lines += ["", "Why the missed targets are missed:"]
         for t in missed:
             lines.append(f"- {t['target']}: {_why(t, by_k, busy)}")
+    fractions = [r for r in rows if r.get("fraction_of_ceiling")]
+    if fractions:
+        lines += ["", "Useful FLOP rate as a fraction of the measured matmul ceiling (benchmarks/flops.py; on a GPU "
+                  "this is MFU against the achieved, not the advertised, peak):", ""]
+        lines += [f"- k={r['k']} {r['method']} {r['mode']}: {r['fraction_of_ceiling']:.0%}" for r in fractions]
     notes = [r for r in rows if r.get("status") != "measured"]
     if notes:
         lines += ["", "## Notes", ""]

@@ -10,10 +10,9 @@ configs/experiments/learning-curve.yaml), on real ML-100K hybrid-prompt pairwise
   dmpo      the same with chosen and rejected responses, reference log-probs cached (prefrec's default)
   score     forward-only scoring of a test sample (both orderings of 3 comparisons), as evaluation does
 Reported per stage: seconds per sample, tokens per second, training pairs per CPU-hour (wall hours at --threads),
-and the achieved rate as a fraction of the ceiling, counting 2 x (non-embedding parameters) FLOPs per token forward
-and 3x that for a training step (forward + the backward pass's input gradients; LoRA's weight gradients are
-negligible), plus the LM head at response positions only. The machine's load average is recorded before and after;
-a run on a busy machine (load average above --max-load per core) is written as a draft, never as the final result.
+and the achieved rate as a fraction of the ceiling, with useful FLOPs counted by benchmarks/flops.py (forward over
+the packed tree; a LoRA training step = 2 x forward, no weight gradients for the frozen base). The machine's load is
+recorded (benchmarks/quiet.py); a run on a busy machine is written as a draft, never as the final result.
 
 Writes benchmarks/results/train_throughput.json and .md (or *-draft.* when the machine was busy).
 """
@@ -21,7 +20,6 @@ Writes benchmarks/results/train_throughput.json and .md (or *-draft.* when the m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,20 +29,11 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import attention_pairs, forward_flops, matmul_gflops  # noqa: E402
+from quiet import Quiet, describe, result_stem  # noqa: E402
 LORA = dict(r=16, alpha=32, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def hybrid_samples(n: int):
@@ -61,7 +50,7 @@ def hybrid_samples(n: int):
 
 def time_stage(model, trees, kind: str) -> list[float]:
     """Seconds per sample of one optimizer step per tree (the first step is a warm-up, not counted)."""
-    from prefrec.losses import PREFERENCE_LOSSES, sft_loss
+    from prefrec.losses import dmpo_loss, sft_loss
     from prefrec.packing import response_logps
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -78,7 +67,7 @@ def time_stage(model, trees, kind: str) -> list[float]:
                 loss = sft_loss([x for x, (_, _, j) in zip(sc.token_logps, sc.index) if j == 0])
             else:
                 c, r = sc.chosen_rejected()
-                loss = PREFERENCE_LOSSES["dmpo"](c, r, c.detach(), r.detach(), 0.1)[0].sum()
+                loss = dmpo_loss(c, r, c.detach(), r.detach(), 0.1)[0].sum()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -91,11 +80,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=8, help="timed samples per stage (plus one warm-up)")
-    ap.add_argument("--max-load", type=float, default=0.5, help="load average per core above which it is a draft")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    load_before = os.getloadavg()
+    quiet = Quiet()
     from prefrec.model import add_lora, load_model
     from prefrec.packing import encode_sample
 
@@ -103,18 +91,13 @@ def main(argv=None) -> None:
     lm, tok = load_model("embedded", dtype="fp32", device="cpu")
     lm = add_lora(lm, **LORA)
     lm.train()
-    cfg = lm.config
-    n_embed = cfg.vocab_size * cfg.hidden_size
-    n_body = sum(p.numel() for n, p in lm.named_parameters() if "lora_" not in n) - n_embed
     ceiling = matmul_gflops()
     rows = {}
     for kind, samples, which in (("sft", train, "chosen"), ("dmpo", train, "all"), ("score", test, "all")):
         trees = [encode_sample(tok, s, which=which) for s in samples]
         secs = time_stage(lm, trees, kind)
         tokens = statistics.mean(t.n_tokens() for t in trees[1:])
-        resp = statistics.mean(sum(len(r) for b in t.branches for r in b.responses) for t in trees[1:])
-        flops = 2 * n_body * tokens + 2 * n_embed * resp  # forward, LM head at response positions only
-        flops *= 1 if kind == "score" else 3
+        flops = statistics.mean(_forward_flops(lm, t) for t in trees[1:]) * (1 if kind == "score" else 2)
         s = statistics.median(secs)
         pairs = statistics.mean(len(x.comparisons) for x in samples[1:])
         rows[kind] = {"seconds_per_sample": round(s, 3), "tokens_per_sample": round(tokens, 1),
@@ -122,31 +105,39 @@ def main(argv=None) -> None:
                       "pairs_per_cpu_hour": round(3600 * pairs / s), "gflops_per_s": round(flops / s / 1e9, 1),
                       "fraction_of_ceiling": round(flops / s / 1e9 / ceiling, 3), "timed_samples": len(secs)}
         print(kind, rows[kind], file=sys.stderr)
-    load_after = os.getloadavg()
-    busy = max(load_before[0], load_after[0]) > args.max_load * os.cpu_count()
-    write(rows, ceiling, args, load_before, load_after, busy)
+    write(rows, ceiling, args, quiet.finish())
 
 
-def write(rows: dict, ceiling: float, args, load_before, load_after, busy: bool) -> None:
+def _forward_flops(model, tree) -> float:
+    """Useful FLOPs of a forward over a packed tree of several branches (benchmarks/flops.py)."""
+    tokens = tree.n_tokens()
+    responses = [len(r) for b in tree.branches for r in b.responses]
+    pairs = attention_pairs(len(tree.prefix), [], True)  # the shared prefix
+    for b in tree.branches:  # each question sees the prefix; each response the prefix, its question and itself
+        q = len(b.question)
+        pairs += q * len(tree.prefix) + q * (q + 1) // 2
+        pairs += sum(r * (len(tree.prefix) + q) + r * (r + 1) // 2 for r in map(len, b.responses))
+    return forward_flops(model, tokens, pairs, sum(responses))
+
+
+def write(rows: dict, ceiling: float, args, machine: dict) -> None:
+    from prefrec.io import write_json, write_text
     from prefrec.provenance import provenance
-    from prefrec.samples import write_json_atomic
 
-    name = "train_throughput" + ("-draft" if busy else "")
+    stem = result_stem("train_throughput", machine["busy"])
     result = {"threads": args.threads, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
-              "load_average_before": load_before, "load_average_after": load_after, "busy": busy,
-              "stages": rows, **provenance()}
-    write_json_atomic(RESULTS / f"{name}.json", result)
-    md = [f"# Training throughput of the learning-curve regime ({'DRAFT: busy machine' if busy else 'quiet machine'})",
-          "", f"`python benchmarks/train_throughput.py --threads {args.threads} --samples {args.samples}`; "
-          f"{args.threads} thread(s) of {os.cpu_count()} cores; fp32 matmul ceiling {ceiling:.1f} GFLOP/s; load "
-          f"average before {load_before[0]:.2f}, after {load_after[0]:.2f}.", "",
+              "machine": machine, "stages": rows, **provenance()}
+    write_json(stem.with_suffix(".json"), result)
+    md = ["# Training throughput of the learning-curve regime", "", describe(machine), "",
+          f"`python benchmarks/train_throughput.py --threads {args.threads} --samples {args.samples}`; "
+          f"{args.threads} thread(s) of {os.cpu_count()} cores; fp32 matmul ceiling {ceiling:.1f} GFLOP/s.", "",
           "| stage | s / sample | tokens / sample | tokens / s | pairs / CPU-hour | GFLOP/s | of ceiling |",
           "|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         md.append(f"| {k} | {r['seconds_per_sample']} | {r['tokens_per_sample']} | {r['tokens_per_s']} | "
                   f"{r['pairs_per_cpu_hour']:,} | {r['gflops_per_s']} | {r['fraction_of_ceiling']:.0%} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    print(RESULTS / f"{name}.md")
+    write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    print(stem.with_suffix(".md"))
 
 
 if __name__ == "__main__":
