@@ -12,7 +12,8 @@ alike; the figure is the median.
 
   TRL      DPOTrainer (loss_type sigmoid, beta 0.1), one optimizer step on a batch of k rows (prompt, chosen,
            rejected_j): TRL has no multi-negative loss, so for k > 1 the peer trains k pairwise rows, as the DMPO
-           code does. Its own collator, `training_step` (forward + backward) and optimizer. Activation checkpointing
+           code does (`--trl-micro-batch M`: M rows per forward, gradients accumulated over the k, still one
+           optimizer step). Its own collator, `training_step` (forward + backward) and optimizer. Activation checkpointing
            off (TRL's default turns it on, which trades time for memory; prefrec's default is off; `--trl-checkpointing`
            adds TRL's default as a second peer).
   prefrec  one packed tree (prompt once, k + 1 responses), prefrec.packing.response_logps, DPO at k = 1, DMPO at
@@ -49,8 +50,9 @@ LORA = dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_p
 TARGETS = {1: 3.0, 15: 10.0}  # issue 18: prefrec / TRL speed-up goals
 
 
-def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: float):
-    """A DPOTrainer on k pairwise rows; returns (step function, batch, tokens it feeds per step)."""
+def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: float, micro: int | None):
+    """A DPOTrainer on k pairwise rows, `micro` rows per forward (gradient accumulation over the rest, one optimizer
+    step in all); returns (step function, batches, tokens it feeds per step)."""
     from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
@@ -59,8 +61,11 @@ def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: 
     rows = [{"prompt": [{"role": "user", "content": prefix + question}],
              "chosen": [{"role": "assistant", "content": candidates[0]}],
              "rejected": [{"role": "assistant", "content": r}]} for r in candidates[1:]]
-    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="prefrec-vs-trl-"), per_device_train_batch_size=len(rows),
-                     gradient_accumulation_steps=1, learning_rate=lr, beta=0.1, loss_type=["sigmoid"],
+    micro = min(micro or len(rows), len(rows))
+    if len(rows) % micro:
+        raise SystemExit(f"--trl-micro-batch {micro} must divide k = {len(rows)}")
+    args = DPOConfig(output_dir=tempfile.mkdtemp(prefix="prefrec-vs-trl-"), per_device_train_batch_size=micro,
+                     gradient_accumulation_steps=len(rows) // micro, learning_rate=lr, beta=0.1, loss_type=["sigmoid"],
                      gradient_checkpointing=checkpointing, precompute_ref_log_probs=mode == "cached",
                      use_cpu=not torch.cuda.is_available(), bf16=dtype == "bf16", report_to=[],
                      save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, max_length=None)
@@ -71,19 +76,21 @@ def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: 
     if checkpointing:  # Trainer.train() would switch it on at its start; we drive the steps ourselves
         trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
     trainer.create_optimizer()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(), read by training_step
-    batch = next(iter(trainer.get_train_dataloader()))
+    batches = list(trainer.get_train_dataloader())  # the k rows, `micro` per batch
+    trainer.current_gradient_accumulation_steps = len(batches)  # set by Trainer.train(), read by training_step
 
     def step():
         trainer.model.train()
-        trainer.training_step(trainer.model, batch)
+        for batch in batches:
+            trainer.training_step(trainer.model, batch)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    fed = {"tokens": int(mask.sum()), "padded": int(ids.numel()), "rows": list(mask.sum(dim=1).tolist()),
-           "responses": int(batch["completion_mask"].sum())}
-    return step, batch, fed
+    fed = {"tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+           "padded": sum(int(b["input_ids"].numel()) for b in batches),
+           "rows": [int(n) for b in batches for n in b["attention_mask"].sum(dim=1).tolist()],
+           "responses": sum(int(b["completion_mask"].sum()) for b in batches), "micro_batch": micro}
+    return step, batches, fed
 
 
 def prefrec_side(model, tok, texts, mode: str, lr: float):
@@ -151,12 +158,14 @@ def one_config(k: int, mode: str, args) -> dict:
     for ckpt in ([False, True] if args.trl_checkpointing else [False]):
         base_t, _ = load_model("embedded", **load)
         name = "trl" + ("-checkpointing" if ckpt else "")
-        t_step, batch, t_fed = trl_side(base_t, tok, texts, mode, ckpt, args.dtype, args.lr)
+        t_step, batches, t_fed = trl_side(base_t, tok, texts, mode, ckpt, args.dtype, args.lr, args.trl_micro_batch)
         sides[name], fed[name] = t_step, t_fed
-        if p_ref is not None and "ref_chosen_logps" in batch:  # the same reference numbers from both tokenisations?
-            check = {"max_abs_ref_logp_diff": max(
-                (batch["ref_chosen_logps"].float() - p_ref[0].float()).abs().max().item(),
-                (batch["ref_rejected_logps"].float().flatten() - p_ref[1].float().flatten()).abs().max().item())}
+        if p_ref is not None and "ref_chosen_logps" in batches[0]:  # same reference numbers from both tokenisations?
+            # the dataloader shuffles TRL's rows: compare the rejected log-probs as sorted sets
+            trl_c = torch.cat([b["ref_chosen_logps"] for b in batches]).float()
+            trl_r = torch.cat([b["ref_rejected_logps"] for b in batches]).float().sort().values
+            check = {"max_abs_ref_logp_diff": max((trl_c - p_ref[0].float()).abs().max().item(),
+                                                  (trl_r - p_ref[1].float().flatten().sort().values).abs().max().item())}
     times = timed(sides, args.repeats)
     row = {"k": k, "mode": mode, "times_s": times, "fed": fed, **check}
     row["median_s"] = {n: statistics.median(t) for n, t in times.items()}
@@ -183,7 +192,11 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--trl-checkpointing", action="store_true", help="also time TRL with its default checkpointing")
-    ap.add_argument("--name", default="vs_trl", help="result file stem under benchmarks/results/")
+    ap.add_argument("--trl-micro-batch", type=int, default=None,
+                    help="TRL rows per forward, accumulating gradients over the k rows (default: all k at once; "
+                         "at k = 15 on a 24 GB machine all at once is killed for memory)")
+    ap.add_argument("--name", default="vs_trl", help="result file stem (a busy run adds -draft)")
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     quiet = Quiet()
@@ -210,7 +223,8 @@ def write(rows: list[dict], ceiling: list[float], args, machine: dict, device: s
     peak = max(ceiling)
     for r in rows:
         r["fraction_of_ceiling"] = {n: r["useful_gflop"][n] / r["median_s"][n] / peak for n in r["useful_gflop"]}
-    stem = result_stem(args.name, machine["busy"])
+    stem = result_stem(args.name, machine["busy"], args.out_dir)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/vs_trl.py " + " ".join(sys.argv[1:])
     result = {"kind": "benchmark", "name": "vs_trl", "command": command.strip(), "device": device,
               "threads": torch.get_num_threads(), "dtype": args.dtype, "machine": machine,
@@ -242,6 +256,11 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['k']} | {r['mode']}, TRL with its default activation checkpointing | "
                          f"{ms['trl-checkpointing']:.2f} | {ms['prefrec']:.2f} | "
                          f"{ms['trl-checkpointing'] / ms['prefrec']:.2f}x | | | |")
+    for r in res["rows"]:
+        micro = r["fed"]["trl"].get("micro_batch")
+        if micro and micro < r["k"]:
+            lines += ["", f"k = {r['k']}: TRL ran {micro} rows per forward pass and accumulated gradients over "
+                      f"{r['k'] // micro} of them before its optimizer step (`--trl-micro-batch {micro}`)."]
     checks = [r for r in res["rows"] if "max_abs_ref_logp_diff" in r]
     lines += ["", "Medians of the timed steps (raw times in the JSON); reference `cached` = precomputed once (prefrec's "
               "default, TRL's `precompute_ref_log_probs=True`), `ref` = a reference pass inside each step (TRL's "
