@@ -185,3 +185,19 @@ def test_dataset_methods_may_grow_between_runs(tmp_path, tiny_setup):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match="different settings"):
         _check_settings(load_experiment(path), record)
+
+
+def test_a_cell_another_runner_holds_is_skipped_not_written_twice(tmp_path, tiny_setup, capsys):
+    """Two runners on one output folder (say one per core) must never write the same cell: the second skips it."""
+    from prefrec import io
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity", "liked-share"])
+    cells_dir = tmp_path / "exp" / "cells" / "tiny-ml"
+    with io.exclusive(cells_dir / "popularity-full-seed0", "experiment cell"):  # held by a live process (us)
+        run_experiment(path, report=False)
+    assert "skipped: experiment cell" in capsys.readouterr().err
+    assert not (cells_dir / "popularity-full-seed0" / "results.json").exists()
+    assert (cells_dir / "liked-share-full-seed0" / "results.json").exists()
+    run_experiment(path, report=False)  # released: the next run does it
+    assert (cells_dir / "popularity-full-seed0" / "results.json").exists()

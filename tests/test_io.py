@@ -123,3 +123,39 @@ def test_json_readers_name_the_file_line_and_what_was_expected():
     assert io.json_value('["x"]', "f.json", list, "x", "y") == ["x"]
     with pytest.raises(UserError, match=r"^f\.json: not valid JSON \(.*at line 2, column 1\)$"):
         io.json_value('[\n', "f.json", list, "{where}: not valid JSON ({msg} at line {line}, column {col})", "y")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_held_folder_lock_refuses_a_second_writer_and_is_released(tmp_path):
+    with io.exclusive(tmp_path / "run", "run folder"):
+        lock = tmp_path / "run" / ".lock"
+        assert lock.read_text().split()[0] == str(os.getpid())
+        with pytest.raises(io.Locked, match=rf"run folder .*run is being written by process {os.getpid()}"):
+            with io.exclusive(tmp_path / "run", "run folder"):
+                pass
+    assert not lock.exists()
+    with pytest.raises(KeyError), io.exclusive(tmp_path / "run", "run folder"):
+        raise KeyError("boom")  # released on an exception too
+    assert not lock.exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    import socket
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(f"{_dead_pid()} {socket.gethostname()}\n")
+    with io.exclusive(tmp_path / "run", "run folder"):
+        assert (tmp_path / "run" / ".lock").read_text().split()[0] == str(os.getpid())
+    # another host's lock cannot be checked: it is respected
+    (tmp_path / "run" / ".lock").write_text("1 some-other-host\n")
+    with pytest.raises(io.Locked, match="process 1 on some-other-host"):
+        with io.exclusive(tmp_path / "run", "run folder"):
+            pass

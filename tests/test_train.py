@@ -328,6 +328,15 @@ def test_resume_refuses_a_changed_config_and_busy_folder_needs_resume(full_run, 
     (old / "checkpoints" / "step-6" / "random_states_0.pkl").unlink()
     with pytest.raises(UserError, match=r"step-6 has no random_states_0.pkl"):
         train(_cfg({**raw, "output_dir": str(old)}), resume=True)
+    # a folder another live prefrec is training (another experiment runner needing the same SFT) is not touched
+    from prefrec import io
+
+    busy = tmp_path / "busy"
+    _killed_copy(run, busy, 6)
+    before = (busy / "metrics.jsonl").read_bytes()
+    with io.exclusive(busy, "run folder"), pytest.raises(io.Locked, match="is being written by process"):
+        train(_cfg({**raw, "output_dir": str(busy)}), resume=True)
+    assert (busy / "metrics.jsonl").read_bytes() == before and not (busy / "run.json").exists()
 
 
 # ---- more processes ----------------------------------------------------------------------------------------------

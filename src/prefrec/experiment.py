@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from prefrec import methods
+from prefrec import io, methods
 from prefrec.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
@@ -413,14 +413,20 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
     for cell in tqdm(todo, desc=f"experiment {cfg.name}", unit="cell"):
         t0 = time.time()
-        res = run_cell(cfg, cell, root / cell.folder())
+        try:  # two runners on one output folder share the work instead of writing the same cell twice
+            with io.exclusive(root / cell.folder(), "experiment cell"):
+                if has_results(root / cell.folder()):
+                    continue  # finished by another runner meanwhile
+                res = run_cell(cfg, cell, root / cell.folder())
+        except io.Locked as e:
+            print(f"prefrec experiment: skipped: {e}", file=sys.stderr)
+            continue
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"cell": cell.folder(), "seconds": round(time.time() - t0, 1),
                                 "metrics": res.get("metrics")}) + "\n")
     if not report:
         return None
     from prefrec.report import make_report
-    from prefrec import io
 
     done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)

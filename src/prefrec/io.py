@@ -1,4 +1,4 @@
-"""Atomic file writes: the one owner of "temp file in the same folder, then rename".
+"""Atomic file writes: the one owner of "temp file in the same folder, then rename" (and of folder locks).
 
 Every output prefrec writes (samples, results, per-sample rows, TSV tables, Markdown, HTML, figures, configs) goes
 through `atomic_path`, so a crash or kill mid-write never leaves a half-written file behind, and every file gets the
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from prefrec.errors import UserError
 
 
 def umask_mode() -> int:
@@ -37,6 +40,59 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class Locked(UserError):
+    """Another live process holds the lock of a folder this process wanted to write."""
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text(encoding="utf-8").split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _gone(holder: tuple[int, str] | None) -> bool:
+    """True when the holder is certainly not running: a process of this host whose pid no longer exists."""
+    if holder is None or holder[1] != socket.gethostname():
+        return False  # unreadable (being written) or another host's: assume alive
+    try:
+        os.kill(holder[0], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextmanager
+def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold `folder/.lock` (created with O_EXCL, holding "pid host") while the block runs, so that two processes
+    never write the same folder at once; a lock left by a killed process of this host is taken over. Raises Locked,
+    naming the holder and the lock file, when a live process holds it."""
+    lock = Path(folder) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
+        except FileExistsError:
+            holder = _holder(lock)
+            if not _gone(holder):
+                who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
+                raise Locked(f"{what} {folder} is being written by {who}; wait for it, or delete {lock} if that "
+                             "process no longer runs") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    raise Locked(f"{what} {folder}: could not take {lock}")
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:

@@ -41,6 +41,7 @@ DeepSpeed, mixed precision, gradient accumulation, gathering) and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -152,14 +153,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     if resume and resume_from is None and acc.is_main_process:
         print(f"prefrec: no checkpoint in {run}; starting from scratch", file=sys.stderr)
     acc.wait_for_everyone()  # every process has looked at the folder before anything is written to it
-    state = _checkpoint_state(resume_from, acc.num_processes)
-    r = Recipe(cfg, run, acc, state, resume_from, *plan(cfg, acc.num_processes))
-    _open_run(r, resume)
-    _load_policy(r)
-    for si in range(len(cfg.stages)):
-        if not r.stage_done(si):
-            _run_stage(r, si)
-    _finalise(r, t_process)
+    # a second prefrec (say, another experiment runner needing the same SFT model) must not write this folder too
+    with io.exclusive(run, "run folder") if acc.is_main_process else contextlib.nullcontext():
+        state = _checkpoint_state(resume_from, acc.num_processes)
+        r = Recipe(cfg, run, acc, state, resume_from, *plan(cfg, acc.num_processes))
+        _open_run(r, resume)
+        _load_policy(r)
+        for si in range(len(cfg.stages)):
+            if not r.stage_done(si):
+                _run_stage(r, si)
+        _finalise(r, t_process)
     return run
 
 

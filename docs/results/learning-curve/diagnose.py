@@ -1,0 +1,89 @@
+"""What a pairwise LLM cell decided by: the order the titles were shown in, or the prompt's item facts?
+
+    python docs/results/learning-curve/diagnose.py EXPERIMENT_OUTPUT_DIR [CELL ...]
+
+For every test comparison of the learning curve's ML-100K data (EXPERIMENT_OUTPUT_DIR/data/ml-100k-pairwise-seed0/
+test.jsonl) and each cell's per_sample.jsonl (s_first = score of the correct ordering, s_second = the wrong one):
+  picks shown-first   how often the model prefers the ordering that starts with the title shown first in the question
+  acc | pos first     pairwise accuracy when the positive was shown first, and when it was shown second
+  corr margin, Δmean  Pearson correlation between the model's margin (s_first − s_second) and the difference of the
+                      two items' mean ratings printed in the prompt (positive minus negative)
+A model that always answers with the first-shown title scores 1.0 / ~1.0 / ~0.0; one that reads the mean ratings
+has a positive correlation whatever the order. Comparisons whose question does not parse into two titles with a mean
+rating each are left out (counted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+FACT = re.compile(r'"(.+?)" \(mean rating ([0-9.]+) from \d+ users?\)')
+
+
+def comparisons(test_path: Path) -> dict[str, list[tuple[bool, float] | None]]:
+    """sample id -> per comparison (positive shown first?, positive mean − negative mean), or None if unparsable."""
+    out = {}
+    for line in test_path.read_text(encoding="utf-8").splitlines():
+        s = json.loads(line)
+        rows = []
+        for c in s["comparisons"]:
+            facts = FACT.findall(c["question"])
+            if len(facts) != 2:
+                rows.append(None)
+                continue
+            (t1, m1), (t2, m2) = facts
+            first = c["chosen"].startswith(t1 + ",")
+            rows.append((first, float(m1) - float(m2) if first else float(m2) - float(m1)))
+        out[s["id"]] = rows
+    return out
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else float("nan")
+
+
+def diagnose(cell_dir: Path, facts: dict) -> dict:
+    margins, first, delta, skipped = [], [], [], 0
+    for line in (cell_dir / "per_sample.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        for a, b, f in zip(r["s_first"], r["s_second"], facts[r["id"]]):
+            if f is None:
+                skipped += 1
+                continue
+            margins.append(a - b)
+            first.append(f[0])
+            delta.append(f[1])
+    correct = [m > 0 for m in margins]
+    picks_first = sum(c == f for c, f in zip(correct, first)) / len(margins)
+    acc_first = [c for c, f in zip(correct, first) if f]
+    acc_second = [c for c, f in zip(correct, first) if not f]
+    return {"n": len(margins), "skipped": skipped, "picks_shown_first": picks_first,
+            "acc_pos_first": sum(acc_first) / len(acc_first), "acc_pos_second": sum(acc_second) / len(acc_second),
+            "corr_margin_delta_mean": pearson(margins, delta)}
+
+
+def main(argv: list[str]) -> None:
+    root = Path(argv[0])
+    facts = comparisons(root / "data" / "ml-100k-pairwise-seed0" / "test.jsonl")
+    cells = argv[1:] or sorted(p.name for p in (root / "cells" / "ml-100k").iterdir()
+                               if (p / "per_sample.jsonl").is_file() and (p / "run").exists()
+                               or p.name.startswith("zero-shot"))
+    print("| cell | comparisons | picks shown-first | acc, positive first | acc, positive second | "
+          "corr(margin, Δ mean rating) |")
+    print("|---|---|---|---|---|---|")
+    for name in cells:
+        d = diagnose(root / "cells" / "ml-100k" / name, facts)
+        print(f"| {name} | {d['n']} | {d['picks_shown_first']:.3f} | {d['acc_pos_first']:.3f} | "
+              f"{d['acc_pos_second']:.3f} | {d['corr_margin_delta_mean']:+.3f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
