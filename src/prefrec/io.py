@@ -71,8 +71,10 @@ def _gone(holder: tuple[int, str] | None) -> bool:
 def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold `folder/.lock` (created with O_EXCL, holding "pid host") while the block runs, so that two processes
     never write the same folder at once; a lock left by a killed process of this host is taken over. Raises Locked,
-    naming the holder and the lock file, when a live process holds it."""
+    naming the holder and the lock file, when a live process holds it. A folder it had to create and that is still
+    empty at the end (the work failed before writing anything) is removed again."""
     lock = Path(folder) / ".lock"
+    created = not lock.parent.exists()
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
@@ -91,6 +93,8 @@ def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)
+            if created and not any(lock.parent.iterdir()):
+                lock.parent.rmdir()
         return
     raise Locked(f"{what} {folder}: could not take {lock}")
 
