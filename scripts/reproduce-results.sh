@@ -22,9 +22,9 @@ case "$part" in
     $P quickstart --out runs/quickstart-curve
     ;;
   learning-curve)
-    # issue 12: the points run so far (shots = 333 training samples of 3 pairs) and the baselines as reference lines;
-    # drop --set shots and the --only flags for the whole curve (days of 2-core CPU; benchmarks/gpu.sh on a GPU)
-    $P experiment configs/experiments/learning-curve.yaml --set 'shots=[333]' --only ml-100k \
+    # issue 12: the points run so far (shots = 333 and 1,000 training samples of 3 pairs) and the baselines as
+    # reference lines; drop --set shots and the --only flags for the whole curve (days of 2-core CPU; gpu.sh on a GPU)
+    $P experiment configs/experiments/learning-curve.yaml --set 'shots=[333,1000]' --only ml-100k \
         --only zero-shot --only sft --only popularity --only liked-share --only bpr --only sasrec --only gru4rec
     ;;
   pairwise)
