@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prefrec.io import write_text
 from prefrec.metrics import pairwise_metrics
 from prefrec.model import load_model
 from prefrec.packing import encode_sample, naive_response_logps, response_logps, score_trees
@@ -159,10 +160,7 @@ def main() -> None:
            "", f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/eval_pairwise.py'] + sys.argv[1:])}` "
            f"(git {result['git_commit']}, torch {result['versions']['torch']}, "
            f"transformers {result['versions']['transformers']}, {result['created'][:19]} UTC)."]
-    path = stem.with_suffix(".md")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -67,6 +67,13 @@ def forward_flops(model, tokens: int, pairs: int, response_tokens: int) -> float
     return 2 * n_body * tokens + 4 * cfg.num_hidden_layers * cfg.hidden_size * pairs + 2 * head * response_tokens
 
 
-def train_step_flops(model, tokens: int, pairs: int, response_tokens: int, reference_pass: bool) -> float:
-    """A LoRA training step: forward + input gradients (2 x forward), + a forward for an in-step reference pass."""
-    return forward_flops(model, tokens, pairs, response_tokens) * (3 if reference_pass else 2)
+def tree_forward_flops(model, tree, packed: bool = True) -> float:
+    """Useful FLOPs of one forward pass over a prefrec Tree (any number of branches): packed = the tree as one row
+    (prefix once, each question after it, each response after its question), naive = one row per response."""
+    p = len(tree.prefix)
+    lengths = [[len(r) for r in b.responses] for b in tree.branches]
+    per_branch = [attention_pairs(p + len(b.question), ls, packed) for b, ls in zip(tree.branches, lengths)]
+    shared = p * (p + 1) // 2 if packed else 0  # the prefix's own pairs, counted once per branch above
+    pairs = shared + sum(x - shared for x in per_branch)
+    tokens = tree.n_tokens() if packed else tree.n_naive_tokens()
+    return forward_flops(model, tokens, pairs, sum(map(sum, lengths)))

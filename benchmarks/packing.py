@@ -223,14 +223,10 @@ def worker(cfg: dict) -> dict:
 
 def _useful_gflop(model, tree, method: str, mode: str) -> float:
     """Useful FLOPs of one step (benchmarks/flops.py), for the fraction of the matmul ceiling / MFU."""
-    from flops import attention_pairs, forward_flops
+    from flops import tree_forward_flops
 
-    prompt = len(tree.prefix) + len(tree.branches[0].question)
-    lengths = [len(r) for r in tree.branches[0].responses]
-    packed = method == "packed"
-    tokens = tree.n_tokens() if packed else tree.n_naive_tokens()
-    f = forward_flops(model, tokens, attention_pairs(prompt, lengths, packed), sum(lengths))
-    return f * {"score": 1, "train_cached": 2, "train_ref": 3}[mode] / 1e9
+    passes = {"score": 1, "train_cached": 2, "train_ref": 3}[mode]  # a LoRA step = 2 forwards, + the reference's
+    return tree_forward_flops(model, tree, packed=method == "packed") * passes / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,15 +366,14 @@ def main(argv=None) -> None:
               "rows": rows, **provenance()}
     result["summary"] = summarize(rows)
     result["targets"] = targets(result["summary"], rows)
+    from prefrec.io import write_text
     from prefrec.samples import write_json_atomic
 
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     result["json_name"] = json_path.name
     write_json_atomic(json_path, result)
     text = markdown(result)
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, md_path)
+    write_text(md_path, text)
     print(text)
     print(f"wrote {json_path} and {md_path}")
     if not args.quick and args.out is None and not mach["quiet"]["busy"]:

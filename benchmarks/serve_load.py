@@ -155,8 +155,8 @@ def run(args) -> dict:
     from quiet import Quiet
 
     quiet = Quiet()  # the server is our child: its CPU time is ours, not "other processes'"
-    load_before, host = os.getloadavg(), machine()
-    host.pop("load_average_at_start", None)  # recorded below as load_average_before / _after
+    host = machine()
+    host.pop("load_average_at_start", None)  # the quiet record below has the load before and after
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(args, port)
@@ -180,7 +180,6 @@ def run(args) -> dict:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-    load_after = os.getloadavg()
     ok = [r for r in records if r["status"] == 200]
     by_status: dict[str, dict[str, int]] = {}
     for r in records:
@@ -207,8 +206,7 @@ def run(args) -> dict:
         "targets": {"peak_rss_under_4gb": peak_kb / 2**20 < 4.0,
                     "normal_p99_over_idle": (normal.get("p99", float("nan")) / idle_normal),
                     "normal_p99_under_3x_idle": normal.get("p99", float("inf")) < 3 * idle_normal},
-        "machine": {**host, "load_average_before": load_before, "load_average_after": load_after,
-                    "quiet": quiet.finish()},
+        "machine": {**host, "quiet": quiet.finish()},
         **provenance(),
     }
 
@@ -219,7 +217,6 @@ def markdown(res: dict) -> str:
     rows = [f"| {k} | {v.get('n', 0)} | " + " | ".join(f"{v[q]:.2f}" if q in v else "–" for q in
                                                        ("p50", "p95", "p99", "max")) + f" | {res['load']['throughput_rps_by_kind'][k]:.3f} |"
             for k, v in load["latency_s"].items()]
-    la, lb = res["machine"]["load_average_after"], res["machine"]["load_average_before"]
     return "\n".join([
         "# `prefrec serve` under load",
         "",
@@ -230,9 +227,7 @@ def markdown(res: dict) -> str:
         f"characters = {w['tokens']} tokens with {w['history_kept']} history title(s) kept, against a budget of "
         f"{res['budget_tokens']} tokens (`--max-tokens {c['max_tokens']}`, `--max-seconds {c['max_seconds']}`).",
         "",
-        describe(res["machine"]["quiet"]) if "quiet" in res["machine"] else
-        f"**Machine load average: {lb[0]:.2f} before, {la[0]:.2f} after** (1-minute; {res['machine'].get('cpu_count')} "
-        "cores shared with a training job, so absolute times are pessimistic).",
+        describe(res["machine"]["quiet"]),
         "",
         f"Idle latency (one request at a time): normal median {idle['normal_median_s']:.2f} s over "
         f"{len(idle['normal_latency_s'])} requests; one worst-case request alone {idle['worst_latency_s']:.2f} s "

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import attention_pairs, forward_flops, matmul_gflops  # noqa: E402
+from flops import matmul_gflops, tree_forward_flops  # noqa: E402
 from quiet import Quiet, describe, result_stem  # noqa: E402
 LORA = dict(r=16, alpha=32, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         trees = [encode_sample(tok, s, which=which) for s in samples]
         secs = time_stage(lm, trees, kind)
         tokens = statistics.mean(t.n_tokens() for t in trees[1:])
-        flops = statistics.mean(_forward_flops(lm, t) for t in trees[1:]) * (1 if kind == "score" else 2)
+        flops = statistics.mean(tree_forward_flops(lm, t) for t in trees[1:]) * (1 if kind == "score" else 2)
         s = statistics.median(secs)
         pairs = statistics.mean(len(x.comparisons) for x in samples[1:])
         rows[kind] = {"seconds_per_sample": round(s, 3), "tokens_per_sample": round(tokens, 1),
@@ -106,18 +106,6 @@ def main(argv=None) -> None:
                       "fraction_of_ceiling": round(flops / s / 1e9 / ceiling, 3), "timed_samples": len(secs)}
         print(kind, rows[kind], file=sys.stderr)
     write(rows, ceiling, args, quiet.finish())
-
-
-def _forward_flops(model, tree) -> float:
-    """Useful FLOPs of a forward over a packed tree of several branches (benchmarks/flops.py)."""
-    tokens = tree.n_tokens()
-    responses = [len(r) for b in tree.branches for r in b.responses]
-    pairs = attention_pairs(len(tree.prefix), [], True)  # the shared prefix
-    for b in tree.branches:  # each question sees the prefix; each response the prefix, its question and itself
-        q = len(b.question)
-        pairs += q * len(tree.prefix) + q * (q + 1) // 2
-        pairs += sum(r * (len(tree.prefix) + q) + r * (r + 1) // 2 for r in map(len, b.responses))
-    return forward_flops(model, tokens, pairs, sum(responses))
 
 
 def write(rows: dict, ceiling: float, args, machine: dict) -> None:

@@ -42,7 +42,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from flops import attention_pairs, matmul_gflops, train_step_flops  # noqa: E402
+from flops import forward_flops, matmul_gflops, tree_forward_flops  # noqa: E402
 from packing import sample_texts  # noqa: E402
 from quiet import Quiet, describe, result_stem  # noqa: E402
 
@@ -123,7 +123,7 @@ def prefrec_side(model, tok, texts, mode: str, lr: float):
     responses = [len(r) for r in tree.branches[0].responses]
     fed = {"tokens": tree.n_tokens(), "padded": tree.n_tokens(), "rows": [tree.n_tokens()],
            "responses": sum(responses), "prompt": prompt, "response_lengths": responses}
-    return step, cached, fed, model
+    return step, cached, fed, model, tree
 
 
 def timed(steps: dict, repeats: int) -> dict:
@@ -151,7 +151,7 @@ def one_config(k: int, mode: str, args) -> dict:
     torch.manual_seed(0)
     base_p, tok = load_model("embedded", **load)
     texts = sample_texts(tok, k, args.prompt_tokens)
-    p_step, p_ref, p_fed, p_model = prefrec_side(base_p, tok, texts, mode, args.lr)
+    p_step, p_ref, p_fed, p_model, p_tree = prefrec_side(base_p, tok, texts, mode, args.lr)
     sides = {"prefrec": p_step}
     fed = {"prefrec": p_fed}
     check = {}
@@ -170,14 +170,11 @@ def one_config(k: int, mode: str, args) -> dict:
     row = {"k": k, "mode": mode, "times_s": times, "fed": fed, **check}
     row["median_s"] = {n: statistics.median(t) for n, t in times.items()}
     row["speedup_vs_trl"] = row["median_s"]["trl"] / row["median_s"]["prefrec"]
-    ref_pass = mode == "ref"
-    pf = p_fed
-    row["useful_gflop"] = {"prefrec": train_step_flops(p_model, pf["tokens"],
-                                                       attention_pairs(pf["prompt"], pf["response_lengths"], True),
-                                                       pf["responses"], ref_pass) / 1e9}
+    passes = 3 if mode == "ref" else 2  # a LoRA step = 2 forwards (flops.py), + the in-step reference pass
     tf = fed["trl"]
-    t_pairs = sum(t * (t + 1) // 2 for t in tf["rows"])
-    row["useful_gflop"]["trl"] = train_step_flops(p_model, tf["tokens"], t_pairs, tf["responses"], ref_pass) / 1e9
+    trl_pairs = sum(t * (t + 1) // 2 for t in tf["rows"])  # plain causal rows
+    row["useful_gflop"] = {"prefrec": tree_forward_flops(p_model, p_tree) * passes / 1e9,
+                           "trl": forward_flops(p_model, tf["tokens"], trl_pairs, tf["responses"]) * passes / 1e9}
     return row
 
 

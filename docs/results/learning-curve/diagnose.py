@@ -16,8 +16,8 @@ rating each are left out (counted).
 from __future__ import annotations
 
 import json
-import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,14 +42,6 @@ def comparisons(test_path: Path) -> dict[str, list[tuple[bool, float] | None]]:
     return out
 
 
-def pearson(x: list[float], y: list[float]) -> float:
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx and syy else float("nan")
-
-
 def diagnose(cell_dir: Path, facts: dict) -> dict:
     margins, first, delta, skipped = [], [], [], 0
     for line in (cell_dir / "per_sample.jsonl").read_text(encoding="utf-8").splitlines():
@@ -67,7 +59,7 @@ def diagnose(cell_dir: Path, facts: dict) -> dict:
     acc_second = [c for c, f in zip(correct, first) if not f]
     return {"n": len(margins), "skipped": skipped, "picks_shown_first": picks_first,
             "acc_pos_first": sum(acc_first) / len(acc_first), "acc_pos_second": sum(acc_second) / len(acc_second),
-            "corr_margin_delta_mean": pearson(margins, delta)}
+            "corr_margin_delta_mean": statistics.correlation(margins, delta)}
 
 
 def main(argv: list[str]) -> None:
