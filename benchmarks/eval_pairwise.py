@@ -19,7 +19,7 @@ ML-100K has only 902 users with ≥ 5 positives and ≥ 5 negatives, so it canno
     .venv/bin/python benchmarks/eval_pairwise.py                 # the full run (1,000 samples; ~1 h on 2 quiet cores)
     .venv/bin/python benchmarks/eval_pairwise.py --limit 50      # a quick run
 
-Writes benchmarks/results/eval_pairwise.json and .md (or --out-name NAME).
+Writes benchmarks/results/eval_pairwise.json and .md (or --name NAME, --out-dir DIR).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from prefrec.samples import read_jsonl, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
+
 PATHS = ("packed-batched", "packed-single", "naive")
 
 
@@ -78,16 +80,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
                     help="which paths to time (naive is always scored: it is the reference)")
-    ap.add_argument("--out-name", default="eval_pairwise", help="writes OUT_DIR/NAME.{json,md}")
-    ap.add_argument("--out-dir", default=str(HERE / "results"), help="default benchmarks/results")
+    add_output_args(ap, "eval_pairwise")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     samples, source = prepared_samples(args)
     samples = samples[: args.limit]
-    from quiet import Quiet, describe, result_stem
-
     quiet = Quiet()
     t = time.perf_counter()
     model, tok = load_model("embedded", dtype="fp32", device="cpu")
@@ -141,7 +140,8 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "quiet": machine},
         "config": vars(args), **provenance(),
     }
-    stem = result_stem(args.out_name, machine["busy"], Path(args.out_dir))
+    stem = result_stem(args.name, machine["busy"], args.out_dir)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stem.with_suffix(".json"), result)
 
     md = [f"# Pairwise evaluation: packed vs one sequence per ordering", "",

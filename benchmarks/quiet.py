@@ -81,3 +81,10 @@ def describe(record: dict) -> str:
 def result_stem(name: str, busy: bool, results: Path = RESULTS) -> Path:
     """Where a benchmark writes NAME.json/.md: the final name only for a quiet run, NAME-draft otherwise."""
     return results / (f"{name}-draft" if busy else name)
+
+
+def add_output_args(ap, name: str) -> None:
+    """`--name` and `--out-dir` of a benchmark (one spelling for all): a smoke run can write beside the committed
+    result instead of over it."""
+    ap.add_argument("--name", default=name, help=f"result file stem (default {name}; a busy run adds -draft)")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_gflops, tree_forward_flops  # noqa: E402
-from quiet import Quiet, describe, result_stem  # noqa: E402
+from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
 LORA = dict(r=16, alpha=32, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=8, help="timed samples per stage (plus one warm-up)")
+    add_output_args(ap, "train_throughput")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -112,7 +113,8 @@ def write(rows: dict, ceiling: float, args, machine: dict) -> None:
     from prefrec.io import write_json, write_text
     from prefrec.provenance import provenance
 
-    stem = result_stem("train_throughput", machine["busy"])
+    stem = result_stem(args.name, machine["busy"], args.out_dir)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     result = {"threads": args.threads, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
               "machine": machine, "stages": rows, **provenance()}
     write_json(stem.with_suffix(".json"), result)

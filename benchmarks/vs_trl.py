@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 from flops import forward_flops, matmul_gflops, tree_forward_flops  # noqa: E402
 from packing import sample_texts  # noqa: E402
-from quiet import Quiet, describe, result_stem  # noqa: E402
+from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
 
 LORA = dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 TARGETS = {1: 3.0, 15: 10.0}  # issue 18: prefrec / TRL speed-up goals
@@ -192,8 +192,7 @@ def main(argv=None) -> None:
     ap.add_argument("--trl-micro-batch", type=int, default=None,
                     help="TRL rows per forward, accumulating gradients over the k rows (default: all k at once; "
                          "at k = 15 on a 24 GB machine all at once is killed for memory)")
-    ap.add_argument("--name", default="vs_trl", help="result file stem (a busy run adds -draft)")
-    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
+    add_output_args(ap, "vs_trl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     quiet = Quiet()

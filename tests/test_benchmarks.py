@@ -56,6 +56,24 @@ def test_other_processes_or_a_busy_start_make_a_draft(fake_machine):
     assert rec["busy"] and "load average 1.40 at the start" in rec["why"]
 
 
+def test_output_args_send_a_smoke_run_beside_the_committed_result(tmp_path):
+    import argparse
+
+    q = _load("quiet")
+    ap = argparse.ArgumentParser()
+    q.add_output_args(ap, "train_throughput")
+    default = ap.parse_args([])
+    assert q.result_stem(default.name, False, default.out_dir) == q.RESULTS / "train_throughput"
+    args = ap.parse_args(["--name", "smoke", "--out-dir", str(tmp_path)])
+    assert q.result_stem(args.name, True, args.out_dir) == tmp_path / "smoke-draft"
+
+
+@pytest.mark.parametrize("name", ["train_throughput", "eval_pairwise", "vs_trl"])
+def test_every_timing_benchmark_takes_the_output_args(name):
+    text = (BENCH / f"{name}.py").read_text()
+    assert f'add_output_args(ap, "{name}")' in text and "result_stem(args.name" in text
+
+
 def test_attention_pairs_count_what_the_tree_mask_allows():
     f = _load("flops")
     prompt, responses = 5, [3, 1, 4]
