@@ -236,6 +236,34 @@ def test_report_tests_every_run_against_zero_shot_on_the_same_samples(tmp_path):
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     (t,) = summary["tests_vs_zero_shot"]
     assert t["label"].startswith("sft") and t["n"] == 40 and t["diff"] > 0
+def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp_path):
+    """DMPO at 100 shots is compared with SFT at 100 shots of its seed (not the 30-shot SFT, not zero-shot), on
+    their common samples; SFT and zero-shot get no such row. The difference is the AUCs' difference on the files."""
+    from prefrec.report import paired_bootstrap, read_per_sample
+
+    rng = np.random.default_rng(3)
+    for method, shots, shift in (("zero-shot", None, 0.0), ("sft", 30, 0.2), ("sft", 100, 0.5),
+                                 ("dmpo", 100, 1.0)):
+        d = tmp_path / "runs" / f"{method}-{shots}"
+        d.mkdir(parents=True)
+        rows = _pairwise_rows(rng, 40, shift)
+        (d / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        s1 = np.concatenate([r["s_first"] for r in rows])
+        s2 = np.concatenate([r["s_second"] for r in rows])
+        (d / "results.json").write_text(json.dumps({
+            "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
+            "shots": shots, "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+    md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=100).read_text()
+    assert "Alignment against the SFT model it started from" in md
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    (t,) = summary["tests_vs_sft"]
+    assert "dmpo-100" in t["run"] and "sft-100" in t["against"] and t["n"] == 40
+    want = paired_bootstrap(read_per_sample(tmp_path / "runs" / "dmpo-100" / "per_sample.jsonl"),
+                            read_per_sample(tmp_path / "runs" / "sft-100" / "per_sample.jsonl"), "auc", n_boot=100)
+    assert t["diff"] == pytest.approx(want["diff"]) and t["p"] == pytest.approx(want["p"])
+    assert len(summary["tests_vs_zero_shot"]) == 3
+
+
 def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
     """scipy.stats.bootstrap (percentile) gives what the hand-written loop gave for the same resamples: metric on
     rows resampled with replacement, then the 2.5 % and 97.5 % quantiles (numpy's linear interpolation)."""

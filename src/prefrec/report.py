@@ -10,6 +10,8 @@ What it does, top to bottom:
    replacement and recomputing the metric with prefrec.metrics, so pooled metrics such as AUC are handled right;
 5b. per trained run (and baseline): a paired comparison with the zero-shot run of the same dataset, task and seed
    on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
+   and per alignment run (DPO, DMPO, S-DPO after SFT) the same against the SFT run it started from: does the
+   preference stage add anything?
 6. PNG plots (matplotlib, Agg): training curves from every RUN/metrics.jsonl found (loss, reward accuracy, chosen
    log-prob), metric vs number of negatives k, metric vs number of shots;
 7. OUT/results.md (human) and OUT/results.json (machine, "kind": "report").
@@ -254,36 +256,48 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
             "n_boot": int(d.size)}
 
 
-def _zero_shot_of(run: dict, zeros: list[dict]) -> dict | None:
+def _zero_shot_of(run: dict, runs: list[dict]) -> dict | None:
     """The zero-shot run that `run` is compared with: same dataset, task and seed, and for an LLM run the same base
     model (a baseline has none: the first zero-shot of its dataset and seed)."""
+    if run.get("method") == "zero-shot":
+        return None
     key = (run["dataset"], run["task"], run.get("seed"))
-    same = [z for z in zeros if (z["dataset"], z["task"], z.get("seed")) == key]
+    same = [z for z in runs if z.get("method") == "zero-shot" and (z["dataset"], z["task"], z.get("seed")) == key]
     if run.get("regime") is None:
         same = [z for z in same if z.get("base_model") == run.get("base_model")]
     return same[-1] if same else None
 
 
-def tests_against_zero_shot(runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
-    """Every trained LLM run and every baseline against its zero-shot run (_zero_shot_of) on their common test
-    samples (paired_bootstrap on the task's first key metric); each zero-shot's rows are read once."""
-    zeros = [r for r in runs if r.get("method") == "zero-shot"]
-    zero_rows: dict[str, list[dict]] = {}
+def _sft_of(run: dict, runs: list[dict]) -> dict | None:
+    """The SFT run an alignment run started from (an experiment grid shares one per dataset, shots and seed): same
+    dataset, task, seed, shots and base model. None for a run that does not start from SFT."""
+    if not methods.method_stages(str(run.get("method")))[1]:
+        return None
+    key = ("dataset", "task", "seed", "shots", "base_model")
+    same = [s for s in runs if s.get("method") == "sft" and all(s.get(k) == run.get(k) for k in key)]
+    return same[-1] if same else None
+
+
+def paired_against(runs: list[dict], partner_of, *, n_boot: int, seed: int) -> list[dict]:
+    """Every run against its partner (`partner_of(run, runs)`; None skips the run) on their common test samples:
+    paired_bootstrap on the task's first key metric both have. Each partner's rows are read once."""
+    partner_rows: dict[str, list[dict]] = {}
     out = []
     for r in runs:
-        z = None if r.get("method") == "zero-shot" else _zero_shot_of(r, zeros)
+        z = partner_of(r, runs)
         if z is None:
             continue
         pa, pz = per_sample_path(r["path"]), per_sample_path(z["path"])
         metric = next((m for m in key_metrics(r["task"]) if m in r["metrics"] and m in z["metrics"]), None)
         if metric is None or not (pa.is_file() and pz.is_file()):
             continue
-        if z["path"] not in zero_rows:
-            zero_rows[z["path"]] = read_per_sample(pz)
-        t = paired_bootstrap(read_per_sample(pa), zero_rows[z["path"]], metric, n_boot=n_boot, seed=seed)
+        if z["path"] not in partner_rows:
+            partner_rows[z["path"]] = read_per_sample(pz)
+        t = paired_bootstrap(read_per_sample(pa), partner_rows[z["path"]], metric, n_boot=n_boot, seed=seed)
         if t is not None:
-            out.append({"run": r["path"], "zero_shot": z["path"], "dataset": r["dataset"], "task": r["task"],
-                        "label": group_label(r), "seed": r.get("seed"), **t})
+            out.append({"run": r["path"], "against": z["path"], "against_label": group_label(z),
+                        "dataset": r["dataset"], "task": r["task"], "label": group_label(r), "seed": r.get("seed"),
+                        **t})
     return out
 
 
@@ -497,10 +511,10 @@ def _training_plots(logs: list[Path], paths: list, plots_dir: Path) -> list[tupl
     return train_plots
 
 
-def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, sweep_plots, out_dir: Path,
+def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, vs_sft, sweep_plots, out_dir: Path,
              n_boot: int) -> list[str]:
     """The Markdown of one dataset · task: the seed-group table, paired tests, runs with CIs, tests against
-    zero-shot and the sweep plots."""
+    zero-shot and against SFT, and the sweep plots."""
     md = []
     gs = sorted(gs, key=_row_order)
     have = {m for g in gs for m in g["metrics"]}
@@ -540,14 +554,17 @@ def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, sweep_plots, o
         cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
         rows.append(cells)
     md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
-    zs = [t for t in vs_zero if t["dataset"] == dataset and t["task"] == task]
-    if zs:
-        md += [f"Against zero-shot on the same test samples (paired bootstrap over samples, {n_boot} resamples; "
-               "p two-sided):", ""]
-        md += _table(["configuration", "seed", "samples", "metric", "value", "zero-shot", "difference [95 % CI]",
-                      "p"],
-                     [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), _fmt(t["b"]),
-                       f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])] for t in zs]) + [""]
+    for title, against in (("Against zero-shot on the same test samples", vs_zero),
+                           ("Alignment against the SFT model it started from, on the same test samples", vs_sft)):
+        zs = [t for t in against if t["dataset"] == dataset and t["task"] == task]
+        if not zs:
+            continue
+        md += [f"{title} (paired bootstrap over samples, {n_boot} resamples; p two-sided):", ""]
+        md += _table(["configuration", "seed", "samples", "metric", "value", "compared with", "its value",
+                      "difference [95 % CI]", "p"],
+                     [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), t["against_label"],
+                       _fmt(t["b"]), f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])]
+                      for t in zs]) + [""]
     for d, t, m, p, field in sweep_plots:
         if (d, t) == (dataset, task):
             md += [f"![{m} vs {field}]({_rel(p, out_dir)})", ""]
@@ -574,7 +591,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
 
     train_plots = _training_plots(logs, paths, plots_dir)
     sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
-    vs_zero = tests_against_zero_shot(runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
 
     prov = provenance()
     md = ["# prefrec results", "",
@@ -593,7 +611,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     for g in groups:
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        md += _section(dataset, task, gs, tests, runs, vs_zero, sweep_plots, out_dir, n_boot)
+        md += _section(dataset, task, gs, tests, runs, vs_zero, vs_sft, sweep_plots, out_dir, n_boot)
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -601,7 +619,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
-               "tests": tests, "tests_vs_zero_shot": vs_zero, "runs": runs, "warnings": warns,
+               "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
+               "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
