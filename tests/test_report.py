@@ -185,6 +185,18 @@ def _pairwise_rows(rng, n, shift):
     return rows
 
 
+def _write_multi_run(d, rng, method, shift, shots=None):
+    """A run of 40 samples with 3 comparisons each (_pairwise_rows), its metrics computed from its rows."""
+    d.mkdir(parents=True)
+    rows = _pairwise_rows(rng, 40, shift)
+    (d / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s1 = np.concatenate([r["s_first"] for r in rows])
+    s2 = np.concatenate([r["s_second"] for r in rows])
+    (d / "results.json").write_text(json.dumps({
+        "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
+        "shots": shots, "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+
+
 def test_paired_bootstrap_against_an_independent_computation():
     from sklearn.metrics import roc_auc_score
 
@@ -222,20 +234,14 @@ def test_paired_bootstrap_against_an_independent_computation():
 def test_report_tests_every_run_against_zero_shot_on_the_same_samples(tmp_path):
     rng = np.random.default_rng(1)
     for method, shift in (("zero-shot", 0.0), ("sft", 1.0)):
-        d = tmp_path / "runs" / method
-        d.mkdir(parents=True)
-        rows = _pairwise_rows(rng, 40, shift)
-        (d / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        s1 = np.concatenate([r["s_first"] for r in rows])
-        s2 = np.concatenate([r["s_second"] for r in rows])
-        (d / "results.json").write_text(json.dumps({
-            "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
-            "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+        _write_multi_run(tmp_path / "runs" / method, rng, method, shift)
     md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=100).read_text()
     assert "Against zero-shot on the same test samples" in md
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     (t,) = summary["tests_vs_zero_shot"]
     assert t["label"].startswith("sft") and t["n"] == 40 and t["diff"] > 0
+
+
 def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp_path):
     """DMPO at 100 shots is compared with SFT at 100 shots of its seed (not the 30-shot SFT, not zero-shot), on
     their common samples; SFT and zero-shot get no such row. The difference is the AUCs' difference on the files."""
@@ -244,15 +250,7 @@ def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp
     rng = np.random.default_rng(3)
     for method, shots, shift in (("zero-shot", None, 0.0), ("sft", 30, 0.2), ("sft", 100, 0.5),
                                  ("dmpo", 100, 1.0)):
-        d = tmp_path / "runs" / f"{method}-{shots}"
-        d.mkdir(parents=True)
-        rows = _pairwise_rows(rng, 40, shift)
-        (d / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        s1 = np.concatenate([r["s_first"] for r in rows])
-        s2 = np.concatenate([r["s_second"] for r in rows])
-        (d / "results.json").write_text(json.dumps({
-            "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
-            "shots": shots, "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+        _write_multi_run(tmp_path / "runs" / f"{method}-{shots}", rng, method, shift, shots=shots)
     md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=100).read_text()
     assert "Alignment against the SFT model it started from" in md
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
