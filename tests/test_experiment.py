@@ -201,3 +201,55 @@ def test_a_cell_another_runner_holds_is_skipped_not_written_twice(tmp_path, tiny
     assert (cells_dir / "liked-share-full-seed0" / "results.json").exists()
     run_experiment(path, report=False)  # released: the next run does it
     assert (cells_dir / "popularity-full-seed0" / "results.json").exists()
+
+
+def test_an_alignment_cell_borrows_the_reference_of_a_sibling_with_more_negatives(tmp_path, tiny_setup, capsys):
+    """DPO (k = 1) after DMPO (k = 2) on the same SFT model and data reads DMPO's reference log-probs, narrowed to
+    the first negative; they equal the SFT model's log-probs computed independently, one sequence per response."""
+    import torch
+    from safetensors import safe_open
+
+    from prefrec.batches import encode_trees
+    from prefrec.model import load_model
+    from prefrec.packing import naive_response_logps
+    from prefrec.samples import read_jsonl
+
+    tiny_dir, src = tiny_setup
+    run_experiment(_config(tmp_path, tiny_dir, src, ["dmpo", "dpo"]), report=False)
+    cells_dir = tmp_path / "exp" / "cells" / "tiny-ml"
+    dmpo_ref = cells_dir / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run" / "ref_logps.safetensors"
+    dpo_run = cells_dir / "dpo-model-tiny-model-k1-beta0.1-seed0" / "run"
+    assert f"reference log-probs from {dmpo_ref} (first 1 negatives)" in capsys.readouterr().err
+    assert json.loads((dpo_run / "run.json").read_text())["stages"] == ["dpo"]
+    with safe_open(str(dpo_run / "ref_logps.safetensors"), framework="pt") as f:
+        meta = f.metadata()  # still the narrowed file: train() accepted it instead of computing its own
+        cached = {s: (f.get_tensor(f"{s}.chosen"), f.get_tensor(f"{s}.rejected")) for s in ("train", "valid")}
+    assert meta["narrowed_from"] == str(dmpo_ref) and meta["k"] == "1"
+    model, tok = load_model(str(cells_dir / "sft-model-tiny-model-seed0" / "run"), dtype="fp32", device="cpu")
+    model.eval()
+    for split in ("train", "valid"):
+        samples = read_jsonl(tmp_path / "exp" / "data" / "tiny-ml-pairwise-seed0" / f"{split}.jsonl")
+        with torch.no_grad():
+            scores = naive_response_logps(model, encode_trees(tok, samples, "dpo", 1))
+        want = scores.summed.view(len(samples), 2)  # per sample: [chosen, rejected] of comparison 1
+        torch.testing.assert_close(cached[split][0][:, 0], want[:, 0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(cached[split][1][:, 0], want[:, 1], atol=1e-4, rtol=0)
+
+
+def test_narrowing_a_reference_cache_needs_as_many_negatives(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from prefrec.reference import narrow_cache
+
+    src = tmp_path / "ref.safetensors"
+    save_file({"train.chosen": torch.arange(6.0).view(2, 3), "train.rejected": -torch.arange(6.0).view(2, 3)},
+              str(src), metadata={"k": "3", "chosen": "pairs", "train.ids": '["a", "b"]'})
+    assert not narrow_cache(src, tmp_path / "k4.safetensors", 4) and not (tmp_path / "k4.safetensors").exists()
+    assert not narrow_cache(tmp_path / "missing", tmp_path / "x.safetensors", 1)
+    assert narrow_cache(src, tmp_path / "k2.safetensors", 2)
+    with safe_open(str(tmp_path / "k2.safetensors"), framework="pt") as f:
+        assert f.metadata()["k"] == "2" and f.metadata()["train.ids"] == '["a", "b"]'
+        assert f.get_tensor("train.chosen").tolist() == [[0.0, 1.0], [3.0, 4.0]]
+        assert f.get_tensor("train.rejected").tolist() == [[-0.0, -1.0], [-3.0, -4.0]]

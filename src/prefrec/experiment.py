@@ -270,8 +270,39 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_run = root / sft_cell.folder() / "run"
     if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
-    train(_train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run)), resume=True)
+    tc = _train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run))
+    _borrow_reference(root / cell.dataset, run_dir, tc)
+    train(tc, resume=True)
     return run_dir
+
+
+def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
+    """Give an alignment cell the reference log-probs another cell already computed, instead of scoring every
+    training sample again (a third of an alignment cell's time): a sibling run whose only stage aligned the same
+    SFT model on the same data with at least as many negatives (reference.narrow_cache takes its first k)."""
+    from prefrec.reference import REF_CACHE, narrow_cache
+
+    if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None:
+        return
+    want = (tc.model.name, tc.model.dtype, tc.data.dir, tc.data.train, tc.data.valid, tc.data.max_train_samples,
+            tc.data.max_valid_samples)
+    for sib in sorted(cells_dir.glob(f"*/run/{REF_CACHE}")):
+        try:
+            other = yaml.safe_load((sib.parent / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        data, stages = other.get("data") or {}, other.get("stages") or []
+        model = other.get("model") or {}
+        have = (model.get("name"), model.get("dtype"), data.get("dir"), data.get("train"), data.get("valid"),
+                data.get("max_train_samples"), data.get("max_valid_samples"))
+        if sib.parent == run_dir or have != want or len(stages) != 1 or \
+                not methods.is_aligned(str(stages[0].get("kind"))):
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if narrow_cache(sib, run_dir / REF_CACHE, tc.stages[0].k):
+            print(f"prefrec experiment: reference log-probs from {sib} (first {tc.stages[0].k} negatives)",
+                  file=sys.stderr)
+            return
 
 
 def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:

@@ -71,3 +71,28 @@ def reference_logps(acc, model, splits: dict[str, tuple[list[str], list[Tree]]],
     acc.wait_for_everyone()
     # read back what was written, so a resumed run and this one use the very same numbers
     return {s: (tensors[f"{s}.chosen"], tensors[f"{s}.rejected"]) for s in splits if f"{s}.chosen" in tensors}
+
+
+def narrow_cache(src: Path, dst: Path, k: int) -> bool:
+    """Write to `dst` the reference cache `src`, narrowed to each sample's first k negatives; True when written.
+
+    A stage with k negatives needs exactly the first k columns of a cache made with k' ≥ k: a sample's first k
+    negatives are the first k of its k' (batches.with_k_negatives), and a tree branch attends only to the prompt and
+    to itself (prefrec.packing), so a branch's log-probs do not depend on the branches after it. False (nothing
+    written) when `src` is missing or holds fewer than k. The caller vouches that `src` was made by the same
+    reference model on the same data; reference_logps still checks the sample ids when it reads `dst`."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not src.is_file():
+        return False
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        if meta.get("chosen") != "pairs" or not meta.get("k", "").isdigit() or int(meta["k"]) < k:
+            return False
+        tensors = {name: f.get_tensor(name)[:, :k].contiguous() for name in f.keys()}
+    meta["k"] = str(k)
+    meta["narrowed_from"] = str(src)
+    with io.atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return True
