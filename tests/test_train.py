@@ -458,6 +458,33 @@ def test_preference_stage_trains_without_dropout_by_default(tiny_dir, data_dirs,
         assert noise > 1e-4, first  # the option keeps dropout on
 
 
+def test_chosen_displacement_is_the_reward_over_beta_of_the_last_window():
+    from prefrec.stages import DISPLACEMENT_WINDOW, chosen_displacement
+
+    assert chosen_displacement([-1.0] * (DISPLACEMENT_WINDOW - 1), beta=0.1) is None
+    rewards = [0.0] * 5 + [-0.2] * DISPLACEMENT_WINDOW  # the chosen log-prob 2 nats below the reference at β = 0.1
+    assert chosen_displacement(rewards, beta=0.1) == pytest.approx(2.0)
+    assert chosen_displacement([0.3] * DISPLACEMENT_WINDOW, beta=0.5) == pytest.approx(-0.6)
+
+
+def test_unlearning_the_chosen_answers_warns_once_and_is_recorded(tiny_dir, data_dirs, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Wiring of the likelihood-displacement warning: with the mark at -inf over one step it fires at the first
+    alignment step, once, on stderr and in run.json (SFT has no reward and never warns)."""
+    from prefrec import stages
+
+    monkeypatch.setattr(stages, "DISPLACEMENT_WINDOW", 1)
+    monkeypatch.setattr(stages, "DISPLACEMENT_NATS", float("-inf"))
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, align_epochs=2)
+    raw["data"]["max_valid_samples"] = 0
+    run = train(_cfg(raw))
+    err = capsys.readouterr().err
+    assert err.count("prefrec: warning: dmpo step 1: the chosen responses' log-prob is") == 1
+    info = json.loads((run / "run.json").read_text())["stage_info"]
+    assert info["dmpo"]["warning"].startswith("step 1: ") and "lower lr than 0.005" in info["dmpo"]["warning"]
+    assert "warning" not in info["sft"]
+
+
 def test_dropout_option_defaults_by_stage_kind():
     from prefrec.config import StageConfig
 

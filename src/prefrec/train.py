@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from prefrec import io, methods
+from prefrec import stages as stages_module
 from prefrec.batches import (chosen_tokens, encode_trees, epoch_order, n_negatives, read_split, shard, split_paths,
                              stage_k, with_k_negatives)
 from prefrec.config import TrainConfig, dump_config
@@ -263,7 +264,7 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
     log-probs of a preference stage, and the state of the checkpoint when it was taken inside this stage."""
     stage, acc, p = r.cfg.stages[si], r.acc, r.plans[si]
     k, G, total = p["k"], p["global_batch"], p["steps"]
-    r.stage_info[stage.kind] = p
+    r.stage_info[stage.kind] = {**r.stage_info.get(stage.kind, {}), **p}  # keeps a warning made before a resume
     train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k)
     valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k)
     acc.gradient_accumulation_steps = stage.grad_accum
@@ -312,8 +313,10 @@ def _run_stage(r: Recipe, si: int) -> None:
     # disable=None: no bar when stderr is not a terminal (a log file gets metrics.jsonl, not bar updates)
     bar = tqdm(total=sr.total, initial=sr.step, desc=sr.stage.kind, disable=None if r.main and r.cfg.progress
                else True, dynamic_ncols=True)
+    chosen_rewards: list[float] = []
     while sr.step < sr.total:
         metrics = _train_step(r, sr)
+        _watch_displacement(r, sr, metrics, chosen_rewards)
         bar.update(1)
         bar.set_postfix({key: f"{metrics[key]:.3f}" for key in ("loss", "reward_accuracy") if key in metrics})
         t1 = time.time()
@@ -324,6 +327,24 @@ def _run_stage(r: Recipe, si: int) -> None:
         if last or (r.cfg.save_every and sr.step % r.cfg.save_every == 0):
             _checkpoint(r, sr, done=last)
     bar.close()
+
+
+def _watch_displacement(r: Recipe, sr: StageRun, metrics: dict, chosen_rewards: list[float]) -> None:
+    """Warn once per alignment stage (stderr, and run.json's stage_info) when the policy is unlearning the chosen
+    answers (stages.chosen_displacement above stages.DISPLACEMENT_NATS)."""
+    info = r.stage_info[sr.stage.kind]
+    if "chosen_reward" not in metrics or "warning" in info:
+        return
+    chosen_rewards.append(metrics["chosen_reward"])
+    nats = stages_module.chosen_displacement(chosen_rewards, r.cfg.stages[sr.si].beta)
+    if nats is None or nats <= stages_module.DISPLACEMENT_NATS:
+        return
+    info["warning"] = (f"step {sr.step}: the chosen responses' log-prob is {nats:.1f} nats below the reference's "
+                       f"(mean of the last {stages_module.DISPLACEMENT_WINDOW} steps): the policy is unlearning the "
+                       f"answers (likelihood displacement); a lower lr than {r.cfg.stages[sr.si].lr:g} or an SFT "
+                       f"term (ftx) keeps them")
+    if r.main:
+        print(f"prefrec: warning: {sr.stage.kind} {info['warning']}", file=sys.stderr)
 
 
 def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
