@@ -253,3 +253,15 @@ def test_narrowing_a_reference_cache_needs_as_many_negatives(tmp_path):
         assert f.metadata()["k"] == "2" and f.metadata()["train.ids"] == '["a", "b"]'
         assert f.get_tensor("train.chosen").tolist() == [[0.0, 1.0], [3.0, 4.0]]
         assert f.get_tensor("train.rejected").tolist() == [[-0.0, -1.0], [-3.0, -4.0]]
+
+
+def test_report_only_runs_nothing_and_reports_the_finished_cells(tmp_path, tiny_setup):
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity", "liked-share"])
+    run_experiment(path, report=False, only=["popularity"])
+    md = run_experiment(path, report_only=True)
+    cells_dir = tmp_path / "exp" / "cells" / "tiny-ml"
+    assert not (cells_dir / "liked-share-full-seed0").exists()
+    record = json.loads((tmp_path / "report" / "experiment.json").read_text())
+    assert record["cells"] == ["tiny-ml/popularity-full-seed0"] and record["command"].endswith("--report-only")
+    assert "popularity" in md.read_text()

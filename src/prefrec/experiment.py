@@ -419,8 +419,12 @@ def select(grid: list[Cell], only: list[str]) -> list[Cell]:
 
 
 def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: bool = False,
-                   report: bool = True, overrides: list[str] | None = None) -> Path | None:
+                   report: bool = True, overrides: list[str] | None = None,
+                   report_only: bool = False) -> Path | None:
     """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path.
+
+    report_only: run nothing; report the finished cells of the selection (a grid whose remaining cells wait for
+    another machine or session).
 
     overrides: `KEY=VALUE` strings applied to the YAML first (see apply_overrides); they are recorded, with the
     command, in report_dir/experiment.json.
@@ -433,8 +437,10 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
         grid = select(grid, only)
     root = Path(cfg.output_dir) / "cells"
     todo = [c for c in grid if not has_results(root / c.folder())]
-    print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run",
-          file=sys.stderr)
+    print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} "
+          f"{'not run (--report-only)' if report_only else 'to run'}", file=sys.stderr)
+    if report_only:
+        todo = []
     if dry_run:
         for c in todo:
             print(c.folder())
@@ -462,7 +468,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
-                       + [f"--only {o}" for o in only or []])
+                       + [f"--only {o}" for o in only or []] + (["--report-only"] if report_only else []))
     seconds = _cell_seconds(log_path)
     io.write_json(Path(cfg.report_dir) / "experiment.json",
                       {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
