@@ -22,10 +22,14 @@ case "$part" in
     $P quickstart --out runs/quickstart-curve
     ;;
   learning-curve)
-    # issue 12: the points run so far (shots = 333 and 1,000 training samples of 3 pairs) and the baselines as
-    # reference lines; drop --set shots and the --only flags for the whole curve (days of 2-core CPU; gpu.sh on a GPU)
-    $P experiment configs/experiments/learning-curve.yaml --set 'shots=[333,1000]' --only ml-100k \
-        --only zero-shot --only sft --only popularity --only liked-share --only bpr --only sasrec --only gru4rec
+    # issue 12: the cells run so far: SFT at 333 and 1,000 training samples (3 pairs each), DMPO and DPO from the
+    # 1,000-sample SFT model, the baselines as reference lines, then one report of them all; drop --set shots and the
+    # --only flags for the whole curve (days of 2-core CPU; gpu.sh on a GPU)
+    B="--only popularity --only liked-share --only bpr --only sasrec --only gru4rec"
+    LC="$P experiment configs/experiments/learning-curve.yaml --only ml-100k"
+    $LC --set 'shots=[333,1000]' --only zero-shot --only sft $B
+    $LC --set 'shots=[1000]' --only dmpo --only dpo
+    $LC --set 'shots=[333,1000]' --only zero-shot --only sft --only dmpo --only dpo $B --report-only
     ;;
   pairwise)
     # DMPO Table 2 (ML-100K rows: + DPO and six baselines in two regimes) and Figure 5 (both offline models; k = 3),
