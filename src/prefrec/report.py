@@ -377,7 +377,8 @@ _AXIS_LABEL = {"k": "number of negatives k", "shots": "number of training sample
 
 def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[str, str, str, Path]]:
     """Metric vs k, shots or β (`field`), one PNG per dataset/task with at least one line of ≥ 2 distinct values.
-    Lines: configurations that differ only in `field` (mean ± std over seeds); configurations without a value for
+    Lines: configurations that differ only in `field` (mean ± std over seeds; one run at a single value is a point);
+    configurations without a value for
     `field` (zero-shot, say) as dashed horizontal references. Returns (dataset, task, metric, path)."""
     others = [k for k in GROUP_KEYS if k not in ("dataset", "task", field)]
     made = []
@@ -395,8 +396,10 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[
                 refs.append(g)
             else:
                 lines[tuple(g.get(k) for k in others)].append(g)
-        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items() if len({g[field] for g in v}) >= 2}
-        if not lines:
+        # a plot needs one line of >= 2 values; configurations run at one value only (DMPO at one size of a curve
+        # of SFT sizes, say) are drawn on it as single points
+        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items()}
+        if not any(len({g[field] for g in v}) >= 2 for v in lines.values()):
             continue
         plt = _plt()
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
