@@ -265,3 +265,16 @@ def test_report_only_runs_nothing_and_reports_the_finished_cells(tmp_path, tiny_
     record = json.loads((tmp_path / "report" / "experiment.json").read_text())
     assert record["cells"] == ["tiny-ml/popularity-full-seed0"] and record["command"].endswith("--report-only")
     assert "popularity" in md.read_text()
+
+
+def test_cli_no_report_runs_the_cells_and_writes_no_report(tmp_path, tiny_setup):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    res = CliRunner().invoke(app, ["experiment", str(path), "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
+    assert not (tmp_path / "report").exists() and "report:" not in res.output

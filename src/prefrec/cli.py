@@ -518,6 +518,8 @@ def experiment(
     only: Optional[list[str]] = typer.Option(None, help="Run only these methods or dataset labels (repeatable)."),
     dry_run: bool = typer.Option(False, help="List the cells still to run and stop."),
     report_only: bool = typer.Option(False, help="Run no cell; write the report of the finished cells."),
+    report: bool = typer.Option(True, help="Write the report after the cells (--no-report: a queue of several "
+                                "invocations reports once at the end, with --report-only)."),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a config value, KEY=VALUE with VALUE in YAML (repeatable): --set seeds=[0] "
                             "--set eval.limit=50 --set datasets.ml-100k.prepare.n_train=50."),
@@ -526,7 +528,8 @@ def experiment(
     from prefrec.experiment import run_experiment
 
     try:
-        md = run_experiment(config, only=only, dry_run=dry_run, overrides=set_, report_only=report_only)
+        md = run_experiment(config, only=only, dry_run=dry_run, overrides=set_, report_only=report_only,
+                            report=report)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     if md is not None:
