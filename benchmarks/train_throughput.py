@@ -2,10 +2,11 @@
 
     python benchmarks/train_throughput.py                  # 2 threads, 8 timed samples per stage
     python benchmarks/train_throughput.py --threads 1 --samples 4
+    python benchmarks/train_throughput.py --dtype bf16 --name train_throughput-bf16   # AMX / AVX-512 BF16 CPUs
 
-Measures, in one process on the embedded SmolLM2-135M (fp32, LoRA r=16 on attention + MLP, as
+Measures, in one process on the embedded SmolLM2-135M (fp32, or bf16 weights with --dtype bf16; LoRA r=16 on attention + MLP, as
 configs/experiments/learning-curve.yaml), on real ML-100K hybrid-prompt pairwise samples (k = 3, history 10):
-  ceiling   the fp32 matmul rate of this CPU at --threads (torch.mm of 2048 x 2048, median of 5)
+  ceiling   the matmul rate of this CPU in --dtype at --threads (torch.mm of 2048 x 2048, median of 5)
   sft       one sample per step: packed forward + backward + AdamW step (the chosen responses of 3 comparisons)
   dmpo      the same with chosen and rejected responses, reference log-probs cached (prefrec's default)
   score     forward-only scoring of a test sample (both orderings of 3 comparisons), as evaluation does
@@ -80,6 +81,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=8, help="timed samples per stage (plus one warm-up)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="the frozen base model's weights (LoRA adapters and log-probs stay fp32)")
     add_output_args(ap, "train_throughput")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -89,10 +92,10 @@ def main(argv=None) -> None:
     from prefrec.packing import encode_sample
 
     train, test = hybrid_samples(args.samples + 1)
-    lm, tok = load_model("embedded", dtype="fp32", device="cpu")
+    lm, tok = load_model("embedded", dtype=args.dtype, device="cpu")
     lm = add_lora(lm, **LORA)
     lm.train()
-    ceiling = matmul_gflops()
+    ceiling = matmul_gflops(dtype=args.dtype)
     rows = {}
     for kind, samples, which in (("sft", train, "chosen"), ("dmpo", train, "all"), ("score", test, "all")):
         trees = [encode_sample(tok, s, which=which) for s in samples]
@@ -115,12 +118,13 @@ def write(rows: dict, ceiling: float, args, machine: dict) -> None:
 
     stem = result_stem(args.name, machine["busy"], args.out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    result = {"threads": args.threads, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
+    result = {"threads": args.threads, "dtype": args.dtype, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
               "machine": machine, "stages": rows, **provenance()}
     write_json(stem.with_suffix(".json"), result)
     md = ["# Training throughput of the learning-curve regime", "", describe(machine), "",
-          f"`python benchmarks/train_throughput.py --threads {args.threads} --samples {args.samples}`; "
-          f"{args.threads} thread(s) of {os.cpu_count()} cores; fp32 matmul ceiling {ceiling:.1f} GFLOP/s.", "",
+          f"`python benchmarks/train_throughput.py --threads {args.threads} --samples {args.samples} --dtype "
+          f"{args.dtype}`; {args.threads} thread(s) of {os.cpu_count()} cores; {args.dtype} matmul ceiling "
+          f"{ceiling:.1f} GFLOP/s.", "",
           "| stage | s / sample | tokens / sample | tokens / s | pairs / CPU-hour | GFLOP/s | of ceiling |",
           "|---|---|---|---|---|---|---|"]
     for k, r in rows.items():

@@ -278,3 +278,41 @@ def test_cli_no_report_runs_the_cells_and_writes_no_report(tmp_path, tiny_setup)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
     assert not (tmp_path / "report").exists() and "report:" not in res.output
+
+
+def test_a_sibling_reference_is_borrowed_only_for_the_same_model_and_data(tmp_path, monkeypatch):
+    """The sibling's config.yaml is read with the typed loader: one written without its defaults (max_valid_samples
+    left out = 100) and with absolute paths still matches a cell whose config has the defaults and relative paths;
+    other training samples never match."""
+    import torch
+    from safetensors.torch import save_file
+
+    from prefrec.config import config_from_dict
+    from prefrec.experiment import _borrow_reference
+
+    data = tmp_path / "data"
+    (tmp_path / "sft").mkdir()
+    monkeypatch.chdir(tmp_path)
+    tc = config_from_dict({"stages": [{"kind": "dpo", "k": 1}], "model": {"name": "sft"},
+                           "data": {"dir": "data", "max_train_samples": 8, "max_valid_samples": 100}})
+
+    def sibling(name: str, max_train: int):
+        run = tmp_path / "cells" / name / "run"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(
+            {"stages": [{"kind": "dmpo", "k": 2}], "model": {"name": str(tmp_path / "sft")},
+             "data": {"dir": str(data), "max_train_samples": max_train}}))
+        save_file({"train.chosen": torch.zeros(2, 2), "train.rejected": torch.ones(2, 2)},
+                  str(run / "ref_logps.safetensors"), metadata={"k": "2", "chosen": "pairs"})
+        return run / "ref_logps.safetensors"
+
+    sibling("a-other-shots", 16)
+    mine = tmp_path / "cells" / "dpo" / "run"
+    _borrow_reference(tmp_path / "cells", mine, tc)
+    assert not (mine / "ref_logps.safetensors").exists()
+    same = sibling("b-same-shots", 8)
+    _borrow_reference(tmp_path / "cells", mine, tc)
+    from safetensors import safe_open
+
+    with safe_open(str(mine / "ref_logps.safetensors"), framework="pt") as f:
+        assert f.metadata()["narrowed_from"] == str(same) and f.metadata()["k"] == "1"

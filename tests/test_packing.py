@@ -191,6 +191,35 @@ def test_lora_gradients_equal_naive(tok, impl):
     assert sum(g.abs().sum() for g in gp) > 0  # not trivially zero
 
 
+def test_bf16_lora_runs_in_bf16_with_fp32_master_weights(tok):
+    """Mixed precision on a bf16 model: the LoRA matmuls take bf16 activations (PEFT alone casts them up to fp32,
+    which doubled a CPU step), the adapters stay fp32 and get fp32 gradients, and packed log-probs and gradients
+    still agree with the naive path (same precision) and with the fp32 model (bf16 tolerance)."""
+    fp32 = _with_lora(_lm(tok, "sdpa"))
+    model = copy.deepcopy(fp32).to(torch.bfloat16)
+    for name, p in model.named_parameters():  # the master weights of a bf16 model, as PEFT keeps them
+        if "lora_" in name:
+            p.data = p.data.float()
+    seen = []
+    lora_a = next(m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default"))
+    hook = lora_a.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    trees = _trees(seed=2)
+    p = response_logps(model, trees)
+    hook.remove()
+    assert seen and all(d == (torch.bfloat16, torch.bfloat16) for d in seen), seen
+    params = [q for q in model.parameters() if q.requires_grad]
+    gp = torch.autograd.grad(p.summed.sum(), params)
+    assert params and all(q.dtype == torch.float32 for q in params) and all(g.dtype == torch.float32 for g in gp)
+    n = naive_response_logps(model, trees)
+    gn = torch.autograd.grad(n.summed.sum(), params)
+    assert p.summed.dtype == torch.float32
+    torch.testing.assert_close(p.summed, n.summed, rtol=0, atol=0.05 * n.summed.abs().max().item())
+    for a, b in zip(gp, gn):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.05 * max(g.abs().max() for g in gn).item())
+    ref = response_logps(fp32, trees).summed.detach()
+    torch.testing.assert_close(p.summed.detach(), ref, rtol=0, atol=0.05 * ref.abs().max().item())
+
+
 def test_lora_loss_gradients_equal_naive_float64(tok):
     """A DMPO loss through both paths in float64. Llama's RMSNorm computes in float32 even for a float64 model, so the
     backward rounds gradients to float32 at every norm: the packed path rounds the prefix's summed gradient once,

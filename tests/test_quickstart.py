@@ -19,3 +19,32 @@ def test_quickstart_equals_a_point_of_the_learning_curve():
     for key in ("train", "sft", "align", "ks", "seeds"):
         assert QUICKSTART[key] == curve[key], key
     assert curve["eval"] == {} and QUICKSTART["eval"] == {}  # the whole test split in both
+
+
+def test_quickstart_precision_reaches_training_and_evaluation(tmp_path):
+    from prefrec.quickstart import quickstart_config
+
+    fp32 = quickstart_config(tmp_path, dtype="fp32")
+    assert "model" not in fp32["train"] and fp32["eval"] == {}  # exactly the curve's cells
+    bf16 = quickstart_config(tmp_path, n_test=5, dtype="bf16")
+    assert bf16["train"]["model"] == {"dtype": "bf16"} and bf16["eval"] == {"limit": 5, "dtype": "bf16"}
+    assert "model" not in QUICKSTART["train"]  # the module's table is not changed by a call
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_makes_it_fast(monkeypatch):
+    import torch
+
+    import prefrec.model
+    from prefrec.quickstart import BF16_MIN_SPEEDUP, choose_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for speedup, want in ((6.0, "bf16"), (BF16_MIN_SPEEDUP - 0.1, "fp32"), (0.3, "fp32")):
+        monkeypatch.setattr(prefrec.model, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert choose_dtype("auto") == want
+    assert choose_dtype("fp32") == "fp32" and choose_dtype("bf16") == "bf16"
+
+
+def test_cpu_bf16_speedup_is_a_positive_ratio():
+    from prefrec.model import cpu_bf16_speedup
+
+    assert cpu_bf16_speedup(n=64, repeats=2) > 0

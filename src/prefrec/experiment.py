@@ -276,27 +276,34 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     return run_dir
 
 
+def _reference_key(tc) -> tuple:
+    """What a reference pass depends on besides k: the model and the training and validation samples (paths made
+    absolute: a run's config.yaml keeps them as they were given)."""
+    from prefrec.config import resolve_paths
+
+    tc = resolve_paths(copy.deepcopy(tc))
+    return (tc.model.name, tc.model.dtype, tc.data.dir, tc.data.train, tc.data.valid, tc.data.max_train_samples,
+            tc.data.max_valid_samples)
+
+
 def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
     """Give an alignment cell the reference log-probs another cell already computed, instead of scoring every
     training sample again (a third of an alignment cell's time): a sibling run whose only stage aligned the same
     SFT model on the same data with at least as many negatives (reference.narrow_cache takes its first k)."""
+    from prefrec.config import load_config
     from prefrec.reference import REF_CACHE, narrow_cache
 
     if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None:
         return
-    want = (tc.model.name, tc.model.dtype, tc.data.dir, tc.data.train, tc.data.valid, tc.data.max_train_samples,
-            tc.data.max_valid_samples)
     for sib in sorted(cells_dir.glob(f"*/run/{REF_CACHE}")):
-        try:
-            other = yaml.safe_load((sib.parent / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+        if sib.parent == run_dir:
             continue
-        data, stages = other.get("data") or {}, other.get("stages") or []
-        model = other.get("model") or {}
-        have = (model.get("name"), model.get("dtype"), data.get("dir"), data.get("train"), data.get("valid"),
-                data.get("max_train_samples"), data.get("max_valid_samples"))
-        if sib.parent == run_dir or have != want or len(stages) != 1 or \
-                not methods.is_aligned(str(stages[0].get("kind"))):
+        try:  # the typed loader fills defaults, so a key written differently still compares equal
+            other = load_config(sib.parent / "config.yaml")
+        except UserError:
+            continue
+        if _reference_key(other) != _reference_key(tc) or len(other.stages) != 1 or \
+                not methods.is_aligned(other.stages[0].kind):
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         if narrow_cache(sib, run_dir / REF_CACHE, tc.stages[0].k):

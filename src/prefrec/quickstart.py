@@ -1,18 +1,21 @@
 """The quickstart: ML-100K -> SFT on the embedded model -> evaluation against zero-shot on the whole test split -> report.
 
 It is one point of the learning curve (configs/experiments/learning-curve.yaml, docs/results/learning-curve): the
-cheapest regime in which a fine-tuned 135M model has something to learn on 2 CPU cores, not the papers' few-shot
-protocol (whose every CPU-sized run is at chance, docs/results/README.md). The regime, in full:
+cheapest point at which the fine-tuned 135M model beats zero-shot on 2 CPU cores, not the papers' few-shot protocol
+(whose every CPU-sized run is at chance, docs/results/README.md). The regime, in full:
 - data: ML-100K, DMPO pairwise protocol, k = 3 comparisons per sample sharing one history of 10 titles; every
   non-test user trains (180 train + 20 valid users; the 702 test users are the default split's), up to 20 samples
-  per user along the timeline, the first 333 samples (≈ 1,000 pairs) used;
+  per user along the timeline, the first 1,000 samples (3,000 pairs) used;
 - hybrid prompt: the user's own ratings beside the history titles, and each candidate's mean rating and rater count
   from the other non-test users (docs/data.md, "More signal per sample");
 - SFT: one epoch, LoRA r = 16 on attention and MLP, lr 1e-3, 4 samples per optimizer step;
 - evaluation: all 702 test users x 3 comparisons, zero-shot and SFT on the same samples, with a paired bootstrap
-  test in the report.
-DMPO and DPO are in the learning curve; they do not fit the quickstart's 45 minutes on 2 cores. The settings equal
-the learning curve's (tests/test_quickstart.py checks it), so the quickstart's cells are the curve's cells.
+  test in the report;
+- precision: bf16 weights with fp32 LoRA master weights (packing.mixed_precision) on a CPU whose bf16 matmuls are
+  at least twice its fp32 rate (AMX: ~6x; the whole run ~2x faster), fp32 elsewhere. The learning curve's cells
+  are fp32; docs/results/learning-curve compares the two on the same test samples.
+DMPO and DPO are in the learning curve; they do not fit the quickstart's 45 minutes on 2 cores. The other settings
+equal the learning curve's (tests/test_quickstart.py checks it).
 It runs through exactly the code that `prefrec experiment` uses; a second run skips what is already finished.
 """
 
@@ -26,7 +29,8 @@ import yaml
 
 from prefrec import io
 
-SHOTS = 333  # training samples (3 pairs each)
+SHOTS = 1000  # training samples (3 pairs each)
+BF16_MIN_SPEEDUP = 2.0  # bf16 on a CPU only where its matmuls are at least this many times the fp32 rate
 
 QUICKSTART = {
     "name": "quickstart",
@@ -49,13 +53,43 @@ QUICKSTART = {
 }
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None) -> Path:
-    """Run the quickstart grid into `out`; n_test: evaluate only the first N test users (default: all 702)."""
-    out = Path(out)
-    cfg = dict(QUICKSTART)
+def choose_dtype(dtype: str = "auto") -> str:
+    """"auto": bf16 on a GPU that has it and on a CPU whose bf16 matmuls are fast (model.cpu_bf16_speedup), else
+    fp32; "fp32"/"bf16" as given."""
+    import torch
+
+    from prefrec.model import cpu_bf16_speedup
+
+    if dtype != "auto":
+        return dtype
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    speedup = cpu_bf16_speedup()
+    choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    print(f"prefrec quickstart: {choice} (this CPU's bf16 matmuls run at {speedup:.1f}x its fp32 rate; "
+          f"--dtype fp32 or bf16 to choose)", file=sys.stderr)
+    return choice
+
+
+def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp32") -> dict:
+    """The experiment config the quickstart runs: QUICKSTART with its folders, test limit and precision."""
+    import copy
+
+    cfg = copy.deepcopy(QUICKSTART)
     cfg["output_dir"] = str(out)
     cfg["report_dir"] = str(out / "report")
     cfg["eval"] = {} if n_test is None else {"limit": n_test}
+    if dtype != "fp32":
+        cfg["train"]["model"] = {"dtype": dtype}
+        cfg["eval"]["dtype"] = dtype
+    return cfg
+
+
+def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None, dtype: str = "auto") -> Path:
+    """Run the quickstart grid into `out`; n_test: evaluate only the first N test users (default: all 702);
+    dtype: auto | fp32 | bf16 (see choose_dtype)."""
+    out = Path(out)
+    cfg = quickstart_config(out, n_test=n_test, dtype=choose_dtype(dtype))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.yaml"
     io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -110,7 +110,7 @@ def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) 
     import torch
     from transformers import DynamicCache
 
-    from prefrec.packing import _base, _head_logits, _model_device_dtype, _token_logps, pack_trees
+    from prefrec.packing import _base, _head_logits, _model_device_dtype, _token_logps, mixed_precision, pack_trees
 
     base = _base(model)
     device, dtype = _model_device_dtype(model)
@@ -122,7 +122,7 @@ def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) 
     # a deprecation warning per call)
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     cache = DynamicCache()
-    with torch.inference_mode():
+    with torch.inference_mode(), mixed_precision(model, device, dtype):
         for start in range(0, L, chunk_tokens):
             stop = min(L, start + chunk_tokens)
             out = decoder(input_ids=batch.input_ids[:, start:stop].to(device),
