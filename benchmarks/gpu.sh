@@ -26,7 +26,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''); sys.exit(0 
 for step in $STEPS; do
   case $step in
     1) .venv/bin/python benchmarks/packing.py --device cuda --dtype bf16 --ks 1 3 15 63 --repeats 5 \
-         --out "$OUT/packing-bf16" ;;
+         --out-dir "$OUT" --name packing-bf16 ;;
     2) .venv/bin/python benchmarks/vs_trl.py --dtype bf16 --ks 1 15 --repeats 10 --out-dir "$OUT" --name vs_trl-bf16 ;;
     3) .venv/bin/prefrec experiment configs/experiments/learning-curve.yaml --only ml-100k \
          --set "models=[embedded,gemma3-270m]" --set "shots=[$SHOTS]" \

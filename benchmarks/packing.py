@@ -289,7 +289,10 @@ def main(argv=None) -> None:
                     help="skip (and extrapolate) a naive configuration predicted to take longer (default 900)")
     ap.add_argument("--mem-limit-gb", type=float, default=None,
                     help="skip (and extrapolate) a configuration predicted to need more (default 85%% of RAM)")
-    ap.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/packing)")
+    from quiet import add_output_args
+
+    add_output_args(ap, "packing")
+    ap.set_defaults(name=None)  # packing, or packing-quick with --quick
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -313,7 +316,8 @@ def main(argv=None) -> None:
     mach = machine()
     mem_limit_mb = (args.mem_limit_gb * 1024 if args.mem_limit_gb
                     else 0.85 * (mach.get("mem_total_gb") or 24) * 1024)
-    stem = args.out or RESULTS / ("packing-quick" if args.quick else "packing")
+    custom = args.name is not None or args.out_dir != RESULTS  # a named run never rewrites docs/packing.md
+    stem = args.out_dir / (args.name or ("packing-quick" if args.quick else "packing"))
 
     from tqdm import tqdm
 
@@ -376,7 +380,7 @@ def main(argv=None) -> None:
     write_text(md_path, text)
     print(text)
     print(f"wrote {json_path} and {md_path}")
-    if not args.quick and args.out is None and not mach["quiet"]["busy"]:
+    if not args.quick and not custom and not mach["quiet"]["busy"]:
         update_docs(text)
 
 

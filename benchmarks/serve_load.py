@@ -1,7 +1,7 @@
 """Load test of `prefrec serve`: N concurrent clients for M seconds, normal and worst-case in-limit requests.
 
     python benchmarks/serve_load.py                       # 2 normal + 1 worst-case client, 60 s (embedded model)
-    python benchmarks/serve_load.py --seconds 20 --out /tmp/x   # a quick look
+    python benchmarks/serve_load.py --seconds 20 --out-dir /tmp/x   # a quick look
 
 Starts `prefrec serve MODEL` as a subprocess on 127.0.0.1 (loopback only) and measures, from this process:
   idle      normal requests one at a time, nothing else running (their median is the "idle latency"), then one
@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from packing import film_titles, machine  # noqa: E402 - the benchmarks' shared film list and machine description
-from quiet import describe  # noqa: E402
+from quiet import add_output_args, describe, result_stem  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -267,17 +267,16 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the server.")
-    p.add_argument("--out", type=Path, default=RESULTS / "serve_load")
+    add_output_args(p, "serve_load")
     args = p.parse_args()
     if not 0 < args.seconds <= 180:
         p.error("--seconds must be in (0, 180]")
-    from quiet import result_stem
 
     from prefrec.io import write_json, write_text
 
     res = run(args)
-    stem = result_stem(args.out.name, res["machine"]["quiet"]["busy"], args.out.parent)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    stem = result_stem(args.name, res["machine"]["quiet"]["busy"], args.out_dir)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), res)
     write_text(stem.with_suffix(".md"), markdown(res))
     print(markdown(res))
