@@ -25,7 +25,10 @@ def test_quickstart_precision_reaches_training_and_evaluation(tmp_path):
     from prefrec.quickstart import quickstart_config
 
     fp32 = quickstart_config(tmp_path, dtype="fp32")
-    assert "model" not in fp32["train"] and fp32["eval"] == {}  # exactly the curve's cells
+    assert "model" not in fp32["train"] and fp32["eval"] == {}
+    assert fp32["train"]["lora"]["dropout"] == 0.0 and QUICKSTART["train"]["lora"]["dropout"] == 0.05
+    fp32["train"]["lora"]["dropout"] = 0.05
+    assert {k: fp32[k] for k in QUICKSTART} == QUICKSTART | {"eval": {}}  # else the curve's settings
     bf16 = quickstart_config(tmp_path, n_test=5, dtype="bf16")
     assert bf16["train"]["model"] == {"dtype": "bf16"} and bf16["eval"] == {"limit": 5, "dtype": "bf16"}
     assert "model" not in QUICKSTART["train"]  # the module's table is not changed by a call
