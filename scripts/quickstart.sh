@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main command: set up .venv, then run the quickstart (ML-100K -> SFT -> DMPO -> eval -> report).
+# The README's main command: set up .venv, then run the quickstart (ML-100K -> SFT -> eval against zero-shot -> report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
