@@ -295,6 +295,7 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
 
     if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None:
         return
+    want = _reference_key(tc)
     for sib in sorted(cells_dir.glob(f"*/run/{REF_CACHE}")):
         if sib.parent == run_dir:
             continue
@@ -302,7 +303,7 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
             other = load_config(sib.parent / "config.yaml")
         except UserError:
             continue
-        if _reference_key(other) != _reference_key(tc) or len(other.stages) != 1 or \
+        if _reference_key(other) != want or len(other.stages) != 1 or \
                 not methods.is_aligned(other.stages[0].kind):
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
