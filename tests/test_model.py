@@ -102,3 +102,24 @@ def test_attn_implementation_without_4d_mask_support_is_rejected(value):
     before any model is loaded."""
     with pytest.raises(UserError, match=rf"attn_implementation '{value}': expected one of \['eager', 'sdpa'\]"):
         load_model("embedded", attn_implementation=value, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_merge_adapter_for_inference_only_in_fp32(tmp_path, embedded_tokenizer, dtype):
+    """merge_adapter folds an fp32 adapter into the base (same logits as the unmerged adapter, no PEFT wrapper left)
+    and leaves a half-precision one unmerged (a merge would round the update into bf16 weights)."""
+    base = make_tiny_lm(embedded_tokenizer, seed=3)
+    base.save_pretrained(tmp_path / "base")
+    embedded_tokenizer.save_pretrained(tmp_path / "base")
+    peft_model = _lora_with_nonzero_b(base).eval()
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run / "adapter")
+    (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    unmerged, _ = load_model(str(run), device="cpu", dtype=dtype)
+    merged, _ = load_model(str(run), device="cpu", dtype=dtype, merge_adapter=True)
+    assert hasattr(unmerged, "peft_config")
+    assert hasattr(merged, "peft_config") == (dtype == "bf16")
+    with torch.no_grad():
+        expected, got = unmerged(input_ids=ids).logits, merged(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 if dtype == "fp32" else 0)

@@ -288,13 +288,18 @@ def check_attn_implementation(value: str) -> None:
 
 
 def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
-               adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False):
+               adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False,
+               merge_adapter: bool = False):
     """Return (model, tokenizer), model in eval mode on `device` (default: cuda if available, else cpu).
 
     `name` may be "embedded", "gemma3-270m", a Hugging Face id or folder, or a prefrec run folder (its base model +
     its adapter; the prompt format recorded in its run.json must be the one the loaded tokenizer gives).
     `attn_implementation`: "sdpa" or "eager" (the packed 4D mask needs one of them).
     `adapter` attaches a PEFT adapter folder on top of the base (not merged, so it can be trained further).
+    `merge_adapter`: for inference only, fold the adapter into the base weights (PEFT's merge_and_unload) when they
+    are fp32, where the merge is exact up to rounding and scoring then costs what the base model costs (unmerged,
+    the quickstart's r = 16 adapter on attention + MLP doubled the evaluation time); a bf16/fp16 base keeps the
+    adapter unmerged, because folding the update into half-precision weights would round it away in part.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -334,6 +339,8 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        if merge_adapter and torch_dtype in (torch.float32, torch.float64):
+            model = model.merge_and_unload()
     model.to(device)
     model.eval()
     return model, tokenizer
