@@ -15,31 +15,17 @@ inside the step. These are *useful* FLOPs: padding, the dense mask's masked half
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_gflops(device: str = "cpu", dtype: str = "fp32", n: int | None = None, repeats: int = 5) -> float:
-    """Achieved dense matmul rate, GFLOP/s: the median of `repeats` torch.mm of two n x n matrices (n = 2048 on CPU,
-    8192 on GPU), at the current torch thread count."""
-    n = n or (2048 if device == "cpu" else 8192)
-    a = torch.randn(n, n, device=device, dtype=_DTYPES[dtype])
-    b = torch.randn(n, n, device=device, dtype=_DTYPES[dtype])
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    """Achieved dense matmul rate, GFLOP/s (prefrec.model.matmul_gflops): median of `repeats` torch.mm of two n x n
+    matrices (n = 2048 on CPU, 8192 on GPU), at the current torch thread count."""
+    from prefrec.model import matmul_gflops as measure
+
+    return measure(_DTYPES[dtype], n or (2048 if device == "cpu" else 8192), repeats, device)
 
 
 def body_parameters(model) -> tuple[int, int]:

@@ -37,6 +37,20 @@ def _machine_busy_cpu_s() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_model() -> str:
+    """The CPU's name (/proc/cpuinfo, else platform.processor()): the sessions' machines differ (an AMX Xeon
+    multiplies bf16 at ~10x its fp32 rate, an AVX-512 Xeon without BF16 at a fifth), so every result names its CPU."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def _own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -65,7 +79,7 @@ class Quiet:
         return {"load_before": [round(x, 2) for x in self.load_before],
                 "load_after": [round(x, 2) for x in os.getloadavg()],
                 "others_cpu_share": None if share is None else round(share, 3), "wall_s": round(wall, 1),
-                "cores": self.cores, "busy": bool(why), "why": "; ".join(why)}
+                "cores": self.cores, "cpu": cpu_model(), "busy": bool(why), "why": "; ".join(why)}
 
 
 def describe(record: dict) -> str:
@@ -73,6 +87,8 @@ def describe(record: dict) -> str:
     share = record.get("others_cpu_share")
     text = (f"load average {record['load_before'][0]:.2f} before, {record['load_after'][0]:.2f} after; other "
             f"processes used {'?' if share is None else f'{share:.1%}'} of the CPU during the run")
+    if record.get("cpu"):  # results written before the CPU was recorded have none
+        text += f"; CPU: {record['cpu']}, {record['cores']} cores"
     if record["busy"]:
         return f"**DRAFT: the machine was busy ({record['why']}); the timings are not a final result.** ({text})"
     return f"Quiet machine: {text}."

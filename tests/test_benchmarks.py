@@ -38,6 +38,7 @@ def test_a_benchmark_using_every_core_itself_is_quiet(fake_machine):
     assert rec["others_cpu_share"] == pytest.approx(0.025) and not rec["busy"]
     assert q.result_stem("packing", rec["busy"]).name == "packing"
     assert q.describe(rec).startswith("Quiet machine")
+    assert rec["cpu"] and f"CPU: {rec['cpu']}, 2 cores" in q.describe(rec)  # the sessions' machines differ
 
 
 def test_other_processes_or_a_busy_start_make_a_draft(fake_machine):

@@ -58,6 +58,8 @@ def test_grid_runs_every_cell_once_and_reports(tmp_path, tiny_setup):
         assert res["method"] == c.method and res["dataset"] == "tiny-ml" and res["seed"] == 0
         assert 0.0 <= res["metrics"]["auc"] <= 1.0
         assert res["git_commit"] is not None or res["versions"]
+        # a trained cell is scored with its fp32 adapter folded into the base (model.load_model, merge_adapter)
+        assert res["config"].get("adapter") == ("merged" if c.method == "dmpo" else None)
     run = tmp_path / "exp" / "cells" / "tiny-ml" / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run"
     assert json.loads((run / "run.json").read_text())["stages"] == ["dmpo"]
     sft_run = tmp_path / "exp" / "cells" / "tiny-ml" / "sft-model-tiny-model-seed0" / "run"

@@ -105,9 +105,9 @@ def test_attn_implementation_without_4d_mask_support_is_rejected(value):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_merge_adapter_for_inference_only_in_fp32(tmp_path, embedded_tokenizer, dtype):
-    """merge_adapter folds an fp32 adapter into the base (same logits as the unmerged adapter, no PEFT wrapper left)
-    and leaves a half-precision one unmerged (a merge would round the update into bf16 weights)."""
+def test_merge_adapter_folds_the_adapter_into_the_base(tmp_path, embedded_tokenizer, dtype):
+    """merge_adapter leaves no PEFT wrapper; in fp32 the logits equal the unmerged adapter's, in bf16 they are as
+    close to the fp32 model's as the unmerged bf16 adapter's are (the merge rounds W + BA once more)."""
     base = make_tiny_lm(embedded_tokenizer, seed=3)
     base.save_pretrained(tmp_path / "base")
     embedded_tokenizer.save_pretrained(tmp_path / "base")
@@ -115,11 +115,16 @@ def test_merge_adapter_for_inference_only_in_fp32(tmp_path, embedded_tokenizer, 
     run = tmp_path / "run"
     peft_model.save_pretrained(run / "adapter")
     (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
-    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        exact = peft_model(input_ids=ids).logits.double()
     unmerged, _ = load_model(str(run), device="cpu", dtype=dtype)
     merged, _ = load_model(str(run), device="cpu", dtype=dtype, merge_adapter=True)
-    assert hasattr(unmerged, "peft_config")
-    assert hasattr(merged, "peft_config") == (dtype == "bf16")
+    assert hasattr(unmerged, "peft_config") and not hasattr(merged, "peft_config")
     with torch.no_grad():
-        expected, got = unmerged(input_ids=ids).logits, merged(input_ids=ids).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 if dtype == "fp32" else 0)
+        err_unmerged = (unmerged(input_ids=ids).logits.double() - exact).abs().mean().item()
+        err_merged = (merged(input_ids=ids).logits.double() - exact).abs().mean().item()
+    if dtype == "fp32":
+        assert err_unmerged < 1e-6 and err_merged < 1e-5
+    else:
+        assert 0 < err_merged < 2 * err_unmerged + 1e-3

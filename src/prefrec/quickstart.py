@@ -13,8 +13,9 @@ cheapest point at which the fine-tuned 135M model beats zero-shot on 2 CPU cores
 - evaluation: all 702 test users x 3 comparisons, zero-shot and SFT on the same samples, with a paired bootstrap
   test in the report;
 - precision: bf16 weights with fp32 LoRA master weights (packing.mixed_precision) on a CPU whose bf16 matmuls are
-  at least twice its fp32 rate (AMX), fp32 elsewhere. The learning curve's cells are fp32; docs/results/quickstart
-  compares the two on the same test samples.
+  at least twice its fp32 rate (AMX), fp32 elsewhere (an AVX-512 CPU without BF16 multiplies bf16 at a fifth of its
+  fp32 rate). The learning curve's cells are fp32; docs/results/quickstart compares the two on the same test
+  samples. The trained adapter is folded into the base weights for evaluation (model.load_model).
 DMPO and DPO are in the learning curve; they do not fit the quickstart's 45 minutes on 2 cores. Apart from the
 precision and the LoRA dropout, the settings equal the learning curve's (tests/test_quickstart.py checks it).
 It runs through exactly the code that `prefrec experiment` uses; a second run skips what is already finished.
