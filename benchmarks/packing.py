@@ -251,10 +251,11 @@ def run_config(cfg: dict, timeout_s: float) -> dict:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    from quiet import cpu_model
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu": cpu_model()}
     try:
-        cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        info["cpu"] = cpu.group(1).strip() if cpu else None
         mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
         info["mem_total_gb"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
         info["load_average_at_start"] = os.getloadavg()

@@ -20,6 +20,18 @@ def _lora_with_nonzero_b(model):
     return peft_model
 
 
+def _saved_run(tmp_path, tokenizer, seed):
+    """A tiny base model and a run folder holding a non-identity adapter on it; returns (the PEFT model, the run)."""
+    base = make_tiny_lm(tokenizer, seed=seed)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    peft_model = _lora_with_nonzero_b(base).eval()
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run / "adapter")
+    (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
+    return peft_model, run
+
+
 def test_lora_targets_and_trainable(tiny_lm):
     model, _ = tiny_lm
     peft_model = add_lora(model)
@@ -51,13 +63,7 @@ def test_adapter_reloads_with_plain_transformers_and_peft(tmp_path, embedded_tok
 
 
 def test_load_model_resolves_run_folder(tmp_path, embedded_tokenizer):
-    base = make_tiny_lm(embedded_tokenizer, seed=2)
-    base.save_pretrained(tmp_path / "base")
-    embedded_tokenizer.save_pretrained(tmp_path / "base")
-    peft_model = _lora_with_nonzero_b(base).eval()
-    run = tmp_path / "run"
-    peft_model.save_pretrained(run / "adapter")
-    (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
+    peft_model, run = _saved_run(tmp_path, embedded_tokenizer, seed=2)
     assert is_run_dir(run)
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
@@ -108,13 +114,7 @@ def test_attn_implementation_without_4d_mask_support_is_rejected(value):
 def test_merge_adapter_folds_the_adapter_into_the_base(tmp_path, embedded_tokenizer, dtype):
     """merge_adapter leaves no PEFT wrapper; in fp32 the logits equal the unmerged adapter's, in bf16 they are as
     close to the fp32 model's as the unmerged bf16 adapter's are (the merge rounds W + BA once more)."""
-    base = make_tiny_lm(embedded_tokenizer, seed=3)
-    base.save_pretrained(tmp_path / "base")
-    embedded_tokenizer.save_pretrained(tmp_path / "base")
-    peft_model = _lora_with_nonzero_b(base).eval()
-    run = tmp_path / "run"
-    peft_model.save_pretrained(run / "adapter")
-    (run / "run.json").write_text(json.dumps({"base_model": str(tmp_path / "base"), "stages": ["sft"]}))
+    peft_model, run = _saved_run(tmp_path, embedded_tokenizer, seed=3)
     ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         exact = peft_model(input_ids=ids).logits.double()

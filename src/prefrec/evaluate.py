@@ -375,7 +375,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
                    # a run's adapter is folded into the base weights for scoring (model.load_model, merge_adapter)
-                   "adapter": ("unmerged" if hasattr(model, "peft_config") else "merged") if info else None,
+                   "adapter": "merged" if info else None,
                    "prompt_format": prompt_format(tokenizer),
                    "run": info.get("run"), "train_config": info.get("train_config"),
                    "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},

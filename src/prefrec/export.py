@@ -27,8 +27,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
         raise UserError(f"{run}: not a finished prefrec run (expected run.json and adapter/ in it)")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force")
-    model, tokenizer = load_model(str(run), dtype=dtype, device="cpu")
-    merged = model.merge_and_unload()
+    merged, tokenizer = load_model(str(run), dtype=dtype, device="cpu", merge_adapter=True)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
