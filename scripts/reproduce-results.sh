@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/prefrec
 
-part=${1:?usage: reproduce-results.sh quickstart|learning-curve|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
+part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
 case "$part" in
   quickstart)
     # the README's quickstart: the learning curve's 1,000-sample point (hybrid prompt, zero-shot vs SFT on all 702
@@ -30,10 +30,23 @@ case "$part" in
     # 1,000-sample SFT model, the baselines as reference lines, then one report of them all; drop --set shots and the
     # --only flags for the whole curve (days of 2-core CPU; gpu.sh on a GPU)
     B="--only popularity --only liked-share --only bpr --only sasrec --only gru4rec"
-    LC="$P experiment configs/experiments/learning-curve.yaml --only ml-100k"
-    $LC --set 'shots=[333,1000]' --only zero-shot --only sft $B
-    $LC --set 'shots=[1000]' --only dmpo --only dpo
-    $LC --set 'shots=[333,1000]' --only zero-shot --only sft --only dmpo --only dpo $B --report-only
+    lc() { $P experiment configs/experiments/learning-curve.yaml --only ml-100k --set 'models=[embedded]' "$@"; }
+    lc --set 'shots=[333,1000]' --only zero-shot --only sft $B
+    lc --set 'shots=[1000]' --only dmpo --only dpo
+    lc --set 'shots=[333,1000]' --only zero-shot --only sft --only dmpo --only dpo $B --report-only
+    ;;
+  learning-curve-models)
+    # issue 12: the second offline model (gemma3-270m) and a 600-sample point beside the embedded model's seed-2
+    # cells of the quickstart regime (run `quickstart` first; fp32 on a CPU without fast bf16), five baselines on the
+    # same test samples, then one report (docs/results/learning-curve/models-seed2)
+    Q=runs/quickstart-curve/experiment.yaml
+    $P experiment $Q --set 'seeds=[2]' --set 'models=[gemma3-270m]' --no-report
+    $P experiment $Q --set 'seeds=[2]' --set 'shots=[600]' --only sft --no-report
+    $P experiment $Q --set 'seeds=[2]' --set 'methods=[popularity, liked-share, bpr, sasrec, gru4rec]' \
+        --set 'regimes=[full]' --no-report
+    $P experiment $Q --set 'seeds=[2]' --set 'methods=[zero-shot, sft, popularity, liked-share, bpr, sasrec, gru4rec]' \
+        --set 'regimes=[full]' --set 'models=[embedded, gemma3-270m]' --set 'shots=[600, 1000]' \
+        --set report_dir=docs/results/learning-curve/models-seed2 --report-only
     ;;
   pairwise)
     # DMPO Table 2 (ML-100K rows: + DPO and six baselines in two regimes) and Figure 5 (both offline models; k = 3),

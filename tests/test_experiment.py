@@ -269,6 +269,16 @@ def test_report_only_runs_nothing_and_reports_the_finished_cells(tmp_path, tiny_
     assert "popularity" in md.read_text()
 
 
+def test_report_only_into_the_output_folder_itself(tmp_path, tiny_setup):
+    """report_dir = output_dir (a committed folder of cells, reported where it lies): nothing to copy, no error."""
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    run_experiment(path, report=False)
+    out = str(tmp_path / "exp")
+    md = run_experiment(path, report_only=True, overrides=[f"report_dir={out}"])
+    assert md == tmp_path / "exp" / "results.md" and "`cells/tiny-ml/popularity-full-seed0/results.json`" in md.read_text()
+
+
 def test_cli_no_report_runs_the_cells_and_writes_no_report(tmp_path, tiny_setup):
     from typer.testing import CliRunner
 

@@ -51,3 +51,17 @@ def test_cpu_bf16_speedup_is_a_positive_ratio():
     from prefrec.model import cpu_bf16_speedup
 
     assert cpu_bf16_speedup(n=64, repeats=2) > 0
+
+
+def test_quickstart_model_names_the_grid_s_model(tmp_path):
+    from prefrec import io
+    from prefrec.experiment import cells, load_experiment
+    from prefrec.quickstart import quickstart_config
+
+    assert "models" not in quickstart_config(tmp_path)  # the grid's default, "embedded": cell folders as before
+    cfg = quickstart_config(tmp_path, model="gemma3-270m")
+    path = tmp_path / "experiment.yaml"
+    io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    folders = [c.folder() for c in cells(load_experiment(path))]
+    assert folders == ["ml-100k/zero-shot-model-gemma3-270m-seed0", "ml-100k/sft-model-gemma3-270m-shots1000-seed0"]
+    assert {k: v for k, v in cfg.items() if k != "models"} == quickstart_config(tmp_path)

@@ -1,6 +1,7 @@
 """`prefrec report` on synthetic results: statistics checked against scipy/numpy directly, plots created."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,7 +207,7 @@ def _pairwise_rows(rng, n, shift):
     return rows
 
 
-def _write_multi_run(d, rng, method, shift, shots=None):
+def _write_multi_run(d, rng, method, shift, shots=None, model="embedded"):
     """A run of 40 samples with 3 comparisons each (_pairwise_rows), its metrics computed from its rows."""
     d.mkdir(parents=True)
     rows = _pairwise_rows(rng, 40, shift)
@@ -215,7 +216,7 @@ def _write_multi_run(d, rng, method, shift, shots=None):
     s2 = np.concatenate([r["s_second"] for r in rows])
     (d / "results.json").write_text(json.dumps({
         "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
-        "shots": shots, "base_model": "embedded", "metrics": pairwise_metrics(s1, s2)}))
+        "shots": shots, "base_model": model, "metrics": pairwise_metrics(s1, s2)}))
 
 
 def test_paired_bootstrap_against_an_independent_computation():
@@ -281,6 +282,32 @@ def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp
                             read_per_sample(tmp_path / "runs" / "sft-100" / "per_sample.jsonl"), "auc", n_boot=100)
     assert t["diff"] == pytest.approx(want["diff"]) and t["p"] == pytest.approx(want["p"])
     assert len(summary["tests_vs_zero_shot"]) == 3
+
+
+def test_report_compares_each_run_on_a_second_model_with_the_same_configuration_on_the_first(tmp_path):
+    """Two base models, zero-shot and SFT each: the second model's runs are each compared with the embedded model's run
+    of the same method and shots (not with its own zero-shot, which the zero-shot table does), on the same samples."""
+    from prefrec.report import paired_bootstrap, read_per_sample
+
+    rng = np.random.default_rng(5)
+    for model, method, shots, shift in (("embedded", "zero-shot", None, 0.0), ("embedded", "sft", 100, 0.3),
+                                        ("/models/gemma3-270m", "zero-shot", None, 0.1),
+                                        ("/models/gemma3-270m", "sft", 100, 1.0)):
+        _write_multi_run(tmp_path / "runs" / f"{Path(model).name}-{method}", rng, method, shift, shots=shots,
+                         model=model)
+    md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=100).read_text()
+    assert "Against the same configuration on the first base model" in md
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    got = {(Path(t["run"]).parent.name, Path(t["against"]).parent.name): t for t in summary["tests_vs_first_model"]}
+    assert set(got) == {("gemma3-270m-zero-shot", "embedded-zero-shot"), ("gemma3-270m-sft", "embedded-sft")}
+    want = paired_bootstrap(read_per_sample(tmp_path / "runs" / "gemma3-270m-sft" / "per_sample.jsonl"),
+                            read_per_sample(tmp_path / "runs" / "embedded-sft" / "per_sample.jsonl"), "auc", n_boot=100)
+    t = got[("gemma3-270m-sft", "embedded-sft")]
+    assert t["diff"] == pytest.approx(want["diff"]) and t["p"] == pytest.approx(want["p"]) and t["n"] == 40
+    one_model = make_report([tmp_path / "runs" / "embedded-sft", tmp_path / "runs" / "embedded-zero-shot"],
+                            tmp_path / "out1", n_boot=100)
+    assert json.loads((tmp_path / "out1" / "results.json").read_text())["tests_vs_first_model"] == []
+    assert "first base model" not in one_model.read_text()
 
 
 def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):

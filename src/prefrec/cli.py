@@ -504,14 +504,16 @@ def quickstart(
     n_test: Optional[int] = typer.Option(None, help="Evaluate only the first N pairwise test users (default: all 702, 3 comparisons each)."),
     dtype: str = typer.Option("auto", help="auto (bf16 where this CPU's bf16 matmuls are fast, or on a GPU), fp32 "
                               "or bf16."),
+    model: str = typer.Option("embedded", help="The base model: embedded (SmolLM2-135M-Instruct), gemma3-270m, or "
+                              "a local model folder."),
 ) -> None:
-    """ML-100K -> SFT on the embedded model (hybrid prompt, 3,000 pairs), evaluated against zero-shot, then a report."""
+    """ML-100K -> SFT (hybrid prompt, 3,000 pairs), evaluated against zero-shot, then a report."""
     from prefrec.quickstart import run_quickstart
 
     if dtype not in ("auto", "fp32", "bf16"):
         _fail(ValueError(f"--dtype {dtype!r}: expected auto, fp32 or bf16"))
     try:
-        run_quickstart(out, n_test=n_test, dtype=dtype)
+        run_quickstart(out, n_test=n_test, dtype=dtype, model=model)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
 

@@ -403,6 +403,8 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
 
     src_root = Path(cfg.output_dir) / "cells"
     dst_root = Path(cfg.report_dir) / "cells"
+    if dst_root.resolve() == src_root.resolve():  # report_dir = output_dir: the files are already there
+        return dst_root
     for c in grid:
         for rel in (RESULTS, PER_SAMPLE, "run/metrics.jsonl"):
             src, dst = src_root / c.folder() / rel, dst_root / c.folder() / rel

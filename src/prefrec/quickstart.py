@@ -74,8 +74,9 @@ def choose_dtype(dtype: str = "auto") -> str:
     return choice
 
 
-def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp32") -> dict:
-    """The experiment config the quickstart runs: QUICKSTART with its folders, test limit and precision."""
+def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp32", model: str = "embedded") -> dict:
+    """The experiment config the quickstart runs: QUICKSTART with its folders, test limit, precision and model (any
+    name load_model takes: "embedded", "gemma3-270m", a local model folder)."""
     import copy
 
     cfg = copy.deepcopy(QUICKSTART)
@@ -88,14 +89,17 @@ def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp3
     if dtype != "fp32":
         cfg["train"]["model"] = {"dtype": dtype}
         cfg["eval"]["dtype"] = dtype
+    if model != "embedded":
+        cfg["models"] = [model]
     return cfg
 
 
-def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None, dtype: str = "auto") -> Path:
+def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None, dtype: str = "auto",
+                   model: str = "embedded") -> Path:
     """Run the quickstart grid into `out`; n_test: evaluate only the first N test users (default: all 702);
-    dtype: auto | fp32 | bf16 (see choose_dtype)."""
+    dtype: auto | fp32 | bf16 (see choose_dtype); model: the base model (see quickstart_config)."""
     out = Path(out)
-    cfg = quickstart_config(out, n_test=n_test, dtype=choose_dtype(dtype))
+    cfg = quickstart_config(out, n_test=n_test, dtype=choose_dtype(dtype), model=model)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.yaml"
     io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -278,6 +278,23 @@ def _sft_of(run: dict, runs: list[dict]) -> dict | None:
     return same[-1] if same else None
 
 
+def _first_model_of(run: dict, runs: list[dict]) -> dict | None:
+    """For a run on a second base model, the same configuration (dataset, task, method, seed, k, shots, β) on the
+    report's first base model: the embedded one when present, else the first by name (DMPO Figure 5's comparison of
+    base models, here on the same test samples). None for baselines, for runs on the first model, or with one model."""
+    models = {r["base_model"] for r in runs if r.get("base_model")}
+    if len(models) < 2 or not run.get("base_model"):
+        return None
+    from prefrec.model import EMBEDDED
+
+    first = min(models, key=lambda m: (m != EMBEDDED, str(m)))
+    if run["base_model"] == first:
+        return None
+    key = ("dataset", "task", "method", "seed", "k", "shots", "beta")
+    same = [s for s in runs if s.get("base_model") == first and all(s.get(k) == run.get(k) for k in key)]
+    return same[-1] if same else None
+
+
 def paired_against(runs: list[dict], partner_of, *, n_boot: int, seed: int) -> list[dict]:
     """Every run against its partner (`partner_of(run, runs)`; None skips the run) on their common test samples:
     paired_bootstrap on the task's first key metric both have. Each partner's rows are read once."""
@@ -514,10 +531,11 @@ def _training_plots(logs: list[Path], paths: list, plots_dir: Path) -> list[tupl
     return train_plots
 
 
-def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, vs_sft, sweep_plots, out_dir: Path,
-             n_boot: int) -> list[str]:
-    """The Markdown of one dataset · task: the seed-group table, paired tests, runs with CIs, tests against
-    zero-shot and against SFT, and the sweep plots."""
+def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str, list[dict]]], sweep_plots,
+             out_dir: Path, n_boot: int) -> list[str]:
+    """The Markdown of one dataset · task: the seed-group table, paired tests, runs with CIs, the paired
+    comparisons on the same samples (`against`: title, tests; against zero-shot, SFT, the first base model), and the
+    sweep plots."""
     md = []
     gs = sorted(gs, key=_row_order)
     have = {m for g in gs for m in g["metrics"]}
@@ -557,9 +575,8 @@ def _section(dataset, task, gs: list[dict], tests, runs, vs_zero, vs_sft, sweep_
         cells.append(f"`{_rel(Path(r['path']), out_dir)}`")
         rows.append(cells)
     md += _table(["configuration", "seed", "samples"] + cols + ["file"], rows) + [""]
-    for title, against in (("Against zero-shot on the same test samples", vs_zero),
-                           ("Alignment against the SFT model it started from, on the same test samples", vs_sft)):
-        zs = [t for t in against if t["dataset"] == dataset and t["task"] == task]
+    for title, tests_of in against:
+        zs = [t for t in tests_of if t["dataset"] == dataset and t["task"] == task]
         if not zs:
             continue
         md += [f"{title} (paired bootstrap over samples, {n_boot} resamples; p two-sided):", ""]
@@ -596,6 +613,10 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
     vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    against = [("Against zero-shot on the same test samples", vs_zero),
+               ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
+               ("Against the same configuration on the first base model, on the same test samples", vs_model)]
 
     prov = provenance()
     md = ["# prefrec results", "",
@@ -614,7 +635,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     for g in groups:
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        md += _section(dataset, task, gs, tests, runs, vs_zero, vs_sft, sweep_plots, out_dir, n_boot)
+        md += _section(dataset, task, gs, tests, runs, against, sweep_plots, out_dir, n_boot)
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -623,6 +644,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
                "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
+               "tests_vs_first_model": vs_model,
                "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
