@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                  # 2 threads, 8 timed samples per stage
     python benchmarks/train_throughput.py --threads 1 --samples 4
     python benchmarks/train_throughput.py --dtype bf16 --name train_throughput-bf16   # AMX / AVX-512 BF16 CPUs
+    python benchmarks/train_throughput.py --model gemma3-270m --name train_throughput-gemma3
 
 Measures, in one process on the embedded SmolLM2-135M (fp32, or bf16 weights with --dtype bf16; LoRA r=16 on attention + MLP, as
 configs/experiments/learning-curve.yaml), on real ML-100K hybrid-prompt pairwise samples (k = 3, history 10):
@@ -81,6 +82,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=8, help="timed samples per stage (plus one warm-up)")
+    ap.add_argument("--model", default="embedded", help="the base model (embedded, gemma3-270m, a local folder)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                     help="the frozen base model's weights (LoRA adapters and log-probs stay fp32)")
     add_output_args(ap, "train_throughput")
@@ -92,7 +94,7 @@ def main(argv=None) -> None:
     from prefrec.packing import encode_sample
 
     train, test = hybrid_samples(args.samples + 1)
-    lm, tok = load_model("embedded", dtype=args.dtype, device="cpu")
+    lm, tok = load_model(args.model, dtype=args.dtype, device="cpu")
     lm = add_lora(lm, **LORA)
     lm.train()
     ceiling = matmul_gflops(dtype=args.dtype)
@@ -118,12 +120,12 @@ def write(rows: dict, ceiling: float, args, machine: dict) -> None:
 
     stem = result_stem(args.name, machine["busy"], args.out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    result = {"threads": args.threads, "dtype": args.dtype, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
+    result = {"model": args.model, "threads": args.threads, "dtype": args.dtype, "cpu_count": os.cpu_count(), "matmul_gflops": round(ceiling, 1),
               "machine": machine, "stages": rows, **provenance()}
     write_json(stem.with_suffix(".json"), result)
     md = ["# Training throughput of the learning-curve regime", "", describe(machine), "",
-          f"`python benchmarks/train_throughput.py --threads {args.threads} --samples {args.samples} --dtype "
-          f"{args.dtype}`; {args.threads} thread(s) of {os.cpu_count()} cores; {args.dtype} matmul ceiling "
+          f"`python benchmarks/train_throughput.py --model {args.model} --threads {args.threads} --samples "
+          f"{args.samples} --dtype {args.dtype}`; {args.threads} thread(s) of {os.cpu_count()} cores; {args.dtype} matmul ceiling "
           f"{ceiling:.1f} GFLOP/s.", "",
           "| stage | s / sample | tokens / sample | tokens / s | pairs / CPU-hour | GFLOP/s | of ceiling |",
           "|---|---|---|---|---|---|---|"]
