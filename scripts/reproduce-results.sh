@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/prefrec
 
-part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
+part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-candidates|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
 case "$part" in
   quickstart)
     # the README's quickstart: the learning curve's 1,000-sample point (hybrid prompt, zero-shot vs SFT on all 702
@@ -34,6 +34,18 @@ case "$part" in
     lc --set 'shots=[333,1000]' --only zero-shot --only sft $B
     lc --set 'shots=[1000]' --only dmpo --only dpo
     lc --set 'shots=[333,1000]' --only zero-shot --only sft --only dmpo --only dpo $B --report-only
+    ;;
+  learning-curve-candidates)
+    # issue 12: the candidates task (20 titles) of the curve: zero-shot, SFT and SFT + S-DPO (k = 3) at 333 training
+    # samples and three baselines on all 1,000 test samples, ranked by likelihood only (generation would add ~50 min
+    # per cell on 2 cores), then one report (docs/results/learning-curve/candidates)
+    lc() { $P experiment configs/experiments/learning-curve.yaml --only ml-100k-candidates --set 'models=[embedded]' \
+        --set output_dir=experiments/learning-curve-candidates --set eval.generate=false "$@"; }
+    lc --only zero-shot --no-report
+    lc --set 'shots=[333]' --only sdpo --only sft --no-report
+    lc --only popularity --only liked-share --only sasrec --no-report
+    lc --set 'shots=[333]' --only zero-shot --only sft --only sdpo --only popularity --only liked-share --only sasrec \
+        --set report_dir=docs/results/learning-curve/candidates --report-only
     ;;
   learning-curve-models)
     # issue 12: the second offline model (gemma3-270m) and a 600-sample point beside the embedded model's seed-2
