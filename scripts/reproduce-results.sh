@@ -41,11 +41,8 @@ case "$part" in
     # per cell on 2 cores), then one report (docs/results/learning-curve/candidates)
     lc() { $P experiment configs/experiments/learning-curve.yaml --only ml-100k-candidates --set 'models=[embedded]' \
         --set output_dir=experiments/learning-curve-candidates --set eval.generate=false "$@"; }
-    lc --only zero-shot --no-report
-    lc --set 'shots=[333]' --only sdpo --only sft --no-report
-    lc --only popularity --only liked-share --only sasrec --no-report
     lc --set 'shots=[333]' --only zero-shot --only sft --only sdpo --only popularity --only liked-share --only sasrec \
-        --set report_dir=docs/results/learning-curve/candidates --report-only
+        --set report_dir=docs/results/learning-curve/candidates
     ;;
   learning-curve-models)
     # issue 12: the second offline model (gemma3-270m) and a 600-sample point beside the embedded model's seed-2

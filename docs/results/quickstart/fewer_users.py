@@ -28,7 +28,8 @@ def main(cells: Path) -> None:
         b = read_per_sample(cells / f"zero-shot-seed{seed}" / "per_sample.jsonl")
         for n in (234, len(a)):
             t = paired_bootstrap(a[:n], b[:n], "auc", n_boot=2000, seed=0)
-            print(f"| {seed} | {t['n']} | {3 * t['n']:,} | {t['b']:.4f} | {t['a']:.4f} | "
+            comparisons = sum(len(r["s_first"]) for r in a[:n])
+            print(f"| {seed} | {t['n']} | {comparisons:,} | {t['b']:.4f} | {t['a']:.4f} | "
                   f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}] | {t['p']:.3f} |")
 
 
