@@ -5,10 +5,10 @@ time, samples/s, tokens fed and the largest score difference between the paths:
 
     (the three run interleaved in chunks of 10 samples, so a changing load on a shared machine affects all three alike)
 
-    packed-batched   prefrec.packing.score_trees: one row per sample (prompt once, both orderings after it),
+    packed-batched   prefrec.scoring.packing.score_trees: one row per sample (prompt once, both orderings after it),
                      rows batched up to 4096 padded tokens
-    packed-single    prefrec.packing.response_logps on one sample at a time (what `prefrec eval` does on CPU)
-    naive            prefrec.packing.naive_response_logps: one full sequence per ordering (the prompt twice), the two
+    packed-single    prefrec.scoring.packing.response_logps on one sample at a time (what `prefrec eval` does on CPU)
+    naive            prefrec.scoring.packing.naive_response_logps: one full sequence per ordering (the prompt twice), the two
                      sequences of a sample in one padded batch, full-vocabulary logits — what TRL-style code does
 
 Data: `--samples DIR` (a `prefrec data prepare` pairwise folder, its test.jsonl), else it prepares one into a
@@ -34,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prefrec.evaluation.metrics import pairwise_metrics
 from prefrec.io import write_text
-from prefrec.metrics import pairwise_metrics
 from prefrec.model import load_model
-from prefrec.packing import encode_sample, naive_response_logps, response_logps, score_trees
 from prefrec.paths import shared_data_dir
 from prefrec.provenance import provenance
 from prefrec.samples import read_jsonl, write_json_atomic
+from prefrec.scoring.encoding import encode_sample
+from prefrec.scoring.packing import naive_response_logps, response_logps, score_trees
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

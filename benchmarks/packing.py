@@ -14,7 +14,7 @@ on the embedded SmolLM2-135M-Instruct (fp32, CPU), one realistic sample: a chat-
 (a movie history) and k+1 candidate titles of ~10–30 tokens each (end-of-turn token included).
 
 naive = the k+1 full sequences (prompt + response) right-padded into one batch, full-vocabulary logits at every
-position (TRL's default), log-probs read at the response positions. packed = prefrec.packing.response_logps.
+position (TRL's default), log-probs read at the response positions. packed = prefrec.scoring.packing.response_logps.
 
 Times are medians over --repeats timed steps after one warm-up step. Memory is the peak resident set size of the
 worker process during the timed steps (Linux VmHWM, reset after the model is loaded, model weights included),
@@ -92,7 +92,7 @@ def film_titles() -> list[str]:
 def build_tree(tokenizer, k: int, prompt_tokens: int, seed: int = 0):
     """One sample: a history prompt of about `prompt_tokens` tokens (chat template included) and k+1 candidates
     (one chosen, k rejected), each a film title. Same history and same first candidates for every k."""
-    from prefrec.packing import encode_texts
+    from prefrec.scoring.encoding import encode_texts
 
     prefix, question, candidates = sample_texts(tokenizer, k, prompt_tokens, seed)
     return encode_texts(tokenizer, prefix, [question], [candidates])
@@ -103,7 +103,7 @@ def sample_texts(tokenizer, k: int, prompt_tokens: int, seed: int = 0) -> tuple[
     (benchmarks/vs_trl.py gives TRL the very same texts)."""
     import random
 
-    from prefrec.packing import encode_texts
+    from prefrec.scoring.encoding import encode_texts
 
     titles = film_titles()
     rng = random.Random(seed)
@@ -147,9 +147,9 @@ def worker(cfg: dict) -> dict:
 
     import torch
 
-    from prefrec.losses import dmpo_loss
     from prefrec.model import add_lora, load_model
-    from prefrec.packing import naive_response_logps, response_logps
+    from prefrec.scoring.packing import naive_response_logps, response_logps
+    from prefrec.training.losses import dmpo_loss
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -305,7 +305,6 @@ def main(argv=None) -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     budget = args.naive_budget_s or (300.0 if args.quick else 900.0)
     import torch
-
     from flops import matmul_gflops
     from quiet import Quiet, result_stem
 

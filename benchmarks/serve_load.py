@@ -54,8 +54,8 @@ def normal_request(i: int) -> dict:
 
 def worst_request(tokenizer, max_tokens: int, model_context: int | None, seed: int = 0) -> dict:
     """50 history titles and the most 300-character random candidates that still fit the budget."""
-    from prefrec.budget import Budget, TokenBudgetError
-    from prefrec.rank import prepare
+    from prefrec.scoring.budget import Budget, TokenBudgetError
+    from prefrec.serving.rank import prepare
 
     rng = random.Random(seed)
     text = lambda: "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(300)).strip()  # noqa: E731
@@ -147,12 +147,11 @@ def percentiles(xs: list[float]) -> dict:
 
 
 def run(args) -> dict:
+    from quiet import Quiet
     from transformers import AutoTokenizer
 
     from prefrec.model import embedded_model_dir
     from prefrec.provenance import provenance
-
-    from quiet import Quiet
 
     quiet = Quiet()  # the server is our child: its CPU time is ours, not "other processes'"
     host = machine()

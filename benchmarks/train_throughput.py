@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import matmul_gflops, tree_forward_flops  # noqa: E402
 from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
+
 LORA = dict(r=16, alpha=32, dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -52,8 +53,8 @@ def hybrid_samples(n: int):
 
 def time_stage(model, trees, kind: str) -> list[float]:
     """Seconds per sample of one optimizer step per tree (the first step is a warm-up, not counted)."""
-    from prefrec.losses import dmpo_loss, sft_loss
-    from prefrec.packing import response_logps
+    from prefrec.scoring.packing import response_logps
+    from prefrec.training.losses import dmpo_loss, sft_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     quiet = Quiet()
     from prefrec.model import add_lora, load_model
-    from prefrec.packing import encode_sample
+    from prefrec.scoring.encoding import encode_sample
 
     train, test = hybrid_samples(args.samples + 1)
     lm, tok = load_model(args.model, dtype=args.dtype, device="cpu")

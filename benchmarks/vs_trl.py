@@ -16,7 +16,7 @@ alike; the figure is the median.
            optimizer step). Its own collator, `training_step` (forward + backward) and optimizer. Activation checkpointing
            off (TRL's default turns it on, which trades time for memory; prefrec's default is off; `--trl-checkpointing`
            adds TRL's default as a second peer).
-  prefrec  one packed tree (prompt once, k + 1 responses), prefrec.packing.response_logps, DPO at k = 1, DMPO at
+  prefrec  one packed tree (prompt once, k + 1 responses), prefrec.scoring.packing.response_logps, DPO at k = 1, DMPO at
            k > 1, backward, AdamW step.
   modes    cached = reference log-probs computed once before the steps (prefrec's default; TRL's
            precompute_ref_log_probs=True); ref = the reference pass (adapter disabled, no grad) inside every step
@@ -94,9 +94,10 @@ def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: 
 
 
 def prefrec_side(model, tok, texts, mode: str, lr: float):
-    from prefrec.losses import dmpo_loss, dpo_loss
     from prefrec.model import add_lora
-    from prefrec.packing import encode_texts, response_logps
+    from prefrec.scoring.encoding import encode_texts
+    from prefrec.scoring.packing import response_logps
+    from prefrec.training.losses import dmpo_loss, dpo_loss
 
     prefix, question, candidates = texts
     tree = encode_texts(tok, prefix, [question], [candidates])

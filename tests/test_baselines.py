@@ -17,12 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefrec import metrics
-from prefrec.baselines.common import (UNK, context_before, eval_set, fill_unknown, load_prepared, next_item_examples,
-                                      pad_left, preference_examples, training_data)
+from prefrec.baselines.common import (
+    UNK,
+    context_before,
+    eval_set,
+    fill_unknown,
+    load_prepared,
+    next_item_examples,
+    pad_left,
+    preference_examples,
+    training_data,
+)
 from prefrec.baselines.run import BASELINES, run_baseline
 from prefrec.baselines.sequential import SEQUENTIAL
 from prefrec.errors import UserError
+from prefrec.evaluation import metrics
 from prefrec.samples import Comparison, Sample, write_jsonl
 
 N_CLUSTERS = 4

@@ -1,12 +1,12 @@
-"""The token budget shared by rank, serve, explain and evaluation (prefrec.budget): min(model context, cap)."""
+"""The token budget shared by rank, serve, explain and evaluation (prefrec.scoring.budget): min(model context, cap)."""
 
 import json
 
 import pytest
 import torch
 
-from prefrec.budget import Budget, TokenBudgetError, check_tokens, fit_history, model_context, token_budget
 from prefrec.samples import Comparison, Sample
+from prefrec.scoring.budget import Budget, TokenBudgetError, check_tokens, fit_history, model_context, token_budget
 
 
 def test_budget_is_the_smaller_of_context_and_cap(tiny_lm):
@@ -37,7 +37,7 @@ def _long_sample(n_words=3000):
 
 
 def test_explain_refuses_a_sample_over_the_model_context(tiny_lm):
-    from prefrec.explain import explain_sample
+    from prefrec.serving.explain import explain_sample
 
     model, tok = tiny_lm
     with pytest.raises(TokenBudgetError, match=r"sample long-1 needs \d+ tokens; the limit is 2048 tokens"):
@@ -46,9 +46,10 @@ def test_explain_refuses_a_sample_over_the_model_context(tiny_lm):
 
 
 def test_evaluation_of_a_peer_file_refuses_trees_over_the_budget(tmp_path, tiny_lm):
-    from prefrec.evaluate import evaluate
-    from prefrec.packing import encode_sample, score_trees
     from prefrec.data.peer import load_candidates
+    from prefrec.evaluation.evaluate import evaluate
+    from prefrec.scoring.encoding import encode_sample
+    from prefrec.scoring.packing import score_trees
 
     model, tok = tiny_lm
     rec = {"historyList": "::".join(f"A long history title {i} (19{i % 100:02d})" for i in range(400)),

@@ -1,12 +1,12 @@
-"""prefrec.config: strict YAML -> dataclasses, errors that name the file and the key path, --set overrides."""
+"""prefrec.training.config: strict YAML -> dataclasses, errors that name the file and the key path, --set overrides."""
 
 from pathlib import Path
 
 import pytest
 import yaml
 
-from prefrec.config import (TrainConfig, apply_override, config_from_dict, dump_config, load_config)
 from prefrec.errors import UserError
+from prefrec.training.config import TrainConfig, apply_override, config_from_dict, dump_config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -152,7 +152,7 @@ def test_apply_override_creates_sections():
 def test_one_set_dialect_for_train_and_experiment():
     """Issue 17: `prefrec train --set` and `prefrec experiment --set` read KEY=VALUE with one parser."""
     from prefrec import experiment
-    from prefrec.config import apply_overrides
+    from prefrec.training.config import apply_overrides
 
     assert experiment.apply_overrides is apply_overrides
     raw = {"seeds": [0, 1], "datasets": [{"label": "ml-100k", "prepare": {"n_train": 5}}], "stages": [{"kind": "sft"}]}

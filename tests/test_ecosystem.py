@@ -6,16 +6,15 @@ models is pointed at the tiny model's folder, so the run records the embedded mo
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
 from conftest import save_tiny_model
-from prefrec.config import config_from_dict, resolve_paths
+
 from prefrec.model import EMBEDDED, KNOWN_MODELS, KnownModel
 from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.training.config import config_from_dict, resolve_paths
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars"]
@@ -37,7 +36,7 @@ def tiny_dir(tmp_path_factory, embedded_tokenizer):
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory, tiny_dir):
     """A finished run whose base is 'embedded' (pointed at the tiny model), with a stats.json for the card."""
-    from prefrec.train import train
+    from prefrec.training.recipe import train
 
     root = tmp_path_factory.mktemp("eco")
     data = root / "data"
@@ -164,7 +163,7 @@ def test_trackers_are_checked_before_training(tmp_path, monkeypatch):
     import accelerate.utils
 
     from prefrec.errors import UserError
-    from prefrec.train import tracker_names
+    from prefrec.training.recipe import tracker_names
 
     raw = {"output_dir": str(tmp_path / "r"), "data": {"dir": str(tmp_path)}, "stages": [{"kind": "sft"}]}
     with pytest.raises(UserError, match=r"log_with\[0\]: expected one of \['tensorboard', 'wandb', 'mlflow'\]"):
@@ -232,7 +231,7 @@ def test_cli_export(embedded_run, tiny_dir, tmp_path, monkeypatch):
 
 def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
     """progress: true, but stderr is not a terminal (pytest captures it, as a log file would): no bar updates."""
-    from prefrec.train import train
+    from prefrec.training.recipe import train
 
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", [_sample(i) for i in range(2)])

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from prefrec import evaluate as ev
 from prefrec.errors import UserError
-from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
-from prefrec.packing import encode_texts, naive_response_logps
+from prefrec.evaluation import evaluate as ev
+from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.scoring.encoding import encode_texts
+from prefrec.scoring.packing import naive_response_logps
 
 CANDS = ["Star Wars (1977)", "Star Wars: Episode V (1980)", "Fargo (1996)", "Up (2009)", "Heat (1995)"]
 
@@ -113,8 +114,8 @@ def test_candidates_generation_plumbing(tiny_lm, tmp_path, monkeypatch):
 
 def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
     """Issue 17: rows and HR@1/ValidRatio come from one match per answer, with generation_metrics' numbers."""
-    from prefrec import matching
-    from prefrec.metrics import generation_metrics
+    from prefrec.evaluation.metrics import generation_metrics
+    from prefrec.scoring import matching
 
     samples = candidate_samples()
     answers = ["Star Wars (1977)", "Fargo", "Star Wars"]  # hit, miss, ambiguous

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import yaml
-
 from conftest import make_tiny_lm
+from test_data_prepare import write_tiny_ml100k
+
 from prefrec.errors import UserError
 from prefrec.experiment import cells, load_experiment, run_experiment
-from test_data_prepare import write_tiny_ml100k
 
 
 def _config(tmp_path, tiny_dir, src, methods, **extra):
@@ -211,10 +211,10 @@ def test_an_alignment_cell_borrows_the_reference_of_a_sibling_with_more_negative
     import torch
     from safetensors import safe_open
 
-    from prefrec.batches import encode_trees
     from prefrec.model import load_model
-    from prefrec.packing import naive_response_logps
     from prefrec.samples import read_jsonl
+    from prefrec.scoring.packing import naive_response_logps
+    from prefrec.training.batches import encode_trees
 
     tiny_dir, src = tiny_setup
     run_experiment(_config(tmp_path, tiny_dir, src, ["dmpo", "dpo"]), report=False)
@@ -243,7 +243,7 @@ def test_narrowing_a_reference_cache_needs_as_many_negatives(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from prefrec.reference import narrow_cache
+    from prefrec.training.reference import narrow_cache
 
     src = tmp_path / "ref.safetensors"
     save_file({"train.chosen": torch.arange(6.0).view(2, 3), "train.rejected": -torch.arange(6.0).view(2, 3)},
@@ -299,8 +299,8 @@ def test_a_sibling_reference_is_borrowed_only_for_the_same_model_and_data(tmp_pa
     import torch
     from safetensors.torch import save_file
 
-    from prefrec.config import config_from_dict
     from prefrec.experiment import _borrow_reference
+    from prefrec.training.config import config_from_dict
 
     data = tmp_path / "data"
     (tmp_path / "sft").mkdir()

@@ -12,10 +12,17 @@ from typer.testing import CliRunner
 
 from prefrec import prompts
 from prefrec.errors import UserError
-from prefrec.explain import (compare_models, explain_sample, parse_model_spec, render_html, token_pieces,
-                             write_explanation)
-from prefrec.packing import encode_sample, encode_texts, naive_response_logps
 from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.scoring.encoding import encode_sample, encode_texts
+from prefrec.scoring.packing import naive_response_logps
+from prefrec.serving.explain import (
+    compare_models,
+    explain_sample,
+    parse_model_spec,
+    render_html,
+    token_pieces,
+    write_explanation,
+)
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Amélie (2001)"]
 EVIL = '<script>alert("x")</script> & Co (1999)'

@@ -100,7 +100,7 @@ def test_no_module_writes_temp_files_by_hand():
 
 def test_report_and_eval_outputs_get_the_same_mode(tmp_path, umask022):
     """results.md used to come out 0600 (mkstemp, no chmod) while results.json was 0644."""
-    from prefrec.report import make_report
+    from prefrec.evaluation.report import make_report
 
     run = tmp_path / "runs" / "a" / "eval" / "x"
     run.mkdir(parents=True)

@@ -14,7 +14,7 @@ def _functions(path: Path):
 
 def test_the_recipe_reads_on_one_screen():
     """train() is plan -> stages -> finalise; the stage loop, batches, reference cache and run folder live apart."""
-    lengths = dict(_functions(SRC / "train.py"))
+    lengths = dict(_functions(SRC / "training" / "recipe.py"))
     assert lengths["train"] <= 60, lengths["train"]
     assert max(lengths.values()) <= 80, {k: v for k, v in lengths.items() if v > 80}
 

@@ -1,11 +1,11 @@
-"""prefrec.losses against float64 brute force of the DESIGN §4 formulas, TRL's DPO formula, and extreme inputs."""
+"""prefrec.training.losses against float64 brute force of the DESIGN §4 formulas, TRL's DPO formula, and extreme inputs."""
 
 import math
 
 import pytest
 import torch
 
-from prefrec.losses import dmpo_loss, dpo_loss, ftx_term, reward_stats, sdpo_loss, sft_loss
+from prefrec.training.losses import dmpo_loss, dpo_loss, ftx_term, reward_stats, sdpo_loss, sft_loss
 
 
 def _inputs(B, k, scale=5.0, seed=0, dtype=torch.float64):

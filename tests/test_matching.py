@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefrec.matching import match, match_answer, normalize
+from prefrec.scoring.matching import match, match_answer, normalize
 
 CANDS = ["Star Wars (1977)", "Star Wars: Episode V - The Empire Strikes Back (1980)", "Up (2009)", "Fargo (1996)"]
 

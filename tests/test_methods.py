@@ -1,15 +1,15 @@
-"""prefrec.methods: the one table of stage kinds. A new loss is one function + one row, and everything derives."""
+"""prefrec.training.methods: the one table of stage kinds. A new loss is one function + one row, and everything derives."""
 
 import json
 
 import pytest
 import torch.nn.functional as F
-
 from conftest import make_tiny_lm
-from prefrec import losses, methods
-from prefrec.config import config_from_dict, resolve_paths
+
 from prefrec.errors import UserError
 from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.training import losses, methods
+from prefrec.training.config import config_from_dict, resolve_paths
 
 CALLS = []
 
@@ -44,7 +44,7 @@ def test_the_table_gives_todays_lists():
 
 
 def test_a_registered_loss_reaches_config_experiment_and_report(with_hinge):
-    from prefrec.report import _row_order
+    from prefrec.evaluation.report import _row_order
 
     cfg = config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "sft"}, {"kind": "hinge", "ftx": 0.5}]}, "test")
     assert cfg.stages[1].dropout_off()
@@ -58,7 +58,7 @@ def test_a_registered_loss_reaches_config_experiment_and_report(with_hinge):
 
 
 def test_a_registered_loss_trains_through_train(with_hinge, tmp_path, embedded_tokenizer):
-    from prefrec.train import train
+    from prefrec.training.recipe import train
 
     model = tmp_path / "model"
     make_tiny_lm(embedded_tokenizer, seed=1).save_pretrained(model)

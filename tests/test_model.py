@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_tiny_lm
+
 from prefrec.errors import UserError
 from prefrec.model import add_lora, is_run_dir, load_model, parse_dtype
 

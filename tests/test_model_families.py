@@ -13,11 +13,11 @@ import os
 
 import pytest
 import torch
-
 from conftest import make_tiny_lm
-from prefrec import evaluate as ev
+
 from prefrec.errors import UserError
-from prefrec.packing import (
+from prefrec.evaluation import evaluate as ev
+from prefrec.scoring.encoding import (
     PLAIN_ANSWER,
     check_prompt_format,
     encode_texts,
@@ -238,7 +238,7 @@ def _gemma_available() -> bool:
 def test_gemma_model_scores_packed_like_naive():
     """The real Gemma 3 270M: packed scores of a pairwise sample equal the naive path's (softcapping, tied head)."""
     from prefrec.model import load_model
-    from prefrec.packing import naive_response_logps, response_logps
+    from prefrec.scoring.packing import naive_response_logps, response_logps
 
     model, tok = load_model("gemma3-270m", dtype="fp32", device="cpu")
     assert type(model).__name__ == "Gemma3ForCausalLM" and not model.training
@@ -271,8 +271,8 @@ def test_explain_leaves_gemmas_end_of_turn_out_of_text_means(gemma_tokenizer):
     as the end-of-turn token, not as text."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prefrec.explain import explain_sample, special_ids
     from prefrec.samples import Comparison, Sample
+    from prefrec.serving.explain import explain_sample, special_ids
 
     tok = gemma_tokenizer
     eot = tok.convert_tokens_to_ids("<end_of_turn>")

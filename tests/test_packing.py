@@ -1,4 +1,4 @@
-"""prefrec.packing: the packed tree layout against an independent brute force, and packed log-probs and LoRA
+"""prefrec.scoring.packing: the packed tree layout against an independent brute force, and packed log-probs and LoRA
 gradients against the naive one-sequence-per-response path.
 
 Tolerances (max abs difference, packed vs naive; measured on this machine, see docs/packing.md):
@@ -17,24 +17,14 @@ import copy
 
 import pytest
 import torch
-
 from conftest import make_tiny_lm
-from prefrec.losses import dmpo_loss
+
 from prefrec.model import add_lora
-from prefrec.packing import (
-    PLAIN_ANSWER,
-    SENTINEL,
-    Branch,
-    Scores,
-    Tree,
-    encode_sample,
-    encode_texts,
-    naive_response_logps,
-    pack_trees,
-    response_logps,
-    score_trees,
-)
 from prefrec.samples import Comparison, Sample
+from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, encode_texts
+from prefrec.scoring.packing import naive_response_logps, pack_trees, response_logps, score_trees
+from prefrec.scoring.trees import Branch, Scores, Tree
+from prefrec.training.losses import dmpo_loss
 
 FP32_ATOL = 2e-5
 SUM_RTOL = 1e-6

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from prefrec.errors import UserError
 from prefrec.data.peer import load_alpaca_yesno, load_candidates, load_peer, parse_list
+from prefrec.errors import UserError
 
 TALLREC = [
     {"instruction": "Given the user's preference and unpreference, identify whether the user will like the target "
@@ -104,7 +104,7 @@ def test_candidates_errors(tmp_path):
 
 
 def test_peer_samples_evaluate(tiny_lm, tmp_path):
-    from prefrec.evaluate import evaluate
+    from prefrec.evaluation.evaluate import evaluate
 
     f = tmp_path / "test.json"
     f.write_text(json.dumps(TALLREC))

@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from prefrec import prompts
 from prefrec.errors import UserError
-from prefrec.packing import encode_texts, naive_response_logps
-from prefrec.rank import build_prompt, clean_titles, rank, read_titles
+from prefrec.scoring.encoding import encode_texts
+from prefrec.scoring.packing import naive_response_logps
+from prefrec.serving.rank import build_prompt, clean_titles, rank, read_titles
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 CANDIDATES = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)",
@@ -151,7 +152,7 @@ def test_cli_rank_plain_model_and_run_folder(tmp_path, embedded_tokenizer):
 # ---- token budget, chunked scoring, input files, model names (issue 15) ----
 
 def test_history_is_cut_oldest_first_to_the_token_budget(tiny_lm):
-    from prefrec.budget import TokenBudgetError
+    from prefrec.scoring.budget import TokenBudgetError
 
     model, tok = tiny_lm
     history = [f"Some long film title number {i} ({1950 + i})" for i in range(8)]
@@ -168,8 +169,8 @@ def test_history_is_cut_oldest_first_to_the_token_budget(tiny_lm):
 
 
 def test_chunked_scoring_matches_packed_forward_and_bounds_the_mask(tiny_lm, monkeypatch):
-    from prefrec.packing import PackedBatch, response_logps
-    from prefrec.rank import run_steps, score_steps
+    from prefrec.scoring.packing import PackedBatch, response_logps
+    from prefrec.serving.rank import run_steps, score_steps
 
     model, tok = tiny_lm
     tree = tree_of(tok, HISTORY, CANDIDATES)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from prefrec.metrics import pairwise_metrics, ranking_metrics
-from prefrec.report import bootstrap_ci, find_results, make_report, paired_tests, summarize
+from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics
+from prefrec.evaluation.report import bootstrap_ci, find_results, make_report, paired_tests, summarize
 
 
 def _write_run(folder, *, method, seed, k=None, shots=None, task="pairwise", dataset="ml-100k", n=60, shift=0.0,
@@ -177,7 +177,7 @@ def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
 
 def test_a_configuration_run_at_one_shots_value_is_a_point_on_the_shots_plot(tmp_path, monkeypatch):
     """SFT at two sizes makes the plot; DMPO at one of them is drawn on it as a point (it used to be left out)."""
-    from prefrec import report
+    from prefrec.evaluation import report
 
     for method, shots in (("sft", 30), ("sft", 100), ("dmpo", 100)):
         _write_run(tmp_path / "runs" / f"{method}-{shots}", method=method, seed=0, k=3 if method == "dmpo" else None,
@@ -222,7 +222,7 @@ def _write_multi_run(d, rng, method, shift, shots=None, model="embedded"):
 def test_paired_bootstrap_against_an_independent_computation():
     from sklearn.metrics import roc_auc_score
 
-    from prefrec.report import paired_bootstrap
+    from prefrec.evaluation.report import paired_bootstrap
 
     rng = np.random.default_rng(0)
     a, b = _pairwise_rows(rng, 60, 0.8), _pairwise_rows(rng, 60, 0.0)
@@ -267,7 +267,7 @@ def test_report_tests_every_run_against_zero_shot_on_the_same_samples(tmp_path):
 def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp_path):
     """DMPO at 100 shots is compared with SFT at 100 shots of its seed (not the 30-shot SFT, not zero-shot), on
     their common samples; SFT and zero-shot get no such row. The difference is the AUCs' difference on the files."""
-    from prefrec.report import paired_bootstrap, read_per_sample
+    from prefrec.evaluation.report import paired_bootstrap, read_per_sample
 
     rng = np.random.default_rng(3)
     for method, shots, shift in (("zero-shot", None, 0.0), ("sft", 30, 0.2), ("sft", 100, 0.5),
@@ -287,7 +287,7 @@ def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp
 def test_report_compares_each_run_on_a_second_model_with_the_same_configuration_on_the_first(tmp_path):
     """Two base models, zero-shot and SFT each: the second model's runs are each compared with the embedded model's run
     of the same method and shots (not with its own zero-shot, which the zero-shot table does), on the same samples."""
-    from prefrec.report import paired_bootstrap, read_per_sample
+    from prefrec.evaluation.report import paired_bootstrap, read_per_sample
 
     rng = np.random.default_rng(5)
     for model, method, shots, shift in (("embedded", "zero-shot", None, 0.0), ("embedded", "sft", 100, 0.3),
@@ -315,7 +315,7 @@ def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
     rows resampled with replacement, then the 2.5 % and 97.5 % quantiles (numpy's linear interpolation)."""
     import numpy as np
 
-    from prefrec.report import metric_functions
+    from prefrec.evaluation.report import metric_functions
 
     _write_run(tmp_path / "r", method="dpo", seed=0, n=60, shift=0.5)
     rows = [json.loads(line) for line in open(tmp_path / "r" / "per_sample.jsonl")]

@@ -49,8 +49,9 @@ def test_results_json_keeps_the_old_layout(tmp_path):
 
 
 def test_llm_results_keep_their_key_order(tiny_lm, tmp_path):
-    from prefrec import evaluate as ev
     from test_evaluate import pairwise_samples
+
+    from prefrec.evaluation import evaluate as ev
 
     ev.evaluate(tiny_lm, pairwise_samples(), out=tmp_path / "p", progress=False)
     keys = list(json.loads((tmp_path / "p" / "results.json").read_text()))
@@ -81,4 +82,4 @@ def test_results_files_are_written_only_by_prefrec_results():
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in ("run.json", "results.json", "per_sample.jsonl"):
                 offenders.append(str(p.relative_to(SRC)))
-    assert offenders == ["report.py"]
+    assert offenders == ["evaluation/report.py"]

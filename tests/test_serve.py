@@ -12,8 +12,8 @@ import pytest
 import uvicorn
 from conftest import make_tiny_lm
 
-from prefrec.rank import rank
-from prefrec.serve import Limits, create_app
+from prefrec.serving.rank import rank
+from prefrec.serving.serve import Limits, create_app
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 POOL = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)", "Pulp Fiction (1994)",
@@ -194,8 +194,8 @@ def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, em
 # ---- bounded tokens, bounded time, cancelled work (issue 15) ----
 
 def _n_tokens(tok, history, candidates):
-    from prefrec.packing import encode_texts
-    from prefrec.rank import build_prompt
+    from prefrec.scoring.encoding import encode_texts
+    from prefrec.serving.rank import build_prompt
 
     prefix, question = build_prompt(history, candidates)
     return encode_texts(tok, prefix, [question], [candidates]).n_tokens()

@@ -1,4 +1,4 @@
-"""prefrec.tasks: one table of tasks, one of ranking metrics. A metric added to metrics.RANKING_METRICS appears in LLM
+"""prefrec.evaluation.tasks: one table of tasks, one of ranking metrics. A metric added to metrics.RANKING_METRICS appears in LLM
 results, baseline results and the report's bootstrap alike (evaluate.py used to list the names by hand)."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from prefrec import metrics, tasks
+from prefrec.evaluation import metrics, tasks
 from prefrec.samples import TASKS
 
 
@@ -38,8 +38,9 @@ def test_task_names_have_one_source():
 
 
 def test_a_new_ranking_metric_reaches_llm_results(with_hr3, tiny_lm, tmp_path):
-    from prefrec import evaluate as ev
     from test_evaluate import candidate_samples
+
+    from prefrec.evaluation import evaluate as ev
 
     res = ev.evaluate(tiny_lm, candidate_samples(), out=tmp_path / "c", generate=False, progress=False)
     rows = [json.loads(x) for x in (tmp_path / "c" / "per_sample.jsonl").read_text().splitlines()]
@@ -49,16 +50,17 @@ def test_a_new_ranking_metric_reaches_llm_results(with_hr3, tiny_lm, tmp_path):
     saved = json.loads((tmp_path / "c" / "results.json").read_text())["metrics"]
     assert "rank_hr@3" in saved and "rank_norm_hr@3" in saved
     # and the report's bootstrap gives it a CI
-    from prefrec.report import bootstrap_ci
+    from prefrec.evaluation.report import bootstrap_ci
 
     ci = bootstrap_ci(rows, n_boot=20)
     assert ci["rank_hr@3"]["value"] == pytest.approx(res["metrics"]["rank_hr@3"])
 
 
 def test_a_new_ranking_metric_reaches_baseline_results(with_hr3, tmp_path):
+    from test_baselines import TINY, make_candidates
+
     from prefrec.baselines.common import load_prepared
     from prefrec.baselines.run import run_baseline
-    from test_baselines import TINY, make_candidates
 
     folder = make_candidates(tmp_path / "cands")
     r = run_baseline("popularity", folder, regime="full", seed=0, out=tmp_path / "out", **TINY)
@@ -78,9 +80,10 @@ def test_ranking_by_size_weighs_each_length_by_its_rows():
 
 
 def test_a_new_ranking_metric_is_a_column_of_the_report(with_hr3, tmp_path):
-    from prefrec.report import key_metrics, make_report
-    from prefrec.baselines.run import run_baseline
     from test_baselines import TINY, make_candidates
+
+    from prefrec.baselines.run import run_baseline
+    from prefrec.evaluation.report import key_metrics, make_report
 
     assert "rank_hr@3" in key_metrics("candidates") and "hr@3" in key_metrics("candidates")
     folder = make_candidates(tmp_path / "cands")

@@ -1,7 +1,7 @@
-"""prefrec.train on a tiny random Llama: the recipe, the run folder, exact resume after a kill, 2 processes = 1.
+"""prefrec.training.recipe on a tiny random Llama: the recipe, the run folder, exact resume after a kill, 2 processes = 1.
 
 Independent checks: the first SFT loss and the cached reference log-probs are recomputed with the naive path
-(prefrec.packing.naive_response_logps: one full sequence per response, plain transformers forward) from the model
+(prefrec.scoring.packing.naive_response_logps: one full sequence per response, plain transformers forward) from the model
 files on disk; a resumed run must reproduce the uninterrupted run's adapter (1e-6) and losses; 2 DDP processes
 (gloo) with half the per-process batch must reproduce 1 process (1e-5, see test_two_processes_match_one_process).
 """
@@ -19,14 +19,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import save_tiny_model
 from safetensors.torch import load_file
 
-from conftest import save_tiny_model
-from prefrec.config import config_from_dict, load_config, resolve_paths
 from prefrec.errors import UserError
 from prefrec.samples import Comparison, Sample, write_jsonl
-from prefrec.train import (checkpoints, cosine_with_warmup, encode_trees, epoch_order, shard, stage_k, train,
-                           with_k_negatives)
+from prefrec.training.config import config_from_dict, load_config, resolve_paths
+from prefrec.training.recipe import (
+    checkpoints,
+    cosine_with_warmup,
+    encode_trees,
+    epoch_order,
+    shard,
+    stage_k,
+    train,
+    with_k_negatives,
+)
 
 TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars", "Brazil", "Ran", "Babe", "Big"]
 REPO = Path(__file__).resolve().parents[1]
@@ -192,8 +200,8 @@ def test_first_sft_loss_matches_naive_computation(full_run, tiny_dir, data_dirs)
     global batch of the seeded order, recomputed here one full sequence per response."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefrec.packing import naive_response_logps
     from prefrec.samples import read_jsonl
+    from prefrec.scoring.packing import naive_response_logps
 
     run, raw = full_run
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -212,8 +220,8 @@ def test_reference_cache_is_the_model_after_sft(full_run, tiny_dir, data_dirs):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefrec.packing import naive_response_logps
     from prefrec.samples import read_jsonl
+    from prefrec.scoring.packing import naive_response_logps
 
     run, _ = full_run
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -304,8 +312,9 @@ def test_kill_subprocess_then_resume(full_run, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (dest / "run.json").exists(), "the run finished before the kill; the test did not test resume"
-    from prefrec.cli import app
     from typer.testing import CliRunner
+
+    from prefrec.cli import app
 
     result = CliRunner().invoke(app, ["train", str(cfg_path), "--resume"])
     assert result.exit_code == 0, result.output
@@ -459,7 +468,7 @@ def test_preference_stage_trains_without_dropout_by_default(tiny_dir, data_dirs,
 
 
 def test_chosen_displacement_is_the_reward_over_beta_of_the_last_window():
-    from prefrec.stages import DISPLACEMENT_WINDOW, chosen_displacement
+    from prefrec.training.stages import DISPLACEMENT_WINDOW, chosen_displacement
 
     assert chosen_displacement([-1.0] * (DISPLACEMENT_WINDOW - 1), beta=0.1) is None
     rewards = [0.0] * 5 + [-0.2] * DISPLACEMENT_WINDOW  # the chosen log-prob 2 nats below the reference at β = 0.1
@@ -471,7 +480,7 @@ def test_unlearning_the_chosen_answers_warns_once_and_is_recorded(tiny_dir, data
                                                                   capsys):
     """Wiring of the likelihood-displacement warning: with the mark at -inf over one step it fires at the first
     alignment step, once, on stderr and in run.json (SFT has no reward and never warns)."""
-    from prefrec import stages
+    from prefrec.training import stages
 
     monkeypatch.setattr(stages, "DISPLACEMENT_WINDOW", 1)
     monkeypatch.setattr(stages, "DISPLACEMENT_NATS", float("-inf"))
@@ -486,7 +495,7 @@ def test_unlearning_the_chosen_answers_warns_once_and_is_recorded(tiny_dir, data
 
 
 def test_dropout_option_defaults_by_stage_kind():
-    from prefrec.config import StageConfig
+    from prefrec.training.config import StageConfig
 
     assert StageConfig(kind="dmpo").dropout_off() and StageConfig(kind="sdpo").dropout_off()
     assert not StageConfig(kind="sft").dropout_off()
@@ -510,8 +519,8 @@ def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
         assert ours[:warmup] == pytest.approx(lib[1:warmup + 1], abs=1e-12)
 def test_tree_terms_pair_each_rejected_with_its_own_chosen():
     """DPO with k > 1 on pairwise samples: rejected i is compared with comparison i's own chosen ordering."""
-    from prefrec.packing import Scores
-    from prefrec.train import tree_terms
+    from prefrec.scoring.trees import Scores
+    from prefrec.training.recipe import tree_terms
 
     s = Scores(summed=torch.tensor([-1.0, -2.0, -3.0, -5.0]), token_logps=[torch.tensor([-1.0])] * 4,
                index=[(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])

@@ -9,7 +9,6 @@ write it again, so it lists the test metrics known at that time. Nothing is inve
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml

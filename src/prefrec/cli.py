@@ -233,9 +233,9 @@ def train_cmd(
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
     import os
 
-    from prefrec.config import load_config
     from prefrec.errors import UserError
-    from prefrec.train import train
+    from prefrec.training.config import load_config
+    from prefrec.training.recipe import train
 
     try:
         cfg = load_config(config, overrides or [], output_dir=str(out) if out is not None else None)
@@ -297,7 +297,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
     from prefrec.errors import UserError
-    from prefrec.evaluate import evaluate
+    from prefrec.evaluation.evaluate import evaluate
 
     try:
         if (samples is None) == (peer is None):
@@ -333,7 +333,7 @@ def report_cmd(
 ) -> None:
     """Mean ± std over seeds, paired t-tests, bootstrap CIs and plots from many results.json -> results.md."""
     from prefrec.errors import UserError
-    from prefrec.report import make_report
+    from prefrec.evaluation.report import make_report
 
     try:
         md = make_report(runs, out, n_boot=bootstrap)
@@ -411,7 +411,7 @@ def explain_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """Token-level conditional probabilities of each candidate: HTML page + PNG heatmap (or the Figure-7 table)."""
-    from prefrec.explain import compare_models, explain_file
+    from prefrec.serving.explain import compare_models, explain_file
 
     try:
         if compare:
@@ -443,9 +443,9 @@ def rank_cmd(
     """Rank candidate titles for a user history by log-probability (JSON: title, score, rank)."""
     import json
 
-    from prefrec.model import load_model
-    from prefrec.rank import rank, read_titles
     from prefrec import io
+    from prefrec.model import load_model
+    from prefrec.serving.rank import rank, read_titles
 
     try:
         hist = read_titles(history, "history")
@@ -482,7 +482,7 @@ def serve_cmd(
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
     from prefrec.model import load_model
-    from prefrec.serve import Limits, run_server
+    from prefrec.serving.serve import Limits, run_server
 
     try:
         pair = load_model(model, dtype=dtype)  # once, before listening, so a bad name fails here with one line

@@ -3,7 +3,7 @@
 An experiment YAML (configs/experiments/*.yaml) names the datasets, the methods and the values to sweep. Each cell
 of the grid is a folder under `output_dir/cells/` holding a `results.json` (the shared schema of HELPERS.md); a cell
 whose results.json exists is skipped, so re-running the same command after a kill continues where it stopped.
-The report (`prefrec.report.make_report`) is written to `report_dir` (docs/results/<name>/ by default) with a
+The report (`prefrec.evaluation.report.make_report`) is written to `report_dir` (docs/results/<name>/ by default) with a
 results.md beside the plots.
 
 Methods:
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from prefrec import io, methods
-from prefrec.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
+from prefrec import io
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
-
+from prefrec.training import methods
+from prefrec.training.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
 
 
 @dataclass
@@ -213,8 +213,8 @@ def _shared_path(p: str) -> Path:
 
 def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
     """Import peer prompt files (one per split) into a prepared folder; the same for every seed (fixed files)."""
-    from prefrec.data.importers import import_file
     from prefrec import io
+    from prefrec.data.importers import import_file
     from prefrec.samples import write_jsonl
 
     folder = Path(cfg.output_dir) / "data" / f"{ds.label}-imported"
@@ -235,7 +235,7 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
 
 def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Path, stages: list[str],
                   model: str):
-    from prefrec.config import config_from_dict
+    from prefrec.training.config import config_from_dict
 
     raw = copy.deepcopy(cfg.train)
     raw["model"] = {**raw.get("model", {}), "name": model}
@@ -257,7 +257,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     seed (trained here if it does not exist yet), so a grid over methods, k and β trains each SFT model once. The
     alignment stage then takes the SFT model, as it is when the stage starts, as its frozen reference.
     """
-    from prefrec.train import train
+    from prefrec.training.recipe import train
 
     root = Path(cfg.output_dir) / "cells"
     run_dir = out / "run"
@@ -279,7 +279,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
 def _reference_key(tc) -> tuple:
     """What a reference pass depends on besides k: the model and the training and validation samples (paths made
     absolute: a run's config.yaml keeps them as they were given)."""
-    from prefrec.config import resolve_paths
+    from prefrec.training.config import resolve_paths
 
     tc = resolve_paths(copy.deepcopy(tc))
     return (tc.model.name, tc.model.dtype, tc.data.dir, tc.data.train, tc.data.valid, tc.data.max_train_samples,
@@ -290,8 +290,8 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
     """Give an alignment cell the reference log-probs another cell already computed, instead of scoring every
     training sample again (a third of an alignment cell's time): a sibling run whose only stage aligned the same
     SFT model on the same data with at least as many negatives (reference.narrow_cache takes its first k)."""
-    from prefrec.config import load_config
-    from prefrec.reference import REF_CACHE, narrow_cache
+    from prefrec.training.config import load_config
+    from prefrec.training.reference import REF_CACHE, narrow_cache
 
     if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None:
         return
@@ -325,7 +325,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     else:
         train_dir = data_dir
     if cell.method in methods.llm_methods():
-        from prefrec.evaluate import evaluate
+        from prefrec.evaluation.evaluate import evaluate
 
         model = cell.model
         if cell.method != "zero-shot":
@@ -473,7 +473,7 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
                                 "metrics": res.get("metrics")}) + "\n")
     if not report:
         return None
-    from prefrec.report import make_report
+    from prefrec.evaluation.report import make_report
 
     done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)

@@ -17,8 +17,8 @@ from prefrec.errors import UserError
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", force: bool = False) -> Path:
     """Merge RUN's adapter into its base and write OUT (written to a temp folder, then renamed into place)."""
-    from prefrec.card import model_card
     from prefrec import io
+    from prefrec.card import model_card
     from prefrec.model import load_model
     from prefrec.results import is_run_dir
 

@@ -32,10 +32,10 @@ from typing import Callable
 
 import torch
 
-from prefrec.config import ATTN_IMPLEMENTATIONS
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
+from prefrec.training.config import ATTN_IMPLEMENTATIONS
 
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"
@@ -339,7 +339,7 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         raise UserError(f"model {name!r}: not {offline}, a prefrec run folder, or a loadable Hugging Face model "
                         f"folder/id available offline ({e})") from None
     if run is not None and run.get("prompt_format") is not None:
-        from prefrec.packing import check_prompt_format
+        from prefrec.scoring.encoding import check_prompt_format
 
         check_prompt_format(tokenizer, run["prompt_format"], str(run_json))
     if tokenizer.pad_token_id is None:

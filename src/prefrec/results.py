@@ -2,7 +2,7 @@
 
 A training run folder (`prefrec train --out RUN`) holds run.json and adapter/ once it is complete. An evaluation
 folder holds results.json ("kind": "eval", the schema of docs/dev/HELPERS.md "Results JSON") and per_sample.jsonl
-(one object per test sample, the fields prefrec.tasks reads). evaluate, the baselines and the experiment write them
+(one object per test sample, the fields prefrec.evaluation.tasks reads). evaluate, the baselines and the experiment write them
 with `write_results`; the report and the model card read them with `find_results`, `read_results` and
 `read_per_sample`.
 """

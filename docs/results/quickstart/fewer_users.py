@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prefrec.report import paired_bootstrap
+from prefrec.evaluation.report import paired_bootstrap
 from prefrec.results import read_per_sample
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@ against the fp32 merged model on the same test samples (margins = s_first - s_se
 import json, sys, time
 import numpy as np, torch
 torch.set_num_threads(2)
-from prefrec.evaluate import score_pairwise
+from prefrec.evaluation.evaluate import score_pairwise
 from prefrec.model import load_model
 from prefrec.samples import read_jsonl
 run, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

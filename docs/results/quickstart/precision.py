@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from prefrec.report import paired_bootstrap
+from prefrec.evaluation.report import paired_bootstrap
 from prefrec.results import read_per_sample
 
 HERE = Path(__file__).resolve().parent

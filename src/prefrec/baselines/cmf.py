@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from prefrec.baselines.bpr import MF, BPRMF, fit_mf, fold_in
+from prefrec.baselines.bpr import BPRMF, MF, fit_mf, fold_in
 from prefrec.baselines.common import FIRST_ITEM, EvalSet, TrainData, Vocab, fill_unknown
 
 

@@ -2,7 +2,7 @@
 
     run_baseline("sasrec", "/tmp/prefrec-samples/ml100k-candidates", regime="full", seed=0, out="results/x")
 
-The scores go through the same metric code as the LLM evaluation (prefrec.metrics):
+The scores go through the same metric code as the LLM evaluation (prefrec.evaluation.metrics):
     pairwise:   per comparison, s_first = score(positive), s_second = score(negative_j) -> pairwise_metrics
                 (AUC pooled over item scores, pairwise accuracy; a tie counts as wrong)
     candidates: scores of the 20 candidates in prompt order -> ranking_metrics (HR@1/5, NDCG@5/10, MRR). A
@@ -14,21 +14,19 @@ Cross-domain (train_samples = another domain's folder): only CMF can transfer, t
 from __future__ import annotations
 
 import dataclasses
-
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prefrec import tasks
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
-from prefrec.baselines.common import (REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys,
-                                      training_data)
+from prefrec.baselines.common import REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys, training_data
 from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
+from prefrec.evaluation import tasks
 from prefrec.provenance import provenance
 from prefrec.results import write_results
 

@@ -39,8 +39,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prefrec.baselines.common import (FIRST_ITEM, PAD, EvalSet, TrainData, context_before, fill_unknown,
-                                      next_item_examples, pad_left, preference_examples)
+from prefrec.baselines.common import (
+    FIRST_ITEM,
+    PAD,
+    EvalSet,
+    TrainData,
+    context_before,
+    fill_unknown,
+    next_item_examples,
+    pad_left,
+    preference_examples,
+)
 
 SEQUENTIAL = ("sasrec", "gru4rec", "bert4rec", "caser", "stamp", "core", "gcsan", "shan")
 

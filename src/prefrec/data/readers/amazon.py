@@ -7,10 +7,9 @@ import json
 import re
 from pathlib import Path
 
+from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _timestamp
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
-from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _timestamp
-
 
 _TAG = re.compile(r"<[^>]+>")
 

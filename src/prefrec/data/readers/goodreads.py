@@ -6,11 +6,10 @@ import csv
 from datetime import datetime
 from pathlib import Path
 
-from prefrec.data.titles import normalise_title
-from prefrec.errors import UserError
 from prefrec.data.readers.amazon import _record
 from prefrec.data.readers.base import Interaction, Log, _fields, _lines, _no_rows, _number, _pick, _timestamp
-
+from prefrec.data.titles import normalise_title
+from prefrec.errors import UserError
 
 _GOODREADS_TIME = "%a %b %d %H:%M:%S %z %Y"  # "Tue Oct 17 06:42:31 -0700 2017"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefrec.data.readers.base import Interaction, Log, _fields, _lines, _no_rows, _number, _timestamp, _unknown_item
 from prefrec.data.titles import normalise_title
 from prefrec.errors import UserError
-from prefrec.data.readers.base import Interaction, Log, _fields, _lines, _no_rows, _number, _timestamp, _unknown_item
 
 
 def read_lastfm(source: str | Path, *, time_column: str | None = None) -> Log:

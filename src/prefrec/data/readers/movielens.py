@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _fields,
+    _lines,
+    _movielens_encoding,
+    _no_rows,
+    _pick,
+    _rating_time,
+    _unknown_item,
+)
+from prefrec.data.readers.recbole import read_recbole
 from prefrec.data.titles import normalise_title
 from prefrec.errors import UserError
-from prefrec.data.readers.base import (Interaction, Log, _fields, _lines, _movielens_encoding, _no_rows, _pick,
-                                       _rating_time, _unknown_item)
-from prefrec.data.readers.recbole import read_recbole
 
 
 def read_ml1m(source: str | Path) -> Log:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _pick, _timestamp, _unknown_item
 from prefrec.data.titles import normalise_title, with_year
 from prefrec.errors import UserError
-from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _pick, _timestamp, _unknown_item
 
 
 def _atomic_header(line: str, path: Path) -> list[str]:

@@ -29,13 +29,13 @@ from typing import Iterable
 
 import yaml
 
-from prefrec import methods
 from prefrec.errors import UserError
+from prefrec.training import methods
 
 BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
-# The packed scorer passes a 4D additive attention mask (prefrec.packing); only these implementations apply it as
+# The packed scorer passes a 4D additive attention mask (prefrec.scoring.packing); only these implementations apply it as
 # given (flash-attention kernels take no arbitrary mask, so responses would see each other).
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from prefrec import io
-from prefrec.batches import shard
 from prefrec.errors import UserError
-from prefrec.packing import Tree
-from prefrec.stages import tree_terms
+from prefrec.scoring.trees import Tree
+from prefrec.training.batches import shard
+from prefrec.training.stages import tree_terms
 
 REF_CACHE = "ref_logps.safetensors"
 
@@ -78,7 +78,7 @@ def narrow_cache(src: Path, dst: Path, k: int) -> bool:
 
     A stage with k negatives needs exactly the first k columns of a cache made with k' ≥ k: a sample's first k
     negatives are the first k of its k' (batches.with_k_negatives), and a tree branch attends only to the prompt and
-    to itself (prefrec.packing), so a branch's log-probs do not depend on the branches after it. False (nothing
+    to itself (prefrec.scoring.packing), so a branch's log-probs do not depend on the branches after it. False (nothing
     written) when `src` is missing or holds fewer than k. The caller vouches that `src` was made by the same
     reference model on the same data; reference_logps still checks the sample ids when it reads `dst`."""
     from safetensors import safe_open

@@ -3,7 +3,7 @@
 The recipe, top to bottom (docs/train.md says the same for users):
 
     samples (train.jsonl, valid.jsonl)                    prefrec.samples
-      -> trees, one per sample                            prefrec.packing.encode_sample (prompt once, k+1 responses)
+      -> trees, one per sample                            prefrec.scoring.encoding.encode_sample (prompt once, k+1 responses)
     SFT stage        mean token NLL of the chosen responses (which="chosen": rejected responses are not packed)
     reference        log-probs of every alignment sample under the model *as it is when the alignment stage starts*
                      (after SFT; without SFT the base model, since a fresh LoRA adapter is the identity), computed
@@ -11,7 +11,7 @@ The recipe, top to bottom (docs/train.md says the same for users):
     alignment stage  dpo_loss / dmpo_loss / sdpo_loss (+ ftx · chosen NLL) on the same LoRA adapter
     RUN/adapter/     the final adapter; RUN/run.json, RUN/metrics.jsonl, RUN/checkpoints/step-N/, RUN/best/
 
-One sample -> the losses' inputs (the shapes of prefrec.losses):
+One sample -> the losses' inputs (the shapes of prefrec.training.losses):
     chosen   (B, k)  column i: logp(chosen_j | x_j) of the comparison j that rejected response i belongs to
                      (pairwise: comparison i's own chosen; candidates: the one chosen, repeated)
     rejected (B, k)  every rejected response in order (pairwise: one per comparison, each with its own prompt x_j;
@@ -32,7 +32,7 @@ Batches, distribution and determinism:
     follows from them); resuming reproduces the uninterrupted run.
 
 Why Accelerate directly and not transformers' Trainer: the training step is not a causal-LM forward. One packed
-row carries a prompt and k+1 responses with a 4D mask (prefrec.packing), the reference log-probs come from a cache
+row carries a prompt and k+1 responses with a 4D mask (prefrec.scoring.packing), the reference log-probs come from a cache
 computed mid-run by the same model, and the SFT and alignment stages share one adapter. A Trainer would need a
 custom compute_loss, a custom collator that keeps trees, a custom data order for exact resume, and callbacks for the
 cache: more code than the loop below, and harder to follow. Accelerate gives what we need from a library (DDP, FSDP,
@@ -53,20 +53,41 @@ from pathlib import Path
 
 import torch
 
-from prefrec import io, methods
-from prefrec import stages as stages_module
-from prefrec.batches import (chosen_tokens, encode_trees, epoch_order, n_negatives, read_split, shard, split_paths,
-                             stage_k, with_k_negatives)
-from prefrec.config import TrainConfig, dump_config
+from prefrec import io
 from prefrec.errors import UserError
-from prefrec.packing import prompt_format
-from prefrec.reference import REF_CACHE, reference_logps, score_split
 from prefrec.results import is_run_dir, write_run
-from prefrec.runfolder import (MetricsLog, _adapter_only_on_load, _adapter_only_on_save, adapter_state, base_model_name,
-                               check_run_folder, checkpoints,
-                               flat_config, load_adapter_weights, restore_accelerate_state, save_adapter,
-                               save_checkpoint, tracker_names)
-from prefrec.stages import Stage, TreeScorer, cosine_with_warmup, make_stage, set_dropout, tree_terms
+from prefrec.scoring.encoding import prompt_format
+from prefrec.training import methods
+from prefrec.training import stages as stages_module
+from prefrec.training.batches import (
+    chosen_tokens,
+    encode_trees,
+    epoch_order,
+    n_negatives,
+    read_split,
+    shard,
+    split_paths,
+    stage_k,
+    with_k_negatives,
+)
+from prefrec.training.config import TrainConfig, dump_config
+from prefrec.training.reference import REF_CACHE, reference_logps, score_split
+from prefrec.training.runfolder import (
+    MetricsLog,
+    _adapter_only_on_load,
+    _adapter_only_on_save,
+    adapter_state,
+    base_model_name,
+    check_run_folder,
+    checkpoints,
+    flat_config,
+    load_adapter_weights,
+    restore_accelerate_state,
+    save_adapter,
+    save_checkpoint,
+    tracker_names,
+)
+from prefrec.training.stages import Stage, TreeScorer, cosine_with_warmup, make_stage, set_dropout, tree_terms
 
 # the recipe's helpers live in the modules above; these names stay importable from here
 __all__ = ["train", "plan", "checkpoints", "cosine_with_warmup", "encode_trees", "epoch_order", "shard", "stage_k",

@@ -7,16 +7,17 @@ import math
 
 import torch
 
-from prefrec import methods
-from prefrec.config import StageConfig
-from prefrec.losses import ftx_term, reward_stats, sft_loss
-from prefrec.packing import Tree, response_logps
+from prefrec.scoring.packing import response_logps
+from prefrec.scoring.trees import Tree
+from prefrec.training import methods
+from prefrec.training.config import StageConfig
+from prefrec.training.losses import ftx_term, reward_stats, sft_loss
 
 
 class TreeScorer(torch.nn.Module):
     """The module Accelerate wraps (DDP/FSDP/DeepSpeed): its forward is the packed scoring of a list of trees.
 
-    prefrec.packing calls the decoder trunk and the LM head directly (to run the head at response positions only);
+    prefrec.scoring.packing calls the decoder trunk and the LM head directly (to run the head at response positions only);
     routing that through this module's forward is what lets a distributed wrapper see the forward pass."""
 
     def __init__(self, lm):
@@ -143,7 +144,7 @@ def _sft_metrics(nll_sum, n_tokens, chosen_logp) -> dict[str, float]:
 
 
 class PreferenceStage(Stage):
-    """A stage whose kind has a preference loss in prefrec.methods.STAGES; `ref` holds the reference log-probs."""
+    """A stage whose kind has a preference loss in prefrec.training.methods.STAGES; `ref` holds the reference log-probs."""
 
     def loss(self, terms, idx, scale):
         ref_c, ref_r = self.ref["train"]

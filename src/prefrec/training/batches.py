@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from prefrec import methods
-from prefrec.config import TrainConfig
 from prefrec.errors import UserError
-from prefrec.packing import Tree, encode_sample
 from prefrec.samples import Comparison, Sample, read_jsonl
+from prefrec.scoring.encoding import encode_sample
+from prefrec.scoring.trees import Tree
+from prefrec.training import methods
+from prefrec.training.config import TrainConfig
 
 
 def split_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:

@@ -19,7 +19,7 @@ Why the structure (DESIGN §9: bytes and titles do not bound the work, tokens an
   the history is shortened oldest-first to fit, candidates that do not fit are refused with 422.
 - A PyTorch model is not meant to run forward passes from several threads at once, and one forward already uses all
   cores, so ONE inference thread runs every request, each with its own tensors. It runs them in chunks of
-  `chunk_tokens` tokens (prefrec.rank.score_steps) and between chunks (a) drops a request whose client has gone or
+  `chunk_tokens` tokens (prefrec.serving.rank.score_steps) and between chunks (a) drops a request whose client has gone or
   whose time limit has passed, and (b) continues the request with the fewest tokens left, so a short request waits
   for at most one chunk of a long one. At most `max_queue` requests are admitted; more get 503 with Retry-After.
 - The event loop never runs model code, so /health answers at once while work runs.
@@ -42,10 +42,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prefrec.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.errors import UserError
 from prefrec.prompts import DOMAINS
-from prefrec.rank import DEFAULT_CHUNK_TOKENS, check_title, prepare, ranking_of, score_steps
+from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
+from prefrec.serving.rank import DEFAULT_CHUNK_TOKENS, check_title, prepare, ranking_of, score_steps
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _describe(e: dict, fields: list[str]) -> tuple[int, str]:
 
 @dataclass(eq=False)
 class Job:
-    steps: Generator  # prefrec.rank.score_steps: yields tokens done, returns the scores
+    steps: Generator  # prefrec.serving.rank.score_steps: yields tokens done, returns the scores
     total: int  # tokens of the packed row
     deadline: float  # time.monotonic() past which the job is dropped
     future: Future = field(default_factory=Future)

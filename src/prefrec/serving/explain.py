@@ -16,7 +16,7 @@ What counts as a candidate: each comparison's chosen response (positive) against
 the pairwise task these are the two orderings "pos, neg" / "neg, pos"; for the yes/no task "Yes." / "No."; for the
 candidates task the explanation scores the target against every other title shown in the prompt (Sample.candidates),
 and the Figure-7 table uses the sample's chosen/rejected titles. Responses are scored exactly as in training and
-evaluation (prefrec.packing: chat template, end-of-turn token appended, one packed forward). The per-token tables show
+evaluation (prefrec.scoring.packing: chat template, end-of-turn token appended, one packed forward). The per-token tables show
 every scored token, the end-of-turn token included (so their product is the response probability); the Figure-7
 means use the text tokens only: the end-of-turn token belongs to no candidate's text (the paper's case study shows
 title tokens), and its probability says whether the model would stop there, not which item it prefers.
@@ -73,7 +73,7 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
 def special_ids(tokenizer) -> set[int]:
     """Ids shown as special and left out of text-token means: the tokenizer's special tokens and the end-of-turn
     token (Gemma's `<end_of_turn>` is a special added token that `all_special_ids` does not list)."""
-    from prefrec.packing import end_of_turn_id
+    from prefrec.scoring.encoding import end_of_turn_id
 
     eot = end_of_turn_id(tokenizer)
     return set(tokenizer.all_special_ids) | ({eot} if eot is not None else set())
@@ -87,9 +87,9 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     (positive first)."""
     import torch
 
-    from prefrec.packing import encode_texts, response_logps
-
-    from prefrec.budget import check_tokens, token_budget
+    from prefrec.scoring.budget import check_tokens, token_budget
+    from prefrec.scoring.encoding import encode_texts
+    from prefrec.scoring.packing import response_logps
 
     questions, responses, positive = _responses_of(sample)
     tree = encode_texts(tokenizer, sample.prefix, questions, responses)
@@ -356,7 +356,8 @@ def sample_mean_probs(model, tokenizer, samples: list, *, max_tokens_per_batch: 
     For a response y with text tokens t = 1..T (end-of-turn excluded), m(y) = (1/T) Σ_t exp(logp_t). Per sample,
     pos = mean of m over the chosen responses, neg = mean of m over the rejected ones (encode_sample keeps each
     comparison's responses as [chosen, *rejected]). Returns arrays (N,) "pos", "neg" in float64."""
-    from prefrec.packing import encode_sample, score_trees
+    from prefrec.scoring.encoding import encode_sample
+    from prefrec.scoring.packing import score_trees
 
     special = special_ids(tokenizer)
     trees = [encode_sample(tokenizer, s, which="all") for s in samples]

@@ -7,10 +7,10 @@ scored as the answer to it,
     score(c)           = logp(c | x) = Σ_t log π(c_t | x, c_<t)      (title tokens + the end-of-turn token)
     score_per_token(c) = score(c) / n_tokens(c)
 
-all in one packed row (prefrec.packing: the prompt once, each title attending only to the prompt and to itself),
+all in one packed row (prefrec.scoring.packing: the prompt once, each title attending only to the prompt and to itself),
 run through the model in chunks of 256 tokens over a KV cache (`score_steps`), so the attention mask is never L×L
 and a caller (the HTTP service) can stop or interleave work between chunks. The row must fit a token budget
-(prefrec.budget: min(model context, max_tokens)): the history is shortened oldest-first to fit, and candidates that
+(prefrec.scoring.budget: min(model context, max_tokens)): the history is shortened oldest-first to fit, and candidates that
 do not fit are refused. Candidates are sorted by `score` (the quantity evaluation ranks by), ties keeping input order. The
 length-normalised score is reported too, because summed log-probs favour short titles; use it to re-sort if you
 prefer.
@@ -25,15 +25,14 @@ import inspect
 import json
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Generator
 
 from prefrec import io
-from prefrec.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
 from prefrec.errors import UserError
+from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
 
 if TYPE_CHECKING:
-    from prefrec.packing import Tree
+    from prefrec.scoring.trees import Tree
 
 # Query tokens per forward chunk: small enough that a waiting short request gets the worker within about one
 # short request's time, large enough that the per-chunk overhead stays small (benchmarks/serve_load.py).
@@ -81,7 +80,7 @@ def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Bud
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
     dropped first, as the data protocols truncate); TokenBudgetError when even one history title and the candidates
     do not fit. Tokenisation only, no model."""
-    from prefrec.packing import encode_texts
+    from prefrec.scoring.encoding import encode_texts
 
     history = clean_titles(history, "history")
     candidates = clean_titles(candidates, "candidates")
@@ -110,7 +109,14 @@ def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) 
     import torch
     from transformers import DynamicCache
 
-    from prefrec.packing import _base, _head_logits, _model_device_dtype, _token_logps, mixed_precision, pack_trees
+    from prefrec.scoring.packing import (
+        _base,
+        _head_logits,
+        _model_device_dtype,
+        _token_logps,
+        mixed_precision,
+        pack_trees,
+    )
 
     base = _base(model)
     device, dtype = _model_device_dtype(model)

@@ -3,7 +3,7 @@
 Per-sample rows are what evaluate and the baselines write to per_sample.jsonl. `Task.metrics(rows)` is the one
 place a task's shared metrics are computed from them (LLM evaluation and baselines alike), and `metric_families`
 recomputes metrics on a resample of the rows for the report's bootstrap. The metric definitions themselves live in
-prefrec.metrics; a new ranking metric is one row of metrics.RANKING_METRICS and reaches every user from there.
+prefrec.evaluation.metrics; a new ranking metric is one row of metrics.RANKING_METRICS and reaches every user from there.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from prefrec import metrics
-from prefrec.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.evaluation import metrics
+from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.samples import TASKS as TASK_NAMES  # the one list of task names; this table gives each its metrics
 
 # LLM candidates rows: (metric name prefix, row field): summed log-probs and log-probs per token
@@ -137,7 +137,7 @@ class Task:
 
 _ROW_METRICS = {"pairwise": _pairwise, "candidates": _candidates, "yesno": _yesno}
 if set(_ROW_METRICS) != set(TASK_NAMES):  # a task added to samples.TASKS needs its metrics here
-    raise ImportError(f"prefrec.tasks: metrics for {sorted(set(TASK_NAMES) - set(_ROW_METRICS))} are missing")
+    raise ImportError(f"prefrec.evaluation.tasks: metrics for {sorted(set(TASK_NAMES) - set(_ROW_METRICS))} are missing")
 TASKS: dict[str, Task] = {name: Task(name, _ROW_METRICS[name]) for name in TASK_NAMES}
 
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from prefrec import io
-from prefrec.config import TrainConfig, config_to_dict
 from prefrec.errors import UserError
 from prefrec.results import RUN_JSON, is_run_dir, read_run
+from prefrec.training.config import TrainConfig, config_to_dict
 
 
 def base_model_name(name: str) -> str:

@@ -7,7 +7,7 @@ What it does, top to bottom:
 4. per pair of configurations of the same dataset and task: paired t-test over the seeds both have
    (scipy.stats.ttest_rel, two-sided), and the Wilcoxon signed-rank test beside it (exact for small n);
 5. per run: percentile bootstrap 95 % CI of each metric, resampling the run's test samples (per_sample.jsonl) with
-   replacement and recomputing the metric with prefrec.metrics, so pooled metrics such as AUC are handled right;
+   replacement and recomputing the metric with prefrec.evaluation.metrics, so pooled metrics such as AUC are handled right;
 5b. per trained run (and baseline): a paired comparison with the zero-shot run of the same dataset, task and seed
    on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
    and per alignment run (DPO, DMPO, S-DPO after SFT) the same against the SFT run it started from: does the
@@ -40,11 +40,13 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from prefrec import io, methods, tasks
+from prefrec import io
 from prefrec.errors import UserError
+from prefrec.evaluation import metrics as metrics_module
+from prefrec.evaluation import tasks
 from prefrec.provenance import provenance
-from prefrec import metrics as metrics_module
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
+from prefrec.training import methods
 
 GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
 
@@ -474,7 +476,7 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base).replace(os.sep, "/")
 
 
-# Table rows: LLM methods in the order of the papers' tables (prefrec.methods), then the traditional baselines,
+# Table rows: LLM methods in the order of the papers' tables (prefrec.training.methods), then the traditional baselines,
 # few-shot before full
 _BASELINE_ORDER = ["popularity", "liked-share", "bpr", "sasrec", "gru4rec", "bert4rec", "caser", "stamp", "core",
                    "gcsan", "shan", "cmf"]

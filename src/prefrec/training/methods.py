@@ -1,6 +1,6 @@
 """The method table: one row per training stage kind (sft and every preference loss), the one owner of which losses
 exist. The config's allowed stage kinds, the trainer's loss call, the experiment's methods, cells and k, and the
-report's row order all derive from `STAGES`, so a new loss is one function in prefrec.losses plus one row here
+report's row order all derive from `STAGES`, so a new loss is one function in prefrec.training.losses plus one row here
 (docs/dev/extending.md walks through it).
 
 An experiment method is a stage kind seen from the results tables:
@@ -23,7 +23,7 @@ class StageKind:
     """One training stage kind.
 
     loss: a preference loss `(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> (losses (B,),
-    chosen_rewards (B,), rejected_rewards (B, k))`, or the name of one in prefrec.losses (imported when first used,
+    chosen_rewards (B,), rejected_rewards (B, k))`, or the name of one in prefrec.training.losses (imported when first used,
     so that the config, the experiment and the report load without torch), or None for supervised fine-tuning.
     default_k: negatives per sample when the stage sets no k: None = every response the data has (sft trains on
     the chosen only), an int = that many (the experiment grid then ignores its ks for this kind), "data" = all the
@@ -42,7 +42,7 @@ class StageKind:
 
     def loss_fn(self) -> Callable:
         if isinstance(self.loss, str):
-            from prefrec import losses
+            from prefrec.training import losses
 
             return getattr(losses, self.loss)
         if self.loss is None:

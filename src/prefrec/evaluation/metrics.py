@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from prefrec.matching import match_answer
+from prefrec.scoring.matching import match_answer
 
 
 def _as_1d(x, name: str) -> np.ndarray:
@@ -166,7 +166,7 @@ def yesno_metrics(p_yes, labels) -> dict:
 def generation_metrics(answers: Sequence[str], candidates: Sequence[Sequence[str]], targets: Sequence[str]) -> dict:
     """HR@1 and ValidRatio of generated answers (LLaRA / S-DPO candidate task).
 
-    An answer is valid when it names exactly one candidate (`prefrec.matching.match_answer`: normalised exact match,
+    An answer is valid when it names exactly one candidate (`prefrec.scoring.matching.match_answer`: normalised exact match,
     else a unique substring match); HR@1 = mean 1[valid and the named candidate is the target];
     ValidRatio = mean 1[valid]. The target must be one of the candidates (compared as exact strings).
     """

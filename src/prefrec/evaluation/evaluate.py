@@ -1,14 +1,14 @@
 """`prefrec eval`: score a model (zero-shot or trained) on prepared samples with the paper metrics (DESIGN §6).
 
-One function per task turns samples into per-sample scores, with the packed scorer of prefrec.packing (every
-response of a sample in one forward pass); prefrec.metrics turns the scores into numbers:
+One function per task turns samples into per-sample scores, with the packed scorer of prefrec.scoring.packing (every
+response of a sample in one forward pass); prefrec.evaluation.metrics turns the scores into numbers:
 
     pairwise   s_first = logp("pos, neg" | x), s_second = logp("neg, pos" | x) for every comparison of every sample
                -> AUC over the pooled item scores σ(s_first − s_second), 1 − σ(…); pairwise accuracy
     candidates likelihood ranking: every candidate title as a response to the prompt, one packed forward per sample,
                ranked by summed logp (rank_*) and by mean logp per token (rank_norm_*)
                -> HR@1, HR@5, NDCG@5, NDCG@10, MRR;
-               greedy generation (chat template, max_new_tokens) -> matched to one candidate (prefrec.matching)
+               greedy generation (chat template, max_new_tokens) -> matched to one candidate (prefrec.scoring.matching)
                -> HR@1 and ValidRatio
     yesno      P(Yes) and P(No) = softmax over the whole vocabulary at the answer's first position, read at the first
                token of the "Yes." and "No." responses; score = P(Yes) / (P(Yes) + P(No)) = σ(log P(Yes) − log P(No))
@@ -16,7 +16,7 @@ response of a sample in one forward pass); prefrec.metrics turns the scores into
                but is not a probability of the model (DESIGN §7).
 
 Outputs: OUT/results.json (docs/dev/HELPERS.md "Results JSON") and OUT/per_sample.jsonl (fields read by
-prefrec.report for bootstrap CIs).
+prefrec.evaluation.report for bootstrap CIs).
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from prefrec import tasks
 from prefrec.errors import UserError
-from prefrec.matching import match
-from prefrec.metrics import generation_rates
-from prefrec.packing import Tree, encode_sample, encode_texts, prompt_format, score_trees, stop_token_ids
+from prefrec.evaluation import tasks
+from prefrec.evaluation.metrics import generation_rates
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
 from prefrec.samples import Sample, read_jsonl
-
+from prefrec.scoring.encoding import encode_sample, encode_texts, prompt_format, stop_token_ids
+from prefrec.scoring.matching import match
+from prefrec.scoring.packing import score_trees
+from prefrec.scoring.trees import Tree
 
 # ---- inputs ----
 
@@ -134,7 +135,7 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                      progress: bool = True) -> list[str]:
     """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
     with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
-    token (prefrec.packing.stop_token_ids). In the plain format (base models) the answer is its first line: an
+    token (prefrec.scoring.encoding.stop_token_ids). In the plain format (base models) the answer is its first line: an
     untuned base model rarely emits eos and runs on into more titles, while every trained response is one line."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
