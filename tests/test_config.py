@@ -1,12 +1,14 @@
 """prefrec.training.config: strict YAML -> dataclasses, errors that name the file and the key path, --set overrides."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from prefrec.errors import UserError
-from prefrec.training.config import TrainConfig, apply_override, config_from_dict, dump_config, load_config
+from prefrec.training.config import (TrainConfig, apply_override, apply_overrides, config_from_dict, dump_config,
+                                     load_config)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -178,3 +180,38 @@ def test_dump_round_trip(tmp_path):
 def test_unreadable_file(tmp_path):
     with pytest.raises(UserError, match="cannot read the config"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("key", ["stages[0].lr", "stages[0].max_grad_norm", "stages[0].weight_decay", "stages[0].ftx",
+                                 "stages[0].beta", "lora.dropout", "stages[0].params.label_smoothing"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_floats_are_refused(key, value):
+    """A NaN lr or max_grad_norm used to train a run of NaN weights to a "complete" end (issue 31)."""
+    raw = {"data": {"dir": "d"}, "stages": [{"kind": "dmpo"}]}
+    with pytest.raises(UserError, match=f"{re.escape(key)}: expected a finite number"):
+        config_from_dict(apply_overrides(raw, [f"{key}={value}"]), "c.yaml")
+
+
+def test_every_problem_is_reported_at_once():
+    raw = {"data": {"dir": "d"}, "seed": "x", "lora": {"rank": 4},
+           "stages": [{"kind": "sft", "lr": -1.0}, {"kind": "nope", "batch_size": 0}]}
+    with pytest.raises(UserError) as e:
+        config_from_dict(raw, "c.yaml")
+    text = str(e.value)
+    # the type problems first (values cannot be checked before the types are right)...
+    assert text.startswith("2 problems in c.yaml") and "c.yaml: seed: expected int" in text
+    assert "c.yaml: lora.rank: unknown key" in text
+    raw.update(seed=0, lora={})
+    with pytest.raises(UserError) as e:
+        config_from_dict(raw, "c.yaml")
+    text = str(e.value)  # ...then every value problem
+    for part in ("stages[0].lr: expected a positive number", "stages[1].kind: expected one of",
+                 "stages[1].batch_size: expected a positive number"):
+        assert part in text
+
+
+def test_beta_and_params_default_to_the_row():
+    cfg = config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "simpo"}]}, "c")
+    assert cfg.stages[0].beta == 2.0 and cfg.stages[0].params == {"gamma": 1.0}
+    cfg = config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "sdpo-ls", "beta": 0.5}]}, "c")
+    assert cfg.stages[0].beta == 0.5 and cfg.stages[0].params == {"label_smoothing": 0.1}

@@ -24,7 +24,7 @@ from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, encode_texts
 from prefrec.scoring.packing import naive_response_logps, pack_trees, response_logps, score_trees
 from prefrec.scoring.trees import Branch, Scores, Tree
-from prefrec.training.losses import dmpo_loss
+from prefrec.training.losses import PreferenceBatch, dmpo_loss
 
 FP32_ATOL = 2e-5
 SUM_RTOL = 1e-6
@@ -222,7 +222,9 @@ def test_lora_loss_gradients_equal_naive_float64(tok):
     grads = []
     for fn in (response_logps, naive_response_logps):
         chosen, rejected = fn(model, trees).chosen_rejected()
-        loss = dmpo_loss(chosen, rejected, chosen.detach() - 0.3, rejected.detach() + 0.1, 0.5)[0].mean()
+        batch = PreferenceBatch(chosen, rejected, torch.ones_like(chosen), torch.ones_like(rejected),
+                                chosen.detach() - 0.3, rejected.detach() + 0.1)
+        loss = dmpo_loss(batch, 0.5)[0].mean()
         grads.append(torch.autograd.grad(loss, params))
     scale = max(g.abs().max() for g in grads[1]).item()
     assert scale > 0

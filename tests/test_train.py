@@ -23,6 +23,7 @@ from conftest import save_tiny_model
 from safetensors.torch import load_file
 
 from prefrec.errors import UserError
+from prefrec.results import is_run_dir
 from prefrec.samples import Comparison, Sample, write_jsonl
 from prefrec.training.config import config_from_dict, load_config, resolve_paths
 from prefrec.training.recipe import (
@@ -519,10 +520,62 @@ def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
         assert ours[:warmup] == pytest.approx(lib[1:warmup + 1], abs=1e-12)
 def test_tree_terms_pair_each_rejected_with_its_own_chosen():
     """DPO with k > 1 on pairwise samples: rejected i is compared with comparison i's own chosen ordering."""
-    from prefrec.scoring.trees import Scores
+    from prefrec.scoring.trees import Branch, Scores, Tree
     from prefrec.training.recipe import tree_terms
 
     s = Scores(summed=torch.tensor([-1.0, -2.0, -3.0, -5.0]), token_logps=[torch.tensor([-1.0])] * 4,
                index=[(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])
-    t = tree_terms(s, 1)
+    tree = Tree([1], [Branch([2], [[3], [4, 5]]), Branch([6], [[7, 8, 9], [1]])])
+    t = tree_terms(s, [tree])
     assert t["chosen"].tolist() == [[-1.0, -3.0]] and t["rejected"].tolist() == [[-2.0, -5.0]]
+    # token counts pair the same way (SimPO/ORPO read p̄ = logp / |y|)
+    assert t["chosen_len"].tolist() == [[1.0, 3.0]] and t["rejected_len"].tolist() == [[2.0, 1.0]]
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dir, data_dirs, tmp_path,
+                                                                               monkeypatch):
+    """A loss that turns NaN at its 3rd call stops the run with one clear error naming the last checkpoint (step 2,
+    save_every = 2); the adapter saved there is finite, and `--resume` goes on from it."""
+    from prefrec.training import stages as stages_module
+
+    real, calls = stages_module.stage_loss, []
+
+    def nan_at_third(cfg, batch):
+        calls.append(1)
+        out = real(cfg, batch)
+        return (out[0] * float("nan"),) + out[1:] if len(calls) == 3 else out
+
+    monkeypatch.setattr(stages_module, "stage_loss", nan_at_third)
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, batch=2)
+    with pytest.raises(UserError, match=r"dmpo step 3: the loss is nan, not finite.*checkpoints/step-\d+"):
+        train(_cfg(raw))
+    ckpt = checkpoints(tmp_path / "run")[-1]
+    assert all(torch.isfinite(v).all() for v in _adapter(ckpt / "adapter").values())
+    monkeypatch.setattr(stages_module, "stage_loss", real)
+    run = train(_cfg(raw), resume=True)
+    assert is_run_dir(run)
+
+
+def test_train_refuses_a_folder_that_is_not_a_run_and_retries_a_failed_start(tiny_dir, data_dirs, tmp_path,
+                                                                            monkeypatch):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("mine")
+    with pytest.raises(UserError, match="not a prefrec run folder"):
+        train(_cfg(_raw(tiny_dir, data_dirs / "pw", notes)))
+    assert (notes / "README.md").read_text() == "mine" and sorted(p.name for p in notes.iterdir()) == ["README.md"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        train(_cfg(_raw(tiny_dir, data_dirs / "pw", tmp_path / "file")))
+    # a start that fails after the folder is opened (here: loading the model) leaves nothing that blocks a rerun
+    import prefrec.training.recipe as recipe
+
+    def broken(_r):
+        raise UserError("cannot load")
+
+    monkeypatch.setattr(recipe, "_load_policy", broken)
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, align_epochs=1)
+    with pytest.raises(UserError, match="cannot load"):
+        train(_cfg(raw))
+    monkeypatch.undo()
+    assert is_run_dir(train(_cfg(raw)))

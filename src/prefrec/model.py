@@ -35,7 +35,7 @@ import torch
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
-from prefrec.training.config import ATTN_IMPLEMENTATIONS
+from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"

@@ -19,6 +19,7 @@ Splitting the prompt into prefix and question lets the packer share the history 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,9 @@ class Sample:
     # yesno: [target]
     candidates: list[str] = field(default_factory=list)
     candidate_items: list[str] = field(default_factory=list)  # raw item ids of `candidates` (may be empty)
+    # the user's rating of each candidate (None: not rated, e.g. a sampled negative); graded labels for listwise
+    # losses (PL, LiPO, InfoNCA). Empty when the log has no ratings or the samples were imported
+    candidate_ratings: list[float | None] = field(default_factory=list)
     target: str | None = None  # the positive title (pairwise, candidates) or the asked title (yesno)
     target_item: str | None = None
     label: int | None = None  # yesno: 1 = the user liked the target, 0 = not
@@ -117,6 +121,8 @@ _FIELD_TYPES = {
     "label": ("0, 1 or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v in (0, 1))),
     **{name: ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
        for name in ("history", "history_items", "candidates", "candidate_items")},
+    "candidate_ratings": ("a list of finite numbers or nulls", lambda v: isinstance(v, list) and all(
+        x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)) for x in v)),
 }
 
 

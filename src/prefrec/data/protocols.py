@@ -416,7 +416,8 @@ def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: rand
                   prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=timed(log)),
                   comparisons=comps, user=u,
                   history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
-                  candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item)
+                  candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item,
+                  candidate_ratings=[inter[seq[j]].rating for j in [p] + chosen_negs] if log.value == "rating" else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -577,7 +578,10 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                                                                              timed=is_timed),
                                         chosen=title(target), rejected=[title(i) for i in rejected])],
                 user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
-                candidate_items=cands, target=title(target), target_item=target))
+                candidate_items=cands, target=title(target), target_item=target,
+                # the target's own rating; every other candidate is one the user never rated
+                candidate_ratings=[inter[seq[t]].rating if i == target else None for i in cands]
+                if log.value == "rating" else []))
     if skipped:
         warnings.append(f"{skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct titles "
                         "that the user never interacted with")

@@ -53,6 +53,10 @@ from torch import Tensor
 
 from prefrec.scoring.trees import Scores, Tree
 
+# The packed scorer passes a 4D additive attention mask; only these implementations apply it as given
+# (flash-attention kernels take no arbitrary mask, so responses would see each other).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
 # ---------------------------------------------------------------------------------------------------------------
 # Packing trees into rows
 

@@ -83,6 +83,25 @@ def stage_k(kind: str, k: int | None, samples: list[Sample], where: str) -> int 
     return counts[0]
 
 
+def graded_labels(samples: list[Sample], k: int) -> torch.Tensor | None:
+    """ψ (n, 1 + k) for the listwise losses: the user's rating of the chosen item, then of each rejected response's
+    item (not rated: 0); None when any sample carries no ratings (the losses then use 1 for the chosen, 0 else).
+
+    Pairwise samples: rejected response i is comparison i's ordering with negative candidates[1 + i]. Other tasks:
+    each rejected response is a candidate title."""
+    rows = []
+    for s in samples:
+        if not s.candidate_ratings or len(s.candidate_ratings) != len(s.candidates):
+            return None
+        rating = dict(zip(s.candidates, s.candidate_ratings))
+        if s.task == "pairwise":
+            row = [s.candidate_ratings[0]] + s.candidate_ratings[1:1 + k]
+        else:
+            row = [rating.get(s.comparisons[0].chosen)] + [rating.get(t) for t in s.comparisons[0].rejected[:k]]
+        rows.append([0.0 if x is None else float(x) for x in row])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def encode_trees(tokenizer, samples: list[Sample], kind: str, k: int | None) -> list[Tree]:
     """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison."""
     which = "chosen" if kind == "sft" else "all"

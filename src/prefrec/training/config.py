@@ -20,6 +20,7 @@ where a number is expected. Duplicate keys in one mapping are an error too (PyYA
 from __future__ import annotations
 
 import copy
+import math
 import re
 import types
 import typing
@@ -30,14 +31,12 @@ from typing import Iterable
 import yaml
 
 from prefrec.errors import UserError
+from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 from prefrec.training import methods
 
 BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
-# The packed scorer passes a 4D additive attention mask (prefrec.scoring.packing); only these implementations apply it as
-# given (flash-attention kernels take no arbitrary mask, so responses would see each other).
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 @dataclass
@@ -68,7 +67,7 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
-    kind: str  # sft | dpo | dmpo | sdpo
+    kind: str  # a row of prefrec.training.methods.STAGES: sft | dpo | dmpo | sdpo | simpo | orpo | pl | lipo | ...
     epochs: int = 1
     max_steps: int | None = None  # end the stage after this many optimizer steps (None = epochs decide)
     lr: float = 1e-4
@@ -77,7 +76,8 @@ class StageConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0  # None = no clipping (the norm is still logged)
     weight_decay: float = 0.0
-    beta: float = 0.1  # DPO-family temperature β (ignored by sft)
+    beta: float | None = None  # the loss's temperature β (None: the row's default, 0.1 for the DPO family)
+    params: dict[str, float] = field(default_factory=dict)  # the loss's extra hyper-parameters (row defaults)
     k: int | None = None  # negatives per sample: the first k (None: dpo 1, others all the data has; sft all)
     ftx: float = 0.0  # γ of the optional SFT term on the chosen responses (alignment stages; DMPO code used 1)
     # dropout off while this stage trains (TRL's disable_dropout). None = off for preference stages, whose reference
@@ -161,14 +161,33 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Checker:
-    def __init__(self, source: str, overridden: set[str]):
-        self.source = source
-        self.overridden = overridden
+class _Bad:
+    """A value that failed its check; the problem is recorded, and checking goes on."""
 
-    def fail(self, path: str, msg: str):
+
+BAD = _Bad()
+
+
+class Checker:
+    """Strict conversion of parsed YAML into dataclasses that records every problem instead of stopping at the
+    first: `fail()` notes one and returns BAD, `raise_problems()` raises them all in one UserError (one line per
+    problem, each naming the file and the key path). Used for every typed config (training, experiments)."""
+
+    def __init__(self, source: str, overridden: set[str] | None = None):
+        self.source = source
+        self.overridden = overridden or set()
+        self.problems: list[str] = []
+
+    def fail(self, path: str, msg: str) -> _Bad:
         note = " (set by --set)" if path in self.overridden else ""
-        raise UserError(f"{self.source}: {path or '<top>'}: {msg}{note}")
+        self.problems.append(f"{self.source}: {path or '<top>'}: {msg}{note}")
+        return BAD
+
+    def raise_problems(self) -> None:
+        if len(self.problems) == 1:
+            raise UserError(self.problems[0])
+        if self.problems:
+            raise UserError(f"{len(self.problems)} problems in {self.source}:\n  " + "\n  ".join(self.problems))
 
     def convert(self, tp, value, path: str):
         origin = typing.get_origin(tp)
@@ -179,79 +198,91 @@ class _Checker:
             inner = [a for a in args if a is not type(None)]
             if len(inner) == 1:
                 if value is None:
-                    self.fail(path, f"expected {_type_name(tp)}, got null")
+                    return self.fail(path, f"expected {_type_name(tp)}, got null")
                 return self.convert(inner[0], value, path)
-            self.fail(path, f"unsupported type {tp}")  # not used by our dataclasses
+            return self.fail(path, f"unsupported type {tp}")  # not used by our dataclasses
         if origin is list:
             if not isinstance(value, list):
-                self.fail(path, f"expected {_type_name(tp)}, got {_show(value)}")
+                return self.fail(path, f"expected {_type_name(tp)}, got {_show(value)}")
             (item,) = typing.get_args(tp)
-            return [self.convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+            out = [self.convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return BAD if any(v is BAD for v in out) else out
+        if origin is dict:
+            return self.mapping(typing.get_args(tp)[1], value, path)
         if is_dataclass(tp):
             return self.dataclass(tp, value, path)
-        if tp is bool:
-            if not isinstance(value, bool):
-                self.fail(path, f"expected bool (true/false), got {_show(value)}")
-            return value
-        if tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(path, f"expected int, got {_show(value)}")
-            return value
+        return self.scalar(tp, value, path)
+
+    def scalar(self, tp, value, path: str):
+        if tp is bool and not isinstance(value, bool):
+            return self.fail(path, f"expected bool (true/false), got {_show(value)}")
+        if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return self.fail(path, f"expected int, got {_show(value)}")
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(path, f"expected float, got {_show(value)}")
+                return self.fail(path, f"expected float, got {_show(value)}")
+            if not math.isfinite(value):
+                return self.fail(path, f"expected a finite number, got {_show(value)}")
             return float(value)
-        if tp is str:
-            if not isinstance(value, str):
-                self.fail(path, f"expected str, got {_show(value)}")
-            return value
-        self.fail(path, f"unsupported type {tp}")
+        if tp is str and not isinstance(value, str):
+            return self.fail(path, f"expected str, got {_show(value)}")
+        if tp not in (bool, int, str):
+            return self.fail(path, f"unsupported type {tp}")
+        return value
+
+    def mapping(self, item, value, path: str):
+        """A free mapping of names to `item` values (a loss's params); which names are allowed is checked later."""
+        if not isinstance(value, dict):
+            return self.fail(path, f"expected a mapping, got {_show(value)}")
+        out = {str(k): self.convert(item, v, f"{path}.{k}") for k, v in value.items()}
+        return BAD if any(v is BAD for v in out.values()) else out
 
     def dataclass(self, cls, value, path: str):
         if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {_show(value)}")
+            return self.fail(path, f"expected a mapping, got {_show(value)}")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in fields(cls)]
-        kwargs = {}
+        kwargs, ok = {}, True
         for key in value:
-            sub = f"{path}.{key}" if path else str(key)
             if key not in names:
-                self.fail(sub, f"unknown key; expected one of {sorted(names)}")
+                ok = self.fail(f"{path}.{key}" if path else str(key), f"unknown key; expected one of {sorted(names)}")
         for f in fields(cls):
             sub = f"{path}.{f.name}" if path else f.name
             if f.name in value:
                 kwargs[f.name] = self.convert(hints[f.name], value[f.name], sub)
+                ok = ok if kwargs[f.name] is not BAD else BAD
             elif f.default is MISSING and f.default_factory is MISSING:
-                self.fail(sub, "missing (required)")
-        return cls(**kwargs)
+                ok = self.fail(sub, "missing (required)")
+        return BAD if ok is BAD else cls(**kwargs)
 
 
-def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
-    """Checks beyond types: allowed values, ranges, stage order."""
-    def positive(path, v, allow_none=True, allow_zero=False):
-        if v is None and allow_none:
-            return
-        if v is None or v < 0 or (v == 0 and not allow_zero):
-            ck.fail(path, f"expected a {'non-negative' if allow_zero else 'positive'} number, got {_show(v)}")
+def _positive(ck: Checker, path: str, v, allow_none: bool = True, allow_zero: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if v is None or v < 0 or (v == 0 and not allow_zero):
+        ck.fail(path, f"expected a {'non-negative' if allow_zero else 'positive'} number, got {_show(v)}")
 
+
+def _check_values(cfg: TrainConfig, ck: Checker) -> None:
+    """Checks beyond types: allowed values, ranges, stage order (every problem recorded in `ck`)."""
     if cfg.model.dtype not in DTYPES:
         ck.fail("model.dtype", f"expected one of {list(DTYPES)}, got {_show(cfg.model.dtype)}")
     if cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
         ck.fail("model.attn_implementation", f"expected one of {list(ATTN_IMPLEMENTATIONS)} (the packed 4D mask "
                 f"needs one of them), got {_show(cfg.model.attn_implementation)}")
-    positive("lora.r", cfg.lora.r, allow_none=False)
-    positive("lora.alpha", cfg.lora.alpha, allow_none=False)
+    _positive(ck, "lora.r", cfg.lora.r, allow_none=False)
+    _positive(ck, "lora.alpha", cfg.lora.alpha, allow_none=False)
     if not 0.0 <= cfg.lora.dropout < 1.0:
         ck.fail("lora.dropout", f"expected a float in [0, 1), got {cfg.lora.dropout}")
     if not cfg.lora.target_modules:
         ck.fail("lora.target_modules", "expected at least one module name")
     if cfg.data.dir is None and cfg.data.train is None:
         ck.fail("data", "give data.dir (a prepared folder) or data.train (a samples .jsonl file)")
-    positive("data.max_train_samples", cfg.data.max_train_samples)
-    positive("data.max_valid_samples", cfg.data.max_valid_samples, allow_zero=True)
-    positive("eval_every", cfg.eval_every)
-    positive("save_every", cfg.save_every)
-    positive("keep_last", cfg.keep_last, allow_none=False)
+    _positive(ck, "data.max_train_samples", cfg.data.max_train_samples)
+    _positive(ck, "data.max_valid_samples", cfg.data.max_valid_samples, allow_zero=True)
+    for name in ("eval_every", "save_every"):
+        _positive(ck, name, getattr(cfg, name))
+    _positive(ck, "keep_last", cfg.keep_last, allow_none=False)
     for i, name in enumerate(cfg.log_with):
         if name not in TRACKERS:
             ck.fail(f"log_with[{i}]", f"expected one of {list(TRACKERS)}, got {_show(name)}")
@@ -259,29 +290,39 @@ def _check_values(cfg: TrainConfig, ck: _Checker) -> None:
         ck.fail("best_metric", f"expected one of {list(BEST_METRICS)}, got {_show(cfg.best_metric)}")
     if not cfg.output_dir:
         ck.fail("output_dir", "must not be empty")
-    if not cfg.stages:
-        ck.fail("stages", "expected at least one stage")
     for i, s in enumerate(cfg.stages):
-        p = f"stages[{i}]"
-        if s.kind not in methods.STAGES:
-            ck.fail(f"{p}.kind", f"expected one of {list(methods.stage_kinds())}, got {_show(s.kind)}")
-        positive(f"{p}.epochs", s.epochs, allow_none=False)
-        positive(f"{p}.max_steps", s.max_steps)
-        positive(f"{p}.lr", s.lr, allow_none=False)
-        if not 0.0 <= s.warmup_ratio < 1.0:
-            ck.fail(f"{p}.warmup_ratio", f"expected a float in [0, 1), got {s.warmup_ratio}")
-        positive(f"{p}.batch_size", s.batch_size, allow_none=False)
-        positive(f"{p}.grad_accum", s.grad_accum, allow_none=False)
-        positive(f"{p}.max_grad_norm", s.max_grad_norm)
-        positive(f"{p}.weight_decay", s.weight_decay, allow_none=False, allow_zero=True)
-        positive(f"{p}.beta", s.beta, allow_none=False)
-        positive(f"{p}.k", s.k)
-        positive(f"{p}.ftx", s.ftx, allow_none=False, allow_zero=True)
-        aligned = methods.alignment_kinds()
-        if s.kind == "sft" and s.ftx:
-            ck.fail(f"{p}.ftx", f"only alignment stages ({', '.join(aligned)}) take an ftx term")
-    kinds = cfg.stage_kinds()
-    ok = kinds in (["sft"],) or (len(kinds) == 1 and kinds[0] in aligned) or \
+        _check_stage(s, f"stages[{i}]", ck)
+    _check_stage_order(cfg, ck)
+
+
+def _check_stage(s: StageConfig, p: str, ck: Checker) -> None:
+    if s.kind not in methods.STAGES:
+        ck.fail(f"{p}.kind", f"expected one of {list(methods.stage_kinds())}, got {_show(s.kind)}")
+    for name in ("epochs", "lr", "batch_size", "grad_accum"):
+        _positive(ck, f"{p}.{name}", getattr(s, name), allow_none=False)
+    for name in ("max_steps", "max_grad_norm", "k", "beta"):
+        _positive(ck, f"{p}.{name}", getattr(s, name))
+    for name in ("weight_decay", "ftx"):
+        _positive(ck, f"{p}.{name}", getattr(s, name), allow_none=False, allow_zero=True)
+    if not 0.0 <= s.warmup_ratio < 1.0:
+        ck.fail(f"{p}.warmup_ratio", f"expected a float in [0, 1), got {s.warmup_ratio}")
+    row = methods.STAGES.get(s.kind)
+    if row is not None and not row.aligned and s.ftx:
+        ck.fail(f"{p}.ftx", f"only alignment stages ({', '.join(methods.alignment_kinds())}) take an ftx term")
+    for name, value in s.params.items():
+        param = row.params.get(name) if row is not None else None
+        if row is not None and param is None:
+            ck.fail(f"{p}.params.{name}", f"unknown for {s.kind}; expected one of {sorted(row.params)}")
+        elif param is not None and param.check(value):
+            ck.fail(f"{p}.params.{name}", f"{param.check(value)}, got {_show(value)}")
+
+
+def _check_stage_order(cfg: TrainConfig, ck: Checker) -> None:
+    kinds, aligned = cfg.stage_kinds(), methods.alignment_kinds()
+    if not kinds:
+        ck.fail("stages", "expected at least one stage")
+        return
+    ok = kinds == ["sft"] or (len(kinds) == 1 and kinds[0] in aligned) or \
         (len(kinds) == 2 and kinds[0] == "sft" and kinds[1] in aligned)
     if not ok:
         ck.fail("stages", f"expected [sft], [sft, {'|'.join(aligned)}] or [{'|'.join(aligned)}], got {kinds}")
@@ -371,11 +412,16 @@ def apply_overrides(raw: dict, overrides: Iterable[str], source: str = "--set") 
 # Public entry points
 
 def config_from_dict(raw, source: str = "config", overridden: set[str] | None = None) -> TrainConfig:
-    ck = _Checker(source, overridden or set())
-    if raw is None:
-        ck.fail("", "the config is empty")
-    cfg = ck.dataclass(TrainConfig, raw, "")
+    """The checked TrainConfig of parsed YAML (every problem in one UserError), with each stage's β and params
+    filled in from its row of the method table."""
+    ck = Checker(source, overridden)
+    cfg = ck.fail("", "the config is empty") if raw is None else ck.dataclass(TrainConfig, raw, "")
+    ck.raise_problems()
     _check_values(cfg, ck)
+    ck.raise_problems()
+    for s in cfg.stages:
+        s.beta = methods.STAGES[s.kind].beta if s.beta is None else s.beta
+        s.params = methods.loss_params(s.kind, s.params)
     return cfg
 
 

@@ -63,6 +63,7 @@ from prefrec.training.batches import (
     chosen_tokens,
     encode_trees,
     epoch_order,
+    graded_labels,
     n_negatives,
     read_split,
     shard,
@@ -73,6 +74,7 @@ from prefrec.training.batches import (
 from prefrec.training.config import TrainConfig, dump_config
 from prefrec.training.reference import REF_CACHE, reference_logps, score_split
 from prefrec.training.runfolder import (
+    RUN_MARKER,
     MetricsLog,
     _adapter_only_on_load,
     _adapter_only_on_save,
@@ -248,6 +250,7 @@ def _open_run(r: Recipe, resume: bool) -> None:
     when there is none)."""
     if r.main:
         r.run.mkdir(parents=True, exist_ok=True)
+        io.write_text(r.run / RUN_MARKER, "a prefrec run folder\n")
         io.write_text(r.run / "config.yaml", dump_config(r.cfg))
     # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
     if tracker_names(r.cfg):
@@ -307,8 +310,9 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
         restore_accelerate_state(acc, r.resume_from)
         r.rng_restored = True
     r.prepared, optimizer, scheduler = acc.prepare(r.scorer, optimizer, scheduler)
-    ref = None
-    if methods.is_aligned(stage.kind):
+    ref = labels = None
+    row = methods.stage(stage.kind)
+    if row.aligned and row.reference:
         t0 = time.time()
         splits = {"train": ([s.id for s in r.train_samples], train_trees)}
         if valid_trees:
@@ -316,12 +320,14 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
         ref = reference_logps(acc, r.prepared, splits, k, r.run / REF_CACHE, stage.batch_size,
                               r.main and r.cfg.progress, must_exist=resumed > 0)
         r.timings["reference"] = r.timings.get("reference", 0.0) + time.time() - t0
+    if row.labels:
+        labels = {"train": graded_labels(r.train_samples, k), "valid": graded_labels(r.valid_samples, k)}
     if resumed > 0:
         # optimizer, scheduler and RNG continue exactly where the checkpoint left them (dropout masks included):
         # this is the first stage that runs after the checkpoint, and nothing since it has drawn random numbers
         restore_accelerate_state(acc, r.resume_from)
         r.rng_restored = True
-    return StageRun(si, make_stage(stage, ref), k, G, total, train_trees, valid_trees, optimizer, scheduler,
+    return StageRun(si, make_stage(stage, ref, labels), k, G, total, train_trees, valid_trees, optimizer, scheduler,
                     step=resumed)
 
 
@@ -354,7 +360,7 @@ def _watch_displacement(r: Recipe, sr: StageRun, metrics: dict, chosen_rewards: 
     """Warn once per alignment stage (stderr, and run.json's stage_info) when the policy is unlearning the chosen
     answers (stages.chosen_displacement above stages.DISPLACEMENT_NATS)."""
     info = r.stage_info[sr.stage.kind]
-    if "chosen_reward" not in metrics or "warning" in info:
+    if "chosen_reward" not in metrics or "warning" in info or not methods.stage(sr.stage.kind).reference:
         return
     chosen_rewards.append(metrics["chosen_reward"])
     nats = stages_module.chosen_displacement(chosen_rewards, r.cfg.stages[sr.si].beta)
@@ -384,11 +390,14 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     for a in range(A):
         idx = gidx[a * B * W + rank * B:a * B * W + (rank + 1) * B]
         with acc.accumulate(r.prepared):
-            terms = tree_terms(r.prepared([sr.train_trees[i] for i in idx], per_token=True), len(idx))
+            trees = [sr.train_trees[i] for i in idx]
+            terms = tree_terms(r.prepared(trees, per_token=True), trees)
             loss, stats = sr.stage.loss(terms, idx, scale)
+            _stop_unless_finite(r, sr, "loss", loss)
             acc.backward(loss)
             if acc.sync_gradients:
                 grad_norm = acc.clip_grad_norm_(r.params, stage.max_grad_norm or float("inf"))
+                _stop_unless_finite(r, sr, "gradient norm", grad_norm)
             sr.optimizer.step()
             sr.optimizer.zero_grad(set_to_none=True)
         for key, v in stats.items():
@@ -402,6 +411,17 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
                  "epoch": round(sr.step / sr.steps_per_epoch, 4), "lr": lr, **metrics,
                  "grad_norm": None if grad_norm is None else float(grad_norm), "seconds": round(time.time() - t0, 4)})
     return metrics
+
+
+def _stop_unless_finite(r: Recipe, sr: StageRun, what: str, value: torch.Tensor) -> None:
+    """Stop before a non-finite number reaches the weights: the last checkpoint stays the last good state."""
+    if torch.isfinite(value).all():
+        return
+    last = checkpoints(r.run)
+    where = f"the last good checkpoint is {last[-1]}; `prefrec train --resume` continues from it" if last else \
+        "no checkpoint was written yet (save_every sets how often); a rerun starts again"
+    raise UserError(f"{sr.stage.kind} step {sr.step + 1}: the {what} is {float(value.detach())}, not finite; training stopped "
+                    f"({where}, e.g. with a lower lr than {r.cfg.stages[sr.si].lr:g})")
 
 
 def _validate(r: Recipe, sr: StageRun) -> None:

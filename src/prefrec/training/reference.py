@@ -17,7 +17,8 @@ REF_CACHE = "ref_logps.safetensors"
 
 
 def score_split(acc, model, trees: list[Tree], chunk: int, desc: str, progress: bool) -> dict[str, torch.Tensor]:
-    """chosen (n,), rejected (n, k), nll_sum (n,), n_tokens (n,) for every tree, in order, on every process.
+    """chosen, rejected, their token counts, nll_sum (n,), n_tokens (n,) for every tree (stages.tree_terms), in order,
+    on every process.
 
     `model` is the prepared TreeScorer (so FSDP/DeepSpeed see the forward); it must be in eval mode."""
     from tqdm.auto import tqdm
@@ -28,8 +29,8 @@ def score_split(acc, model, trees: list[Tree], chunk: int, desc: str, progress: 
     with torch.inference_mode():
         for lo in tqdm(range(0, len(mine), chunk), desc=desc, disable=None if progress else True, leave=False):
             batch = [trees[i] for i in mine[lo:lo + chunk]]
-            terms = tree_terms(model(batch, per_token=True), len(batch))
-            for key in ("chosen", "rejected", "nll_sum", "n_tokens"):
+            terms = tree_terms(model(batch, per_token=True), batch)
+            for key in ("chosen", "rejected", "chosen_len", "rejected_len", "nll_sum", "n_tokens"):
                 parts.setdefault(key, []).append(terms[key].detach().float())
     out = {}
     for key, xs in parts.items():

@@ -184,11 +184,30 @@ class MetricsLog:
             self.file.close()
 
 
+# Written first into every run folder: the folder is prefrec's, so a failed start may be retried in it and a killed run
+# resumed. A non-empty folder without it is the user's, and prefrec writes nothing there.
+RUN_MARKER = ".prefrec-run"
+
+
+def _busy(run: Path) -> bool:
+    """The folder holds training: a finished run, a checkpoint, or logged steps (a start that failed before its
+    first step leaves an empty metrics.jsonl, and may be started again)."""
+    metrics = run / "metrics.jsonl"
+    return (run / RUN_JSON).exists() or bool(checkpoints(run)) or (metrics.is_file() and metrics.stat().st_size > 0)
+
+
 def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
-    """Returns the checkpoint to resume from (None: start from scratch); refuses to overwrite a run."""
-    busy = (run / RUN_JSON).exists() or (run / "metrics.jsonl").exists() or bool(checkpoints(run))
+    """Returns the checkpoint to resume from (None: start from scratch); refuses to overwrite a run, and to write
+    into a file or into a non-empty folder that is not a prefrec run folder."""
+    if run.exists() and not run.is_dir():
+        raise UserError(f"output_dir {run} is a file, not a folder; choose another --out")
+    ours = (run / RUN_MARKER).is_file() or ((run / "config.yaml").is_file() and _busy(run))  # or a run from before
+    foreign = run.is_dir() and not ours and any(p.name != ".lock" for p in run.iterdir())
+    if foreign:
+        raise UserError(f"output_dir {run} is not empty and is not a prefrec run folder (it has no {RUN_MARKER}); "
+                        f"choose a new or empty folder")
     if not resume:
-        if busy:
+        if _busy(run):
             raise UserError(f"output_dir {run} already holds a run; pass --resume to continue it, or choose "
                             f"another --out")
         return None

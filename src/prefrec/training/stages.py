@@ -8,10 +8,10 @@ import math
 import torch
 
 from prefrec.scoring.packing import response_logps
-from prefrec.scoring.trees import Tree
+from prefrec.scoring.trees import Scores, Tree
 from prefrec.training import methods
 from prefrec.training.config import StageConfig
-from prefrec.training.losses import ftx_term, reward_stats, sft_loss
+from prefrec.training.losses import PreferenceBatch, ftx_term, reward_stats, sft_loss
 
 
 class TreeScorer(torch.nn.Module):
@@ -28,19 +28,35 @@ class TreeScorer(torch.nn.Module):
         return response_logps(self.lm, trees, per_token=per_token)
 
 
-def tree_terms(scores, n_trees: int) -> dict:
+def tree_terms(scores: Scores, trees: list[Tree]) -> dict:
     """Per-tree tensors from Scores: chosen (B, k) [(B,) without rejected responses] and rejected (B, k) summed
-    log-probs (graph kept; chosen[:, i] is the chosen of rejected i's own comparison), the chosen responses' token
-    log-probs concatenated per tree (list of B tensors), and their NLL sum and count (B,)."""
+    log-probs (graph kept; chosen[:, i] is the chosen of rejected i's own comparison), their token counts
+    chosen_len and rejected_len (same shapes), the chosen responses' token log-probs concatenated per tree (list of B
+    tensors), and their NLL sum and count (B,)."""
     chosen, rejected = scores.chosen_rejected(pairs=True)
-    per_tree: list[list[torch.Tensor]] = [[] for _ in range(n_trees)]
+    lengths = torch.tensor([len(r) for t in trees for b in t.branches for r in b.responses], dtype=torch.float32)
+    chosen_len, rejected_len = Scores(lengths, None, scores.index).chosen_rejected(pairs=True)
+    per_tree: list[list[torch.Tensor]] = [[] for _ in trees]
     for n, (t, _b, i) in enumerate(scores.index):
         if i == 0:
             per_tree[t].append(scores.token_logps[n])
     tokens = [torch.cat(x) for x in per_tree]
     nll_sum = torch.stack([-x.sum() for x in tokens])
     n_tok = torch.tensor([x.numel() for x in tokens], dtype=torch.float32, device=nll_sum.device)
-    return {"chosen": chosen, "rejected": rejected, "tokens": tokens, "nll_sum": nll_sum, "n_tokens": n_tok}
+    return {"chosen": chosen, "rejected": rejected, "chosen_len": chosen_len.to(chosen.device),
+            "rejected_len": rejected_len.to(chosen.device), "tokens": tokens, "nll_sum": nll_sum, "n_tokens": n_tok}
+
+
+def preference_batch(terms: dict, ref: tuple | None, labels: torch.Tensor | None) -> PreferenceBatch:
+    """The losses' one input from a split's terms (training micro-batch or validation), its reference log-probs
+    (chosen, rejected) or None, and its graded labels or None."""
+    device = terms["chosen"].device
+    return PreferenceBatch(chosen=terms["chosen"], rejected=terms["rejected"], chosen_tokens=terms["chosen_len"],
+                           rejected_tokens=terms["rejected_len"],
+                           ref_chosen=None if ref is None else ref[0].to(device),
+                           ref_rejected=None if ref is None else ref[1].to(device),
+                           labels=None if labels is None else labels.to(device),
+                           chosen_nll=terms["nll_sum"] / terms["n_tokens"])
 
 
 def set_dropout(model: torch.nn.Module, rates: dict[torch.nn.Dropout, float], off: bool) -> None:
@@ -77,13 +93,17 @@ def cosine_with_warmup(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def alignment_metrics(kind: str, beta: float, ftx: float, chosen, rejected, ref_chosen, ref_rejected,
-                      nll_sum, n_tokens) -> dict[str, float]:
-    """Mean loss and reward statistics of a set of samples (all inputs detached, one row per sample)."""
-    losses, cr, rr = methods.stage(kind).loss_fn()(chosen, rejected, ref_chosen, ref_rejected, beta)
-    if ftx:
-        losses = losses + ftx * nll_sum / n_tokens
-    return row_metrics(losses, cr, rr, chosen, rejected)
+def alignment_metrics(cfg: StageConfig, terms: dict, ref: tuple | None, labels) -> dict[str, float]:
+    """Mean loss and reward statistics of a set of samples (inputs detached, one row per sample)."""
+    losses, cr, rr = stage_loss(cfg, preference_batch(terms, ref, labels))
+    if cfg.ftx:
+        losses = losses + cfg.ftx * terms["nll_sum"] / terms["n_tokens"]
+    return row_metrics(losses, cr, rr, terms["chosen"], terms["rejected"])
+
+
+def stage_loss(cfg: StageConfig, batch: PreferenceBatch):
+    """The stage's row loss on one batch, with the stage's β and params."""
+    return methods.stage(cfg.kind).loss_fn()(batch, cfg.beta, **cfg.params)
 
 
 def row_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, float]:
@@ -144,14 +164,23 @@ def _sft_metrics(nll_sum, n_tokens, chosen_logp) -> dict[str, float]:
 
 
 class PreferenceStage(Stage):
-    """A stage whose kind has a preference loss in prefrec.training.methods.STAGES; `ref` holds the reference log-probs."""
+    """A stage whose kind has a preference loss in prefrec.training.methods.STAGES. `ref` holds the reference
+    log-probs per split ({"train": (chosen, rejected), "valid": ...}) when the row needs them, else None; `labels`
+    the graded labels per split (or None per split when the samples carry none)."""
+
+    def __init__(self, cfg: StageConfig, ref: dict | None = None, labels: dict | None = None):
+        super().__init__(cfg, ref)
+        self.labels = labels or {}
+
+    def _split(self, split: str, idx: list[int] | None):
+        sel = None if idx is None else torch.tensor(idx)
+        pick = (lambda x: x) if sel is None else (lambda x: x[sel])
+        ref = None if self.ref is None else tuple(pick(x) for x in self.ref[split])
+        labels = self.labels.get(split)
+        return ref, None if labels is None else pick(labels)
 
     def loss(self, terms, idx, scale):
-        ref_c, ref_r = self.ref["train"]
-        sel = torch.tensor(idx)
-        losses, cr, rr = methods.stage(self.kind).loss_fn()(terms["chosen"], terms["rejected"],
-                                                            ref_c[sel].to(scale["device"]),
-                                                            ref_r[sel].to(scale["device"]), self.cfg.beta)
+        losses, cr, rr = stage_loss(self.cfg, preference_batch(terms, *self._split("train", idx)))
         if self.cfg.ftx:
             losses = losses + ftx_term(terms["tokens"], self.cfg.ftx)
         loss = losses.sum() * (scale["world"] * scale["accum"] / scale["global_batch"])  # mean over the global batch
@@ -162,9 +191,8 @@ class PreferenceStage(Stage):
         return row_metrics(g["losses"], g["chosen_reward"], g["rejected_reward"], g["chosen_logp"], g["rejected_logp"])
 
     def valid_metrics(self, got):
-        return alignment_metrics(self.kind, self.cfg.beta, self.cfg.ftx, got["chosen"], got["rejected"],
-                                 self.ref["valid"][0], self.ref["valid"][1], got["nll_sum"], got["n_tokens"])
+        return alignment_metrics(self.cfg, got, *self._split("valid", None))
 
 
-def make_stage(cfg: StageConfig, ref: dict | None) -> Stage:
-    return PreferenceStage(cfg, ref) if methods.is_aligned(cfg.kind) else SFTStage(cfg)
+def make_stage(cfg: StageConfig, ref: dict | None, labels: dict | None = None) -> Stage:
+    return PreferenceStage(cfg, ref, labels) if methods.is_aligned(cfg.kind) else SFTStage(cfg)
