@@ -439,3 +439,15 @@ def test_negative_below_drops_middle_ratings_from_the_negatives():
         P.build_pairwise(log, negative_below=4, threshold=3)
     with pytest.raises(UserError, match="play counts"):
         P.build_pairwise(synthetic_log(value="weight", timestamps=False), negative_below=3)
+
+
+def test_yesno_on_the_hybrid_prompt():
+    """TALLRec's yes/no with the other tasks' hybrid prompt: the history with the user's ratings, and the target's
+    facts from users outside the test split (the sample's own user left out)."""
+    log = synthetic_log(seed=5)
+    built = P.build_yesno(log, seed=0, history_ratings=True, item_stats=True, n_train=10, n_valid=5, n_test=5)
+    s = built.samples["train"][0]
+    assert "each with the user's rating" in s.prefix and "/5" in s.prefix
+    assert re.search(r'"[^"]+" \((mean rating [\d.]+ from \d+ users?|no other user rated it)\)\?',
+                     s.comparisons[0].question)
+    assert built.protocol["history_ratings"] is True and built.protocol["item_stats"]

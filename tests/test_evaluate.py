@@ -9,6 +9,7 @@ import torch
 
 from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
+from prefrec.evaluation import scores as sc
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.samples import Comparison, Sample, write_jsonl
 from prefrec.scoring.encoding import encode_texts
@@ -101,7 +102,7 @@ def test_candidates_likelihood_against_naive_path(tiny_lm, tmp_path):
 def test_candidates_generation_plumbing(tiny_lm, tmp_path, monkeypatch):
     samples = candidate_samples()
     answers = ["Star Wars (1977)", "I pick Star Wars: Episode V (1980).", "Star Wars"]  # hit, hit, ambiguous
-    monkeypatch.setattr(ev, "generate_answers", lambda *a, **k: list(answers))
+    monkeypatch.setattr(sc, "generate_answers", lambda *a, **k: list(answers))
     res = ev.evaluate(tiny_lm, samples, out=tmp_path / "g", progress=False)
     assert res["metrics"]["hr@1"] == pytest.approx(2 / 3)
     assert res["metrics"]["valid_ratio"] == pytest.approx(2 / 3)
@@ -119,7 +120,7 @@ def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
 
     samples = candidate_samples()
     answers = ["Star Wars (1977)", "Fargo", "Star Wars"]  # hit, miss, ambiguous
-    monkeypatch.setattr(ev, "generate_answers", lambda *a, **k: list(answers))
+    monkeypatch.setattr(sc, "generate_answers", lambda *a, **k: list(answers))
     calls = []
     real = matching.match
 
@@ -128,11 +129,11 @@ def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
         return real(answer, cands)
 
     monkeypatch.setattr(matching, "match", counting)
-    monkeypatch.setattr(ev, "match", counting)
+    monkeypatch.setattr(sc, "match", counting)
     res = ev.evaluate(tiny_lm, samples, out=tmp_path / "g", progress=False)
     assert sorted(calls) == sorted(answers)
-    cands = [ev.candidate_list(s)[0] for s in samples]
-    want = generation_metrics(answers, cands, [c[ev.candidate_list(s)[1]] for c, s in zip(cands, samples)])
+    cands = [sc.candidate_list(s)[0] for s in samples]
+    want = generation_metrics(answers, cands, [c[sc.candidate_list(s)[1]] for c, s in zip(cands, samples)])
     assert {k: res["metrics"][k] for k in want} == want
 
 
@@ -144,8 +145,8 @@ def test_batched_generation_equals_one_at_a_time(tiny_lm):
             p.normal_(0, 0.2)
     samples = candidate_samples()
     samples[2].prefix = samples[2].prefix * 3  # different prompt lengths: left padding matters
-    one = ev.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=1, progress=False)
-    batched = ev.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=3, progress=False)
+    one = sc.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=1, progress=False)
+    batched = sc.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=3, progress=False)
     assert one == batched
     assert len(set(one)) > 1 and all(one)
     # and one at a time equals a plain generate() on the chat-templated prompt
@@ -276,5 +277,5 @@ def test_plain_format_answer_is_its_first_line(tiny_lm, monkeypatch, plain):
         return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
 
     monkeypatch.setattr(model, "generate", fake_generate)
-    (answer,) = ev.generate_answers(model, tok, candidate_samples()[:1], progress=False)
+    (answer,) = sc.generate_answers(model, tok, candidate_samples()[:1], progress=False)
     assert answer == ("Alien (1979)" if plain else text)

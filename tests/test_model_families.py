@@ -17,6 +17,7 @@ from conftest import make_tiny_lm
 
 from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
+from prefrec.evaluation import scores as sc
 from prefrec.scoring.encoding import (
     PLAIN_ANSWER,
     check_prompt_format,
@@ -190,7 +191,7 @@ def test_generation_stops_at_end_of_turn(llama3_tokenizer):
         return out
 
     model.generate = counting_generate
-    assert ev.generate_answers(model, tok, [sample], max_new_tokens=8, progress=False) == [""]
+    assert sc.generate_answers(model, tok, [sample], max_new_tokens=8, progress=False) == [""]
     assert new_tokens == [1]
 
 

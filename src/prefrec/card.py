@@ -57,19 +57,10 @@ def _metric_table(rows: list[tuple[str, dict]]) -> list[str]:
     return out
 
 
-def _prompt_example(task: str, domain: str) -> list[str]:
-    from prefrec import prompts
+def _prompt_example(task: str, domain: str, answers: str = "title") -> list[str]:
+    from prefrec.evaluation import tasks
 
-    hist = ["Heat (1995)", "Fargo (1996)"]
-    if task == "candidates":
-        prefix, question = prompts.candidates_prompt(hist, ["Alien (1979)", "Jaws (1975)", "Big (1988)"], domain)
-        answer = "Alien (1979)"
-    elif task == "yesno":
-        prefix, question = prompts.yesno_prompt(hist, ["Cars (2006)"], "Alien (1979)", domain)
-        answer = prompts.YES
-    else:
-        prefix, question = prompts.pairwise_prompt(hist, "Alien (1979)", "Jaws (1975)", domain)
-        answer = prompts.format_ordering("Alien (1979)", "Jaws (1975)")
+    prefix, question, answer = tasks.task(task).example(domain, answers)
     return ["One user turn (the base's chat template, generation prompt added), then the answer:", "", "```text",
             (prefix + question).rstrip(), "```", "", f"Answer (scored or generated): `{answer}`"]
 
@@ -129,7 +120,8 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     lines += ["", "## Training", "", f"Method: {' then '.join(stages)}; seed {info.get('seed', config.get('seed'))}; "
               f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
               f"targets {lora.get('target_modules')}.", "", *_stage_rows(config, info), "",
-              "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies"), "",
+              "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
+                                               (stats.get("protocol") or {}).get("answers") or "title"), "",
               "## Results", ""]
     valid = [(f"valid ({k})", v) for k, v in (info.get("final_valid") or {}).items()]
     tests = [(f"{r.get('dataset')} {r.get('task')} {r.get('split')} (n={r.get('n_samples')})", r["metrics"])

@@ -115,6 +115,7 @@ def data_prepare(
     per_user: int = typer.Option(1, "--per-user", help="Pairwise: training samples per train user, taken along the user's timeline (the papers: 1)."),
     history_ratings: bool = typer.Option(False, "--history-ratings", help="Show the user's own rating after each history title (off in the papers)."),
     item_stats: bool = typer.Option(False, "--item-stats", help="Show each candidate's mean rating and rater count from training interactions of other users (off in the papers)."),
+    answers: str = typer.Option("title", "--answers", help="Answer format: title (the papers) | letter (pairwise: options A/B) | number (candidates: a numbered list)."),
 ) -> None:
     """Read a published log and write protocol samples + stats.json."""
     from prefrec.data.prepare import _UNSET, prepare
@@ -129,7 +130,8 @@ def data_prepare(
                         min_history=_UNSET if min_history is None else min_history,
                         threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
                         per_user=per_user, history_ratings=history_ratings, item_stats=item_stats,
-                        negative_below=negative_below, same_time=same_time, order_by=order_by, domain=domain)
+                        negative_below=negative_below, same_time=same_time, order_by=order_by, domain=domain,
+                        answers=answers)
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     sizes = stats["split_sizes"]

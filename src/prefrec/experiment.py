@@ -292,8 +292,9 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
     SFT model on the same data with at least as many negatives (reference.narrow_cache takes its first k)."""
     from prefrec.training.config import load_config
     from prefrec.training.reference import REF_CACHE, narrow_cache
+    from prefrec.training.runfolder import RUN_MARKER
 
-    if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None:
+    if (run_dir / REF_CACHE).exists() or tc.stages[0].k is None or not methods.stage(tc.stages[0].kind).reference:
         return
     want = _reference_key(tc)
     for sib in sorted(cells_dir.glob(f"*/run/{REF_CACHE}")):
@@ -307,6 +308,7 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
                 not methods.is_aligned(other.stages[0].kind):
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        io.write_text(run_dir / RUN_MARKER, "a prefrec run folder\n")  # the run that follows may start here
         if narrow_cache(sib, run_dir / REF_CACHE, tc.stages[0].k):
             print(f"prefrec experiment: reference log-probs from {sib} (first {tc.stages[0].k} negatives)",
                   file=sys.stderr)

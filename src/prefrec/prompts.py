@@ -6,6 +6,8 @@ Written in our own words, following the structure of the papers' prompts:
 - S-DPO / LLaRA candidates: the history, then "which of these 20 will the user pick next"; the answer is one title.
 - TALLRec yes/no: the items the user liked and disliked, then "will the user enjoy this one"; the answer is
   "Yes." or "No.".
+Beside the papers' title answers, the pairwise and candidates questions can label their options by letter or number
+(prefrec.answers), so that the answer is one token.
 
 Every prompt is a shared `prefix` (role + history, ending in a newline) plus a per-comparison `question` (samples.py).
 The prefix ends with "\\n" so that a tokenizer never merges its last token with the question's first one: BPE
@@ -92,21 +94,31 @@ def item_note(count: int, mean: float | None, *, rated: bool = True) -> str:
     return "no other user rated it" if count == 0 else f"mean rating {mean:.1f} from {count} {users}"
 
 
-def pairwise_question(dom: str, a: str, b: str, notes: tuple[str, str] | None = None) -> str:
+def pairwise_question(dom: str, a: str, b: str, notes: tuple[str, str] | None = None, answers: str = "title") -> str:
     """Ask to rank two titles (shown in the given order, which the caller shuffles); `notes` follow the titles
-    in parentheses (item facts, an option)."""
+    in parentheses (item facts, an option). answers="letter": the two are options A and B, answered by letter."""
     d = domain(dom)
     na, nb = (f" ({notes[0]})", f" ({notes[1]})") if notes else ("", "")
+    if answers == "letter":
+        return (f"Which of these two {d.plural} is the user more likely to enjoy? A: {quote(a)}{na}. "
+                f"B: {quote(b)}{nb}. Answer with the letter A or B.")
     return (f"Rank these two {d.plural} by how likely the user is to enjoy them, most likely first: "
             f"{quote(a)}{na} and {quote(b)}{nb}. Answer with the two titles separated by a comma.")
 
 
 # ---- S-DPO / LLaRA candidates ----
 
-def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None, *, timed: bool = True) -> str:
-    """timed: False for a log without time (a held-out item, not the next one): the question must not say "next"."""
+def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None, *, timed: bool = True,
+                        answers: str = "title") -> str:
+    """timed: False for a log without time (a held-out item, not the next one): the question must not say "next".
+    answers="number": the candidates as a numbered list, answered by number."""
     d = domain(dom)
     ask = (f"will the user {d.consume} next" if timed else f"has the user also {d.consumed}")
+    if answers == "number":
+        notes = notes or [""] * len(candidates)
+        lines = "".join(f"\n{i + 1}. {quote(c)}" + (f" ({n})" if n else "")
+                        for i, (c, n) in enumerate(zip(candidates, notes, strict=True)))
+        return f"Which one of these {len(candidates)} {d.plural} {ask}?{lines}\nAnswer with the number only."
     return (f"Which one of these {len(candidates)} {d.plural} {ask}? "
             f"Candidates: {title_list(candidates, notes)}. Answer with the title only.")
 
@@ -119,9 +131,11 @@ def yesno_prefix(dom: str, liked: list[str], disliked: list[str]) -> str:
             f"The user disliked these {d.plural}: {title_list(disliked)}.\n")
 
 
-def yesno_question(dom: str, target: str) -> str:
+def yesno_question(dom: str, target: str, note: str | None = None) -> str:
+    """`note`: the target's item facts in parentheses (the hybrid prompt option)."""
     d = domain(dom)
-    return f"Will the user enjoy the {d.singular} {quote(target)}? Answer Yes or No."
+    shown = quote(target) + (f" ({note})" if note else "")
+    return f"Will the user enjoy the {d.singular} {shown}? Answer Yes or No."
 
 
 # ---- (prefix, question) pairs in one call, for code that builds a prompt outside the data protocols ----

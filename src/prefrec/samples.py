@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from prefrec import io
+from prefrec.answers import formats_for
 
 TASKS = ("pairwise", "candidates", "yesno")
 
@@ -57,6 +58,8 @@ class Sample:
     target: str | None = None  # the positive title (pairwise, candidates) or the asked title (yesno)
     target_item: str | None = None
     label: int | None = None  # yesno: 1 = the user liked the target, 0 = not
+    # how the prompt labels its options and the model answers: title | letter (pairwise) | number (candidates)
+    answer_format: str = "title"
 
     def prompt(self, i: int = 0) -> str:
         """Full prompt text of comparison i."""
@@ -90,6 +93,10 @@ class Sample:
                 raise ValueError(f"{where}: missing field '{name}'")
         if d["task"] not in TASKS:
             raise ValueError(f"{where}: field 'task' is {d['task']!r}; expected one of {TASKS}")
+        fmt = d.get("answer_format", "title")
+        if fmt != "title" and fmt not in formats_for(d["task"]):
+            raise ValueError(f"{where}: field 'answer_format' is {fmt!r}; the {d['task']} task takes "
+                             f"{formats_for(d['task']) or ['title']}")
         _check_types(d, where)
         comps = d["comparisons"]
         if not isinstance(comps, list) or not comps:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefrec import io
+from prefrec.answers import TITLE, formats_for
 from prefrec.data import protocols
 from prefrec.data.readers import Log, read
 from prefrec.errors import UserError
@@ -94,7 +95,7 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
             min_history=_UNSET, threshold: float | None = None, min_pos: int = 5, min_neg: int = 5,
             n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
             negative_below: float | None = None, same_time: str = "keep", order_by: str | None = None,
-            domain: str | None = None, warn: Callable[[str], None] = _warn_stderr) -> dict:
+            domain: str | None = None, answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
     """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
 
     Parameters left out take the task's paper default (DEFAULTS); n_train/n_valid/n_test = None means "all".
@@ -107,7 +108,8 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
                        n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
                        min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
                        n_candidates=n_candidates, per_user=per_user, history_ratings=history_ratings,
-                       item_stats=item_stats, negative_below=negative_below, same_time=same_time, warn=warn)
+                       item_stats=item_stats, negative_below=negative_below, same_time=same_time, answers=answers,
+                       warn=warn)
 
 
 def _threshold(log: Log, task: str, threshold: float | None, negative_below: float | None) -> float:
@@ -147,7 +149,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                 n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float | None = None,
                 min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20, per_user: int = 1,
                 history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
-                same_time: str = "keep", warn: Callable[[str], None] = _warn_stderr) -> dict:
+                same_time: str = "keep", answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
     """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
     if task not in TASKS:
         raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
@@ -162,22 +164,23 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
     if per_user != 1 and task != "pairwise":
         raise UserError(f"--per-user applies to the pairwise task (the {task} task already takes every position "
                         "of a user's timeline)")
-    if (history_ratings or item_stats) and task == "yesno":
-        raise UserError("--history-ratings and --item-stats apply to the pairwise and candidates tasks")
+    if answers != TITLE and answers not in formats_for(task):  # title: the task's own answers (yes/no: Yes./No.)
+        raise UserError(f"--answers {answers!r} does not apply to the {task} task; it takes "
+                        f"{', '.join(formats_for(task)) or 'no --answers (its answer is Yes./No.)'}")
     threshold = _threshold(log, task, threshold, negative_below)
     hybrid = {"history_ratings": history_ratings, "item_stats": item_stats}
     if task == "pairwise":
         built = protocols.build_pairwise(log, seed=seed, negatives=p["negatives"], threshold=threshold, min_pos=min_pos,
                                          min_neg=min_neg, min_history=p["min_history"], history_len=p["history_len"],
                                          per_user=per_user, negative_below=negative_below, same_time=same_time,
-                                         **hybrid, **sizes)
+                                         answers=answers, **hybrid, **sizes)
     elif task == "candidates":
         built = protocols.build_candidates(log, seed=seed, negatives=p["negatives"], n_candidates=n_candidates,
                                            history_len=p["history_len"], min_history=p["min_history"],
-                                           same_time=same_time, **hybrid, **sizes)
+                                           same_time=same_time, answers=answers, **hybrid, **sizes)
     else:
         built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
-                                      min_history=p["min_history"], same_time=same_time, **sizes)
+                                      min_history=p["min_history"], same_time=same_time, **hybrid, **sizes)
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
     check_out_folder(out)
     out = Path(out)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from prefrec import prompts
+from prefrec.answers import LETTER, answer_format
 from prefrec.data.readers import Log
 from prefrec.errors import UserError
 from prefrec.samples import Comparison, Sample
@@ -304,7 +305,8 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                    min_neg: int = 5, min_history: int = 5, history_len: int = 40, n_train: int | None = 100,
                    n_valid: int | None = 100, n_test: int | None = 1000, per_user: int = 1,
                    history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
-                   same_time: str = "keep") -> Built:
+                   same_time: str = "keep", answers: str = "title") -> Built:
+    answer_format(answers, "pairwise")
     if negatives < 1:
         raise UserError(f"--negatives must be ≥ 1 for the pairwise task, got {negatives}")
     if per_user < 1:
@@ -345,7 +347,7 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
             r = rng if n == 0 else random.Random(f"{seed}:pairwise:{u}:{n}")
             sample = _pairwise_sample(log, seqs[u], p, neg, r, negatives=negatives, history_len=history_len,
                                       history_ratings=history_ratings, facts=facts, n_before=before[u][p],
-                                      tally=tally, sid=f"{log.name}-pairwise-{split}-{u}" + (f"-{n}" if n else ""))
+                                      tally=tally, answers=answers, sid=f"{log.name}-pairwise-{split}-{u}" + (f"-{n}" if n else ""))
             if sample is None:
                 dropped += 1
             else:
@@ -370,7 +372,7 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                            "history_len": history_len, "user_disjoint": True, "per_user": per_user,
                            "history_ratings": history_ratings,
                            "item_stats": "users outside the test split, the sample's own user left out"
-                           if item_stats else False,
+                           if item_stats else False, "answers": answers,
                            "history_order": order_note(log),
                            "same_time_history": same_time_note(log, same_time, samples),
                            "history_title_twins_removed": tally["twins"]})
@@ -378,7 +380,7 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
 
 def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: random.Random, *, negatives: int,
                      history_len: int, history_ratings: bool, facts: "ItemFacts | None", sid: str,
-                     n_before: int | None = None, tally: dict | None = None) -> Sample | None:
+                     n_before: int | None = None, tally: dict | None = None, answers: str = "title") -> Sample | None:
     """One pairwise sample of a user: the positive at sequence position p, k negatives drawn from `neg`, the
     history = the first n_before positions (default p: everything before p) minus the held-out negatives and any
     item sharing a title with the positive or a negative; None when too few negatives have another title."""
@@ -408,16 +410,20 @@ def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: rand
         notes = None
         if note is not None:
             notes = (note(pos_item), note(n_item)) if first_pos else (note(n_item), note(pos_item))
-        comps.append(Comparison(question=prompts.pairwise_question(log.domain, a, b, notes),
-                                chosen=prompts.format_ordering(pos_title, n_title),
-                                rejected=[prompts.format_ordering(n_title, pos_title)]))
+        question = prompts.pairwise_question(log.domain, a, b, notes, answers=answers)
+        if answers == LETTER:  # option A is the first shown
+            chosen, rejected = ("A", "B") if first_pos else ("B", "A")
+        else:
+            chosen, rejected = prompts.format_ordering(pos_title, n_title), prompts.format_ordering(n_title, pos_title)
+        comps.append(Comparison(question=question, chosen=chosen, rejected=[rejected]))
     ratings = [inter[i].rating for i in hist] if history_ratings else None
     return Sample(id=sid, task="pairwise", domain=log.domain,
                   prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=timed(log)),
                   comparisons=comps, user=u,
                   history=hist_titles, history_items=hist_items, candidates=[pos_title] + [title(i) for i in neg_items],
                   candidate_items=[pos_item] + neg_items, target=pos_title, target_item=pos_item,
-                  candidate_ratings=[inter[seq[j]].rating for j in [p] + chosen_negs] if log.value == "rating" else [])
+                  candidate_ratings=[inter[seq[j]].rating for j in [p] + chosen_negs] if log.value == "rating" else [],
+                  answer_format=answers)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -520,7 +526,9 @@ def _cap_splits(by_split: dict, requested: dict, seed: int) -> None:
 def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidates: int = 20, history_len: int = 10,
                      min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                      n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
-                     history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep") -> Built:
+                     history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep",
+                     answers: str = "title") -> Built:
+    answer_format(answers, "candidates")
     if n_candidates < 2:
         raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
     if not 1 <= negatives <= n_candidates - 1:
@@ -528,10 +536,8 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     _check_common(history_len, min_history)
     _check_options(log, history_ratings)
     min_history = max(min_history, 1)
-    inter, title = log.interactions, log.title
     seqs = sequences(log, seed)
     before = before_counts(log, seqs, same_time)
-    pool = sorted({x.item for x in inter}, key=user_key)
     urank = {u: r for r, u in enumerate(sorted(seqs, key=user_key))}
     eligible_users = {u for u, seq in seqs.items() if len(seq) > min_history and before[u][-1] >= min_history}
     if not eligible_users:
@@ -541,53 +547,19 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     by_split, interaction_split, mode = _candidate_splits(log, seqs, before, urank, min_history, ratios)
     potential = {s: len(by_split[s]) for s in SPLITS}
     requested = {"train": n_train, "valid": n_valid, "test": n_test}
-    warnings: list[str] = []
     _cap_splits(by_split, requested, seed)
-    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     # item facts from the training period only (each sample leaves its own user out)
     facts = ItemFacts(log, [sp == "train" for sp in interaction_split]) if item_stats else None
-    twins = _title_twins(pool, title)
-    user_items: dict[str, set[str]] = {}
-    skipped = twins_removed = 0
-    is_timed = timed(log)
-    for s in SPLITS:
-        for u, t in by_split[s]:
-            seq = seqs[u]
-            rng = random.Random(f"{seed}:candidates:{u}:{t}")
-            target = inter[seq[t]].item
-            if u not in user_items:
-                user_items[u] = {inter[i].item for i in seq}
-            negs = _sample_negatives(rng, pool, n_candidates - 1, user_items[u], twins)
-            if negs is None:
-                skipped += 1
-                continue
-            cands = negs + [target]
-            rng.shuffle(cands)
-            rejected = rng.sample(negs, negatives)
-            hist, n_twins = history_before(log, seq, before[u][t], history_len, {title(target).casefold()})
-            twins_removed += n_twins > 0
-            hist_items = [inter[i].item for i in hist]
-            hist_titles = [title(i) for i in hist_items]
-            cand_titles = [title(i) for i in cands]
-            ratings = [inter[i].rating for i in hist] if history_ratings else None
-            notes = [facts.note(i, u) for i in cands] if facts is not None else None
-            samples[s].append(Sample(
-                id=f"{log.name}-candidates-{s}-{u}-{t}", task="candidates", domain=log.domain,
-                prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=is_timed),
-                comparisons=[Comparison(question=prompts.candidates_question(log.domain, cand_titles, notes,
-                                                                             timed=is_timed),
-                                        chosen=title(target), rejected=[title(i) for i in rejected])],
-                user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
-                candidate_items=cands, target=title(target), target_item=target,
-                # the target's own rating; every other candidate is one the user never rated
-                candidate_ratings=[inter[seq[t]].rating if i == target else None for i in cands]
-                if log.value == "rating" else []))
-    if skipped:
-        warnings.append(f"{skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct titles "
-                        "that the user never interacted with")
+    make = _CandidateMaker(log, seqs, before, seed, negatives, n_candidates, history_len, history_ratings, facts,
+                           answers)
+    samples = {s: [x for x in (make(s, u, t) for u, t in by_split[s]) if x is not None] for s in SPLITS}
+    warnings: list[str] = []
+    if make.skipped:
+        warnings.append(f"{make.skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct "
+                        "titles that the user never interacted with")
     warnings += _order_warnings(log)
     filters.append(_filter_row("users with a sample kept in train/valid/test", log,
-                               {x.user for v in samples.values() for x in v}))
+                               {s.user for v in samples.values() for s in v}))
     return Built(samples=samples, interaction_split=interaction_split, users_eligible=len(eligible_users),
                  filters=filters, warnings=warnings, requested=requested,
                  protocol={"name": "S-DPO candidates (LLaRA setting)", "negatives": negatives,
@@ -596,10 +568,59 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                            "negative_pool": "items in the log the user never interacted with, distinct titles",
                            "potential_samples": potential, "history_ratings": history_ratings,
                            "item_stats": "train-period interactions, the sample's own user left out"
-                           if item_stats else False,
+                           if item_stats else False, "answers": answers,
                            "history_order": order_note(log),
                            "same_time_history": same_time_note(log, same_time, samples),
-                           "history_title_twins_removed": twins_removed})
+                           "history_title_twins_removed": make.twins_removed})
+
+
+class _CandidateMaker:
+    """One candidates sample per kept (user, position): 19 sampled never-seen items + the target, shuffled, the
+    history before the target, and the answers in the chosen format. Counts what it had to skip."""
+
+    def __init__(self, log, seqs, before, seed, negatives, n_candidates, history_len, history_ratings, facts,
+                 answers):
+        self.log, self.seqs, self.before, self.seed = log, seqs, before, seed
+        self.negatives, self.n_candidates, self.history_len = negatives, n_candidates, history_len
+        self.history_ratings, self.facts, self.answers = history_ratings, facts, answer_format(answers)
+        self.pool = sorted({x.item for x in log.interactions}, key=user_key)
+        self.twins = _title_twins(self.pool, log.title)
+        self.user_items: dict[str, set[str]] = {}
+        self.skipped = self.twins_removed = 0
+        self.timed = timed(log)
+
+    def __call__(self, split: str, u: str, t: int) -> Sample | None:
+        log, seq, inter, title = self.log, self.seqs[u], self.log.interactions, self.log.title
+        rng = random.Random(f"{self.seed}:candidates:{u}:{t}")
+        target = inter[seq[t]].item
+        if u not in self.user_items:
+            self.user_items[u] = {inter[i].item for i in seq}
+        negs = _sample_negatives(rng, self.pool, self.n_candidates - 1, self.user_items[u], self.twins)
+        if negs is None:
+            self.skipped += 1
+            return None
+        cands = negs + [target]
+        rng.shuffle(cands)
+        rejected = rng.sample(negs, self.negatives)
+        hist, n_twins = history_before(log, seq, self.before[u][t], self.history_len, {title(target).casefold()})
+        self.twins_removed += n_twins > 0
+        hist_items = [inter[i].item for i in hist]
+        hist_titles = [title(i) for i in hist_items]
+        cand_titles = [title(i) for i in cands]
+        ratings = [inter[i].rating for i in hist] if self.history_ratings else None
+        notes = [self.facts.note(i, u) for i in cands] if self.facts is not None else None
+        answer = {c: self.answers.response(j, title(c)) for j, c in enumerate(cands)}
+        question = prompts.candidates_question(log.domain, cand_titles, notes, timed=self.timed,
+                                               answers=self.answers.name)
+        return Sample(
+            id=f"{log.name}-candidates-{split}-{u}-{t}", task="candidates", domain=log.domain,
+            prefix=prompts.history_prefix(log.domain, hist_titles, ratings, timed=self.timed),
+            comparisons=[Comparison(question=question, chosen=answer[target], rejected=[answer[i] for i in rejected])],
+            user=u, history=hist_titles, history_items=hist_items, candidates=cand_titles,
+            candidate_items=cands, target=title(target), target_item=target,
+            # the target's own rating; every other candidate is one the user never rated
+            candidate_ratings=[inter[seq[t]].rating if i == target else None for i in cands]
+            if log.value == "rating" else [], answer_format=self.answers.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -608,8 +629,12 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
 
 def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len: int = 10, min_history: int = 10,
                 n_train: int | None = 64, n_valid: int | None = 100, n_test: int | None = 1000,
-                same_time: str = "keep") -> Built:
+                same_time: str = "keep", history_ratings: bool = False, item_stats: bool = False) -> Built:
+    """TALLRec: liked and disliked history titles, "will the user enjoy T?", Yes./No. With history_ratings the
+    history is shown with the user's ratings instead (the hybrid prompt of the other tasks); with item_stats the
+    target carries its facts from users outside the test split."""
     _check_common(history_len, min_history)
+    _check_options(log, history_ratings)
     min_history = max(min_history, 1)
     inter, title = log.interactions, log.title
     seqs, liked = sequences(log, seed), liked_flags(log, threshold)
@@ -619,6 +644,7 @@ def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len:
     requested = {"train": n_train, "valid": n_valid, "test": n_test}
     sizes, warnings = split_sizes(len(eligible), requested, f"eligible users (>{min_history} interactions)")
     user_split = _assign_users(eligible, seed, "yesno", sizes)
+    facts = ItemFacts(log, [user_split.get(x.user) != "test" for x in inter]) if item_stats else None
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     twins_removed = 0
     for u in sorted(user_split, key=user_key):
@@ -637,11 +663,14 @@ def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len:
         label = int(liked[seq[t]])
         yes_no = (prompts.YES, prompts.NO) if label else (prompts.NO, prompts.YES)
         split = user_split[u]
+        prefix = prompts.history_prefix(log.domain, [title(i) for i in hist_items], [inter[i].rating for i in hist],
+                                        timed=timed(log)) if history_ratings else \
+            prompts.yesno_prefix(log.domain, liked_titles, disliked_titles)
+        note = facts.note(target, u) if facts is not None else None
         samples[split].append(Sample(
-            id=f"{log.name}-yesno-{split}-{u}", task="yesno", domain=log.domain,
-            prefix=prompts.yesno_prefix(log.domain, liked_titles, disliked_titles),
-            comparisons=[Comparison(question=prompts.yesno_question(log.domain, title(target)), chosen=yes_no[0],
-                                    rejected=[yes_no[1]])],
+            id=f"{log.name}-yesno-{split}-{u}", task="yesno", domain=log.domain, prefix=prefix,
+            comparisons=[Comparison(question=prompts.yesno_question(log.domain, title(target), note),
+                                    chosen=yes_no[0], rejected=[yes_no[1]])],
             user=u, history=[title(i) for i in hist_items], history_items=hist_items, candidates=[title(target)],
             candidate_items=[target], target=title(target), target_item=target, label=label))
     filters.append(_filter_row("sampled into train/valid/test", log, set(user_split)))
@@ -650,7 +679,9 @@ def build_yesno(log: Log, *, seed: int = 0, threshold: float = 3.0, history_len:
     return Built(samples=samples, interaction_split=[user_split.get(x.user, "unused") for x in inter],
                  users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
                  protocol={"name": "TALLRec yes/no", "liked": kind, "history_len": history_len,
-                           "min_history": min_history, "user_disjoint": True,
+                           "min_history": min_history, "user_disjoint": True, "history_ratings": history_ratings,
+                           "item_stats": "users outside the test split, the sample's own user left out"
+                           if item_stats else False,
                            "history_order": order_note(log),
                            "same_time_history": same_time_note(log, same_time, samples),
                            "history_title_twins_removed": twins_removed})

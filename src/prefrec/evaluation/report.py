@@ -53,13 +53,10 @@ GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots",
 
 def key_metrics(task: str) -> list[str]:
     """The metrics shown in a task's Markdown tables and plots, in this order (all numeric metrics go to
-    results.json). Candidates: generation's HR@1 and ValidRatio, then every metrics.RANKING_METRICS row as the LLM's
-    likelihood ranking (rank_…) and as the baselines' scores, read at call time, so a new ranking metric is shown
-    without touching this file (a baseline's hr@1 is its ranking HR@1 under the generation column)."""
-    if task == "candidates":
-        rank = list(metrics_module.RANKING_METRICS)
-        return ["hr@1", "valid_ratio"] + [f"rank_{m}" for m in rank] + [m for m in rank if m != "hr@1"]
-    return {"pairwise": ["auc", "pairwise_accuracy"], "yesno": ["auc", "accuracy"]}.get(task, [])
+    results.json): its row of the task table says which."""
+    return tasks.task(task).key_metrics() if task in tasks.TASKS else []
+
+
 COUNT_KEYS = {"n", "n_samples", "n_comparisons", "n_candidates", "ties"}  # counts, not metrics: never averaged or tested
 TRAIN_PANELS = [  # (title, keys a trainer may log it under, first found wins)
     ("loss", ["loss", "train_loss", "train/loss"]),

@@ -13,7 +13,10 @@ from typing import Callable
 
 import numpy as np
 
-from prefrec.evaluation import metrics
+from prefrec import prompts
+from prefrec.answers import LETTER, answer_format
+from prefrec.errors import UserError
+from prefrec.evaluation import metrics, scores
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.samples import TASKS as TASK_NAMES  # the one list of task names; this table gives each its metrics
 
@@ -36,7 +39,8 @@ def ranking_by_size(rows: list[dict], key: str, prefix: str) -> dict:
 
 
 def _pairwise(rows: list[dict]) -> dict:
-    return pairwise_metrics(np.concatenate([r["s_first"] for r in rows]), np.concatenate([r["s_second"] for r in rows]))
+    first, second = np.concatenate([r["s_first"] for r in rows]), np.concatenate([r["s_second"] for r in rows])
+    return {**pairwise_metrics(first, second), "ties": int(np.sum(first == second))}
 
 
 def _candidates(rows: list[dict]) -> dict:
@@ -119,12 +123,77 @@ def metric_families(rows: list[dict]) -> list[Family]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# What each task shows: its key metrics, an example prompt (model cards), the responses explain scores
+
+def _candidates_key_metrics() -> list[str]:
+    """Generation's HR@1 and ValidRatio, then every metrics.RANKING_METRICS row as the LLM's likelihood ranking
+    (rank_…) and as the baselines' scores, read at call time, so a new ranking metric is shown without touching this
+    file (a baseline's hr@1 is its ranking HR@1 under the generation column)."""
+    rank = list(metrics.RANKING_METRICS)
+    return ["hr@1", "valid_ratio"] + [f"rank_{m}" for m in rank] + [m for m in rank if m != "hr@1"]
+
+
+HIST = ["Heat (1995)", "Fargo (1996)"]
+
+
+def _pairwise_example(domain: str, answers: str) -> tuple[str, str, str]:
+    prefix = prompts.history_prefix(domain, HIST)
+    question = prompts.pairwise_question(domain, "Alien (1979)", "Jaws (1975)", answers=answers)
+    answer = "A" if answers == LETTER else prompts.format_ordering("Alien (1979)", "Jaws (1975)")
+    return prefix, question, answer
+
+
+def _candidates_example(domain: str, answers: str) -> tuple[str, str, str]:
+    cands = ["Alien (1979)", "Jaws (1975)", "Big (1988)"]
+    question = prompts.candidates_question(domain, cands, answers=answers)
+    return prompts.history_prefix(domain, HIST), question, answer_format(answers).response(0, cands[0])
+
+
+def _yesno_example(domain: str, answers: str) -> tuple[str, str, str]:
+    return prompts.yesno_prefix(domain, HIST, ["Cars (2006)"]), prompts.yesno_question(domain, "Alien (1979)"), \
+        prompts.YES
+
+
+def _comparison_responses(sample) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """(questions, responses, is_positive): each comparison's chosen and rejected responses."""
+    questions, responses, positive = [], [], []
+    for c in sample.comparisons:
+        questions.append(c.question)
+        responses.append([c.chosen] + list(c.rejected))
+        positive.append([True] + [False] * len(c.rejected))
+    return questions, responses, positive
+
+
+def _candidate_responses(sample) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Every shown candidate's answer (the target first), as likelihood ranking scores them."""
+    if not (sample.candidates and sample.target in sample.candidates):
+        return _comparison_responses(sample)
+    cands = list(dict.fromkeys(sample.candidates))
+    fmt = answer_format(sample.answer_format)
+    order = [cands.index(sample.target)] + [i for i, c in enumerate(cands) if c != sample.target]
+    return [sample.comparisons[0].question], [[fmt.response(i, cands[i]) for i in order]], \
+        [[True] + [False] * (len(order) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The table
 
 @dataclass(frozen=True)
 class Task:
+    """One task: how a model scores its samples (per-sample rows), how the rows become metrics (and bootstrap
+    families), which metrics its tables show, an example prompt, and the responses explain shows.
+
+    score(model, tokenizer, samples, *, max_tokens_per_batch, progress) -> rows; generate (or None):
+    (model, tokenizer, samples, rows, max_new_tokens, batch_size, progress) adds the generation fields to the rows
+    and returns their metrics."""
     name: str
+    score: Callable
     row_metrics: Callable[[list[dict]], dict]
+    key_metrics: Callable[[], list[str]]
+    example: Callable[[str, str], tuple[str, str, str]]
+    responses: Callable
+    generate: Callable | None = None
+    check: Callable = lambda samples, where: None  # noqa: E731 - samples that cannot be scored, before any model loads
 
     def metrics(self, rows: list[dict]) -> dict:
         """The task's shared metrics from its per-sample rows."""
@@ -135,10 +204,22 @@ class Task:
         return metric_families(rows)
 
 
-_ROW_METRICS = {"pairwise": _pairwise, "candidates": _candidates, "yesno": _yesno}
-if set(_ROW_METRICS) != set(TASK_NAMES):  # a task added to samples.TASKS needs its metrics here
-    raise ImportError(f"prefrec.evaluation.tasks: metrics for {sorted(set(TASK_NAMES) - set(_ROW_METRICS))} are missing")
-TASKS: dict[str, Task] = {name: Task(name, _ROW_METRICS[name]) for name in TASK_NAMES}
+def _check_candidates(samples, where: str) -> None:
+    for s in samples:
+        if not s.candidates:
+            raise UserError(f"{where}: sample {s.id}: the candidates task needs the 'candidates' list (every title "
+                            f"its prompt shows); it is empty, so HR@k would be over chosen + rejected only")
+
+
+TASKS: dict[str, Task] = {row.name: row for row in (
+    Task("pairwise", scores.score_pairwise, _pairwise, lambda: ["auc", "pairwise_accuracy"], _pairwise_example,
+         _comparison_responses),
+    Task("candidates", scores.score_candidates, _candidates, _candidates_key_metrics, _candidates_example,
+         _candidate_responses, generate=scores.generate_and_match, check=_check_candidates),
+    Task("yesno", scores.score_yesno, _yesno, lambda: ["auc", "accuracy"], _yesno_example, _comparison_responses),
+)}
+if tuple(TASKS) != TASK_NAMES:  # a task added to samples.TASKS needs its row here
+    raise ImportError(f"prefrec.evaluation.tasks: rows for {sorted(set(TASK_NAMES) - set(TASKS))} are missing")
 
 
 def task(name: str) -> Task:

@@ -37,23 +37,16 @@ import numpy as np
 
 from prefrec import io
 from prefrec.errors import UserError
+from prefrec.evaluation import tasks
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Scoring
 
 
 def _responses_of(sample) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """(questions, responses, is_positive) for the sample's comparisons; the candidates task ranks all shown titles."""
-    if sample.task == "candidates" and sample.candidates and sample.target in sample.candidates:
-        others = [c for c in dict.fromkeys(sample.candidates) if c != sample.target]
-        comp = sample.comparisons[0]
-        return [comp.question], [[sample.target] + others], [[True] + [False] * len(others)]
-    questions, responses, positive = [], [], []
-    for c in sample.comparisons:
-        questions.append(c.question)
-        responses.append([c.chosen] + list(c.rejected))
-        positive.append([True] + [False] * len(c.rejected))
-    return questions, responses, positive
+    """(questions, responses, is_positive) for the sample's comparisons, as its task's row says (candidates: every
+    shown candidate's answer)."""
+    return tasks.task(sample.task).responses(sample)
 
 
 def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:

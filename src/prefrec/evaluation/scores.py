@@ -1,0 +1,177 @@
+"""Per-sample scores of a model on prepared samples, one function per task (the rows of prefrec.evaluation.tasks
+call them): the packed scorer of prefrec.scoring.packing scores every response of a sample in one forward pass.
+
+    pairwise   s_first = logp(chosen | x), s_second = logp(rejected | x) for every comparison of every sample: the
+               two orderings "pos, neg" / "neg, pos" (title answers) or the two option letters (letter answers)
+    candidates likelihood ranking: every candidate's answer (its title, or its number) as a response to the prompt,
+               one packed forward per sample, ranked by summed logp (rank_*) and by mean logp per token (rank_norm_*);
+               greedy generation of the answer (chat template, max_new_tokens), matched back to one candidate
+    yesno      P(Yes) and P(No) = softmax over the whole vocabulary at the answer's first position, read at the first
+               token of the "Yes." and "No." responses; score = P(Yes) / (P(Yes) + P(No)) = σ(log P(Yes) − log P(No)).
+               One softmax: TALLRec's second softmax over the two logits gives the same AUC but is not a probability
+               of the model (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prefrec.answers import answer_format
+from prefrec.evaluation.metrics import generation_rates
+from prefrec.errors import UserError
+from prefrec.samples import Sample
+from prefrec.scoring.encoding import encode_sample, encode_texts, prompt_format, stop_token_ids
+from prefrec.scoring.matching import match
+from prefrec.scoring.packing import score_trees
+from prefrec.scoring.trees import Tree
+
+
+# ---- pairwise ----
+
+def score_pairwise(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                   progress: bool = True) -> list[dict]:
+    """Per sample: s_first[j] = logp(chosen ordering of comparison j), s_second[j] = logp(its first rejected one).
+    One packed forward per sample (all comparisons share the history prefix)."""
+    trees = [encode_sample(tokenizer, s, which="all") for s in samples]
+    nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
+                         desc="pairwise").nested()
+    return [{"id": s.id, "s_first": [float(b[0]) for b in branches], "s_second": [float(b[1]) for b in branches]}
+            for s, branches in zip(samples, nested)]
+
+
+# ---- candidates ----
+
+def candidate_list(s: Sample) -> tuple[list[str], int]:
+    """(candidate titles, index of the target). Samples without a `candidates` field fall back to the comparison's
+    chosen + rejected responses."""
+    cands = list(s.candidates) or [s.comparisons[0].chosen] + list(s.comparisons[0].rejected)
+    target = s.target if s.target is not None else s.comparisons[0].chosen
+    if target not in cands:
+        raise UserError(f"sample {s.id}: target {target!r} is not among its {len(cands)} candidates")
+    if len(set(cands)) != len(cands):
+        raise UserError(f"sample {s.id}: candidate titles are not unique")
+    return cands, cands.index(target)
+
+
+def candidate_answers(s: Sample) -> list[str]:
+    """The response that names each candidate, in candidate order: its title, or its number (the sample's answer
+    format)."""
+    return answer_format(s.answer_format).responses(candidate_list(s)[0])
+
+
+def candidate_trees(tokenizer, samples: list[Sample]) -> list[Tree]:
+    """One tree per sample: the prompt of comparison 0 with every candidate's answer as a response."""
+    return [encode_texts(tokenizer, s.prefix, [s.comparisons[0].question], [candidate_answers(s)]) for s in samples]
+
+
+def matched_candidate(s: Sample, answer: str) -> tuple[int | None, str]:
+    """(candidate index or None, the rule that decided) of a generated answer, by the sample's answer format:
+    titles through prefrec.scoring.matching, numbers and letters by their label."""
+    cands = candidate_list(s)[0]
+    fmt = answer_format(s.answer_format)
+    if fmt.read is None:
+        return match(answer, cands)
+    j = fmt.read(answer, len(cands))
+    return j, (fmt.name if j is not None else "none")
+
+
+def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                     progress: bool = True) -> list[dict]:
+    """Per sample: target_index, rank_scores (summed logp of each candidate title + end-of-turn token) and
+    rank_norm_scores (the same divided by the response's token count)."""
+    trees = candidate_trees(tokenizer, samples)
+    nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
+                         desc="candidates").nested()
+    out = []
+    for s, tree, branches in zip(samples, trees, nested):
+        summed = branches[0].double().numpy()
+        lengths = np.array([len(r) for r in tree.branches[0].responses], dtype=np.float64)
+        out.append({"id": s.id, "target_index": candidate_list(s)[1], "rank_scores": summed.tolist(),
+                    "rank_norm_scores": (summed / lengths).tolist()})
+    return out
+
+
+def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens: int = 64, batch_size: int = 8,
+                     progress: bool = True) -> list[str]:
+    """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
+    with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
+    token (prefrec.scoring.encoding.stop_token_ids). In the plain format (base models) the answer is its first line: an
+    untuned base model rarely emits eos and runs on into more titles, while every trained response is one line."""
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    prompts = [t.prefix + t.branches[0].question for t in
+               (encode_sample(tokenizer, s, which="chosen") for s in samples)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                           eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
+    device = next(model.parameters()).device
+    first_line = prompt_format(tokenizer)["kind"] == "plain"
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    answers: list[str] = [""] * len(prompts)
+    with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="sample",
+                                      disable=not progress) as bar:
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo:lo + batch_size]
+            L = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), L), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, L - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[r, L - len(prompts[i]):] = 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
+            for r, i in enumerate(idx):
+                text = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
+                answers[i] = text.split("\n", 1)[0].strip() if first_line else text
+            bar.update(len(idx))
+    return answers
+
+
+# ---- yes/no ----
+
+def _is_yes(text: str) -> bool | None:
+    t = text.strip().lower().rstrip(".!")
+    return True if t == "yes" else False if t == "no" else None
+
+
+def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch: int = 4096,
+                progress: bool = True) -> list[dict]:
+    """Per sample: logp_yes, logp_no = log-softmax over the full vocabulary at the first answer position, read at the
+    first token of the "Yes." and "No." responses; p_yes = σ(logp_yes − logp_no) = P(Yes) / (P(Yes) + P(No))."""
+    trees, yes_at = [], []
+    for s in samples:
+        c = s.comparisons[0]
+        answers = [c.chosen] + list(c.rejected)
+        kinds = [_is_yes(a) for a in answers]
+        if True not in kinds or False not in kinds:
+            raise UserError(f"sample {s.id}: a yes/no sample needs responses 'Yes.' and 'No.', got {answers}")
+        yes_at.append((kinds.index(True), kinds.index(False)))
+        trees.append(encode_texts(tokenizer, s.prefix, [c.question], [answers]))
+    scores = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, per_token=True, progress=progress,
+                         desc="yes/no")
+    first = [t[0].item() for t in scores.token_logps]  # log P(first token of each response)
+    out, n = [], 0
+    for s, tree, (iy, ino) in zip(samples, trees, yes_at):
+        resp = tree.branches[0].responses
+        if resp[iy][0] == resp[ino][0]:
+            raise UserError(f"sample {s.id}: 'Yes.' and 'No.' start with the same token; cannot read P(Yes)")
+        ly, ln = first[n + iy], first[n + ino]
+        n += len(resp)
+        label = s.label if s.label is not None else int(iy == 0)
+        out.append({"id": s.id, "label": int(label), "logp_yes": ly, "logp_no": ln,
+                    "p_yes": float(1.0 / (1.0 + np.exp(ln - ly)))})
+    return out
+
+
+def generate_and_match(model, tokenizer, samples: list[Sample], rows: list[dict], *, max_new_tokens: int,
+                       batch_size: int, progress: bool) -> dict:
+    """Greedy answers matched to one candidate each (the sample's answer format), added to the rows (answer,
+    matched, rule, valid, hit); returns HR@1 and ValidRatio."""
+    answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress)
+    for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
+        j, rule = matched_candidate(s, a)
+        r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
+                  "hit": j is not None and j == r["target_index"]})
+    return generation_rates([r["valid"] for r in rows], [r["hit"] for r in rows])
