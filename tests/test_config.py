@@ -178,3 +178,10 @@ def test_dump_round_trip(tmp_path):
 def test_unreadable_file(tmp_path):
     with pytest.raises(UserError, match="cannot read the config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + "# réglages\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.yaml: not UTF-8 text \(byte \d+\)"):
+        load_config(path)
