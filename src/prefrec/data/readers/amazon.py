@@ -7,7 +7,15 @@ import json
 import re
 from pathlib import Path
 
-from prefrec.data.readers.base import Interaction, Log, _json_id, _lines, _no_rows, _number, _timestamp
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _json_id,
+    _lines,
+    _no_rows,
+    _number,
+    _timestamp,
+)
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
 from prefrec.io import NESTED_TOO_DEEP

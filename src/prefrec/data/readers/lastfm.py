@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefrec.data.readers.base import Interaction, Log, _fields, _id, _lines, _no_rows, _number, _order_value, _unknown_item
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _fields,
+    _id,
+    _lines,
+    _no_rows,
+    _number,
+    _order_value,
+    _unknown_item,
+)
 from prefrec.data.titles import normalise_title
 from prefrec.errors import UserError
 
