@@ -91,6 +91,7 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
     if time_column and tc is None:
         raise UserError(f"{inter}:1: --order-by {time_column}: no such column in the header {cols}")
     log.has_timestamps = tc is not None
+    when = _order_value if time_column else _timestamp  # a column the user named need not be seconds since 1970
     for n, line in lines:
         parts = line.split("\t")
         if len(parts) != len(cols):
@@ -99,12 +100,7 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
         if log.titles and item not in log.titles:
             raise _unknown_item(inter, n, item, item_file.name)
         rating = _number(parts[rc], inter, n, "rating") if rc is not None else 1.0
-        if tc is None:
-            ts = None
-        elif time_column:
-            ts = _order_value(parts[tc], inter, n, time_column)
-        else:
-            ts = _timestamp(parts[tc], inter, n)
+        ts = when(parts[tc], inter, n, time_column or "timestamp") if tc is not None else None
         log.interactions.append(Interaction(user, item, rating, ts))
     if not log.interactions:
         raise _no_rows(inter, "interaction")
