@@ -354,8 +354,6 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         # a bare PEFT adapter folder: its config names the base model
         cfg = check_adapter(name)
         adapter, name = name, known_name(cfg.get("base_model_name_or_path") or EMBEDDED)
-    if adapter is not None:
-        check_adapter(adapter)  # before the base loads: PEFT's own errors name no file
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     path = resolve_base(name)
@@ -379,6 +377,7 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     if adapter is not None:
         from peft import PeftModel
 
+        check_adapter(adapter)  # PEFT's own errors name no file
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         if merge_adapter:
             model = model.merge_and_unload()
