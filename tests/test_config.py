@@ -215,3 +215,10 @@ def test_beta_and_params_default_to_the_row():
     assert cfg.stages[0].beta == 2.0 and cfg.stages[0].params == {"gamma": 1.0}
     cfg = config_from_dict({"data": {"dir": "d"}, "stages": [{"kind": "sdpo-ls", "beta": 0.5}]}, "c")
     assert cfg.stages[0].beta == 0.5 and cfg.stages[0].params == {"label_smoothing": 0.1}
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + "# réglages\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1\.yaml: not UTF-8 text \(byte \d+\)"):
+        load_config(path)

@@ -167,3 +167,50 @@ def test_import_exits_nonzero_when_nothing_is_imported_and_removes_stale_output(
     report = json.loads((out / "import_report.json").read_text())
     assert report["total"]["samples"] == 0 and report["total"]["files_rejected"] == 2
     assert any("removed rec_a.jsonl" in n for n in report["files"][0]["notes"])
+
+
+# ---- issue 31: nothing lost, nothing silently wrong ----------------------------------------------------------------
+
+def test_inputs_with_the_same_output_name_are_refused_before_anything_is_written(tmp_path):
+    import pytest
+
+    from prefrec.errors import UserError
+
+    row = json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "same.json").write_text(row)
+    (tmp_path / "b" / "same.jsonl").write_text(row)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"a/same\.json and .*b/same\.jsonl would both be written to .*same\.jsonl"):
+        import_files([tmp_path / "a" / "same.json", tmp_path / "b" / "same.jsonl"], out)
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["data", "import", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
+    assert r.exit_code == 2 and "would both be written" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_json_nested_too_deep_is_a_rejected_file_not_a_traceback(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    good = tmp_path / "rec_a.json"
+    good.write_text(json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])]))
+    report = import_files([deep, good], tmp_path / "out")
+    by = {r["file"].split("/")[-1]: r for r in report["files"]}
+    assert "nested too deeply" in by["deep.json"]["reason"] and by["rec_a.json"]["samples"] == 1
+    deep_lines = tmp_path / "deep.jsonl"
+    deep_lines.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' + "[" * 200_000 + "\n")
+    report = import_files([deep_lines], tmp_path / "out2")
+    assert report["files"][0]["samples"] == 1
+    assert "nested too deeply" in report["files"][0]["rejected"][0]["reason"]
+    r = CliRunner().invoke(app, ["data", "import", str(deep), "--out", str(tmp_path / "out3")])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "deep.json" in r.output, r.output
+
+
+def test_import_out_naming_a_file_is_one_line(tmp_path):
+    src = tmp_path / "rec_a.json"
+    src.write_text(json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])]))
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(out)])
+        assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1

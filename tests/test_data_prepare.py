@@ -207,3 +207,65 @@ def test_threshold_and_negative_below_options(tmp_path):
         prepare("ml-100k", src, "candidates", tmp_path / "c", threshold=4)
     with pytest.raises(UserError, match="--negative-below applies to the pairwise task"):
         prepare("ml-100k", src, "yesno", tmp_path / "y", negative_below=3)
+
+
+# ---- issue 31: a prepared folder lands whole or not at all -------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    """A kill after train/valid/test of seed 1 are written must not leave them beside seed 0's stats.json."""
+    from prefrec import io
+
+    src = write_tiny_ml100k(tmp_path / "ml")
+    out = tmp_path / "o"
+    prepare("ml-100k", src, "pairwise", out, seed=0, warn=lambda m: None)
+    before = _files(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "write_json", killed)  # stats.json is written last
+    with pytest.raises(KeyboardInterrupt):
+        prepare("ml-100k", src, "pairwise", out, seed=1, warn=lambda m: None)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml", "o"]  # no half-written folder beside it
+    monkeypatch.undo()
+    prepare("ml-100k", src, "pairwise", out, seed=1, warn=lambda m: None)  # its own earlier folder: replaced
+    assert json.loads((out / "stats.json").read_text())["seed"] == 1
+
+
+def test_prepare_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"^--out .*mine: not a folder written by `prefrec data prepare` \(it holds notes\.txt\)"):
+        prepare("ml-100k", src, "pairwise", mine, warn=lambda m: None)
+    assert _files(mine) == {"notes.txt": b"keep me"}
+    done = tmp_path / "done"
+    prepare("ml-100k", src, "pairwise", done, warn=lambda m: None)
+    (done / "notes.txt").write_text("added by hand")  # a prepared folder with the user's own file in it
+    with pytest.raises(UserError, match=r"notes\.txt"):
+        prepare("ml-100k", src, "pairwise", done, seed=5, warn=lambda m: None)
+    assert (done / "notes.txt").is_file() and json.loads((done / "stats.json").read_text())["seed"] == 0
+
+
+def test_readers_refuse_a_half_written_or_mixed_prepared_folder(tmp_path):
+    from prefrec import io
+    from prefrec.samples import write_jsonl
+
+    src = write_tiny_ml100k(tmp_path / "ml")
+    out = tmp_path / "o"
+    stats = prepare("ml-100k", src, "pairwise", out, n_train=5, n_valid=2, n_test=5, warn=lambda m: None)
+    assert len(read_jsonl(out / "train.jsonl")) == stats["split_sizes"]["train"]
+    (out / io.INCOMPLETE).write_text("")
+    with pytest.raises(UserError, match=r"incomplete"):
+        read_jsonl(out / "train.jsonl")
+    (out / io.INCOMPLETE).unlink()
+    assert stats["split_sizes"]["test"] == 5
+    write_jsonl(out / "test.jsonl", read_jsonl(out / "test.jsonl")[:2])  # another run's (smaller) test split
+    with pytest.raises(UserError, match=rf"test\.jsonl: 2 samples, but .*stats\.json says {stats['split_sizes']['test']}"):
+        read_jsonl(out / "test.jsonl")

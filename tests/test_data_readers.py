@@ -314,3 +314,92 @@ def test_order_by_names_the_time_of_a_log_without_timestamps(tmp_path):
         R.read("ml-1m", write_ml1m(tmp_path / "ml1m"), order_by="file")
     with pytest.raises(UserError, match="its own timestamps"):
         R.read("ml-1m", tmp_path / "ml1m", order_by="seen_at")
+
+
+# ---- issue 31: numbers are finite and in range, ids are text, or the row is refused -------------------------------
+
+BAD_NUMBERS = [("nan", "5", "rating"), ("inf", "5", "rating"), ("1e308", "5", "rating"), ("-1", "5", "rating"),
+               ("4", "nan", "timestamp"), ("4", "inf", "timestamp"), ("4", "1e308", "timestamp"),
+               ("4", "-86400", "timestamp"), ("4", "5000000000", "timestamp")]  # 5e9 s: the year 2128
+
+
+@pytest.mark.parametrize("rating, ts, field", BAD_NUMBERS)
+def test_ml1m_and_ml100k_refuse_numbers_out_of_range(tmp_path, rating, ts, field):
+    ts = "978300760" if ts == "5" else ts
+    folder = write_ml1m(tmp_path / "ml", ratings=ML1M_RATINGS + [f"3::2::{rating}::{ts}"])
+    with pytest.raises(UserError, match=rf"ratings\.dat:5: field '{field}' is '{ts if field == 'timestamp' else rating}'; expected"):
+        R.read_ml1m(folder)
+    folder = write_grouplens_100k(tmp_path / "gl", ["1\t1\t5\t874965758", f"2\t3\t{rating}\t{ts}"])
+    with pytest.raises(UserError, match=rf"u\.data:2: field '{field}'"):
+        R.read("ml-100k", folder)
+
+
+@pytest.mark.parametrize("rating, ts, field", BAD_NUMBERS)
+def test_recbole_amazon_goodreads_refuse_numbers_out_of_range(tmp_path, rating, ts, field):
+    ts = "978300760" if ts == "5" else ts
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "mine.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                       f"u1\tA\t4\t978300760\nu1\tB\t{rating}\t{ts}\n")
+    with pytest.raises(UserError, match=rf"mine\.inter:3: field '{field}'"):
+        R.read("recbole", folder)
+    rows = [{"reviewerID": "U1", "asin": "M1", "overall": 5.0, "unixReviewTime": 978300760},
+            {"reviewerID": "U1", "asin": "M2", "overall": float(rating), "unixReviewTime": float(ts)}]
+    path = tmp_path / "reviews_Movies.json"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # json.dumps writes NaN and Infinity
+    name = "overall" if field == "rating" else "unixReviewTime"
+    with pytest.raises(UserError, match=rf"reviews_Movies\.json:2: field '{name}'"):
+        R.read("amazon-2018", path)
+    if field == "rating":
+        path = tmp_path / "goodreads_interactions.csv"
+        path.write_text(f"user_id,book_id,is_read,rating,is_reviewed\n0,948,1,5,0\n0,947,1,{rating},0\n")
+        with pytest.raises(UserError, match=r"goodreads_interactions\.csv:3: field 'rating'"):
+            R.read("goodreads", path)
+
+
+@pytest.mark.parametrize("weight", ["nan", "-3", "1e308", "inf"])
+def test_lastfm_refuses_weights_out_of_range(tmp_path, weight):
+    folder = write_lastfm(tmp_path / "lfm")
+    with open(folder / "user_artists.dat", "ab") as f:
+        f.write(f"3\t1\t{weight}\r\n".encode())
+    with pytest.raises(UserError, match=rf"user_artists\.dat:5: field 'weight' is '{weight}'; expected"):
+        R.read("lastfm", folder)
+
+
+def test_goodreads_dates_before_1970_are_refused(tmp_path):
+    path = tmp_path / "goodreads_interactions_poetry.json"
+    path.write_text(json.dumps({"user_id": "u1", "book_id": "10", "rating": 4,
+                                "date_added": "Mon Jan 01 00:00:00 +0000 1900"}) + "\n")
+    with pytest.raises(UserError, match=r"poetry\.json:1: field 'date_added' is .*1900.*1970"):
+        R.read("goodreads", path)
+
+
+@pytest.mark.parametrize("bad_id", ["\udc80x", "a\tb", "a\nb", "", "a\x00b"])
+def test_ids_that_are_not_printable_text_are_refused(tmp_path, bad_id):
+    """A lone surrogate (an undecodable byte escaped in JSON) cannot be written as UTF-8; a tab or newline would
+    break interactions.tsv; an empty id is no id."""
+    rows = [{"reviewerID": "U1", "asin": "M1", "overall": 5.0}, {"reviewerID": bad_id, "asin": "M2", "overall": 4.0}]
+    path = tmp_path / "reviews_Movies.json"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError, match=r"reviews_Movies\.json:2: field 'reviewerID' is .*; expected"):
+        R.read("amazon-2018", path)
+
+
+def test_ml1m_id_with_an_undecodable_control_byte_is_refused(tmp_path):
+    folder = write_ml1m(tmp_path / "ml")
+    with open(folder / "ratings.dat", "ab") as f:
+        f.write(b"3\x00\x9b::1::4::978300760\n")
+    with pytest.raises(UserError, match=r"ratings\.dat:5: field 'user' is .*; expected"):
+        R.read_ml1m(folder)
+
+
+def test_truncated_gzip_says_how_far_it_got(tmp_path):
+    folder = write_ml1m(tmp_path / "ml", "ratings.dat.gz", gz=True, ratings=ML1M_RATINGS * 500)
+    path = folder / "ratings.dat.gz"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-40])
+    with pytest.raises(UserError, match=r"ratings\.dat\.gz: truncated or corrupt gzip data after line [1-9]\d*"):
+        R.read_ml1m(folder)
+    path.write_bytes(whole[:12])  # the header and hardly anything else
+    with pytest.raises(UserError, match=r"ratings\.dat\.gz: truncated or corrupt gzip data before its first line"):
+        R.read_ml1m(folder)

@@ -159,3 +159,79 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     with pytest.raises(io.Locked, match="process 1 on some-other-host"):
         with io.exclusive(tmp_path / "run", "run folder"):
             pass
+
+
+# ---- atomic folders (issue 31): a folder lands whole or not at all ---------------------------------------------
+
+def test_atomic_folder_lands_whole_with_ordinary_modes(tmp_path, umask022):
+    out = tmp_path / "out"
+    with io.atomic_folder(out) as tmp:
+        assert tmp.parent == tmp_path and tmp != out and (tmp / io.INCOMPLETE).is_file()
+        (tmp / "sub").mkdir()
+        fd = os.open(tmp / "sub" / "w.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)  # what safetensors does
+        os.close(fd)
+        (tmp / "a.txt").write_text("a")
+        assert not out.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]
+    assert _mode(out) == 0o755 and _mode(out / "sub") == 0o755
+    assert _mode(out / "sub" / "w.safetensors") == 0o644 and _mode(out / "a.txt") == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or old folder left beside it
+
+
+def test_atomic_folder_killed_midway_keeps_the_old_folder_whole(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_folder(out, replace=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["old.txt"]
+    with io.atomic_folder(out, replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_folder_replaces_a_non_empty_folder_only_when_told(tmp_path):
+    from prefrec.errors import UserError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with io.atomic_folder(out) as tmp:  # an empty folder is no loss
+        (tmp / "a").write_text("a")
+    with pytest.raises(UserError, match=r"^--out .*out exists and is not empty"):
+        with io.atomic_folder(out):
+            pass
+    (tmp_path / "f").write_text("x")
+    for bad in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(UserError, match=r"^--out .* is a file, not a folder$"):
+            io.check_out_folder(bad)
+        with pytest.raises(UserError, match="is a file"):
+            with io.atomic_folder(bad, replace=True):
+                pass
+    assert (out / "a").read_text() == "a" and (tmp_path / "f").read_text() == "x"
+
+
+def test_a_folder_marked_incomplete_is_refused(tmp_path):
+    from prefrec.errors import UserError
+
+    io.check_complete(tmp_path)
+    (tmp_path / io.INCOMPLETE).write_text("")
+    with pytest.raises(UserError, match=r"is incomplete"):
+        io.check_complete(tmp_path)
+
+
+def test_train_out_naming_a_file_is_one_line(tmp_path):
+    """`prefrec train --out FILE` (or output_dir: FILE): refused before any model loads (issue 31)."""
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'afile'}\ndata: {{dir: {tmp_path}}}\nstages:\n  - kind: sft\n")
+    for args in (["--out", str(tmp_path / "afile" / "run")], []):
+        r = CliRunner().invoke(app, ["train", str(cfg), *args])
+        assert r.exit_code == 2 and "is a file, not a folder" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "x"

@@ -128,3 +128,55 @@ def test_merge_adapter_folds_the_adapter_into_the_base(tmp_path, embedded_tokeni
         assert err_unmerged < 1e-6 and err_merged < 1e-5
     else:
         assert 0 < err_merged < 2 * err_unmerged + 1e-3
+
+
+# ---- issue 31: a damaged run or adapter folder is one clear error naming the file ---------------------------------
+
+def test_truncated_adapter_weights_name_the_file(tmp_path, embedded_tokenizer):
+    _, run = _saved_run(tmp_path, embedded_tokenizer, seed=4)
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"adapter_model\.safetensors: not a complete safetensors file"):
+        load_model(str(run), device="cpu")
+    weights.write_bytes(b"\x00" * 3)
+    with pytest.raises(UserError, match=r"adapter_model\.safetensors: not a complete safetensors file"):
+        load_model(str(run / "adapter"), device="cpu")
+
+
+def test_corrupt_adapter_config_names_the_file_and_line(tmp_path, embedded_tokenizer):
+    _, run = _saved_run(tmp_path, embedded_tokenizer, seed=4)
+    cfg = run / "adapter" / "adapter_config.json"
+    cfg.write_text('{\n  "r": 4,\n  \n}')
+    for target in (run, run / "adapter"):
+        with pytest.raises(UserError, match=r"adapter_config\.json: not valid JSON \(Expecting property name .*line 4"):
+            load_model(str(target), device="cpu")
+
+
+def test_missing_adapter_weights_name_the_folder(tmp_path, embedded_tokenizer):
+    _, run = _saved_run(tmp_path, embedded_tokenizer, seed=4)
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"adapter: no adapter_model\.safetensors"):
+        load_model(str(run), device="cpu")
+    (run / "adapter" / "adapter_config.json").unlink()
+    with pytest.raises(UserError, match=r"adapter: no adapter_config\.json"):
+        load_model(str(run), device="cpu")
+
+
+def test_model_cache_folders_get_the_ordinary_modes(tmp_path):
+    """safetensors writes its files 0600 and mkdtemp its folders 0700; the converted cache gets 0644/0755."""
+    import os
+    import stat
+
+    from prefrec.model import _save_folder
+
+    def save(folder):
+        os.close(os.open(folder / "model.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))
+
+    old = os.umask(0o022)
+    try:
+        out = _save_folder(tmp_path, tmp_path / "converted", save)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"]

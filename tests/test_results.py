@@ -83,3 +83,49 @@ def test_results_files_are_written_only_by_prefrec_results():
             if isinstance(node, ast.Constant) and node.value in ("run.json", "results.json", "per_sample.jsonl"):
                 offenders.append(str(p.relative_to(SRC)))
     assert offenders == ["evaluation/report.py"]
+
+
+# ---- issue 31: an evaluation folder is whole or says it is not ---------------------------------------------------
+
+def test_an_eval_killed_between_its_two_files_leaves_no_complete_looking_results(tmp_path, monkeypatch):
+    import pytest
+
+    from prefrec import io
+
+    first = {**RESULT, "n_samples": 2}
+    results.write_results(tmp_path, first, ROWS)
+    assert results.has_results(tmp_path)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "write_json", killed)  # the new per_sample.jsonl is in place, results.json not yet
+    with pytest.raises(KeyboardInterrupt):
+        results.write_results(tmp_path, {**RESULT, "n_samples": 3}, ROWS + [{"id": "u3"}])
+    assert not results.has_results(tmp_path)  # the earlier results.json no longer vouches for these rows
+
+
+def test_read_per_sample_refuses_rows_that_are_not_the_results_n_samples(tmp_path):
+    import pytest
+
+    from prefrec.errors import UserError
+
+    results.write_results(tmp_path, {**RESULT, "n_samples": 2}, ROWS)
+    assert results.read_per_sample(tmp_path / results.PER_SAMPLE) == ROWS
+    path = tmp_path / results.PER_SAMPLE
+    path.write_text(path.read_text().splitlines()[0] + "\n")  # truncated
+    with pytest.raises(UserError, match=r"per_sample\.jsonl: 1 rows, but .*results\.json says n_samples = 2"):
+        results.read_per_sample(path)
+    path.write_text("")
+    with pytest.raises(UserError, match=r"per_sample\.jsonl: 0 rows, but"):
+        results.read_per_sample(path)
+
+
+def test_a_corrupt_run_json_is_one_clear_error(tmp_path):
+    import pytest
+
+    from prefrec.errors import UserError
+
+    (tmp_path / "run.json").write_text('{"base_model": ')
+    with pytest.raises(UserError, match=r"run\.json: not valid JSON \(Expecting value at line 1, column 16\)"):
+        results.read_run(tmp_path)

@@ -235,12 +235,14 @@ def train_cmd(
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
     import os
 
+    from prefrec import io
     from prefrec.errors import UserError
     from prefrec.training.config import load_config
     from prefrec.training.recipe import train
 
     try:
         cfg = load_config(config, overrides or [], output_dir=str(out) if out is not None else None)
+        io.check_out_folder(cfg.output_dir, "--out" if out is not None else "output_dir")
         run = train(cfg, resume=resume)
     except (UserError, FileNotFoundError) as e:
         _fail(e)

@@ -1,41 +1,77 @@
 """`prefrec export RUN --out DIR`: the run's adapter merged into its base, saved as a plain transformers model.
 
-OUT/ then holds config.json, model.safetensors, generation_config.json, the tokenizer files and README.md (the run's
-model card, library_name: transformers), so `AutoModelForCausalLM.from_pretrained(OUT)` needs neither peft nor
-prefrec. The merge is PEFT's merge_and_unload (W + B·A·alpha/r folded into each target weight), done in fp32 on the
-CPU by default so that the merged model's logits equal the adapter's up to float rounding.
+OUT/ then holds config.json, model.safetensors, generation_config.json, the tokenizer files, README.md (the run's
+model card, library_name: transformers) and export.json (which run, which dtype, and the names of every file the
+export wrote), so `AutoModelForCausalLM.from_pretrained(OUT)` needs neither peft nor prefrec. The merge is PEFT's
+merge_and_unload (W + B·A·alpha/r folded into each target weight), done in fp32 on the CPU by default so that the
+merged model's logits equal the adapter's up to float rounding.
+
+OUT is written whole or not at all (io.atomic_folder). `--force` replaces only an earlier export: a folder whose
+export.json lists every name in it. It never replaces the run, a folder that contains the run, a folder prefrec did
+not write, or an export beside which the user has put files of their own.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 from pathlib import Path
 
+from prefrec import io
 from prefrec.errors import UserError
+
+RECORD = "export.json"
+
+
+def _recorded_files(out: Path) -> set[str] | None:
+    """The file names an earlier export recorded in OUT/export.json; None when OUT holds no such record."""
+    try:
+        record = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("kind") != "export" or not isinstance(record.get("files"), list):
+        return None
+    return {str(name) for name in record["files"]}
+
+
+def check_out(run: Path, out: Path, force: bool) -> None:
+    """OUT may be new, empty, or (with --force) an earlier export holding nothing but what it recorded."""
+    io.check_out_folder(out)
+    r, o = run.resolve(), out.resolve()
+    if o == r or o in r.parents:
+        raise UserError(f"--out {out}: {'is' if o == r else 'contains'} the run {run}; choose a folder outside it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise UserError(f"--out {out} exists and is not empty; choose another folder, or pass --force to replace "
+                        "an earlier export")
+    recorded = _recorded_files(out)
+    if recorded is None:
+        raise UserError(f"--out {out} was not written by `prefrec export` (no {RECORD} in it); --force replaces "
+                        "only an earlier export: choose another folder")
+    extra = sorted(p.name for p in out.iterdir() if p.name not in recorded)
+    if extra:
+        raise UserError(f"--out {out} holds files the earlier export did not write ({', '.join(extra[:5])}); "
+                        "--force replaces only what prefrec wrote: move them or choose another folder")
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", force: bool = False) -> Path:
-    """Merge RUN's adapter into its base and write OUT (written to a temp folder, then renamed into place)."""
-    from prefrec import io
+    """Merge RUN's adapter into its base and write OUT (in a temporary sibling folder, then renamed into place)."""
     from prefrec.card import model_card
     from prefrec.model import load_model
+    from prefrec.provenance import provenance
     from prefrec.results import is_run_dir
 
     run, out = Path(run), Path(out)
     if not is_run_dir(run):
         raise UserError(f"{run}: not a finished prefrec run (expected run.json and adapter/ in it)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force")
+    check_out(run, out, force)  # before the merge, which takes a while
     merged, tokenizer = load_model(str(run), dtype=dtype, device="cpu", merge_adapter=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with io.atomic_folder(out, replace=True) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         io.write_text(tmp / "README.md", model_card(run, merged=True))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files = sorted([p.name for p in tmp.iterdir() if p.name != io.INCOMPLETE] + [RECORD])
+        io.write_json(tmp / RECORD, {"kind": "export", "run": str(run.resolve()), "dtype": dtype, "files": files,
+                                     **provenance()})
     return out

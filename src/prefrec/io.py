@@ -3,12 +3,17 @@
 Every output prefrec writes (samples, results, per-sample rows, TSV tables, Markdown, HTML, figures, configs) goes
 through `atomic_path`, so a crash or kill mid-write never leaves a half-written file behind, and every file gets the
 same permissions: those an ordinary open() would give it (0666 minus the umask; mkstemp alone would give 0600).
+
+A folder that must land whole (a prepared data folder, an export) is filled through `atomic_folder`: a temporary
+sibling, renamed into place when complete. Its files and folders get the same ordinary modes, weights included
+(safetensors writes its files 0600, mkdtemp its folder 0700).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -40,6 +45,79 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders that land whole or not at all
+
+INCOMPLETE = ".prefrec-incomplete"  # inside a folder still being written (or left by a killed writer)
+
+
+def check_out_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+    """`flag` must name a folder or nothing yet: neither it nor any folder above it may be a file."""
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UserError(f"{flag} {out}: {q} is a file, not a folder")
+            break
+
+
+def check_complete(folder: str | os.PathLike) -> None:
+    """UserError when `folder` carries the INCOMPLETE marker: its writer has not finished (or was killed)."""
+    marker = Path(folder) / INCOMPLETE
+    if marker.exists():
+        raise UserError(f"{folder} is incomplete ({marker} is there: it is still being written, or its writer was "
+                        "killed); write it again")
+
+
+def ordinary_modes(folder: str | os.PathLike) -> None:
+    """Give `folder`, and every folder and file under it, the modes mkdir and open() would have given them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):  # a link's mode is its target's business
+                os.chmod(path, 0o666 & ~mask)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, *, replace: bool = False, flag: str = "--out") -> Iterator[Path]:
+    """Yield a new empty folder beside `path` to fill (it holds INCOMPLETE until the block ends); on success the
+    marker goes, the ordinary modes are given and the folder takes `path`'s place whole. On any exception
+    (KeyboardInterrupt included) it is removed and `path` is left as it was.
+
+    An existing non-empty `path` is replaced only with replace=True: the caller has checked that prefrec wrote it
+    (nothing else may be lost). The old folder is moved aside before the new one is renamed in, so a kill between
+    the two renames leaves no mixed folder (the old one then sits in a hidden `.NAME.*.old` sibling)."""
+    path = Path(path)
+    check_out_folder(path, flag)
+    if path.is_dir() and any(path.iterdir()) and not replace:
+        raise UserError(f"{flag} {path} exists and is not empty; choose another folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        (tmp / INCOMPLETE).write_text("prefrec is writing this folder; until this file is gone it is incomplete\n",
+                                      encoding="utf-8")
+        yield tmp
+        (tmp / INCOMPLETE).unlink()
+        ordinary_modes(tmp)
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename `new` onto `path`, moving an existing `path` aside first and deleting it after."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.replace(path, aside / path.name)
+    os.replace(new, path)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class Locked(UserError):
@@ -144,15 +222,18 @@ def write_figure(fig, path: str | os.PathLike, **savefig) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading JSON written by people: one clear error naming the file (and line) and what was expected
 
+NESTED_TOO_DEEP = "JSON nested too deeply (arrays or objects inside each other beyond Python's recursion limit)"
+
+
 def json_value(text: str, where: str, want: type, bad_json: str, bad_type: str):
     """json.loads(text), which must be a `want`; else UserError. The messages are templates: bad_json gets {where},
     {msg}, {line} and {col} of the decode error, bad_type {where} and {type} (the JSON type found)."""
-    from prefrec.errors import UserError
-
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(bad_json.format(where=where, msg=e.msg, line=e.lineno, col=e.colno)) from None
+    except RecursionError:
+        raise UserError(f"{where}: {NESTED_TOO_DEEP}") from None
     if not isinstance(value, want):
         raise UserError(bad_type.format(where=where, type=type(value).__name__))
     return value

@@ -19,7 +19,6 @@ Names accepted by `load_model`:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from prefrec import io
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
@@ -40,6 +40,7 @@ from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # PEFT's file names
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,10 @@ def _fetch_gguf(spec: OfflineModel, dest_dir: Path) -> Path:
 
 
 def _save_folder(root: Path, out: Path, save) -> Path:
-    """Write a folder through save(tmp) into a temporary sibling, then rename it to `out` (never half-written)."""
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".convert-"))
-    try:
+    """Write a folder through save(tmp) into a temporary sibling, then rename it to `out` (never half-written; an
+    incomplete cache folder of an earlier attempt is replaced). Its weights get the ordinary file mode."""
+    with io.atomic_folder(out, replace=True, flag="model cache") as tmp:
         save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -296,6 +291,40 @@ def check_attn_implementation(value: str) -> None:
                         f"packed scoring passes a 4D attention mask, which flash-attention kernels do not apply)")
 
 
+def _check_safetensors(path: Path) -> None:
+    """The header of a safetensors file must parse and its tensors must cover the file exactly (safe_open checks
+    both): a file cut short by a full disk or an interrupted copy is refused here, naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a complete safetensors file ({e}); copy or train it again") from None
+
+
+def check_adapter(folder: str | os.PathLike) -> dict:
+    """The parsed adapter_config.json of a PEFT adapter folder whose adapter_model.safetensors is complete; else a
+    UserError naming the file (PEFT's own errors name none: missing weights read "Repo id must be in the form …",
+    a corrupt config "Expecting property name …")."""
+    folder = Path(folder)
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        raise UserError(f"{folder}: no {ADAPTER_CONFIG} (a PEFT adapter folder holds {ADAPTER_CONFIG} and "
+                        f"{ADAPTER_WEIGHTS}); copy or train it again")
+    try:
+        text = config.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{config}: not UTF-8 text (byte {e.start})") from None
+    cfg = io.json_value(text, str(config), dict, "{where}: not valid JSON ({msg} at line {line}, column {col})",
+                        "{where}: a JSON {type}, expected an object")
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"{folder}: no {ADAPTER_WEIGHTS} (the adapter's weights); copy or train it again")
+    _check_safetensors(weights)
+    return cfg
+
+
 def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
                adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False,
                merge_adapter: bool = False):
@@ -321,9 +350,9 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         if adapter is None:
             adapter = Path(name) / "adapter"
         name = run.get("base_model", EMBEDDED)
-    elif name not in OFFLINE_MODELS and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
+    elif name not in OFFLINE_MODELS and Path(name).is_dir() and (Path(name) / ADAPTER_CONFIG).is_file():
         # a bare PEFT adapter folder: its config names the base model
-        cfg = json.loads((Path(name) / "adapter_config.json").read_text())
+        cfg = check_adapter(name)
         adapter, name = name, known_name(cfg.get("base_model_name_or_path") or EMBEDDED)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
@@ -348,6 +377,7 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     if adapter is not None:
         from peft import PeftModel
 
+        check_adapter(adapter)  # PEFT's own errors name no file
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         if merge_adapter:
             model = model.merge_and_unload()

@@ -37,8 +37,11 @@ def write_run(path: str | os.PathLike, info: dict) -> None:
 
 
 def read_run(path: str | os.PathLike) -> dict:
-    """A run folder's run.json."""
-    return json.loads((Path(path) / RUN_JSON).read_text(encoding="utf-8"))
+    """A run folder's run.json; UserError naming the file when it is not a JSON object."""
+    f = Path(path) / RUN_JSON
+    return io.json_value(f.read_text(encoding="utf-8"), str(f), dict,
+                         "{where}: not valid JSON ({msg} at line {line}, column {col}); the run is damaged",
+                         "{where}: a JSON {type}, expected an object; the run is damaged")
 
 
 # ---- evaluation folders ----
@@ -51,11 +54,13 @@ def has_results(folder: str | os.PathLike) -> bool:
 def write_results(folder: str | os.PathLike, results: dict, rows: Iterable[dict] | None = None, *,
                   ascii_rows: bool = False) -> Path:
     """Write FOLDER/per_sample.jsonl (when `rows` are given) and then FOLDER/results.json, each atomically; the
-    results are written last, so a folder with results.json always has its per-sample rows. `results` is written
-    as it is (key order kept, indent 2, non-ASCII kept); `ascii_rows` escapes non-ASCII in the rows (the baselines
-    have always written them so). Returns the results.json path."""
+    results are written last, so a folder with results.json always has its per-sample rows. An earlier results.json
+    is removed before the new rows go in: killed in between, the folder has no results.json that vouches for rows it
+    did not produce. `results` is written as it is (key order kept, indent 2, non-ASCII kept); `ascii_rows` escapes
+    non-ASCII in the rows (the baselines have always written them so). Returns the results.json path."""
     folder = Path(folder)
     if rows is not None:
+        (folder / RESULTS).unlink(missing_ok=True)
         io.write_jsonl(folder / PER_SAMPLE, rows, ensure_ascii=ascii_rows)
     io.write_json(folder / RESULTS, results)
     return folder / RESULTS
@@ -95,7 +100,8 @@ def per_sample_path(results_path: Path) -> Path:
 
 
 def read_per_sample(path: Path) -> list[dict]:
-    """The rows of a per_sample.jsonl (blank lines skipped)."""
+    """The rows of a per_sample.jsonl (blank lines skipped). Beside a results.json, there must be as many rows as
+    its n_samples: a truncated or empty file (a copy cut short, a full disk) is refused, not bootstrapped."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -104,4 +110,8 @@ def read_per_sample(path: Path) -> list[dict]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    want = read_results(Path(path).parent / RESULTS).get("n_samples")
+    if isinstance(want, int) and want != len(rows):
+        raise UserError(f"{path}: {len(rows)} rows, but {Path(path).parent / RESULTS} says n_samples = {want}; the "
+                        "per-sample file is incomplete or from another evaluation: evaluate again")
     return rows

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 
 from prefrec import io
 from prefrec.answers import formats_for
+from prefrec.errors import UserError
 
 TASKS = ("pairwise", "candidates", "yesno")
 
@@ -161,11 +162,33 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
                 d = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise ValueError(f"{where}: {io.NESTED_TOO_DEEP}") from None
             yield Sample.from_dict(d, where=where)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Sample]:
-    return list(iter_jsonl(path))
+    """Every sample of a file. Inside a prepared folder the folder must be complete (io.check_complete) and a split
+    file must hold the number of samples the folder's stats.json gives it: a split of another run does not pass."""
+    path = Path(path)
+    io.check_complete(path.parent)
+    samples = list(iter_jsonl(path))
+    _check_split_size(path, len(samples))
+    return samples
+
+
+def _check_split_size(path: Path, n: int) -> None:
+    stats = path.parent / "stats.json"
+    if path.name not in ("train.jsonl", "valid.jsonl", "test.jsonl") or not stats.is_file():
+        return
+    try:
+        sizes = json.loads(stats.read_text(encoding="utf-8")).get("split_sizes")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable stats.json is its readers' error to report
+    want = sizes.get(path.stem) if isinstance(sizes, dict) else None
+    if isinstance(want, int) and want != n:
+        raise UserError(f"{path}: {n} samples, but {stats} says {want}: the folder mixes files of two runs (or one "
+                        "was edited); prepare it again")
 
 
 # the results writer lives in prefrec.io; this name stays for code that imported it from here

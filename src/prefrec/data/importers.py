@@ -85,7 +85,7 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
         raise UserError(f"{path}: empty file")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not one JSON document; or one too deep: read value by value
         value = None
     else:
         if isinstance(value, list):
@@ -115,8 +115,9 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
         line_pos = pos
         try:
             value, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            out.append((f"{path.name}:{line}", Rejected(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")))
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else None
+            out.append((f"{path.name}:{line}", Rejected(f"not valid JSON ({why})" if why else io.NESTED_TOO_DEEP)))
             nxt = text.find("\n", pos)  # resume at the next line, as JSON lines allow
             if nxt < 0:
                 break
@@ -352,17 +353,33 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _destinations(files: list[Path], out: Path) -> list[Path]:
+    """OUT/<stem>.jsonl for each input; two inputs with one name (a/x.json, b/x.jsonl) are refused, since the
+    second would silently overwrite the first."""
+    dests: dict[Path, Path] = {}
+    for f in files:
+        dest = out / f"{f.stem}.jsonl"
+        first = dests.setdefault(dest, f)
+        if first.resolve() != f.resolve():
+            raise UserError(f"{first} and {f} would both be written to {dest}; import them into different --out "
+                            "folders, or rename one")
+    return [out / f"{f.stem}.jsonl" for f in files]
+
+
 def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None = None) -> dict:
     """Import every file (folders are expanded to their .json/.jsonl files) into OUT/<name>.jsonl and write
-    OUT/import_report.json. A file that cannot be read at all is reported as rejected, with the reason."""
+    OUT/import_report.json. A file that cannot be read at all is reported as rejected, with the reason. The report
+    is written last (an earlier one is removed first), so a folder with a report holds that import's outputs."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    io.check_out_folder(out)
     files = _expand([Path(p) for p in paths])
     if not files:
         raise UserError(f"no .json/.jsonl files in {[str(p) for p in paths]}")
+    dests = _destinations(files, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "import_report.json").unlink(missing_ok=True)
     reports = []
-    for f in files:
-        dest = out / f"{f.stem}.jsonl"
+    for f, dest in zip(files, dests):
         try:
             samples, report = import_file(f, domain=domain)
         except UserError as e:
@@ -371,7 +388,8 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
             write_jsonl(dest, samples)
             report.output = str(dest)
         else:
-            report.reason = report.reason or "no row could be imported"
+            first = f" (first: {report.rejected[0]['where']}: {report.rejected[0]['reason']})" if report.rejected else ""
+            report.reason = report.reason or "no row could be imported" + first
             if dest.is_file():  # an earlier import's output would sit beside a report saying REJECTED
                 dest.unlink()
                 report.notes.append(f"removed {dest.name} left by an earlier import of this file")

@@ -8,13 +8,17 @@
 
 Read-level filters, applied before any protocol and listed first in stats.json `filters`: rows whose rating means
 "not rated" (Goodreads 0) are dropped, and a repeated (user, item) pair keeps only its first interaction in time
-order. Every write is atomic (temp file + rename). Warnings (a smaller split than requested, missing titles) are
+order. The folder is written whole or not at all: into a temporary sibling, renamed into place when complete
+(io.atomic_folder), so a kill midway never leaves one run's train.jsonl beside another run's stats.json. An existing
+`--out` is replaced only when it is empty or a folder prepare wrote (its stats.json, and nothing but its files);
+anything else is refused before the work starts. Warnings (a smaller split than requested, missing titles) are
 printed to stderr and stored in stats.json: never silent. Nothing is written when every split is empty or `--out`
 is a file (both errors).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +41,7 @@ DEFAULTS = {
     "yesno": {"negatives": None, "history_len": 10, "min_history": 10, "n_train": 64, "n_valid": 100, "n_test": 1000},
 }
 _UNSET = object()
+PREPARED_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json", "items.tsv", "interactions.tsv")
 
 
 def _warn_stderr(msg: str) -> None:
@@ -124,14 +129,30 @@ def _threshold(log: Log, task: str, threshold: float | None, negative_below: flo
     return 3.0 if threshold is None else threshold
 
 
+def _written_by_prepare(stats: Path) -> bool:
+    try:
+        d = json.loads(stats.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "dataset" in d and "task" in d
+
+
 def check_out_folder(out: str | os.PathLike) -> None:
-    """--out must be a folder or not exist yet (nor may any part of its path be a file)."""
+    """--out must not exist yet, be empty, or be a folder prepare wrote, which is then replaced whole: a stats.json
+    naming its dataset and task, and none but the prepared files (a file of the user's would be lost)."""
+    io.check_out_folder(out)
     p = Path(out)
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise UserError(f"--out {out}: {q} is a file, not a folder")
-            break
+    if not p.is_dir() or not any(p.iterdir()):
+        return
+    foreign = sorted(q.name for q in p.iterdir() if q.name not in PREPARED_FILES)
+    if foreign:
+        why = f"it holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
+    elif not _written_by_prepare(p / "stats.json"):
+        why = "no stats.json naming its dataset and task"
+    else:
+        return
+    raise UserError(f"--out {out}: not a folder written by `prefrec data prepare` ({why}), so it is not replaced; "
+                    "choose a new or empty folder")
 
 
 def _check_not_empty(built: "protocols.Built", task: str) -> list[str]:
@@ -183,18 +204,6 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                                       min_history=p["min_history"], same_time=same_time, **hybrid, **sizes)
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
     check_out_folder(out)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for s in protocols.SPLITS:
-        write_jsonl(out / f"{s}.jsonl", built.samples[s])
-    items = dict(log.titles)
-    for x in log.interactions:
-        items.setdefault(x.item, x.item)
-    io.write_tsv(out / "items.tsv", "item_id\ttitle",
-               (f"{i}\t{_cell(t)}\n" for i, t in sorted(items.items(), key=lambda kv: protocols.user_key(kv[0]))))
-    io.write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
-               (f"{x.user}\t{x.item}\t{x.rating:g}\t{'' if x.timestamp is None else x.timestamp}\t{sp}\n"
-                for x, sp in _rows_in_order(log, built.interaction_split, seed)))
     stats = {
         "dataset": dataset, "task": task, "seed": seed, "source": str(Path(source).resolve()), "domain": log.domain,
         "files": log.files,
@@ -211,7 +220,23 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
            if task == "yesno" else {}),
         "provenance": provenance(),
     }
-    io.write_json(out / "stats.json", stats)
+    with io.atomic_folder(out, replace=True) as tmp:  # check_out_folder said what it may replace
+        _write_folder(tmp, log, built, seed)
+        io.write_json(tmp / "stats.json", stats)
     for w in warnings:
         warn(w)
     return stats
+
+
+def _write_folder(out: Path, log: Log, built: "protocols.Built", seed: int) -> None:
+    """The splits, items.tsv and interactions.tsv (stats.json is the caller's)."""
+    for s in protocols.SPLITS:
+        write_jsonl(out / f"{s}.jsonl", built.samples[s])
+    items = dict(log.titles)
+    for x in log.interactions:
+        items.setdefault(x.item, x.item)
+    io.write_tsv(out / "items.tsv", "item_id\ttitle",
+                 (f"{i}\t{_cell(t)}\n" for i, t in sorted(items.items(), key=lambda kv: protocols.user_key(kv[0]))))
+    io.write_tsv(out / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit",
+                 (f"{x.user}\t{x.item}\t{x.rating:g}\t{'' if x.timestamp is None else x.timestamp}\t{sp}\n"
+                  for x, sp in _rows_in_order(log, built.interaction_split, seed)))

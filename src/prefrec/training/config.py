@@ -434,6 +434,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), o
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read the config ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
     raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}

@@ -7,9 +7,18 @@ import json
 import re
 from pathlib import Path
 
-from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _timestamp
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _json_id,
+    _lines,
+    _no_rows,
+    _number,
+    _timestamp,
+)
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
+from prefrec.io import NESTED_TOO_DEEP
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -28,6 +37,8 @@ def _record(line: str, path: Path, n: int, literal_ok: bool) -> dict:
     literals only: it cannot run code, unlike eval)."""
     try:
         obj = json.loads(line)
+    except RecursionError:
+        raise UserError(f"{path}:{n}: {NESTED_TOO_DEEP}") from None
     except json.JSONDecodeError as e:
         if not literal_ok:
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
@@ -81,7 +92,8 @@ def read_amazon(source: str | Path, *, edition: int = 2018, meta: str | Path | N
             rating = _number(str(rec["overall"]), path, n, "overall")
             ts = rec.get("unixReviewTime")
             ts = _timestamp(str(ts), path, n, "unixReviewTime") if ts is not None else None
-            log.interactions.append(Interaction(str(rec["reviewerID"]), str(rec["asin"]), rating, ts))
+            user, item = _json_id(rec, "reviewerID", path, n), _json_id(rec, "asin", path, n)
+            log.interactions.append(Interaction(user, item, rating, ts))
         if not log.interactions:
             raise _no_rows(path, "review")
     missing = len({x.item for x in log.interactions} - set(log.titles))

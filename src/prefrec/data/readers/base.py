@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,22 @@ class Log:
                 "items": len({x.item for x in self.interactions})}
 
 
+def _read_chunk(f, size: int) -> tuple[bytes, Exception | None]:
+    """About `size` bytes from `f`, a piece at a time (read1), so that a gzip stream that breaks off still gives
+    the bytes before the break: returned with the error instead of lost with it."""
+    pieces, got = [], 0
+    try:
+        while got < size:
+            piece = f.read1(size - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        return b"".join(pieces), e
+    return b"".join(pieces), None
+
+
 def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, list[bytes]]]:
     """(number of the first line, lines without their endings), a few MB at a time: much faster than iterating a
     gzip stream line by line, and still streaming for multi-GB review files. Gzip is detected by magic bytes."""
@@ -52,19 +69,21 @@ def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, l
         magic = f.read(2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
     n, rest = 0, b""
-    try:
-        with opener(path, "rb") as f:
-            while True:
-                chunk = f.read(chunk_bytes)
-                if not chunk:
-                    break
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                if lines:
-                    yield n + 1, [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-                    n += len(lines)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise UserError(f"{path}: truncated or corrupt gzip data after line {n} ({e}); download the file again") from None
+    with opener(path, "rb") as f:
+        while True:
+            chunk, error = _read_chunk(f, chunk_bytes)
+            if error is not None:
+                complete = n + (rest + chunk).count(b"\n")
+                where = f"after line {complete:,}" if complete else "before its first line"
+                raise UserError(f"{path}: truncated or corrupt gzip data {where} ({error}); download the file "
+                                "again") from None
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            if lines:
+                yield n + 1, [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+                n += len(lines)
     if rest:
         yield n + 1, [rest[:-1] if rest.endswith(b"\r") else rest]
         n += 1
@@ -117,26 +136,60 @@ def _fields(line: str, sep: str, want: int, path: Path, n: int, names: str, at_l
     return parts
 
 
-def _number(text: str, path: Path, n: int, name: str) -> float:
+# Sane ranges. A rating or a play count is a number from 0 to 1e9 (a star scale, or counts far beyond any real
+# user's); a timestamp is seconds since 1970-01-01 and before 2100-01-01 (UTC). NaN, inf, 1e308 and negative values
+# are refused with the file and line: kept, they would silently decide what is liked and what comes first.
+MAX_VALUE = 1e9
+FIRST_TIME, LAST_TIME = 0, 4_102_444_800
+_BAD_ID = {"Cc", "Cs", "Zl", "Zp"}  # control characters (tab, newline, NUL), lone surrogates, line separators
+
+
+def _number(text: str, path: Path, n: int, name: str, low: float = 0.0, high: float = MAX_VALUE,
+            expected: str = "a number from 0 to 1e9") -> float:
     try:
         v = float(text)
     except ValueError:
         raise UserError(f"{path}:{n}: field '{name}' is {text!r}; expected a number") from None
-    if v != v:  # NaN
-        raise UserError(f"{path}:{n}: field '{name}' is NaN; expected a number")
+    if not low <= v <= high:  # NaN fails this too
+        raise UserError(f"{path}:{n}: field '{name}' is {text!r}; expected {expected}")
     return v
 
 
 def _timestamp(text: str, path: Path, n: int, name: str = "timestamp") -> int:
-    return int(_number(text, path, n, name))
+    """Seconds since the epoch, from 1970 to 2100."""
+    return int(_number(text, path, n, name, FIRST_TIME, LAST_TIME, "seconds since 1970-01-01, before the year 2100"))
+
+
+def _order_value(text: str, path: Path, n: int, name: str) -> int:
+    """A column the user named with --order-by: any finite whole-number scale (a day index, a sequence number)."""
+    return int(_number(text, path, n, name, -2.0 ** 53, 2.0 ** 53, "a finite number that orders the log in time"))
 
 
 def _rating_time(r: str, t: str, path: Path, n: int) -> tuple[float, int]:
-    """float(rating), int(timestamp) the fast way; the checked way (with its clear error) only if that fails."""
+    """float(rating), int(timestamp) the fast way when both are in range; else the checked way (its clear error)."""
     try:
-        return float(r), int(t)
+        rating, ts = float(r), int(t)
     except ValueError:
-        return _number(r, path, n, "rating"), _timestamp(t, path, n)
+        rating, ts = -1.0, -1
+    if 0.0 <= rating <= MAX_VALUE and FIRST_TIME <= ts <= LAST_TIME:  # NaN fails the first test
+        return rating, ts
+    return _number(r, path, n, "rating"), _timestamp(t, path, n)
+
+
+def _id(text: str, path: Path, n: int, name: str) -> str:
+    """A user or item id: non-blank text that can be written back as UTF-8 and kept on one TSV line."""
+    if text.strip() and (text.isprintable() or not any(unicodedata.category(c) in _BAD_ID for c in text)):
+        return text
+    raise UserError(f"{path}:{n}: field '{name}' is {text!r}; expected an id (not blank; no tab, newline, control "
+                    "character or undecodable byte)")
+
+
+def _json_id(rec: dict, key: str, path: Path, n: int) -> str:
+    """An id field of a JSON record: a string or a whole number (never a list, object, float or bool)."""
+    v = rec[key]
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise UserError(f"{path}:{n}: field '{key}' is a JSON {type(v).__name__}; expected a string id")
+    return _id(str(v), path, n, key)
 
 
 def _unknown_item(path: Path, n: int, item: str, catalogue: str) -> UserError:

@@ -7,11 +7,36 @@ from datetime import datetime
 from pathlib import Path
 
 from prefrec.data.readers.amazon import _record
-from prefrec.data.readers.base import Interaction, Log, _fields, _lines, _no_rows, _number, _pick, _timestamp
+from prefrec.data.readers.base import (
+    FIRST_TIME,
+    LAST_TIME,
+    Interaction,
+    Log,
+    _fields,
+    _id,
+    _json_id,
+    _lines,
+    _no_rows,
+    _number,
+    _order_value,
+    _pick,
+)
 from prefrec.data.titles import normalise_title
 from prefrec.errors import UserError
 
 _GOODREADS_TIME = "%a %b %d %H:%M:%S %z %Y"  # "Tue Oct 17 06:42:31 -0700 2017"
+
+
+def _date(when, path: Path, n: int) -> int:
+    """Seconds since the epoch of a Goodreads date ("Tue Oct 17 06:42:31 -0700 2017"), from 1970 to 2100."""
+    try:
+        ts = int(datetime.strptime(when, _GOODREADS_TIME).timestamp())
+    except (TypeError, ValueError):
+        raise UserError(f"{path}:{n}: field 'date_added' is {when!r}; expected like "
+                        "'Tue Oct 17 06:42:31 -0700 2017'") from None
+    if not FIRST_TIME <= ts <= LAST_TIME:
+        raise UserError(f"{path}:{n}: field 'date_added' is {when!r}; expected a date from 1970 to 2100")
+    return ts
 
 
 def read_goodreads(source: str | Path, *, time_column: str | None = None) -> Log:
@@ -44,8 +69,9 @@ def read_goodreads(source: str | Path, *, time_column: str | None = None) -> Log
             parts = next(csv.reader([line]))
             if len(parts) != len(cols):
                 raise UserError(f"{path}:{n}: expected {len(cols)} comma-separated fields ({header}), found {len(parts)}")
-            ts = _timestamp(parts[tc], path, n, time_column) if tc is not None else None
-            log.interactions.append(Interaction(parts[uc], parts[bc], _number(parts[rc], path, n, "rating"), ts))
+            ts = _order_value(parts[tc], path, n, time_column) if tc is not None else None
+            user, book = _id(parts[uc], path, n, "user_id"), _id(parts[bc], path, n, "book_id")
+            log.interactions.append(Interaction(user, book, _number(parts[rc], path, n, "rating"), ts))
         log.has_timestamps = tc is not None
     else:
         if time_column:
@@ -55,15 +81,9 @@ def read_goodreads(source: str | Path, *, time_column: str | None = None) -> Log
             for key in ("user_id", "book_id", "rating"):
                 if key not in rec:
                     raise UserError(f"{path}:{n}: missing field '{key}'")
-            ts = None
             when = rec.get("date_added") or rec.get("date_updated")
-            if when:
-                try:
-                    ts = int(datetime.strptime(when, _GOODREADS_TIME).timestamp())
-                except ValueError:
-                    raise UserError(f"{path}:{n}: field 'date_added' is {when!r}; expected like "
-                                    "'Tue Oct 17 06:42:31 -0700 2017'") from None
-            log.interactions.append(Interaction(str(rec["user_id"]), str(rec["book_id"]),
+            ts = _date(when, path, n) if when else None
+            log.interactions.append(Interaction(_json_id(rec, "user_id", path, n), _json_id(rec, "book_id", path, n),
                                                 _number(str(rec["rating"]), path, n, "rating"), ts))
         log.has_timestamps = all(x.timestamp is not None for x in log.interactions)
     if not log.interactions:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefrec.data.readers.base import Interaction, Log, _fields, _lines, _no_rows, _number, _timestamp, _unknown_item
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _fields,
+    _id,
+    _lines,
+    _no_rows,
+    _number,
+    _order_value,
+    _unknown_item,
+)
 from prefrec.data.titles import normalise_title
 from prefrec.errors import UserError
 
@@ -44,10 +54,10 @@ def read_lastfm(source: str | Path, *, time_column: str | None = None) -> Log:
         log.has_timestamps = True
     for n, line in lines:
         parts = _fields(line, "\t", len(cols) if tc is not None else 3, ua, n, ", ".join(cols))
-        u, i, w = parts[:3]
+        u, i, w = _id(parts[0], ua, n, "userID"), _id(parts[1], ua, n, "artistID"), parts[2]
         if log.titles and i not in log.titles:
             raise _unknown_item(ua, n, i, artists.name)
-        ts = _timestamp(parts[tc], ua, n, time_column) if tc is not None else None
+        ts = _order_value(parts[tc], ua, n, time_column) if tc is not None else None
         log.interactions.append(Interaction(u, i, _number(w, ua, n, "weight"), ts))
     if not log.interactions:
         raise _no_rows(ua, "user-artist")

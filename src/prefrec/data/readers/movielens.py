@@ -8,6 +8,7 @@ from prefrec.data.readers.base import (
     Interaction,
     Log,
     _fields,
+    _id,
     _lines,
     _movielens_encoding,
     _no_rows,
@@ -49,6 +50,8 @@ def read_ml1m(source: str | Path) -> Log:
         if len(parts) != 4:
             _fields(line, "::", 4, ratings, n, "UserID::MovieID::Rating::Timestamp")  # raises the clear error
         u, i, r, t = parts
+        if not (u.isprintable() and i.isprintable() and u and i):  # the fast test of _id
+            u, i = _id(u, ratings, n, "user"), _id(i, ratings, n, "item")
         if known is not None and i not in known:
             raise _unknown_item(ratings, n, i, movies.name)
         append(Interaction(u, i, *_rating_time(r, t, ratings, n)))
@@ -70,6 +73,7 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
         log.warnings.append(f"{data.parent}: no u.item, so item ids are used as titles")
     for n, line in _lines(data, ("latin-1",)):
         u, i, r, t = _fields(line, "\t", 4, data, n, "user id, item id, rating, timestamp")
+        u, i = _id(u, data, n, "user"), _id(i, data, n, "item")
         if item is not None and i not in log.titles:
             raise _unknown_item(data, n, i, item.name)
         log.interactions.append(Interaction(u, i, *_rating_time(r, t, data, n)))

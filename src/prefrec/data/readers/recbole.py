@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefrec.data.readers.base import Interaction, Log, _lines, _no_rows, _number, _pick, _timestamp, _unknown_item
+from prefrec.data.readers.base import (
+    Interaction,
+    Log,
+    _id,
+    _lines,
+    _no_rows,
+    _number,
+    _order_value,
+    _pick,
+    _timestamp,
+    _unknown_item,
+)
 from prefrec.data.titles import normalise_title, with_year
 from prefrec.errors import UserError
 
@@ -80,16 +91,17 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
     if time_column and tc is None:
         raise UserError(f"{inter}:1: --order-by {time_column}: no such column in the header {cols}")
     log.has_timestamps = tc is not None
+    when = _order_value if time_column else _timestamp  # a column the user named need not be seconds since 1970
     for n, line in lines:
         parts = line.split("\t")
         if len(parts) != len(cols):
             raise UserError(f"{inter}:{n}: expected {len(cols)} tab-separated fields ({', '.join(cols)}), found {len(parts)}")
-        item = parts[ic]
+        user, item = _id(parts[uc], inter, n, "user_id"), _id(parts[ic], inter, n, "item_id")
         if log.titles and item not in log.titles:
             raise _unknown_item(inter, n, item, item_file.name)
         rating = _number(parts[rc], inter, n, "rating") if rc is not None else 1.0
-        ts = _timestamp(parts[tc], inter, n, time_column or "timestamp") if tc is not None else None
-        log.interactions.append(Interaction(parts[uc], item, rating, ts))
+        ts = when(parts[tc], inter, n, time_column or "timestamp") if tc is not None else None
+        log.interactions.append(Interaction(user, item, rating, ts))
     if not log.interactions:
         raise _no_rows(inter, "interaction")
     return log

@@ -1,0 +1,88 @@
+"""prefrec.export (issue 31): `--force` replaces only an earlier export; weights get the mode every other file gets.
+
+The run is a tiny random Llama saved as a local base folder plus a PEFT adapter and run.json: all export needs.
+"""
+
+import json
+import os
+import stat
+
+import pytest
+from conftest import make_tiny_lm
+from typer.testing import CliRunner
+
+from prefrec.cli import app
+from prefrec.errors import UserError
+from prefrec.export import export_run
+from prefrec.model import add_lora
+
+
+@pytest.fixture(scope="module")
+def run_factory(tmp_path_factory, embedded_tokenizer):
+    base = tmp_path_factory.mktemp("base")
+    make_tiny_lm(embedded_tokenizer, seed=2).save_pretrained(base)
+    embedded_tokenizer.save_pretrained(base)
+
+    def make(run):
+        add_lora(make_tiny_lm(embedded_tokenizer, seed=2), r=2, alpha=4, dropout=0.0).save_pretrained(run / "adapter")
+        (run / "run.json").write_text(json.dumps({"base_model": str(base), "stages": ["sft"]}))
+        return run
+    return make
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_force_never_deletes_the_run_its_parent_or_a_folder_export_did_not_write(run_factory, tmp_path):
+    """The bug: `prefrec export parent/myrun --out parent --force` deleted the run, a notes file and a sibling run."""
+    parent = tmp_path / "parent"
+    run = run_factory(parent / "myrun")
+    run_factory(parent / "sibling")
+    (parent / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    for out in (parent, run, tmp_path):
+        with pytest.raises(UserError, match=r"^--out .*: .*(contains|is) the run"):
+            export_run(run, out, force=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"^--out .*other was not written by `prefrec export`.*--force replaces only"):
+        export_run(run, other, force=True)
+    assert _tree(tmp_path) == sorted(before + ["other", "other/notes.txt"])
+
+
+def test_force_replaces_an_earlier_export_only_while_it_holds_nothing_else(run_factory, tmp_path):
+    run = run_factory(tmp_path / "run")
+    out = export_run(run, tmp_path / "merged")
+    record = json.loads((out / "export.json").read_text())
+    assert record["run"] == str(run.resolve()) and "model.safetensors" in record["files"]
+    with pytest.raises(UserError, match="not empty"):
+        export_run(run, out)
+    (out / "model.safetensors").write_bytes(b"stale")
+    export_run(run, out, force=True)
+    assert (out / "model.safetensors").stat().st_size > 100
+    (out / "my-eval.md").write_text("mine")
+    with pytest.raises(UserError, match=r"my-eval\.md"):
+        export_run(run, out, force=True)
+    assert (out / "my-eval.md").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]  # no temp folder left behind
+
+
+def test_export_weights_get_the_ordinary_file_mode(run_factory, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = export_run(run_factory(tmp_path / "run"), tmp_path / "merged")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_cli_export_out_naming_a_file_is_one_line(run_factory, tmp_path):
+    run = run_factory(tmp_path / "run")
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "afile"), "--force"])
+    assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and (tmp_path / "afile").read_text() == "x"
