@@ -579,3 +579,14 @@ def test_train_refuses_a_folder_that_is_not_a_run_and_retries_a_failed_start(tin
         train(_cfg(raw))
     monkeypatch.undo()
     assert is_run_dir(train(_cfg(raw)))
+
+
+def test_adapters_and_checkpoints_get_the_ordinary_file_modes(tiny_dir, data_dirs, tmp_path):
+    """PEFT writes adapter_model.safetensors 0600; prefrec gives every file it writes one rule (issue 31)."""
+    mask = os.umask(0o022)
+    try:
+        run = train(_cfg(_raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, align_epochs=1)))
+    finally:
+        os.umask(mask)
+    for f in [run / "adapter" / "adapter_model.safetensors", *run.glob("checkpoints/*/adapter/*.safetensors")]:
+        assert f.stat().st_mode & 0o777 == 0o644, f

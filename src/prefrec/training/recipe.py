@@ -167,6 +167,7 @@ class StageRun:
 def train(cfg: TrainConfig, *, resume: bool = False) -> Path:
     """Run every stage of `cfg` (or resume the run in cfg.output_dir); returns the run folder."""
     t_process = time.time()
+    io.check_out_folder(cfg.output_dir, "output_dir")
     run = Path(cfg.output_dir)
     acc = _accelerator(cfg, run)
     resume_from = check_run_folder(cfg, run, resume)

@@ -20,10 +20,9 @@ def base_model_name(name: str) -> str:
     if is_run_dir(p):
         return read_run(p).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
-        from prefrec.model import known_name
+        from prefrec.model import check_adapter, known_name
 
-        return known_name(json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-                          or "embedded")
+        return known_name(check_adapter(p).get("base_model_name_or_path") or "embedded")
     return name
 
 
@@ -53,12 +52,10 @@ def adapter_state(acc, prepared) -> dict | None:
 
 
 def save_adapter(lm, dest: Path, state_dict: dict | None = None) -> None:
-    """PEFT save_pretrained (safetensors) into a temp folder, then renamed into place."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    """PEFT save_pretrained (safetensors) into a temp folder, renamed into place whole with the ordinary file modes
+    (PEFT writes its weights 0600)."""
+    with io.atomic_folder(dest, replace=True, flag="adapter") as tmp:
+        lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
 
 
 def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
@@ -79,6 +76,7 @@ def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> No
         acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
                                                       state_dict=weights, save_embedding_layers=False)
         io.write_json(tmp / "trainer_state.json", state)
+        io.ordinary_modes(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run)[:-keep_last]:
@@ -111,6 +109,9 @@ def load_adapter_weights(lm, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from prefrec.model import check_adapter
+
+    check_adapter(folder)  # a truncated or missing file is one clear error, naming it
     result = set_peft_model_state_dict(lm, load_file(str(folder / "adapter_model.safetensors")))
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if missing or getattr(result, "unexpected_keys", []):
