@@ -27,10 +27,11 @@ from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
+from prefrec.evaluation.facts import prompt_facts_rows
 from prefrec.provenance import provenance
 from prefrec.results import write_results
 
-BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf")
+BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf", "prompt-facts")
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
 TARGET_PREFIX = "target:"  # keeps a target domain's item keys apart from the source's
 EPOCHS = {"few-shot": 20, "full": 10}  # few-shot data is small, so it gets more passes
@@ -62,14 +63,14 @@ def make_model(name: str, *, dim: int, max_len: int, epochs: int, lr: float | No
 
 def evaluate(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[dict]]:
     """Shared metrics and per-sample rows (the fields `prefrec report` bootstraps from) from (N, C) scores."""
-    ids = [s.id for s in test.samples]
+    keys = [{"id": s.id, "user": s.user} for s in test.samples]
     if task == "pairwise":
         s_first = np.repeat(scores[:, :1], scores.shape[1] - 1, axis=1)
-        rows = [{"id": i, "s_first": a.tolist(), "s_second": b.tolist()}
-                for i, a, b in zip(ids, s_first, scores[:, 1:])]
+        rows = [{**key, "s_first": a.tolist(), "s_second": b.tolist()}
+                for key, a, b in zip(keys, s_first, scores[:, 1:])]
     else:
-        rows = [{"id": i, "scores": row.tolist(), "target_index": int(t)}
-                for i, row, t in zip(ids, scores, test.target_index)]
+        rows = [{**key, "scores": row.tolist(), "target_index": int(t)}
+                for key, row, t in zip(keys, scores, test.target_index)]
     return tasks.task(task).metrics(rows), rows
 
 
@@ -136,6 +137,8 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
                             f"{', '.join(CROSS_DOMAIN)}")
         if source.task != target.task:
             raise UserError(f"{train_samples} has task {source.task!r} but {samples_dir} has {target.task!r}")
+    if name == "prompt-facts":
+        return _prompt_facts(target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit)
     max_len = max_len or default_max_len(source, target)
     n_epochs = EPOCHS[regime] if epochs is None else epochs
     data = training_data(source, regime)
@@ -187,3 +190,26 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
         out.mkdir(parents=True, exist_ok=True)
         write_results(out, result, rows, ascii_rows=True)
     return {**result, "scores": scores}
+
+
+def _prompt_facts(target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out, limit) -> dict:
+    """The prompt-facts baseline (prefrec.evaluation.facts): a logistic model of the numbers and the order the
+    prompt shows, fit on the regime's training samples (few-shot: the training split; full: every non-test user),
+    scored on the test samples. No interactions, no item ids: only what the LLM reads."""
+    fit_on = source.train + (source.valid if regime == "full" else [])
+    test = target.test[:limit] if limit is not None else target.test
+    t0 = time.perf_counter()
+    rows = prompt_facts_rows(fit_on, test)
+    result = {
+        "kind": "eval", "method": "prompt-facts", "dataset": target.name, "task": target.task, "split": "test",
+        "seed": seed, "regime": regime, "k": None, "shots": len(fit_on) if regime == "few-shot" else None,
+        "n_samples": len(test), "metrics": tasks.task(target.task).metrics(rows), "model": "prompt-facts",
+        "config": {"samples": str(Path(samples_dir)), "regime": regime, "limit": limit, "fit_samples": len(fit_on),
+                   "features": "parsed from the prompt text: item notes (mean rating, raters), shown order"},
+        "training": {"train_seconds": round(time.perf_counter() - t0, 2)},
+        **provenance(),
+    }
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_results(Path(out), result, rows, ascii_rows=True)
+    return result

@@ -36,7 +36,7 @@ def score_pairwise(model, tokenizer, samples: list[Sample], *, max_tokens_per_ba
     trees = [encode_sample(tokenizer, s, which="all") for s in samples]
     nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
                          desc="pairwise").nested()
-    return [{"id": s.id, "s_first": [float(b[0]) for b in branches], "s_second": [float(b[1]) for b in branches]}
+    return [{"id": s.id, "user": s.user, "s_first": [float(b[0]) for b in branches], "s_second": [float(b[1]) for b in branches]}
             for s, branches in zip(samples, nested)]
 
 
@@ -87,7 +87,7 @@ def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_
     for s, tree, branches in zip(samples, trees, nested):
         summed = branches[0].double().numpy()
         lengths = np.array([len(r) for r in tree.branches[0].responses], dtype=np.float64)
-        out.append({"id": s.id, "target_index": candidate_list(s)[1], "rank_scores": summed.tolist(),
+        out.append({"id": s.id, "user": s.user, "target_index": candidate_list(s)[1], "rank_scores": summed.tolist(),
                     "rank_norm_scores": (summed / lengths).tolist()})
     return out
 
@@ -159,7 +159,7 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
         ly, ln = first[n + iy], first[n + ino]
         n += len(resp)
         label = s.label if s.label is not None else int(iy == 0)
-        out.append({"id": s.id, "label": int(label), "logp_yes": ly, "logp_no": ln,
+        out.append({"id": s.id, "user": s.user, "label": int(label), "logp_yes": ly, "logp_no": ln,
                     "p_yes": float(1.0 / (1.0 + np.exp(ln - ly)))})
     return out
 

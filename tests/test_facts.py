@@ -1,0 +1,67 @@
+"""prefrec.evaluation.facts: the prompt-facts baseline and the "added to the facts" test."""
+
+import math
+
+import numpy as np
+import pytest
+from test_data_protocols import synthetic_log
+
+from prefrec import prompts
+from prefrec.data import protocols as P
+from prefrec.evaluation import facts
+
+
+def test_notes_and_positions_are_read_off_the_prompt():
+    assert facts.parse_note(prompts.item_note(120, 3.94)) == (3.9, math.log1p(120), 0.0)
+    assert facts.parse_note(prompts.item_note(0, None)) == (0.0, 0.0, 1.0)
+    assert facts.parse_note(prompts.item_note(7, None, rated=False)) == (0.0, math.log1p(7), 1.0)
+    q = prompts.pairwise_question("movies", "Heat (1995)", "Up (2009)", (prompts.item_note(3, 4.0), ""))
+    assert facts.shown(q, "Heat (1995)") == (q.index('"Heat'), (4.0, math.log1p(3), 0.0))
+    assert facts.shown(q, "Up (2009)")[1] == (0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="not shown"):
+        facts.shown(q, "Alien (1979)")
+
+
+def _built(task, **kw):
+    log = synthetic_log(n_users=80, seed=7)
+    build = P.build_pairwise if task == "pairwise" else P.build_candidates
+    return build(log, seed=0, item_stats=True, **kw)
+
+
+def test_the_facts_model_fits_on_train_and_reads_the_order_of_a_text_only_prompt():
+    built = _built("pairwise", negatives=2, n_train=None, n_valid=5, n_test=20)
+    rows = facts.prompt_facts_rows(built.samples["train"], built.samples["test"])
+    assert [r["id"] for r in rows] == [s.id for s in built.samples["test"]]
+    assert all(len(r["s_first"]) == 2 for r in rows)
+    # a text-only prompt: the model is an intercept, so P(positive) depends on the shown order only
+    plain = P.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, n_train=None, n_valid=5,
+                             n_test=20)
+    rows = facts.prompt_facts_rows(plain.samples["train"], plain.samples["test"])
+    assert len({round(abs(x), 9) for r in rows for x in r["s_first"]}) == 1
+
+
+@pytest.mark.parametrize("task", ["pairwise", "candidates"])
+def test_a_score_that_only_restates_the_facts_adds_nothing_and_a_score_that_knows_the_answer_does(task):
+    kw = {"negatives": 2, "n_train": 10, "n_valid": 5, "n_test": None} if task == "pairwise" else \
+        {"negatives": 3, "n_train": 10, "n_valid": 10, "n_test": 300}
+    test = _built(task, **kw).samples["test"]
+    spec = facts.TASKS[task]
+    rng = np.random.default_rng(0)
+
+    def rows_from(score):  # per-sample LLM rows whose score of each unit is `score(x, y)`
+        out = []
+        for s in test:
+            x, y = spec.features(s)
+            m = score(x, y)
+            if task == "pairwise":  # back from the first-shown view to (chosen, rejected)
+                margin = np.where(y == 1.0, m, -m)
+                out.append({"id": s.id, "s_first": margin.tolist(), "s_second": [0.0] * len(m)})
+            else:
+                out.append({"id": s.id, "rank_scores": m.tolist(), "target_index": s.candidates.index(s.target)})
+        return out
+
+    restating = facts.added_to_facts(test, rows_from(lambda x, y: 2.0 * x[:, 0] - x[:, 1]), n_boot=200)
+    assert abs(restating["diff"]) < 0.03 and not restating["beyond"]
+    knowing = facts.added_to_facts(test, rows_from(lambda x, y: 3.0 * y + rng.normal(size=len(y))), n_boot=200)
+    assert knowing["beyond"] and knowing["p"] < 0.05 and knowing["diff"] > 0.1
+    assert knowing["n_users"] == len({s.user for s in test})
