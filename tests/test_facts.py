@@ -8,6 +8,7 @@ from test_data_protocols import synthetic_log
 
 from prefrec import prompts
 from prefrec.data import protocols as P
+from prefrec.errors import UserError
 from prefrec.evaluation import facts
 
 
@@ -18,7 +19,7 @@ def test_notes_and_positions_are_read_off_the_prompt():
     q = prompts.pairwise_question("movies", "Heat (1995)", "Up (2009)", (prompts.item_note(3, 4.0), ""))
     assert facts.shown(q, "Heat (1995)") == (q.index('"Heat'), (4.0, math.log1p(3), 0.0))
     assert facts.shown(q, "Up (2009)")[1] == (0.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="not shown"):
+    with pytest.raises(UserError, match="not shown"):
         facts.shown(q, "Alien (1979)")
 
 

@@ -35,6 +35,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from prefrec import prompts
+from prefrec.errors import UserError
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.evaluation.stats import paired_user_bootstrap
 from prefrec.samples import Sample
@@ -61,7 +62,8 @@ def shown(question: str, title: str) -> tuple[int, tuple[float, float, float]]:
     q = prompts.quote(title)
     at = question.find(q)
     if at < 0:
-        raise ValueError(f"{title!r} is not shown in the prompt")
+        raise UserError(f"{title!r} is not shown in quotes in its prompt, so its facts and order cannot be read off "
+                        f"it (prompt-facts reads prompts written by `prefrec data prepare`)")
     rest = question[at + len(q):]
     note = rest[2:rest.index(")")] if rest.startswith(" (") and ")" in rest else None
     return at, parse_note(note)
