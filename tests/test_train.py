@@ -590,3 +590,27 @@ def test_adapters_and_checkpoints_get_the_ordinary_file_modes(tiny_dir, data_dir
         os.umask(mask)
     for f in [run / "adapter" / "adapter_model.safetensors", *run.glob("checkpoints/*/adapter/*.safetensors")]:
         assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(tiny_dir, data_dirs, tmp_path):
+    """best_metric: auc scores the validation samples as `prefrec eval` scores test samples, every eval_every
+    steps; use_best makes RUN/adapter/ the best one, and early stopping ends the last stage after `early_stopping`
+    validations without a new best. Checked independently: evaluating the run on the validation split gives the
+    AUC logged at the best step."""
+    from prefrec.evaluation.evaluate import evaluate
+
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, align_epochs=6, batch=2)
+    raw.update(best_metric="auc", eval_every=1, early_stopping=2, use_best=True)
+    run = train(_cfg(raw))
+    info = json.loads((run / "run.json").read_text())
+    valid = [r for r in _rows(run, "valid") if r["stage"] == "dmpo"]
+    assert valid and all("auc" in r for r in valid) and info["adapter"] == "best"
+    best = max(valid, key=lambda r: r["auc"])
+    assert info["best"]["value"] == best["auc"]
+    stop = info["stage_info"]["dmpo"].get("early_stop")
+    assert stop is not None  # (this seed stops at step 3 of 24)
+    if stop:  # stopped after two validations without a better AUC
+        assert stop["step"] < stop["planned_steps"] and valid[-1]["stage_step"] == stop["step"]
+        assert len(valid) - 1 - valid.index(best) >= 2
+    got = evaluate(run, data_dirs / "pw", split="valid", out=tmp_path / "ev", progress=False)
+    assert got["metrics"]["auc"] == pytest.approx(best["auc"], abs=1e-9)

@@ -34,7 +34,9 @@ from prefrec.errors import UserError
 from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 from prefrec.training import methods
 
-BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp")
+# validation metrics of the task itself (the evaluation's numbers on the validation split), and the training ones
+TASK_METRICS = ("auc", "pairwise_accuracy", "accuracy", "rank_hr@1", "rank_hr@5", "rank_mrr", "rank_ndcg@10")
+BEST_METRICS = ("auto", "loss", "reward_accuracy", "reward_margin", "chosen_logp", *TASK_METRICS)
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 DTYPES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
 
@@ -99,7 +101,11 @@ class TrainConfig:
     eval_every: int | None = None  # validate every N optimizer steps (and always at the end of each stage)
     save_every: int | None = None  # checkpoint every N optimizer steps (and always at the end of each stage)
     keep_last: int = 2  # checkpoints kept (older ones deleted); RUN/best/ is kept apart
-    best_metric: str = "auto"  # validation metric that picks RUN/best/ (auto: reward_accuracy, or loss for sft)
+    best_metric: str = "auto"  # validation metric that picks RUN/best/ (auto: reward_accuracy, or loss for sft; or
+    # a task metric such as auc or rank_hr@1, scored on the validation samples as evaluation scores the test ones)
+    valid_task_metrics: bool = False  # also score the task's metrics at every validation (on when best_metric is one)
+    early_stopping: int | None = None  # end the last stage after this many validations without a new best
+    use_best: bool = False  # RUN/adapter/ is the best validated adapter (RUN/best/), not the last one
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
@@ -283,6 +289,9 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
     for name in ("eval_every", "save_every"):
         _positive(ck, name, getattr(cfg, name))
     _positive(ck, "keep_last", cfg.keep_last, allow_none=False)
+    _positive(ck, "early_stopping", cfg.early_stopping)
+    if (cfg.early_stopping or cfg.use_best) and not cfg.eval_every:
+        ck.fail("early_stopping" if cfg.early_stopping else "use_best", "needs eval_every (validations to choose by)")
     for i, name in enumerate(cfg.log_with):
         if name not in TRACKERS:
             ck.fail(f"log_with[{i}]", f"expected one of {list(TRACKERS)}, got {_show(name)}")

@@ -46,6 +46,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ from prefrec.training.batches import (
     stage_k,
     with_k_negatives,
 )
-from prefrec.training.config import TrainConfig, dump_config
+from prefrec.training.config import TASK_METRICS, TrainConfig, dump_config
 from prefrec.training.reference import REF_CACHE, reference_logps, score_split
 from prefrec.training.runfolder import (
     RUN_MARKER,
@@ -130,6 +131,8 @@ class Recipe:
         self.best_metric = self.cfg.best_metric if self.cfg.best_metric != "auto" else \
             ("reward_accuracy" if methods.is_aligned(last_kind) else "loss")
         self.best_sign = -1.0 if self.best_metric == "loss" else 1.0
+        self.task_metrics = self.cfg.valid_task_metrics or self.best_metric in TASK_METRICS
+        self.stale = st.get("stale", 0)  # validations since the last new best (early stopping)
 
     @property
     def main(self) -> bool:
@@ -351,6 +354,8 @@ def _run_stage(r: Recipe, si: int) -> None:
         last = sr.step == sr.total
         if last or (r.cfg.eval_every and sr.step % r.cfg.eval_every == 0):
             _validate(r, sr)
+            if _stop_early(r, sr):
+                sr.total, last = sr.step, True
         r.timings[sr.stage.kind] = r.timings.get(sr.stage.kind, 0.0) + time.time() - t1
         if last or (r.cfg.save_every and sr.step % r.cfg.save_every == 0):
             _checkpoint(r, sr, done=last)
@@ -432,19 +437,49 @@ def _validate(r: Recipe, sr: StageRun) -> None:
     kind = sr.stage.kind
     r.prepared.eval()
     got = score_split(r.acc, r.prepared, sr.valid_trees, r.cfg.stages[sr.si].batch_size, "validation", False)
-    r.prepared.train()
     vrow = sr.stage.valid_metrics(got)
+    if r.task_metrics:
+        vrow.update(_task_metrics(r))
+    r.prepared.train()
     r.final_valid[kind] = vrow
     r.log.write({"split": "valid", "step": r.global_step, "stage": kind, "stage_step": sr.step,
                  "epoch": round(sr.step / sr.steps_per_epoch, 4), **vrow, "n": len(sr.valid_trees)})
     value = vrow.get(r.best_metric)
-    if sr.si == len(r.cfg.stages) - 1 and value is not None and \
-            (r.best is None or r.best_sign * value > r.best_sign * r.best["value"]):
-        r.best = {"metric": r.best_metric, "value": value, "step": r.global_step, "stage": kind}
+    if sr.si != len(r.cfg.stages) - 1 or value is None:
+        return
+    if r.best is None or r.best_sign * value > r.best_sign * r.best["value"]:
+        r.best, r.stale = {"metric": r.best_metric, "value": value, "step": r.global_step, "stage": kind}, 0
         weights = adapter_state(r.acc, r.prepared)
         if r.main:
             save_adapter(r.acc.unwrap_model(r.prepared).lm, r.run / "best", weights)
             io.write_json(r.run / "best" / "best.json", r.best)
+    else:
+        r.stale += 1
+
+
+def _task_metrics(r: Recipe) -> dict[str, float]:
+    """The task's own metrics on the validation samples, scored as `prefrec eval` scores test samples (its row of
+    the task table), on every process alike (forward only, on the unwrapped model). The task table sits in
+    prefrec.evaluation, above training; the import is local so that training depends on it only when asked."""
+    from prefrec.evaluation import tasks
+
+    lm = r.acc.unwrap_model(r.prepared).lm
+    row = tasks.task(r.valid_samples[0].task)
+    rows = row.score(lm, r.tokenizer, r.valid_samples, max_tokens_per_batch=1, progress=False)
+    return {k: float(v) for k, v in row.metrics(rows).items() if k in TASK_METRICS and v is not None}
+
+
+def _stop_early(r: Recipe, sr: StageRun) -> bool:
+    """The last stage has gone `early_stopping` validations without a new best."""
+    patience = r.cfg.early_stopping
+    if not patience or sr.si != len(r.cfg.stages) - 1 or r.stale < patience or sr.step == sr.total:
+        return False
+    r.stage_info[sr.stage.kind]["early_stop"] = {"step": sr.step, "planned_steps": sr.total,
+                                                 "best_step": r.best["step"] if r.best else None}
+    if r.main:
+        print(f"prefrec: {sr.stage.kind}: no better {r.best_metric} in {patience} validations; stopping at step "
+              f"{sr.step} of {sr.total} (best at step {r.best['step'] if r.best else '-'})", file=sys.stderr)
+    return True
 
 
 def _checkpoint(r: Recipe, sr: StageRun, done: bool) -> None:
@@ -452,7 +487,8 @@ def _checkpoint(r: Recipe, sr: StageRun, done: bool) -> None:
           "stage_total_steps": sr.total, "stage_done": done, "epoch": sr.step // sr.steps_per_epoch,
           "step_in_epoch": sr.step % sr.steps_per_epoch, "samples_consumed": sr.step * sr.G,
           "num_processes": r.acc.num_processes, "global_batch": sr.G, "best": r.best, "timings": r.timings,
-          "final_valid": r.final_valid, "stage_info": r.stage_info, "resumes": r.resumes, "seed": r.cfg.seed}
+          "final_valid": r.final_valid, "stage_info": r.stage_info, "resumes": r.resumes, "seed": r.cfg.seed,
+          "stale": r.stale}
     save_checkpoint(r.acc, r.run, r.prepared, st, r.cfg.keep_last)
 
 
@@ -467,13 +503,18 @@ def _finalise(r: Recipe, t_process: float) -> None:
         lm = acc.unwrap_model(r.prepared).lm
     acc.wait_for_everyone()
     if r.main:
-        save_adapter(lm, r.run / "adapter", weights)
+        chosen = "best" if r.cfg.use_best and r.best is not None and (r.run / "best").is_dir() else "last"
+        if chosen == "best":  # the validation-chosen adapter is the run's adapter; the last one is not kept
+            with io.atomic_folder(r.run / "adapter", replace=True, flag="adapter") as tmp:
+                shutil.copytree(r.run / "best", tmp, dirs_exist_ok=True)
+        else:
+            save_adapter(lm, r.run / "adapter", weights)
         timings = r.timings
         timings["total"] = sum(v for key, v in timings.items() if key != "total")
         info = {"base_model": base_model_name(r.cfg.model.name), "stages": r.cfg.stage_kinds(), "seed": r.cfg.seed,
                 "timings": {key: round(v, 2) for key, v in timings.items()},
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
-                "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best,
+                "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
                 "final_valid": r.final_valid, "prompt_format": prompt_format(r.tokenizer), **provenance()}
         write_run(r.run, info)
         write_card(r.run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
