@@ -73,7 +73,7 @@ def test_wrong_type_names_file_and_key_path(tmp_path):
     ("lora: {target_modules: [q_proj, 3]}", "lora.target_modules[1]", "expected str, got 3"),
     ("model: embedded", "model", "expected a mapping"),
     ("eval_every: -2", "eval_every", "expected a positive number"),
-    ("best_metric: auc", "best_metric", "expected one of"),
+    ("best_metric: f1", "best_metric", "expected one of"),
     ("lora: {dropout: 1.5}", "lora.dropout", "expected a float in [0, 1)"),
     ("model: {attn_implementation: flash_attention_2}", "model.attn_implementation", "expected one of ['eager', "),
     ("model: {attn_implementation: fast}", "model.attn_implementation", "got 'fast'"),
