@@ -149,7 +149,7 @@ def worker(cfg: dict) -> dict:
 
     from prefrec.model import add_lora, load_model
     from prefrec.scoring.packing import naive_response_logps, response_logps
-    from prefrec.training.losses import dmpo_loss
+    from prefrec.training.losses import PreferenceBatch, dmpo_loss
 
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
@@ -180,7 +180,8 @@ def worker(cfg: dict) -> dict:
         def step():
             rc, rr = ref if ref is not None else reference()
             pc, pr = fn(model, [tree]).chosen_rejected()
-            loss = dmpo_loss(pc, pr, rc, rr, 0.1)[0].mean()
+            batch = PreferenceBatch(pc, pr, torch.ones_like(pc), torch.ones_like(pr), rc, rr)
+            loss = dmpo_loss(batch, 0.1)[0].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -54,7 +54,7 @@ def hybrid_samples(n: int):
 def time_stage(model, trees, kind: str) -> list[float]:
     """Seconds per sample of one optimizer step per tree (the first step is a warm-up, not counted)."""
     from prefrec.scoring.packing import response_logps
-    from prefrec.training.losses import dmpo_loss, sft_loss
+    from prefrec.training.losses import PreferenceBatch, dmpo_loss, sft_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
@@ -70,7 +70,8 @@ def time_stage(model, trees, kind: str) -> list[float]:
                 loss = sft_loss([x for x, (_, _, j) in zip(sc.token_logps, sc.index) if j == 0])
             else:
                 c, r = sc.chosen_rejected()
-                loss = dmpo_loss(c, r, c.detach(), r.detach(), 0.1)[0].sum()
+                batch = PreferenceBatch(c, r, torch.ones_like(c), torch.ones_like(r), c.detach(), r.detach())
+                loss = dmpo_loss(batch, 0.1)[0].sum()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

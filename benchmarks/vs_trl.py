@@ -97,7 +97,7 @@ def prefrec_side(model, tok, texts, mode: str, lr: float):
     from prefrec.model import add_lora
     from prefrec.scoring.encoding import encode_texts
     from prefrec.scoring.packing import response_logps
-    from prefrec.training.losses import dmpo_loss, dpo_loss
+    from prefrec.training.losses import PreferenceBatch, dmpo_loss, dpo_loss
 
     prefix, question, candidates = texts
     tree = encode_texts(tok, prefix, [question], [candidates])
@@ -115,7 +115,8 @@ def prefrec_side(model, tok, texts, mode: str, lr: float):
     def step():
         rc, rr = cached if cached is not None else reference()
         pc, pr = response_logps(model, [tree]).chosen_rejected()
-        loss = loss_fn(pc, pr, rc, rr, 0.1)[0].mean()
+        batch = PreferenceBatch(pc, pr, torch.ones_like(pc), torch.ones_like(pr), rc, rr)
+        loss = loss_fn(batch, 0.1)[0].mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
