@@ -465,9 +465,17 @@ def rank_cmd(
 @app.command("serve")
 def serve_cmd(
     model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. There is no authentication: "
-                             "keep the loopback default unless a proxy in front of it checks requests."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. Any host but loopback needs a "
+                             "bearer token ($PREFREC_SERVE_TOKEN or --token-file)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File whose first line is the bearer "
+                                              "token clients must send (else $PREFREC_SERVE_TOKEN; never on the "
+                                              "command line, where `ps` shows it)."),
+    allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="A Host header value to answer, "
+                                                   "besides the loopback names and --host (repeatable; '*' for "
+                                                   "any)."),
+    label: Optional[str] = typer.Option(None, "--label", help="The model's name in answers and /health (default: "
+                                        "MODEL, or a folder's own name: never a local path)."),
     max_history: int = typer.Option(50, "--max-history", min=1, help="Most history titles per request."),
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Most candidates per request."),
     max_title_chars: int = typer.Option(300, "--max-title-chars", min=1, help="Longest title, in characters."),
@@ -476,22 +484,34 @@ def serve_cmd(
                                    "(also capped by the model's context); the history is shortened to fit."),
     max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1, help="Time limit per request, queueing "
                                       "included; the work stops when it passes (503)."),
-    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once; more get 503."),
-    docs: bool = typer.Option(False, "--docs", help="Serve Swagger UI at /docs (the browser loads it from a CDN)."),
+    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once (uploading, waiting "
+                                  "or running); more get 503."),
+    read_timeout: float = typer.Option(5.0, "--read-timeout", min=0.1, help="Seconds for a whole request body; "
+                                       "then 408 and the connection is closed."),
+    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.1, help="Seconds a connection may take to "
+                                       "send a complete request head (after opening or after its last answer)."),
+    max_connections: int = typer.Option(64, "--max-connections", min=1, help="Open connections at once; more get "
+                                        "503."),
+    docs: bool = typer.Option(False, "--docs", help="Serve /openapi.json and Swagger UI at /docs (the browser "
+                              "loads it from a CDN)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
     from prefrec.model import load_model
-    from prefrec.serving.serve import Limits, run_server
+    from prefrec.serving.serve import Limits, check_exposure, default_label, read_token, run_server
 
     try:
+        token = read_token(token_file)
+        check_exposure(host, token)  # before the model loads, so a refused start is quick
         pair = load_model(model, dtype=dtype)  # once, before listening, so a bad name fails here with one line
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     limits = Limits(max_history=max_history, max_candidates=max_candidates, max_title_chars=max_title_chars,
                     max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_seconds=max_seconds,
-                    max_queue=max_queue)
-    run_server(pair, host=host, port=port, limits=limits, model_label=model, docs=docs)
+                    max_queue=max_queue, read_seconds=read_timeout, idle_seconds=idle_timeout,
+                    max_connections=max_connections)
+    run_server(pair, host=host, port=port, limits=limits, model_label=label or default_label(model), docs=docs,
+               token=token, allowed_hosts=allow_host)
 
 # ---- end explain / rank / serve commands ----
 
