@@ -162,7 +162,9 @@ def data_fetch(
 
 @data_app.command("import")
 def data_import(
-    files: list[Path] = typer.Argument(..., help="Peer files: LLaMA-Factory alpaca pairwise JSON, TRL JSONL, k-rejected JSONL."),
+    files: list[Path] = typer.Argument(..., help="Peer files or folders: LLaMA-Factory alpaca/sharegpt, TRL (explicit "
+                                      "or implicit prompt), OpenAI preference JSON(L), k-rejected JSONL, Hugging Face "
+                                      "datasets save_to_disk folders."),
     out: Path = typer.Option(..., "--out", help="Folder for one NAME.jsonl per input file and import_report.json."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Domain to record when the prompt does not say."),
 ) -> None:
@@ -185,6 +187,30 @@ def data_import(
     if report["total"]["samples"] == 0:
         _fail(UserError(f"nothing was imported: all {report['total']['files']} file(s) rejected "
                         f"(reasons above and in {out / 'import_report.json'})"))
+
+
+@data_app.command("export")
+def data_export(
+    samples: Path = typer.Argument(..., help="Samples .jsonl, or a prepared folder (its --split file)."),
+    fmt: str = typer.Option(..., "--format", help="trl | sharegpt | alpaca | messages (see docs/data.md)."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl file (with --datasets: a folder)."),
+    split: str = typer.Option("train", "--split", help="Which split of a prepared folder."),
+    to_datasets: bool = typer.Option(False, "--datasets/--jsonl", help="Write a Hugging Face datasets folder "
+                                     "(save_to_disk; needs the 'datasets' extra) instead of JSON lines."),
+) -> None:
+    """Write prefrec samples in TRL, LLaMA-Factory or chat-messages layout (one row per rejected response)."""
+    from prefrec.data.exporters import export_samples
+    from prefrec.errors import UserError
+    from prefrec.samples import read_jsonl
+
+    try:
+        path = samples / f"{split}.jsonl" if samples.is_dir() else samples
+        if not path.is_file():
+            raise UserError(f"{path}: no such samples file")
+        n = export_samples(read_jsonl(path), out, fmt, datasets=to_datasets)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"{n:,} rows -> {out}")
 
 
 @data_app.command("stats")
