@@ -175,27 +175,6 @@ def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
     assert not any(n.endswith("-vs-k.png") or n.endswith("-vs-shots.png") for n in pngs)  # one k, one shots value
 
 
-def test_a_configuration_run_at_one_shots_value_is_a_point_on_the_shots_plot(tmp_path, monkeypatch):
-    """SFT at two sizes makes the plot; DMPO at one of them is drawn on it as a point (it used to be left out)."""
-    from prefrec.evaluation import report
-
-    for method, shots in (("sft", 30), ("sft", 100), ("dmpo", 100)):
-        _write_run(tmp_path / "runs" / f"{method}-{shots}", method=method, seed=0, k=3 if method == "dmpo" else None,
-                   shots=shots)
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        return path
-
-    monkeypatch.setattr(report, "_save", keep)
-    paths = report.plot_metric_vs(report.summarize(report.find_results([tmp_path / "runs"]))[0], "shots",
-                                  tmp_path / "plots")
-    (legend,) = drawn.values()
-    assert len(paths) == 1
-    assert any(label.startswith("dmpo") for label in legend) and any(label.startswith("sft") for label in legend)
-
-
 # ---- paired comparison on the same test samples (issue 12) ---------------------------------------------------------
 
 def _pairwise_rows(rng, n, shift):
