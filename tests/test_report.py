@@ -307,3 +307,21 @@ def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
         assert ci[m]["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
         assert ci[m]["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
         assert ci[m]["n_boot"] == 200
+
+
+def test_paired_bootstrap_draws_the_same_resamples_as_one_draw_per_resample():
+    """The resamples are drawn as one (n_boot, n) matrix: the numbers equal those of n_boot separate draws."""
+    from prefrec.evaluation.metrics import pairwise_metrics as pm
+    from prefrec.evaluation.report import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a, b = _pairwise_rows(rng, 30, 0.5), _pairwise_rows(rng, 30, 0.0)
+    got = paired_bootstrap(a, b, "auc", n_boot=50, seed=11)
+    draw = np.random.default_rng(11)
+
+    def auc(rows, idx):
+        return pm(np.concatenate([rows[i]["s_first"] for i in idx]), np.concatenate([rows[i]["s_second"] for i in idx]))["auc"]
+
+    d = np.array([auc(a, idx) - auc(b, idx) for idx in (draw.integers(0, 30, size=30) for _ in range(50))])
+    assert got["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
+    assert got["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
