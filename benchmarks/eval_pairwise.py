@@ -145,7 +145,7 @@ def main() -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stem.with_suffix(".json"), result)
 
-    md = [f"# Pairwise evaluation: packed vs one sequence per ordering", "",
+    md = ["# Pairwise evaluation: packed vs one sequence per ordering", "",
           f"{len(samples)} pairwise test samples ({n_cmp} comparisons) from `{source}`; embedded model "
           f"(SmolLM2-135M-Instruct, fp32, CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores). "
           f"Prompt {np.mean(prompt_tokens):.0f} tokens on average, responses {np.mean(resp_tokens):.1f}.", "",

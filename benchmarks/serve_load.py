@@ -2,6 +2,8 @@
 
     python benchmarks/serve_load.py                       # 2 normal + 1 worst-case client, 60 s (embedded model)
     python benchmarks/serve_load.py --seconds 20 --out-dir /tmp/x   # a quick look
+    python benchmarks/serve_load.py --limits              # slow uploads, slow heads, disconnects, a full queue
+                                                          # on a tiny random-init model (~1 min; serve_limits.py)
 
 Starts `prefrec serve MODEL` as a subprocess on 127.0.0.1 (loopback only) and measures, from this process:
   idle      normal requests one at a time, nothing else running (their median is the "idle latency"), then one
@@ -266,19 +268,33 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the server.")
+    p.add_argument("--limits", action="store_true", help="Instead: misbehaving clients against the limits on a "
+                   "tiny random-init model (serve_limits.py); writes serve_load-limits.*; --seconds is then the "
+                   "full-queue phase (default 10).")
+    p.add_argument("--max-queue", type=int, default=8, help="--limits: the server's --max-queue.")
+    p.add_argument("--read-timeout", type=float, default=2.0, help="--limits: the server's --read-timeout.")
+    p.add_argument("--idle-timeout", type=float, default=2.0, help="--limits: the server's --idle-timeout.")
     add_output_args(p, "serve_load")
     args = p.parse_args()
+    if args.limits:
+        import serve_limits as mode
+
+        args.name = "serve_load-limits" if args.name == "serve_load" else args.name
+        args.seconds = 10.0 if "--seconds" not in sys.argv else args.seconds
+        args.max_seconds = 10.0 if "--max-seconds" not in sys.argv else args.max_seconds
+    else:
+        mode = sys.modules[__name__]
     if not 0 < args.seconds <= 180:
         p.error("--seconds must be in (0, 180]")
 
     from prefrec.io import write_json, write_text
 
-    res = run(args)
+    res = mode.run(args)
     stem = result_stem(args.name, res["machine"]["quiet"]["busy"], args.out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), res)
-    write_text(stem.with_suffix(".md"), markdown(res))
-    print(markdown(res))
+    write_text(stem.with_suffix(".md"), mode.markdown(res))
+    print(mode.markdown(res))
 
 
 if __name__ == "__main__":

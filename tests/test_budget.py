@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from prefrec.samples import Comparison, Sample
-from prefrec.scoring.budget import Budget, TokenBudgetError, check_tokens, fit_history, model_context, token_budget
+from prefrec.scoring.budget import (
+    Budget,
+    TokenBudgetError,
+    check_tokens,
+    fit_history,
+    model_context,
+    token_budget,
+)
 
 
 def test_budget_is_the_smaller_of_context_and_cap(tiny_lm):

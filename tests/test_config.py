@@ -7,8 +7,14 @@ import pytest
 import yaml
 
 from prefrec.errors import UserError
-from prefrec.training.config import (TrainConfig, apply_override, apply_overrides, config_from_dict, dump_config,
-                                     load_config)
+from prefrec.training.config import (
+    TrainConfig,
+    apply_override,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from prefrec import prompts
@@ -214,3 +215,169 @@ def test_import_out_naming_a_file_is_one_line(tmp_path):
         r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(out)])
         assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+# ---- sharegpt, TRL implicit prompt, messages, OpenAI preference, datasets folders (issue 30) ----
+
+def _import_rows(tmp_path, rows, name="rows.jsonl"):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    samples, report = import_file(path)
+    return samples, {r["where"].split(" ")[0].split(":")[-1]: r["reason"] for r in report.rejected}, report
+
+
+def _texts(s):
+    """(prompt, chosen, rejected) of a one-comparison sample."""
+    return s.prompt(0), s.comparisons[0].chosen, s.comparisons[0].rejected
+
+
+def test_sharegpt_pairwise_rows_and_the_rejections_that_name_the_layout(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Which film next?"}],
+             "chosen": {"from": "gpt", "value": "Heat (1995)"}, "rejected": {"from": "gpt", "value": "Babe (1995)"}},
+            {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Pick one."}],
+             "chosen": {"from": "gpt", "value": "A"}, "rejected": [{"from": "gpt", "value": "B"},
+                                                                    {"from": "gpt", "value": "C"}]},
+            {"conversations": [{"from": "human", "value": "Hi"}], "system": "You rank films.",
+             "chosen": {"from": "gpt", "value": "X"}, "rejected": {"from": "gpt", "value": "Y"}},
+            {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
+                               {"from": "human", "value": "c"}],
+             "chosen": {"from": "gpt", "value": "d"}, "rejected": {"from": "gpt", "value": "e"}},
+            {"conversations": [{"from": "human", "value": "Say hi"}, {"from": "gpt", "value": "hi"}]},
+            {"conversations": [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": "{}"}]},
+            {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"}}]
+    samples, reasons, report = _import_rows(tmp_path, rows)
+    assert [_texts(s) for s in samples] == [("Which film next?", "Heat (1995)", ["Babe (1995)"]),
+                                            ("Be brief.\nPick one.", "A", ["B", "C"]),
+                                            ("You rank films.\nHi", "X", ["Y"])]
+    assert "LLaMA-Factory sharegpt pairwise ×3" in report.format
+    assert "multi-turn" in reasons["4"]
+    assert "sharegpt row with one answer" in reasons["5"] and "SFT" in reasons["5"]
+    assert "'function_call' turn" in reasons["6"]
+    assert "needs both 'chosen' and 'rejected'" in reasons["7"]
+    assert not any("implicit" in r for r in reasons.values())  # the old, misleading reason
+
+
+def test_sharegpt_sft_rows_of_dmpo_orderings_become_pairwise_samples(tmp_path):
+    row = dmpo_row(HIST, "Gigi", "Tarzan", pair("Tarzan", "Gigi"))
+    rec = {"conversations": [{"from": "human", "value": row["instruction"]}, {"from": "gpt", "value": row["output"]}]}
+    samples, reasons, _ = _import_rows(tmp_path, [rec])
+    assert not reasons and samples[0].target == "Tarzan"
+    assert samples[0].comparisons[0].rejected == [prompts.format_ordering("Gigi", "Tarzan")]
+
+
+def test_trl_implicit_prompt_conversations_and_texts(tmp_path):
+    user = [{"role": "system", "content": "Rank films."}, {"role": "user", "content": "Next film?"}]
+    rows = [{"chosen": user + [{"role": "assistant", "content": "Heat"}],
+             "rejected": user + [{"role": "assistant", "content": "Babe"}]},
+            {"chosen": "User likes Alien. Answer: Heat (1995)", "rejected": "User likes Alien. Answer: Heavy (1996)"},
+            {"chosen": "Q: pick. A: one", "rejected": ["Q: pick. A: two", "Q: pick. A: three"]},
+            {"chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "user", "content": "y"}, {"role": "assistant", "content": "b"}]},
+            {"chosen": "Heat", "rejected": "Babe"},
+            {"chosen": "text", "rejected": [{"role": "assistant", "content": "msg"}]}]
+    samples, reasons, report = _import_rows(tmp_path, rows)
+    assert [_texts(s) for s in samples] == [("Rank films.\nNext film?", "Heat", ["Babe"]),
+                                            ("User likes Alien. Answer:", "Heat (1995)", ["Heavy (1996)"]),
+                                            ("Q: pick. A:", "one", ["two", "three"])]
+    assert "TRL implicit prompt" in report.format
+    assert "same conversation up to one final assistant message" in reasons["4"]
+    assert "share no prompt text" in reasons["5"]
+    assert "both be texts or both be message lists" in reasons["6"]
+
+
+def test_openai_preference_and_messages_rows(tmp_path):
+    rows = [{"input": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Next film?"}]}],
+                       "tools": [], "parallel_tool_calls": True},
+             "preferred_output": [{"role": "assistant", "content": "Heat"}],
+             "non_preferred_output": [{"role": "assistant", "content": "Babe"}]},
+            {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]},
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                          {"role": "assistant", "content": "a cat"}]},
+            {"prompt": "Is it good?", "completion": "Yes", "label": True},
+            {"prompt": "q", "completion": "a"},
+            {"images": ["cat.png"], "messages": [{"role": "user", "content": "?"}]}]
+    samples, reasons, report = _import_rows(tmp_path, rows)
+    assert [_texts(s) for s in samples] == [("Next film?", "Heat", ["Babe"])]
+    assert "OpenAI preference" in report.format
+    assert "messages (TRL/OpenAI chat) row with one answer" in reasons["2"]
+    assert "not text" in reasons["3"]
+    assert "unpaired preference row (KTO" in reasons["4"]
+    assert "TRL prompt/completion row with one answer" in reasons["5"]
+    assert "multimodal" in reasons["6"]
+
+
+def test_every_export_format_imports_back_to_the_same_texts(tmp_path):
+    from prefrec.data.exporters import FORMATS, export_samples
+    from prefrec.samples import Comparison, Sample
+
+    samples = [Sample(id="u1", task="pairwise", domain="movies", prefix="History: Alien.\n",
+                      comparisons=[Comparison("Rank A and B.", "A, B", ["B, A"]),
+                                   Comparison("Rank A and C.", "A, C", ["C, A"])]),
+               Sample(id="u2", task="candidates", domain="movies", prefix="History: Heat.\n",
+                      comparisons=[Comparison("Pick one of X, Y, Z.", "X", ["Y", "Z"])])]
+    expected = sorted((s.prompt(i), c.chosen, r) for s in samples for i, c in enumerate(s.comparisons)
+                      for r in c.rejected)
+    for fmt in FORMATS:
+        n = export_samples(samples, tmp_path / f"{fmt}.jsonl", fmt)
+        rows = [json.loads(x) for x in (tmp_path / f"{fmt}.jsonl").read_text().splitlines()]
+        assert n == len(rows) == (3 if fmt == "messages" else 4)
+        if fmt == "messages":
+            assert [r["messages"][1]["content"] for r in rows] == ["A, B", "A, C", "X"]
+            continue
+        back, report = import_file(tmp_path / f"{fmt}.jsonl")
+        assert not report.rejected, (fmt, report.rejected)
+        assert sorted((s.prompt(0), s.comparisons[0].chosen, r) for s in back
+                      for r in s.comparisons[0].rejected) == expected, fmt
+
+
+def test_cli_export_and_import(tmp_path):
+    from prefrec.samples import Comparison, Sample, write_jsonl
+
+    write_jsonl(tmp_path / "train.jsonl", [Sample(id="a", task="pairwise", domain="movies", prefix="P ",
+                                                  comparisons=[Comparison("q", "x", ["y"])])])
+    r = CliRunner().invoke(app, ["data", "export", str(tmp_path), "--format", "sharegpt",
+                                 "--out", str(tmp_path / "out.jsonl")])
+    assert r.exit_code == 0 and "1 rows" in r.output, r.output
+    assert json.loads((tmp_path / "out.jsonl").read_text())["conversations"][0]["value"] == "P q"
+    r = CliRunner().invoke(app, ["data", "export", str(tmp_path), "--format", "nope", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "error: export format 'nope'" in r.output
+
+
+def test_datasets_save_to_disk_round_trip(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from prefrec.data.exporters import export_samples
+    from prefrec.samples import Comparison, Sample
+
+    samples = [Sample(id=f"s{i}", task="pairwise", domain="movies", prefix=f"History {i}.\n",
+                      comparisons=[Comparison("Rank.", f"A{i}", [f"B{i}"])]) for i in range(3)]
+    assert export_samples(samples, tmp_path / "ds", "trl", datasets=True) == 3
+    assert datasets.load_from_disk(str(tmp_path / "ds"))[1]["chosen"] == [{"role": "assistant", "content": "A1"}]
+    report = import_files([tmp_path / "ds"], tmp_path / "imported")
+    assert report["total"]["samples"] == 3 and "Hugging Face datasets" in report["files"][0]["format"]
+    assert [s.comparisons[0].chosen for s in read_jsonl(tmp_path / "imported" / "ds.jsonl")] == ["A0", "A1", "A2"]
+    # a DatasetDict: one output per split; its dataset_info.json is not mistaken for a LLaMA-Factory registry
+    rows = [{"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
+             "rejected": {"from": "gpt", "value": "b"}}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows * 2),
+                          "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    r = CliRunner().invoke(app, ["data", "import", str(tmp_path / "dd"), "--out", str(tmp_path / "imp2")])
+    assert r.exit_code == 0, r.output
+    assert len(read_jsonl(tmp_path / "imp2" / "dd-train.jsonl")) == 2
+    assert len(read_jsonl(tmp_path / "imp2" / "dd-test.jsonl")) == 1
+
+
+def test_datasets_folder_without_the_package_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *a, **kw):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *a, **kw)
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "state.json").write_text("{}")
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    report = import_files([tmp_path / "ds"], tmp_path / "out")
+    assert "pip install 'prefrec[datasets]'" in report["files"][0]["reason"]

@@ -108,7 +108,7 @@ def test_report_and_eval_outputs_get_the_same_mode(tmp_path, umask022):
            "n_samples": 2, "metrics": {"auc": 0.5, "accuracy": 0.5}}
     (run / "results.json").write_text(json.dumps(res))
     md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=5)
-    modes = {p.name: _mode(p) for p in (tmp_path / "out").iterdir()}
+    modes = {p.name: _mode(p) for p in (tmp_path / "out").rglob("*") if p.is_file()}  # plots/ too
     assert modes == {name: 0o644 for name in modes} and md.name in modes
 
 
@@ -235,3 +235,27 @@ def test_train_out_naming_a_file_is_one_line(tmp_path):
         assert r.exit_code == 2 and "is a file, not a folder" in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_killed_holders_lock_is_taken_over_even_if_its_pid_lives_on(tmp_path):
+    """The lock is an OS lock (filelock): a live holder in another process refuses us; once it is killed (no
+    cleanup runs) the lock is free, though its record still names a pid, here a pid that is alive: our own."""
+    import socket
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from prefrec import io\n"
+            "with io.exclusive(sys.argv[1], 'run folder'):\n    print('held', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(io.Locked, match=f"process {child.pid} on"):
+            with io.exclusive(tmp_path / "run", "run folder"):
+                pass
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    lock = tmp_path / "run" / ".lock"
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a record naming a live pid, but no OS lock held
+    with io.exclusive(tmp_path / "run", "run folder"):
+        assert lock.read_text().split()[0] == str(os.getpid())

@@ -180,3 +180,101 @@ def test_model_cache_folders_get_the_ordinary_modes(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["converted"]
+
+
+# ---- Hugging Face ids: the standard HF cache, revision pinning, HF_HUB_OFFLINE, trust_remote_code (issue 30) ----
+# No test touches the network: ids are served from a cache folder built here, with HF_HUB_OFFLINE on, or reach a
+# from_pretrained replaced by a recorder.
+
+def _offline(monkeypatch, cache):
+    """HF_HUB_OFFLINE on and the HF cache at `cache`, for this test (huggingface_hub reads both once, at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def _cache_snapshot(cache, repo_id, commit, model, tokenizer, refs=()):
+    """Lay out one snapshot of `repo_id` as `hf download` leaves it: snapshots/<commit>/ and refs/<name> -> commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    model.save_pretrained(repo / "snapshots" / commit)
+    tokenizer.save_pretrained(repo / "snapshots" / commit)
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+
+
+def _no_network(monkeypatch):
+    import transformers
+
+    def refuse(*a, **kw):
+        raise AssertionError("from_pretrained must not be reached")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_mistyped_paths_and_names_fail_at_once_without_the_network(tmp_path, monkeypatch):
+    from prefrec.model import known_model_names
+
+    _no_network(monkeypatch)
+    for name, hint in ((str(tmp_path / "runs" / "sft-typo"), "no Hugging Face id"), ("embeded", "'embedded'"),
+                       ("./runs//x", "no Hugging Face id")):
+        with pytest.raises(UserError) as e:
+            load_model(name)
+        msg = str(e.value)
+        assert f"model {name!r}: not found" in msg and "run.json" in msg and hint in msg
+        assert all(known in msg for known in known_model_names())
+
+
+def test_offline_and_not_cached_says_how_to_get_it(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / "hub")
+    _no_network(monkeypatch)
+    with pytest.raises(UserError) as e:
+        load_model("some-org/some-model", revision="v1.0")
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "hf download some-org/some-model --revision v1.0" in msg
+    assert str(tmp_path / "hub") in msg
+
+
+def test_hub_id_loads_from_the_hf_cache_and_revision_pins_a_snapshot(tmp_path, monkeypatch, embedded_tokenizer):
+    cache = tmp_path / "hub"
+    first, second = make_tiny_lm(embedded_tokenizer, seed=1), make_tiny_lm(embedded_tokenizer, seed=2)
+    commit1, commit2 = "1" * 40, "2" * 40
+    _cache_snapshot(cache, "tiny-org/tiny-llama", commit1, first, embedded_tokenizer, refs=("main",))
+    _cache_snapshot(cache, "tiny-org/tiny-llama", commit2, second, embedded_tokenizer, refs=("v2",))
+    _offline(monkeypatch, cache)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    for revision, expected in ((None, first), ("v2", second), (commit1, first), (commit2, second)):
+        model, tok = load_model("tiny-org/tiny-llama", revision=revision, device="cpu")
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, expected(input_ids=ids).logits, rtol=0, atol=0)
+        assert tok.pad_token_id is not None
+    with pytest.raises(UserError, match="revision v3"):
+        load_model("tiny-org/tiny-llama", revision="v3", device="cpu")
+
+
+def test_hub_id_goes_to_from_pretrained_with_revision_and_no_remote_code(monkeypatch, tiny_lm):
+    import transformers
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: prefrec hands the id to transformers
+    calls = []
+
+    def record(result):
+        def from_pretrained(path, **kw):
+            calls.append((path, kw))
+            return result
+        return from_pretrained
+
+    model, tok = tiny_lm
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record(tok))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record(model))
+    load_model("meta-llama/Llama-3.2-1B", revision="abc123", device="cpu")
+    assert [c[0] for c in calls] == ["meta-llama/Llama-3.2-1B"] * 2
+    assert all(kw["revision"] == "abc123" and kw["trust_remote_code"] is False for _, kw in calls)
+    assert all("local_files_only" not in kw and "cache_dir" not in kw for _, kw in calls)  # the standard HF cache
+    with pytest.warns(UserWarning, match="trust_remote_code is on"):
+        load_model("some-org/custom-arch", trust_remote_code=True, device="cpu")
+    assert calls[-1][1]["trust_remote_code"] is True

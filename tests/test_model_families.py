@@ -16,7 +16,6 @@ import torch
 from conftest import make_tiny_lm
 
 from prefrec.errors import UserError
-from prefrec.evaluation import evaluate as ev
 from prefrec.evaluation import scores as sc
 from prefrec.scoring.encoding import (
     PLAIN_ANSWER,

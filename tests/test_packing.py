@@ -22,7 +22,12 @@ from conftest import make_tiny_lm
 from prefrec.model import add_lora
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, encode_texts
-from prefrec.scoring.packing import naive_response_logps, pack_trees, response_logps, score_trees
+from prefrec.scoring.packing import (
+    naive_response_logps,
+    pack_trees,
+    response_logps,
+    score_trees,
+)
 from prefrec.scoring.trees import Branch, Scores, Tree
 from prefrec.training.losses import PreferenceBatch, dmpo_loss
 

@@ -115,3 +115,12 @@ def test_peer_samples_evaluate(tiny_lm, tmp_path):
                               "trueSelection": "Up (2009)"}]))
     res = evaluate(tiny_lm, load_candidates(g), out=tmp_path / "c", generate=False, progress=False)
     assert res["task"] == "candidates" and res["metrics"]["n"] == 1
+
+
+def test_candidates_from_a_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"historyList": ["A", "B"], "itemList": ["C", "D", "E"], "trueSelection": "D"}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows * 3),
+                          "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    samples = load_peer(tmp_path / "dd", "candidates")
+    assert len(samples) == 1 and samples[0].target == "D" and samples[0].history == ["A", "B"]

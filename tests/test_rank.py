@@ -220,24 +220,6 @@ def test_read_titles_decides_by_content(tmp_path):
         read_titles(tmp_path / "obj.jsonl", "history")
 
 
-def test_unknown_model_name_fails_at_once_without_the_network(tmp_path, monkeypatch):
-    import transformers
-
-    from prefrec.model import known_model_names, load_model
-
-    def no_network(*a, **kw):
-        raise AssertionError("from_pretrained must not be reached for a name that is nowhere")
-
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_network)
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_network)
-    for name in (str(tmp_path / "runs" / "sft-typo"), "embeded", "no-such-org/no-such-model-xyz"):
-        with pytest.raises(UserError) as e:
-            load_model(name)
-        msg = str(e.value)
-        assert f"model {name!r}: not found" in msg and "run.json" in msg and "local cache" in msg
-        assert all(known in msg for known in known_model_names())
-
-
 def test_cli_rank_mistyped_model_and_budget(tmp_path, embedded_tokenizer):
     from prefrec.cli import app
 

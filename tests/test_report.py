@@ -8,7 +8,13 @@ import pytest
 from scipy import stats
 
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics
-from prefrec.evaluation.report import bootstrap_ci, find_results, make_report, paired_tests, summarize
+from prefrec.evaluation.report import (
+    bootstrap_ci,
+    find_results,
+    make_report,
+    paired_tests,
+    summarize,
+)
 
 
 def _write_run(folder, *, method, seed, k=None, shots=None, task="pairwise", dataset="ml-100k", n=60, shift=0.0,
@@ -175,27 +181,6 @@ def test_beta_sweep_gets_a_column_and_a_plot_and_one_k_gets_no_k_plot(tmp_path):
     assert not any(n.endswith("-vs-k.png") or n.endswith("-vs-shots.png") for n in pngs)  # one k, one shots value
 
 
-def test_a_configuration_run_at_one_shots_value_is_a_point_on_the_shots_plot(tmp_path, monkeypatch):
-    """SFT at two sizes makes the plot; DMPO at one of them is drawn on it as a point (it used to be left out)."""
-    from prefrec.evaluation import report
-
-    for method, shots in (("sft", 30), ("sft", 100), ("dmpo", 100)):
-        _write_run(tmp_path / "runs" / f"{method}-{shots}", method=method, seed=0, k=3 if method == "dmpo" else None,
-                   shots=shots)
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        return path
-
-    monkeypatch.setattr(report, "_save", keep)
-    paths = report.plot_metric_vs(report.summarize(report.find_results([tmp_path / "runs"]))[0], "shots",
-                                  tmp_path / "plots")
-    (legend,) = drawn.values()
-    assert len(paths) == 1
-    assert any(label.startswith("dmpo") for label in legend) and any(label.startswith("sft") for label in legend)
-
-
 # ---- paired comparison on the same test samples (issue 12) ---------------------------------------------------------
 
 def _pairwise_rows(rng, n, shift):
@@ -328,3 +313,21 @@ def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
         assert ci[m]["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
         assert ci[m]["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
         assert ci[m]["n_boot"] == 200
+
+
+def test_paired_bootstrap_draws_the_same_resamples_as_one_draw_per_resample():
+    """The resamples are drawn as one (n_boot, n) matrix: the numbers equal those of n_boot separate draws."""
+    from prefrec.evaluation.metrics import pairwise_metrics as pm
+    from prefrec.evaluation.report import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a, b = _pairwise_rows(rng, 30, 0.5), _pairwise_rows(rng, 30, 0.0)
+    got = paired_bootstrap(a, b, "auc", n_boot=50, seed=11)
+    draw = np.random.default_rng(11)
+
+    def auc(rows, idx):
+        return pm(np.concatenate([rows[i]["s_first"] for i in idx]), np.concatenate([rows[i]["s_second"] for i in idx]))["auc"]
+
+    d = np.array([auc(a, idx) - auc(b, idx) for idx in (draw.integers(0, 30, size=30) for _ in range(50))])
+    assert got["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
+    assert got["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)

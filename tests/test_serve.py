@@ -13,7 +13,7 @@ import uvicorn
 from conftest import make_tiny_lm
 
 from prefrec.serving.rank import rank
-from prefrec.serving.serve import Limits, create_app
+from prefrec.serving.serve import Limits, create_app, server_config
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 POOL = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)", "Pulp Fiction (1994)",
@@ -29,10 +29,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(app):
-    """uvicorn serving `app` on 127.0.0.1 in a background thread; yields the base URL, stops it afterwards."""
+def running(app, limits=None):
+    """uvicorn serving `app` on 127.0.0.1 in a background thread, with the settings `prefrec serve` uses; yields the
+    base URL, stops it afterwards."""
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    srv = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, limits=limits, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(600):  # wait for startup (polling a flag, not a timed assertion)
@@ -52,7 +53,7 @@ def running(app):
 def server(embedded_tokenizer):
     """(base_url, model, tokenizer): uvicorn serving a tiny model in a background thread, stopped afterwards."""
     model = make_tiny_lm(embedded_tokenizer)
-    with running(create_app((model, embedded_tokenizer), limits=LIMITS, model_label="tiny")) as base:
+    with running(create_app((model, embedded_tokenizer), limits=LIMITS, model_label="tiny"), LIMITS) as base:
         yield base, model, embedded_tokenizer
 
 
@@ -158,23 +159,30 @@ def test_20_concurrent_requests_get_their_own_answers(server):
         assert [x["score"] for x in got] == pytest.approx([x["score"] for x in seq["ranking"]], rel=1e-6)
 
 
-def test_openapi_schema_comes_from_the_request_model_and_docs_are_off(server):
+def test_openapi_and_docs_are_off_by_default(server):
     base, _, _ = server
-    spec = httpx.get(f"{base}/openapi.json").json()
+    assert httpx.get(f"{base}/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
+    assert httpx.get(f"{base}/openapi.json").status_code == 404  # the API's shape is not advertised either
+
+
+def test_openapi_schema_comes_from_the_request_model(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(tiny_lm, limits=LIMITS, docs=True), base_url="http://127.0.0.1") as c:
+        spec = c.get("/openapi.json").json()
     ref = spec["paths"]["/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     body = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert body["required"] == ["history", "candidates"] and body["additionalProperties"] is False
     assert body["properties"]["history"]["maxItems"] == LIMITS.max_history
     assert body["properties"]["candidates"]["maxItems"] == LIMITS.max_candidates
     assert body["properties"]["candidates"]["items"]["maxLength"] == LIMITS.max_title_chars
-    assert httpx.get(f"{base}/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
 
 
 def test_docs_can_be_turned_on(tiny_lm):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(tiny_lm, docs=True)) as c:
-        assert c.get("/docs").status_code == 200
+    with TestClient(create_app(tiny_lm, docs=True), base_url="http://localhost") as c:
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
 
 
 def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, embedded_tokenizer):
@@ -183,9 +191,9 @@ def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, em
 
     save_tiny_model(tmp_path / "tiny", embedded_tokenizer)
     app = create_app(str(tmp_path / "tiny"), limits=Limits(max_queue=0))
-    with TestClient(app) as c:  # runs the lifespan: load_model happens here, once
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # runs the lifespan: load_model happens here, once
         assert app.state.model is not None
-        assert c.get("/health").json()["model"] == str(tmp_path / "tiny")
+        assert c.get("/health").json()["model"] == "tiny"  # the folder's name, not its path
         r = c.post("/rank", json={"history": ["a"], "candidates": ["b"]})
         assert r.status_code == 503 and "max_queue" in r.json()["error"]
         assert int(r.headers["retry-after"]) >= 1
@@ -211,7 +219,7 @@ def test_token_budget_shortens_history_and_refuses_candidates_naming_the_limit(t
     sizes = {k: _n_tokens(tok, history[5 - k:], cands) for k in range(1, 6)}
     budget = (sizes[2] + sizes[3]) // 2
     app = create_app((model, tok), limits=Limits(max_tokens=budget))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.post("/rank", json={"history": history, "candidates": cands})
         assert r.status_code == 200, r.text
         assert r.json()["n_history"] == 2 and r.json()["n_tokens"] == sizes[2] <= budget
@@ -228,7 +236,7 @@ def test_model_context_caps_the_budget(tiny_lm):
     from fastapi.testclient import TestClient
 
     model, tok = tiny_lm  # max_position_embeddings 2048, below the default cap of 4096
-    with TestClient(create_app((model, tok))) as c:
+    with TestClient(create_app((model, tok)), base_url="http://127.0.0.1") as c:
         many = [f"{'x' * 280} {i}" for i in range(100)]  # inside every size limit, far over 2048 tokens
         r = c.post("/rank", json={"history": ["a"], "candidates": many})
         assert r.status_code == 422 and "model context 2048" in r.json()["error"]
@@ -312,3 +320,151 @@ def test_short_request_overtakes_a_long_one_and_full_queue_gets_retry_after(embe
         short.join()
     assert finished["long"][1] == finished["short"][1] == 200
     assert finished["short"][0] < finished["long"][0]  # it waited for one chunk of the long one, not all of it
+
+
+# ---- facing a network: token, Host allow-list, deadlines per connection phase (issue 31) ----
+
+TOKEN = "s3cret-token-of-32-characters-xx"
+
+
+def _raw(base: str, data: bytes, wait: float = 10.0) -> bytes:
+    """Send `data` on a plain socket and read until the server closes the connection; raises socket.timeout when
+    the server holds it open past `wait` seconds (the failure these tests look for: a connection never closed)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(data)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+        return received
+
+
+def test_token_is_required_and_compared_exactly(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    body = {"history": ["a"], "candidates": ["b"]}
+    with TestClient(create_app(tiny_lm, token=TOKEN), base_url="http://127.0.0.1") as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            r = c.post("/rank", json=body, headers=headers)
+            assert r.status_code == 401 and "bearer token" in r.json()["error"], headers
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/health").status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.post("/rank", json=body, headers=good).status_code == 200
+        assert c.get("/health", headers=good).json()["status"] == "ok"
+
+
+def test_host_header_must_be_on_the_allow_list(tiny_lm):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(tiny_lm), base_url="http://127.0.0.1") as c:
+        for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+            assert c.get("/health", headers={"host": host}).status_code == 200, host
+        r = c.get("/health", headers={"host": "attacker.example:8000"})  # DNS rebinding: a page's own name
+        assert r.status_code == 400 and "attacker.example" in r.json()["error"] and "--allow-host" in r.json()["error"]
+    with TestClient(create_app(tiny_lm, allowed_hosts=["rank.example.org"]), base_url="http://rank.example.org") as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/health", headers={"host": "localhost"}).status_code == 400
+
+
+def test_text_plain_body_gets_415_saying_to_send_json(server):
+    base, _, _ = server
+    r = httpx.post(f"{base}/rank", content=b'{"history": ["a"], "candidates": ["b"]}',
+                   headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"] and "text/plain" in r.json()["error"]
+    r = httpx.post(f"{base}/rank", content=b'{"history": ["a"], "candidates": ["b"]}',
+                   headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+def test_label_is_the_model_name_not_a_local_path(tmp_path, embedded_tokenizer):
+    from conftest import save_tiny_model
+    from fastapi.testclient import TestClient
+    from transformers import AutoModelForCausalLM
+
+    folder = save_tiny_model(tmp_path / "my-model", embedded_tokenizer)
+    pair = (AutoModelForCausalLM.from_pretrained(folder), embedded_tokenizer)
+    for app, label in ((create_app(pair), "my-model"), (create_app(pair, model_label="prod-ranker"), "prod-ranker")):
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            health = c.get("/health")
+            answer = c.post("/rank", json={"history": ["a"], "candidates": ["b"]})
+        assert health.json()["model"] == label and answer.json()["model"] == label
+        assert str(tmp_path) not in health.text + answer.text
+
+
+def test_unfinished_upload_is_answered_408_and_closed(embedded_tokenizer):
+    limits = Limits(read_seconds=0.5)
+    with running(create_app((make_tiny_lm(embedded_tokenizer), embedded_tokenizer), limits=limits), limits) as base:
+        head = (b"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n")
+        answer = _raw(base, head + b'{"history": [')  # 13 of the 1,000 announced bytes, then nothing
+        assert answer.startswith(b"HTTP/1.1 408") and b"read_seconds" in answer
+        assert httpx.get(f"{base}/health").json()["admitted"] == 0
+
+
+def test_slow_request_head_and_idle_connection_are_closed(embedded_tokenizer):
+    limits = Limits(idle_seconds=0.5)
+    with running(create_app((make_tiny_lm(embedded_tokenizer), embedded_tokenizer), limits=limits), limits) as base:
+        assert _raw(base, b"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""  # headers never finished
+        assert _raw(base, b"") == b""  # connected, sent nothing
+        # keep-alive: one answer, then the idle connection is closed by the server
+        answer = _raw(base, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in answer
+
+
+def test_slow_uploads_count_against_max_queue(embedded_tokenizer):
+    limits = Limits(max_queue=1, read_seconds=3.0)
+    app = create_app((make_tiny_lm(embedded_tokenizer), embedded_tokenizer), limits=limits)
+    with running(app, limits) as base:
+        slow = ThreadPoolExecutor(max_workers=1).submit(
+            _raw, base, b"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+        assert _wait_for(lambda: httpx.get(f"{base}/health").json()["admitted"] == 1)
+        r = post(base, SHORT)
+        assert r.status_code == 503 and "max_queue" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+        assert slow.result(timeout=30).startswith(b"HTTP/1.1 408")
+        assert post(base, SHORT).status_code == 200  # the place is free again
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "rank.example.org"])
+def test_a_reachable_host_needs_a_token(host):
+    from prefrec.errors import UserError
+    from prefrec.serving.serve import check_exposure
+
+    with pytest.raises(UserError, match="token is required"):
+        check_exposure(host, None)
+    warning = check_exposure(host, TOKEN)
+    assert (warning is not None and "every network interface" in warning) == (host in ("0.0.0.0", "::"))
+    for loopback in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        assert check_exposure(loopback, None) is None
+
+
+def test_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from prefrec.errors import UserError
+    from prefrec.serving.serve import TOKEN_ENV, read_token
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert read_token(None) is None
+    monkeypatch.setenv(TOKEN_ENV, f" {TOKEN}\n")
+    assert read_token(None) == TOKEN
+    (tmp_path / "token").write_text("from-the-file-1234567890\nignored\n")
+    assert read_token(tmp_path / "token") == "from-the-file-1234567890"  # the file wins
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(UserError, match="at least 16"):
+        read_token(tmp_path / "short")
+    with pytest.raises(UserError, match="cannot read"):
+        read_token(tmp_path / "absent")
+
+
+def test_cli_refuses_a_network_host_without_a_token_before_loading(monkeypatch):
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+    from prefrec.serving.serve import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    r = CliRunner().invoke(app, ["serve", "no-such-model", "--host", "0.0.0.0"])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("error: --host 0.0.0.0") and "token" in r.output
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert "--token-file" in r.output and "--token " not in r.output  # never a token on the command line

@@ -1,9 +1,10 @@
 """Model cards: RUN/README.md and RUN/adapter/README.md in the Hugging Face Hub's card format.
 
-A card is YAML front matter (base_model, library_name, license, tags, datasets: the keys the Hub reads) and a
-Markdown body, filled from what the run folder knows: run.json (base, stages, validation metrics, provenance),
-config.yaml (β, k, LoRA, learning rates), the prepared data's stats.json (dataset, protocol, split sizes) and every
-RUN/eval/*/results.json (test metrics). `prefrec train` writes it; `prefrec eval` of a run and `prefrec export`
+A card is YAML front matter (base_model, library_name, license, tags, datasets, and a `model-index` of the test
+results when there are any: the keys the Hub reads), built with huggingface_hub's ModelCardData/EvalResult so the
+Hub's own rules shape it, and a Markdown body, filled from what the run folder knows: run.json (base, stages, the
+samples each stage really used, validation metrics, provenance), config.yaml (β, k, LoRA, learning rates), the
+prepared data's stats.json (dataset, protocol, split sizes) and every RUN/eval/*/results.json (test metrics). `prefrec train` writes it; `prefrec eval` of a run and `prefrec export`
 write it again, so it lists the test metrics known at that time. Nothing is invented: what is unknown says so.
 """
 
@@ -12,8 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from prefrec import io
+from prefrec.evaluation import tasks
+from prefrec.model import KNOWN_MODELS, hub_reference
 from prefrec.results import RESULTS, RUN_JSON, read_results
 
 # Terms of the public rating logs prefrec reads (data/README.md of each source has the details). The Hub's
@@ -58,8 +62,6 @@ def _metric_table(rows: list[tuple[str, dict]]) -> list[str]:
 
 
 def _prompt_example(task: str, domain: str, answers: str = "title") -> list[str]:
-    from prefrec.evaluation import tasks
-
     prefix, question, answer = tasks.task(task).example(domain, answers)
     return ["One user turn (the base's chat template, generation prompt added), then the answer:", "", "```text",
             (prefix + question).rstrip(), "```", "", f"Answer (scored or generated): `{answer}`"]
@@ -76,60 +78,53 @@ def _stage_rows(config: dict, info: dict) -> list[str]:
     return rows
 
 
-def model_card(run: str | Path, *, merged: bool = False) -> str:
-    """The card of a run folder (run.json and config.yaml written by `prefrec train`); `merged`: the card of its
-    `prefrec export` (a full transformers model with the adapter merged in)."""
-    from prefrec.model import KNOWN_MODELS, hub_reference
+def _used_counts(info: dict, sizes: dict) -> str:
+    """Samples each split contributed, as training read them (run.json stage_info: data.max_train_samples and
+    max_valid_samples may take fewer than were prepared)."""
+    plans = [p for p in (info.get("stage_info") or {}).values() if isinstance(p, dict) and "train_samples" in p]
+    if not plans:
+        return (f"train {sizes.get('train')}, valid {sizes.get('valid')} prepared (the run did not record how many "
+                "it used)")
+    used = {k: plans[0].get(f"{k}_samples") for k in ("train", "valid")}
+    return ", ".join(f"{k} {n}" + (f" of {sizes[k]} prepared" if sizes.get(k) not in (None, n) else "")
+                     for k, n in used.items())
 
-    run = Path(run)
-    info = _read_json(run / RUN_JSON)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() \
-        else {}
-    stats = _data_stats(config, run)
+
+def _eval_results(tests: list[dict]) -> list[EvalResult]:
+    """The Hub's model-index entries: one per numeric metric of each results.json."""
+    return [EvalResult(task_type="text-generation", task_name=f"{r.get('task')} recommendation (prefrec)",
+                       dataset_type=str(r.get("dataset")), dataset_name=str(r.get("dataset")),
+                       dataset_split=r.get("split"), dataset_args={"n_samples": r.get("n_samples")},
+                       metric_type=name, metric_name=name, metric_value=value)
+            for r in tests for name, value in r["metrics"].items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "n"]
+
+
+def _front(run: Path, info: dict, config: dict, stats: dict, merged: bool, tests: list[dict]) -> ModelCardData:
     base_name = info.get("base_model", "unknown")
-    base = hub_reference(base_name)
     known = KNOWN_MODELS.get(base_name)
     stages = info.get("stages") or [s.get("kind") for s in config.get("stages") or []]
     dataset, task = stats.get("dataset"), stats.get("task")
-    front = {"base_model": base, "library_name": "transformers" if merged else "peft",
-             "license": known.license if known else "other", "pipeline_tag": "text-generation",
-             "tags": ["prefrec", "lora", "recommendation", *[s for s in stages if s]] + ([task] if task else []),
-             **({"datasets": [dataset]} if dataset else {})}
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# {run.name}: {' → '.join(s.upper() for s in stages)} on {dataset or 'unknown data'}"
-             + (f" ({task})" if task else ""), "",
-             ("The base model with a LoRA adapter merged in (`prefrec export`), " if merged else "A LoRA adapter ")
-             + "trained with prefrec to rank items for a user from their history, by the log-probability of each "
-             "candidate answer.", "",
-             "## Base model", "", f"- `{base}`" + (f" (prefrec name `{base_name}`)" if base != base_name else ""),
-             f"- Licence: {known.license if known else 'see the base model'}"]
-    if known:
-        lines.append(f"- Note: {known.note}.")
-    lines += ["", "## Data", ""]
-    if stats:
-        proto = stats.get("protocol") or {}
-        sizes = stats.get("split_sizes") or {}
-        lines += [f"- Dataset: `{dataset}`, task `{task}`, domain `{stats.get('domain')}`",
-                  f"- Protocol: {proto.get('name', task)}; negatives per sample {proto.get('negatives', '?')}; "
-                  f"seed {stats.get('seed')}",
-                  f"- Samples: train {sizes.get('train')}, valid {sizes.get('valid')}, test {sizes.get('test')}",
-                  f"- Terms: {DATA_TERMS.get(dataset, 'see the data source')}"]
-    else:
-        lines.append(f"- Samples from `{(config.get('data') or {}).get('dir', '?')}` (its stats.json was not found)")
-    lora = config.get("lora") or {}
-    lines += ["", "## Training", "", f"Method: {' then '.join(stages)}; seed {info.get('seed', config.get('seed'))}; "
-              f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-              f"targets {lora.get('target_modules')}.", "", *_stage_rows(config, info), "",
-              "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
-                                               (stats.get("protocol") or {}).get("answers") or "title"), "",
-              "## Results", ""]
-    valid = [(f"valid ({k})", v) for k, v in (info.get("final_valid") or {}).items()]
-    tests = [(f"{r.get('dataset')} {r.get('task')} {r.get('split')} (n={r.get('n_samples')})", r["metrics"])
-             for r in _test_results(run)]
-    lines += (["Validation at the end of each stage:", "", *_metric_table(valid), ""] if valid else
-              ["No validation metrics recorded.", ""])
-    lines += (["Test (`prefrec eval`):", "", *_metric_table(tests)] if tests else
-              ["No test metrics yet (run `prefrec eval RUN --samples DATA`; it rewrites this card)."])
+    results = _eval_results(tests)
+    return ModelCardData(base_model=hub_reference(base_name), library_name="transformers" if merged else "peft",
+                         license=known.license if known else "other", pipeline_tag="text-generation",
+                         tags=["prefrec", "lora", "recommendation", *[s for s in stages if s]] + ([task] if task else []),
+                         datasets=[dataset] if dataset else None, model_name=run.name if results else None,
+                         eval_results=results or None)
+
+
+def _data_lines(stats: dict, info: dict, config: dict) -> list[str]:
+    if not stats:
+        return [f"- Samples from `{(config.get('data') or {}).get('dir', '?')}` (its stats.json was not found)"]
+    proto, sizes, dataset = stats.get("protocol") or {}, stats.get("split_sizes") or {}, stats.get("dataset")
+    return [f"- Dataset: `{dataset}`, task `{stats.get('task')}`, domain `{stats.get('domain')}`",
+            f"- Protocol: {proto.get('name', stats.get('task'))}; negatives per sample {proto.get('negatives', '?')}; "
+            f"seed {stats.get('seed')}",
+            f"- Samples used in training: {_used_counts(info, sizes)}; test split: {sizes.get('test')} prepared",
+            f"- Terms: {DATA_TERMS.get(dataset, 'see the data source')}"]
+
+
+def _use_lines(merged: bool) -> list[str]:
     use = (["from transformers import AutoModelForCausalLM, AutoTokenizer",
             "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
             "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")"]
@@ -138,9 +133,49 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
             "model = AutoPeftModelForCausalLM.from_pretrained(\"PATH/adapter\")  # fetches the base from the Hub",
             "# or, offline with prefrec's own copy of the base:", "from prefrec.model import load_model",
             "model, tokenizer = load_model(\"PATH\")"])
-    lines += ["", "## Use", "", "```python", *use, "```", "",
+    return ["## Use", "", "```python", *use, "```"]
+
+
+def model_card(run: str | Path, *, merged: bool = False) -> str:
+    """The card of a run folder (run.json and config.yaml written by `prefrec train`); `merged`: the card of its
+    `prefrec export` (a full transformers model with the adapter merged in)."""
+    run = Path(run)
+    info = _read_json(run / RUN_JSON)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() \
+        else {}
+    stats, tests = _data_stats(config, run), _test_results(run)
+    base_name = info.get("base_model", "unknown")
+    base, known = hub_reference(base_name), KNOWN_MODELS.get(base_name)
+    stages = info.get("stages") or [s.get("kind") for s in config.get("stages") or []]
+    dataset, task = stats.get("dataset"), stats.get("task")
+    lines = [f"# {run.name}: {' → '.join(s.upper() for s in stages)} on {dataset or 'unknown data'}"
+             + (f" ({task})" if task else ""), "",
+             ("The base model with a LoRA adapter merged in (`prefrec export`), " if merged else "A LoRA adapter ")
+             + "trained with prefrec to rank items for a user from their history, by the log-probability of each "
+             "candidate answer.", "",
+             "## Base model", "", f"- `{base}`" + (f" (prefrec name `{base_name}`)" if base != base_name else ""),
+             f"- Licence: {known.license if known else 'see the base model'}"]
+    if known:
+        lines.append(f"- Note: {known.note}.")
+    lines += ["", "## Data", "", *_data_lines(stats, info, config)]
+    lora = config.get("lora") or {}
+    lines += ["", "## Training", "", f"Method: {' then '.join(stages)}; seed {info.get('seed', config.get('seed'))}; "
+              f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+              f"targets {lora.get('target_modules')}.", "", *_stage_rows(config, info), "",
+              "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
+                                               (stats.get("protocol") or {}).get("answers") or "title"), "",
+              "## Results", ""]
+    valid = [(f"valid ({k})", v) for k, v in (info.get("final_valid") or {}).items()]
+    rows = [(f"{r.get('dataset')} {r.get('task')} {r.get('split')} (n={r.get('n_samples')})", r["metrics"])
+            for r in tests]
+    lines += (["Validation at the end of each stage:", "", *_metric_table(valid), ""] if valid else
+              ["No validation metrics recorded.", ""])
+    lines += (["Test (`prefrec eval`; also in the card's model-index):", "", *_metric_table(rows)] if rows else
+              ["No test metrics yet (run `prefrec eval RUN --samples DATA`; it rewrites this card)."])
+    lines += ["", *_use_lines(merged), "",
               f"Provenance: prefrec commit `{info.get('git_commit')}`, versions {info.get('versions')}.", ""]
-    return "\n".join(lines)
+    front = _front(run, info, config, stats, merged, tests)
+    return str(ModelCard(f"---\n{front.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def write_card(run: str | Path) -> Path:

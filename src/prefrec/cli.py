@@ -1,21 +1,75 @@
 """The `prefrec` command line. Each command is a thin wrapper over a library function: parse, call, print paths.
 
 Errors that come from bad user input are raised as `prefrec.errors.UserError` (or ValueError/FileNotFoundError from
-readers) and reported as one line on stderr with a non-zero exit code, never as a traceback.
+readers) and reported as one line on stderr with a non-zero exit code, never as a traceback. Every error starts with
+"error: ", click's own usage errors (a missing option, a value of the wrong type) included (_Group).
+
+Imports: at the top, except the modules that load torch, transformers, scipy or matplotlib (model loading, training,
+evaluation, the report, the baselines, the server), which the commands that need them import inside themselves:
+those imports take 1.5-6 s, and `prefrec --help`, the data commands and argument errors should answer at once.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer._click.exceptions import (  # typer >= 0.29 vendors click: its own classes
+    ClickException,
+    UsageError,
+)
+from typer.core import TyperGroup
+
+from prefrec import io
+from prefrec.baselines.common import load_prepared
+from prefrec.data.exporters import export_samples
+from prefrec.data.fetch import fetch
+from prefrec.data.importers import import_files
+from prefrec.data.peer import load_peer
+from prefrec.data.prepare import _UNSET, prepare, read_filtered
+from prefrec.errors import UserError
+from prefrec.export import export_run
+from prefrec.quickstart import run_quickstart
+from prefrec.results import RESULTS, is_run_dir
+from prefrec.samples import read_jsonl
+from prefrec.serving.rank import rank, read_titles
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
 _CLI = {"rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+
+
+class _Group(TyperGroup):
+    """The top command: click's own usage errors (a missing option, `--port abc`) print as `error: ...` like
+    prefrec's, with the help hint after it, and exit 2; everything else is click's standalone behaviour."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as e:
+            if e.format_message().startswith("Usage:"):  # no command given: the help itself, as click prints it
+                typer.echo(e.format_message(), err=True)
+                sys.exit(e.exit_code)
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(code) comes back as its code
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False,
                   help="LLM personalized ranking: data, SFT, DPO/DMPO/S-DPO, evaluation.", **_CLI)
 data_app = typer.Typer(no_args_is_help=True, help="Read rating logs, build protocol samples, import peer prompt files.",
                        **_CLI)
@@ -24,8 +78,6 @@ app.add_typer(data_app, name="data")
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             typer.echo(f"prefrec {version('prefrec')}")
         except PackageNotFoundError:
@@ -37,12 +89,29 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print prefrec's version and exit.")) -> None:
     """LLM personalized ranking: data, SFT, DPO/DMPO/S-DPO, evaluation."""
-    import os
-
     # Progress bars in a log file: tqdm reads TQDM_* defaults when first imported (after this point in a CLI
     # process); at most one update a minute instead of many carriage-return updates a second.
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_MININTERVAL", "60")
+
+
+_LIMIT_HELP = "Use the first N samples (file order); 'all' for every sample."
+
+
+def _limit(value: Optional[str], default: int | None = None) -> int | None:
+    """--limit, the same in every command: N >= 1 takes the first N samples, 'all' (or leaving it out where the
+    command has no default) takes every sample, and 0 or a negative number is an error, never a silent 'all'."""
+    if value is None:
+        return default
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"--limit must be a whole number of samples or 'all', got {value!r}") from None
+    if n < 1:
+        raise UserError(f"--limit must be at least 1 (or 'all' for every sample), got {n}")
+    return n
 
 
 def _fail(e: Exception) -> None:
@@ -62,8 +131,6 @@ def _table(rows: list[dict]) -> str:
 
 def _emit(rows: list[dict], as_json: bool) -> None:
     """Result commands print a short table (metrics + results file), or with --json the same rows as JSON."""
-    import json
-
     typer.echo(json.dumps(rows if len(rows) != 1 else rows[0], indent=2, ensure_ascii=False) if as_json
                else _table(rows))
 
@@ -78,8 +145,6 @@ _DATASET_HELP = "ml-100k | ml-1m | amazon-2014 | amazon-2018 | lastfm | goodread
 
 def _size_arg(value: Optional[str], flag: str):
     """--train/--valid/--test: a number, 'all', or absent (the task's paper default)."""
-    from prefrec.data.prepare import _UNSET
-
     if value is None:
         return _UNSET
     if value.strip().lower() == "all":
@@ -87,7 +152,7 @@ def _size_arg(value: Optional[str], flag: str):
     try:
         n = int(value)
     except ValueError:
-        raise typer.BadParameter(f"{flag} must be a whole number or 'all', got {value!r}") from None
+        raise UserError(f"{flag} must be a whole number or 'all', got {value!r}") from None
     return n
 
 
@@ -118,9 +183,6 @@ def data_prepare(
     answers: str = typer.Option("title", "--answers", help="Answer format: title (the papers) | letter (pairwise: options A/B) | number (candidates: a numbered list)."),
 ) -> None:
     """Read a published log and write protocol samples + stats.json."""
-    from prefrec.data.prepare import _UNSET, prepare
-    from prefrec.errors import UserError
-
     try:
         stats = prepare(dataset, source, task, out, seed=seed,
                         negatives=_UNSET if negatives is None else negatives,
@@ -152,9 +214,6 @@ def data_fetch(
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the server."),
 ) -> None:
     """Download a public dataset archive into the cache, checking its SHA-256."""
-    from prefrec.data.fetch import fetch
-    from prefrec.errors import UserError
-
     try:
         path = fetch(name, url=url, sha256=sha256, force=force, timeout=timeout, echo=lambda m: typer.echo(m, err=True))
     except (UserError, FileNotFoundError) as e:
@@ -164,14 +223,13 @@ def data_fetch(
 
 @data_app.command("import")
 def data_import(
-    files: list[Path] = typer.Argument(..., help="Peer files: LLaMA-Factory alpaca pairwise JSON, TRL JSONL, k-rejected JSONL."),
+    files: list[Path] = typer.Argument(..., help="Peer files or folders: LLaMA-Factory alpaca/sharegpt, TRL (explicit "
+                                      "or implicit prompt), OpenAI preference JSON(L), k-rejected JSONL, Hugging Face "
+                                      "datasets save_to_disk folders."),
     out: Path = typer.Option(..., "--out", help="Folder for one NAME.jsonl per input file and import_report.json."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Domain to record when the prompt does not say."),
 ) -> None:
     """Convert peer preference files to prefrec samples; report every rejected row with its reason."""
-    from prefrec.data.importers import import_files
-    from prefrec.errors import UserError
-
     try:
         report = import_files(files, out, domain=domain)
     except (UserError, FileNotFoundError) as e:
@@ -189,6 +247,26 @@ def data_import(
                         f"(reasons above and in {out / 'import_report.json'})"))
 
 
+@data_app.command("export")
+def data_export(
+    samples: Path = typer.Argument(..., help="Samples .jsonl, or a prepared folder (its --split file)."),
+    fmt: str = typer.Option(..., "--format", help="trl | sharegpt | alpaca | messages (see docs/data.md)."),
+    out: Path = typer.Option(..., "--out", help="Output .jsonl file (with --datasets: a folder)."),
+    split: str = typer.Option("train", "--split", help="Which split of a prepared folder."),
+    to_datasets: bool = typer.Option(False, "--datasets/--jsonl", help="Write a Hugging Face datasets folder "
+                                     "(save_to_disk; needs the 'datasets' extra) instead of JSON lines."),
+) -> None:
+    """Write prefrec samples in TRL, LLaMA-Factory or chat-messages layout (one row per rejected response)."""
+    try:
+        path = samples / f"{split}.jsonl" if samples.is_dir() else samples
+        if not path.is_file():
+            raise UserError(f"{path}: no such samples file")
+        n = export_samples(read_jsonl(path), out, fmt, datasets=to_datasets)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"{n:,} rows -> {out}")
+
+
 @data_app.command("stats")
 def data_stats(
     path: Optional[Path] = typer.Argument(None, help="A prepared folder (prints its stats.json)."),
@@ -196,10 +274,6 @@ def data_stats(
     source: Optional[Path] = typer.Option(None, "--source", help="With --dataset: the original files."),
 ) -> None:
     """Counts of a prepared folder, or of a raw log read from its original files."""
-    import json
-
-    from prefrec.errors import UserError
-
     try:
         if path is not None:
             f = path / "stats.json" if path.is_dir() else path
@@ -209,8 +283,6 @@ def data_stats(
             return
         if not dataset or source is None:
             raise UserError("give a prepared folder, or --dataset and --source")
-        from prefrec.data.prepare import read_filtered
-
         log, filters, raw = read_filtered(dataset, source)
         typer.echo(json.dumps({"dataset": dataset, "source": str(source), "domain": log.domain, **raw,
                                "catalog": log.catalog, "filters": filters, "warnings": log.warnings},
@@ -233,14 +305,11 @@ def train_cmd(
                                                    "--set stages[1].beta=0.2 --set data.max_train_samples=50."),
 ) -> None:
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
-    import os
-
-    from prefrec import io
-    from prefrec.errors import UserError
-    from prefrec.training.config import load_config
     from prefrec.training.recipe import train
 
     try:
+        from prefrec.training.config import load_config  # the method table's losses import torch
+
         cfg = load_config(config, overrides or [], output_dir=str(out) if out is not None else None)
         io.check_out_folder(cfg.output_dir, "--out" if out is not None else "output_dir")
         run = train(cfg, resume=resume)
@@ -258,9 +327,6 @@ def export_cmd(
     force: bool = typer.Option(False, "--force/--no-force", help="Replace --out if it is not empty."),
 ) -> None:
     """Merge the run's LoRA adapter into its base: a model folder plain transformers loads (no peft, no prefrec)."""
-    from prefrec.errors import UserError
-    from prefrec.export import export_run
-
     try:
         path = export_run(run, out, dtype=dtype, force=force)
     except (UserError, FileNotFoundError) as e:
@@ -288,7 +354,7 @@ def eval_cmd(
                                           "stats.json's, or the file name for peer files)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/eval/DATASET-TASK-SPLIT "
                                        "for a run, else eval/METHOD-MODEL-DATASET-TASK-SPLIT)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
+    limit: Optional[str] = typer.Option(None, "--limit", help=_LIMIT_HELP + " Default: all."),
     generate: bool = typer.Option(True, "--generate/--no-generate", help="Candidates task: greedy generation for "
                                   "HR@1/ValidRatio (likelihood ranking is always computed)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Generation length limit."),
@@ -300,26 +366,21 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
-    from prefrec.errors import UserError
     from prefrec.evaluation.evaluate import evaluate
 
     try:
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
         if peer is not None:
-            from prefrec.data.peer import load_peer
-
             data = load_peer(peer, peer_format, history_field=history_field, candidates_field=candidates_field,
                              target_field=target_field, domain=domain)
             dataset = dataset or peer.stem
         else:
             data = samples
-        res = evaluate(model, data, split=split, out=out, limit=limit, generate=generate, method=method, seed=seed,
+        res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
-    from prefrec.results import RESULTS, is_run_dir
-
     if is_run_dir(model):  # the run's model card lists its test metrics
         from prefrec.card import write_card
 
@@ -336,7 +397,6 @@ def report_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per run (0 = no CIs)."),
 ) -> None:
     """Mean ± std over seeds, paired t-tests, bootstrap CIs and plots from many results.json -> results.md."""
-    from prefrec.errors import UserError
     from prefrec.evaluation.report import make_report
 
     try:
@@ -360,7 +420,7 @@ def baseline(
     regime: str = typer.Option("both", "--regime", help="few-shot (train split samples) | full (every non-test interaction) | both"),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Parent folder; each run writes OUT/NAME-REGIME/results.json "
-                                       "(default results/baselines/DATASET-TASK)."),
+                                       "(default baselines/DATASET-TASK)."),
     train_samples: Optional[Path] = typer.Option(None, "--train-samples", help="Cross-domain: train on this folder "
                                                  "(another domain) and score --samples (cmf only)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: few-shot 20, full 10)."),
@@ -370,18 +430,14 @@ def baseline(
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Train a traditional recommender on the same samples and score them with the shared metrics."""
-    from prefrec.baselines.common import load_prepared
     from prefrec.baselines.run import BASELINES, CROSS_DOMAIN, run_baseline
-    from prefrec.errors import UserError
-    from prefrec.results import RESULTS
-
     try:
         names = list(CROSS_DOMAIN if train_samples else BASELINES) if name.lower() == "all" else [name.lower()]
         regimes = ["few-shot", "full"] if regime == "both" else [regime]
         if out is None:
             prep = load_prepared(samples)
             label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
-            out = Path("results") / "baselines" / f"{label}-{prep.task}"
+            out = Path("baselines") / f"{label}-{prep.task}"
         rows = []
         for n in names:
             for r in regimes:
@@ -410,16 +466,16 @@ def explain_cmd(
     sample_id: Optional[str] = typer.Option(None, "--id", help="Explain the sample with this id instead of --index."),
     compare: bool = typer.Option(False, "--compare", help="Instead of one sample: mean conditional probability of "
                                  "positive vs negative candidates over the file, per model (DMPO Figure 7)."),
-    limit: int = typer.Option(200, "--limit", help="With --compare: use the first N samples (0 = all)."),
-    out: Path = typer.Option(Path("explain-out"), "--out", help="Output folder."),
+    limit: Optional[str] = typer.Option(None, "--limit", help="With --compare: " + _LIMIT_HELP + " Default: 200."),
+    out: Path = typer.Option(Path("explain"), "--out", help="Output folder (default: explain/)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """Token-level conditional probabilities of each candidate: HTML page + PNG heatmap (or the Figure-7 table)."""
-    from prefrec.serving.explain import compare_models, explain_file
+    from prefrec.serving.explain import compare_models, explain_file  # torch, via the task table
 
     try:
         if compare:
-            paths = compare_models(list(models), samples, out, limit=limit or None, dtype=dtype)
+            paths = compare_models(list(models), samples, out, limit=_limit(limit, default=200), dtype=dtype)
         else:
             paths = explain_file(list(models), samples, out, index=index, sample_id=sample_id, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
@@ -445,11 +501,7 @@ def rank_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """Rank candidate titles for a user history by log-probability (JSON: title, score, rank)."""
-    import json
-
-    from prefrec import io
     from prefrec.model import load_model
-    from prefrec.serving.rank import rank, read_titles
 
     try:
         hist = read_titles(history, "history")
@@ -469,9 +521,17 @@ def rank_cmd(
 @app.command("serve")
 def serve_cmd(
     model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. There is no authentication: "
-                             "keep the loopback default unless a proxy in front of it checks requests."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on. Any host but loopback needs a "
+                             "bearer token ($PREFREC_SERVE_TOKEN or --token-file)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File whose first line is the bearer "
+                                              "token clients must send (else $PREFREC_SERVE_TOKEN; never on the "
+                                              "command line, where `ps` shows it)."),
+    allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="A Host header value to answer, "
+                                                   "besides the loopback names and --host (repeatable; '*' for "
+                                                   "any)."),
+    label: Optional[str] = typer.Option(None, "--label", help="The model's name in answers and /health (default: "
+                                        "MODEL, or a folder's own name: never a local path)."),
     max_history: int = typer.Option(50, "--max-history", min=1, help="Most history titles per request."),
     max_candidates: int = typer.Option(100, "--max-candidates", min=1, help="Most candidates per request."),
     max_title_chars: int = typer.Option(300, "--max-title-chars", min=1, help="Longest title, in characters."),
@@ -480,22 +540,40 @@ def serve_cmd(
                                    "(also capped by the model's context); the history is shortened to fit."),
     max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1, help="Time limit per request, queueing "
                                       "included; the work stops when it passes (503)."),
-    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once; more get 503."),
-    docs: bool = typer.Option(False, "--docs", help="Serve Swagger UI at /docs (the browser loads it from a CDN)."),
+    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once (uploading, waiting "
+                                  "or running); more get 503."),
+    read_timeout: float = typer.Option(5.0, "--read-timeout", min=0.1, help="Seconds for a whole request body; "
+                                       "then 408 and the connection is closed."),
+    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.1, help="Seconds a connection may take to "
+                                       "send a complete request head (after opening or after its last answer)."),
+    max_connections: int = typer.Option(64, "--max-connections", min=1, help="Open connections at once; more get "
+                                        "503."),
+    docs: bool = typer.Option(False, "--docs", help="Serve /openapi.json and Swagger UI at /docs (the browser "
+                              "loads it from a CDN)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
     from prefrec.model import load_model
-    from prefrec.serving.serve import Limits, run_server
+    from prefrec.serving.serve import (
+        Limits,
+        check_exposure,
+        default_label,
+        read_token,
+        run_server,
+    )
 
     try:
+        token = read_token(token_file)
+        check_exposure(host, token)  # before the model loads, so a refused start is quick
         pair = load_model(model, dtype=dtype)  # once, before listening, so a bad name fails here with one line
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     limits = Limits(max_history=max_history, max_candidates=max_candidates, max_title_chars=max_title_chars,
                     max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_seconds=max_seconds,
-                    max_queue=max_queue)
-    run_server(pair, host=host, port=port, limits=limits, model_label=model, docs=docs)
+                    max_queue=max_queue, read_seconds=read_timeout, idle_seconds=idle_timeout,
+                    max_connections=max_connections)
+    run_server(pair, host=host, port=port, limits=limits, model_label=label or default_label(model), docs=docs,
+               token=token, allowed_hosts=allow_host)
 
 # ---- end explain / rank / serve commands ----
 
@@ -512,8 +590,6 @@ def quickstart(
                               "a local model folder."),
 ) -> None:
     """ML-100K -> SFT (hybrid prompt, 3,000 pairs), evaluated against zero-shot, then a report."""
-    from prefrec.quickstart import run_quickstart
-
     if dtype not in ("auto", "fp32", "bf16"):
         _fail(ValueError(f"--dtype {dtype!r}: expected auto, fp32 or bf16"))
     try:
@@ -535,9 +611,9 @@ def experiment(
                             "--set eval.limit=50 --set datasets.ml-100k.prepare.n_train=50."),
 ) -> None:
     """Run a grid of methods x datasets x k x shots x beta x seeds (finished cells are skipped), then report."""
-    from prefrec.experiment import run_experiment
-
     try:
+        from prefrec.experiment import run_experiment  # the method table's losses import torch
+
         md = run_experiment(config, only=only, dry_run=dry_run, overrides=set_, report_only=report_only,
                             report=report)
     except (ValueError, FileNotFoundError) as e:

@@ -33,7 +33,9 @@ from prefrec import io
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 from prefrec.training import methods
-from prefrec.training.config import apply_overrides  # the one --set parser (also `prefrec train --set`)
+from prefrec.training.config import (
+    apply_overrides,  # the one --set parser (also `prefrec train --set`)
+)
 
 
 @dataclass

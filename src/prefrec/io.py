@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from prefrec.errors import UserError
 
 
@@ -132,49 +134,42 @@ def _holder(lock: Path) -> tuple[int, str] | None:
         return None
 
 
-def _gone(holder: tuple[int, str] | None) -> bool:
-    """True when the holder is certainly not running: a process of this host whose pid no longer exists."""
-    if holder is None or holder[1] != socket.gethostname():
-        return False  # unreadable (being written) or another host's: assume alive
-    try:
-        os.kill(holder[0], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def _locked(folder, what: str, lock: Path, holder: tuple[int, str] | None) -> Locked:
+    who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
+    return Locked(f"{what} {folder} is being written by {who}; wait for it, or delete {lock} if that process no "
+                  "longer runs")
 
 
 @contextmanager
 def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold `folder/.lock` (created with O_EXCL, holding "pid host") while the block runs, so that two processes
-    never write the same folder at once; a lock left by a killed process of this host is taken over. Raises Locked,
-    naming the holder and the lock file, when a live process holds it. A folder it had to create and that is still
-    empty at the end (the work failed before writing anything) is removed again."""
+    """Hold `folder/.lock` while the block runs, so that two processes never write the same folder at once; raises
+    Locked, naming the holder and the lock file, when another process holds it. A folder it had to create and that
+    is still empty at the end (the work failed before writing anything) is removed again.
+
+    The lock is filelock's FileLock (an OS lock, flock, on the file): the kernel drops it when its process dies, so a
+    lock left by a killed process is simply taken over, with no pid-liveness guess. The file also holds "pid host"
+    of its holder, for the message, and because flock does not reach across machines on a shared file system: a
+    record from another host is respected (it cannot be checked from here)."""
     lock = Path(folder) / ".lock"
     created = not lock.parent.exists()
     lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
-        except FileExistsError:
-            holder = _holder(lock)
-            if not _gone(holder):
-                who = f"process {holder[0]} on {holder[1]}" if holder else "another process"
-                raise Locked(f"{what} {folder} is being written by {who}; wait for it, or delete {lock} if that "
-                             "process no longer runs") from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    holder = _holder(lock)
+    if holder is not None and holder[1] != socket.gethostname():
+        raise _locked(folder, what, lock, holder)
+    flock = FileLock(lock, timeout=0)
+    try:
+        flock.acquire()
+    except Timeout:
+        raise _locked(folder, what, lock, _holder(lock)) from None
+    try:
+        with open(lock, "w", encoding="utf-8") as f:  # the same inode filelock holds: a killed holder's record goes
             f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
-            if created and not any(lock.parent.iterdir()):
-                lock.parent.rmdir()
-        return
-    raise Locked(f"{what} {folder}: could not take {lock}")
+        yield
+    finally:
+        flock.release()  # removes the file too
+        lock.unlink(missing_ok=True)
+        if created and lock.parent.exists() and not any(lock.parent.iterdir()):
+            lock.parent.rmdir()
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:

@@ -14,27 +14,37 @@ Names accepted by `load_model`:
     "gemma3-270m"              the Gemma 3 270M (base) conversion in prefrec's cache
     a prefrec run folder       has run.json (naming its base model) and adapter/ (PEFT format)
     an adapter folder          its adapter_config.json names the base (a known model's Hub id -> prefrec's copy)
-    any other string           passed to transformers' from_pretrained (a local folder or a hub id you have cached)
+    any other string           a local model folder, or a Hugging Face id: from_pretrained through the standard HF
+                               cache (downloaded where the Hub is reachable; HF_HUB_OFFLINE respected; `revision` pins it)
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
+from prefrec.scoring.encoding import check_prompt_format
 from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 
 EMBEDDED = "embedded"
@@ -124,8 +134,6 @@ def offline_model_dir(name: str = EMBEDDED) -> Path:
     out = root / spec.folder
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     root.mkdir(parents=True, exist_ok=True)
     gguf_dir = root / "gguf"
     gguf_dir.mkdir(exist_ok=True)
@@ -158,8 +166,6 @@ def offline_tokenizer_dir(name: str) -> Path:
     out = root / f"{spec.folder}-tokenizer"
     if (out / "tokenizer_config.json").exists():
         return out
-    from transformers import AutoTokenizer
-
     gguf_dir = root / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
     gguf = _fetch_gguf(spec, gguf_dir)
@@ -258,25 +264,31 @@ def known_model_names() -> tuple[str, ...]:
     return tuple(KNOWN_MODELS)
 
 
-def _locate(name: str, path: str) -> bool:
-    """Check, without the network, that `name` is a known name (resolve_base mapped it to `path`, its local folder),
-    an existing folder or a Hugging Face id in the local cache; returns True for a cached id (load it with
-    local_files_only, so nothing retries the Hub). A name that is none of these fails at once, saying what was
-    looked for."""
-    if path != name or Path(name).is_dir():
-        return False
-    from huggingface_hub import constants, try_to_load_from_cache
+def _not_found(name: str, why: str) -> UserError:
+    return UserError(f"model {name!r}: not found: not {' or '.join(map(repr, known_model_names()))}, no prefrec run "
+                     f"folder (run.json + adapter/), PEFT adapter folder (adapter_config.json) or model folder at "
+                     f"{Path(name).absolute()}, and {why}")
 
+
+def check_hub_id(name: str, revision: str | None = None) -> None:
+    """`name` is no known name and no local folder, so it must be a Hugging Face id, which from_pretrained reads
+    through the standard HF cache (downloading it first where the Hub can be reached). Fail at once, without the
+    network, for a name that cannot be an id (a mistyped path) and for an id that is not cached while
+    HF_HUB_OFFLINE is set, saying how to get it."""
     try:
-        cached = try_to_load_from_cache(name, "config.json")
-    except ValueError:  # not a valid repo id (HFValidationError), e.g. a mistyped path
-        cached = None
-    if isinstance(cached, str):
-        return True
-    raise UserError(f"model {name!r}: not found: not {' or '.join(map(repr, known_model_names()))}, no prefrec run "
-                    f"folder (run.json + adapter/), PEFT adapter folder (adapter_config.json) or model folder at "
-                    f"{Path(name).absolute()}, and no Hugging Face id {name!r} in the local cache "
-                    f"({constants.HF_HUB_CACHE}); models are not downloaded")
+        validate_repo_id(name)
+    except HFValidationError:
+        raise _not_found(name, "it is no Hugging Face id either (expected 'owner/name')") from None
+    near = difflib.get_close_matches(name, known_model_names(), n=1, cutoff=0.8)
+    if near and "/" not in name:  # a typo of a known name would otherwise be looked up on the Hub
+        raise _not_found(name, f"not a Hugging Face id that prefrec looks up: did you mean {near[0]!r}?")
+    if not is_offline_mode() or isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return
+    pin = f" --revision {revision}" if revision else ""
+    raise UserError(f"model {name!r}{f' (revision {revision})' if revision else ''} is not in the Hugging Face cache "
+                    f"({hf_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it is not downloaded. Fetch it "
+                    f"once where the Hub is reachable: `hf download {name}{pin}` (with the same HF_HOME, or copy "
+                    f"the folder models--{name.replace('/', '--')} into this cache), or unset HF_HUB_OFFLINE")
 
 
 def resolve_base(name: str) -> str:
@@ -325,13 +337,30 @@ def check_adapter(folder: str | os.PathLike) -> dict:
     return cfg
 
 
+def _resolve(name: str, adapter, revision: str | None):
+    """(base name, adapter folder or None, base revision, run.json contents or None) for a load_model name: a run
+    folder gives its base model and adapter/, a bare PEFT adapter folder names its base in adapter_config.json."""
+    if is_run_dir(name):
+        run = read_run(name)
+        return (run.get("base_model", EMBEDDED), adapter if adapter is not None else Path(name) / "adapter",
+                revision or run.get("base_model_revision"), run)
+    if name not in OFFLINE_MODELS and Path(name).is_dir() and (Path(name) / "adapter_config.json").is_file():
+        cfg = check_adapter(name)
+        return known_name(cfg.get("base_model_name_or_path") or EMBEDDED), name, revision or cfg.get("revision"), None
+    return name, adapter, revision, None
+
+
 def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, attn_implementation: str = "sdpa",
                adapter: str | os.PathLike | None = None, device: str | None = None, trust_remote_code: bool = False,
-               merge_adapter: bool = False):
+               merge_adapter: bool = False, revision: str | None = None):
     """Return (model, tokenizer), model in eval mode on `device` (default: cuda if available, else cpu).
 
     `name` may be "embedded", "gemma3-270m", a Hugging Face id or folder, or a prefrec run folder (its base model +
     its adapter; the prompt format recorded in its run.json must be the one the loaded tokenizer gives).
+    A Hugging Face id loads the standard way: from the HF cache, downloaded into it first when the Hub is
+    reachable and HF_HUB_OFFLINE is not set (check_hub_id). `revision` pins the id's branch, tag or commit (a run
+    folder's run.json may record `base_model_revision`, an adapter's config `revision`).
+    `trust_remote_code` runs the model repository's own Python code: off unless asked, and a warning when on.
     `attn_implementation`: "sdpa" or "eager" (the packed 4D mask needs one of them).
     `adapter` attaches a PEFT adapter folder on top of the base (not merged, so it can be trained further).
     `merge_adapter`: for inference only, fold the adapter into the base weights (PEFT's merge_and_unload), so that
@@ -340,43 +369,30 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     which moved the quickstart SFT model's margins from the fp32 model's as much as bf16 scoring of the unmerged
     adapter does (mean |difference| 0.091 against 0.088 nats on 120 test comparisons, docs/evaluate.md).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     check_attn_implementation(attn_implementation)
-    run = None
-    if is_run_dir(name):
-        run_json = Path(name) / RUN_JSON
-        run = read_run(name)
-        if adapter is None:
-            adapter = Path(name) / "adapter"
-        name = run.get("base_model", EMBEDDED)
-    elif name not in OFFLINE_MODELS and Path(name).is_dir() and (Path(name) / ADAPTER_CONFIG).is_file():
-        # a bare PEFT adapter folder: its config names the base model
-        cfg = check_adapter(name)
-        adapter, name = name, known_name(cfg.get("base_model_name_or_path") or EMBEDDED)
+    source = name
+    name, adapter, revision, run = _resolve(name, adapter, revision)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = parse_dtype(dtype) or default_dtype(device)
     path = resolve_base(name)
-    local_only = _locate(name, path)
+    if path == name and not Path(name).is_dir():
+        check_hub_id(name, revision)
+    if trust_remote_code:
+        warnings.warn(f"model {name!r}: trust_remote_code is on, so Python code from the model's files runs in this "
+                      "process; use it only for a repository you trust, pinned to a reviewed revision", stacklevel=2)
+    hub = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                                     trust_remote_code=trust_remote_code, local_files_only=local_only)
+                                                     **hub)
     except OSError as e:
-        offline = ", ".join(repr(n) for n in OFFLINE_MODELS)
-        raise UserError(f"model {name!r}: not {offline}, a prefrec run folder, or a loadable Hugging Face model "
-                        f"folder/id available offline ({e})") from None
+        raise UserError(f"model {name!r}: could not load it as a Hugging Face model folder or id ({e})") from None
     if run is not None and run.get("prompt_format") is not None:
-        from prefrec.scoring.encoding import check_prompt_format
-
-        check_prompt_format(tokenizer, run["prompt_format"], str(run_json))
+        check_prompt_format(tokenizer, run["prompt_format"], str(Path(source) / RUN_JSON))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     if adapter is not None:
-        from peft import PeftModel
-
         check_adapter(adapter)  # PEFT's own errors name no file
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         if merge_adapter:
@@ -393,8 +409,6 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
     If `model` already is a PeftModel (e.g. loaded from an SFT run), its adapter is made trainable instead, so the
     alignment stage continues from the SFT weights without a second copy of the base model.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
     if isinstance(model, PeftModel):
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prefrec.baselines.common import FIRST_ITEM, EvalSet, TrainData, fill_unknown, preference_examples
+from prefrec.baselines.common import (
+    FIRST_ITEM,
+    EvalSet,
+    TrainData,
+    fill_unknown,
+    preference_examples,
+)
 
 
 class MF(nn.Module):

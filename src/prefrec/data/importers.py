@@ -6,10 +6,20 @@ files: parsed with `json.JSONDecoder.raw_decode` in a loop). Accepted record lay
 - LLaMA-Factory alpaca pairwise: {"instruction", "input", "output": [chosen, rejected]}; the prompt is instruction
   + "\\n" + input (input left out when empty), as LLaMA-Factory joins them. `output: [chosen, r1, …, rk]` is read
   as k rejected responses.
+  LLaMA-Factory's alpaca preference columns {"instruction", "input", "chosen", "rejected"} too.
+- LLaMA-Factory sharegpt: {"conversations": [{"from": "human", "value"}], "chosen": {"from": "gpt", "value"},
+  "rejected": {...}} (optional "system"); a plain sharegpt row ending on a gpt turn is SFT data (below).
 - TRL preference: {"prompt", "chosen", "rejected"}; `rejected` may be a list (the k-rejected generalisation).
-  Conversational TRL rows (lists of {"role", "content"} messages) are accepted when the prompt is one user message
-  (optionally after a system message) and each answer one assistant message.
+  TRL's implicit prompt: {"chosen", "rejected"} alone, both whole conversations that differ only in the final
+  assistant message, or texts sharing the prompt as a common beginning (split after its last whitespace).
+- OpenAI preference fine-tuning: {"input": {"messages"}, "preferred_output": [msg], "non_preferred_output": [msg]}.
 - prefrec's own Sample JSON (a "comparisons" field), passed through.
+Conversations (role/content or from/value tags) are accepted when the prompt is one user message (optionally after
+system messages) and each answer one assistant message; multi-turn prompts, tool turns and images are refused,
+saying so. Rows with a single answer (alpaca `output` string, sharegpt ending on gpt, TRL/OpenAI `messages`, TRL
+prompt/completion) are SFT data: imported only when they are DMPO <Title:…> orderings (below), else refused; an
+unpaired KTO row (one completion and a label) is refused too. A Hugging Face `datasets` folder written by
+`save_to_disk` (a Dataset, or a DatasetDict: one output per split) is read with the optional `datasets` package.
 
 DMPO's released prompts (BZX667/DMPO `data/*.json`) are alpaca rows whose items are marked ` <Title:X> `
 (ML-1M's old eval file adds `, Genre:A|B`). Such rows become real pairwise samples:
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +59,8 @@ _MARK = re.compile(r"<Title:([^<>]*)>")
 _MARK_RUN = re.compile(r"(?:\s*<Title:[^<>]*>)+\s*")
 _GENRE = re.compile(r",\s*Genre:[^,<>]*$")
 _QUESTION = "Rank the likelihood"
+# a file holding one JSON object is one record when it has a key of some record layout below
+_RECORD_KEYS = {"instruction", "prompt", "comparisons", "conversations", "chosen", "messages", "preferred_output"}
 
 
 class Rejected(Exception):
@@ -96,7 +109,7 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
                                                      for v in value.values()):
             raise UserError(f"{path}: a LLaMA-Factory dataset registry (dataset_info.json: {len(value)} entries "
                             "naming data files), not preference records; import the files it names instead")
-        if isinstance(value, dict) and not ({"instruction", "prompt", "comparisons"} & set(value)):
+        if isinstance(value, dict) and not (_RECORD_KEYS & set(value)):
             raise UserError(f"{path}: a JSON object with keys {sorted(value)[:6]}; expected a list of records, "
                             "JSON lines or concatenated objects")
         report.format = "one JSON object"
@@ -146,17 +159,60 @@ def _text(rec: dict, key: str) -> str:
     return v
 
 
-def _messages(v, role: str, key: str) -> str:
-    """Conversational TRL: the content of the single `role` message (a leading system message is folded in)."""
+# Message roles in both tag styles: OpenAI/TRL {"role", "content"} and LLaMA-Factory sharegpt {"from", "value"}
+_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+          "system": "system"}
+
+
+def _content(m: dict, key: str) -> str:
+    """The text of one message; OpenAI content parts are joined when all are text."""
+    value = m.get("content", m.get("value"))
+    if isinstance(value, list) and all(isinstance(x, dict) and x.get("type") == "text" for x in value):
+        value = "".join(str(x.get("text", "")) for x in value)
+    if not isinstance(value, str):
+        raise Rejected(f"field '{key}': a message whose content is {type(value).__name__}, not text (images and "
+                       "other parts are not supported)")
+    return value
+
+
+def _turns(v, key: str) -> list[tuple[str, str]]:
+    """(role, text) for a message list, roles mapped to user/assistant/system; tool turns are refused."""
+    if not isinstance(v, list) or not all(isinstance(m, dict) and ({"content", "value"} & set(m)) for m in v):
+        raise Rejected(f"field '{key}' is neither a string nor a list of messages")
+    turns = []
+    for m in v:
+        tag = str(m.get("role", m.get("from", "user")))
+        if tag not in _ROLES:
+            raise Rejected(f"field '{key}': a {tag!r} turn (tool calls and observations are not supported; "
+                           "expected user/human, assistant/gpt and system turns)")
+        turns.append((_ROLES[tag], _content(m, key)))
+    return turns
+
+
+def _prompt(turns: list[tuple[str, str]], key: str, system: str | None = None) -> str:
+    """One user message (system text folded in before it): prefrec prompts are a single user turn."""
+    users = [t for r, t in turns if r != "system"]
+    if len(users) != 1 or [r for r, _ in turns if r != "system"] != ["user"]:
+        raise Rejected(f"field '{key}' has {len(users)} non-system turns; prefrec prompts are one user message "
+                       "(multi-turn conversations are not supported)")
+    return "\n".join(([system] if system else []) + [t for r, t in turns if r == "system"] + users)
+
+
+def _answer(v, key: str) -> str:
+    """A response: a string, one assistant message, or a list holding one assistant message."""
     if isinstance(v, str):
         return v
-    if not isinstance(v, list) or not all(isinstance(m, dict) and "content" in m for m in v):
-        raise Rejected(f"field '{key}' is neither a string nor a list of messages")
-    msgs = [m for m in v if m.get("role") != "system"]
-    system = [m["content"] for m in v if m.get("role") == "system"]
-    if len(msgs) != 1 or msgs[0].get("role", role) != role:
-        raise Rejected(f"field '{key}' has {len(msgs)} non-system messages; only one {role} message is supported")
-    return "\n".join(system + [str(msgs[0]["content"])])
+    turns = _turns([v] if isinstance(v, dict) else v, key)
+    if len(turns) != 1 or turns[0][0] != "assistant":
+        raise Rejected(f"field '{key}' has {len(turns)} messages; expected one assistant message")
+    return turns[0][1]
+
+
+def _messages(v, role: str, key: str) -> str:
+    """TRL conversational: a string, or the single `role` message (a leading system message folded in)."""
+    if isinstance(v, str):
+        return v
+    return _prompt(_turns(v, key), key) if role == "user" else _answer(v, key)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -248,48 +304,144 @@ def _generic_sample(prompt: str, chosen: str, rejected: list[str], sid: str, dom
                   comparisons=[Comparison(question="", chosen=chosen, rejected=list(rejected))])
 
 
+def _single_answer(layout: str, prompt: str, answer: str, sid: str, domain: str | None,
+                   notes: dict) -> tuple[str, Sample]:
+    """A row with one answer and no rejected one (SFT data): usable only as a DMPO <Title:…> ordering, whose
+    reverse is the rejected response."""
+    if "<Title:" in prompt:
+        rec = {"instruction": prompt, "input": "", "output": answer}
+        return f"DMPO ({layout}, <Title:…> items)", _dmpo_sample(rec, sid, domain, notes)
+    raise Rejected(f"{layout} row with one answer and no rejected response (SFT data), and not a <Title:…> "
+                   "ordering whose reverse could serve as one; preference rows carry 'chosen' and 'rejected'")
+
+
+def _implicit_prompt(chosen, rejected) -> tuple[str, str, list[str]]:
+    """TRL's implicit prompt: chosen and rejected are whole conversations (or texts) sharing the prompt. Returns
+    (prompt, chosen, rejected). Texts are split after the last whitespace of their common prefix, so a shared
+    first part of a word stays with the answers ("…: Heat" / "…: Heavy" -> "…:", "Heat", "Heavy")."""
+    rejected = rejected if isinstance(rejected, list) and rejected and not isinstance(rejected[0], dict) \
+        else [rejected]
+    if isinstance(chosen, str) and all(isinstance(r, str) for r in rejected):
+        cut = len(os.path.commonprefix([chosen, *rejected]))
+        cut = max((i + 1 for i, c in enumerate(chosen[:cut]) if c.isspace()), default=0)
+        if not chosen[:cut].strip():
+            raise Rejected("no 'prompt' field, and read as TRL's implicit prompt, 'chosen' and 'rejected' share no "
+                           "prompt text before their answers")
+        return chosen[:cut].rstrip(), chosen[cut:].strip(), [r[cut:].strip() for r in rejected]
+    if isinstance(chosen, list) and all(isinstance(r, list) for r in rejected):
+        turns = [_turns(c, k) for c, k in ((chosen, "chosen"), *((r, "rejected") for r in rejected))]
+        head = turns[0][:-1]
+        if any(t[:-1] != head or not t or t[-1][0] != "assistant" for t in turns):
+            raise Rejected("implicit prompt: 'chosen' and 'rejected' must be the same conversation up to one final "
+                           "assistant message each")
+        return _prompt(head, "chosen"), turns[0][-1][1], [t[-1][1] for t in turns[1:]]
+    raise Rejected("implicit prompt: 'chosen' and 'rejected' must both be texts or both be message lists")
+
+
+def _sharegpt(rec: dict, sid: str, domain: str | None, notes: dict) -> tuple[str, Sample]:
+    """LLaMA-Factory sharegpt: `conversations` of {"from", "value"} turns (optional `system`); the preference
+    variant ends on the human turn and has `chosen` and `rejected` assistant messages."""
+    turns = _turns(rec["conversations"], "conversations")
+    system = rec.get("system") if isinstance(rec.get("system"), str) else None
+    if "chosen" in rec or "rejected" in rec:
+        if "chosen" not in rec or "rejected" not in rec:
+            raise Rejected("a sharegpt preference row needs both 'chosen' and 'rejected'")
+        prompt = _prompt(turns, "conversations", system)
+        rejected = rec["rejected"] if isinstance(rec["rejected"], list) else [rec["rejected"]]  # k messages
+        return "LLaMA-Factory sharegpt pairwise", _generic_sample(
+            prompt, _answer(rec["chosen"], "chosen"), [_answer(r, "rejected") for r in rejected], sid, domain)
+    if not turns or turns[-1][0] != "assistant":
+        raise Rejected("a sharegpt row must end with a gpt (assistant) turn, or carry 'chosen' and 'rejected'")
+    return _single_answer("LLaMA-Factory sharegpt", _prompt(turns[:-1], "conversations", system), turns[-1][1],
+                          sid, domain, notes)
+
+
+def _alpaca(rec: dict, sid: str, domain: str | None, notes: dict) -> tuple[str, Sample]:
+    """LLaMA-Factory alpaca: instruction + input, then `output: [chosen, rejected…]` or `chosen`/`rejected`."""
+    prompt = _text(rec, "instruction") + ("\n" + _text(rec, "input") if rec.get("input") else "")
+    if "chosen" in rec and "rejected" in rec:
+        rejected = rec["rejected"] if isinstance(rec["rejected"], list) else [rec["rejected"]]
+        return "LLaMA-Factory alpaca pairwise", _generic_sample(prompt, _text(rec, "chosen"), rejected, sid, domain)
+    if "output" not in rec:
+        raise Rejected("field 'output' is missing (an alpaca row needs instruction, input, output)")
+    text = str(rec.get("instruction", "")) + str(rec.get("input", ""))
+    if "<Title:" in text:
+        return "DMPO (LLaMA-Factory alpaca, <Title:…> items)", _dmpo_sample(rec, sid, domain, notes)
+    out = rec["output"]
+    if isinstance(out, str):
+        raise Rejected("field 'output' is a single string (an SFT row): there is no rejected response, and it "
+                       "is not a <Title:…> ordering whose reverse could serve as one")
+    if not isinstance(out, list) or len(out) < 2:
+        raise Rejected("field 'output' must be a list [chosen, rejected, …] of at least 2 strings")
+    if not all(isinstance(o, str) for o in out):
+        raise Rejected("field 'output' holds a non-string")
+    return "LLaMA-Factory alpaca pairwise", _generic_sample(prompt, out[0], out[1:], sid, domain)
+
+
+def _openai_preference(rec: dict, sid: str, domain: str | None) -> tuple[str, Sample]:
+    """OpenAI preference fine-tuning: {"input": {"messages"}, "preferred_output": [msg], "non_preferred_output"}."""
+    inp = rec["input"]
+    if not isinstance(inp, dict) or "messages" not in inp:
+        raise Rejected("field 'input' must be an object with 'messages'")
+    if inp.get("tools"):
+        raise Rejected("field 'input' declares tools; tool calls are not supported")
+    prompt = _prompt(_turns(inp["messages"], "input.messages"), "input.messages")
+    return "OpenAI preference (input/preferred_output)", _generic_sample(
+        prompt, _answer(rec["preferred_output"], "preferred_output"),
+        [_answer(rec.get("non_preferred_output"), "non_preferred_output")], sid, domain)
+
+
+def _trl(rec: dict, sid: str, domain: str | None) -> tuple[str, Sample]:
+    """TRL preference with an explicit prompt; `rejected` may be a list (the k-rejected generalisation)."""
+    prompt = _messages(rec["prompt"], "user", "prompt")
+    chosen = _messages(rec["chosen"], "assistant", "chosen")
+    rej = rec["rejected"]
+    if isinstance(rej, list) and rej and all(isinstance(r, (str, list)) for r in rej):
+        return "k-rejected (prompt/chosen/rejected list)", _generic_sample(
+            prompt, chosen, [_messages(r, "assistant", "rejected") for r in rej], sid, domain)
+    return "TRL prompt/chosen/rejected", _generic_sample(prompt, chosen, [_messages(rej, "assistant", "rejected")],
+                                                         sid, domain)
+
+
 def record_to_sample(rec, sid: str, domain: str | None, notes: dict) -> tuple[str, Sample]:
-    """(layout name, Sample) for one record, or raise Rejected with the reason."""
+    """(layout name, Sample) for one record, or raise Rejected with the reason. The layouts are told apart by
+    their keys, most specific first (a sharegpt preference row also has 'chosen' and 'rejected')."""
     if not isinstance(rec, dict):
         raise Rejected(f"a JSON {type(rec).__name__}, expected an object")
-    if "comparisons" in rec:
+    keys = set(rec)
+    if "comparisons" in keys:
         try:
             return "prefrec", Sample.from_dict(rec, where=sid)
         except ValueError as e:
             raise Rejected(str(e)) from None
-    if "instruction" in rec:
-        if "output" not in rec:
-            raise Rejected("field 'output' is missing (an alpaca row needs instruction, input, output)")
-        text = str(rec.get("instruction", "")) + str(rec.get("input", ""))
-        if "<Title:" in text:
-            return "DMPO (LLaMA-Factory alpaca, <Title:…> items)", _dmpo_sample(rec, sid, domain, notes)
-        prompt = _text(rec, "instruction") + ("\n" + _text(rec, "input") if rec.get("input") else "")
-        out = rec["output"]
-        if isinstance(out, str):
-            raise Rejected("field 'output' is a single string (an SFT row): there is no rejected response, and it "
-                           "is not a <Title:…> ordering whose reverse could serve as one")
-        if not isinstance(out, list) or len(out) < 2:
-            raise Rejected("field 'output' must be a list [chosen, rejected, …] of at least 2 strings")
-        if not all(isinstance(o, str) for o in out):
-            raise Rejected("field 'output' holds a non-string")
-        return "LLaMA-Factory alpaca pairwise", _generic_sample(prompt, out[0], out[1:], sid, domain)
-    if "prompt" in rec and "chosen" in rec and "rejected" in rec:
-        prompt = _messages(rec["prompt"], "user", "prompt")
-        chosen = _messages(rec["chosen"], "assistant", "chosen")
-        rej = rec["rejected"]
-        if isinstance(rej, list) and rej and all(isinstance(r, (str, list)) for r in rej) and not (
-                isinstance(rej[0], dict)):
-            rejected = [_messages(r, "assistant", "rejected") for r in rej]
-            layout = "k-rejected (prompt/chosen/rejected list)"
-        else:
-            rejected = [_messages(rej, "assistant", "rejected")]
-            layout = "TRL prompt/chosen/rejected"
-        return layout, _generic_sample(prompt, chosen, rejected, sid, domain)
-    if "chosen" in rec and "rejected" in rec:
-        raise Rejected("no 'prompt' field: TRL's implicit-prompt layout (the prompt inside chosen/rejected) is not "
-                       "supported; split the prompt out first")
-    raise Rejected(f"unknown record layout with keys {sorted(rec)[:8]}; expected instruction/input/output "
-                   "(alpaca), prompt/chosen/rejected (TRL) or a prefrec sample")
+    if keys & {"images", "videos", "audios"} and any(rec[k] for k in keys & {"images", "videos", "audios"}):
+        raise Rejected(f"a multimodal row ({sorted(keys & {'images', 'videos', 'audios'})}); text only is supported")
+    if "kto_tag" in keys or ({"completion", "label"} <= keys and "chosen" not in keys):
+        raise Rejected("an unpaired preference row (KTO: one completion with a good/bad label): prefrec needs a "
+                       "chosen and a rejected response to the same prompt")
+    if "conversations" in keys:
+        return _sharegpt(rec, sid, domain, notes)
+    if "instruction" in keys:
+        return _alpaca(rec, sid, domain, notes)
+    if {"input", "preferred_output"} <= keys:
+        return _openai_preference(rec, sid, domain)
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return _trl(rec, sid, domain)
+    if {"chosen", "rejected"} <= keys:
+        prompt, chosen, rejected = _implicit_prompt(rec["chosen"], rec["rejected"])
+        return "TRL implicit prompt (chosen/rejected)", _generic_sample(prompt, chosen, rejected, sid, domain)
+    if "messages" in keys:
+        turns = _turns(rec["messages"], "messages")
+        if not turns or turns[-1][0] != "assistant":
+            raise Rejected("a 'messages' row must end with an assistant message")
+        return _single_answer("messages (TRL/OpenAI chat)", _prompt(turns[:-1], "messages"), turns[-1][1], sid,
+                              domain, notes)
+    if {"prompt", "completion"} <= keys:
+        return _single_answer("TRL prompt/completion", _messages(rec["prompt"], "user", "prompt"),
+                              _messages(rec["completion"], "assistant", "completion"), sid, domain, notes)
+    raise Rejected(f"unknown record layout with keys {sorted(rec)[:8]}; expected alpaca (instruction/input/output), "
+                   "sharegpt (conversations), TRL (prompt/chosen/rejected, or chosen/rejected alone), OpenAI "
+                   "(messages, or input/preferred_output/non_preferred_output) or a prefrec sample")
 
 
 def _group(samples: list[Sample]) -> list[Sample]:
@@ -306,13 +458,53 @@ def _group(samples: list[Sample]) -> list[Sample]:
     return out
 
 
-def import_file(path: str | Path, *, domain: str | None = None) -> tuple[list[Sample], FileReport]:
-    """Samples from one peer file + its report. A file-level problem raises UserError (caught by import_files)."""
+def is_datasets_folder(path: Path) -> bool:
+    """A folder written by Hugging Face datasets' save_to_disk: a Dataset (state.json) or a DatasetDict."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def require_datasets(what: str):
+    """The optional `datasets` package, or UserError saying how to install it."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{what} needs the optional package 'datasets': pip install 'prefrec[datasets]'") from None
+    return datasets
+
+
+def dataset_records(path: Path, split: str | None, report: FileReport) -> list[tuple[str, object]]:
+    """(where, row) for every row of a save_to_disk folder (one split of a DatasetDict)."""
+    datasets = require_datasets(f"{path}: a Hugging Face datasets folder")
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"{path}: not a readable datasets folder ({e})") from None
+    if split is not None:
+        data = data[split]
+    elif isinstance(data, datasets.DatasetDict):
+        raise UserError(f"{path}: a DatasetDict; give one split ({sorted(data)})")
+    report.format = f"Hugging Face datasets ({'split ' + split if split else 'Dataset'}, {len(data)} rows)"
+    name = f"{path.name}[{split}]" if split else path.name
+    return [(f"{name}[{i}]", row) for i, row in enumerate(data)]
+
+
+def import_file(path: str | Path, *, domain: str | None = None,
+                split: str | None = None) -> tuple[list[Sample], FileReport]:
+    """Samples from one peer file (or datasets folder, or one `split` of it) + its report. A file-level problem
+    raises UserError (caught by import_files)."""
     path = Path(path)
-    report = FileReport(file=str(path))
-    if not path.is_file():
+    report = FileReport(file=str(path) + (f"[{split}]" if split else ""))
+    if is_datasets_folder(path):
+        records = dataset_records(path, split, report)
+    elif not path.is_file():
         raise UserError(f"{path}: file not found")
-    records = read_import_records(path, report)
+    else:
+        records = read_import_records(path, report)
+    return _load(path, records, report, domain)
+
+
+def _load(path: Path, records: list[tuple[str, object]], report: FileReport,
+          domain: str | None) -> tuple[list[Sample], FileReport]:
     report.rows = len(records)
     notes: dict = {}
     layouts: dict[str, int] = {}
@@ -342,48 +534,65 @@ def import_file(path: str | Path, *, domain: str | None = None) -> tuple[list[Sa
     return samples, report
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    out = []
+def _splits(folder: Path) -> list[str | None]:
+    """The splits of a datasets folder: those dataset_dict.json lists, or [None] for a single Dataset."""
+    listing = folder / "dataset_dict.json"
+    if not listing.is_file():
+        return [None]
+    splits = json.loads(listing.read_text(encoding="utf-8")).get("splits")
+    if not isinstance(splits, list) or not splits:
+        raise UserError(f"{listing}: expected a 'splits' list")
+    return [str(x) for x in splits]
+
+
+def _expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
+    """(path, split) sources: a datasets folder gives one per split, another folder its .json/.jsonl files."""
+    out: list[tuple[Path, str | None]] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix in (".json", ".jsonl")))
+        if is_datasets_folder(p):
+            out.extend((p, split) for split in _splits(p))
+        elif p.is_dir():
+            out.extend((q, None) for q in sorted(p.iterdir()) if q.is_file() and q.suffix in (".json", ".jsonl"))
         else:
-            out.append(p)
+            out.append((p, None))
     return out
 
 
-def _destinations(files: list[Path], out: Path) -> list[Path]:
-    """OUT/<stem>.jsonl for each input; two inputs with one name (a/x.json, b/x.jsonl) are refused, since the
-    second would silently overwrite the first."""
-    dests: dict[Path, Path] = {}
-    for f in files:
-        dest = out / f"{f.stem}.jsonl"
-        first = dests.setdefault(dest, f)
-        if first.resolve() != f.resolve():
-            raise UserError(f"{first} and {f} would both be written to {dest}; import them into different --out "
+def _destinations(sources: list[tuple[Path, str | None]], out: Path) -> list[Path]:
+    """OUT/<stem>.jsonl for each input (OUT/<name>-<split>.jsonl for a datasets folder's split); two inputs with one
+    name (a/x.json, b/x.jsonl) are refused, since the second would silently overwrite the first."""
+    dests: dict[Path, tuple[Path, str | None]] = {}
+    out_paths = []
+    for f, split in sources:
+        dest = out / (f"{f.name}-{split}.jsonl" if split else f"{f.stem}.jsonl")
+        first = dests.setdefault(dest, (f, split))
+        if first[0].resolve() != f.resolve() or first[1] != split:
+            raise UserError(f"{first[0]} and {f} would both be written to {dest}; import them into different --out "
                             "folders, or rename one")
-    return [out / f"{f.stem}.jsonl" for f in files]
+        out_paths.append(dest)
+    return out_paths
 
 
 def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None = None) -> dict:
-    """Import every file (folders are expanded to their .json/.jsonl files) into OUT/<name>.jsonl and write
-    OUT/import_report.json. A file that cannot be read at all is reported as rejected, with the reason. The report
-    is written last (an earlier one is removed first), so a folder with a report holds that import's outputs."""
+    """Import every file (folders are expanded to their .json/.jsonl files; a datasets save_to_disk folder gives
+    OUT/<name>-<split>.jsonl per split) into OUT/<name>.jsonl and write OUT/import_report.json. A file that cannot
+    be read at all is reported as rejected, with the reason. The report is written last (an earlier one is removed
+    first), so a folder with a report holds that import's outputs."""
     out = Path(out)
     io.check_out_folder(out)
-    files = _expand([Path(p) for p in paths])
-    if not files:
-        raise UserError(f"no .json/.jsonl files in {[str(p) for p in paths]}")
-    dests = _destinations(files, out)
+    sources = _expand([Path(p) for p in paths])
+    if not sources:
+        raise UserError(f"no .json/.jsonl files or datasets folders in {[str(p) for p in paths]}")
+    dests = _destinations(sources, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "import_report.json").unlink(missing_ok=True)
     reports = []
-    for f, dest in zip(files, dests):
+    for (f, split), dest in zip(sources, dests):
         try:
-            samples, report = import_file(f, domain=domain)
+            samples, report = import_file(f, domain=domain, split=split)
         except UserError as e:
-            samples, report = [], FileReport(file=str(f), reason=str(e))
+            samples, report = [], FileReport(file=str(f) + (f"[{split}]" if split else ""), reason=str(e))
         if samples:
             write_jsonl(dest, samples)
             report.output = str(dest)

@@ -1,6 +1,7 @@
 """Evaluate on other projects' test files: turn peer-format records into prefrec Samples.
 
-Two formats, read from .json (a list of objects), .jsonl (one object per line) or .csv/.tsv (header row):
+Two formats, read from .json (a list of objects), .jsonl (one object per line), .csv/.tsv (header row) or a Hugging
+Face datasets save_to_disk folder (optional `datasets` package; a DatasetDict's "test" split):
 
 alpaca yes/no (TALLRec, LLaMA-Factory "alpaca" layout)
     {"instruction": "...", "input": "User Preference: ...\\nWhether the user will like the target movie \\"T\\"?",
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from prefrec import io
+from prefrec.data.importers import is_datasets_folder, require_datasets
 from prefrec.errors import UserError
 from prefrec.prompts import candidates_prompt
 from prefrec.samples import Comparison, Sample
@@ -33,8 +35,12 @@ FORMATS = ("alpaca-yesno", "candidates")
 
 
 def read_peer_records(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(where, record) for every record of a .json / .jsonl / .csv / .tsv file; `where` names file and record."""
+    """(where, record) for every record of a .json / .jsonl / .csv / .tsv file or a Hugging Face datasets
+    save_to_disk folder (a Dataset; its "test" split for a DatasetDict); `where` names file and record."""
     path = Path(path)
+    if is_datasets_folder(path):
+        yield from _dataset_rows(path)
+        return
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -56,6 +62,17 @@ def read_peer_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         if not isinstance(rec, dict):
             raise UserError(f"{path}: record {i}: expected a JSON object")
         yield f"{path}: record {i}", rec
+
+
+def _dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    data = require_datasets(f"{path}: a Hugging Face datasets folder").load_from_disk(str(path))
+    if not hasattr(data, "column_names") or isinstance(data.column_names, dict):  # a DatasetDict
+        if "test" not in data:
+            raise UserError(f"{path}: a DatasetDict without a 'test' split ({sorted(data)}); save the split to "
+                            "evaluate on its own")
+        data = data["test"]
+    for i, row in enumerate(data):
+        yield f"{path}: row {i}", row
 
 
 def parse_list(value, where: str, field: str) -> list[str]:

@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
-from prefrec.scoring.encoding import prompt_format
 from prefrec.samples import Sample, read_jsonl
+from prefrec.scoring.encoding import prompt_format
 
 # ---- inputs ----
 

@@ -12,8 +12,9 @@ What it does, top to bottom:
    on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
    and per alignment run (DPO, DMPO, S-DPO after SFT) the same against the SFT run it started from: does the
    preference stage add anything?
-6. PNG plots (matplotlib, Agg): training curves from every RUN/metrics.jsonl found (loss, reward accuracy, chosen
-   log-prob), metric vs number of negatives k, metric vs number of shots;
+6. PNG plots (prefrec.evaluation.plots): training curves from every RUN/metrics.jsonl found (loss, reward accuracy,
+   chosen log-prob; validation rows as points), metric vs number of negatives k, shots or β, and every dataset ·
+   task's main metric by configuration (evaluation-only reports too);
 7. OUT/results.md (human) and OUT/results.json (machine, "kind": "report").
 
 per_sample.jsonl: one JSON object per test sample. The report recomputes metrics from these fields:
@@ -28,10 +29,8 @@ Only metrics that also appear in the run's results.json get a CI.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -42,8 +41,12 @@ from scipy import stats
 
 from prefrec import io
 from prefrec.errors import UserError
-from prefrec.evaluation import metrics as metrics_module
 from prefrec.evaluation import tasks
+from prefrec.evaluation.plots import (
+    plot_metric_bars,
+    plot_metric_vs,
+    plot_training_curves,
+)
 from prefrec.provenance import provenance
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
 from prefrec.training import methods
@@ -58,11 +61,6 @@ def key_metrics(task: str) -> list[str]:
 
 
 COUNT_KEYS = {"n", "n_samples", "n_comparisons", "n_candidates", "ties"}  # counts, not metrics: never averaged or tested
-TRAIN_PANELS = [  # (title, keys a trainer may log it under, first found wins)
-    ("loss", ["loss", "train_loss", "train/loss"]),
-    ("reward accuracy", ["reward_accuracy", "rewards/accuracies", "reward_acc", "rewards/accuracy"]),
-    ("chosen log-prob", ["chosen_logp", "logps/chosen", "policy_chosen_logps", "chosen_logps"]),
-]
 
 
 # ---- 1. finding results ----
@@ -238,14 +236,12 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     a_val, b_val = fa(full)[metric], fb(full)[metric]
     if a_val is None or b_val is None:
         return None
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        da, db = fa(idx)[metric], fb(idx)[metric]
-        if da is not None and db is not None:
-            diffs.append(da - db)
-    d = np.array(diffs)
+    # Every resample's indices in one draw (the same numbers as n_boot draws of n: the generator fills the matrix
+    # row by row), both runs scored on the same rows. The metric itself is still one call per resample: the metric
+    # families (prefrec.evaluation.tasks) take one index vector, and a pooled AUC has no batched form there yet.
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    scored = ((fa(idx)[metric], fb(idx)[metric]) for idx in draws)
+    d = np.array([da - db for da, db in scored if da is not None and db is not None], dtype=float)
     if d.size == 0:
         return None
     alpha = (1 - level) / 2
@@ -317,134 +313,7 @@ def paired_against(runs: list[dict], partner_of, *, n_boot: int, seed: int) -> l
     return out
 
 
-# ---- 6. plots ----
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    io.write_figure(fig, path, dpi=110, bbox_inches="tight")
-    return path
-
-
-def _file_stem(*parts) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(str(p) for p in parts if p not in (None, ""))).strip("-")
-
-
-def primary_metric(task: str, groups: list[dict]) -> str | None:
-    have = {m for g in groups for m in g["metrics"]}
-    for m in key_metrics(task):
-        if m in have:
-            return m
-    return sorted(have)[0] if have else None
-
-
-def read_training_log(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written while we read
-            if isinstance(d, dict):
-                rows.append(d)
-    return rows
-
-
-def plot_training_curves(log: Path, out_dir: Path, name: str) -> Path | None:
-    """One PNG per run: a panel per training quantity found, one line per stage (sft, dpo, ...)."""
-    rows = [r for r in read_training_log(log) if r.get("split", "train") == "train"]
-    panels = []
-    for title, keys in TRAIN_PANELS:
-        key = next((k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)), None)
-        if key:
-            panels.append((title, key))
-    if not panels:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
-    stages = list(dict.fromkeys(r.get("stage") for r in rows))
-    for ax, (title, key) in zip(axes[0], panels):
-        for si, st in enumerate(stages):
-            pts = [(r.get("step", i), r[key]) for i, r in enumerate(rows)
-                   if r.get("stage") == st and isinstance(r.get(key), (int, float))]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=str(st) if st is not None else None, lw=1.2, color=f"C{si}")  # same per panel
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if len(stages) > 1:
-            ax.legend(fontsize=8)
-    fig.suptitle(name, fontsize=10, y=1.03)
-    path = _save(fig, out_dir / f"train-{_file_stem(name)}.png")
-    plt.close(fig)
-    return path
-
-
-_AXIS_LABEL = {"k": "number of negatives k", "shots": "number of training samples (shots)", "beta": "β"}
-
-
-def plot_metric_vs(groups: list[dict], field: str, out_dir: Path) -> list[tuple[str, str, str, Path]]:
-    """Metric vs k, shots or β (`field`), one PNG per dataset/task with at least one line of ≥ 2 distinct values.
-    Lines: configurations that differ only in `field` (mean ± std over seeds; one run at a single value is a point);
-    configurations without a value for
-    `field` (zero-shot, say) as dashed horizontal references. Returns (dataset, task, metric, path)."""
-    others = [k for k in GROUP_KEYS if k not in ("dataset", "task", field)]
-    made = []
-    by_dt = defaultdict(list)
-    for g in groups:
-        by_dt[(g["dataset"], g["task"])].append(g)
-    for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        metric = primary_metric(task, gs)
-        lines = defaultdict(list)
-        refs = []
-        for g in gs:
-            if metric not in g["metrics"]:
-                continue
-            if g.get(field) is None:
-                refs.append(g)
-            else:
-                lines[tuple(g.get(k) for k in others)].append(g)
-        # a plot needs one line of >= 2 values; configurations run at one value only (DMPO at one size of a curve
-        # of SFT sizes, say) are drawn on it as single points
-        lines = {k: sorted(v, key=lambda g: g[field]) for k, v in lines.items()}
-        if not any(len({g[field] for g in v}) >= 2 for v in lines.values()):
-            continue
-        plt = _plt()
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for key, gl in sorted(lines.items(), key=lambda kv: tuple(map(str, kv[0]))):
-            xs = [g[field] for g in gl]
-            ys = [g["metrics"][metric]["mean"] for g in gl]
-            es = [g["metrics"][metric]["std"] or 0.0 for g in gl]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=group_label({**gl[0], field: None}))
-        for g in refs:
-            ax.axhline(g["metrics"][metric]["mean"], ls="--", lw=1, color="gray")
-            ax.annotate(g["label"], (ax.get_xlim()[0], g["metrics"][metric]["mean"]), fontsize=7, color="gray",
-                        va="bottom")
-        if metric in ("auc", "pairwise_accuracy"):
-            # chance on the plot keeps a zoomed-in y axis from making noise look like an effect
-            ax.axhline(0.5, color="black", lw=0.8, ls=":", label="chance")
-        if field == "beta":
-            ax.set_xscale("log")
-        else:
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(_AXIS_LABEL[field])
-        ax.set_ylabel(metric)
-        ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
-        ax.legend(fontsize=8)
-        path = _save(fig, out_dir / f"{_file_stem(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
-        plt.close(fig)
-        made.append((dataset, task, metric, path, field))
-    return made
+# ---- 6. plots: prefrec.evaluation.plots ----
 
 
 # ---- 7. Markdown ----
@@ -609,7 +478,10 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     runs = _runs(results, n_boot, seed)
 
     train_plots = _training_plots(logs, paths, plots_dir)
-    sweep_plots = [p for field in ("k", "shots", "beta") for p in plot_metric_vs(groups, field, plots_dir)]
+    sweep_plots = [p for field in ("k", "shots", "beta")
+                   for p in plot_metric_vs(groups, field, plots_dir, keys=GROUP_KEYS, label=group_label,
+                                           preferred=key_metrics)]
+    sweep_plots += plot_metric_bars(groups, plots_dir, preferred=key_metrics)
     vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
@@ -646,7 +518,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                "tests_vs_first_model": vs_model,
                "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
-                         **{f: [str(p) for *_, p, pf in sweep_plots if pf == f] for f in ("k", "shots", "beta")}},
+                         **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]
+                            for f in ("k", "shots", "beta", "configuration")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
     io.write_json(out_dir / "results.json", summary)
     md_path = out_dir / "results.md"

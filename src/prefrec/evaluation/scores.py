@@ -18,14 +18,18 @@ import numpy as np
 import torch
 
 from prefrec.answers import answer_format
-from prefrec.evaluation.metrics import generation_rates
 from prefrec.errors import UserError
+from prefrec.evaluation.metrics import generation_rates
 from prefrec.samples import Sample
-from prefrec.scoring.encoding import encode_sample, encode_texts, prompt_format, stop_token_ids
+from prefrec.scoring.encoding import (
+    encode_sample,
+    encode_texts,
+    prompt_format,
+    stop_token_ids,
+)
 from prefrec.scoring.matching import match
 from prefrec.scoring.packing import score_trees
 from prefrec.scoring.trees import Tree
-
 
 # ---- pairwise ----
 

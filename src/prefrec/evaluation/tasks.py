@@ -18,7 +18,9 @@ from prefrec.answers import LETTER, answer_format
 from prefrec.errors import UserError
 from prefrec.evaluation import metrics, scores
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
-from prefrec.samples import TASKS as TASK_NAMES  # the one list of task names; this table gives each its metrics
+from prefrec.samples import (
+    TASKS as TASK_NAMES,  # the one list of task names; this table gives each its metrics
+)
 
 # LLM candidates rows: (metric name prefix, row field): summed log-probs and log-probs per token
 LLM_RANKINGS = (("rank_", "rank_scores"), ("rank_norm_", "rank_norm_scores"))

@@ -8,13 +8,18 @@ Request  POST /rank   {"history": [title, ...], "candidates": [title, ...], "top
 Response 200          {"ranking": [{"title", "score", "score_per_token", "n_tokens", "rank"}, ...],
                        "model", "domain", "n_candidates", "n_history", "n_tokens"}
 Errors   {"error": "<what is wrong, naming the field and the limit>"}
-         400 body is not JSON · 413 body larger than max_body_bytes · 422 a field is missing, of the wrong type or
-         over a limit (titles, characters, tokens) · 404/405 unknown route/method · 503 (+ Retry-After) the queue is
-         full or the request ran past max_seconds
+         400 body is not JSON, or a Host header not on the allow-list · 401 missing/wrong bearer token · 408 the
+         body did not arrive within read_seconds · 413 body larger than max_body_bytes · 415 body not sent as JSON ·
+         422 a field is missing, of the wrong type or over a limit (titles, characters, tokens) · 404/405 unknown
+         route/method · 503 (+ Retry-After) the queue is full or the request ran past max_seconds
 
 Why the structure (DESIGN §9: bytes and titles do not bound the work, tokens and seconds do):
-- The body is read with a byte cap (an ASGI middleware, so a chunked upload is cut off too), then validated by a
-  pydantic model built from the limits (FastAPI's own validation; the same model is the OpenAPI schema).
+- Facing a network: a host other machines reach needs a bearer token (check_exposure); the Host header must be on
+  an allow-list; every phase of a connection has a deadline: its request head (idle_seconds, HeadTimeoutH11Protocol),
+  its body (read_seconds), its work (max_seconds); at most max_connections connections.
+- An ASGI middleware (Gate) checks host and token, admits the request (max_queue: a slow upload holds a place like
+  queued work does) and reads the body with a byte cap and a deadline, so a chunked upload is cut off too; then a
+  pydantic model built from the limits validates it (FastAPI's own validation; the same model is the OpenAPI schema).
 - The request is tokenised (one tokenizer thread) and must fit the token budget min(model context, max_tokens):
   the history is shortened oldest-first to fit, candidates that do not fit are refused with 422.
 - A PyTorch model is not meant to run forward passes from several threads at once, and one forward already uses all
@@ -28,24 +33,39 @@ Why the structure (DESIGN §9: bytes and titles do not bound the work, tokens an
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import math
+import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Annotated, Generator, Literal, Optional
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from prefrec.errors import UserError
+from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
-from prefrec.serving.rank import DEFAULT_CHUNK_TOKENS, check_title, prepare, ranking_of, score_steps
+from prefrec.serving.rank import (
+    DEFAULT_CHUNK_TOKENS,
+    check_title,
+    prepare,
+    ranking_of,
+    score_steps,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +77,11 @@ class Limits:
     max_body_bytes: int = 256 * 1024  # raw request body
     max_tokens: int = DEFAULT_MAX_TOKENS  # prompt + candidates after tokenisation (also ≤ the model's context)
     max_seconds: float = 60.0  # from admission to answer, queueing included; the work stops when it passes
-    max_queue: int = 16  # requests admitted (waiting or running); more get 503 + Retry-After
+    max_queue: int = 16  # requests admitted (sending their body, waiting or running); more get 503 + Retry-After
+    read_seconds: float = 5.0  # for the whole request body, from the end of its head; then 408, connection closed
+    idle_seconds: float = 5.0  # a connection must send a complete request head within this (after opening or
+    #                            after its last answer), else it is closed: idle keep-alive and slow heads alike
+    max_connections: int = 64  # open connections + running requests (uvicorn's limit_concurrency); more get 503
 
 
 class ApiError(Exception):
@@ -73,32 +97,111 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 # ---------------------------------------------------------------------------------------------------------------
 # Request: byte cap, then a pydantic model
 
-class BodyLimit:
-    """ASGI middleware: read the whole body up front with a byte cap (Content-Length checked first, then the
-    streamed bytes, since a chunked upload has no length), answer 413 past it, then hand the body to the app.
-    Later receive() calls go to the server, so the endpoint still learns when the client disconnects."""
+class Admission:
+    """The count of admitted requests (waiting for their body, queued or running), shared by the gate and /health.
+    Only touched on the event loop thread, so it needs no lock."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, max_queue: int):
+        self.max_queue, self.admitted = max_queue, 0
+        self.worker: Worker | None = None  # set at startup; its queue estimates Retry-After
+
+    def retry_after(self) -> int:
+        return self.worker.retry_after() if self.worker is not None else 1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) only accepts connections from this machine."""
+    if host.strip("[]").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def default_allowed_hosts(bound: str) -> list[str]:
+    """The Host header values accepted by default: the loopback names and the address the server is bound to (not
+    a wildcard address: a client never names 0.0.0.0, so a server on all interfaces needs its names given)."""
+    return list(dict.fromkeys([*LOOPBACK_NAMES, *([bound] if bound not in WILDCARD_HOSTS else [])]))
+
+
+def _host_name(value: str) -> str:
+    """The name part of a Host header: 'example.org:8000' -> 'example.org', '[::1]:8000' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class Gate:
+    """ASGI middleware: everything a request must pass before the app sees it, in this order:
+
+    1. Host header on the allow-list (DNS rebinding: a web page must not reach a loopback server under its own
+       name); 400 otherwise. `allowed_hosts=["*"]` turns the check off.
+    2. `Authorization: Bearer <token>` when a token is set, compared in constant time; 401 otherwise.
+    3. Admission: a request that may carry a body (not GET/HEAD/OPTIONS) takes one of `max_queue` places from now
+       until its answer is sent, so slow uploads count against the queue like work does; 503 + Retry-After when
+       all are taken.
+    4. The body, read whole with a byte cap (Content-Length first, then the streamed bytes: a chunked upload has no
+       length; 413) and a deadline (`read_seconds` for the whole body, so a client that announces 1,000 bytes and
+       sends 13 is answered 408 and its connection closed instead of holding its place).
+
+    The app then reads the buffered body; later receive() calls go to the server, so the endpoint still learns
+    when the client disconnects. Refusals before the body is read close the connection, since the unread body
+    would otherwise have to be drained."""
+
+    def __init__(self, app, *, limits: Limits, admission: Admission, token: str | None, allowed_hosts: list[str]):
+        self.app, self.limits, self.admission = app, limits, admission
+        self.token = token.encode() if token else None
+        self.allowed = None if "*" in allowed_hosts else {_host_name(h) for h in allowed_hosts}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _error(413, f"request body is {int(declared)} bytes; the limit is {self.max_bytes} bytes "
-                                     "(max_body_bytes)")(scope, receive, send)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await _error(413, f"request body exceeds the limit of {self.max_bytes} bytes "
-                                         "(max_body_bytes)")(scope, receive, send)
-            if not message.get("more_body", False):
-                break
+        headers = Headers(scope=scope)
+        refusal = self._check_host_and_token(headers)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self._forward(scope, receive, send, headers)
+        if self.admission.admitted >= self.admission.max_queue:
+            retry = self.admission.retry_after()
+            return await _error(503, f"server busy: {self.admission.admitted} requests admitted (max_queue="
+                                     f"{self.admission.max_queue}); retry in {retry} s",
+                                {"Retry-After": str(retry), "Connection": "close"})(scope, receive, send)
+        self.admission.admitted += 1
+        try:
+            await self._forward(scope, receive, send, headers)
+        finally:
+            self.admission.admitted -= 1
+
+    def _check_host_and_token(self, headers: Headers) -> Response | None:
+        if self.allowed is not None and _host_name(headers.get("host", "")) not in self.allowed:
+            return _error(400, f"Host header {headers.get('host', '')!r} is not one this server answers to (allowed: "
+                               f"{sorted(self.allowed)}; `prefrec serve --allow-host NAME` adds one)",
+                          {"Connection": "close"})
+        if self.token is not None:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+                return _error(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
+                              {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        return None
+
+    async def _forward(self, scope, receive, send, headers: Headers) -> None:
+        try:
+            async with asyncio.timeout(self.limits.read_seconds):
+                body = await self._read_body(headers, receive)
+        except TimeoutError:
+            return await _error(408, f"the request body did not arrive within {self.limits.read_seconds:g} s "
+                                     "(read_seconds)", {"Connection": "close"})(scope, receive, send)
+        if isinstance(body, Response):
+            return await body(scope, receive, send)
+        if body is None:  # the client left while sending
+            return
         replayed = False
 
         async def replay():
@@ -106,9 +209,60 @@ class BodyLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _read_body(self, headers: Headers, receive) -> bytes | Response | None:
+        declared, cap = headers.get("content-length"), self.limits.max_body_bytes
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            return _error(413, f"request body is {int(declared)} bytes; the limit is {cap} bytes (max_body_bytes)",
+                          {"Connection": "close"})
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > cap:
+                return _error(413, f"request body exceeds the limit of {cap} bytes (max_body_bytes)",
+                              {"Connection": "close"})
+            if not message.get("more_body", False):
+                return bytes(body)
+
+
+class HeadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for the request head. uvicorn's own keep-alive timer is cancelled
+    by any byte received, and a new connection has none at all, so a client sending its headers one byte at a time
+    (or nothing) would hold its connection forever. Here a connection that is not being answered (no request
+    in the app) is closed `timeout_keep_alive` seconds after it opened or after its last answer: that bounds idle
+    keep-alive connections and slow request heads alike. The body has its own deadline (Gate)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        in_app = self.cycle is not None and not self.cycle.response_complete
+        if not in_app and not self.transport.is_closing():  # waiting for a head, or draining a refused body
+            self.transport.close()
 
 
 def _title(value: str) -> str:
@@ -267,29 +421,44 @@ class Worker:
 # ---------------------------------------------------------------------------------------------------------------
 # The app
 
+def default_label(model: str | tuple) -> str:
+    """What answers and /health call the model when no label is given: the name it was loaded by, but for a local
+    folder only the folder's own name, never its path (that would tell every client where the files are)."""
+    name = model if isinstance(model, str) else getattr(model[0].config, "_name_or_path", "") or ""
+    if not name:
+        return type(model[0]).__name__
+    return Path(name).resolve().name if Path(name).exists() else name
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
 def create_app(model: str | tuple, *, limits: Limits | None = None, model_label: str | None = None,
                dtype: str | None = None, device: str | None = None, docs: bool = False,
-               chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> FastAPI:
+               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, token: str | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The FastAPI app. `model` is a name for `prefrec.model.load_model` (loaded once, at startup) or an
-    already-loaded (model, tokenizer) pair. `docs=True` serves Swagger UI at /docs (its script and style come from
-    a CDN, so the browser needs the internet); /openapi.json is always served, from this process."""
+    already-loaded (model, tokenizer) pair. `model_label` names the model in answers (default: default_label).
+    `token`: every request must send `Authorization: Bearer <token>`. `allowed_hosts`: Host header values
+    answered (default: the loopback names; "*" for any). `docs=True` serves /openapi.json and Swagger UI at /docs
+    (its script and style come from a CDN, so the browser needs the internet); both are off by default."""
     limits = limits or Limits()
-    label = model_label or (model if isinstance(model, str) else type(model[0]).__name__)
+    label = model_label or default_label(model)
     RankRequest = request_model(limits)
     fields = list(RankRequest.model_fields)
+    admission = Admission(limits.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if isinstance(model, str):
-            from prefrec.model import load_model
-
             app.state.model, app.state.tokenizer = load_model(model, dtype=dtype, device=device)
         else:
             app.state.model, app.state.tokenizer = model
         app.state.budget = token_budget(app.state.model, limits.max_tokens)
         app.state.tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefrec-tokenize")
-        app.state.worker = Worker()
-        app.state.admitted = 0
+        app.state.worker = admission.worker = Worker()
         try:
             yield
         finally:
@@ -297,10 +466,11 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
             app.state.tokenize.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(title="prefrec ranking service", version="2", lifespan=lifespan,
-                  docs_url="/docs" if docs else None, redoc_url=None,
+                  docs_url="/docs" if docs else None, openapi_url="/openapi.json" if docs else None, redoc_url=None,
                   description="Rank candidate titles for a user's history with a causal LM (summed log-probability "
                               "of each title as the answer to the candidates prompt).")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Gate, limits=limits, admission=admission, token=token,
+                       allowed_hosts=list(LOOPBACK_NAMES) if allowed_hosts is None else allowed_hosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -312,6 +482,10 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type")
+        if not _is_json(kind):  # FastAPI does not parse such a body as JSON at all
+            return _error(415, f"request body must be JSON, sent with 'Content-Type: application/json' (got "
+                               f"{kind!r})")
         described = [_describe(e, fields) for e in exc.errors()]
         return _error(max(s for s, _ in described), "; ".join(m for _, m in described))
 
@@ -319,19 +493,10 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
     async def health(request: Request) -> dict:
         state = request.app.state
         return {"status": "ok", "model": label, "limits": asdict(limits), "max_tokens_effective": state.budget.tokens,
-                "admitted": state.admitted, "jobs": dict(state.worker.counts)}
+                "admitted": admission.admitted, "jobs": dict(state.worker.counts)}
 
-    async def rank_endpoint(req, request: Request):
-        state = request.app.state
-        if state.admitted >= limits.max_queue:
-            retry = state.worker.retry_after()
-            raise ApiError(503, f"server busy: {state.admitted} requests admitted (max_queue={limits.max_queue}); "
-                                f"retry in {retry} s", {"Retry-After": str(retry)})
-        state.admitted += 1  # only touched on the event loop thread, so no lock is needed
-        try:
-            return await _serve(request, req, state, limits, chunk_tokens, label)
-        finally:
-            state.admitted -= 1
+    async def rank_endpoint(req, request: Request):  # admitted by the Gate (max_queue) before its body was read
+        return await _serve(request, req, request.app.state, limits, chunk_tokens, label)
 
     # the body model is built at run time, so it is attached here rather than in a (string) annotation
     rank_endpoint.__annotations__["req"] = RankRequest
@@ -374,10 +539,63 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
             "n_candidates": len(ranking), "n_history": len(history), "n_tokens": tree.n_tokens()}
 
 
-def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-               model_label: str | None = None, log_level: str = "info", docs: bool = False) -> None:
-    """Serve with uvicorn in this process (one worker: the model is in memory once)."""
-    import uvicorn
+TOKEN_ENV = "PREFREC_SERVE_TOKEN"
+MIN_TOKEN_CHARS = 16
 
-    app = create_app(model, limits=limits, model_label=model_label, docs=docs)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, timeout_graceful_shutdown=10)
+
+def read_token(token_file: str | os.PathLike | None = None) -> str | None:
+    """The bearer token: the first line of `token_file`, else the environment variable PREFREC_SERVE_TOKEN, else
+    None. Never a command-line value: those show in `ps` and shell history."""
+    if token_file is not None:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise UserError(f"--token-file {token_file}: cannot read it ({e.strerror})") from None
+        token, where = (lines[0].strip() if lines else ""), f"--token-file {token_file}"
+    elif os.environ.get(TOKEN_ENV) is not None:
+        token, where = os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise UserError(f"{where}: the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}, e.g. "
+                        "the output of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return token
+
+
+def check_exposure(host: str, token: str | None) -> str | None:
+    """Refuse a server that other machines can reach without a token (UserError); return a warning when it listens
+    on every interface, else None."""
+    if is_loopback(host):
+        return None
+    if token is None:
+        raise UserError(f"--host {host} is reachable from other machines, so a bearer token is required: put one "
+                        f"in ${TOKEN_ENV} or in a file given with --token-file (or keep --host 127.0.0.1)")
+    if host in WILDCARD_HOSTS:
+        return (f"listening on every network interface ({host!r}): any network this machine is on can reach the "
+                "server. The token travels in clear text over HTTP: put a TLS proxy in front of it, and name the "
+                "host name clients use with --allow-host (the Host allow-list)")
+    return None
+
+
+def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+                  log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for `app`: one worker (the model is in memory once), the request-head deadline protocol
+    (HeadTimeoutH11Protocol, idle_seconds) and the connection cap (max_connections)."""
+    limits = limits or Limits()
+    return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, http=HeadTimeoutH11Protocol,
+                          timeout_keep_alive=limits.idle_seconds, limit_concurrency=limits.max_connections,
+                          timeout_graceful_shutdown=10)
+
+
+def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+               model_label: str | None = None, log_level: str = "info", docs: bool = False,
+               token: str | None = None, allowed_hosts: list[str] | None = None) -> None:
+    """Serve with uvicorn in this process. A host other machines can reach needs a token (check_exposure); the
+    Host allow-list defaults to the loopback names plus `host`, and `allowed_hosts` adds to it."""
+    warning = check_exposure(host, token)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    hosts = ["*"] if allowed_hosts and "*" in allowed_hosts else \
+        list(dict.fromkeys(default_allowed_hosts(host) + list(allowed_hosts or [])))
+    app = create_app(model, limits=limits, model_label=model_label, docs=docs, token=token, allowed_hosts=hosts)
+    uvicorn.Server(server_config(app, host=host, port=port, limits=limits, log_level=log_level)).run()

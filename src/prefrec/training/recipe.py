@@ -90,7 +90,14 @@ from prefrec.training.runfolder import (
     save_checkpoint,
     tracker_names,
 )
-from prefrec.training.stages import Stage, TreeScorer, cosine_with_warmup, make_stage, set_dropout, tree_terms
+from prefrec.training.stages import (
+    Stage,
+    TreeScorer,
+    cosine_with_warmup,
+    make_stage,
+    set_dropout,
+    tree_terms,
+)
 
 # the recipe's helpers live in the modules above; these names stay importable from here
 __all__ = ["train", "plan", "checkpoints", "cosine_with_warmup", "encode_trees", "epoch_order", "shard", "stage_k",

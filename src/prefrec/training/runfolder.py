@@ -121,7 +121,11 @@ def load_adapter_weights(lm, folder: Path) -> None:
 
 def tracker_names(cfg: TrainConfig) -> list[str]:
     """The Accelerate trackers of a run (log_with, plus tensorboard: true), each checked to be installed."""
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+    from accelerate.utils import (
+        is_mlflow_available,
+        is_tensorboard_available,
+        is_wandb_available,
+    )
 
     names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
     have = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
