@@ -48,6 +48,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    revision: str | None = None  # a Hugging Face id's branch, tag or commit (recorded in run.json)
 
 
 @dataclass

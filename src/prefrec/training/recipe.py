@@ -280,7 +280,7 @@ def _load_policy(r: Recipe) -> None:
     set_seed(cfg.seed)
     lm, r.tokenizer = load_model(cfg.model.name, dtype=None if cfg.model.dtype == "auto" else cfg.model.dtype,
                                  attn_implementation=cfg.model.attn_implementation, device=str(r.acc.device),
-                                 trust_remote_code=cfg.model.trust_remote_code)
+                                 trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     lm = add_lora(lm, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                   target_modules=cfg.lora.target_modules)
     for peft_cfg in lm.peft_config.values():  # adapter_config.json names a base any machine can resolve
@@ -518,7 +518,8 @@ def _finalise(r: Recipe, t_process: float) -> None:
             save_adapter(lm, r.run / "adapter", weights)
         timings = r.timings
         timings["total"] = sum(v for key, v in timings.items() if key != "total")
-        info = {"base_model": base_model_name(r.cfg.model.name), "stages": r.cfg.stage_kinds(), "seed": r.cfg.seed,
+        info = {"base_model": base_model_name(r.cfg.model.name), "base_model_revision": r.cfg.model.revision,
+                "stages": r.cfg.stage_kinds(), "seed": r.cfg.seed,
                 "timings": {key: round(v, 2) for key, v in timings.items()},
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
                 "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
