@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from prefrec.evaluation import tasks
 from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics
 from prefrec.evaluation.report import (
     bootstrap_ci,
@@ -331,3 +332,34 @@ def test_paired_bootstrap_draws_the_same_resamples_as_one_draw_per_resample():
     d = np.array([auc(a, idx) - auc(b, idx) for idx in (draw.integers(0, 30, size=30) for _ in range(50))])
     assert got["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
     assert got["hi"] == pytest.approx(np.quantile(d, 0.975), abs=1e-12)
+
+
+def test_every_llm_run_gets_its_beyond_the_prompts_facts_line(tmp_path):
+    """An LLM run whose margin only restates the printed facts is reported as not beyond its prompt; one that knows
+    the answers is (the test itself: tests/test_facts.py)."""
+    import numpy as np
+    from test_data_protocols import synthetic_log
+
+    from prefrec.data import protocols as P
+    from prefrec.evaluation import facts
+    from prefrec.results import write_results
+    from prefrec.samples import write_jsonl
+
+    built = P.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, item_stats=True, n_train=10,
+                             n_valid=5, n_test=None)
+    test = built.samples["test"]
+    write_jsonl(tmp_path / "data" / "test.jsonl", test)
+    for name, score in (("restating", lambda x, y: x[:, 0]), ("knowing", lambda x, y: 3.0 * y)):
+        rows = []
+        for s in test:
+            x, y = facts.TASKS["pairwise"].features(s)
+            m = np.where(y == 1.0, score(x, y), -score(x, y))
+            rows.append({"id": s.id, "user": s.user, "s_first": m.tolist(), "s_second": [0.0] * len(m)})
+        res = {"kind": "eval", "method": "sft", "dataset": "syn", "task": "pairwise", "split": "test", "seed": 0,
+               "shots": 10 if name == "restating" else 20, "n_samples": len(rows),
+               "metrics": tasks.task("pairwise").metrics(rows), "config": {"samples": str(tmp_path / "data" / "test.jsonl")}}
+        write_results(tmp_path / "evals" / name, res, rows)
+    md = make_report([tmp_path / "evals"], tmp_path / "report", n_boot=200).read_text()
+    assert "Beyond the prompt's facts" in md and "learnt beyond its prompt?" in md
+    got = {b["run"].split("/")[-2]: b for b in json.loads((tmp_path / "report" / "results.json").read_text())["beyond_facts"]}
+    assert got["restating"]["beyond"] is False and got["knowing"]["beyond"] is True

@@ -42,12 +42,15 @@ from scipy import stats
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
+from prefrec.evaluation.facts import added_to_facts
+from prefrec.evaluation.stats import resample, user_groups
 from prefrec.evaluation.plots import (
     plot_metric_bars,
     plot_metric_vs,
     plot_training_curves,
 )
 from prefrec.provenance import provenance
+from prefrec.samples import read_jsonl
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
 from prefrec.training import methods
 
@@ -166,61 +169,52 @@ def paired_tests(groups: list[dict]) -> list[dict]:
 metric_functions = tasks.metric_families
 
 
+def _user_draws(rows: list[dict], n_boot: int, seed: int) -> tuple[list[np.ndarray], str]:
+    """n_boot resamples of row indices that resample **users** (prefrec.evaluation.stats: all rows of each drawn
+    user), and the unit's name; rows written before per-sample rows carried a user are each their own unit."""
+    groups = user_groups([r.get("user") for r in rows], [r.get("id") for r in rows])
+    rng = np.random.default_rng(seed)
+    unit = "users" if any(r.get("user") is not None for r in rows) else "samples"
+    return [resample(groups, rng) for _ in range(n_boot)], unit
+
+
 def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot: int = 1000, level: float = 0.95,
                  seed: int = 0) -> dict[str, dict]:
-    """{metric: {"value", "lo", "hi", "n_boot"}}: percentile bootstrap over samples (scipy.stats.bootstrap).
-
-    The resampled unit is the sample (its row index), so each metric family is recomputed on the resampled rows and
-    pooled metrics such as AUC stay right. A metric a resample cannot define (AUC with one class only) is NaN there;
-    those resamples are left out of that metric's percentiles (n_boot says how many remained)."""
-    from scipy.stats import bootstrap
-
+    """{metric: {"value", "lo", "hi", "n_boot", "unit"}}: percentile bootstrap that resamples users (a user's test
+    samples together: the candidates protocol has many per user), recomputing each metric family on the resampled
+    rows, so pooled metrics such as AUC stay right. A metric a resample cannot define (AUC with one class only) is
+    left out of that metric's percentiles (n_boot says how many remained)."""
     fams = metric_functions(rows)
     n = len(rows)
     if not fams or n < 2 or n_boot < 1:
         return {}
     names = None if names is None else set(names)
-    rng = np.random.default_rng(seed)
+    draws, unit = _user_draws(rows, n_boot, seed)
+    alpha = (1 - level) / 2
     out = {}
     for f in fams:
         full = _numeric_metrics(f(np.arange(n)))
         wanted = [m for m in full if names is None or m in names]
-        if not wanted:
-            continue
-
-        def stat(idx, f=f, wanted=wanted):
-            got = f(idx.astype(int))
-            return np.array([float(got[m]) if isinstance(got.get(m), (int, float)) else np.nan for m in wanted])
-
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns about NaN or degenerate distributions; handled below
-            res = bootstrap((np.arange(n),), stat, n_resamples=n_boot, confidence_level=level, method="percentile",
-                            vectorized=False, rng=rng)
-        alpha = (1 - level) / 2
-        for i, m in enumerate(wanted):
-            d = res.bootstrap_distribution[i]
-            d = d[np.isfinite(d)]
-            if d.size == 0:
-                continue  # e.g. every resample had one class only
-            lo, hi = res.confidence_interval.low[i], res.confidence_interval.high[i]
-            if not (np.isfinite(lo) and np.isfinite(hi)):  # some resamples undefined: percentiles of the rest
-                lo, hi = np.quantile(d, alpha), np.quantile(d, 1 - alpha)
-            out[m] = {"value": full[m], "lo": float(lo), "hi": float(hi), "n_boot": int(d.size)}
+        for m in wanted:
+            got = (f(idx).get(m) for idx in draws)
+            d = np.array([float(v) for v in got if isinstance(v, (int, float)) and math.isfinite(v)])
+            if d.size:
+                out[m] = {"value": full[m], "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)),
+                          "n_boot": int(d.size), "unit": unit}
     return out
 
 
 def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_boot: int = 1000, level: float = 0.95,
                      seed: int = 0) -> dict | None:
     """Paired comparison of two runs on the same test samples (joined on "id"): metric(A) − metric(B), with a
-    percentile bootstrap CI over samples (each resample draws the same samples for both runs) and a two-sided
-    p-value, 2 × the smaller share of resampled differences on either side of 0 (at least 1 / n_boot).
-    None when the runs share no sample or do not both have the metric."""
+    percentile bootstrap CI that resamples users (each resample draws the same users, hence the same samples, for
+    both runs) and a two-sided p-value, 2 × the smaller share of resampled differences on either side of 0 (at least
+    1 / n_boot). None when the runs share no sample or do not both have the metric."""
     by_id = {r["id"]: r for r in rows_b if "id" in r}
-    common = [r["id"] for r in rows_a if r.get("id") in by_id]
-    if not common:
-        return None
     a_rows = [r for r in rows_a if r.get("id") in by_id]
-    b_rows = [by_id[i] for i in common]
+    if not a_rows:
+        return None
+    b_rows = [by_id[r["id"]] for r in a_rows]
 
     def metric_fn(rows):
         for f in metric_functions(rows):
@@ -231,15 +225,11 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     fa, fb = metric_fn(a_rows), metric_fn(b_rows)
     if fa is None or fb is None:
         return None
-    n = len(common)
-    full = np.arange(n)
-    a_val, b_val = fa(full)[metric], fb(full)[metric]
+    n = len(a_rows)
+    a_val, b_val = fa(np.arange(n))[metric], fb(np.arange(n))[metric]
     if a_val is None or b_val is None:
         return None
-    # Every resample's indices in one draw (the same numbers as n_boot draws of n: the generator fills the matrix
-    # row by row), both runs scored on the same rows. The metric itself is still one call per resample: the metric
-    # families (prefrec.evaluation.tasks) take one index vector, and a pooled AUC has no batched form there yet.
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    draws, unit = _user_draws(a_rows, n_boot, seed)
     scored = ((fa(idx)[metric], fb(idx)[metric]) for idx in draws)
     d = np.array([da - db for da, db in scored if da is not None and db is not None], dtype=float)
     if d.size == 0:
@@ -248,7 +238,7 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     p = min(1.0, max(2 * min(np.mean(d <= 0), np.mean(d >= 0)), 1 / d.size))
     return {"metric": metric, "n": n, "a": float(a_val), "b": float(b_val), "diff": float(a_val - b_val),
             "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)), "p": float(p),
-            "n_boot": int(d.size)}
+            "n_boot": int(d.size), "unit": unit}
 
 
 def _zero_shot_of(run: dict, runs: list[dict]) -> dict | None:
@@ -384,6 +374,50 @@ def _runs(results: list[tuple[Path, dict]], n_boot: int, seed: int) -> list[dict
     return runs
 
 
+def beyond_facts(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """For every LLM run: does its score add to what the prompt prints? facts.added_to_facts on its test samples
+    (read from results.json config.samples), the bootstrap resampling users. Runs whose samples file is gone, or
+    whose prompts show no quoted titles (imported prompts), get a row that says why instead."""
+    samples_of: dict[str, list] = {}
+    out = []
+    for (path, r), run in zip(results, runs):
+        src = (r.get("config") or {}).get("samples")
+        if r.get("method") not in methods.llm_methods() or not src:
+            continue
+        head = {"run": str(path), "label": group_label(run), "dataset": r["dataset"], "task": r["task"],
+                "seed": r.get("seed")}
+        ps = per_sample_path(path)
+        if not (Path(src).is_file() and ps.is_file()):
+            out.append({**head, "skipped": f"{src if not Path(src).is_file() else ps} is not there"})
+            continue
+        if src not in samples_of:
+            samples_of[src] = read_jsonl(src)
+        try:
+            out.append({**head, **added_to_facts(samples_of[src], read_per_sample(ps), n_boot=n_boot, seed=seed)})
+        except (UserError, ValueError) as e:
+            out.append({**head, "skipped": str(e)})
+    return out
+
+
+def _beyond_lines(rows: list[dict], n_boot: int) -> list[str]:
+    if not rows:
+        return []
+    md = ["Beyond the prompt's facts: each LLM's score added to `prompt-facts` (a logistic model of the numbers the "
+          "prompt prints and the order it shows its options), against `prompt-facts` alone, both cross-fit over 10 "
+          f"folds of test users; paired bootstrap over users ({n_boot} resamples). \"yes\" = a gain with p < 0.05:",
+          ""]
+    table = []
+    for t in rows:
+        if "skipped" in t:
+            table.append([t["label"], _fmt(t["seed"]), "–", "–", "–", "–", "–", f"not tested: {t['skipped']}"])
+            continue
+        table.append([t["label"], _fmt(t["seed"]), t["metric"], _fmt(t["facts"]), _fmt(t["facts_plus_llm"]),
+                      f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"]),
+                      "yes" if t["beyond"] else "no"])
+    return md + _table(["configuration", "seed", "metric", "facts", "facts + LLM", "difference [95 % CI]", "p",
+                        "learnt beyond its prompt?"], table) + [""]
+
+
 def _training_plots(logs: list[Path], paths: list, plots_dir: Path) -> list[tuple[str, Path, Path]]:
     """(name, metrics.jsonl, PNG) for every training log that has something to plot; names made unique."""
     train_plots = []
@@ -447,7 +481,7 @@ def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str
         zs = [t for t in tests_of if t["dataset"] == dataset and t["task"] == task]
         if not zs:
             continue
-        md += [f"{title} (paired bootstrap over samples, {n_boot} resamples; p two-sided):", ""]
+        md += [f"{title} (paired bootstrap over test users, {n_boot} resamples; p two-sided):", ""]
         md += _table(["configuration", "seed", "samples", "metric", "value", "compared with", "its value",
                       "difference [95 % CI]", "p"],
                      [[t["label"], _fmt(t["seed"]), str(t["n"]), t["metric"], _fmt(t["a"]), t["against_label"],
@@ -485,6 +519,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    beyond = beyond_facts(results, runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     against = [("Against zero-shot on the same test samples", vs_zero),
                ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
                ("Against the same configuration on the first base model, on the same test samples", vs_model)]
@@ -496,7 +531,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
           "",
           "Mean ± sample standard deviation over seeds; paired tests over the seeds two configurations share "
           "(t-test: scipy.stats.ttest_rel; Wilcoxon signed-rank beside it); per-run 95 % CIs: percentile bootstrap "
-          f"over test samples ({n_boot} resamples). Metric definitions: docs/evaluate.md.", ""]
+          f"over test users, all of a user's samples together ({n_boot} resamples). Metric definitions: "
+          "docs/evaluate.md.", ""]
     md += list(preamble or [])
     for w in warns:
         md.append(f"> warning: {w}")
@@ -507,6 +543,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
         md += _section(dataset, task, gs, tests, runs, against, sweep_plots, out_dir, n_boot)
+        md += _beyond_lines([b for b in beyond if (b["dataset"], b["task"]) == (dataset, task)], n_boot)
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -515,7 +552,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
                "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
-               "tests_vs_first_model": vs_model,
+               "tests_vs_first_model": vs_model, "beyond_facts": beyond,
                "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]
