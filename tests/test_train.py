@@ -614,3 +614,16 @@ def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(
         assert len(valid) - 1 - valid.index(best) >= 2
     got = evaluate(run, data_dirs / "pw", split="valid", out=tmp_path / "ev", progress=False)
     assert got["metrics"]["auc"] == pytest.approx(best["auc"], abs=1e-9)
+
+
+def test_several_samples_per_row_train_the_same_losses_and_weights(tiny_dir, data_dirs, tmp_path):
+    """pack_tokens lays the 4 trees of a micro-batch into rows of up to 4,096 tokens (block-diagonal attention,
+    positions restarting per tree) instead of 4 padded rows: the same losses and adapter, within float tolerance."""
+    base = _raw(tiny_dir, data_dirs / "pw", tmp_path / "rows", sft_epochs=1, align_epochs=1, dropout=0.0)
+    rows = train(_cfg(base))
+    packed = train(_cfg({**base, "output_dir": str(tmp_path / "packed"), "pack_tokens": 4096}))
+    a, b = _rows(rows), _rows(packed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-5)
+    _assert_same_adapter(rows / "adapter", packed / "adapter", atol=1e-5)

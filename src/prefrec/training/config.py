@@ -107,6 +107,8 @@ class TrainConfig:
     valid_task_metrics: bool = False  # also score the task's metrics at every validation (on when best_metric is one)
     early_stopping: int | None = None  # end the last stage after this many validations without a new best
     use_best: bool = False  # RUN/adapter/ is the best validated adapter (RUN/best/), not the last one
+    # several samples of a micro-batch in one row up to this many tokens (block-diagonal masks); None = a row each
+    pack_tokens: int | None = None
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
@@ -291,6 +293,7 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
         _positive(ck, name, getattr(cfg, name))
     _positive(ck, "keep_last", cfg.keep_last, allow_none=False)
     _positive(ck, "early_stopping", cfg.early_stopping)
+    _positive(ck, "pack_tokens", cfg.pack_tokens)
     if (cfg.early_stopping or cfg.use_best) and not cfg.eval_every:
         ck.fail("early_stopping" if cfg.early_stopping else "use_best", "needs eval_every (validations to choose by)")
     for i, name in enumerate(cfg.log_with):

@@ -287,7 +287,7 @@ def _load_policy(r: Recipe) -> None:
         peft_cfg.base_model_name_or_path = hub_reference(base_model_name(cfg.model.name))
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    r.lm, r.scorer = lm, TreeScorer(lm)
+    r.lm, r.scorer = lm, TreeScorer(lm, cfg.pack_tokens)
     r.params = [p for p in r.scorer.parameters() if p.requires_grad]
     r.dropout_rates = {m: m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
     if r.state is not None:

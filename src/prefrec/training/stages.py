@@ -17,15 +17,18 @@ from prefrec.training.losses import PreferenceBatch, ftx_term, reward_stats, sft
 class TreeScorer(torch.nn.Module):
     """The module Accelerate wraps (DDP/FSDP/DeepSpeed): its forward is the packed scoring of a list of trees.
 
-    prefrec.scoring.packing calls the decoder trunk and the LM head directly (to run the head at response positions only);
-    routing that through this module's forward is what lets a distributed wrapper see the forward pass."""
+    prefrec.scoring.packing calls the decoder trunk and the LM head directly (to run the head at response positions
+    only); routing that through this module's forward is what lets a distributed wrapper see the forward pass.
+    pack_tokens: lay several trees of a micro-batch into one row up to this many tokens (block-diagonal attention,
+    positions restarting per tree, no padding between them) instead of one padded row per tree."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, pack_tokens: int | None = None):
         super().__init__()
         self.lm = lm
+        self.pack_tokens = pack_tokens
 
     def forward(self, trees: list[Tree], per_token: bool = False):
-        return response_logps(self.lm, trees, per_token=per_token)
+        return response_logps(self.lm, trees, per_token=per_token, pack_tokens=self.pack_tokens)
 
 
 def tree_terms(scores: Scores, trees: list[Tree]) -> dict:
