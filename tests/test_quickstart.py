@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from prefrec.quickstart import QUICKSTART, SHOTS
@@ -47,10 +48,13 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_makes_it_fast(monkeypatch)
     assert choose_dtype("fp32") == "fp32" and choose_dtype("bf16") == "bf16"
 
 
-def test_cpu_bf16_speedup_is_a_positive_ratio():
+def test_cpu_bf16_speedup_is_the_bf16_over_fp32_matmul_rate(monkeypatch):
+    import prefrec.model
     from prefrec.model import cpu_bf16_speedup
 
-    assert cpu_bf16_speedup(n=64, repeats=2) > 0
+    rates = {torch.bfloat16: 300.0, torch.float32: 120.0}
+    monkeypatch.setattr(prefrec.model, "matmul_gflops", lambda dtype, n, repeats: rates[dtype])
+    assert cpu_bf16_speedup(n=64, repeats=2) == 2.5
 
 
 def test_quickstart_model_names_the_grid_s_model(tmp_path):

@@ -32,11 +32,6 @@ def test_every_sample_task_has_a_row():
     assert tuple(tasks.TASKS) == TASKS
 
 
-def test_task_names_have_one_source():
-    """The table's names come from samples.TASKS (issue 17: two lists of the same names)."""
-    assert tasks.TASK_NAMES is TASKS
-
-
 def test_a_new_ranking_metric_reaches_llm_results(with_hr3, tiny_lm, tmp_path):
     from test_evaluate import candidate_samples
 

@@ -443,8 +443,6 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     overrides: `KEY=VALUE` strings applied to the YAML first (see apply_overrides); they are recorded, with the
     command, in report_dir/experiment.json.
     """
-    from tqdm.auto import tqdm
-
     cfg = load_experiment(path, overrides)
     grid = cells(cfg)
     if only:
@@ -460,11 +458,23 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
             print(c.folder())
         return None
     log_path = Path(cfg.output_dir) / "cells.jsonl"
+    _run_cells(cfg, todo, root, log_path)
+    if not report:
+        return None
+    done = [c for c in grid if has_results(root / c.folder())]
+    return _report(cfg, path, done, log_path, overrides, only, report_only)
+
+
+def _run_cells(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Path) -> None:
+    """Run each cell under its lock (two runners on one output folder share the work instead of writing the same
+    cell twice), logging its wall time and metrics to cells.jsonl."""
+    from tqdm.auto import tqdm
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
     for cell in tqdm(todo, desc=f"experiment {cfg.name}", unit="cell"):
         t0 = time.time()
-        try:  # two runners on one output folder share the work instead of writing the same cell twice
+        try:
             with io.exclusive(root / cell.folder(), "experiment cell"):
                 if has_results(root / cell.folder()):
                     continue  # finished by another runner meanwhile
@@ -475,19 +485,20 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"cell": cell.folder(), "seconds": round(time.time() - t0, 1),
                                 "metrics": res.get("metrics")}) + "\n")
-    if not report:
-        return None
+
+
+def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overrides, only, report_only) -> Path:
+    """The report of the finished cells, with the command that made it and each cell's wall time."""
     from prefrec.evaluation.report import make_report
 
-    done = [c for c in grid if has_results(root / c.folder())]
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []] + (["--report-only"] if report_only else []))
     seconds = _cell_seconds(log_path)
     io.write_json(Path(cfg.report_dir) / "experiment.json",
-                      {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
-                       "command": command, "cells": [c.folder() for c in done],
-                       "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})
+                  {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
+                   "command": command, "cells": [c.folder() for c in done],
+                   "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})
     preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
     timed = [seconds[c.folder()] for c in done if c.folder() in seconds]
     if timed:

@@ -115,6 +115,14 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
         report.format = "one JSON object"
         return [(f"{path.name}[0]", value)]
     # JSON lines, or objects concatenated without separators (DMPO *_old.json): decode one value at a time
+    out, one_per_line = _value_by_value(text, path.name)
+    report.format = "JSON lines" if one_per_line else "concatenated JSON objects"
+    return out
+
+
+def _value_by_value(text: str, name: str) -> tuple[list[tuple[str, object]], bool]:
+    """(where, value) of each JSON value in `text` (a bad one as Rejected, reading on at the next line), and whether
+    every value stood on a line of its own."""
     dec = json.JSONDecoder()
     out: list[tuple[str, object]] = []
     pos, n_lines_format, n_ok = 0, True, 0
@@ -130,7 +138,7 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
             value, end = dec.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError) as e:
             why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else None
-            out.append((f"{path.name}:{line}", Rejected(f"not valid JSON ({why})" if why else io.NESTED_TOO_DEEP)))
+            out.append((f"{name}:{line}", Rejected(f"not valid JSON ({why})" if why else io.NESTED_TOO_DEEP)))
             nxt = text.find("\n", pos)  # resume at the next line, as JSON lines allow
             if nxt < 0:
                 break
@@ -141,11 +149,10 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
             j += 1
         if j < len(text) and text[j] != "\n":
             n_lines_format = False  # another value follows on the same line: concatenated objects
-        out.append((f"{path.name}:{line} (record {n_ok})", value))
+        out.append((f"{name}:{line} (record {n_ok})", value))
         n_ok += 1
         pos = end
-    report.format = "JSON lines" if n_lines_format else "concatenated JSON objects"
-    return out
+    return out, n_lines_format
 
 
 # ---------------------------------------------------------------------------------------------------------------

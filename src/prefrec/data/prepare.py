@@ -165,6 +165,22 @@ def _check_not_empty(built: "protocols.Built", task: str) -> list[str]:
             for s in protocols.SPLITS if not sizes[s] and built.requested[s] != 0]
 
 
+def _stats(log: Log, built: "protocols.Built", raw: dict, filters: list[dict], warnings: list[str], *, dataset: str,
+           task: str, seed: int, source) -> dict:
+    """stats.json: where the samples came from, the counts before and after each filter, and the split sizes."""
+    per_split = lambda f: {s: f(built.samples[s]) for s in protocols.SPLITS}  # noqa: E731
+    return {
+        "dataset": dataset, "task": task, "seed": seed, "source": str(Path(source).resolve()), "domain": log.domain,
+        "files": log.files, "protocol": {**built.protocol, "seed": seed}, **raw, "catalog": log.catalog,
+        "users_eligible": built.users_eligible, "split_sizes": per_split(len),
+        "requested_split_sizes": built.requested,
+        "comparisons": per_split(lambda xs: sum(len(x.comparisons) for x in xs)),
+        "filters": filters + built.filters, "warnings": warnings,
+        **({"labels_positive": per_split(lambda xs: sum(x.label or 0 for x in xs))} if task == "yesno" else {}),
+        "provenance": provenance(),
+    }
+
+
 def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
                 source: str | os.PathLike, seed: int = 0, negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET,
                 n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float | None = None,
@@ -204,22 +220,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                                       min_history=p["min_history"], same_time=same_time, **hybrid, **sizes)
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
     check_out_folder(out)
-    stats = {
-        "dataset": dataset, "task": task, "seed": seed, "source": str(Path(source).resolve()), "domain": log.domain,
-        "files": log.files,
-        "protocol": {**built.protocol, "seed": seed},
-        **raw,
-        "catalog": log.catalog,
-        "users_eligible": built.users_eligible,
-        "split_sizes": {s: len(built.samples[s]) for s in protocols.SPLITS},
-        "requested_split_sizes": built.requested,
-        "comparisons": {s: sum(len(x.comparisons) for x in built.samples[s]) for s in protocols.SPLITS},
-        "filters": filters + built.filters,
-        "warnings": warnings,
-        **({"labels_positive": {s: sum(x.label or 0 for x in built.samples[s]) for s in protocols.SPLITS}}
-           if task == "yesno" else {}),
-        "provenance": provenance(),
-    }
+    stats = _stats(log, built, raw, filters, warnings, dataset=dataset, task=task, seed=seed, source=source)
     with io.atomic_folder(out, replace=True) as tmp:  # check_out_folder said what it may replace
         _write_folder(tmp, log, built, seed)
         io.write_json(tmp / "stats.json", stats)

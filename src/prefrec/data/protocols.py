@@ -336,14 +336,8 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     for ui, u in enumerate(sorted(user_split, key=user_key)):
         split = user_split[u]
         late, neg = eligible[u]
-        # the first sample of a user is the papers' one; --per-user adds more training samples along the timeline,
-        # each from its own random stream, so per_user = 1 reproduces the protocol exactly
         rng = random.Random(f"{seed}:pairwise:{u}")
-        positions = [rng.choice(late)]
-        if split == "train" and per_user > 1:
-            rest = [j for j in late if j != positions[0]]
-            positions += random.Random(f"{seed}:pairwise:{u}:more").sample(rest, min(per_user - 1, len(rest)))
-        for n, p in enumerate(positions):
+        for n, p in enumerate(_positions(rng, seed, u, late, per_user if split == "train" else 1)):
             r = rng if n == 0 else random.Random(f"{seed}:pairwise:{u}:{n}")
             sample = _pairwise_sample(log, seqs[u], p, neg, r, negatives=negatives, history_len=history_len,
                                       history_ratings=history_ratings, facts=facts, n_before=before[u][p],
@@ -362,20 +356,36 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     warnings += _order_warnings(log)
     filters.append(_filter_row("sampled into train/valid/test", log, {s.user for v in samples.values() for s in v}))
     split_of = {s.user: name for name, v in samples.items() for s in v}
+    protocol = _pairwise_protocol(log, negatives, kind, threshold, negative_below, min_pos, min_neg, min_history,
+                                  history_len, per_user, history_ratings, item_stats, answers)
+    protocol.update(same_time_history=same_time_note(log, same_time, samples),
+                    history_title_twins_removed=tally["twins"])
     return Built(samples=samples, interaction_split=[split_of.get(x.user, "unused") for x in inter],
                  users_eligible=len(eligible), filters=filters, warnings=warnings, requested=requested,
-                 protocol={"name": "DMPO pairwise", "negatives": negatives, "positive": kind,
-                           "negative": "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}"
-                           if negative_below is None else f"rating < {negative_below:g} (ratings in between are "
-                           "neither; they stay in the history)",
-                           "min_positives": min_pos, "min_negatives": min_neg, "min_history": min_history,
-                           "history_len": history_len, "user_disjoint": True, "per_user": per_user,
-                           "history_ratings": history_ratings,
-                           "item_stats": "users outside the test split, the sample's own user left out"
-                           if item_stats else False, "answers": answers,
-                           "history_order": order_note(log),
-                           "same_time_history": same_time_note(log, same_time, samples),
-                           "history_title_twins_removed": tally["twins"]})
+                 protocol=protocol)
+
+
+def _positions(rng: random.Random, seed: int, u: str, late: list[int], per_user: int) -> list[int]:
+    """A user's sampled positives: the first is the papers' one (drawn from the user's own stream); --per-user adds
+    more training samples along the timeline from another stream, so per_user = 1 reproduces the protocol exactly."""
+    positions = [rng.choice(late)]
+    if per_user > 1:
+        rest = [j for j in late if j != positions[0]]
+        positions += random.Random(f"{seed}:pairwise:{u}:more").sample(rest, min(per_user - 1, len(rest)))
+    return positions
+
+
+def _pairwise_protocol(log, negatives, kind, threshold, negative_below, min_pos, min_neg, min_history, history_len,
+                       per_user, history_ratings, item_stats, answers) -> dict:
+    """stats.json's description of a pairwise protocol, as run."""
+    negative = "the rest" if log.value != "rating" else f"rating ≤ {threshold:g}" if negative_below is None else \
+        f"rating < {negative_below:g} (ratings in between are neither; they stay in the history)"
+    return {"name": "DMPO pairwise", "negatives": negatives, "positive": kind, "negative": negative,
+            "min_positives": min_pos, "min_negatives": min_neg, "min_history": min_history,
+            "history_len": history_len, "user_disjoint": True, "per_user": per_user,
+            "history_ratings": history_ratings,
+            "item_stats": "users outside the test split, the sample's own user left out" if item_stats else False,
+            "answers": answers, "history_order": order_note(log)}
 
 
 def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: random.Random, *, negatives: int,

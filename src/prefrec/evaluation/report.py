@@ -493,6 +493,20 @@ def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str
     return md
 
 
+def _header(results, paths, prov: dict, n_boot: int, preamble, warns: list[str]) -> list[str]:
+    md = ["# prefrec results", "",
+          f"{len(results)} evaluation result(s) from {', '.join(f'`{p}`' for p in paths)}; "
+          f"generated {prov['created']} by prefrec {prov['versions'].get('prefrec')} (commit {prov['git_commit']}).",
+          "",
+          "Mean ± sample standard deviation over seeds; paired tests over the seeds two configurations share "
+          "(t-test: scipy.stats.ttest_rel; Wilcoxon signed-rank beside it); per-run 95 % CIs: percentile bootstrap "
+          f"over test users, all of a user's samples together ({n_boot} resamples). Metric definitions: "
+          "docs/evaluate.md.", ""]
+    md += list(preamble or [])
+    md += [f"> warning: {w}" for w in warns] + ([""] if warns else [])
+    return md
+
+
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
                 seed: int = 0, preamble: list[str] | None = None) -> Path:
     """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md.
@@ -525,19 +539,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                ("Against the same configuration on the first base model, on the same test samples", vs_model)]
 
     prov = provenance()
-    md = ["# prefrec results", "",
-          f"{len(results)} evaluation result(s) from {', '.join(f'`{p}`' for p in paths)}; "
-          f"generated {prov['created']} by prefrec {prov['versions'].get('prefrec')} (commit {prov['git_commit']}).",
-          "",
-          "Mean ± sample standard deviation over seeds; paired tests over the seeds two configurations share "
-          "(t-test: scipy.stats.ttest_rel; Wilcoxon signed-rank beside it); per-run 95 % CIs: percentile bootstrap "
-          f"over test users, all of a user's samples together ({n_boot} resamples). Metric definitions: "
-          "docs/evaluate.md.", ""]
-    md += list(preamble or [])
-    for w in warns:
-        md.append(f"> warning: {w}")
-    if warns:
-        md.append("")
+    md = _header(results, paths, prov, n_boot, preamble, warns)
     by_dt = defaultdict(list)
     for g in groups:
         by_dt[(g["dataset"], g["task"])].append(g)

@@ -435,6 +435,28 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def _error_handlers(app: FastAPI, fields: list[str]) -> None:
+    """Every error is one JSON body {"error": ...} with its status: prefrec's own, HTTP's, and request validation
+    (a body that is not JSON gets 415, naming the Content-Type it came with)."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type")
+        if not _is_json(kind):  # FastAPI does not parse such a body as JSON at all
+            return _error(415, f"request body must be JSON, sent with 'Content-Type: application/json' (got "
+                               f"{kind!r})")
+        described = [_describe(e, fields) for e in exc.errors()]
+        return _error(max(s for s, _ in described), "; ".join(m for _, m in described))
+
+
 def create_app(model: str | tuple, *, limits: Limits | None = None, model_label: str | None = None,
                dtype: str | None = None, device: str | None = None, docs: bool = False,
                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, token: str | None = None,
@@ -472,22 +494,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
     app.add_middleware(Gate, limits=limits, admission=admission, token=token,
                        allowed_hosts=list(LOOPBACK_NAMES) if allowed_hosts is None else allowed_hosts)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        kind = request.headers.get("content-type")
-        if not _is_json(kind):  # FastAPI does not parse such a body as JSON at all
-            return _error(415, f"request body must be JSON, sent with 'Content-Type: application/json' (got "
-                               f"{kind!r})")
-        described = [_describe(e, fields) for e in exc.errors()]
-        return _error(max(s for s, _ in described), "; ".join(m for _, m in described))
+    _error_handlers(app, fields)
 
     @app.get("/health")
     async def health(request: Request) -> dict:

@@ -55,32 +55,7 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
     name = name or stem
     log = Log(name=name, domain=domain or ("movies" if stem.startswith("ml-") else "items"), interactions=[],
               titles={}, files=[str(inter)])
-    if item_file.is_file():
-        log.files.append(str(item_file))
-        lines = _lines(item_file)
-        _, header = next(lines)
-        cols = _atomic_header(header, item_file)
-        ic = _column(cols, ("item_id",))
-        if ic is None:
-            raise UserError(f"{item_file}:1: no 'item_id' column in the header {cols}")
-        tc = next((j for j, c in enumerate(cols) if "title" in c or c.endswith("name")), None)
-        yc = _column(cols, ("release_year", "year"))
-        for n, line in lines:
-            parts = line.split("\t")
-            if len(parts) != len(cols):
-                raise UserError(f"{item_file}:{n}: expected {len(cols)} tab-separated fields, found {len(parts)}")
-            title = normalise_title(parts[tc]) if tc is not None else parts[ic]
-            if not title:  # a blank title stays blank (read() names the item by its id), never " (1995)"
-                log.titles[parts[ic]] = ""
-                continue
-            if yc is not None:
-                title = with_year(title, parts[yc])
-            log.titles[parts[ic]] = title
-        log.catalog["items"] = len(log.titles)
-        if tc is None:
-            log.warnings.append(f"{item_file}: no title column, so item ids are used as titles")
-    else:
-        log.warnings.append(f"{folder}: no {stem}.item, so item ids are used as titles")
+    _read_items(log, item_file, folder, stem)
     lines = _lines(inter)
     _, header = next(lines)
     cols = _atomic_header(header, inter)
@@ -105,3 +80,31 @@ def read_recbole(source: str | Path, *, name: str | None = None, domain: str | N
     if not log.interactions:
         raise _no_rows(inter, "interaction")
     return log
+
+
+def _read_items(log: Log, item_file: Path, folder: Path, stem: str) -> None:
+    """Titles from NAME.item: its first column naming a title or name, with a release year appended as (YYYY)."""
+    if not item_file.is_file():
+        log.warnings.append(f"{folder}: no {stem}.item, so item ids are used as titles")
+        return
+    log.files.append(str(item_file))
+    lines = _lines(item_file)
+    _, header = next(lines)
+    cols = _atomic_header(header, item_file)
+    ic = _column(cols, ("item_id",))
+    if ic is None:
+        raise UserError(f"{item_file}:1: no 'item_id' column in the header {cols}")
+    tc = next((j for j, c in enumerate(cols) if "title" in c or c.endswith("name")), None)
+    yc = _column(cols, ("release_year", "year"))
+    for n, line in lines:
+        parts = line.split("\t")
+        if len(parts) != len(cols):
+            raise UserError(f"{item_file}:{n}: expected {len(cols)} tab-separated fields, found {len(parts)}")
+        title = normalise_title(parts[tc]) if tc is not None else parts[ic]
+        if not title:  # a blank title stays blank (read() names the item by its id), never " (1995)"
+            log.titles[parts[ic]] = ""
+            continue
+        log.titles[parts[ic]] = with_year(title, parts[yc]) if yc is not None else title
+    log.catalog["items"] = len(log.titles)
+    if tc is None:
+        log.warnings.append(f"{item_file}: no title column, so item ids are used as titles")
