@@ -11,7 +11,7 @@ from prefrec import prompts
 from prefrec.errors import UserError
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import naive_response_logps
-from prefrec.serving.rank import build_prompt, clean_titles, rank, read_titles
+from prefrec.serving.rank import Ranker, build_tree, clean_titles, rank, read_titles
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 CANDIDATES = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)",
@@ -43,7 +43,7 @@ def save_tiny_run(run_dir, base_dir, base_model, seed=1):
 
 
 def tree_of(tokenizer, history, candidates, domain="movies"):
-    prefix, question = build_prompt(history, candidates, domain)
+    prefix, question = prompts.history_prefix(domain, history), prompts.candidates_question(domain, candidates)
     return encode_texts(tokenizer, prefix, [question], [candidates])
 
 
@@ -53,10 +53,10 @@ def naive_scores(model, tokenizer, history, candidates, domain="movies"):
         return naive_response_logps(model, [tree]).summed.double().tolist()
 
 
-def test_prompt_is_the_candidates_protocol_prompt():
-    prefix, question = build_prompt(HISTORY, CANDIDATES, "games")
-    assert prefix == prompts.history_prefix("games", HISTORY)
-    assert question == prompts.candidates_question("games", CANDIDATES)
+def test_prompt_is_the_candidates_protocol_prompt(embedded_tokenizer):
+    got = build_tree(embedded_tokenizer, HISTORY, CANDIDATES, "games", Ranker())
+    want = tree_of(embedded_tokenizer, HISTORY, CANDIDATES, "games")
+    assert (got.prefix, got.branches) == (want.prefix, want.branches)
 
 
 def test_scores_equal_naive_path_and_order_is_by_score(tiny_lm):
@@ -170,7 +170,8 @@ def test_history_is_cut_oldest_first_to_the_token_budget(tiny_lm):
 
 def test_chunked_scoring_matches_packed_forward_and_bounds_the_mask(tiny_lm, monkeypatch):
     from prefrec.scoring.packing import PackedBatch, response_logps
-    from prefrec.serving.rank import run_steps, score_steps
+    from prefrec.scoring.packing import chunked_response_logps as score_steps
+    from prefrec.serving.rank import run_steps
 
     model, tok = tiny_lm
     tree = tree_of(tok, HISTORY, CANDIDATES)
@@ -236,3 +237,64 @@ def test_cli_rank_mistyped_model_and_budget(tmp_path, embedded_tokenizer):
     res = runner.invoke(app, ["rank", str(tmp_path / "tiny"), "--history", str(tmp_path / "h.txt"),
                               "--candidates", str(tmp_path / "c.jsonl")])
     assert res.exit_code == 0 and json.loads(res.stdout)["n_candidates"] == len(CANDIDATES)
+
+
+# ---- rank follows the run's task (issue 30) ----
+
+def _run_with_task(tmp_path, task, answers="title", hybrid=False):
+    """A run folder whose config.yaml points at a data folder whose stats.json names the task."""
+    from prefrec.results import RUN_JSON
+
+    data = tmp_path / f"data-{task}-{answers}"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps({"task": task, "protocol": {"answers": answers,
+                                                                            "item_stats": hybrid}}))
+    run = tmp_path / f"run-{task}-{answers}"
+    (run / "adapter").mkdir(parents=True)
+    (run / RUN_JSON).write_text(json.dumps({"base_model": "embedded", "stages": ["sft"]}))
+    (run / "config.yaml").write_text(f"data: {{dir: {data}}}\n")
+    return run
+
+
+def test_the_ranker_is_the_runs_task(tmp_path):
+    from prefrec.serving.rank import ranker_of
+
+    assert ranker_of("embedded") == Ranker()
+    assert ranker_of(_run_with_task(tmp_path, "pairwise", "letter")) == Ranker("pairwise", "letter")
+    hybrid = ranker_of(_run_with_task(tmp_path, "candidates", hybrid=True))
+    assert hybrid.task == "candidates" and "titles only" in hybrid.notes[0]
+    with pytest.raises(UserError, match="yes/no run cannot rank"):
+        ranker_of(_run_with_task(tmp_path, "yesno"))
+
+
+@pytest.mark.parametrize("answers", ["title", "letter"])
+def test_a_pairwise_run_ranks_by_comparing_every_pair_in_both_orders(tiny_lm, answers):
+    """score(c) = mean over the other candidates d, in both shown orders, of logp(c preferred) − logp(d preferred),
+    each log-prob from the naive path (one full sequence per response)."""
+    model, tok = tiny_lm
+    cands = CANDIDATES[:4]
+    got = rank(model, tok, HISTORY, cands, ranker=Ranker("pairwise", answers))
+    want = {c: [] for c in cands}
+    for a in cands:
+        for b in cands:
+            if a == b:
+                continue
+            q = prompts.pairwise_question("movies", a, b, answers=answers)
+            resp = ["A", "B"] if answers == "letter" else [prompts.format_ordering(a, b), prompts.format_ordering(b, a)]
+            tree = encode_texts(tok, prompts.history_prefix("movies", HISTORY), [q], [resp])
+            with torch.no_grad():
+                s = naive_response_logps(model, [tree]).summed.double().tolist()
+            want[a].append(s[0] - s[1])
+            want[b].append(s[1] - s[0])
+    means = {c: sum(v) / len(v) for c, v in want.items()}
+    assert {r["title"]: r["score"] for r in got} == pytest.approx(means, abs=2e-3)
+    assert [r["title"] for r in got] == sorted(cands, key=lambda c: -means[c])
+    assert all(r["comparisons"] == 6 for r in got)
+
+
+def test_order_by_mean_sorts_by_score_per_token(tiny_lm):
+    model, tok = tiny_lm
+    by_mean = rank(model, tok, HISTORY, CANDIDATES, order_by="mean")
+    assert [r["score_per_token"] for r in by_mean] == sorted((r["score_per_token"] for r in by_mean), reverse=True)
+    with pytest.raises(UserError, match="order_by"):
+        rank(model, tok, HISTORY, CANDIDATES, order_by="max")

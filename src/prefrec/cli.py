@@ -37,7 +37,7 @@ from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import RESULTS, is_run_dir
 from prefrec.samples import read_jsonl
-from prefrec.serving.rank import rank, read_titles
+from prefrec.serving.rank import rank, ranker_of, read_titles
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
@@ -499,18 +499,23 @@ def rank_cmd(
                                    "capped by the model's context); the oldest history titles are dropped to fit."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here instead of stdout."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+    order_by: str = typer.Option("sum", "--order-by", help="sum: summed log-prob (what evaluation ranks by); mean: "
+                                 "per token (candidates runs; favours short titles less)."),
 ) -> None:
-    """Rank candidate titles for a user history by log-probability (JSON: title, score, rank)."""
+    """Rank candidate titles for a user history with the prompt of the run's task (JSON: title, score, rank)."""
     from prefrec.model import load_model
 
     try:
         hist = read_titles(history, "history")
         cands = read_titles(candidates, "candidates")
+        ranker = ranker_of(model)
         m, tok = load_model(model, dtype=dtype)
-        ranking = rank(m, tok, hist, cands, domain=domain, top=top, max_history=max_history, max_tokens=max_tokens)
+        ranking = rank(m, tok, hist, cands, domain=domain, top=top, max_history=max_history, max_tokens=max_tokens,
+                       ranker=ranker, order_by=order_by)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
-    result = {"model": model, "domain": domain, "n_candidates": len(cands), "ranking": ranking}
+    result = {"model": model, "task": ranker.task, "answers": ranker.answers, "domain": domain,
+              "n_candidates": len(cands), "notes": list(ranker.notes), "ranking": ranking}
     if out is not None:
         io.write_json(out, result)
         typer.echo(f"ranking: {out}")

@@ -45,11 +45,13 @@ tuning, which add virtual tokens in PeftModel.forward) are not supported.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Generator, Sequence
 
 import torch
 from torch import Tensor
+from transformers import AttentionInterface, DynamicCache
 
 from prefrec.scoring.trees import Scores, Tree
 
@@ -231,13 +233,7 @@ def tree_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register_tree_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(TREE_ATTENTION, tree_attention)
-
-
-_register_tree_attention()
+AttentionInterface.register(TREE_ATTENTION, tree_attention)
 
 
 SPLIT_ATTENTION = True  # False: one SDPA call with the whole tree mask, as before (benchmarks compare the two)
@@ -442,3 +438,37 @@ def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 409
              for i in range(len(br.responses))]
     return Scores(summed=torch.cat([summed[t] for t in range(len(trees))]),
                   token_logps=[x for t in range(len(trees)) for x in tokens[t]] if per_token else None, index=index)
+
+
+def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256) -> Generator[int, None, list[float]]:
+    """Summed log-prob of every response of `tree` (as packing.response_logps), computed in forward chunks of
+    `chunk_tokens` query tokens over a KV cache. A generator: it yields the number of tokens done after each chunk,
+    so a caller can stop between chunks (client gone, time limit) or interleave other work, and returns the scores.
+
+    Each chunk's mask is (chunk × tokens so far) and its LM head runs only at its own response positions, so memory
+    is bounded by chunk_tokens × budget instead of L × L. The cache is a plain DynamicCache (full attention on every
+    layer), so the result equals the one-shot packed forward up to floating-point summation order."""
+    base = _base(model)
+    device, dtype = _model_device_dtype(model)
+    batch = pack_trees([tree], pad_id=base.config.pad_token_id or 0)
+    L = batch.input_ids.shape[1]
+    logps = torch.zeros(len(batch.targets), dtype=torch.float64)
+    decoder = base.get_decoder()
+    # transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name still works, with
+    # a deprecation warning per call)
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    cache = DynamicCache()
+    with torch.inference_mode(), mixed_precision(model, device, dtype):
+        for start in range(0, L, chunk_tokens):
+            stop = min(L, start + chunk_tokens)
+            out = decoder(input_ids=batch.input_ids[:, start:stop].to(device),
+                          attention_mask=batch.attention_mask(dtype, device, rows=(start, stop)),
+                          position_ids=batch.position_ids[:, start:stop].to(device), use_cache=True,
+                          **{cache_arg: cache})
+            here = ((batch.gather_pos >= start) & (batch.gather_pos < stop)).nonzero()[:, 0]
+            if len(here):
+                hidden = out.last_hidden_state[0, (batch.gather_pos[here] - start).to(device)]
+                logps[here] = _token_logps(_head_logits(base, hidden), batch.targets[here].to(device)).double().cpu()
+            yield stop
+    summed = torch.zeros(len(batch.lengths), dtype=torch.float64).index_add_(0, batch.token_response, logps)
+    return summed.tolist()

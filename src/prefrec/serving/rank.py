@@ -1,19 +1,26 @@
-"""Rank candidate titles for one user: the likelihood ranking of the candidates task (DESIGN §6), for new users.
+"""Rank candidate titles for one user, for new users, with the prompt of the task the model was trained on.
 
-The prompt is the candidates-task prompt the models are trained and evaluated on (prefrec.prompts: role + the
-user's history, then "which one of these N will the user watch next? Candidates: …"), and every candidate title is
-scored as the answer to it,
+A run folder says its task (its training data's stats.json, through its config.yaml), and ranking follows it:
 
-    score(c)           = logp(c | x) = Σ_t log π(c_t | x, c_<t)      (title tokens + the end-of-turn token)
-    score_per_token(c) = score(c) / n_tokens(c)
+    candidates  the candidates-task prompt (role + history, "which one of these N will the user watch next?"), every
+                candidate's answer (its title, or its number in the number format) scored as the answer to it:
+                    score(c) = logp(answer(c) | x)    (answer tokens + the end-of-turn token)
+    pairwise    the pairwise prompt for every pair of candidates, in both shown orders (so that the model's
+                preference for the first-shown option cancels): preference(a over b) = logp(a first) − logp(b first)
+                (the orderings "a, b" / "b, a", or the letters A / B); score(c) = the mean of c's preferences over
+                every other candidate (a Borda count of log-odds). Cost grows with N²: the token budget bounds N.
+    yesno       refused: a new user's history has no liked/disliked split to write the TALLRec prompt from.
 
-all in one packed row (prefrec.scoring.packing: the prompt once, each title attending only to the prompt and to itself),
-run through the model in chunks of 256 tokens over a KV cache (`score_steps`), so the attention mask is never L×L
-and a caller (the HTTP service) can stop or interleave work between chunks. The row must fit a token budget
-(prefrec.scoring.budget: min(model context, max_tokens)): the history is shortened oldest-first to fit, and candidates that
-do not fit are refused. Candidates are sorted by `score` (the quantity evaluation ranks by), ties keeping input order. The
-length-normalised score is reported too, because summed log-probs favour short titles; use it to re-sort if you
-prefer.
+A model that is not a run (the embedded model, a Hugging Face id) ranks with the candidates prompt. A run trained on
+the hybrid prompt saw each user's ratings and each item's facts; a new user's prompt has neither, and the answer
+says so in its notes.
+
+Every tree goes through prefrec.scoring.packing (the prompt once, each response attending only to the prompt and
+itself), in forward chunks over a KV cache (`chunked_response_logps`), so the attention mask is never L×L and a caller
+(the HTTP service) can stop or interleave work between chunks. The tree must fit a token budget (prefrec.scoring.budget):
+the history is shortened oldest-first to fit, and candidates that do not fit are refused. Candidates are sorted by
+`score`, ties keeping input order, or by `score_per_token` (order_by="mean": summed log-probs favour short titles;
+candidates task only).
 
 Titles in, titles out: the titles you give come back exactly (minus surrounding whitespace), duplicates removed with
 the first occurrence kept.
@@ -21,18 +28,22 @@ the first occurrence kept.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generator
+from typing import Generator
 
-from prefrec import io
+import yaml
+
+from prefrec import io, prompts
+from prefrec.answers import LETTER, TITLE, answer_format
 from prefrec.errors import UserError
+from prefrec.results import is_run_dir
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
-
-if TYPE_CHECKING:
-    from prefrec.scoring.trees import Tree
+from prefrec.scoring.encoding import encode_texts
+from prefrec.scoring.packing import chunked_response_logps
+from prefrec.scoring.trees import Tree
 
 # Query tokens per forward chunk: small enough that a waiting short request gets the worker within about one
 # short request's time, large enough that the per-chunk overhead stays small (benchmarks/serve_load.py).
@@ -65,98 +76,124 @@ def clean_titles(titles, field: str) -> list[str]:
     return list(out)
 
 
-def build_prompt(history: list[str], candidates: list[str], domain: str = "movies") -> tuple[str, str]:
-    """(prefix, question) of the candidates-task prompt, exactly as the data protocol writes it."""
-    from prefrec import prompts
+@dataclass(frozen=True)
+class Ranker:
+    """How a model ranks: the task it was trained on, its answer format, and notes for the answers."""
+    task: str = "candidates"
+    answers: str = TITLE
+    notes: tuple[str, ...] = ()
 
+
+def ranker_of(model: str | os.PathLike) -> Ranker:
+    """The ranker of a run folder (its training data's task and answer format; yes/no refused), else candidates."""
+    stats = training_stats(model)
+    if stats is None:
+        return Ranker()
+    task, proto = stats.get("task", "candidates"), stats.get("protocol") or {}
+    if task == "yesno":
+        raise UserError(f"{model}: a yes/no run cannot rank a new user's candidates (its prompt lists the titles the "
+                        "user liked and disliked, which a history of titles does not say); rank with a pairwise or "
+                        "candidates run")
+    notes = ()
+    if proto.get("history_ratings") or proto.get("item_stats"):
+        notes = ("the run was trained on prompts showing the user's ratings and each item's facts; a new user's "
+                 "prompt shows titles only",)
+    return Ranker(task, proto.get("answers") or TITLE, notes)
+
+
+def training_stats(model: str | os.PathLike) -> dict | None:
+    """stats.json of a run folder's training data (data.dir in its config.yaml), or None for a model that is not a
+    run or whose data folder is gone (then: the candidates prompt)."""
+    run = Path(model)
+    if not is_run_dir(run) or not (run / "config.yaml").is_file():
+        return None
+    data = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {})
+    folder = Path(data["dir"]) if data.get("dir") else Path(data["train"]).parent if data.get("train") else None
+    stats = folder / "stats.json" if folder is not None else None
+    if stats is None or not stats.is_file():
+        return None
+    return json.loads(stats.read_text(encoding="utf-8"))
+
+
+def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker) -> Tree:
+    """The tree of the ranker's prompt, exactly as the data protocols write it."""
     if domain not in prompts.DOMAINS:
         raise UserError(f"domain {domain!r}: expected one of {sorted(prompts.DOMAINS)}")
-    return prompts.history_prefix(domain, history), prompts.candidates_question(domain, candidates)
+    prefix = prompts.history_prefix(domain, history)
+    fmt = answer_format(ranker.answers)
+    if ranker.task == "candidates":
+        question = prompts.candidates_question(domain, candidates, answers=ranker.answers)
+        return encode_texts(tokenizer, prefix, [question], [fmt.responses(candidates)])
+    questions, responses = [], []
+    for a, b in _shown_pairs(candidates):
+        questions.append(prompts.pairwise_question(domain, a, b, answers=ranker.answers))
+        responses.append(["A", "B"] if ranker.answers == LETTER else
+                         [prompts.format_ordering(a, b), prompts.format_ordering(b, a)])
+    return encode_texts(tokenizer, prefix, questions, responses)
+
+
+def _shown_pairs(candidates: list[str]) -> list[tuple[str, str]]:
+    """Every pair of candidates in both shown orders: (a, b) then (b, a)."""
+    return [pair for i, a in enumerate(candidates) for b in candidates[i + 1:] for pair in ((a, b), (b, a))]
 
 
 def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
-            max_history: int | None = None) -> tuple[Tree, list[str], list[str]]:
-    """(tree, history kept, candidates) for the candidates prompt, within the token budget: the titles are cleaned,
+            max_history: int | None = None, ranker: Ranker = Ranker()) -> tuple[Tree, list[str], list[str]]:
+    """(tree, history kept, candidates) for the ranker's prompt, within the token budget: the titles are cleaned,
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
     dropped first, as the data protocols truncate); TokenBudgetError when even one history title and the candidates
     do not fit. Tokenisation only, no model."""
-    from prefrec.scoring.encoding import encode_texts
-
     history = clean_titles(history, "history")
     candidates = clean_titles(candidates, "candidates")
+    if ranker.task == "pairwise" and len(candidates) < 2:
+        raise UserError("candidates: a pairwise run ranks by comparing candidates; give at least 2")
     if max_history is not None:
         history = history[-max_history:]
     trees: dict[int, Tree] = {}
 
     def n_tokens(k: int) -> int:  # the tree with the last k history titles
         if k not in trees:
-            prefix, question = build_prompt(history[len(history) - k:], candidates, domain)
-            trees[k] = encode_texts(tokenizer, prefix, [question], [candidates])
+            trees[k] = build_tree(tokenizer, history[len(history) - k:], candidates, domain, ranker)
         return trees[k].n_tokens()
 
     k = fit_history(n_tokens, len(history), budget)
     return trees[k], history[len(history) - k:], candidates
 
 
-def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Generator[int, None, list[float]]:
-    """Summed log-prob of every response of `tree` (as packing.response_logps), computed in forward chunks of
-    `chunk_tokens` query tokens over a KV cache. A generator: it yields the number of tokens done after each chunk,
-    so a caller can stop between chunks (client gone, time limit) or interleave other work, and returns the scores.
-
-    Each chunk's mask is (chunk × tokens so far) and its LM head runs only at its own response positions, so memory
-    is bounded by chunk_tokens × budget instead of L × L. The cache is a plain DynamicCache (full attention on every
-    layer), so the result equals the one-shot packed forward up to floating-point summation order."""
-    import torch
-    from transformers import DynamicCache
-
-    from prefrec.scoring.packing import (
-        _base,
-        _head_logits,
-        _model_device_dtype,
-        _token_logps,
-        mixed_precision,
-        pack_trees,
-    )
-
-    base = _base(model)
-    device, dtype = _model_device_dtype(model)
-    batch = pack_trees([tree], pad_id=base.config.pad_token_id or 0)
-    L = batch.input_ids.shape[1]
-    logps = torch.zeros(len(batch.targets), dtype=torch.float64)
-    decoder = base.get_decoder()
-    # transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name still works, with
-    # a deprecation warning per call)
-    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-    cache = DynamicCache()
-    with torch.inference_mode(), mixed_precision(model, device, dtype):
-        for start in range(0, L, chunk_tokens):
-            stop = min(L, start + chunk_tokens)
-            out = decoder(input_ids=batch.input_ids[:, start:stop].to(device),
-                          attention_mask=batch.attention_mask(dtype, device, rows=(start, stop)),
-                          position_ids=batch.position_ids[:, start:stop].to(device), use_cache=True,
-                          **{cache_arg: cache})
-            here = ((batch.gather_pos >= start) & (batch.gather_pos < stop)).nonzero()[:, 0]
-            if len(here):
-                hidden = out.last_hidden_state[0, (batch.gather_pos[here] - start).to(device)]
-                logps[here] = _token_logps(_head_logits(base, hidden), batch.targets[here].to(device)).double().cpu()
-            yield stop
-    summed = torch.zeros(len(batch.lengths), dtype=torch.float64).index_add_(0, batch.token_response, logps)
-    return summed.tolist()
-
-
-def ranking_of(tree: Tree, candidates: list[str], summed: list[float], top: int | None = None) -> list[dict]:
-    """[{"title", "score", "score_per_token", "n_tokens", "rank"}] best first, cut to `top`."""
-    lengths = [len(r) for r in tree.branches[0].responses]
-    order = sorted(range(len(candidates)), key=lambda i: -summed[i])  # stable: ties keep input order
-    # 4 decimals (nats): finer than the packed-vs-naive agreement, and readable; the order uses full precision
-    ranking = [{"title": candidates[i], "score": round(summed[i], 4),
-                "score_per_token": round(summed[i] / lengths[i], 4), "n_tokens": lengths[i], "rank": r + 1}
+def ranking_of(tree: Tree, candidates: list[str], summed: list[float], top: int | None = None,
+               ranker: Ranker = Ranker(), order_by: str = "sum") -> list[dict]:
+    """[{"title", "score", "score_per_token" | "wins", "n_tokens" | "comparisons", "rank"}] best first, cut to
+    `top`; order_by "mean" sorts by score_per_token (candidates task)."""
+    if order_by not in ("sum", "mean"):
+        raise UserError(f"order_by: expected 'sum' or 'mean', got {order_by!r}")
+    if ranker.task == "pairwise":
+        rows = _pairwise_scores(candidates, summed)
+    else:
+        lengths = [len(r) for r in tree.branches[0].responses]
+        # 4 decimals (nats): finer than the packed-vs-naive agreement, and readable; the order uses full precision
+        rows = [{"title": c, "score": summed[i], "score_per_token": summed[i] / lengths[i], "n_tokens": lengths[i]}
+                for i, c in enumerate(candidates)]
+    key = "score_per_token" if order_by == "mean" and ranker.task == "candidates" else "score"
+    order = sorted(range(len(rows)), key=lambda i: -rows[i][key])  # stable: ties keep input order
+    ranking = [{**{k: round(v, 4) if isinstance(v, float) else v for k, v in rows[i].items()}, "rank": r + 1}
                for r, i in enumerate(order)]
     return ranking[:top] if top is not None else ranking
 
 
+def _pairwise_scores(candidates: list[str], summed: list[float]) -> list[dict]:
+    """Each candidate's mean preference (log-odds) over the others and its wins, from the two responses of every
+    shown pair (tree order of _shown_pairs)."""
+    pref = {c: [] for c in candidates}
+    for n, (a, b) in enumerate(_shown_pairs(candidates)):
+        m = summed[2 * n] - summed[2 * n + 1]  # first shown preferred over second
+        pref[a].append(m)
+        pref[b].append(-m)
+    return [{"title": c, "score": sum(pref[c]) / len(pref[c]), "wins": sum(x > 0 for x in pref[c]) / 2,
+             "comparisons": len(pref[c])} for c in candidates]
+
+
 def run_steps(steps: Generator):
-    """Drive a score_steps generator to the end; its return value."""
+    """Drive a chunked_response_logps generator to the end; its return value."""
     while True:
         try:
             next(steps)
@@ -166,10 +203,11 @@ def run_steps(steps: Generator):
 
 def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain: str = "movies",
          top: int | None = None, max_history: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS,
-         chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> list[dict]:
-    """Rank `candidates` for a user who interacted with `history` (oldest first).
+         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranker: Ranker = Ranker(), order_by: str = "sum") -> list[dict]:
+    """Rank `candidates` for a user who interacted with `history` (oldest first), with `ranker`'s prompt (a run's:
+    `ranker_of(run)`).
 
-    Returns [{"title", "score", "score_per_token", "n_tokens", "rank"}] best first (rank 1 = best), cut to `top`.
+    Returns ranking_of's rows best first (rank 1 = best), cut to `top`.
     `max_history` keeps only the last N history titles (the candidates protocol trains with ≤ 10); the history is
     also cut (oldest first) to fit the token budget min(model context, max_tokens), and candidates that do not fit
     with one history title are refused (TokenBudgetError, a UserError naming the limit).
@@ -177,8 +215,9 @@ def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain:
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise UserError(f"top: expected a positive integer, got {top!r}")
     tree, _, candidates = prepare(tokenizer, history, candidates, budget=token_budget(model, max_tokens),
-                                  domain=domain, max_history=max_history)
-    return ranking_of(tree, candidates, run_steps(score_steps(model, tree, chunk_tokens=chunk_tokens)), top)
+                                  domain=domain, max_history=max_history, ranker=ranker)
+    summed = run_steps(chunked_response_logps(model, tree, chunk_tokens=chunk_tokens))
+    return ranking_of(tree, candidates, summed, top, ranker, order_by)
 
 
 def _decode(p: Path) -> str:

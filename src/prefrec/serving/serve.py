@@ -24,7 +24,7 @@ Why the structure (DESIGN §9: bytes and titles do not bound the work, tokens an
   the history is shortened oldest-first to fit, candidates that do not fit are refused with 422.
 - A PyTorch model is not meant to run forward passes from several threads at once, and one forward already uses all
   cores, so ONE inference thread runs every request, each with its own tensors. It runs them in chunks of
-  `chunk_tokens` tokens (prefrec.serving.rank.score_steps) and between chunks (a) drops a request whose client has gone or
+  `chunk_tokens` tokens (prefrec.scoring.packing.chunked_response_logps) and between chunks (a) drops a request whose client has gone or
   whose time limit has passed, and (b) continues the request with the fewest tokens left, so a short request waits
   for at most one chunk of a long one. At most `max_queue` requests are admitted; more get 503 with Retry-After.
 - The event loop never runs model code, so /health answers at once while work runs.
@@ -59,13 +59,8 @@ from prefrec.errors import UserError
 from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
-from prefrec.serving.rank import (
-    DEFAULT_CHUNK_TOKENS,
-    check_title,
-    prepare,
-    ranking_of,
-    score_steps,
-)
+from prefrec.scoring.packing import chunked_response_logps
+from prefrec.serving.rank import DEFAULT_CHUNK_TOKENS, Ranker, check_title, prepare, ranker_of, ranking_of
 
 
 @dataclass(frozen=True)
@@ -288,6 +283,9 @@ def request_model(limits: Limits) -> type[BaseModel]:
                                         description="titles to rank (duplicates removed, first occurrence kept)")
         top: Optional[int] = Field(None, ge=1, description="return only the best N")
         domain: Literal[tuple(sorted(DOMAINS))] = "movies"  # type: ignore[valid-type]
+        order_by: Literal["sum", "mean"] = Field("sum", description="sum: by summed log-prob (what evaluation "
+                                                 "ranks by); mean: per token (candidates runs; short titles less "
+                                                 "favoured)")
 
     return RankRequest
 
@@ -325,7 +323,7 @@ def _describe(e: dict, fields: list[str]) -> tuple[int, str]:
 
 @dataclass(eq=False)
 class Job:
-    steps: Generator  # prefrec.serving.rank.score_steps: yields tokens done, returns the scores
+    steps: Generator  # prefrec.scoring.packing.chunked_response_logps: yields tokens done, returns the scores
     total: int  # tokens of the packed row
     deadline: float  # time.monotonic() past which the job is dropped
     future: Future = field(default_factory=Future)
@@ -468,6 +466,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
     (its script and style come from a CDN, so the browser needs the internet); both are off by default."""
     limits = limits or Limits()
     label = model_label or default_label(model)
+    ranker = ranker_of(model) if isinstance(model, str) else Ranker()  # a run's task, checked before any load
     RankRequest = request_model(limits)
     fields = list(RankRequest.model_fields)
     admission = Admission(limits.max_queue)
@@ -478,6 +477,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
             app.state.model, app.state.tokenizer = load_model(model, dtype=dtype, device=device)
         else:
             app.state.model, app.state.tokenizer = model
+        app.state.ranker = ranker
         app.state.budget = token_budget(app.state.model, limits.max_tokens)
         app.state.tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefrec-tokenize")
         app.state.worker = admission.worker = Worker()
@@ -518,10 +518,10 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     try:
         tree, history, candidates = await loop.run_in_executor(
             state.tokenize, lambda: prepare(state.tokenizer, req.history, req.candidates, budget=state.budget,
-                                            domain=req.domain))
+                                            domain=req.domain, ranker=state.ranker))
     except UserError as e:
         raise ApiError(422, str(e)) from None
-    job = Job(steps=score_steps(state.model, tree, chunk_tokens=chunk_tokens), total=tree.n_tokens(),
+    job = Job(steps=chunked_response_logps(state.model, tree, chunk_tokens=chunk_tokens), total=tree.n_tokens(),
               deadline=deadline)
     state.worker.submit(job)
     waiting = asyncio.wrap_future(job.future)
@@ -541,9 +541,10 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     except asyncio.CancelledError:
         job.cancelled.set()
         raise
-    ranking = ranking_of(tree, candidates, summed)
-    return {"ranking": ranking[:req.top] if req.top is not None else ranking, "model": label, "domain": req.domain,
-            "n_candidates": len(ranking), "n_history": len(history), "n_tokens": tree.n_tokens()}
+    ranking = ranking_of(tree, candidates, summed, req.top, state.ranker, req.order_by)
+    return {"ranking": ranking, "model": label, "task": state.ranker.task, "answers": state.ranker.answers,
+            "domain": req.domain, "n_candidates": len(candidates), "n_history": len(history),
+            "n_tokens": tree.n_tokens(), "notes": list(state.ranker.notes)}
 
 
 TOKEN_ENV = "PREFREC_SERVE_TOKEN"
