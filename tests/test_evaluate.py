@@ -206,7 +206,7 @@ def test_run_info_reads_the_last_stage(tmp_path):
     assert (info["method"], info["k"], info["shots"], info["regime"], info["seed"]) == ("dmpo", 3, 100, "few-shot", 2)
     assert info["train_config"]["stages"][1] == {"kind": "dmpo", "beta": 0.5}
     assert info["beta"] == 0.5 and info["base_model"] == "embedded"
-    assert ev._run_info("embedded") == {}
+    assert ev.evaluated("embedded") == ("model", {})
     # the layout `prefrec train` writes: stage kinds, details per kind
     (run / "run.json").write_text(json.dumps({"base_model": "embedded", "seed": 1, "stages": ["sft", "sdpo"],
                                               "stage_info": {"sft": {"k": None, "train_samples": 100},
@@ -279,3 +279,30 @@ def test_plain_format_answer_is_its_first_line(tiny_lm, monkeypatch, plain):
     monkeypatch.setattr(model, "generate", fake_generate)
     (answer,) = sc.generate_answers(model, tok, candidate_samples()[:1], progress=False)
     assert answer == ("Alien (1979)" if plain else text)
+
+
+def test_an_adapter_folder_or_an_export_is_labelled_as_its_run_never_as_zero_shot(tmp_path, tiny_lm):
+    """`prefrec eval RUN/adapter` and eval of an export used to write method "zero-shot" (issue 30)."""
+    import json as _json
+
+    from prefrec.results import RUN_JSON
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / RUN_JSON).write_text(_json.dumps({"base_model": "embedded", "stages": ["sft", "dmpo"], "seed": 3,
+                                            "stage_info": {"dmpo": {"k": 3, "train_samples": 40}}}))
+    assert ev.evaluated(run)[0] == "run" and ev.evaluated(run)[1]["method"] == "dmpo"
+    kind, info = ev.evaluated(run / "adapter")
+    assert kind == "adapter" and info["method"] == "dmpo" and info["k"] == 3 and info["seed"] == 3
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "export.json").write_text(_json.dumps({"kind": "export", "run": str(run)}))
+    assert ev.evaluated(export)[1]["method"] == "dmpo"
+    (export / "export.json").write_text(_json.dumps({"kind": "export", "run": str(tmp_path / "gone")}))
+    assert ev.evaluated(export) == ("export", {"method": "export"})
+    lone = tmp_path / "lone-adapter"
+    lone.mkdir()
+    (lone / "adapter_config.json").write_text("{}")
+    assert ev.evaluated(lone) == ("adapter", {"method": "adapter"})
+    assert ev.evaluated("embedded") == ("model", {})

@@ -78,10 +78,28 @@ def _task_of(samples: list[Sample], where: str) -> str:
 
 # ---- the whole evaluation ----
 
+def evaluated(name) -> tuple[str, dict]:
+    """What is evaluated, and what its run says about itself: ("run" | "adapter" | "export" | "model", run info).
+
+    A run's adapter folder (RUN/adapter) and an export of a run (its export.json names the run) are the run's model,
+    so they carry the run's method; an adapter or export whose run is not there is labelled by its kind, never as
+    zero-shot (a trained model recorded as zero-shot would be a report's zero-shot baseline)."""
+    if not isinstance(name, (str, os.PathLike)):
+        return "model", {}
+    p = Path(name)
+    if is_run_dir(p):
+        return "run", _run_info(p)
+    record = p / "export.json"
+    if record.is_file():
+        run = (json.loads(record.read_text(encoding="utf-8")) or {}).get("run")
+        return "export", (_run_info(run) if run and is_run_dir(run) else {}) or {"method": "export"}
+    if (p / "adapter_config.json").is_file():
+        return "adapter", (_run_info(p.parent) if is_run_dir(p.parent) else {}) or {"method": "adapter"}
+    return "model", {}
+
+
 def _run_info(name) -> dict:
     """What a prefrec run folder says about itself: method (last stage), k, shots, regime, seed, config."""
-    if not isinstance(name, (str, os.PathLike)) or not is_run_dir(name):
-        return {}
     run = read_run(name)
     info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model")}
     stages = run.get("stages") or []
@@ -185,7 +203,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     """
     t0 = time.perf_counter()
     samples, stats, where, task = _eval_samples(samples_dir, split, limit)
-    info = _run_info(model_or_run)
+    kind, info = evaluated(model_or_run)
     method = method or info.get("method") or "zero-shot"
     if seed is None:
         seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
@@ -215,7 +233,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
     if out is None:
-        if info:
+        if kind == "run":
             out = Path(model_or_run) / "eval" / _out_dir_name(f"{dataset}-{task}-{split}")
         else:
             out = Path("eval") / _out_dir_name(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
@@ -231,7 +249,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
                    # a run's adapter is folded into the base weights for scoring (model.load_model, merge_adapter)
-                   "adapter": "merged" if info else None,
+                   "adapter": "merged" if kind in ("run", "adapter") else None, "evaluated": kind,
                    "prompt_format": prompt_format(tokenizer),
                    "run": info.get("run"), "train_config": info.get("train_config"),
                    "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},
