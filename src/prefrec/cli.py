@@ -37,7 +37,6 @@ from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import RESULTS, is_run_dir
 from prefrec.samples import read_jsonl
-from prefrec.serving.rank import rank, ranker_of, read_titles
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
@@ -504,6 +503,8 @@ def rank_cmd(
 ) -> None:
     """Rank candidate titles for a user history with the prompt of the run's task (JSON: title, score, rank)."""
     from prefrec.model import load_model
+
+    from prefrec.serving.rank import rank, ranker_of, read_titles  # torch: the packed forward
 
     try:
         hist = read_titles(history, "history")
