@@ -356,6 +356,8 @@ def eval_cmd(
     limit: Optional[str] = typer.Option(None, "--limit", help=_LIMIT_HELP + " Default: all."),
     generate: bool = typer.Option(True, "--generate/--no-generate", help="Candidates task: greedy generation for "
                                   "HR@1/ValidRatio (likelihood ranking is always computed)."),
+    constrained: bool = typer.Option(False, "--constrained", help="Candidates task: also decode through the trie of "
+                                     "the candidates' answers (HR@1 and ValidRatio _constrained beside the papers')."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Generation length limit."),
     method: Optional[str] = typer.Option(None, "--method", help="Method name in results.json (default: the run's "
                                          "last stage, 'zero-shot' for an untrained model)."),
@@ -377,7 +379,7 @@ def eval_cmd(
         else:
             data = samples
         res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
-                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype)
+                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     if is_run_dir(model):  # the run's model card lists its test metrics

@@ -157,7 +157,8 @@ def _in_eval_mode(fn):
 
 
 def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing: dict, t_loaded: float, *,
-           generate: bool, max_new_tokens: int, gen_batch_size: int) -> tuple[list[dict], dict]:
+           generate: bool, max_new_tokens: int, gen_batch_size: int, constrained: bool = False) \
+        -> tuple[list[dict], dict]:
     """Per-sample rows and the task's metrics (its row of tasks.TASKS), with the scoring and generation times in
     `timing`."""
     row = tasks.task(task)
@@ -167,7 +168,7 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     metrics = {}
     if generate and row.generate is not None:
         metrics.update(row.generate(model, tokenizer, samples, rows, max_new_tokens=max_new_tokens,
-                                    batch_size=gen_batch_size, progress=kw["progress"]))
+                                    batch_size=gen_batch_size, progress=kw["progress"], constrained=constrained))
         timing["generate_s"] = time.perf_counter() - t_scored
     metrics.update(row.metrics(rows))
     return rows, metrics
@@ -190,7 +191,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
              limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
              max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, constrained: bool = False) -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
     model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
@@ -228,7 +229,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
     timing: dict = {"load_s": t_loaded - t0}
     rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
-                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size)
+                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, constrained=constrained)
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
@@ -244,7 +245,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "metrics": metrics, "model": model_name,
         # the model a run was trained from (or the evaluated model itself): report groups by it, and by β
         "base_model": info.get("base_model") or model_name, "beta": info.get("beta"),
-        "config": {"samples": where, "split": split, "limit": limit, "generate": generate,
+        "config": {"samples": where, "split": split, "limit": limit, "generate": generate, "constrained": constrained,
                    "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),

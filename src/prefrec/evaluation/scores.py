@@ -21,15 +21,12 @@ from prefrec.answers import answer_format
 from prefrec.errors import UserError
 from prefrec.evaluation.metrics import generation_rates
 from prefrec.samples import Sample
-from prefrec.scoring.encoding import (
-    encode_sample,
-    encode_texts,
-    prompt_format,
-    stop_token_ids,
-)
+from prefrec.scoring.encoding import (encode_sample, encode_texts, end_of_turn_id, prompt_format, response_ids,
+                                     stop_token_ids)
 from prefrec.scoring.matching import match
 from prefrec.scoring.packing import score_trees
 from prefrec.scoring.trees import Tree
+from prefrec.scoring.trie import AnswerTrie
 
 # ---- pairwise ----
 
@@ -97,11 +94,13 @@ def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_
 
 
 def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens: int = 64, batch_size: int = 8,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, constrained: bool = False) -> list[str]:
     """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
     with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
     token (prefrec.scoring.encoding.stop_token_ids). In the plain format (base models) the answer is its first line: an
-    untuned base model rarely emits eos and runs on into more titles, while every trained response is one line."""
+    untuned base model rarely emits eos and runs on into more titles, while every trained response is one line.
+    constrained: decode through the trie of the sample's candidate answers (prefrec.scoring.trie), so that every
+    answer is one of them."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
@@ -112,6 +111,7 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                            eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
     device = next(model.parameters()).device
     first_line = prompt_format(tokenizer)["kind"] == "plain"
+    tries = [_trie(tokenizer, s) for s in samples] if constrained else None
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
     with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="sample",
@@ -124,7 +124,10 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
             for r, i in enumerate(idx):
                 ids[r, L - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[r, L - len(prompts[i]):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
+            allowed = None if tries is None else \
+                (lambda b, seq, idx=idx, L=L: tries[idx[b]].allowed(seq[L:].tolist()))
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
+                                 prefix_allowed_tokens_fn=allowed)
             for r, i in enumerate(idx):
                 text = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
                 answers[i] = text.split("\n", 1)[0].strip() if first_line else text
@@ -168,14 +171,25 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
     return out
 
 
+def _trie(tokenizer, s: Sample) -> AnswerTrie:
+    """The trie of a sample's candidate answers, tokenised as the scorer tokenises responses."""
+    return AnswerTrie([response_ids(tokenizer, a) for a in candidate_answers(s)], end_of_turn_id(tokenizer))
+
+
 def generate_and_match(model, tokenizer, samples: list[Sample], rows: list[dict], *, max_new_tokens: int,
-                       batch_size: int, progress: bool) -> dict:
+                       batch_size: int, progress: bool, constrained: bool = False) -> dict:
     """Greedy answers matched to one candidate each (the sample's answer format), added to the rows (answer,
-    matched, rule, valid, hit); returns HR@1 and ValidRatio."""
-    answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=progress)
-    for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
-        j, rule = matched_candidate(s, a)
-        r.update({"answer": a, "matched": j, "rule": rule, "valid": j is not None,
-                  "hit": j is not None and j == r["target_index"]})
-    return generation_rates([r["valid"] for r in rows], [r["hit"] for r in rows])
+    matched, rule, valid, hit); returns HR@1 and ValidRatio, the papers' numbers. constrained: also decode through
+    the candidates' trie, beside it (fields and metrics with the suffix _constrained; ValidRatio 1 by
+    construction)."""
+    metrics = {}
+    for suffix in ("", "_constrained") if constrained else ("",):
+        answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   progress=progress, constrained=bool(suffix))
+        for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
+            j, rule = matched_candidate(s, a)
+            r.update({f"answer{suffix}": a, f"matched{suffix}": j, f"rule{suffix}": rule,
+                      f"valid{suffix}": j is not None, f"hit{suffix}": j is not None and j == r["target_index"]})
+        rates = generation_rates([r[f"valid{suffix}"] for r in rows], [r[f"hit{suffix}"] for r in rows])
+        metrics.update({f"{k}{suffix}": v for k, v in rates.items() if k != "n"})
+    return metrics

@@ -87,6 +87,13 @@ def _yesno_family(rows: list[dict]) -> list[Family]:
     return [lambda idx: yesno_metrics(p[idx], y[idx])]
 
 
+def _constrained_family(rows: list[dict]) -> list[Family]:
+    valid = np.array([bool(r["valid_constrained"]) for r in rows], dtype=float)
+    hit = np.array([bool(r["hit_constrained"]) for r in rows], dtype=float)
+    return [lambda idx: {"hr@1_constrained": float(hit[idx].mean()),
+                         "valid_ratio_constrained": float(valid[idx].mean())}]
+
+
 def _generation_family(rows: list[dict]) -> list[Family]:
     valid = np.array([bool(r["valid"]) for r in rows], dtype=float)
     hit = np.array([bool(r["hit"]) for r in rows], dtype=float)
@@ -111,6 +118,7 @@ FAMILIES: list[tuple[frozenset, Callable[[list[dict]], list[Family]]]] = [
     (frozenset({"s_first", "s_second"}), _pairwise_family),
     (frozenset({"p_yes", "label"}), _yesno_family),
     (frozenset({"valid", "hit"}), _generation_family),
+    (frozenset({"valid_constrained", "hit_constrained"}), _constrained_family),
     (frozenset({"target_index"}), _ranking_family),
 ]
 
@@ -132,7 +140,8 @@ def _candidates_key_metrics() -> list[str]:
     (rank_…) and as the baselines' scores, read at call time, so a new ranking metric is shown without touching this
     file (a baseline's hr@1 is its ranking HR@1 under the generation column)."""
     rank = list(metrics.RANKING_METRICS)
-    return ["hr@1", "valid_ratio"] + [f"rank_{m}" for m in rank] + [m for m in rank if m != "hr@1"]
+    return ["hr@1", "valid_ratio", "hr@1_constrained"] + [f"rank_{m}" for m in rank] + \
+        [m for m in rank if m != "hr@1"]
 
 
 HIST = ["Heat (1995)", "Fargo (1996)"]

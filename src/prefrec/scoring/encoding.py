@@ -123,7 +123,7 @@ def check_prompt_format(tokenizer, recorded: dict, where: str) -> None:
                         f"tokenizer the run was trained with")
 
 
-def _response_ids(tokenizer, text: str) -> list[int]:
+def response_ids(tokenizer, text: str) -> list[int]:
     """Response tokens = the text's tokens + the end-of-turn token (`end_of_turn_id`)."""
     ids = _encode(tokenizer, text)
     eot = end_of_turn_id(tokenizer)
@@ -152,7 +152,7 @@ def encode_texts(tokenizer, prefix: str, questions: Sequence[str], responses: Se
     else:  # a template that renders the prefix differently per question: share nothing, still exact
         shared = list(lead)
         qs = [_encode(tokenizer, h) + _encode(tokenizer, t) for h, t in parts]
-    branches = [Branch(question=q, responses=[_response_ids(tokenizer, r) for r in rs]) for q, rs in zip(qs, responses)]
+    branches = [Branch(question=q, responses=[response_ids(tokenizer, r) for r in rs]) for q, rs in zip(qs, responses)]
     tree = Tree(prefix=shared, branches=branches)
     if any(not tree.prefix and not b.question for b in branches):
         raise UserError("empty prompt: a response needs at least one prompt token before it")
