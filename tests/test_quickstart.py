@@ -67,5 +67,15 @@ def test_quickstart_model_names_the_grid_s_model(tmp_path):
     path = tmp_path / "experiment.yaml"
     io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
     folders = [c.folder() for c in cells(load_experiment(path))]
-    assert folders == ["ml-100k/zero-shot-model-gemma3-270m-seed0", "ml-100k/sft-model-gemma3-270m-shots1000-seed0"]
+    assert folders == ["ml-100k/zero-shot-model-gemma3-270m-seed0", "ml-100k/sft-model-gemma3-270m-shots1000-seed0",
+                       "ml-100k/prompt-facts-full-seed0"]
     assert {k: v for k, v in cfg.items() if k != "models"} == quickstart_config(tmp_path)
+
+
+def test_the_smoke_run_is_small_and_says_so(tmp_path):
+    from prefrec.quickstart import SMOKE_SHOTS, SMOKE_TEST, quickstart_config
+
+    cfg = quickstart_config(tmp_path, dtype="fp32", smoke=True)
+    assert cfg["shots"] == [SMOKE_SHOTS] and cfg["eval"] == {"limit": SMOKE_TEST}
+    assert quickstart_config(tmp_path, dtype="fp32", smoke=True, n_test=5)["eval"] == {"limit": 5}
+    assert "prompt-facts" in cfg["methods"]  # every report says what the model adds beyond its prompt

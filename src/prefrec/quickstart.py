@@ -40,7 +40,8 @@ QUICKSTART = {
     "datasets": [{"label": "ml-100k", "dataset": "ml-100k", "task": "pairwise",
                   "prepare": {"n_train": 180, "n_valid": 20, "n_test": 1000, "negatives": 3, "per_user": 20,
                               "history_len": 10, "history_ratings": True, "item_stats": True}}],
-    "methods": ["zero-shot", "sft"],
+    "methods": ["zero-shot", "sft", "prompt-facts"],
+    "regimes": ["full"],
     "ks": [3],
     "shots": [SHOTS],
     "seeds": [0],
@@ -74,12 +75,19 @@ def choose_dtype(dtype: str = "auto") -> str:
     return choice
 
 
-def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp32", model: str = "embedded") -> dict:
+SMOKE_SHOTS, SMOKE_TEST = 40, 30  # the smoke run: every step of the quickstart in a few minutes, no learning
+
+
+def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp32", model: str = "embedded",
+                      smoke: bool = False) -> dict:
     """The experiment config the quickstart runs: QUICKSTART with its folders, test limit, precision and model (any
-    name load_model takes: "embedded", "gemma3-270m", a local model folder)."""
+    name load_model takes: "embedded", "gemma3-270m", a local model folder). smoke: SMOKE_SHOTS training samples
+    and SMOKE_TEST test users, which exercise every step and show no learning."""
     import copy
 
     cfg = copy.deepcopy(QUICKSTART)
+    if smoke:
+        cfg["shots"], n_test = [SMOKE_SHOTS], min(n_test or SMOKE_TEST, SMOKE_TEST)
     cfg["output_dir"] = str(out)
     cfg["report_dir"] = str(out / "report")
     cfg["eval"] = {} if n_test is None else {"limit": n_test}
@@ -95,11 +103,12 @@ def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp3
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None, dtype: str = "auto",
-                   model: str = "embedded") -> Path:
+                   model: str = "embedded", smoke: bool = False) -> Path:
     """Run the quickstart grid into `out`; n_test: evaluate only the first N test users (default: all 702);
-    dtype: auto | fp32 | bf16 (see choose_dtype); model: the base model (see quickstart_config)."""
+    dtype: auto | fp32 | bf16 (see choose_dtype); model: the base model; smoke: a few minutes, no learning (see
+    quickstart_config)."""
     out = Path(out)
-    cfg = quickstart_config(out, n_test=n_test, dtype=choose_dtype(dtype), model=model)
+    cfg = quickstart_config(out, n_test=n_test, dtype=choose_dtype(dtype), model=model, smoke=smoke)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.yaml"
     io.write_text(path, yaml.safe_dump(cfg, sort_keys=False))
@@ -113,4 +122,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = 
     print(f"  plots:        {Path(md).parent / 'plots'}")
     print(f"  trained run:  {out / 'cells' / 'ml-100k'}")
     print(f"  experiment:   {path}  (re-run with: prefrec experiment {path})")
+    if smoke:
+        print(f"  this was the smoke run: {SMOKE_SHOTS} training samples and {SMOKE_TEST} test users exercise every "
+              "step but are far too few to show learning; drop --smoke for the real quickstart")
     return Path(md)
