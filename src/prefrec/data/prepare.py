@@ -32,7 +32,7 @@ from prefrec.errors import UserError
 from prefrec.provenance import provenance
 from prefrec.samples import TASKS, write_jsonl
 
-# The papers' defaults per task (DESIGN §3). Candidates caps: LLaRA/S-DPO use every sample; we cap the splits so a
+# The papers' defaults per task (docs/data.md). Candidates caps: LLaRA/S-DPO use every sample; we cap the splits so a
 # CPU run finishes in minutes. Pass None ("all" on the command line) for no cap.
 DEFAULTS = {
     "pairwise": {"negatives": 1, "history_len": 40, "min_history": 5, "n_train": 100, "n_valid": 100, "n_test": 1000},

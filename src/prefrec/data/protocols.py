@@ -1,4 +1,4 @@
-"""Turn a normalised `Log` into samples, exactly per the published protocols (DESIGN §3). Defaults = the papers.
+"""Turn a normalised `Log` into samples, exactly per the published protocols (docs/data.md). Defaults = the papers.
 
 Three builders, one per task; each returns a `Built` (samples per split + what stats.json needs):
 

@@ -1,4 +1,4 @@
-"""`prefrec eval`: score a model (zero-shot or trained) on prepared samples with the paper metrics (DESIGN §6).
+"""`prefrec eval`: score a model (zero-shot or trained) on prepared samples with the paper metrics (docs/evaluate.md).
 
 One function per task turns samples into per-sample scores, with the packed scorer of prefrec.scoring.packing (every
 response of a sample in one forward pass); prefrec.evaluation.metrics turns the scores into numbers:
@@ -13,7 +13,7 @@ response of a sample in one forward pass); prefrec.evaluation.metrics turns the 
     yesno      P(Yes) and P(No) = softmax over the whole vocabulary at the answer's first position, read at the first
                token of the "Yes." and "No." responses; score = P(Yes) / (P(Yes) + P(No)) = σ(log P(Yes) − log P(No))
                -> ROC-AUC, accuracy. One softmax: TALLRec's second softmax over the two logits gives the same AUC
-               but is not a probability of the model (DESIGN §7).
+               but is not a probability of the model (docs/evaluate.md, the papers' code).
 
 Outputs: OUT/results.json (docs/dev/HELPERS.md "Results JSON") and OUT/per_sample.jsonl (fields read by
 prefrec.evaluation.report for bootstrap CIs).

@@ -1,4 +1,4 @@
-"""Evaluation metrics shared by LLM evaluation and the traditional baselines (DESIGN §6).
+"""Evaluation metrics shared by LLM evaluation and the traditional baselines (docs/evaluate.md).
 
 Every function takes plain score arrays and returns a dict of floats plus "n", so an LLM scored by log-probabilities
 and a baseline scored by item embeddings go through the very same code. Undefined values (an AUC with one class
@@ -37,7 +37,7 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def pairwise_metrics(s_first, s_second) -> dict:
-    """AUC and pairwise accuracy of the pairwise task (DMPO §5.1; DESIGN §6).
+    """AUC and pairwise accuracy of the pairwise task (DMPO §5.1; docs/evaluate.md).
 
     s_first, s_second: (N,) scores of the correct ordering "pos, neg" and of the wrong one "neg, pos" (for an LLM,
     summed log-probabilities logp(y|x)); a baseline that scores items passes the positive's and the negative's score.

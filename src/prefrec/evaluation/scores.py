@@ -9,7 +9,7 @@ call them): the packed scorer of prefrec.scoring.packing scores every response o
     yesno      P(Yes) and P(No) = softmax over the whole vocabulary at the answer's first position, read at the first
                token of the "Yes." and "No." responses; score = P(Yes) / (P(Yes) + P(No)) = σ(log P(Yes) − log P(No)).
                One softmax: TALLRec's second softmax over the two logits gives the same AUC but is not a probability
-               of the model (DESIGN §7).
+               of the model (docs/evaluate.md, the papers' code).
 """
 
 from __future__ import annotations

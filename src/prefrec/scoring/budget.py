@@ -1,4 +1,4 @@
-"""Token budgets: how many tokens one packed prompt + responses tree may have (DESIGN §9).
+"""Token budgets: how many tokens one packed prompt + responses tree may have (docs/serve.md).
 
 Limits in bytes or titles do not bound the work: a packed tree of L tokens costs an L×L attention mask and
 attention scores per head, and the model's position embeddings end at `max_position_embeddings`. So every path that

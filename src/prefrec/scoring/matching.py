@@ -1,4 +1,4 @@
-"""Which candidate did a generated answer name? Never ambiguous (DESIGN §6, §7).
+"""Which candidate did a generated answer name? Never ambiguous (docs/evaluate.md).
 
 The S-DPO code counts a hit when the target title is a substring of the answer; 25 of its test prompts have a
 candidate whose title contains another's ("Star Wars" inside "Star Wars: Episode V"), so one answer can "hit" two

@@ -1,4 +1,4 @@
-"""One prompt, many responses: score every response of a sample in one packed forward pass (DESIGN §5).
+"""One prompt, many responses: score every response of a sample in one packed forward pass (docs/packing.md).
 
 A recommendation sample has one long prompt (the user's history, ~300–600 tokens) and k+1 short responses (item
 titles, ~10–30 tokens). The usual way (TRL, the S-DPO code) feeds k+1 full sequences and so runs the prompt k+1

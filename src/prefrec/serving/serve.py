@@ -13,7 +13,7 @@ Errors   {"error": "<what is wrong, naming the field and the limit>"}
          422 a field is missing, of the wrong type or over a limit (titles, characters, tokens) · 404/405 unknown
          route/method · 503 (+ Retry-After) the queue is full or the request ran past max_seconds
 
-Why the structure (DESIGN §9: bytes and titles do not bound the work, tokens and seconds do):
+Why the structure (docs/serve.md: bytes and titles do not bound the work, tokens and seconds do):
 - Facing a network: a host other machines reach needs a bearer token (check_exposure); the Host header must be on
   an allow-list; every phase of a connection has a deadline: its request head (idle_seconds, HeadTimeoutH11Protocol),
   its body (read_seconds), its work (max_seconds); at most max_connections connections.

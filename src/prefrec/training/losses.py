@@ -156,7 +156,7 @@ def dpo_loss(batch: PreferenceBatch, beta: float, label_smoothing: float = 0.0) 
 
 def dmpo_loss(batch: PreferenceBatch, beta: float, label_smoothing: float = 0.0) -> LossOutput:
     """DMPO eq. 3: −log σ(r_w − (1/k) Σ_i r_l,i). The rewards are averaged before the sigmoid, unlike the DMPO
-    repository, which averages k pairwise losses (DESIGN §7)."""
+    repository, which averages k pairwise losses (docs/evaluate.md, the papers' code)."""
     chosen, rejected = dpo_rewards(batch, beta)
     return _out(_smoothed(_mean_chosen(chosen) - rejected.mean(dim=1), label_smoothing), chosen, rejected)
 

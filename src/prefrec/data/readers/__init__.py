@@ -5,7 +5,7 @@ table `item -> title` whose titles read naturally (see titles.py). Every reader 
 `UserError` naming the file, the line and the field when something is wrong: an empty file, a truncated gzip, the
 wrong separator, a rating that is not a number, a rating for an item the catalogue does not have.
 
-Formats (DESIGN §3), one module and one function each (a new source: a module here and one row of READERS):
+Formats (docs/data.md), one module and one function each (a new source: a module here and one row of READERS):
     read_ml1m        MovieLens-1M   ratings.dat (or any ratings*.dat[.gz]) + movies.dat (latin-1) [+ users.dat]
     read_ml100k      MovieLens-100K GroupLens u.data + u.item (latin-1), or the RecBole atomic files
     read_recbole     RecBole atomic files: NAME.inter [+ NAME.item], tab-separated, `name:type` header
