@@ -27,7 +27,6 @@ it gets the model's fallback score (see `fill_unknown`).
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from prefrec.errors import UserError
-from prefrec.samples import Sample, read_jsonl
+from prefrec.data.prepared import read_split, read_stats
+from prefrec.samples import Sample
 
 PAD, UNK = 0, 1
 FIRST_ITEM = 2
@@ -60,14 +60,9 @@ class Prepared:
 
 
 def _read_samples(path: Path, required: bool) -> list[Sample]:
-    if not path.exists():
-        if required:
-            raise UserError(f"{path}: missing; a prepared folder needs train.jsonl and test.jsonl")
-        return []
-    try:
-        return read_jsonl(path)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    if required and not path.exists():
+        raise UserError(f"{path}: missing; a prepared folder needs train.jsonl and test.jsonl")
+    return read_split(path.parent, path.stem, required=False)
 
 
 @dataclass
@@ -140,12 +135,7 @@ def load_prepared(path: str | Path, require_train: bool = True) -> Prepared:
         raise UserError(f"{path}: task {task!r} is not supported by the traditional baselines "
                         f"(supported: {', '.join(SUPPORTED_TASKS)})")
     by_title = not any(s.candidate_items for s in everything)
-    stats = {}
-    if (path / "stats.json").exists():
-        try:
-            stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path / 'stats.json'}: not valid JSON ({e.msg})") from None
+    stats = read_stats(path)
     threshold = 3.0
     for key, value in (stats.get("protocol") or {}).items():
         if "threshold" in key and isinstance(value, (int, float)):

@@ -33,7 +33,8 @@ from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
-from prefrec.samples import Sample, read_jsonl
+from prefrec.data.prepared import read_split, read_stats, split_file
+from prefrec.samples import Sample
 from prefrec.scoring.encoding import prompt_format
 
 # ---- inputs ----
@@ -43,29 +44,8 @@ def read_samples_and_stats(samples: str | os.PathLike | Sequence[Sample], split:
     """(samples, stats.json or {}, where): a prepared folder (SPLIT.jsonl + stats.json), one .jsonl file, or a list."""
     if not isinstance(samples, (str, os.PathLike)):
         return list(samples), {}, "<samples>"
-    p = Path(samples)
-    if p.is_dir():
-        f = p / f"{split}.jsonl"
-        if not f.is_file():
-            have = sorted(x.name for x in p.glob("*.jsonl"))
-            raise UserError(f"{p}: no {split}.jsonl (found: {', '.join(have) or 'no .jsonl files'}); "
-                            f"expected a folder written by `prefrec data prepare`")
-    elif p.is_file():
-        f = p
-    else:
-        raise UserError(f"{p}: no such samples folder or file")
-    try:
-        out = read_jsonl(f)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    stats_path = f.parent / "stats.json"
-    stats = {}
-    if stats_path.is_file():
-        try:
-            stats = json.loads(stats_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{stats_path}: not valid JSON ({e.msg})") from None
-    return out, stats, str(f)
+    f = split_file(samples, split)
+    return read_split(f), read_stats(f.parent), str(f)
 
 
 def _task_of(samples: list[Sample], where: str) -> str:

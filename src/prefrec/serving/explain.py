@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from prefrec import io
+from prefrec.data.prepared import read_split
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 
@@ -296,15 +297,11 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 
 def read_test_samples(samples_file: str | os.PathLike, limit: int | None = None) -> list:
-    from prefrec.samples import read_jsonl
-
     path = Path(samples_file)
-    if path.is_dir():
-        path = path / "test.jsonl"
-    if not path.is_file():
+    if not (path.is_file() or (path / "test.jsonl").is_file()):
         raise UserError(f"--samples {samples_file}: no such file (expected a samples .jsonl or a prepared folder "
                         "with test.jsonl)")
-    samples = read_jsonl(path)
+    samples = read_split(path)
     if not samples:
         raise UserError(f"{path}: contains no samples")
     return samples[:limit] if limit else samples

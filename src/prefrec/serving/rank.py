@@ -38,6 +38,7 @@ import yaml
 
 from prefrec import io, prompts
 from prefrec.answers import LETTER, TITLE, answer_format
+from prefrec.data.prepared import read_stats
 from prefrec.errors import UserError
 from prefrec.results import is_run_dir
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
@@ -109,10 +110,7 @@ def training_stats(model: str | os.PathLike) -> dict | None:
         return None
     data = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {})
     folder = Path(data["dir"]) if data.get("dir") else Path(data["train"]).parent if data.get("train") else None
-    stats = folder / "stats.json" if folder is not None else None
-    if stats is None or not stats.is_file():
-        return None
-    return json.loads(stats.read_text(encoding="utf-8"))
+    return (read_stats(folder) or None) if folder is not None else None
 
 
 def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker) -> Tree:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, read_jsonl
+from prefrec.data import prepared
+from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import encode_sample
 from prefrec.scoring.trees import Tree
 from prefrec.training import methods
@@ -33,10 +34,8 @@ def split_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 
 def read_split(path: Path, limit: int | None) -> list[Sample]:
-    try:
-        samples = read_jsonl(path)
-    except ValueError as e:  # the reader names the file, line and field
-        raise UserError(str(e)) from None
+    """A training or validation file's samples (data.prepared.read_split), the first `limit`, with unique ids."""
+    samples = prepared.read_split(path)
     if limit is not None:
         samples = samples[:limit]
     seen = set()
