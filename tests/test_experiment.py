@@ -1,5 +1,6 @@
 """The experiment grid runner on a tiny model and a tiny MovieLens-100K: cells, skipping, report."""
 
+import dataclasses
 import json
 
 import pytest
@@ -328,3 +329,32 @@ def test_a_sibling_reference_is_borrowed_only_for_the_same_model_and_data(tmp_pa
 
     with safe_open(str(mine / "ref_logps.safetensors"), framework="pt") as f:
         assert f.metadata()["narrowed_from"] == str(same) and f.metadata()["k"] == "1"
+
+
+def test_every_problem_of_an_experiment_config_is_reported_at_once(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text("name: e\ndatasets:\n  - {label: a, task: pairwise}\n  - {label: b, dataset: ml-100k, "
+                    "methods: [dpo]}\nmethods: [sft, nope]\nks: [x]\neval: {limit: 5, top: 3}\n")
+    with pytest.raises(UserError) as e:
+        load_experiment(path)
+    text = str(e.value)
+    assert "ks[0]: expected int" in text  # the types first...
+    path.write_text(path.read_text().replace("ks: [x]", "ks: [3]"))
+    with pytest.raises(UserError) as e:
+        load_experiment(path)
+    text = str(e.value)  # ...then every value problem, each with its key path
+    for part in ("methods[1]: 'nope' is not one of", "datasets[0]: needs 'dataset'", "datasets[1].methods: ['dpo']",
+                 "eval.top: unknown key"):
+        assert part in text, text
+    assert text.startswith("4 problems in")
+
+
+def test_the_eval_section_takes_evaluates_own_options():
+    import inspect
+
+    from prefrec.evaluation.evaluate import evaluate
+    from prefrec.experiment import EvalConfig
+
+    params = inspect.signature(evaluate).parameters
+    for f in dataclasses.fields(EvalConfig):
+        assert f.name in params and params[f.name].default == f.default, f.name

@@ -27,15 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 from prefrec.training import methods
-from prefrec.training.config import (
-    apply_overrides,  # the one --set parser (also `prefrec train --set`)
-)
+# the training config's checker and --set parser: one dialect for every config file
+from prefrec.training.config import BAD, Checker, apply_override, apply_overrides, parse_yaml  # noqa: F401
 
 
 @dataclass
@@ -76,53 +74,59 @@ class ExperimentConfig:
     report_dir: str | None = None
 
 
-_TOP_KEYS = set(ExperimentConfig.__dataclass_fields__)
-_DS_KEYS = set(DatasetSpec.__dataclass_fields__)
+@dataclass
+class EvalConfig:
+    """An experiment's `eval:` section: the keyword arguments of evaluation.evaluate.evaluate that a grid may set
+    (tests/test_experiment.py checks they are evaluate()'s)."""
+    split: str = "test"
+    limit: int | None = None
+    generate: bool = True
+    constrained: bool = False
+    max_new_tokens: int = 64
+    gen_batch_size: int = 8
+    max_tokens_per_batch: int | None = None
+    dtype: str | None = None
+    progress: bool = True
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The checked ExperimentConfig of a YAML file (with `--set` overrides applied first): every problem in one
+    UserError, through the same checker as the training config."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such experiment config") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
-    for key in ("name", "datasets", "methods"):
-        if key not in raw:
-            raise UserError(f"{path}: missing key '{key}'")
-    datasets = []
-    for i, d in enumerate(raw["datasets"] or []):
-        if not isinstance(d, dict) or "label" not in d:
-            raise UserError(f"{path}: datasets[{i}] must be a mapping with a 'label'")
-        bad = set(d) - _DS_KEYS
-        if bad:
-            raise UserError(f"{path}: datasets[{i}]: unknown key(s) {sorted(bad)}; expected some of {sorted(_DS_KEYS)}")
-        if not (d.get("prepared") or d.get("dataset") or d.get("imported")):
-            raise UserError(f"{path}: datasets[{i}] needs 'dataset' (to prepare), 'prepared' (a folder) or "
-                            f"'imported' (peer files per split)")
-        spec = DatasetSpec(**d)
-        if spec.methods is not None and not set(spec.methods) <= set(raw["methods"]):
-            raise UserError(f"{path}: datasets[{i}].methods: {sorted(set(spec.methods) - set(raw['methods']))} "
-                            f"not in the experiment's methods {raw['methods']}")
-        datasets.append(spec)
-    from prefrec.baselines.run import BASELINES
-
-    for m in raw["methods"]:
-        if m not in methods.llm_methods() and m not in BASELINES:
-            raise UserError(f"{path}: methods: {m!r} is not one of {list(methods.llm_methods()) + list(BASELINES)}")
-    rest = {k: v for k, v in raw.items() if k != "datasets"}
-    cfg = ExperimentConfig(datasets=datasets, **rest)
+    overridden = {apply_override(raw, o) for o in overrides or []}
+    ck = Checker(str(path), overridden)
+    cfg = ck.dataclass(ExperimentConfig, raw, "")
+    if cfg is not BAD:
+        _check_experiment(cfg, ck)
+    ck.raise_problems()
     cfg.output_dir = cfg.output_dir or f"experiments/{cfg.name}"
     cfg.report_dir = cfg.report_dir or f"docs/results/{cfg.name}"
     return cfg
+
+
+def _check_experiment(cfg: ExperimentConfig, ck: Checker) -> None:
+    """What the types do not say: where each dataset comes from, known methods, an eval: of evaluate's options."""
+    from prefrec.baselines.run import BASELINES
+
+    known = list(methods.llm_methods()) + list(BASELINES)
+    for i, m in enumerate(cfg.methods):
+        if m not in known:
+            ck.fail(f"methods[{i}]", f"{m!r} is not one of {known}")
+    for i, d in enumerate(cfg.datasets):
+        if not (d.prepared or d.dataset or d.imported):
+            ck.fail(f"datasets[{i}]", "needs 'dataset' (to prepare), 'prepared' (a folder) or 'imported' (peer "
+                    "files per split)")
+        if d.methods is not None and not set(d.methods) <= set(cfg.methods):
+            ck.fail(f"datasets[{i}].methods", f"{sorted(set(d.methods) - set(cfg.methods))} not in the "
+                    f"experiment's methods {cfg.methods}")
+    ck.dataclass(EvalConfig, cfg.eval, "eval")
 
 
 # ---------------------------------------------------------------------------------------------------------------

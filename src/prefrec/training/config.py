@@ -218,6 +218,8 @@ class Checker:
             return BAD if any(v is BAD for v in out) else out
         if origin is dict:
             return self.mapping(typing.get_args(tp)[1], value, path)
+        if tp is dict:  # a free mapping whose keys another check owns (an experiment's train:, prepare:)
+            return value if isinstance(value, dict) else self.fail(path, f"expected a mapping, got {_show(value)}")
         if is_dataclass(tp):
             return self.dataclass(tp, value, path)
         return self.scalar(tp, value, path)
