@@ -307,10 +307,9 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
                    history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
                    same_time: str = "keep", answers: str = "title") -> Built:
     answer_format(answers, "pairwise")
-    if negatives < 1:
-        raise UserError(f"--negatives must be ≥ 1 for the pairwise task, got {negatives}")
-    if per_user < 1:
-        raise UserError(f"--per-user must be ≥ 1, got {per_user}")
+    for flag, value in (("--negatives", negatives), ("--per-user", per_user)):
+        if value < 1:
+            raise UserError(f"{flag} must be ≥ 1 for the pairwise task, got {value}")
     _check_common(history_len, min_history)
     _check_options(log, history_ratings)
     inter = log.interactions
@@ -350,10 +349,8 @@ def build_pairwise(log: Log, *, seed: int = 0, negatives: int = 1, threshold: fl
     # round-robin over users (every user's first sample, then every second one, ...), so that the first N training
     # samples (data.max_train_samples, a learning curve's x) cover as many users as they can
     samples["train"].sort(key=lambda x: rank[x.id])
-    if dropped:
-        warnings.append(f"{dropped} sampled positives were dropped: fewer than {negatives} negatives with a title "
-                        "different from the held-out positive's")
-    warnings += _order_warnings(log)
+    warnings += [f"{dropped} sampled positives were dropped: fewer than {negatives} negatives with a title different "
+                 "from the held-out positive's"] * bool(dropped) + _order_warnings(log)
     filters.append(_filter_row("sampled into train/valid/test", log, {s.user for v in samples.values() for s in v}))
     split_of = {s.user: name for name, v in samples.items() for s in v}
     protocol = _pairwise_protocol(log, negatives, kind, threshold, negative_below, min_pos, min_neg, min_history,
