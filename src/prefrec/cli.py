@@ -501,7 +501,9 @@ def rank_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """Rank candidate titles for a user history by log-probability (JSON: title, score, rank)."""
+    from prefrec.items import attached
     from prefrec.model import load_model
+    from prefrec.serving.rank import item_note
 
     try:
         hist = read_titles(history, "history")
@@ -511,6 +513,9 @@ def rank_cmd(
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     result = {"model": model, "domain": domain, "n_candidates": len(cands), "ranking": ranking}
+    note = item_note(attached(m), hist, cands)  # a hybrid model: titles scored without their item token
+    if note:
+        result["note"] = note
     if out is not None:
         io.write_json(out, result)
         typer.echo(f"ranking: {out}")

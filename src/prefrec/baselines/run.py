@@ -36,6 +36,7 @@ from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 from prefrec.evaluation.facts import prompt_facts_rows
+from prefrec.items import TABLE_FILE, save_table
 from prefrec.provenance import provenance
 from prefrec.results import write_results
 
@@ -196,6 +197,10 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, SequentialBaseline) and not source.by_title:  # the table LLaRA-style prompts use
+            save_table(out, *model.item_embeddings(), titles=source.titles, dataset=source.name,
+                       items_tsv=source.path / "items.tsv", model=name)
+            result["config"]["item_embeddings"] = TABLE_FILE
         write_results(out, result, rows, ascii_rows=True)
     return {**result, "scores": scores}
 

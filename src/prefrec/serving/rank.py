@@ -75,12 +75,14 @@ def build_prompt(history: list[str], candidates: list[str], domain: str = "movie
 
 
 def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
-            max_history: int | None = None) -> tuple[Tree, list[str], list[str]]:
+            max_history: int | None = None, items=None) -> tuple[Tree, list[str], list[str]]:
     """(tree, history kept, candidates) for the candidates prompt, within the token budget: the titles are cleaned,
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
     dropped first, as the data protocols truncate); TokenBudgetError when even one history title and the candidates
-    do not fit. Tokenisation only, no model."""
+    do not fit. Tokenisation only, no model. items: the model's item tokens (prefrec.items.attached): each title
+    that names one item of its table gets its item token (found by title: a new user's request has no item ids)."""
     from prefrec.scoring.encoding import encode_texts
+    from prefrec.scoring.soft import mark_prompt
 
     history = clean_titles(history, "history")
     candidates = clean_titles(candidates, "candidates")
@@ -90,12 +92,33 @@ def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Bud
 
     def n_tokens(k: int) -> int:  # the tree with the last k history titles
         if k not in trees:
-            prefix, question = build_prompt(history[len(history) - k:], candidates, domain)
-            trees[k] = encode_texts(tokenizer, prefix, [question], [candidates])
+            kept = history[len(history) - k:]
+            prefix, question = build_prompt(kept, candidates, domain)
+            if items is None:
+                trees[k] = encode_texts(tokenizer, prefix, [question], [candidates])
+            else:
+                m = mark_prompt(prefix, [question], [(t, t) for t in kept], [(t, t) for t in candidates],
+                                items.source.title_rows)
+                trees[k] = encode_texts(tokenizer, m.prefix, m.questions, [candidates], marked=True)
         return trees[k].n_tokens()
 
     k = fit_history(n_tokens, len(history), budget)
     return trees[k], history[len(history) - k:], candidates
+
+
+def item_note(items, history: list[str], candidates: list[str]) -> str | None:
+    """What a response says when some titles have no item token (not in the model's item table, or naming two of
+    its items): they are scored from their text alone. None for a text-only model or when every title has one."""
+    if items is None:
+        return None
+    rows = items.source.title_rows
+    missing = [t for t in history if t not in rows], [t for t in candidates if t not in rows]
+    if not any(missing):
+        return None
+    shown = ", ".join(repr(t) for t in (missing[0] + missing[1])[:3])
+    return (f"{len(missing[0])} of {len(history)} history titles and {len(missing[1])} of {len(candidates)} "
+            f"candidates are not in the model's item table (e.g. {shown}): they are shown as text only, without "
+            f"an item token")
 
 
 def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Generator[int, None, list[float]]:
@@ -129,9 +152,10 @@ def score_steps(model, tree: Tree, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) 
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     cache = DynamicCache()
     with torch.inference_mode(), mixed_precision(model, device, dtype):
+        inputs = batch.model_inputs(base, device)  # input_ids, or inputs_embeds with the item tokens in place
         for start in range(0, L, chunk_tokens):
             stop = min(L, start + chunk_tokens)
-            out = decoder(input_ids=batch.input_ids[:, start:stop].to(device),
+            out = decoder(**{key: x[:, start:stop] for key, x in inputs.items()},
                           attention_mask=batch.attention_mask(dtype, device, rows=(start, stop)),
                           position_ids=batch.position_ids[:, start:stop].to(device), use_cache=True,
                           **{cache_arg: cache})
@@ -176,8 +200,10 @@ def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain:
     """
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise UserError(f"top: expected a positive integer, got {top!r}")
+    from prefrec.items import attached
+
     tree, _, candidates = prepare(tokenizer, history, candidates, budget=token_budget(model, max_tokens),
-                                  domain=domain, max_history=max_history)
+                                  domain=domain, max_history=max_history, items=attached(model))
     return ranking_of(tree, candidates, run_steps(score_steps(model, tree, chunk_tokens=chunk_tokens)), top)
 
 

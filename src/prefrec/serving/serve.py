@@ -56,12 +56,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from prefrec.errors import UserError
+from prefrec.items import attached
 from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.serving.rank import (
     DEFAULT_CHUNK_TOKENS,
     check_title,
+    item_note,
     prepare,
     ranking_of,
     score_steps,
@@ -511,7 +513,7 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     try:
         tree, history, candidates = await loop.run_in_executor(
             state.tokenize, lambda: prepare(state.tokenizer, req.history, req.candidates, budget=state.budget,
-                                            domain=req.domain))
+                                            domain=req.domain, items=attached(state.model)))
     except UserError as e:
         raise ApiError(422, str(e)) from None
     job = Job(steps=score_steps(state.model, tree, chunk_tokens=chunk_tokens), total=tree.n_tokens(),
@@ -535,8 +537,12 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
         job.cancelled.set()
         raise
     ranking = ranking_of(tree, candidates, summed)
-    return {"ranking": ranking[:req.top] if req.top is not None else ranking, "model": label, "domain": req.domain,
-            "n_candidates": len(ranking), "n_history": len(history), "n_tokens": tree.n_tokens()}
+    out = {"ranking": ranking[:req.top] if req.top is not None else ranking, "model": label, "domain": req.domain,
+           "n_candidates": len(ranking), "n_history": len(history), "n_tokens": tree.n_tokens()}
+    note = item_note(attached(state.model), history, candidates)  # a hybrid model: titles without an item token
+    if note:
+        out["note"] = note
+    return out
 
 
 TOKEN_ENV = "PREFREC_SERVE_TOKEN"
