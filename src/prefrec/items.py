@@ -91,10 +91,11 @@ def save_table(folder: str | Path, embeddings: Tensor, keys: list[str], *, title
 
 
 def _table_paths(path: str | Path) -> tuple[Path, Path]:
+    """(table, id map) of a folder, or of a .safetensors path with the map beside it."""
     p = Path(path)
-    if p.is_dir():
-        return p / TABLE_FILE, p / IDS_FILE
-    return p, p.with_name(IDS_FILE)
+    if p.suffix == ".safetensors" and not p.is_dir():
+        return p, p.with_name(IDS_FILE)
+    return p / TABLE_FILE, p / IDS_FILE
 
 
 def _read_tensor(path: Path) -> tuple[Tensor, dict]:

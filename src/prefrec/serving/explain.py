@@ -87,8 +87,8 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     from prefrec.scoring.soft import mark_sample
 
     questions, responses, positive = _responses_of(sample)
-    ids = item_ids(model)
-    marked = mark_sample(sample, ids, questions) if ids is not None else None
+    item_map = item_ids(model)
+    marked = mark_sample(sample, item_map, questions) if item_map is not None else None
     if marked is None:
         tree = encode_texts(tokenizer, sample.prefix, questions, responses)
     else:  # a model trained with item tokens: its prompt has them, shown as labelled cells
@@ -100,7 +100,7 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     groups = [{"question": q, "responses": []} for q in questions]
     if marked is not None:
         for g, q in zip(groups, marked.questions):
-            g["question_cells"] = prompt_cells(q, ids)
+            g["question_cells"] = prompt_cells(q, item_map)
     for n, (_, b, r) in enumerate(scores.index):
         ids = list(tree.branches[b].responses[r])
         logps = scores.token_logps[n].detach().double().cpu().tolist()
@@ -115,7 +115,7 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     out = {"model": label, "sample_id": sample.id, "task": sample.task, "domain": sample.domain,
            "history": list(sample.history), "groups": groups}
     if marked is not None:
-        out["prefix_cells"] = prompt_cells(marked.prefix, ids)
+        out["prefix_cells"] = prompt_cells(marked.prefix, item_map)
         out["item_tokens"] = {"n": marked.n_soft, "text_only": marked.fallback}
     return out
 
