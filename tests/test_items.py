@@ -148,7 +148,7 @@ def test_a_hybrid_run_folder(hybrid_run, world):
     run, _ = hybrid_run
     for name in (TABLE_FILE, IDS_FILE):  # byte copies of the frozen table
         assert (run / name).read_bytes() == (world["table"] / name).read_bytes()
-    assert (run / "adapter" / PROJECTOR_FILE).is_file()
+    assert (run / "adapter" / PROJECTOR_FILE).is_file() and (run / "best" / PROJECTOR_FILE).is_file()
     info = json.loads((run / "run.json").read_text())["items"]
     assert info["rows"] == len(read_table(world["table"]).ids) and info["projector_hidden"] == 16
     assert info["dataset"] == "toy" and info["item_coverage"] == 1.0
@@ -238,6 +238,7 @@ def test_evaluation_scores_with_the_item_tokens(hybrid_run, world, tmp_path):
     run, _ = hybrid_run
     res = evaluate(str(run), world["data"], out=tmp_path / "eval", max_new_tokens=4, progress=False)
     assert 0.0 <= res["metrics"]["valid_ratio"] <= 1.0 and res["n_samples"] == SIZES["test"]
+    assert res["config"]["run"]["items"]["projector_hidden"] == 16  # the results say the run was hybrid
     rows = [json.loads(x) for x in (tmp_path / "eval" / "per_sample.jsonl").read_text().splitlines()]
     model = _checkpoint_model(world, run / "adapter")  # unmerged, from the files
     samples = read_jsonl(world["data"] / "test.jsonl")
