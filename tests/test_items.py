@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import save_tiny_model
+from fastapi.testclient import TestClient
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from prefrec import io, prompts
 from prefrec.baselines.common import load_prepared, training_data
@@ -40,11 +41,12 @@ from prefrec.items import (
 )
 from prefrec.model import load_model
 from prefrec.samples import Comparison, Sample, read_jsonl, write_jsonl
+from prefrec.scoring.budget import token_budget
 from prefrec.scoring.packing import naive_response_logps, response_logps
 from prefrec.scoring.soft import embed
 from prefrec.serving.explain import explain_sample, render_html
 from prefrec.serving.rank import item_note, prepare, rank, run_steps, score_steps
-from prefrec.scoring.budget import token_budget
+from prefrec.serving.serve import create_app
 from prefrec.training.batches import encode_trees, with_k_negatives
 from prefrec.training.config import config_from_dict, resolve_paths
 from prefrec.training.recipe import checkpoints, train
@@ -52,7 +54,7 @@ from prefrec.training.recipe import checkpoints, train
 TITLES = ["Alien (1979)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Rocky (1976)", "Jaws (1975)", "Up (2009)",
           "Cars (2006)", "Brazil (1985)", "Ran (1985)", "Babe (1995)", "Big (1988)"]
 SIZES = {"train": 8, "valid": 3, "test": 4}
-BASELINE = dict(dim=8, epochs=2, examples_per_epoch=300, progress=False)
+BASELINE = {"dim": 8, "epochs": 2, "examples_per_epoch": 300, "progress": False}
 
 
 def _prepared(path: Path, dataset: str = "toy", seed: int = 0) -> Path:
@@ -216,8 +218,8 @@ def test_resume_after_a_kill_ends_equal_to_the_uninterrupted_run(hybrid_run, tmp
     assert [r.get("hybrid_share") for r in _rows(dest)] == [r.get("hybrid_share") for r in _rows(run)]
 
 
-def test_alignment_from_a_hybrid_sft_run_continues_its_projector(hybrid_run, world, tmp_path):
-    run, raw = hybrid_run
+def test_alignment_from_a_hybrid_sft_run_continues_its_projector(hybrid_run, tmp_path):
+    _, raw = hybrid_run
     sft = tmp_path / "sft"
     train(_cfg({**raw, "output_dir": str(sft), "stages": raw["stages"][:1], "eval_every": None}))
     align = {**raw, "output_dir": str(tmp_path / "align"), "model": {"name": str(sft)}, "stages": raw["stages"][1:],
@@ -255,7 +257,7 @@ def test_rank_for_a_new_user_falls_back_to_text_with_a_note(hybrid_run, world):
     model, tok = load_model(str(run), device="cpu")
     items = attached(model)
     history, cands = TITLES[:3], [TITLES[5], TITLES[7], "Nope (2020)"]
-    tree, kept, shown = prepare(tok, history, cands, budget=token_budget(model), items=items)
+    tree, _, _ = prepare(tok, history, cands, budget=token_budget(model), items=items)
     assert len(tree.soft) == 3 and len(tree.branches[0].soft) == 2  # the unknown title stays text
     chunked = run_steps(score_steps(model, tree, chunk_tokens=16))  # KV-cache chunks over the embeddings
     with torch.no_grad():
@@ -265,6 +267,19 @@ def test_rank_for_a_new_user_falls_back_to_text_with_a_note(hybrid_run, world):
     note = item_note(items, history, cands)
     assert "0 of 3 history titles and 1 of 3 candidates" in note and "Nope (2020)" in note
     assert item_note(items, history, cands[:2]) is None
+
+
+def test_serve_answers_with_the_item_tokens_and_the_note(hybrid_run):
+    run, _ = hybrid_run
+    model, tok = load_model(str(run), device="cpu")
+    history, cands = TITLES[:3], [TITLES[5], "Nope (2020)"]
+    with TestClient(create_app((model, tok)), base_url="http://127.0.0.1") as c:
+        body = c.post("/rank", json={"history": history, "candidates": cands}).json()
+        assert "1 of 2 candidates" in body["note"]
+        assert "note" not in c.post("/rank", json={"history": history, "candidates": cands[:1]}).json()
+    want = rank(model, tok, history, cands)
+    assert [r["title"] for r in body["ranking"]] == [r["title"] for r in want]
+    assert [r["score"] for r in body["ranking"]] == pytest.approx([r["score"] for r in want], abs=1e-3)
 
 
 def test_explain_shows_each_item_token_as_one_cell(hybrid_run, world):

@@ -20,7 +20,12 @@ from prefrec.items import ItemTable, ItemTokens, attach, attached
 from prefrec.model import add_lora
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import encode_sample, placeholder_id
-from prefrec.scoring.packing import _base, naive_response_logps, pack_trees, response_logps
+from prefrec.scoring.packing import (
+    _base,
+    naive_response_logps,
+    pack_trees,
+    response_logps,
+)
 from prefrec.scoring.soft import embed, mark_sample, mark_text, model_inputs
 
 TITLES = {f"i{j}": t for j, t in enumerate(["Heat (1995)", "Fargo (1996)", "Girl, Interrupted (1999)", "Alien (1979)",

@@ -129,16 +129,16 @@ def _item_lines(items: dict | None) -> list[str]:
     if not items:
         return []
     cur = items.get("curriculum")
-    return ["## Collaborative item tokens", "",
-            f"A hybrid run (LLaRA-style): after each history and candidate title the prompt holds one soft token, the "
-            f"item's embedding from a frozen `{items.get('model') or 'sequential'}` recommender "
+    what = (f"A hybrid run (LLaRA-style): after each history and candidate title the prompt holds one soft token, "
+            f"the item's embedding from a frozen `{items.get('model') or 'sequential'}` recommender "
             f"({items.get('rows')} items x {items.get('dim')}, dataset `{items.get('dataset')}`, table "
             f"`{items.get('embeddings')}`, sha256 `{str(items.get('table_sha256'))[:12]}…`) mapped by a projector "
             f"Linear {items.get('dim')} -> {items.get('projector_hidden')} -> GELU -> Linear -> "
-            f"{items.get('d_model')} ({items.get('projector_parameters')} parameters, trained with LoRA).",
-            f"Items of the training samples in the table: {items.get('item_coverage', '?')}; curriculum: "
-            + (f"text-only for the first {cur.get('text_only')} of SFT, then a hybrid share rising to 1 over "
-               f"{cur.get('ramp')} of it" if cur else "none (hybrid prompts from the first step)") + ".", ""]
+            f"{items.get('d_model')} ({items.get('projector_parameters')} parameters, trained with LoRA).")
+    return ["## Collaborative item tokens", "", what,
+            (f"Items of the training samples in the table: {items.get('item_coverage', '?')}; curriculum: "
+             + (f"text-only for the first {cur.get('text_only')} of SFT, then a hybrid share rising to 1 over "
+                f"{cur.get('ramp')} of it" if cur else "none (hybrid prompts from the first step)") + "."), ""]
 
 
 def _use_lines(merged: bool) -> list[str]:

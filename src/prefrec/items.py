@@ -27,7 +27,6 @@ dict holds LoRA weights only); this module does.
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +103,7 @@ def _read_tensor(path: Path) -> tuple[Tensor, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if "embeddings" not in f.keys():
+            if "embeddings" not in f.keys():  # noqa: SIM118 - a safetensors file, not a dict
                 raise UserError(f"{path}: holds no tensor 'embeddings' (expected a table written by `prefrec "
                                 f"baseline`)")
             emb = f.get_tensor("embeddings")
@@ -256,7 +255,7 @@ def _read_projector(path: Path) -> tuple[dict, dict]:
         raise UserError(f"{path}: missing (the item-token projector trained with this adapter)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: not a complete safetensors file ({e})") from None
 
@@ -414,19 +413,18 @@ def write_export_items(folder: Path, items: ItemTokens) -> list[str]:
 def export_readme(items: ItemTokens) -> str:
     """The README section of an export that carries item tokens: what else the model needs."""
     d = items.describe()
-    return "\n".join([
-        "", "## Collaborative item tokens (what else this model needs)", "",
-        f"This model was trained with LLaRA-style item tokens: a {d['model'] or 'sequential'} recommender's item "
-        f"embedding ({d['rows']} items x {d['dim']}, dataset `{d['dataset']}`) mapped by an MLP projector "
-        f"(Linear {d['dim']} -> {d['projector_hidden']}, GELU, Linear -> {d['d_model']}) into one token right "
-        "after each item title of the prompt, history and candidates alike. The merged weights cannot hold the "
-        f"projector, so it is beside them: `{PROJECTOR_FILE}`, `{TABLE_FILE}`, `{IDS_FILE}` (item key -> row, and "
-        f"titles), and `{LOADER_FILE}`, a loader that needs torch and safetensors only. Without them the model "
-        "sees text-only prompts, which it was not (only) trained on.", "",
-        "```python", f"from item_tokens import load_item_tokens  # {LOADER_FILE} in this folder",
-        "tokens = load_item_tokens(\"PATH\")",
-        "embeds = tokens.inputs_embeds(model, input_ids, positions, rows)",
-        "out = model(inputs_embeds=embeds, attention_mask=attention_mask)", "```", "",
-        "Each placeholder is one token (any id: its embedding is replaced) right after the title's closing quote; "
-        "prefrec builds the prompts this way (`prefrec.scoring.soft`), and `prefrec.model.load_model(RUN)` of the "
-        "run folder attaches everything by itself.", ""])
+    what = (f"This model was trained with LLaRA-style item tokens: a {d['model'] or 'sequential'} recommender's "
+            f"item embedding ({d['rows']} items x {d['dim']}, dataset `{d['dataset']}`) mapped by an MLP projector "
+            f"(Linear {d['dim']} -> {d['projector_hidden']}, GELU, Linear -> {d['d_model']}) into one token right "
+            "after each item title of the prompt, history and candidates alike. The merged weights cannot hold the "
+            f"projector, so it is beside them: `{PROJECTOR_FILE}`, `{TABLE_FILE}`, `{IDS_FILE}` (item key -> row, "
+            f"and titles), and `{LOADER_FILE}`, a loader that needs torch and safetensors only. Without them the "
+            "model gets text-only prompts, unlike the hybrid prompts it was trained on.")
+    how = ("Each placeholder is one token (any id: its embedding is replaced) right after the title's closing quote; "
+           "prefrec builds the prompts this way (`prefrec.scoring.soft`), and `prefrec.model.load_model(RUN)` of "
+           "the run folder attaches everything by itself.")
+    return "\n".join(["", "## Collaborative item tokens (what else this model needs)", "", what, "",
+                      "```python", f"from item_tokens import load_item_tokens  # {LOADER_FILE} in this folder",
+                      "tokens = load_item_tokens(\"PATH\")",
+                      "embeds = tokens.inputs_embeds(model, input_ids, positions, rows)",
+                      "out = model(inputs_embeds=embeds, attention_mask=attention_mask)", "```", "", how, ""])

@@ -17,8 +17,8 @@ tree (and each distinct item once per batch), as the prompt's hidden states are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ def mark_text(text: str, items: Sequence[tuple[str, str]], ids: Mapping[str, int
         if not found:
             break
         start, neg_len, j = min(found)
-        quoted, key, title = left.pop(j)
+        _, key, title = left.pop(j)
         end = start - neg_len
         out.append(text[pos:end])
         if key in ids:

@@ -75,7 +75,12 @@ from prefrec.training.batches import (
     stage_k,
     with_k_negatives,
 )
-from prefrec.training.config import TASK_METRICS, TrainConfig, config_to_dict, dump_config
+from prefrec.training.config import (
+    TASK_METRICS,
+    TrainConfig,
+    config_to_dict,
+    dump_config,
+)
 from prefrec.training.reference import REF_CACHE, reference_logps, score_split
 from prefrec.training.runfolder import (
     RUN_MARKER,
