@@ -11,11 +11,15 @@ against the run's own hybrid forward.
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import save_tiny_model
 from fastapi.testclient import TestClient
 from peft import PeftModel
@@ -54,6 +58,7 @@ from prefrec.training.recipe import checkpoints, train
 TITLES = ["Alien (1979)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Rocky (1976)", "Jaws (1975)", "Up (2009)",
           "Cars (2006)", "Brazil (1985)", "Ran (1985)", "Babe (1995)", "Big (1988)"]
 SIZES = {"train": 8, "valid": 3, "test": 4}
+REPO = Path(__file__).resolve().parents[1]
 BASELINE = {"dim": 8, "epochs": 2, "examples_per_epoch": 300, "progress": False}
 
 
@@ -232,6 +237,37 @@ def test_alignment_from_a_hybrid_sft_run_continues_its_projector(hybrid_run, tmp
     with pytest.raises(UserError, match="is not the table and projector"):
         train(_cfg({**align, "output_dir": str(tmp_path / "other-h"), "items": {**align["items"],
                                                                                "projector_hidden": 32}}))
+
+
+def test_two_processes_match_one_process(world, tmp_path):
+    """DDP over 2 CPU processes (gloo; tests/test_train.py's pattern) vs 1 process with the same global batch of 4.
+    SFT step 0 is all text-only (the projector takes part with a zero gradient, or DDP would stop), step 1 mixed;
+    S-DPO accumulates 2 micro-batches of 1 per process. Same losses and weights, projector included, up to float
+    summation order (1e-5). LoRA dropout is 0: each process draws its own masks."""
+    def raw_for(out, batch, accum):
+        raw = _raw(world, out, curriculum={"text_only": 0.0, "ramp": 1.0})
+        raw.update(save_every=None, eval_every=None, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+        raw["stages"] = [{**raw["stages"][0], "epochs": 1, "batch_size": batch},
+                         {**raw["stages"][1], "epochs": 1, "batch_size": 1, "grad_accum": accum}]
+        return raw
+
+    one = train(_cfg(raw_for(tmp_path / "one", 4, 4)))
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw_for(tmp_path / "two", 2, 2)))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "prefrec", "train", str(cfg_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = tmp_path / "two"
+    assert json.loads((two / "run.json").read_text())["num_processes"] == 2
+    a, b = _rows(one), _rows(two)
+    assert [r.get("hybrid_share") for r in a] == [r.get("hybrid_share") for r in b] and a[0]["hybrid_share"] == 0
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-5)
+    for name in ("adapter_model.safetensors", PROJECTOR_FILE):
+        x, y = load_file(str(one / "adapter" / name)), load_file(str(two / "adapter" / name))
+        assert max((x[k] - y[k]).abs().max().item() for k in x) <= 1e-5, name
 
 
 # ---- downstream ----------------------------------------------------------------------------------------------------
