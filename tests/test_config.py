@@ -228,3 +228,26 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
     path.write_bytes(MINIMAL.encode() + "# réglages\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1\.yaml: not UTF-8 text \(byte \d+\)"):
         load_config(path)
+
+
+def test_the_items_section_is_typed_and_checked_like_the_rest(tmp_path):
+    """Collaborative item tokens (prefrec.items): every problem at once, non-finite floats refused, paths resolved,
+    and a config without the section is the text-only config of before (items: null)."""
+    cfg = load_config(_write(tmp_path, MINIMAL + "items: {embeddings: baselines/sasrec, curriculum: {ramp: 0.5}}\n"))
+    assert cfg.items.projector_hidden == 256 and cfg.items.curriculum.text_only == 0.0
+    assert cfg.items.curriculum.ramp == 0.5 and Path(cfg.items.embeddings).is_absolute()
+    assert load_config(_write(tmp_path, MINIMAL)).items is None
+    raw = {"data": {"dir": "d"}, "stages": [{"kind": "sdpo"}],
+           "items": {"embeddings": "", "projector_hidden": 0, "curriculum": {"text_only": 0.75, "ramp": 0.5}}}
+    with pytest.raises(UserError) as e:
+        config_from_dict(raw, "c.yaml")
+    text = str(e.value)
+    assert text.startswith("4 problems in c.yaml")
+    for part in ("items.embeddings: must not be empty", "items.projector_hidden: expected a positive number",
+                 "items.curriculum: text_only + ramp = 1.25", "items.curriculum: the curriculum runs in the sft stage"):
+        assert part in text
+    for key in ("items.curriculum.text_only", "items.curriculum.ramp"):
+        with pytest.raises(UserError, match=f"{re.escape(key)}: expected a finite number"):
+            config_from_dict(apply_overrides(raw, [f"{key}=.nan"]), "c.yaml")
+    with pytest.raises(UserError, match="items.size: unknown key"):
+        config_from_dict({**raw, "items": {"embeddings": "x", "size": 3}}, "c.yaml")

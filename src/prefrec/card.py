@@ -124,6 +124,23 @@ def _data_lines(stats: dict, info: dict, config: dict) -> list[str]:
             f"- Terms: {DATA_TERMS.get(dataset, 'see the data source')}"]
 
 
+def _item_lines(items: dict | None) -> list[str]:
+    """The hybrid-prompt section (run.json "items"): which table, the projector's size, the curriculum."""
+    if not items:
+        return []
+    cur = items.get("curriculum")
+    what = (f"A hybrid run (LLaRA-style): after each history and candidate title the prompt holds one soft token, "
+            f"the item's embedding from a frozen `{items.get('model') or 'sequential'}` recommender "
+            f"({items.get('rows')} items x {items.get('dim')}, dataset `{items.get('dataset')}`, table "
+            f"`{items.get('embeddings')}`, sha256 `{str(items.get('table_sha256'))[:12]}…`) mapped by a projector "
+            f"Linear {items.get('dim')} -> {items.get('projector_hidden')} -> GELU -> Linear -> "
+            f"{items.get('d_model')} ({items.get('projector_parameters')} parameters, trained with LoRA).")
+    return ["## Collaborative item tokens", "", what,
+            (f"Items of the training samples in the table: {items.get('item_coverage', '?')}; curriculum: "
+             + (f"text-only for the first {cur.get('text_only')} of SFT, then a hybrid share rising to 1 over "
+                f"{cur.get('ramp')} of it" if cur else "none (hybrid prompts from the first step)") + "."), ""]
+
+
 def _use_lines(merged: bool) -> list[str]:
     use = (["from transformers import AutoModelForCausalLM, AutoTokenizer",
             "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
@@ -162,6 +179,7 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     lines += ["", "## Training", "", f"Method: {' then '.join(stages)}; seed {info.get('seed', config.get('seed'))}; "
               f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
               f"targets {lora.get('target_modules')}.", "", *_stage_rows(config, info), "",
+              *_item_lines(info.get("items")),
               "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
                                                (stats.get("protocol") or {}).get("answers") or "title"), "",
               "## Results", ""]

@@ -504,7 +504,9 @@ def rank_cmd(
                                  "per token (candidates runs; favours short titles less)."),
 ) -> None:
     """Rank candidate titles for a user history with the prompt of the run's task (JSON: title, score, rank)."""
+    from prefrec.items import attached
     from prefrec.model import load_model
+    from prefrec.serving.rank import item_note
 
     from prefrec.serving.rank import rank, ranker_of, read_titles  # torch: the packed forward
 
@@ -519,6 +521,9 @@ def rank_cmd(
         _fail(e)
     result = {"model": model, "task": ranker.task, "answers": ranker.answers, "domain": domain,
               "n_candidates": len(cands), "notes": list(ranker.notes), "ranking": ranking}
+    note = item_note(attached(m), hist, cands)  # a hybrid model: titles scored without their item token
+    if note:
+        result["note"] = note
     if out is not None:
         io.write_json(out, result)
         typer.echo(f"ranking: {out}")

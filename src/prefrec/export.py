@@ -6,6 +6,10 @@ export wrote), so `AutoModelForCausalLM.from_pretrained(OUT)` needs neither peft
 merge_and_unload (W + B·A·alpha/r folded into each target weight), done in fp32 on the CPU by default so that the
 merged model's logits equal the adapter's up to float rounding.
 
+A run trained with collaborative item tokens (prefrec.items) has a projector that no transformers model can hold:
+OUT also gets projector.safetensors, the item table and its id map, and item_tokens.py (a loader needing torch and
+safetensors only), and README.md says what else the model needs.
+
 OUT is written whole or not at all (io.atomic_folder). `--force` replaces only an earlier export: a folder whose
 export.json lists every name in it. It never replaces the run, a folder that contains the run, a folder prefrec did
 not write, or an export beside which the user has put files of their own.
@@ -58,6 +62,7 @@ def check_out(run: Path, out: Path, force: bool) -> None:
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", force: bool = False) -> Path:
     """Merge RUN's adapter into its base and write OUT (in a temporary sibling folder, then renamed into place)."""
     from prefrec.card import model_card
+    from prefrec.items import detach, export_readme, write_export_items
     from prefrec.model import load_model
     from prefrec.provenance import provenance
     from prefrec.results import is_run_dir
@@ -67,10 +72,13 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
         raise UserError(f"{run}: not a finished prefrec run (expected run.json and adapter/ in it)")
     check_out(run, out, force)  # before the merge, which takes a while
     merged, tokenizer = load_model(str(run), dtype=dtype, device="cpu", merge_adapter=True)
+    items = detach(merged)  # saved beside the model, not inside it (transformers would not know the weights)
     with io.atomic_folder(out, replace=True) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        io.write_text(tmp / "README.md", model_card(run, merged=True))
+        if items is not None:
+            write_export_items(tmp, items)
+        io.write_text(tmp / "README.md", model_card(run, merged=True) + (export_readme(items) if items else ""))
         files = sorted([p.name for p in tmp.iterdir() if p.name != io.INCOMPLETE] + [RECORD])
         io.write_json(tmp / RECORD, {"kind": "export", "run": str(run.resolve()), "dtype": dtype, "files": files,
                                      **provenance()})

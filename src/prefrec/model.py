@@ -397,9 +397,22 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         if merge_adapter:
             model = model.merge_and_unload()
+        _attach_items(model, source if run is not None else None, adapter)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _attach_items(model, run: str | None, adapter) -> None:
+    """A run trained with collaborative item tokens: its table and projector on the model (prefrec.items); an
+    adapter folder of such a run alone lacks the table, and is refused."""
+    from prefrec.items import PROJECTOR_FILE, attach_run_items
+
+    if run is not None:
+        attach_run_items(model, run, adapter)
+    elif (Path(adapter) / PROJECTOR_FILE).is_file():
+        raise UserError(f"{adapter}: an adapter trained with collaborative item tokens ({PROJECTOR_FILE}); load its "
+                        f"run folder, which holds the item table as well")
 
 
 def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,

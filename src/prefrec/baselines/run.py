@@ -36,6 +36,7 @@ from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 from prefrec.evaluation.facts import prompt_facts_rows
+from prefrec.items import TABLE_FILE, save_table
 from prefrec.provenance import provenance
 from prefrec.results import write_results
 
@@ -196,8 +197,18 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        _save_item_table(out, model, source, name, result)
         write_results(out, result, rows, ascii_rows=True)
     return {**result, "scores": scores}
+
+
+def _save_item_table(out: Path, model, source: Prepared, name: str, result: dict) -> None:
+    """A sequential model's item table and id map beside its results: what LLaRA-style item tokens read
+    (prefrec.items). Folders whose samples carry no item ids (imported prompts) get none."""
+    if isinstance(model, SequentialBaseline) and not source.by_title:
+        save_table(out, *model.item_embeddings(), titles=source.titles, dataset=source.name,
+                   items_tsv=source.path / "items.tsv", model=name)
+        result["config"]["item_embeddings"] = TABLE_FILE
 
 
 def _prompt_facts(target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out, limit) -> dict:

@@ -396,6 +396,11 @@ class SequentialBaseline:
                                     cap=self.cap, seed=self.seed, progress=self.progress)
         return self
 
+    def item_embeddings(self) -> tuple[torch.Tensor, list[str]]:
+        """(the item table the encoder reads (n_items, dim), the item key of each row): what LLaRA-style item tokens
+        project into an LM's prompt (prefrec.items). PAD, UNK (and BERT4Rec's [MASK]) rows are left out."""
+        return self.model.item.weight[FIRST_ITEM:len(self.vocab)].detach().clone(), self.vocab.keys[FIRST_ITEM:]
+
     @torch.no_grad()
     def score(self, test: EvalSet, batch_size: int = 256) -> np.ndarray:
         out = []

@@ -99,7 +99,7 @@ def _run_info(name) -> dict:
         if info.get(key) is None and run.get(key) is not None:
             info[key] = run[key]
     info["run"] = {k: v for k, v in run.items() if k in ("base_model", "stages", "stage_info", "seed", "timings",
-                                                         "git_commit")}
+                                                         "git_commit", "items")}  # items: a hybrid-prompt run
     cfg_path = Path(name) / "config.yaml"
     if cfg_path.is_file():
         import yaml

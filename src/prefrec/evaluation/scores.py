@@ -20,11 +20,13 @@ import torch
 from prefrec.answers import answer_format
 from prefrec.errors import UserError
 from prefrec.evaluation.metrics import generation_rates
+from prefrec.items import item_ids
 from prefrec.samples import Sample
 from prefrec.scoring.encoding import (encode_sample, encode_texts, end_of_turn_id, prompt_format, response_ids,
                                      stop_token_ids)
 from prefrec.scoring.matching import match
-from prefrec.scoring.packing import score_trees
+from prefrec.scoring.packing import _base, score_trees
+from prefrec.scoring.soft import embed, mark_sample
 from prefrec.scoring.trees import Tree
 from prefrec.scoring.trie import AnswerTrie
 
@@ -34,7 +36,8 @@ def score_pairwise(model, tokenizer, samples: list[Sample], *, max_tokens_per_ba
                    progress: bool = True) -> list[dict]:
     """Per sample: s_first[j] = logp(chosen ordering of comparison j), s_second[j] = logp(its first rejected one).
     One packed forward per sample (all comparisons share the history prefix)."""
-    trees = [encode_sample(tokenizer, s, which="all") for s in samples]
+    ids = item_ids(model)  # a model trained with item tokens is scored with them
+    trees = [encode_sample(tokenizer, s, which="all", items=ids) for s in samples]
     nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
                          desc="pairwise").nested()
     return [{"id": s.id, "user": s.user, "s_first": [float(b[0]) for b in branches], "s_second": [float(b[1]) for b in branches]}
@@ -61,9 +64,15 @@ def candidate_answers(s: Sample) -> list[str]:
     return answer_format(s.answer_format).responses(candidate_list(s)[0])
 
 
-def candidate_trees(tokenizer, samples: list[Sample]) -> list[Tree]:
-    """One tree per sample: the prompt of comparison 0 with every candidate's answer as a response."""
-    return [encode_texts(tokenizer, s.prefix, [s.comparisons[0].question], [candidate_answers(s)]) for s in samples]
+def candidate_trees(tokenizer, samples: list[Sample], items: dict[str, int] | None = None) -> list[Tree]:
+    """One tree per sample: the prompt of comparison 0 with every candidate's answer as a response (with item
+    tokens when `items`, the model's id map, is given)."""
+    if items is None:
+        return [encode_texts(tokenizer, s.prefix, [s.comparisons[0].question], [candidate_answers(s)])
+                for s in samples]
+    marked = [mark_sample(s, items, [s.comparisons[0].question]) for s in samples]
+    return [encode_texts(tokenizer, m.prefix, m.questions, [candidate_answers(s)], marked=True)
+            for s, m in zip(samples, marked)]
 
 
 def matched_candidate(s: Sample, answer: str) -> tuple[int | None, str]:
@@ -81,7 +90,7 @@ def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_
                      progress: bool = True) -> list[dict]:
     """Per sample: target_index, rank_scores (summed logp of each candidate title + end-of-turn token) and
     rank_norm_scores (the same divided by the response's token count)."""
-    trees = candidate_trees(tokenizer, samples)
+    trees = candidate_trees(tokenizer, samples, item_ids(model))
     nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
                          desc="candidates").nested()
     out = []
@@ -104,8 +113,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    prompts = [t.prefix + t.branches[0].question for t in
-               (encode_sample(tokenizer, s, which="chosen") for s in samples)]
+    trees = [encode_sample(tokenizer, s, which="chosen", items=item_ids(model)) for s in samples]
+    prompts = [t.prefix + t.branches[0].question for t in trees]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                            eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
@@ -127,12 +136,24 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
             allowed = None if tries is None else \
                 (lambda b, seq, idx=idx, L=L: tries[idx[b]].allowed(seq[L:].tolist()))
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg,
-                                 prefix_allowed_tokens_fn=allowed)
+                                 prefix_allowed_tokens_fn=allowed,
+                                 **_prompt_embeds(model, ids.to(device), [trees[i] for i in idx], L))
             for r, i in enumerate(idx):
                 text = tokenizer.decode(gen[r, L:], skip_special_tokens=True).strip()
                 answers[i] = text.split("\n", 1)[0].strip() if first_line else text
             bar.update(len(idx))
     return answers
+
+
+def _prompt_embeds(model, ids, trees: list[Tree], L: int) -> dict:
+    """{"inputs_embeds"} of left-padded prompts when they carry item tokens, else {}. generate() given both
+    input_ids and inputs_embeds runs the first step on the embeddings and still returns the prompt ids first."""
+    soft = [(r, L - len(t.prefix) - len(t.branches[0].question) + p, row)
+            for r, t in enumerate(trees) for p, row in t.prompt_soft(0)]
+    if not soft:
+        return {}
+    rows, pos, items = (torch.tensor([x[j] for x in soft], dtype=torch.long) for j in range(3))
+    return {"inputs_embeds": embed(_base(model), ids, rows, pos, items)}
 
 
 # ---- yes/no ----
@@ -147,6 +168,7 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
     """Per sample: logp_yes, logp_no = log-softmax over the full vocabulary at the first answer position, read at the
     first token of the "Yes." and "No." responses; p_yes = σ(logp_yes − logp_no) = P(Yes) / (P(Yes) + P(No))."""
     trees, yes_at = [], []
+    ids = item_ids(model)
     for s in samples:
         c = s.comparisons[0]
         answers = [c.chosen] + list(c.rejected)
@@ -154,7 +176,11 @@ def score_yesno(model, tokenizer, samples: list[Sample], *, max_tokens_per_batch
         if True not in kinds or False not in kinds:
             raise UserError(f"sample {s.id}: a yes/no sample needs responses 'Yes.' and 'No.', got {answers}")
         yes_at.append((kinds.index(True), kinds.index(False)))
-        trees.append(encode_texts(tokenizer, s.prefix, [c.question], [answers]))
+        if ids is None:
+            trees.append(encode_texts(tokenizer, s.prefix, [c.question], [answers]))
+        else:
+            m = mark_sample(s, ids, [c.question])
+            trees.append(encode_texts(tokenizer, m.prefix, m.questions, [answers], marked=True))
     scores = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, per_token=True, progress=progress,
                          desc="yes/no")
     first = [t[0].item() for t in scores.token_logps]  # log P(first token of each response)

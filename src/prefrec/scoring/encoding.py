@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from prefrec.errors import UserError
+from prefrec.scoring.soft import mark_sample, split_marked
 from prefrec.scoring.trees import Branch, Tree
 
 # A private-use character pair: never in real prompt text, untouched by chat templates; marks where the shared
@@ -30,6 +31,28 @@ def _leading_special_ids(tokenizer) -> list[int]:
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def placeholder_id(tokenizer) -> int:
+    """The id at an item token's position. Any id would do (its embedding is replaced); unk, else pad, else eos."""
+    for i in (tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if i is not None:
+            return int(i)
+    return 0
+
+
+def _encode_marked(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of text with item markers (prefrec.scoring.soft): the text between markers tokenised piece by piece,
+    one placeholder id per marker, so an item token takes exactly one position whatever the tokenizer; and the
+    (position, table row) of each placeholder."""
+    ids, soft = [], []
+    for piece in split_marked(text):
+        if isinstance(piece, int):
+            soft.append((len(ids), piece))
+            ids.append(placeholder_id(tokenizer))
+        else:
+            ids += _encode(tokenizer, piece)
+    return ids, soft
 
 
 def _prompt_parts(tokenizer, prefix: str, question: str) -> tuple[str, str]:
@@ -134,35 +157,48 @@ def response_ids(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def encode_texts(tokenizer, prefix: str, questions: Sequence[str], responses: Sequence[Sequence[str]]) -> Tree:
+def encode_texts(tokenizer, prefix: str, questions: Sequence[str], responses: Sequence[Sequence[str]], *,
+                 marked: bool = False) -> Tree:
     """Tree for prompts `prefix + questions[i]` (each as one user message through the chat template, with the
     generation prompt) and their `responses[i]`. The template text is split at the end of `prefix`, each part
     tokenised with add_special_tokens=False, so prefix tokens are shared and the naive path sees the very same ids
     (prefix + question + response). Without a chat template (base models) the prompt is the plain text
     prefix + question + PLAIN_ANSWER, after the tokenizer's own leading special tokens (BOS) if it adds any. Every
-    response ends with `end_of_turn_id(tokenizer)`."""
+    response ends with `end_of_turn_id(tokenizer)`. marked=True: the texts carry item markers (prefrec.scoring.soft),
+    each encoded as one placeholder position recorded in Tree.soft / Branch.soft."""
     if len(questions) != len(responses):
         raise ValueError(f"{len(questions)} questions but {len(responses)} response lists")
     parts = [_prompt_parts(tokenizer, prefix, q) for q in questions]
     heads = {h for h, _ in parts}
     lead = [] if getattr(tokenizer, "chat_template", None) else _leading_special_ids(tokenizer)
+    enc = (lambda text: _encode_marked(tokenizer, text)) if marked else (lambda text: (_encode(tokenizer, text), []))
     if len(heads) == 1:
-        shared = lead + _encode(tokenizer, parts[0][0])
-        qs = [_encode(tokenizer, tail) for _, tail in parts]
+        shared, soft = enc(parts[0][0])
+        shared, soft = lead + shared, [(len(lead) + p, row) for p, row in soft]
+        qs = [enc(tail) for _, tail in parts]
     else:  # a template that renders the prefix differently per question: share nothing, still exact
-        shared = list(lead)
-        qs = [_encode(tokenizer, h) + _encode(tokenizer, t) for h, t in parts]
-    branches = [Branch(question=q, responses=[response_ids(tokenizer, r) for r in rs]) for q, rs in zip(qs, responses)]
-    tree = Tree(prefix=shared, branches=branches)
+        shared, soft = list(lead), []
+        qs = [_joined(enc(h), enc(t)) for h, t in parts]
+    branches = [Branch(question=q, responses=[response_ids(tokenizer, r) for r in rs], soft=qsoft)
+                for (q, qsoft), rs in zip(qs, responses)]
+    tree = Tree(prefix=shared, branches=branches, soft=soft)
     if any(not tree.prefix and not b.question for b in branches):
         raise UserError("empty prompt: a response needs at least one prompt token before it")
     return tree
 
 
-def encode_sample(tokenizer, sample, *, which: str = "all") -> Tree:
+def _joined(a: tuple[list[int], list], b: tuple[list[int], list]) -> tuple[list[int], list]:
+    return a[0] + b[0], a[1] + [(len(a[0]) + p, row) for p, row in b[1]]
+
+
+def encode_sample(tokenizer, sample, *, which: str = "all", items: Mapping[str, int] | None = None) -> Tree:
     """Tree of a prefrec Sample: one branch per comparison, responses [chosen] + rejected (which="all") or
-    [chosen] only (which="chosen", for SFT and for scoring the positive)."""
+    [chosen] only (which="chosen", for SFT and for scoring the positive). items (item key -> table row, a model's
+    `prefrec.items.item_ids`): one item token after each history and candidate title whose item is in it."""
     if which not in ("all", "chosen"):
         raise ValueError(f"which={which!r}: expected 'all' or 'chosen'")
     responses = [[c.chosen] + (list(c.rejected) if which == "all" else []) for c in sample.comparisons]
-    return encode_texts(tokenizer, sample.prefix, [c.question for c in sample.comparisons], responses)
+    if items is None:
+        return encode_texts(tokenizer, sample.prefix, [c.question for c in sample.comparisons], responses)
+    m = mark_sample(sample, items)
+    return encode_texts(tokenizer, m.prefix, m.questions, responses, marked=True)

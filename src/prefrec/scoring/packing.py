@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generator, Sequence
 
 import torch
 from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 
+from prefrec.scoring.soft import model_inputs
 from prefrec.scoring.trees import Scores, Tree
 
 # The packed scorer passes a 4D additive attention mask; only these implementations apply it as given
@@ -70,6 +71,8 @@ class PackedBatch:
     within the tree (-1 = prefix); response (B, L): response within the tree (-1 = prefix or question).
     gather_row/gather_pos/targets (T,): the hidden state at (row, pos) predicts token `targets`; token_response (T,)
     the response n each of the T response tokens belongs to; lengths (N,) tokens per response.
+    soft_row/soft_pos/soft_item (S,): the collaborative item tokens (prefrec.scoring.soft): table row soft_item[s]
+    goes in at (soft_row[s], soft_pos[s]); empty for text-only trees.
     """
 
     input_ids: Tensor
@@ -84,6 +87,13 @@ class PackedBatch:
     lengths: list[int]
     index: list[tuple[int, int, int]]
     causal_prefix: int = 0  # every row's first P tokens attend causally to each other only (the shared prefix)
+    soft_row: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    soft_pos: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    soft_item: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def model_inputs(self, base, device) -> dict:
+        """The decoder's token inputs: input_ids, or inputs_embeds with the item tokens in place."""
+        return model_inputs(base, self.input_ids, self.soft_row, self.soft_pos, self.soft_item, device)
 
     def attention_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                        rows: tuple[int, int] | None = None) -> Tensor:
@@ -109,7 +119,8 @@ class PackedBatch:
 
 
 def _tree_columns(tree: Tree, t: int):
-    """Flat per-token columns of one tree (ids, positions, branch, response) and its response-token gathers."""
+    """Flat per-token columns of one tree (ids, positions, branch, response), its response-token gathers and its
+    item tokens (column, table row)."""
     if not tree.branches:
         raise ValueError(f"tree {t} has no branches")
     ids = list(tree.prefix)
@@ -118,12 +129,14 @@ def _tree_columns(tree: Tree, t: int):
     rs = [-1] * len(tree.prefix)
     gathers = []  # per response: (positions in the tree's columns predicting its tokens, its token ids)
     index = []
+    soft = list(tree.soft)  # the prefix's item tokens: once per tree, whatever the number of branches
     n_resp = 0
     for b, branch in enumerate(tree.branches):
         start = len(tree.prefix)
         prompt_len = start + len(branch.question)
         if prompt_len == 0:
             raise ValueError(f"tree {t} branch {b}: empty prompt (no prefix and no question)")
+        soft += [(len(ids) + p, row) for p, row in branch.soft]
         ids += branch.question
         pos += range(start, prompt_len)
         br += [b] * len(branch.question)
@@ -143,7 +156,7 @@ def _tree_columns(tree: Tree, t: int):
             gathers.append(([last_prompt] + list(range(first, first + len(resp) - 1)), list(resp)))
             index.append((t, b, i))
             n_resp += 1
-    return ids, pos, br, rs, gathers, index
+    return ids, pos, br, rs, gathers, index, soft
 
 
 def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id: int = 0) -> PackedBatch:
@@ -171,10 +184,12 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
     # per response n (in tree order): its gather row/positions/targets
     per_response: dict[int, tuple[int, list[int], list[int]]] = {}
     index_of_tree: dict[int, list[tuple[int, int, int]]] = {}
+    soft_rpi: list[tuple[int, int, int]] = []  # (row, position, table row) of every item token
     for r, row in enumerate(rows):
         offset = 0
         for s, t in enumerate(row):
-            ids, pos, br, rs, gathers, index = cols[t]
+            ids, pos, br, rs, gathers, index, soft = cols[t]
+            soft_rpi += [(r, offset + c, item) for c, item in soft]
             n = len(ids)
             input_ids[r, offset:offset + n] = torch.tensor(ids)
             position_ids[r, offset:offset + n] = torch.tensor(pos)
@@ -198,8 +213,10 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
             index.append(idx)
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     prefix = min(len(trees[row[0]].prefix) for row in rows)
+    soft_cols = [as_long([x[j] for x in soft_rpi]) for j in range(3)]
     return PackedBatch(input_ids, position_ids, segment, branch, response, as_long(g_row), as_long(g_pos),
-                       as_long(tgt), as_long(tok_resp), lengths, index, causal_prefix=prefix)
+                       as_long(tgt), as_long(tok_resp), lengths, index, causal_prefix=prefix,
+                       soft_row=soft_cols[0], soft_pos=soft_cols[1], soft_item=soft_cols[2])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,7 +359,7 @@ def response_logps(model, trees: Sequence[Tree], *, per_token: bool = False, pac
     split = batch.causal_prefix if _tree_kernel(base) else 0
     with mixed_precision(model, device, dtype), _attention(base, split):
         out = base.get_decoder()(
-            input_ids=batch.input_ids.to(device),
+            **batch.model_inputs(base, device),
             attention_mask=batch.attention_mask(dtype, device, rows=(split, batch.input_ids.shape[1])),
             position_ids=batch.position_ids.to(device),
             use_cache=False,
@@ -361,12 +378,14 @@ def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = Fals
     position, as TRL's DPOTrainer does (its default, use_logits_to_keep=False). Same Scores layout as
     response_logps; the log-softmax at the response positions is the same function as the packed path's."""
     device, dtype = _model_device_dtype(model)
-    pad_id = _base(model).config.pad_token_id or 0
-    seqs, index = [], []
+    base = _base(model)
+    pad_id = base.config.pad_token_id or 0
+    seqs, index, softs = [], [], []
     for t, tree in enumerate(trees):
         for b, branch in enumerate(tree.branches):
             for i, resp in enumerate(branch.responses):
                 seqs.append((tree.prefix + branch.question, resp))
+                softs.append(tree.prompt_soft(b))  # each sequence computes its own copy of the prompt's soft tokens
                 index.append((t, b, i))
     if not seqs:
         raise ValueError("naive_response_logps: no responses")
@@ -384,8 +403,11 @@ def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = Fals
             rows += [n] * len(r)
             cols += range(len(p) - 1, len(p) + len(r) - 1)
             tgts += r
+        soft = [(n, p, row) for n, sp in enumerate(softs[lo:lo + step]) for p, row in sp]
+        rows_pos_item = [torch.tensor([x[j] for x in soft], dtype=torch.long) for j in range(3)]
         with mixed_precision(model, device, dtype):
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
+            inputs = model_inputs(base, ids, *rows_pos_item, device)
+            logits = model(**inputs, attention_mask=attn.to(device), use_cache=False).logits
         at = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (T, V)
         pieces.append(_token_logps(_at_least_fp32(at), torch.tensor(tgts, device=device)))
     token_logps = torch.cat(pieces)
@@ -459,9 +481,10 @@ def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256) -> Gen
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     cache = DynamicCache()
     with torch.inference_mode(), mixed_precision(model, device, dtype):
+        inputs = batch.model_inputs(base, device)  # input_ids, or inputs_embeds with the item tokens in place
         for start in range(0, L, chunk_tokens):
             stop = min(L, start + chunk_tokens)
-            out = decoder(input_ids=batch.input_ids[:, start:stop].to(device),
+            out = decoder(**{key: x[:, start:stop] for key, x in inputs.items()},
                           attention_mask=batch.attention_mask(dtype, device, rows=(start, stop)),
                           position_ids=batch.position_ids[:, start:stop].to(device), use_cache=True,
                           **{cache_arg: cache})

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -13,12 +13,19 @@ from torch import Tensor
 class Branch:
     question: list[int]  # token ids appended to the tree's prefix to form this branch's prompt (may be empty)
     responses: list[list[int]]  # token ids of each response (non-empty), e.g. [chosen, rejected_1, ...]
+    # collaborative item tokens in the question (prefrec.scoring.soft): (position in `question`, table row)
+    soft: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
 class Tree:
     prefix: list[int]  # token ids shared by every branch
     branches: list[Branch]
+    soft: list[tuple[int, int]] = field(default_factory=list)  # item tokens in the prefix: (position, table row)
+
+    def prompt_soft(self, b: int) -> list[tuple[int, int]]:
+        """The item tokens of branch b's whole prompt (prefix + question): (position, table row)."""
+        return list(self.soft) + [(len(self.prefix) + p, row) for p, row in self.branches[b].soft]
 
     def n_tokens(self) -> int:
         """Length of this tree in a packed row."""

@@ -81,17 +81,27 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     (positive first)."""
     import torch
 
+    from prefrec.items import item_ids
     from prefrec.scoring.budget import check_tokens, token_budget
     from prefrec.scoring.encoding import encode_texts
     from prefrec.scoring.packing import response_logps
+    from prefrec.scoring.soft import mark_sample
 
     questions, responses, positive = _responses_of(sample)
-    tree = encode_texts(tokenizer, sample.prefix, questions, responses)
+    item_map = item_ids(model)
+    marked = mark_sample(sample, item_map, questions) if item_map is not None else None
+    if marked is None:
+        tree = encode_texts(tokenizer, sample.prefix, questions, responses)
+    else:  # a model trained with item tokens: its prompt has them, shown as labelled cells
+        tree = encode_texts(tokenizer, marked.prefix, marked.questions, responses, marked=True)
     check_tokens(tree.n_tokens(), token_budget(model), f"sample {sample.id}")  # before the L×L mask is built
     with torch.inference_mode():
         scores = response_logps(model, [tree], per_token=True)
     special = special_ids(tokenizer)
     groups = [{"question": q, "responses": []} for q in questions]
+    if marked is not None:
+        for g, q in zip(groups, marked.questions):
+            g["question_cells"] = prompt_cells(q, item_map)
     for n, (_, b, r) in enumerate(scores.index):
         ids = list(tree.branches[b].responses[r])
         logps = scores.token_logps[n].detach().double().cpu().tolist()
@@ -103,8 +113,22 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
         groups[b]["responses"].append({
             "text": responses[b][r], "positive": positive[b][r], "logp": float(scores.summed[n]),
             "mean_p": float(np.mean(text_p)) if text_p else None, "tokens": toks})
-    return {"model": label, "sample_id": sample.id, "task": sample.task, "domain": sample.domain,
-            "history": list(sample.history), "groups": groups}
+    out = {"model": label, "sample_id": sample.id, "task": sample.task, "domain": sample.domain,
+           "history": list(sample.history), "groups": groups}
+    if marked is not None:
+        out["prefix_cells"] = prompt_cells(marked.prefix, item_map)
+        out["item_tokens"] = {"n": marked.n_soft, "text_only": marked.fallback}
+    return out
+
+
+def prompt_cells(marked_text: str, ids: dict[str, int]) -> list[dict]:
+    """A marked prompt text (prefrec.scoring.soft) as cells: {"text": ...} pieces and {"item": key, "row": row} for
+    each item token (one position of the prompt, shown as one labelled cell)."""
+    from prefrec.scoring.soft import split_marked
+
+    key_of = {row: key for key, row in ids.items()}
+    return [{"item": key_of.get(p, "?"), "row": p} if isinstance(p, int) else {"text": p}
+            for p in split_marked(marked_text) if p != ""]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -153,6 +177,7 @@ white-space:pre-wrap}
 .t .w{white-space:pre}.t .p{font-size:10px;opacity:.85}
 .stats{font-size:12px;color:#555;margin-top:6px}
 .sp .w{font-size:11px}
+.soft{display:inline-block;font-size:10px;background:#334;color:#fff;border-radius:3px;padding:0 4px;margin:0 2px}
 .hist{font-size:12px;line-height:1.45;background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:6px 10px;
 margin:6px 0 12px;color:#333}.hist b{color:#555;font-weight:600}
 """
@@ -170,6 +195,13 @@ def _response_html(resp: dict) -> str:
     return (f'<div class="resp"><div class="toks">{"".join(spans)}</div>'
             f'<div class="stats">log p = {resp["logp"]:.3f} · mean text-token p = {resp["mean_p"] or 0:.3f} · '
             f'{len(resp["tokens"])} tokens</div></div>')
+
+
+def _cells_html(cells: list[dict]) -> str:
+    """Prompt text with each item token as one labelled cell."""
+    return "".join(html.escape(c["text"]) if "text" in c else
+                   f"<span class='soft' title='collaborative item token: row {c['row']} of the item table'>"
+                   f"item {html.escape(str(c['item']))}</span>" for c in cells)
 
 
 def render_html(explanations: list[dict]) -> str:
@@ -194,10 +226,18 @@ def render_html(explanations: list[dict]) -> str:
         items = " · ".join(html.escape(h) for h in first["history"])
         parts.append(f"<div class='hist'><b>user history ({len(first['history'])} titles, oldest first):</b> "
                      f"{items}</div>")
+    if first.get("prefix_cells"):
+        n = first["item_tokens"]
+        parts.append(f"<div class='q'><b>prompt, with {n['n']} collaborative item tokens</b> (each "
+                     f"<span class='soft'>item</span> is one position: the projected item embedding)"
+                     + (f"; as text only: {html.escape(', '.join(n['text_only']))}" if n["text_only"] else "")
+                     + f"<br>{_cells_html(first['prefix_cells'])}</div>")
     for e in explanations:
         parts.append(f"<h2>{html.escape(e['model'])}</h2>")
         for g in e["groups"]:
-            if g["question"].strip():
+            if g.get("question_cells"):
+                parts.append(f"<div class='q'>{_cells_html(g['question_cells'])}</div>")
+            elif g["question"].strip():
                 parts.append(f"<div class='q'>{html.escape(g['question'].strip())}</div>")
             pos = [r for r in g["responses"] if r["positive"]]
             neg = sorted((r for r in g["responses"] if not r["positive"]), key=lambda r: -r["logp"])
@@ -346,11 +386,12 @@ def sample_mean_probs(model, tokenizer, samples: list, *, max_tokens_per_batch: 
     For a response y with text tokens t = 1..T (end-of-turn excluded), m(y) = (1/T) Σ_t exp(logp_t). Per sample,
     pos = mean of m over the chosen responses, neg = mean of m over the rejected ones (encode_sample keeps each
     comparison's responses as [chosen, *rejected]). Returns arrays (N,) "pos", "neg" in float64."""
+    from prefrec.items import item_ids
     from prefrec.scoring.encoding import encode_sample
     from prefrec.scoring.packing import score_trees
 
     special = special_ids(tokenizer)
-    trees = [encode_sample(tokenizer, s, which="all") for s in samples]
+    trees = [encode_sample(tokenizer, s, which="all", items=item_ids(model)) for s in samples]
     scores = score_trees(model, trees, per_token=True, max_tokens_per_batch=max_tokens_per_batch,
                          progress=progress, desc="conditional probabilities")
     acc = [([], []) for _ in samples]

@@ -40,10 +40,12 @@ from prefrec import io, prompts
 from prefrec.answers import LETTER, TITLE, answer_format
 from prefrec.data.prepared import read_stats
 from prefrec.errors import UserError
+from prefrec.items import attached
 from prefrec.results import is_run_dir
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import chunked_response_logps
+from prefrec.scoring.soft import mark_prompt
 from prefrec.scoring.trees import Tree
 
 # Query tokens per forward chunk: small enough that a waiting short request gets the worker within about one
@@ -113,21 +115,28 @@ def training_stats(model: str | os.PathLike) -> dict | None:
     return (read_stats(folder) or None) if folder is not None else None
 
 
-def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker) -> Tree:
-    """The tree of the ranker's prompt, exactly as the data protocols write it."""
+def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker,
+               items=None) -> Tree:
+    """The tree of the ranker's prompt, exactly as the data protocols write it (with the model's item tokens after
+    the titles its table knows, when it has some)."""
     if domain not in prompts.DOMAINS:
         raise UserError(f"domain {domain!r}: expected one of {sorted(prompts.DOMAINS)}")
     prefix = prompts.history_prefix(domain, history)
     fmt = answer_format(ranker.answers)
     if ranker.task == "candidates":
-        question = prompts.candidates_question(domain, candidates, answers=ranker.answers)
-        return encode_texts(tokenizer, prefix, [question], [fmt.responses(candidates)])
-    questions, responses = [], []
-    for a, b in _shown_pairs(candidates):
-        questions.append(prompts.pairwise_question(domain, a, b, answers=ranker.answers))
-        responses.append(["A", "B"] if ranker.answers == LETTER else
-                         [prompts.format_ordering(a, b), prompts.format_ordering(b, a)])
-    return encode_texts(tokenizer, prefix, questions, responses)
+        questions = [prompts.candidates_question(domain, candidates, answers=ranker.answers)]
+        responses = [fmt.responses(candidates)]
+    else:
+        questions, responses = [], []
+        for a, b in _shown_pairs(candidates):
+            questions.append(prompts.pairwise_question(domain, a, b, answers=ranker.answers))
+            responses.append(["A", "B"] if ranker.answers == LETTER else
+                             [prompts.format_ordering(a, b), prompts.format_ordering(b, a)])
+    if items is None:
+        return encode_texts(tokenizer, prefix, questions, responses)
+    m = mark_prompt(prefix, questions, [(t, t) for t in history], [(t, t) for t in candidates],
+                    items.source.title_rows)
+    return encode_texts(tokenizer, m.prefix, m.questions, responses, marked=True)
 
 
 def _shown_pairs(candidates: list[str]) -> list[tuple[str, str]]:
@@ -136,11 +145,12 @@ def _shown_pairs(candidates: list[str]) -> list[tuple[str, str]]:
 
 
 def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
-            max_history: int | None = None, ranker: Ranker = Ranker()) -> tuple[Tree, list[str], list[str]]:
+            max_history: int | None = None, ranker: Ranker = Ranker(), items=None) -> tuple[Tree, list[str], list[str]]:
     """(tree, history kept, candidates) for the ranker's prompt, within the token budget: the titles are cleaned,
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
     dropped first, as the data protocols truncate); TokenBudgetError when even one history title and the candidates
-    do not fit. Tokenisation only, no model."""
+    do not fit. Tokenisation only, no model. items: the model's item tokens (prefrec.items.attached): each title
+    that names one item of its table gets its item token (found by title: a new user's request has no item ids)."""
     history = clean_titles(history, "history")
     candidates = clean_titles(candidates, "candidates")
     if ranker.task == "pairwise" and len(candidates) < 2:
@@ -151,11 +161,26 @@ def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Bud
 
     def n_tokens(k: int) -> int:  # the tree with the last k history titles
         if k not in trees:
-            trees[k] = build_tree(tokenizer, history[len(history) - k:], candidates, domain, ranker)
+            trees[k] = build_tree(tokenizer, history[len(history) - k:], candidates, domain, ranker, items)
         return trees[k].n_tokens()
 
     k = fit_history(n_tokens, len(history), budget)
     return trees[k], history[len(history) - k:], candidates
+
+
+def item_note(items, history: list[str], candidates: list[str]) -> str | None:
+    """What a response says when some titles have no item token (not in the model's item table, or naming two of
+    its items): they are scored from their text alone. None for a text-only model or when every title has one."""
+    if items is None:
+        return None
+    rows = items.source.title_rows
+    missing = [t for t in history if t not in rows], [t for t in candidates if t not in rows]
+    if not any(missing):
+        return None
+    shown = ", ".join(repr(t) for t in (missing[0] + missing[1])[:3])
+    return (f"{len(missing[0])} of {len(history)} history titles and {len(missing[1])} of {len(candidates)} "
+            f"candidates are not in the model's item table (e.g. {shown}): they are shown as text only, without "
+            f"an item token")
 
 
 def ranking_of(tree: Tree, candidates: list[str], summed: list[float], top: int | None = None,
@@ -213,7 +238,7 @@ def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain:
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise UserError(f"top: expected a positive integer, got {top!r}")
     tree, _, candidates = prepare(tokenizer, history, candidates, budget=token_budget(model, max_tokens),
-                                  domain=domain, max_history=max_history, ranker=ranker)
+                                  domain=domain, max_history=max_history, ranker=ranker, items=attached(model))
     summed = run_steps(chunked_response_logps(model, tree, chunk_tokens=chunk_tokens))
     return ranking_of(tree, candidates, summed, top, ranker, order_by)
 

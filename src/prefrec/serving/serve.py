@@ -56,11 +56,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from prefrec.errors import UserError
+from prefrec.items import attached
 from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.scoring.packing import chunked_response_logps
-from prefrec.serving.rank import DEFAULT_CHUNK_TOKENS, Ranker, check_title, prepare, ranker_of, ranking_of
+from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, Ranker, check_title, item_note, prepare, ranker_of,
+                                  ranking_of)
 
 
 @dataclass(frozen=True)
@@ -518,7 +520,8 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     try:
         tree, history, candidates = await loop.run_in_executor(
             state.tokenize, lambda: prepare(state.tokenizer, req.history, req.candidates, budget=state.budget,
-                                            domain=req.domain, ranker=state.ranker))
+                                            domain=req.domain, ranker=state.ranker,
+                                            items=attached(state.model)))
     except UserError as e:
         raise ApiError(422, str(e)) from None
     job = Job(steps=chunked_response_logps(state.model, tree, chunk_tokens=chunk_tokens), total=tree.n_tokens(),
@@ -542,9 +545,13 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
         job.cancelled.set()
         raise
     ranking = ranking_of(tree, candidates, summed, req.top, state.ranker, req.order_by)
-    return {"ranking": ranking, "model": label, "task": state.ranker.task, "answers": state.ranker.answers,
-            "domain": req.domain, "n_candidates": len(candidates), "n_history": len(history),
-            "n_tokens": tree.n_tokens(), "notes": list(state.ranker.notes)}
+    out = {"ranking": ranking, "model": label, "task": state.ranker.task, "answers": state.ranker.answers,
+           "domain": req.domain, "n_candidates": len(candidates), "n_history": len(history),
+           "n_tokens": tree.n_tokens(), "notes": list(state.ranker.notes)}
+    note = item_note(attached(state.model), history, candidates)  # a hybrid model: titles without an item token
+    if note:
+        out["note"] = note
+    return out
 
 
 TOKEN_ENV = "PREFREC_SERVE_TOKEN"

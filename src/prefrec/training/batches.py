@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -14,7 +16,7 @@ from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import encode_sample
 from prefrec.scoring.trees import Tree
 from prefrec.training import methods
-from prefrec.training.config import TrainConfig
+from prefrec.training.config import CurriculumConfig, TrainConfig
 
 
 def split_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
@@ -101,10 +103,29 @@ def graded_labels(samples: list[Sample], k: int) -> torch.Tensor | None:
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def encode_trees(tokenizer, samples: list[Sample], kind: str, k: int | None) -> list[Tree]:
-    """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison."""
+def encode_trees(tokenizer, samples: list[Sample], kind: str, k: int | None,
+                 items: Mapping[str, int] | None = None) -> list[Tree]:
+    """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison. items: the run's
+    item id map, for prompts with collaborative item tokens (prefrec.scoring.soft)."""
     which = "chosen" if kind == "sft" else "all"
-    return [encode_sample(tokenizer, with_k_negatives(s, k) if k is not None else s, which=which) for s in samples]
+    return [encode_sample(tokenizer, with_k_negatives(s, k) if k is not None else s, which=which, items=items)
+            for s in samples]
+
+
+def hybrid_share(step: int, total: int, curriculum: CurriculumConfig) -> float:
+    """The curriculum's share of hybrid prompts at optimizer step `step` (0-based) of `total`:
+    clamp((step/total − text_only) / ramp, 0, 1) (config.CurriculumConfig)."""
+    return min(1.0, max(0.0, (step / total - curriculum.text_only) / curriculum.ramp))
+
+
+def hybrid_picks(n: int, share: float, seed: int, stage_index: int, step: int) -> list[bool]:
+    """Which of the n samples of one global batch train on their hybrid prompt: uniform draws below `share`, from a
+    generator seeded by (seed, stage, step), so every process and a resumed run draw the same."""
+    if share >= 1.0:
+        return [True] * n
+    key = hashlib.sha256(f"{seed}:{stage_index}:{step}:curriculum".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+    return (torch.rand(n, generator=g) < share).tolist()
 
 
 def chosen_tokens(tree: Tree) -> int:

@@ -4,6 +4,7 @@
     lora:    {r: 8, alpha: 16, dropout: 0.05, ...}        the adapter that every stage trains
     data:    {dir: path/to/prepared, ...}                 samples (train.jsonl, valid.jsonl) from `prefrec data prepare`
     stages:  [{kind: sft, ...}, {kind: dmpo, beta: 0.1, k: 3, ...}]
+    items:   {embeddings: baselines/x/sasrec-full, ...}  optional: collaborative item tokens (LLaRA; prefrec.items)
     seed, output_dir, eval_every, save_every, keep_last, best_metric, tensorboard, log_with, progress
 
 Every mistake is reported with the file and the key path, e.g.
@@ -92,6 +93,24 @@ class StageConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """LLaRA's curriculum in the SFT stage: text-only prompts first, then a rising share of hybrid ones. Step s of
+    S steps trains a sample on its hybrid prompt with probability clamp((s/S − text_only) / ramp, 0, 1), drawn per
+    sample from (seed, stage, step): the same on every process and in a resumed run."""
+    text_only: float = 0.0  # the fraction of the stage's steps on text-only prompts alone
+    ramp: float = 1.0  # then the hybrid share rises linearly from 0 to 1 over this fraction of the steps
+
+
+@dataclass
+class ItemsConfig:
+    """Collaborative item tokens (LLaRA): one soft token per history and candidate item, right after its title,
+    = projector(table[item]); the table frozen, the projector trained with LoRA in every stage."""
+    embeddings: str  # a sequential baseline's output folder (item_embeddings.safetensors + item_ids.json)
+    projector_hidden: int = 256  # the MLP's hidden width (Linear -> GELU -> Linear)
+    curriculum: CurriculumConfig | None = None  # None: hybrid prompts from the first step
+
+
+@dataclass
 class TrainConfig:
     stages: list[StageConfig]
     output_dir: str = "runs/run"
@@ -109,6 +128,7 @@ class TrainConfig:
     use_best: bool = False  # RUN/adapter/ is the best validated adapter (RUN/best/), not the last one
     # several samples of a micro-batch in one row up to this many tokens (block-diagonal masks); None = a row each
     pack_tokens: int | None = None
+    items: ItemsConfig | None = None  # collaborative item tokens (None: text-only prompts, as before)
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
@@ -308,6 +328,28 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
     for i, s in enumerate(cfg.stages):
         _check_stage(s, f"stages[{i}]", ck)
     _check_stage_order(cfg, ck)
+    if cfg.items is not None:
+        _check_items(cfg, ck)
+
+
+def _check_items(cfg: TrainConfig, ck: Checker) -> None:
+    items = cfg.items
+    if not items.embeddings:
+        ck.fail("items.embeddings", "must not be empty (a baseline's output folder with item_embeddings.safetensors)")
+    _positive(ck, "items.projector_hidden", items.projector_hidden, allow_none=False)
+    cur = items.curriculum
+    if cur is None:
+        return
+    if not 0.0 <= cur.text_only < 1.0:
+        ck.fail("items.curriculum.text_only", f"expected a float in [0, 1), got {cur.text_only}")
+    if not 0.0 < cur.ramp <= 1.0:
+        ck.fail("items.curriculum.ramp", f"expected a float in (0, 1], got {cur.ramp}")
+    elif cur.text_only + cur.ramp > 1.0:
+        ck.fail("items.curriculum", f"text_only + ramp = {cur.text_only + cur.ramp:g}: the ramp must end by the "
+                f"stage's last step (at most 1)")
+    if "sft" not in cfg.stage_kinds():
+        ck.fail("items.curriculum", "the curriculum runs in the sft stage; this run has none (an alignment stage "
+                "trains on hybrid prompts only, as its reference was scored on them)")
 
 
 def _check_stage(s: StageConfig, p: str, ck: Checker) -> None:
@@ -470,6 +512,8 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         if v is not None:
             setattr(cfg.data, name, str(Path(v).expanduser().resolve()))
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    if cfg.items is not None:
+        cfg.items.embeddings = str(Path(cfg.items.embeddings).expanduser().resolve())
     if cfg.model.name != "embedded" and Path(cfg.model.name).expanduser().exists():
         cfg.model.name = str(Path(cfg.model.name).expanduser().resolve())
     return cfg

@@ -56,6 +56,7 @@ import torch
 
 from prefrec import io
 from prefrec.errors import UserError
+from prefrec.items import for_training, load_projector, projector_state, write_run_items
 from prefrec.results import is_run_dir, write_run
 from prefrec.scoring.encoding import prompt_format
 from prefrec.training import methods
@@ -65,6 +66,8 @@ from prefrec.training.batches import (
     encode_trees,
     epoch_order,
     graded_labels,
+    hybrid_picks,
+    hybrid_share,
     n_negatives,
     read_split,
     shard,
@@ -72,7 +75,12 @@ from prefrec.training.batches import (
     stage_k,
     with_k_negatives,
 )
-from prefrec.training.config import TASK_METRICS, TrainConfig, dump_config
+from prefrec.training.config import (
+    TASK_METRICS,
+    TrainConfig,
+    config_to_dict,
+    dump_config,
+)
 from prefrec.training.reference import REF_CACHE, reference_logps, score_split
 from prefrec.training.runfolder import (
     RUN_MARKER,
@@ -125,6 +133,7 @@ class Recipe:
     dropout_rates: dict = field(default_factory=dict)
     prepared: object = None
     rng_restored: bool = False
+    items: object = None  # prefrec.items.ItemTokens of a run with collaborative item tokens
 
     def __post_init__(self):
         st = self.state or {}
@@ -168,6 +177,7 @@ class StageRun:
     optimizer: object
     scheduler: object
     step: int = 0
+    text_trees: list | None = None  # the curriculum's text-only trees (items.curriculum, sft stage)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -287,11 +297,15 @@ def _load_policy(r: Recipe) -> None:
         peft_cfg.base_model_name_or_path = hub_reference(base_model_name(cfg.model.name))
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # item tokens: the projector trains with LoRA (its parameters join r.params below), the table stays frozen
+    r.items = for_training(lm, cfg.items, split_paths(cfg)[0].parent, r.train_samples, "config")
     r.lm, r.scorer = lm, TreeScorer(lm, cfg.pack_tokens)
     r.params = [p for p in r.scorer.parameters() if p.requires_grad]
     r.dropout_rates = {m: m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
     if r.state is not None:
         load_adapter_weights(lm, r.resume_from / "adapter")
+        if r.items is not None:
+            load_projector(r.items, r.resume_from / "adapter")
 
 
 def _start_stage(r: Recipe, si: int) -> StageRun:
@@ -300,8 +314,10 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
     stage, acc, p = r.cfg.stages[si], r.acc, r.plans[si]
     k, G, total = p["k"], p["global_batch"], p["steps"]
     r.stage_info[stage.kind] = {**r.stage_info.get(stage.kind, {}), **p}  # keeps a warning made before a resume
-    train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k)
-    valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k)
+    ids = r.items.ids if r.items is not None else None
+    train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k, ids)
+    valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k, ids)
+    text_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k) if _curriculum(r, si) else None
     acc.gradient_accumulation_steps = stage.grad_accum
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the batch shape here
@@ -339,7 +355,13 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
         restore_accelerate_state(acc, r.resume_from)
         r.rng_restored = True
     return StageRun(si, make_stage(stage, ref, labels), k, G, total, train_trees, valid_trees, optimizer, scheduler,
-                    step=resumed)
+                    step=resumed, text_trees=text_trees)
+
+
+def _curriculum(r: Recipe, si: int):
+    """The items curriculum when stage si runs it (the sft stage), else None."""
+    cur = r.cfg.items.curriculum if r.cfg.items is not None else None
+    return cur if cur is not None and r.cfg.stages[si].kind == "sft" else None
 
 
 def _run_stage(r: Recipe, si: int) -> None:
@@ -400,10 +422,13 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     grad_norm = None
     scale = {"world": W, "accum": A, "global_batch": sr.G, "device": acc.device,
              "global_tokens": sum(chosen_tokens(sr.train_trees[i]) for i in gidx)}
+    share = hybrid_share(sr.step, sr.total, _curriculum(r, sr.si)) if sr.text_trees is not None else None
+    hybrid = hybrid_picks(len(gidx), share, r.cfg.seed, sr.si, sr.step) if share is not None else [True] * len(gidx)
     for a in range(A):
-        idx = gidx[a * B * W + rank * B:a * B * W + (rank + 1) * B]
+        lo = a * B * W + rank * B
+        idx = gidx[lo:lo + B]
         with acc.accumulate(r.prepared):
-            trees = [sr.train_trees[i] for i in idx]
+            trees = [(sr.train_trees if h else sr.text_trees)[i] for i, h in zip(idx, hybrid[lo:lo + B])]
             terms = tree_terms(r.prepared(trees, per_token=True), trees)
             loss, stats = sr.stage.loss(terms, idx, scale)
             _stop_unless_finite(r, sr, "loss", loss)
@@ -420,6 +445,8 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     r.global_step += 1
     metrics = sr.stage.step_metrics({key: torch.cat(v) for key, v in gathered.items()})
     r.timings[kind] = r.timings.get(kind, 0.0) + time.time() - t0
+    if share is not None:
+        metrics["hybrid_share"] = sum(hybrid) / len(hybrid)  # the curriculum's hybrid samples in this step
     r.log.write({"split": "train", "step": r.global_step, "stage": kind, "stage_step": sr.step,
                  "epoch": round(sr.step / sr.steps_per_epoch, 4), "lr": lr, **metrics,
                  "grad_norm": None if grad_norm is None else float(grad_norm), "seconds": round(time.time() - t0, 4)})
@@ -456,9 +483,9 @@ def _validate(r: Recipe, sr: StageRun) -> None:
         return
     if r.best is None or r.best_sign * value > r.best_sign * r.best["value"]:
         r.best, r.stale = {"metric": r.best_metric, "value": value, "step": r.global_step, "stage": kind}, 0
-        weights = adapter_state(r.acc, r.prepared)
+        weights, projector = adapter_state(r.acc, r.prepared), projector_state(r.acc, r.prepared)
         if r.main:
-            save_adapter(r.acc.unwrap_model(r.prepared).lm, r.run / "best", weights)
+            save_adapter(r.acc.unwrap_model(r.prepared).lm, r.run / "best", weights, projector)
             io.write_json(r.run / "best" / "best.json", r.best)
     else:
         r.stale += 1
@@ -504,9 +531,9 @@ def _finalise(r: Recipe, t_process: float) -> None:
     from prefrec.card import write_card
     from prefrec.provenance import provenance
 
-    acc, lm, weights = r.acc, r.lm, None
+    acc, lm, weights, projector = r.acc, r.lm, None, None
     if r.prepared is not None:
-        weights = adapter_state(acc, r.prepared)
+        weights, projector = adapter_state(acc, r.prepared), projector_state(acc, r.prepared)
         lm = acc.unwrap_model(r.prepared).lm
     acc.wait_for_everyone()
     if r.main:
@@ -515,7 +542,9 @@ def _finalise(r: Recipe, t_process: float) -> None:
             with io.atomic_folder(r.run / "adapter", replace=True, flag="adapter") as tmp:
                 shutil.copytree(r.run / "best", tmp, dirs_exist_ok=True)
         else:
-            save_adapter(lm, r.run / "adapter", weights)
+            save_adapter(lm, r.run / "adapter", weights, projector)
+        if r.items is not None:  # the frozen table and its map beside the adapter's projector
+            write_run_items(r.run, r.items)
         timings = r.timings
         timings["total"] = sum(v for key, v in timings.items() if key != "total")
         info = {"base_model": base_model_name(r.cfg.model.name), "base_model_revision": r.cfg.model.revision,
@@ -524,6 +553,9 @@ def _finalise(r: Recipe, t_process: float) -> None:
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
                 "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
                 "final_valid": r.final_valid, "prompt_format": prompt_format(r.tokenizer), **provenance()}
+        if r.items is not None:
+            info["items"] = {**r.items.describe(), **r.items.coverage,
+                             "curriculum": config_to_dict(r.cfg)["items"]["curriculum"]}
         write_run(r.run, info)
         write_card(r.run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
     r.log.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefrec import io
 from prefrec.errors import UserError
+from prefrec.items import attached, projector_state, save_projector
 from prefrec.results import RUN_JSON, is_run_dir, read_run
 from prefrec.training.config import TrainConfig, config_to_dict
 
@@ -51,11 +52,14 @@ def adapter_state(acc, prepared) -> dict | None:
                                                      if k.startswith("lm.")}, save_embedding_layers=False)
 
 
-def save_adapter(lm, dest: Path, state_dict: dict | None = None) -> None:
+def save_adapter(lm, dest: Path, state_dict: dict | None = None, projector: dict | None = None) -> None:
     """PEFT save_pretrained (safetensors) into a temp folder, renamed into place whole with the ordinary file modes
-    (PEFT writes its weights 0600)."""
+    (PEFT writes its weights 0600). A model with item tokens also gets its projector.safetensors there (`projector`,
+    gathered by items.projector_state, else the module's own weights), so an adapter never loses its projector."""
     with io.atomic_folder(dest, replace=True, flag="adapter") as tmp:
         lm.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict, save_embedding_layers=False)
+        if attached(lm) is not None:
+            save_projector(tmp, attached(lm), projector)
 
 
 def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
@@ -71,10 +75,14 @@ def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> No
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
     weights = adapter_state(acc, prepared)
+    projector = projector_state(acc, prepared)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        acc.unwrap_model(prepared).lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True,
-                                                      state_dict=weights, save_embedding_layers=False)
+        lm = acc.unwrap_model(prepared).lm
+        lm.save_pretrained(str(tmp / "adapter"), safe_serialization=True, state_dict=weights,
+                           save_embedding_layers=False)
+        if attached(lm) is not None:  # the projector's optimizer state is in save_state's optimizer.bin
+            save_projector(tmp / "adapter", attached(lm), projector)
         io.write_json(tmp / "trainer_state.json", state)
         io.ordinary_modes(tmp)
         shutil.rmtree(final, ignore_errors=True)
