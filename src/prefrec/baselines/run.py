@@ -126,26 +126,8 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
 def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batch_size, examples_per_epoch,
          train_samples, progress, max_train_samples=None, limit=None) -> dict:
     name = name.lower()
-    if name not in BASELINES:
-        raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
-    if regime not in REGIMES:
-        raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
-    if limit is not None and limit < 1:  # checked before training, used after it
-        raise UserError(f"limit must be at least 1, got {limit}")
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
-    target = load_prepared(samples_dir, require_train=not cross)
-    source = load_prepared(train_samples) if cross else target
-    if max_train_samples is not None and regime == "few-shot":
-        if max_train_samples < 1:
-            raise UserError(f"max_train_samples must be at least 1, got {max_train_samples}")
-        source = dataclasses.replace(source, train=source.train[:max_train_samples])
-    if cross:
-        if name not in CROSS_DOMAIN:
-            raise UserError(f"{name} scores items by their ids only and the two domains share no items, so a "
-                            f"cross-domain run would be chance by construction; cross-domain baselines: "
-                            f"{', '.join(CROSS_DOMAIN)}")
-        if source.task != target.task:
-            raise UserError(f"{train_samples} has task {source.task!r} but {samples_dir} has {target.task!r}")
+    target, source = _inputs(name, samples_dir, train_samples, cross, regime, limit, max_train_samples)
     if name == "prompt-facts":
         return _prompt_facts(target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit)
     max_len = max_len or default_max_len(source, target)
@@ -155,19 +137,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
                        cap=examples_per_epoch, seed=seed, progress=progress)
 
     t0 = time.perf_counter()
-    prefix = ""
-    if name == "cmf":
-        # the test samples' items that have no interactions get vectors from their titles (shown in every prompt)
-        prefix = TARGET_PREFIX if cross else ""
-        extra = {}
-        for s in target.test:
-            history, cands, _ = sample_keys(s, target.by_title)
-            for k in history + cands:
-                if data.vocab.get(prefix + k) < 0:
-                    extra[prefix + k] = target.titles.get(k, k)
-        model.fit(data, source.titles, extra, cross_domain=cross)
-    else:
-        model.fit(data)
+    prefix = _fit(name, model, data, source, target, cross)
     train_seconds = time.perf_counter() - t0
     if limit is not None:
         target = dataclasses.replace(target, test=target.test[:limit])  # after training: no test user leaks in
@@ -209,6 +179,47 @@ def _save_item_table(out: Path, model, source: Prepared, name: str, result: dict
         save_table(out, *model.item_embeddings(), titles=source.titles, dataset=source.name,
                    items_tsv=source.path / "items.tsv", model=name)
         result["config"]["item_embeddings"] = TABLE_FILE
+
+
+def _inputs(name: str, samples_dir, train_samples, cross: bool, regime: str, limit, max_train_samples):
+    """(target, source) prepared folders, every argument checked before any training."""
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    if regime not in REGIMES:
+        raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
+    if limit is not None and limit < 1:  # checked before training, used after it
+        raise UserError(f"limit must be at least 1, got {limit}")
+    target = load_prepared(samples_dir, require_train=not cross)
+    source = load_prepared(train_samples) if cross else target
+    if max_train_samples is not None and regime == "few-shot":
+        if max_train_samples < 1:
+            raise UserError(f"max_train_samples must be at least 1, got {max_train_samples}")
+        source = dataclasses.replace(source, train=source.train[:max_train_samples])
+    if cross:
+        if name not in CROSS_DOMAIN:
+            raise UserError(f"{name} scores items by their ids only and the two domains share no items, so a "
+                            f"cross-domain run would be chance by construction; cross-domain baselines: "
+                            f"{', '.join(CROSS_DOMAIN)}")
+        if source.task != target.task:
+            raise UserError(f"{train_samples} has task {source.task!r} but {samples_dir} has {target.task!r}")
+    return target, source
+
+
+def _fit(name: str, model, data, source: Prepared, target: Prepared, cross: bool) -> str:
+    """Train the model; returns the prefix of the target's item keys (cross-domain CMF keeps them apart)."""
+    if name != "cmf":
+        model.fit(data)
+        return ""
+    # the test samples' items that have no interactions get vectors from their titles (shown in every prompt)
+    prefix = TARGET_PREFIX if cross else ""
+    extra = {}
+    for s in target.test:
+        history, cands, _ = sample_keys(s, target.by_title)
+        for k in history + cands:
+            if data.vocab.get(prefix + k) < 0:
+                extra[prefix + k] = target.titles.get(k, k)
+    model.fit(data, source.titles, extra, cross_domain=cross)
+    return prefix
 
 
 def _prompt_facts(target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out, limit) -> dict:

@@ -154,6 +154,30 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     return rows, metrics
 
 
+def _load(model_or_run, dtype, device):
+    """(model, tokenizer, name): an already loaded pair as it is, else load_model with a run's adapter folded in."""
+    if isinstance(model_or_run, tuple):
+        model, tokenizer = model_or_run
+        return model, tokenizer, getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
+    from prefrec.model import load_model
+
+    model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device, merge_adapter=True)
+    return model, tokenizer, str(model_or_run)
+
+
+def _default_batch_tokens(model) -> int:
+    """Padded tokens per scoring forward: on a CPU one sample per forward pass was 1.3x faster than padded batches of
+    4096 tokens on 2 cores (benchmarks/results/eval_pairwise.md); a GPU wants big batches."""
+    return 16384 if next(model.parameters()).device.type == "cuda" else 1
+
+
+def _default_out(kind: str, model_or_run, model_name: str, method: str, dataset: str, task: str, split: str) -> Path:
+    """RUN/eval/DATASET-TASK-SPLIT for a run, else eval/METHOD-MODEL-DATASET-TASK-SPLIT."""
+    if kind == "run":
+        return Path(model_or_run) / "eval" / _out_dir_name(f"{dataset}-{task}-{split}")
+    return Path("eval") / _out_dir_name(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
+
+
 def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Sample], dict, str, str]:
     """(samples, stats.json of their folder, where they came from, their task), checked before any model loads."""
     samples, stats, where = read_samples_and_stats(samples_dir, split)
@@ -191,21 +215,11 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     if dataset is None:
         dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
 
-    if isinstance(model_or_run, tuple):
-        model, tokenizer = model_or_run
-        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
-    else:
-        from prefrec.model import load_model
-
-        model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device, merge_adapter=True)
-        model_name = str(model_or_run)
+    model, tokenizer, model_name = _load(model_or_run, dtype, device)
     t_loaded = time.perf_counter()
 
     if max_tokens_per_batch is None:
-        # CPU: one sample per forward pass was 1.3x faster than padded batches of 4096 tokens on 2 cores
-        # (benchmarks/results/eval_pairwise.md); a GPU wants big batches.
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        max_tokens_per_batch = 16384 if on_gpu else 1
+        max_tokens_per_batch = _default_batch_tokens(model)
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
     timing: dict = {"load_s": t_loaded - t0}
     rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
@@ -213,12 +227,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
-    if out is None:
-        if kind == "run":
-            out = Path(model_or_run) / "eval" / _out_dir_name(f"{dataset}-{task}-{split}")
-        else:
-            out = Path("eval") / _out_dir_name(f"{method}-{Path(model_name).name}-{dataset}-{task}-{split}")
-    out = Path(out)
+    out = Path(out) if out is not None else _default_out(kind, model_or_run, model_name, method, dataset, task, split)
     results = {
         "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,
         "regime": info.get("regime"), "k": info.get("k"), "shots": info.get("shots"), "n_samples": len(samples),
