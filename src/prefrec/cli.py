@@ -97,18 +97,23 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 _LIMIT_HELP = "Use the first N samples (file order); 'all' for every sample."
 
 
-def _limit(value: Optional[str], default: int | None = None) -> int | None:
-    """--limit, the same in every command: N >= 1 takes the first N samples, 'all' (or leaving it out where the
-    command has no default) takes every sample, and 0 or a negative number is an error, never a silent 'all'."""
+def _count(value: Optional[str], flag: str, absent, what: str = ""):
+    """A count option: `absent` when not given, None for 'all', else a whole number (UserError naming the flag)."""
     if value is None:
-        return default
+        return absent
     if value.strip().lower() == "all":
         return None
     try:
-        n = int(value)
+        return int(value)
     except ValueError:
-        raise UserError(f"--limit must be a whole number of samples or 'all', got {value!r}") from None
-    if n < 1:
+        raise UserError(f"{flag} must be a whole number{what} or 'all', got {value!r}") from None
+
+
+def _limit(value: Optional[str], default: int | None = None) -> int | None:
+    """--limit, the same in every command: N >= 1 takes the first N samples, 'all' (or leaving it out where the
+    command has no default) takes every sample, and 0 or a negative number is an error, never a silent 'all'."""
+    n = _count(value, "--limit", default, " of samples")
+    if n is not None and n < 1:
         raise UserError(f"--limit must be at least 1 (or 'all' for every sample), got {n}")
     return n
 
@@ -144,15 +149,7 @@ _DATASET_HELP = "ml-100k | ml-1m | amazon-2014 | amazon-2018 | lastfm | goodread
 
 def _size_arg(value: Optional[str], flag: str):
     """--train/--valid/--test: a number, 'all', or absent (the task's paper default)."""
-    if value is None:
-        return _UNSET
-    if value.strip().lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise UserError(f"{flag} must be a whole number or 'all', got {value!r}") from None
-    return n
+    return _count(value, flag, _UNSET)
 
 
 @data_app.command("prepare")
@@ -531,6 +528,11 @@ def rank_cmd(
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
 
 
+def _seconds(default: float, flag: str, help: str):
+    """A time limit option of the server (at least 0.1 s)."""
+    return typer.Option(default, flag, min=0.1, help=help)
+
+
 @app.command("serve")
 def serve_cmd(
     model: str = typer.Argument(..., help="'embedded', a prefrec run folder or a HF model folder/id."),
@@ -551,14 +553,14 @@ def serve_cmd(
     max_body_bytes: int = typer.Option(256 * 1024, "--max-body-bytes", min=1, help="Largest request body."),
     max_tokens: int = typer.Option(4096, "--max-tokens", min=16, help="Most tokens per request after tokenisation "
                                    "(also capped by the model's context); the history is shortened to fit."),
-    max_seconds: float = typer.Option(60.0, "--max-seconds", min=0.1, help="Time limit per request, queueing "
-                                      "included; the work stops when it passes (503)."),
+    max_seconds: float = _seconds(60.0, "--max-seconds", "Time limit per request, queueing included; the work "
+                                  "stops when it passes (503)."),
     max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests admitted at once (uploading, waiting "
                                   "or running); more get 503."),
-    read_timeout: float = typer.Option(5.0, "--read-timeout", min=0.1, help="Seconds for a whole request body; "
-                                       "then 408 and the connection is closed."),
-    idle_timeout: float = typer.Option(5.0, "--idle-timeout", min=0.1, help="Seconds a connection may take to "
-                                       "send a complete request head (after opening or after its last answer)."),
+    read_timeout: float = _seconds(5.0, "--read-timeout", "Seconds for a whole request body; then 408 and the "
+                                   "connection is closed."),
+    idle_timeout: float = _seconds(5.0, "--idle-timeout", "Seconds a connection may take to send a complete "
+                                   "request head (after opening or after its last answer)."),
     max_connections: int = typer.Option(64, "--max-connections", min=1, help="Open connections at once; more get "
                                         "503."),
     docs: bool = typer.Option(False, "--docs", help="Serve /openapi.json and Swagger UI at /docs (the browser "
