@@ -104,3 +104,24 @@ def add_output_args(ap, name: str) -> None:
     result instead of over it."""
     ap.add_argument("--name", default=name, help=f"result file stem (default {name}; a busy run adds -draft)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
+
+
+def start_server(cmd: list[str], env: dict, port: int, timeout: float, poll: float):
+    """Start a server process and wait until its /health answers 200 (RuntimeError with its stderr if it exits, or
+    when `timeout` seconds pass): the serving benchmarks' one launcher."""
+    import subprocess
+
+    import httpx
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(poll)
+    proc.kill()
+    raise RuntimeError(f"server did not start within {timeout:g} s")

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import quiet
 from serve_load import free_port, normal_request, percentiles, rss_kb, worst_request
 
 SLOW_BODY = (b"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000"
@@ -65,18 +66,7 @@ def start_server(folder: Path, port: int, args) -> subprocess.Popen:
            "--max-queue", str(args.max_queue), "--read-timeout", str(args.read_timeout),
            "--idle-timeout", str(args.idle_timeout), "--max-seconds", str(args.max_seconds),
            "--max-tokens", str(args.max_tokens), "--label", "tiny-random"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start within 120 s")
+    return quiet.start_server(cmd, env, port, timeout=120, poll=0.3)
 
 
 def hold(port: int, data: bytes, wait: float = 30.0) -> dict:

@@ -42,6 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from packing import film_titles, machine  # noqa: E402 - the benchmarks' shared film list and machine description
+import quiet  # noqa: E402
 from quiet import add_output_args, describe, result_stem  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,18 +91,7 @@ def start_server(args, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "prefrec", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
            "--max-tokens", str(args.max_tokens), "--max-seconds", str(args.max_seconds), "--max-queue", "16"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start within 300 s")
+    return quiet.start_server(cmd, env, port, timeout=300, poll=0.5)
 
 
 def send(client: httpx.Client, body: dict) -> tuple[float, int]:
