@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -358,3 +359,24 @@ def test_the_eval_section_takes_evaluates_own_options():
     params = inspect.signature(evaluate).parameters
     for f in dataclasses.fields(EvalConfig):
         assert f.name in params and params[f.name].default == f.default, f.name
+
+
+def test_variants_are_a_grid_axis_with_the_sasrec_table_of_the_same_seed(tmp_path):
+    """The LLaRA grid's text and hybrid arms: trained cells per variant (folders -var-NAME, their own SFT), the
+    "@sasrec" table resolved to the sasrec-full cell of the same dataset and seed, untrained cells once."""
+    from prefrec.experiment import Cell, _train_config, _variant
+
+    cfg = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "llara-candidates.yaml",
+                          [f"output_dir={tmp_path}", "seeds=[1]"])
+    grid = cells(cfg)
+    names = {c.folder() for c in grid}
+    assert {"ml-100k/sft-var-text-seed1", "ml-100k/sft-var-hybrid-seed1"} <= names, sorted(names)
+    assert sum(c.method == "zero-shot" for c in grid) == 2 and all(c.variant is None for c in grid
+                                                                   if c.method in ("zero-shot", "sasrec"))
+    hybrid = next(c for c in grid if c.method == "sdpo" and c.variant == "hybrid" and c.dataset == "ml-100k")
+    assert _variant(cfg, hybrid)["items"]["embeddings"] == str(tmp_path / "cells" / "ml-100k" /
+                                                                "sasrec-full-seed1" / "eval")
+    tc = _train_config(cfg, hybrid, tmp_path / "data", tmp_path / "run", ["sdpo"], "embedded")
+    assert tc.items is not None and tc.items.projector_hidden == 256 and tc.stages[0].kind == "sdpo"
+    text = Cell(**{**vars(hybrid), "variant": "text"})
+    assert _train_config(cfg, text, tmp_path / "data", tmp_path / "run", ["sdpo"], "embedded").items is None

@@ -20,6 +20,7 @@ so "mean ± std over seeds" covers both data sampling and training randomness, a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import sys
@@ -70,6 +71,10 @@ class ExperimentConfig:
     align: dict = field(default_factory=dict)  # StageConfig fields of the alignment stage
     eval: dict = field(default_factory=dict)  # evaluate() arguments (limit, generate, max_new_tokens, ...)
     baseline: dict = field(default_factory=dict)  # run_baseline() arguments (epochs, dim, ...)
+    # named overlays of the LLM cells' training config, a grid axis (cell folders get "-var-NAME"): e.g. text-only
+    # vs collaborative item tokens, {text: {}, hybrid: {items: {embeddings: "@sasrec", ...}}}. "@sasrec" in
+    # items.embeddings is the sasrec-full cell of the same dataset and seed (listed in methods, so it runs first)
+    variants: dict = field(default_factory=dict)
     output_dir: str | None = None
     report_dir: str | None = None
 
@@ -142,9 +147,10 @@ class Cell:
     beta: float | None
     seed: int
     regime: str | None
+    variant: str | None = None
 
     def folder(self) -> str:
-        parts = [self.method]
+        parts = [self.method] + ([f"var-{self.variant}"] if self.variant else [])
         if self.regime:
             parts.append(self.regime)
         if self.model != "embedded" and self.method in methods.llm_methods():
@@ -170,10 +176,11 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
         aligned = methods.method_is_aligned(method)
         trained = method in methods.llm_methods() and method != methods.ZERO_SHOT
         regimes = cfg.regimes if method not in methods.llm_methods() else [None]
-        for regime in regimes:
+        variants = list(cfg.variants) if trained and cfg.variants else [None]
+        for regime, variant in itertools.product(regimes, variants):
             out.append(Cell(dataset=ds.label, method=method, model=model if method in methods.llm_methods() else "-",
                             k=methods.cell_k(method, k), shots=shots if (trained or regime == "few-shot") else None,
-                            beta=beta if aligned else None, seed=seed, regime=regime))
+                            beta=beta if aligned else None, seed=seed, regime=regime, variant=variant))
     return list(dict.fromkeys(out))
 
 
@@ -243,7 +250,9 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
                   model: str):
     from prefrec.training.config import config_from_dict
 
-    raw = copy.deepcopy(cfg.train)
+    raw = _overlay(copy.deepcopy(cfg.train), _variant(cfg, cell))
+    if "sft" not in stages and isinstance(raw.get("items"), dict):
+        raw["items"].pop("curriculum", None)  # the curriculum is SFT's; an alignment stage trains on hybrid prompts
     raw["model"] = {**raw.get("model", {}), "name": model}
     raw["data"] = {**raw.get("data", {}), "dir": str(data_dir)}
     if cell.shots is not None:
@@ -254,6 +263,26 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
     raw["stages"] = [{"kind": "sft", **cfg.sft} if kind == "sft" else
                      {**cfg.align, "kind": kind, "k": cell.k, "beta": cell.beta} for kind in stages]
     return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
+
+
+def _variant(cfg: ExperimentConfig, cell: Cell) -> dict:
+    """The cell's training overlay, with "@sasrec" resolved to the item table of its dataset's and seed's SASRec
+    cell."""
+    overlay = copy.deepcopy(cfg.variants.get(cell.variant) or {})
+    items = overlay.get("items")
+    if isinstance(items, dict) and items.get("embeddings") == "@sasrec":
+        sasrec = Cell(dataset=cell.dataset, method="sasrec", model="-", k=None, shots=None, beta=None,
+                      seed=cell.seed, regime="full")
+        items["embeddings"] = str(Path(cfg.output_dir) / "cells" / sasrec.folder() / "eval")
+    return overlay
+
+
+def _overlay(base: dict, over: dict) -> dict:
+    """`base` with `over` laid on it, mapping by mapping."""
+    for key, value in over.items():
+        base[key] = _overlay(dict(base.get(key) or {}), value) if isinstance(value, dict) and \
+            isinstance(base.get(key), dict) else value
+    return base
 
 
 def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -> Path:
@@ -272,7 +301,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
         train(_train_config(cfg, cell, train_dir, run_dir, kinds, cell.model), resume=True)
         return run_dir
     sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
-                    seed=cell.seed, regime=None)
+                    seed=cell.seed, regime=None, variant=cell.variant)
     sft_run = root / sft_cell.folder() / "run"
     if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
@@ -289,7 +318,7 @@ def _reference_key(tc) -> tuple:
 
     tc = resolve_paths(copy.deepcopy(tc))
     return (tc.model.name, tc.model.dtype, tc.data.dir, tc.data.train, tc.data.valid, tc.data.max_train_samples,
-            tc.data.max_valid_samples)
+            tc.data.max_valid_samples, json.dumps(dataclasses.asdict(tc.items)) if tc.items else None)
 
 
 def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
@@ -356,6 +385,8 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     res = {k: v for k, v in res.items() if k != "out"}
     res.update({"dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "k": cell.k, "shots": cell.shots,
                 "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
+    if cell.variant:
+        res["variant"] = cell.variant
     if cell.method in methods.llm_methods() and cell.model != "embedded":
         res["base_model"] = cell.model
     write_results(out, res)
@@ -372,7 +403,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
 # Settings that change what a cell computes without changing its folder name: resuming with different values would
 # silently mix results made two ways, so they are recorded on the first run and checked on every later one. The
 # grid axes (methods, ks, shots, betas, seeds, regimes, models) name the cell folders and may grow between runs.
-_SETTINGS = ("train", "sft", "align", "eval", "baseline")
+_SETTINGS = ("train", "sft", "align", "eval", "baseline", "variants")
 
 
 def _settings(cfg: ExperimentConfig) -> dict:

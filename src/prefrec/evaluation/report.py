@@ -54,7 +54,7 @@ from prefrec.samples import read_jsonl
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
 from prefrec.training import methods
 
-GROUP_KEYS = ("dataset", "task", "method", "base_model", "regime", "k", "shots", "beta")
+GROUP_KEYS = ("dataset", "task", "method", "variant", "base_model", "regime", "k", "shots", "beta")
 
 
 def key_metrics(task: str) -> list[str]:
@@ -84,7 +84,7 @@ def _numeric_metrics(metrics: dict) -> dict[str, float]:
 # ---- 2-3. groups, mean ± std ----
 
 def group_label(g: dict) -> str:
-    parts = [str(g["method"])]
+    parts = [str(g["method"])] + ([f"[{g['variant']}]"] if g.get("variant") else [])
     if g.get("k") is not None:
         parts.append(f"k={g['k']}")
     if g.get("shots") is not None:
@@ -258,8 +258,19 @@ def _sft_of(run: dict, runs: list[dict]) -> dict | None:
     dataset, task, seed, shots and base model. None for a run that does not start from SFT."""
     if not methods.method_stages(str(run.get("method")))[1]:
         return None
-    key = ("dataset", "task", "seed", "shots", "base_model")
+    key = ("dataset", "task", "seed", "shots", "base_model", "variant")
     same = [s for s in runs if s.get("method") == "sft" and all(s.get(k) == run.get(k) for k in key)]
+    return same[-1] if same else None
+
+
+def _first_variant_of(run: dict, runs: list[dict]) -> dict | None:
+    """For a run of an experiment variant (e.g. hybrid item tokens), the same configuration in the first variant
+    by name order among the runs (e.g. text), on the same samples. None for runs without variants or of the first."""
+    names = sorted({r["variant"] for r in runs if r.get("variant")})
+    if len(names) < 2 or not run.get("variant") or run["variant"] == names[0]:
+        return None
+    key = ("dataset", "task", "method", "seed", "k", "shots", "beta", "base_model")
+    same = [s for s in runs if s.get("variant") == names[0] and all(s.get(k) == run.get(k) for k in key)]
     return same[-1] if same else None
 
 
@@ -533,10 +544,12 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    vs_variant = paired_against(runs, _first_variant_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     beyond = beyond_facts(results, runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     against = [("Against zero-shot on the same test samples", vs_zero),
                ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
-               ("Against the same configuration on the first base model, on the same test samples", vs_model)]
+               ("Against the same configuration on the first base model, on the same test samples", vs_model),
+               ("Against the same configuration in the first variant, on the same test samples", vs_variant)]
 
     prov = provenance()
     md = _header(results, paths, prov, n_boot, preamble, warns)
@@ -554,7 +567,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
                "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
-               "tests_vs_first_model": vs_model, "beyond_facts": beyond,
+               "tests_vs_first_model": vs_model, "tests_vs_first_variant": vs_variant, "beyond_facts": beyond,
                "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]
