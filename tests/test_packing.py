@@ -23,6 +23,9 @@ from prefrec.model import add_lora
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, encode_texts
 from prefrec.scoring.packing import (
+    _head_logits,
+    _token_logps,
+    mixed_precision,
     naive_response_logps,
     pack_trees,
     response_logps,
@@ -213,6 +216,26 @@ def test_bf16_lora_runs_in_bf16_with_fp32_master_weights(tok):
         torch.testing.assert_close(a, b, rtol=0, atol=0.05 * max(g.abs().max() for g in gn).item())
     ref = response_logps(fp32, trees).summed.detach()
     torch.testing.assert_close(p.summed.detach(), ref, rtol=0, atol=0.05 * ref.abs().max().item())
+
+
+def test_bf16_head_logits_are_float32_not_rounded_to_bf16(tok):
+    """A bf16 model's LM head runs in float32: logits of magnitude 32-64 in bf16 lie 0.25 apart, which turned a
+    one-token answer's margin (the letter format) into 0 or ±0.25. Against the head in float64 on the same hidden
+    states, under the mixed-precision context evaluation and training use."""
+    model = _lm(tok, "sdpa", torch.bfloat16)
+    head = model.get_output_embeddings()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 3.0)  # logits of tens, as a trained LM's
+    hidden = torch.randn(6, head.weight.shape[1], generator=g).to(torch.bfloat16)
+    with mixed_precision(model, torch.device("cpu"), torch.bfloat16):
+        logits = _head_logits(model, hidden)
+    ref = hidden.double() @ head.weight.double().T
+    assert ref.abs().max() > 32  # where bf16 spacing is 0.25
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits.double(), ref, rtol=0, atol=1e-4)
+    margins = torch.stack([_token_logps(logits, torch.full((6,), t)) for t in (5, 6)]).diff(dim=0)
+    assert len(set(margins.flatten().tolist())) == 6  # no two margins rounded together
 
 
 def test_lora_loss_gradients_equal_naive_float64(tok):

@@ -288,8 +288,19 @@ def _base(model):
 
 
 def _head_logits(base, hidden: Tensor) -> Tensor:
-    """LM head on gathered hidden states (T, H) -> float32 logits (T, V), with the model's final-logit transforms."""
-    logits = base.get_output_embeddings()(hidden)
+    """LM head on hidden states (..., H) -> float32 logits (..., V), with the model's final-logit transforms.
+
+    The head's product runs in float32 even on a bf16 model, outside autocast: bf16 logits of magnitude 32-64 lie
+    0.25 apart, so a one-token answer's margin (the letter format) came out as 0 or ±0.25 — on ML-1M validation,
+    300 comparisons took three distinct values. The head is applied at response positions only, so the fp32
+    product costs little (one cast of the head's weight per call)."""
+    head = base.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):
+        if isinstance(head, torch.nn.Linear):
+            bias = None if head.bias is None else _at_least_fp32(head.bias)
+            logits = torch.nn.functional.linear(_at_least_fp32(hidden), _at_least_fp32(head.weight), bias)
+        else:
+            logits = head(hidden)
     cfg = base.config
     if getattr(cfg, "logits_scaling", None):  # Granite divides
         logits = logits / cfg.logits_scaling
@@ -374,9 +385,10 @@ def response_logps(model, trees: Sequence[Tree], *, per_token: bool = False, pac
 def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = False,
                          batch_size: int | None = None) -> Scores:
     """Reference path: one full sequence prefix + question + response per response, right-padded into one batch
-    (or chunks of `batch_size` sequences) with an ordinary 2D padding mask and full logits from `model(...)` at every
-    position, as TRL's DPOTrainer does (its default, use_logits_to_keep=False). Same Scores layout as
-    response_logps; the log-softmax at the response positions is the same function as the packed path's."""
+    (or chunks of `batch_size` sequences) with an ordinary 2D padding mask and full-vocabulary logits at every
+    position, as TRL's DPOTrainer does (its default, use_logits_to_keep=False): the decoder, then the same
+    float32 head and log-softmax as the packed path (`model(...).logits` of a bf16 model are rounded to bf16).
+    Same Scores layout as response_logps."""
     device, dtype = _model_device_dtype(model)
     base = _base(model)
     pad_id = base.config.pad_token_id or 0
@@ -407,9 +419,10 @@ def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = Fals
         rows_pos_item = [torch.tensor([x[j] for x in soft], dtype=torch.long) for j in range(3)]
         with mixed_precision(model, device, dtype):
             inputs = model_inputs(base, ids, *rows_pos_item, device)
-            logits = model(**inputs, attention_mask=attn.to(device), use_cache=False).logits
+            hidden = base.get_decoder()(**inputs, attention_mask=attn.to(device), use_cache=False).last_hidden_state
+            logits = _head_logits(base, hidden)  # full-vocabulary logits at every position, as a plain LM forward
         at = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (T, V)
-        pieces.append(_token_logps(_at_least_fp32(at), torch.tensor(tgts, device=device)))
+        pieces.append(_token_logps(at, torch.tensor(tgts, device=device)))
     token_logps = torch.cat(pieces)
     lengths = [len(r) for _, r in seqs]
     summed = torch.stack([x.sum() for x in token_logps.split(lengths)])
