@@ -2,6 +2,7 @@
 # The ML-1M learning curve of issue 27 (configs/experiments/ml1m-curve.yaml), in the order its choices need:
 #
 #   bash scripts/ml1m-curve.sh lr       # SFT at 1,000 samples, three learning rates, VALIDATION split only
+#                                       # (and zero-shot on the same validation samples)
 #   bash scripts/ml1m-curve.sh choose   # the validation table (docs/results/ml1m-curve/lr.md) and the chosen lr
 #   bash scripts/ml1m-curve.sh curve    # test cells at the chosen lr: zero-shot, SFT, prompt-facts, baselines
 #   bash scripts/ml1m-curve.sh dmpo     # DMPO from the chosen SFT point
@@ -28,6 +29,10 @@ case "${1:?usage: ml1m-curve.sh lr|choose|curve|dmpo|seeds|report}" in
       $P experiment $C --only $LETTER --only sft --set 'shots=[1000]' --set "sft.lr=$lr" \
           --set "output_dir=$EXP/lr-$lr" --set eval.split=valid --no-report
     done
+    # the zero-shot model on the same validation samples: the reference of choose's paired tests
+    data=$(ls -d "$EXP/lr-${LRS[0]}"/data/$LETTER-pairwise-seed0)
+    [ -e "$EXP/valid/zero-shot/results.json" ] || $P eval embedded --samples "$data" --split valid --dtype bf16 \
+        --out "$EXP/valid/zero-shot"
     ;;
   choose)
     .venv/bin/python docs/results/ml1m-curve/choose_lr.py "$EXP" "${LRS[@]}" > "$EXP/chosen-lr"

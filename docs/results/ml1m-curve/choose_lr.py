@@ -2,15 +2,22 @@
 
     python docs/results/ml1m-curve/choose_lr.py EXPERIMENT_DIR LR [LR ...]   # prints the chosen lr
 
-Reads, for each lr, the 1,000-sample SFT cell of `EXPERIMENT_DIR/lr-LR`: its run.json (the validation AUC of the
-best checkpoint, kept by use_best) and its evaluation on the validation split (results.json, split "valid").
-Writes docs/results/ml1m-curve/lr.md (the table) beside this file and prints the lr with the highest validation
-AUC. No test sample is read.
+For each lr, the 1,000-sample SFT cell of `EXPERIMENT_DIR/lr-LR` (its run.json: steps, best validated step) and an
+evaluation of its adapter on the validation split: `EXPERIMENT_DIR/valid/lr-LR/` when there is one (an evaluation
+re-run after a scoring fix), else the cell's own `eval/`. The zero-shot model on the same validation samples is
+`EXPERIMENT_DIR/valid/zero-shot/`. Each AUC gets a 95 % bootstrap CI that resamples users, and its paired difference
+from zero-shot a p-value (prefrec.evaluation.stats, 1,000 resamples). Writes docs/results/ml1m-curve/lr.md and lr.json
+beside this file and prints the lr with the highest validation AUC. No test sample is read.
 """
 
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from prefrec.evaluation.metrics import pairwise_metrics
+from prefrec.evaluation.stats import paired_user_bootstrap, resample, user_groups
 
 
 def cell(exp: Path, lr: str) -> Path:
@@ -20,30 +27,56 @@ def cell(exp: Path, lr: str) -> Path:
     return runs[0]
 
 
+def evaluation(folder: Path) -> list[dict]:
+    res = json.loads((folder / "results.json").read_text())
+    if res["split"] != "valid":
+        raise SystemExit(f"{folder}: evaluated on {res['split']}, not on the validation split")
+    return [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines() if line.strip()]
+
+
+def auc(rows: list[dict]) -> float:
+    return pairwise_metrics([s for r in rows for s in r["s_first"]], [s for r in rows for s in r["s_second"]])["auc"]
+
+
+def auc_ci(rows: list[dict], n_boot: int = 1000) -> tuple[float, float]:
+    groups, rng = user_groups([r["user"] for r in rows]), np.random.default_rng(0)
+    draws = [auc([rows[i] for i in resample(groups, rng)]) for _ in range(n_boot)]
+    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
+def row(exp: Path, lr: str, zero: list[dict]) -> dict:
+    c = cell(exp, lr)
+    run = json.loads((c / "run" / "run.json").read_text())
+    folder = exp / "valid" / f"lr-{lr}" if (exp / "valid" / f"lr-{lr}").exists() else c / "eval"
+    rows = evaluation(folder)
+    if [r["id"] for r in rows] != [r["id"] for r in zero]:
+        raise SystemExit(f"{folder}: not the zero-shot evaluation's validation samples")
+    lo, hi = auc_ci(rows)
+    vs = paired_user_bootstrap(rows, zero, [r["user"] for r in rows], auc)
+    return {"lr": lr, "steps": run["stage_info"]["sft"]["steps"], "best_step": run["best"]["step"],
+            "valid_auc": auc(rows), "lo": lo, "hi": hi, "vs_zero_shot": vs["diff"], "vs_lo": vs["lo"],
+            "vs_hi": vs["hi"], "p": vs["p"], "n_comparisons": sum(len(r["s_first"]) for r in rows),
+            "n_users": vs["n_users"], "seconds": run["timings"].get("sft"), "evaluation": str(folder.relative_to(exp))}
+
+
 def main(exp: str, *lrs: str) -> None:
-    rows = []
-    for lr in lrs:
-        c = cell(Path(exp), lr)
-        run = json.loads((c / "run" / "run.json").read_text())
-        res = json.loads((c / "eval" / "results.json").read_text())
-        if res["split"] != "valid":
-            raise SystemExit(f"{c}: evaluated on {res['split']}, not on the validation split")
-        rows.append({"lr": lr, "best_step": run["best"]["step"], "best_valid_auc": run["best"]["value"],
-                     "valid_auc": res["metrics"]["auc"], "valid_accuracy": res["metrics"]["pairwise_accuracy"],
-                     "n": res["n_samples"], "early_stop": (run["stage_info"]["sft"].get("early_stop") or {}).get("step"),
-                     "steps": run["stage_info"]["sft"]["steps"], "seconds": run["timings"].get("sft")})
+    exp = Path(exp)
+    zero = evaluation(exp / "valid" / "zero-shot")
+    rows = [row(exp, lr, zero) for lr in lrs]
     best = max(rows, key=lambda r: r["valid_auc"])
+    zlo, zhi = auc_ci(zero)
     md = ["# ML-1M curve: the SFT learning rate, chosen on validation", "",
-          "`bash scripts/ml1m-curve.sh lr` then `choose`: SFT on 1,000 samples of `ml-1m-hybrid-letter` (3,000 pairs), "
-          "each lr one run, its checkpoint chosen by validation AUC every 50 steps (use_best), then evaluated on the "
-          "validation split (100 users x 3 comparisons). No test sample was read.", "",
-          "| lr | steps | early stop at | best step | valid AUC at best step | valid AUC (eval) | valid accuracy | train s |",
-          "|---|---|---|---|---|---|---|---|"]
+          "SFT on 1,000 samples of `ml-1m-hybrid-letter` (3,000 pairs), one run per lr, its checkpoint chosen by "
+          "validation AUC every 50 steps (use_best), evaluated on the validation split "
+          f"({rows[0]['n_users']} users x 3 = {rows[0]['n_comparisons']} comparisons); 95 % CIs resample users. "
+          "No test sample was read.", "",
+          "| lr | steps | best step | valid AUC [95 % CI] | vs zero-shot [95 % CI], p | train s |", "|---|---|---|---|---|---|",
+          f"| zero-shot | – | – | {auc(zero):.3f} [{zlo:.3f}, {zhi:.3f}] | | |"]
     for r in rows:
-        md.append(f"| {r['lr']} | {r['steps']} | {r['early_stop'] or '–'} | {r['best_step']} | "
-                  f"{r['best_valid_auc']:.4f} | {r['valid_auc']:.4f} | {r['valid_accuracy']:.4f} | "
+        md.append(f"| {r['lr']} | {r['steps']} | {r['best_step']} | {r['valid_auc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
+                  f"| {r['vs_zero_shot']:+.3f} [{r['vs_lo']:+.3f}, {r['vs_hi']:+.3f}], p = {r['p']:.3f} | "
                   f"{r['seconds'] or 0:.0f} |")
-    md += ["", f"Chosen: lr {best['lr']} (the highest validation AUC)."]
+    md += ["", f"Highest validation AUC: lr {best['lr']}."]
     (Path(__file__).parent / "lr.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     (Path(__file__).parent / "lr.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     print(best["lr"])
