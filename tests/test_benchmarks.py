@@ -2,6 +2,8 @@
 as the attention mask allows (flops.py)."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,12 +71,10 @@ def test_output_args_send_a_smoke_run_beside_the_committed_result(tmp_path):
     assert q.result_stem(args.name, True, args.out_dir) == tmp_path / "smoke-draft"
 
 
-@pytest.mark.parametrize("name", ["train_throughput", "eval_pairwise", "vs_trl", "packing", "serve_load"])
+@pytest.mark.parametrize("name", ["train_throughput", "eval_pairwise", "vs_trl", "packing", "serve_load",
+                                  "profile_steps"])
 def test_every_timing_benchmark_takes_the_output_args(name):
     """Asked by its command line, not by reading its source: each benchmark's --help offers --name and --out-dir."""
-    import subprocess
-    import sys
-
     res = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
@@ -95,3 +95,18 @@ def test_attention_pairs_count_what_the_tree_mask_allows():
 
     assert f.attention_pairs(prompt, responses, packed=True) == brute(True) == 15 + 21 + 6 + 30
     assert f.attention_pairs(prompt, responses, packed=False) == brute(False)
+
+
+def test_profile_buckets_split_lora_from_base_matmuls_and_phases_first():
+    """profile_steps files an operator by its enclosing phase, then by name; a matmul with a dimension equal to the
+    LoRA rank is the adapter's."""
+    from types import SimpleNamespace as E
+
+    sys.path.insert(0, str(BENCH))
+    from profile_steps import bucket
+
+    assert bucket(E(name="aten::mm", input_shapes=[[430, 576], [576, 16]]), None, 16) == "matmul-lora"
+    assert bucket(E(name="aten::mm", input_shapes=[[430, 576], [576, 1536]]), None, 16) == "matmul-base"
+    assert bucket(E(name="aten::_scaled_dot_product_flash_attention_for_cpu", input_shapes=[]), None, 16) == "attention"
+    assert bucket(E(name="aten::mul", input_shapes=[[16]]), None, 16) == "elementwise"
+    assert bucket(E(name="aten::mm", input_shapes=[[4, 16]]), "optimizer", 16) == "optimizer"

@@ -70,11 +70,13 @@ def main(exp: str, *lrs: str) -> None:
           "validation AUC every 50 steps (use_best), evaluated on the validation split "
           f"({rows[0]['n_users']} users x 3 = {rows[0]['n_comparisons']} comparisons); 95 % CIs resample users. "
           "No test sample was read.", "",
-          "| lr | steps | best step | valid AUC [95 % CI] | vs zero-shot [95 % CI], p | train s |", "|---|---|---|---|---|---|",
+          "| lr | steps | best step | valid AUC [95 % CI] | vs zero-shot [95 % CI], p | train s |",
+          "|---|---|---|---|---|---|",
           f"| zero-shot | – | – | {auc(zero):.3f} [{zlo:.3f}, {zhi:.3f}] | | |"]
     for r in rows:
-        md.append(f"| {r['lr']} | {r['steps']} | {r['best_step']} | {r['valid_auc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] "
-                  f"| {r['vs_zero_shot']:+.3f} [{r['vs_lo']:+.3f}, {r['vs_hi']:+.3f}], p = {r['p']:.3f} | "
+        md.append(f"| {r['lr']} | {r['steps']} | {r['best_step']} | "
+                  f"{r['valid_auc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "
+                  f"{r['vs_zero_shot']:+.3f} [{r['vs_lo']:+.3f}, {r['vs_hi']:+.3f}], p = {r['p']:.3f} | "
                   f"{r['seconds'] or 0:.0f} |")
     md += ["", f"Highest validation AUC: lr {best['lr']}."]
     (Path(__file__).parent / "lr.md").write_text("\n".join(md) + "\n", encoding="utf-8")
