@@ -153,6 +153,26 @@ def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
         load_experiment(path)
 
 
+def test_dataset_ks_and_default_betas(tmp_path, tiny_setup):
+    """A dataset's own `ks` replace the grid's for its cells; `betas: [null]` trains each loss with its row's β,
+    and results.json records that β."""
+    from prefrec.experiment import _beta
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["sft", "dmpo", "sdpo", "simpo"])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"][0]["methods"] = ["sft", "dmpo", "simpo"]
+    raw["datasets"].append({**raw["datasets"][0], "label": "tiny-cand", "task": "candidates",
+                            "methods": ["sdpo", "simpo"], "ks": [15]})
+    raw["ks"], raw["betas"] = [3], [None]
+    path.write_text(yaml.safe_dump(raw))
+    grid = cells(load_experiment(path))
+    got = {(c.dataset, c.method, c.k, c.beta) for c in grid}
+    assert got == {("tiny-ml", "sft", None, None), ("tiny-ml", "dmpo", 3, None), ("tiny-ml", "simpo", 3, None),
+                   ("tiny-cand", "sdpo", 15, None), ("tiny-cand", "simpo", 15, None)}
+    assert {c.method: _beta(c) for c in grid if c.dataset == "tiny-ml"} == {"sft": None, "dmpo": 0.1, "simpo": 2.0}
+
+
 def test_only_combines_methods_and_datasets(tmp_path, tiny_setup):
     from prefrec.experiment import select
 

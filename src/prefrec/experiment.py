@@ -53,6 +53,7 @@ class DatasetSpec:
     # the methods to run on this dataset (a subset of the experiment's `methods`); None = all of them. A grid with a
     # pairwise and a candidates dataset runs DMPO on the one and S-DPO on the other without the crossed cells
     methods: list[str] | None = None
+    ks: list[int] | None = None  # this dataset's k values instead of the grid's `ks` (15 negatives on candidates)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class ExperimentConfig:
     methods: list[str]
     ks: list[int] = field(default_factory=lambda: [3])
     shots: list[int | None] = field(default_factory=lambda: [None])  # None = the prepared train split as is
-    betas: list[float] = field(default_factory=lambda: [0.1])
+    betas: list[float | None] = field(default_factory=lambda: [0.1])  # None: each loss's own default β (its row)
     seeds: list[int] = field(default_factory=lambda: [0])
     regimes: list[str] = field(default_factory=lambda: ["few-shot", "full"])
     models: list[str] = field(default_factory=lambda: ["embedded"])
@@ -168,9 +169,9 @@ class Cell:
 def cells(cfg: ExperimentConfig) -> list[Cell]:
     """Every cell of the grid, without duplicates (a sweep value that does not apply to a method is dropped)."""
     out: list[Cell] = []
-    for ds, method, model, k, shots, beta, seed in itertools.product(
-            [d for d in cfg.datasets if d.evaluate], cfg.methods, cfg.models, cfg.ks, cfg.shots, cfg.betas,
-            cfg.seeds):
+    grid = ((ds, *rest) for ds in cfg.datasets if ds.evaluate
+            for rest in itertools.product(cfg.methods, cfg.models, ds.ks or cfg.ks, cfg.shots, cfg.betas, cfg.seeds))
+    for ds, method, model, k, shots, beta, seed in grid:
         if ds.methods is not None and method not in ds.methods:
             continue
         aligned = methods.method_is_aligned(method)
@@ -350,6 +351,13 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
             return
 
 
+def _beta(cell: Cell) -> float | None:
+    """The β a cell trained with: its grid value, or (betas: [null]) its loss's default."""
+    if cell.beta is not None or not methods.method_is_aligned(cell.method):
+        return cell.beta
+    return methods.STAGES[methods.method_kind(cell.method)].beta
+
+
 def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     """Prepare, train and evaluate one cell; write out/results.json (skipped by the caller when it exists)."""
     ds = next(d for d in cfg.datasets if d.label == cell.dataset)
@@ -384,7 +392,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     # one results.json per cell, with the grid coordinates the report groups by
     res = {k: v for k, v in res.items() if k != "out"}
     res.update({"dataset": cell.dataset, "method": cell.method, "seed": cell.seed, "k": cell.k, "shots": cell.shots,
-                "beta": cell.beta, "regime": cell.regime, "experiment": cfg.name})
+                "beta": _beta(cell), "regime": cell.regime, "experiment": cfg.name})
     if cell.variant:
         res["variant"] = cell.variant
     if cell.method in methods.llm_methods() and cell.model != "embedded":

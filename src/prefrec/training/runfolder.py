@@ -65,7 +65,10 @@ def save_adapter(lm, dest: Path, state_dict: dict | None = None, projector: dict
 def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
     """RUN/checkpoints/step-N/: Accelerate's save_state (optimizer, scheduler, every process's RNG; under FSDP and
     DeepSpeed also the sharded model and optimizer), adapter/ (PEFT format) and trainer_state.json (prefrec's
-    counters). Written into a temp folder that is renamed into place once trainer_state.json is in it."""
+    counters). Written into a temp folder that is renamed into place once trainer_state.json is in it; only then
+    are checkpoints beyond the last `keep_last` deleted. Not Accelerate's ProjectConfiguration(total_limit): it
+    deletes the oldest checkpoint *before* writing the new one, names folders by save count rather than by step,
+    and counts every entry of the folder (a temp folder included)."""
     root = run / "checkpoints"
     final = root / f"step-{state['global_step']}"
     tmp = root / f".step-{state['global_step']}.tmp"
