@@ -356,6 +356,8 @@ def eval_cmd(
     constrained: bool = typer.Option(False, "--constrained", help="Candidates task: also decode through the trie of "
                                      "the candidates' answers (HR@1 and ValidRatio _constrained beside the papers')."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Generation length limit."),
+    gen_backend: str = typer.Option("transformers", "--gen-backend", help="Candidates generation: transformers, or "
+                                    "vllm (optional, CUDA GPU: pip install vllm)."),
     method: Optional[str] = typer.Option(None, "--method", help="Method name in results.json (default: the run's "
                                          "last stage, 'zero-shot' for an untrained model)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed recorded in results.json (default: the run's, "
@@ -376,7 +378,8 @@ def eval_cmd(
         else:
             data = samples
         res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
-                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained)
+                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
+                       gen_backend=gen_backend)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     if is_run_dir(model):  # the run's model card lists its test metrics

@@ -88,6 +88,7 @@ class EvalConfig:
     limit: int | None = None
     generate: bool = True
     constrained: bool = False
+    gen_backend: str = "transformers"
     max_new_tokens: int = 64
     gen_batch_size: int = 8
     max_tokens_per_batch: int | None = None

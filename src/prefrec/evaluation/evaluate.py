@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prefrec.errors import UserError
-from prefrec.evaluation import tasks
+from prefrec.evaluation import scores, tasks
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
 from prefrec.data.prepared import read_split, read_stats, split_file
@@ -137,7 +137,8 @@ def _in_eval_mode(fn):
 
 
 def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing: dict, t_loaded: float, *,
-           generate: bool, max_new_tokens: int, gen_batch_size: int, constrained: bool = False) \
+           generate: bool, max_new_tokens: int, gen_batch_size: int, constrained: bool = False,
+           gen_backend: str = "transformers") \
         -> tuple[list[dict], dict]:
     """Per-sample rows and the task's metrics (its row of tasks.TASKS), with the scoring and generation times in
     `timing`."""
@@ -148,10 +149,20 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     metrics = {}
     if generate and row.generate is not None:
         metrics.update(row.generate(model, tokenizer, samples, rows, max_new_tokens=max_new_tokens,
-                                    batch_size=gen_batch_size, progress=kw["progress"], constrained=constrained))
+                                    batch_size=gen_batch_size, progress=kw["progress"], constrained=constrained,
+                                    backend=gen_backend))
         timing["generate_s"] = time.perf_counter() - t_scored
     metrics.update(row.metrics(rows))
     return rows, metrics
+
+
+def _check_backend(backend: str, generate: bool) -> None:
+    if backend not in scores.BACKENDS:
+        raise UserError(f"generation backend {backend!r}: expected one of {', '.join(scores.BACKENDS)}")
+    if backend == "vllm" and generate:
+        from prefrec.evaluation.vllm_generate import require_vllm
+
+        require_vllm()
 
 
 def _load(model_or_run, dtype, device):
@@ -195,18 +206,19 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
              limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
              max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
-             progress: bool = True, constrained: bool = False) -> dict:
+             progress: bool = True, constrained: bool = False, gen_backend: str = "transformers") -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
     model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
     model), or an already loaded (model, tokenizer) pair (put in eval mode meanwhile, its mode restored after).
     samples_dir: a `prefrec data prepare` folder, a .jsonl file, or a list of Samples. method: default the run's
     last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
-    only, greedy generation for HR@1/ValidRatio (the slow part).
+    only, greedy generation for HR@1/ValidRatio (the slow part), by transformers or vLLM (gen_backend, GPU only).
     max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
     Returns the results dict (as written, plus "out": the output folder).
     """
     t0 = time.perf_counter()
+    _check_backend(gen_backend, generate)
     samples, stats, where, task = _eval_samples(samples_dir, split, limit)
     kind, info = evaluated(model_or_run)
     method = method or info.get("method") or "zero-shot"
@@ -223,7 +235,8 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
     timing: dict = {"load_s": t_loaded - t0}
     rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
-                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, constrained=constrained)
+                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, constrained=constrained,
+                           gen_backend=gen_backend)
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
 
@@ -235,6 +248,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         # the model a run was trained from (or the evaluated model itself): report groups by it, and by β
         "base_model": info.get("base_model") or model_name, "beta": info.get("beta"),
         "config": {"samples": where, "split": split, "limit": limit, "generate": generate, "constrained": constrained,
+                   "gen_backend": gen_backend,
                    "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),

@@ -103,23 +103,27 @@ def score_candidates(model, tokenizer, samples: list[Sample], *, max_tokens_per_
 
 
 def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens: int = 64, batch_size: int = 8,
-                     progress: bool = True, constrained: bool = False) -> list[str]:
+                     progress: bool = True, constrained: bool = False, backend: str = "transformers") -> list[str]:
     """Greedy answers to each sample's comparison-0 prompt: the very prompt tokens the scorer uses (chat template
     with the generation prompt, or the plain format), left-padded in batches; generation stops at the end-of-turn
     token (prefrec.scoring.encoding.stop_token_ids). In the plain format (base models) the answer is its first line: an
     untuned base model rarely emits eos and runs on into more titles, while every trained response is one line.
     constrained: decode through the trie of the sample's candidate answers (prefrec.scoring.trie), so that every
-    answer is one of them."""
+    answer is one of them. backend "vllm": the same prompts and stop ids through vLLM (GPU only; no trie, no item
+    tokens: prefrec.evaluation.vllm_generate)."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     trees = [encode_sample(tokenizer, s, which="chosen", items=item_ids(model)) for s in samples]
     prompts = [t.prefix + t.branches[0].question for t in trees]
+    first_line = prompt_format(tokenizer)["kind"] == "plain"
+    if backend != "transformers":
+        return _other_backend(backend, model, tokenizer, prompts, trees, max_new_tokens=max_new_tokens,
+                              constrained=constrained, first_line=first_line, progress=progress)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                            eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=pad)
     device = next(model.parameters()).device
-    first_line = prompt_format(tokenizer)["kind"] == "plain"
     tries = [_trie(tokenizer, s) for s in samples] if constrained else None
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
@@ -143,6 +147,25 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
                 answers[i] = text.split("\n", 1)[0].strip() if first_line else text
             bar.update(len(idx))
     return answers
+
+
+BACKENDS = ("transformers", "vllm")
+
+
+def _other_backend(backend: str, model, tokenizer, prompts, trees, *, max_new_tokens: int, constrained: bool,
+                   first_line: bool, progress: bool) -> list[str]:
+    """Greedy answers by a backend other than transformers' generate (vLLM), or one clear refusal."""
+    if backend not in BACKENDS:
+        raise UserError(f"generation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if constrained:
+        raise UserError("--constrained decodes through prefrec's answer trie, with the transformers backend only")
+    if any(t.prompt_soft(0) for t in trees):
+        raise UserError("a model with collaborative item tokens generates with the transformers backend only")
+    from prefrec.evaluation.vllm_generate import vllm_answers
+
+    texts = vllm_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                         stop_ids=list(stop_token_ids(tokenizer, model)), progress=progress)
+    return [t.split("\n", 1)[0].strip() if first_line else t for t in texts]
 
 
 def _prompt_embeds(model, ids, trees: list[Tree], L: int) -> dict:
@@ -203,7 +226,8 @@ def _trie(tokenizer, s: Sample) -> AnswerTrie:
 
 
 def generate_and_match(model, tokenizer, samples: list[Sample], rows: list[dict], *, max_new_tokens: int,
-                       batch_size: int, progress: bool, constrained: bool = False) -> dict:
+                       batch_size: int, progress: bool, constrained: bool = False,
+                       backend: str = "transformers") -> dict:
     """Greedy answers matched to one candidate each (the sample's answer format), added to the rows (answer,
     matched, rule, valid, hit); returns HR@1 and ValidRatio, the papers' numbers. constrained: also decode through
     the candidates' trie, beside it (fields and metrics with the suffix _constrained; ValidRatio 1 by
@@ -211,7 +235,8 @@ def generate_and_match(model, tokenizer, samples: list[Sample], rows: list[dict]
     metrics = {}
     for suffix in ("", "_constrained") if constrained else ("",):
         answers = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   progress=progress, constrained=bool(suffix))
+                                   progress=progress, constrained=bool(suffix),
+                                   backend="transformers" if suffix else backend)
         for r, a, s in zip(rows, answers, samples):  # each answer matched once: rows and metrics both use it
             j, rule = matched_candidate(s, a)
             r.update({f"answer{suffix}": a, f"matched{suffix}": j, f"rule{suffix}": rule,
