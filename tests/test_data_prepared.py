@@ -31,3 +31,13 @@ def test_bad_files_name_themselves(tmp_path):
     (tmp_path / "stats.json").write_text("{oops")
     with pytest.raises(UserError, match=r"stats\.json: not valid JSON"):
         read_stats(tmp_path)
+
+
+def test_a_split_is_a_name_inside_the_folder_not_a_path(tmp_path):
+    """`--split ../other/test` used to read another folder's test.jsonl silently."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "test.jsonl").write_text("")
+    for bad in ("../other/test", "..", "sub/test", ""):
+        with pytest.raises(UserError, match="expected the name of a split"):
+            split_file(tmp_path / "a", bad)

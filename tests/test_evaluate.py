@@ -306,3 +306,21 @@ def test_an_adapter_folder_or_an_export_is_labelled_as_its_run_never_as_zero_sho
     (lone / "adapter_config.json").write_text("{}")
     assert ev.evaluated(lone) == ("adapter", {"method": "adapter"})
     assert ev.evaluated("embedded") == ("model", {})
+
+
+def test_a_run_evaluated_on_another_task_or_answer_format_is_warned(tmp_path, capsys):
+    """Evaluating a run on samples unlike its training data is allowed but said: printed and kept in results.json."""
+    data = tmp_path / "pw"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps({"task": "pairwise", "protocol": {"answers": "letter"}}))
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"base_model": "embedded", "stages": ["sft"]}))
+    (run / "config.yaml").write_text(f"data: {{dir: {data}}}\n")
+    got = ev._mismatches(run, "run", "candidates", {"task": "candidates"})
+    assert got == [f"{run} was trained on the pairwise task and is evaluated on candidates samples"]
+    assert "warning: " in capsys.readouterr().err
+    got = ev._mismatches(run / "adapter", "adapter", "pairwise", {"task": "pairwise", "protocol": {}})
+    assert got == [f"{run / 'adapter'} was trained on letter answers and is evaluated on title answers"]
+    assert ev._mismatches(run, "run", "pairwise", {"task": "pairwise", "protocol": {"answers": "letter"}}) == []
+    assert ev._mismatches("embedded", "model", "candidates", {}) == []

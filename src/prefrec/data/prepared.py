@@ -15,7 +15,10 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
 from prefrec.errors import UserError
+from prefrec.results import is_run_dir
 from prefrec.samples import Sample, read_jsonl
 
 SPLITS = ("train", "valid", "test")
@@ -26,6 +29,9 @@ def split_file(source: str | os.PathLike, split: str = "test") -> Path:
     """SPLIT.jsonl of a prepared folder, or `source` itself when it is a samples file."""
     p = Path(source)
     if p.is_dir():
+        if not split or Path(split).name != split or split in (".", ".."):
+            raise UserError(f"split {split!r}: expected the name of a split in {p} (test, valid or train), not a "
+                            "path; give another samples file with --samples")
         f = p / f"{split}.jsonl"
         if not f.is_file():
             have = sorted(x.name for x in p.glob("*.jsonl"))
@@ -61,3 +67,14 @@ def read_stats(folder: str | os.PathLike) -> dict:
         raise UserError(f"{path}: not valid JSON ({e.msg})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def training_stats(model: str | os.PathLike) -> dict | None:
+    """stats.json of a run folder's training data (data.dir in its config.yaml), or None for a model that is not a
+    run or whose data folder is gone (then: the candidates prompt)."""
+    run = Path(model)
+    if not is_run_dir(run) or not (run / "config.yaml").is_file():
+        return None
+    data = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {})
+    folder = Path(data["dir"]) if data.get("dir") else Path(data["train"]).parent if data.get("train") else None
+    return (read_stats(folder) or None) if folder is not None else None

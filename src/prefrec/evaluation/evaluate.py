@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +34,7 @@ from prefrec.errors import UserError
 from prefrec.evaluation import scores, tasks
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
-from prefrec.data.prepared import read_split, read_stats, split_file
+from prefrec.data.prepared import read_split, read_stats, split_file, training_stats
 from prefrec.samples import Sample
 from prefrec.scoring.encoding import prompt_format
 
@@ -156,6 +157,27 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     return rows, metrics
 
 
+def _mismatches(model_or_run, kind: str, task: str, stats: dict) -> list[str]:
+    """Warnings (printed, and kept in results.json) when a run is evaluated on samples unlike its training data:
+    another task, or another answer format."""
+    if kind not in ("run", "adapter", "export"):
+        return []
+    run = model_or_run if kind == "run" else Path(model_or_run).parent if kind == "adapter" else \
+        (json.loads((Path(model_or_run) / "export.json").read_text(encoding="utf-8")) or {}).get("run")
+    trained = training_stats(run) if run else None
+    if not trained:
+        return []
+    out = []
+    if trained.get("task") and trained["task"] != task:
+        out.append(f"{model_or_run} was trained on the {trained['task']} task and is evaluated on {task} samples")
+    answers = [(d.get("protocol") or {}).get("answers") or "title" for d in (trained, stats)]
+    if task == trained.get("task") and answers[0] != answers[1]:
+        out.append(f"{model_or_run} was trained on {answers[0]} answers and is evaluated on {answers[1]} answers")
+    for w in out:
+        print(f"warning: {w}", file=sys.stderr)
+    return out
+
+
 def _check_backend(backend: str, generate: bool) -> None:
     if backend not in scores.BACKENDS:
         raise UserError(f"generation backend {backend!r}: expected one of {', '.join(scores.BACKENDS)}")
@@ -221,6 +243,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     _check_backend(gen_backend, generate)
     samples, stats, where, task = _eval_samples(samples_dir, split, limit)
     kind, info = evaluated(model_or_run)
+    info["warnings"] = _mismatches(model_or_run, kind, task, stats)
     method = method or info.get("method") or "zero-shot"
     if seed is None:
         seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
@@ -229,7 +252,6 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
 
     model, tokenizer, model_name = _load(model_or_run, dtype, device)
     t_loaded = time.perf_counter()
-
     if max_tokens_per_batch is None:
         max_tokens_per_batch = _default_batch_tokens(model)
     kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
@@ -247,9 +269,9 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
         "metrics": metrics, "model": model_name,
         # the model a run was trained from (or the evaluated model itself): report groups by it, and by β
         "base_model": info.get("base_model") or model_name, "beta": info.get("beta"),
+        "warnings": info["warnings"],
         "config": {"samples": where, "split": split, "limit": limit, "generate": generate, "constrained": constrained,
-                   "gen_backend": gen_backend,
-                   "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
+                   "gen_backend": gen_backend, "max_new_tokens": max_new_tokens, "gen_batch_size": gen_batch_size,
                    "max_tokens_per_batch": max_tokens_per_batch, "dtype": str(next(model.parameters()).dtype),
                    "device": str(next(model.parameters()).device), "base_model": info.get("base_model"),
                    # a run's adapter is folded into the base weights for scoring (model.load_model, merge_adapter)

@@ -34,14 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generator
 
-import yaml
-
 from prefrec import io, prompts
 from prefrec.answers import LETTER, TITLE, answer_format
-from prefrec.data.prepared import read_stats
+from prefrec.data.prepared import training_stats
 from prefrec.errors import UserError
 from prefrec.items import attached
-from prefrec.results import is_run_dir
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, Budget, fit_history, token_budget
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import chunked_response_logps
@@ -102,17 +99,6 @@ def ranker_of(model: str | os.PathLike) -> Ranker:
         notes = ("the run was trained on prompts showing the user's ratings and each item's facts; a new user's "
                  "prompt shows titles only",)
     return Ranker(task, proto.get("answers") or TITLE, notes)
-
-
-def training_stats(model: str | os.PathLike) -> dict | None:
-    """stats.json of a run folder's training data (data.dir in its config.yaml), or None for a model that is not a
-    run or whose data folder is gone (then: the candidates prompt)."""
-    run = Path(model)
-    if not is_run_dir(run) or not (run / "config.yaml").is_file():
-        return None
-    data = ((yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {})
-    folder = Path(data["dir"]) if data.get("dir") else Path(data["train"]).parent if data.get("train") else None
-    return (read_stats(folder) or None) if folder is not None else None
 
 
 def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker,
