@@ -156,7 +156,7 @@ def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
 def test_dataset_ks_and_default_betas(tmp_path, tiny_setup):
     """A dataset's own `ks` replace the grid's for its cells; `betas: [null]` trains each loss with its row's β,
     and results.json records that β."""
-    from prefrec.experiment import _beta
+    from prefrec.experiment import _beta, _settings
 
     tiny_dir, src = tiny_setup
     path = _config(tmp_path, tiny_dir, src, ["sft", "dmpo", "sdpo", "simpo"])
@@ -171,6 +171,8 @@ def test_dataset_ks_and_default_betas(tmp_path, tiny_setup):
     assert got == {("tiny-ml", "sft", None, None), ("tiny-ml", "dmpo", 3, None), ("tiny-ml", "simpo", 3, None),
                    ("tiny-cand", "sdpo", 15, None), ("tiny-cand", "simpo", 15, None)}
     assert {c.method: _beta(c) for c in grid if c.dataset == "tiny-ml"} == {"sft": None, "dmpo": 0.1, "simpo": 2.0}
+    # a dataset's ks is a grid axis, not a setting: an output folder made before it existed stays usable
+    assert "ks" not in _settings(load_experiment(path))["datasets"]["tiny-cand"]
 
 
 def test_only_combines_methods_and_datasets(tmp_path, tiny_setup):

@@ -363,3 +363,18 @@ def test_every_llm_run_gets_its_beyond_the_prompts_facts_line(tmp_path):
     assert "Beyond the prompt's facts" in md and "learnt beyond its prompt?" in md
     got = {b["run"].split("/")[-2]: b for b in json.loads((tmp_path / "report" / "results.json").read_text())["beyond_facts"]}
     assert got["restating"]["beyond"] is False and got["knowing"]["beyond"] is True
+
+
+def test_each_variant_is_compared_with_the_experiments_first_one():
+    """The experiment's order decides the reference variant (text before hybrid in llara-candidates.yaml), not
+    name order, which made `hybrid` the reference; without an order, name order."""
+    from prefrec.evaluation.report import _first_variant_of
+
+    base = {"dataset": "d", "task": "candidates", "method": "sft", "seed": 0, "k": None, "shots": None,
+            "beta": None, "base_model": "m"}
+    text, hybrid = {**base, "variant": "text"}, {**base, "variant": "hybrid"}
+    runs = [hybrid, text, {**base, "method": "zero-shot"}]
+    assert _first_variant_of(hybrid, runs, order=["text", "hybrid"]) is text
+    assert _first_variant_of(text, runs, order=["text", "hybrid"]) is None
+    assert _first_variant_of(text, runs) is hybrid  # name order
+    assert _first_variant_of({**base, "variant": "hybrid", "seed": 1}, runs, order=["text", "hybrid"]) is None

@@ -417,8 +417,8 @@ _SETTINGS = ("train", "sft", "align", "eval", "baseline", "variants")
 
 def _settings(cfg: ExperimentConfig) -> dict:
     out = {key: getattr(cfg, key) for key in _SETTINGS}
-    # a dataset's `methods` is a grid axis like the top-level one: it may grow between runs
-    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k not in ("label", "methods")},
+    # a dataset's `methods` and `ks` are grid axes like the top-level ones: they may grow between runs
+    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k not in ("label", "methods", "ks")},
                                  "negatives": _negatives(cfg, d)} for d in cfg.datasets}
     return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
 
@@ -429,6 +429,7 @@ def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
         before = json.loads(record.read_text(encoding="utf-8"))
         for d in before.get("datasets", {}).values():
             d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
+            d.pop("ks", None)
         changed = [k for k in _SETTINGS if before.get(k) != now.get(k)]
         changed += [f"datasets.{label}" for label in now["datasets"]
                     if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]
@@ -548,7 +549,7 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
     if timed:
         preamble += [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, "
                      f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
-    return make_report([published], cfg.report_dir, preamble=preamble)
+    return make_report([published], cfg.report_dir, preamble=preamble, variants=list(cfg.variants))
 
 
 def _cell_seconds(log_path: Path) -> dict:

@@ -28,13 +28,14 @@ Only metrics that also appear in the run's results.json get a CI.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -263,10 +264,12 @@ def _sft_of(run: dict, runs: list[dict]) -> dict | None:
     return same[-1] if same else None
 
 
-def _first_variant_of(run: dict, runs: list[dict]) -> dict | None:
+def _first_variant_of(run: dict, runs: list[dict], order: Sequence[str] = ()) -> dict | None:
     """For a run of an experiment variant (e.g. hybrid item tokens), the same configuration in the first variant
-    by name order among the runs (e.g. text), on the same samples. None for runs without variants or of the first."""
-    names = sorted({r["variant"] for r in runs if r.get("variant")})
+    among the runs (e.g. text; first in `order`, the experiment's, then by name), on the same samples. None for runs
+    without variants or of the first."""
+    rank = {v: i for i, v in enumerate(order)}
+    names = sorted({r["variant"] for r in runs if r.get("variant")}, key=lambda v: (rank.get(v, len(rank)), v))
     if len(names) < 2 or not run.get("variant") or run["variant"] == names[0]:
         return None
     key = ("dataset", "task", "method", "seed", "k", "shots", "beta", "base_model")
@@ -458,7 +461,7 @@ def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str
     models = {g.get("base_model") for g in gs if g.get("base_model")}
     show_model = len(models) > 1
     for g in gs:
-        cells = [str(g["method"])] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
+        cells = [str(g["method"]) + (f" [{g['variant']}]" if g.get("variant") else "")] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
                                       if show_model else [])
         cells += [_fmt(g.get("k")), _fmt(g.get("shots")), ("–" if g.get("beta") is None else f"{g['beta']:g}"), _fmt(g.get("regime")),
                   str(len(g["seeds"]))]
@@ -519,10 +522,11 @@ def _header(results, paths, prov: dict, n_boot: int, preamble, warns: list[str])
 
 
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
-                seed: int = 0, preamble: list[str] | None = None) -> Path:
+                seed: int = 0, preamble: list[str] | None = None, variants: Sequence[str] = ()) -> Path:
     """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md.
 
     preamble: Markdown lines placed under the title (the experiment runner puts its command and cell times there).
+    variants: the experiment's variants in its config's order; each is compared with the first (default: name order).
     """
     paths = list(paths)
     out_dir = Path(out_dir)
@@ -544,7 +548,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
-    vs_variant = paired_against(runs, _first_variant_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    first_variant = functools.partial(_first_variant_of, order=list(variants))
+    vs_variant = paired_against(runs, first_variant, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     beyond = beyond_facts(results, runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     against = [("Against zero-shot on the same test samples", vs_zero),
                ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
