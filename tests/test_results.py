@@ -56,7 +56,7 @@ def test_llm_results_keep_their_key_order(tiny_lm, tmp_path):
     ev.evaluate(tiny_lm, pairwise_samples(), out=tmp_path / "p", progress=False)
     keys = list(json.loads((tmp_path / "p" / "results.json").read_text()))
     assert keys == ["kind", "method", "dataset", "task", "split", "seed", "regime", "k", "shots", "n_samples",
-                    "metrics", "model", "base_model", "beta", "config", "timing", "git_commit", "versions", "created"]
+                    "metrics", "model", "base_model", "beta", "warnings", "config", "timing", "git_commit", "versions", "created"]
 
 
 def test_one_run_folder_check(tmp_path):

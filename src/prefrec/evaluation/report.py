@@ -525,9 +525,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                 seed: int = 0, preamble: list[str] | None = None, variants: Sequence[str] = ()) -> Path:
     """Write OUT/results.md, OUT/results.json and OUT/plots/*.png from the results under `paths`; return the .md.
 
-    preamble: Markdown lines placed under the title (the experiment runner puts its command and cell times there).
-    variants: the experiment's variants in its config's order; each is compared with the first (default: name order).
-    """
+    preamble: Markdown lines under the title (the experiment runner's command and cell times). variants: the
+    experiment's variants in its config's order, each compared with the first (default: name order)."""
     paths = list(paths)
     out_dir = Path(out_dir)
     results = find_results(paths)
