@@ -7,7 +7,7 @@ The rows of benchmarks/train_throughput.py (SFT, DMPO at k = 3 and 15, scoring; 
 on attention + MLP, real ML-100K hybrid-prompt samples), each run for one warm-up step and then --steps profiled
 steps. Every profiled operator's *self* CPU time (so nothing is counted twice) goes into one bucket:
   collation    encoding the sample into its tree (tokenizer, masks), inside the step's "collation" scope
-  optimizer    everything inside AdamW's step and zero_grad
+  optimizer    everything inside AdamW's step and zero_grad (train_throughput's "optimizer" scope)
   attention    scaled-dot-product attention kernels, forward and backward
   matmul-base  matrix products of the frozen base model and the LM head
   matmul-lora  matrix products with a dimension equal to the LoRA rank (the adapters' A and B)
@@ -32,36 +32,20 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
-from train_throughput import LORA, candidate_samples, hybrid_samples  # noqa: E402
+from train_throughput import LORA, candidate_samples, hybrid_samples, one_step  # noqa: E402
 
 BUCKETS = ("collation", "optimizer", "attention", "matmul-base", "matmul-lora", "elementwise", "outside")
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm")
 
 
 def step(model, opt, tok, sample, kind: str, which: str, k: int | None) -> None:
-    """One step as train_throughput times it, with the phases named for the profiler."""
+    """train_throughput's step, with the sample's encoding in a named "collation" scope."""
     from prefrec.scoring.encoding import encode_sample
-    from prefrec.scoring.packing import response_logps
     from prefrec.training.batches import with_k_negatives
-    from prefrec.training.losses import PreferenceBatch, dmpo_loss, sft_loss
 
     with record_function("collation"):
         tree = encode_sample(tok, with_k_negatives(sample, k) if k else sample, which=which)
-    if kind == "score":
-        with torch.inference_mode():
-            response_logps(model, [tree])
-        return
-    if kind == "sft":
-        sc = response_logps(model, [tree], per_token=True)
-        loss = sft_loss([x for x, (_, _, j) in zip(sc.token_logps, sc.index) if j == 0])
-    else:
-        c, r = response_logps(model, [tree]).chosen_rejected()
-        loss = dmpo_loss(PreferenceBatch(c, r, torch.ones_like(c), torch.ones_like(r), c.detach(), r.detach()),
-                         0.1)[0].sum()
-    loss.backward()
-    with record_function("optimizer"):
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    one_step(model, opt, tree, kind)
 
 
 def bucket(event, scope: str | None, rank: int) -> str:

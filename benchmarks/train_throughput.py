@@ -71,29 +71,36 @@ def candidate_samples(n: int):
 
 def _step(model, opt, loss) -> None:
     loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    with torch.profiler.record_function("optimizer"):  # a named scope for benchmarks/profile_steps.py
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def one_step(model, opt, tree, kind: str) -> None:
+    """One optimizer step on a tree (sft: its chosen responses; dmpo: chosen against rejected, reference cached),
+    or one forward-only scoring pass (score)."""
+    from prefrec.scoring.packing import response_logps
+    from prefrec.training.losses import PreferenceBatch, dmpo_loss, sft_loss
+
+    if kind == "score":
+        with torch.inference_mode():
+            response_logps(model, [tree])
+    elif kind == "sft":
+        sc = response_logps(model, [tree], per_token=True)
+        _step(model, opt, sft_loss([x for x, (_, _, j) in zip(sc.token_logps, sc.index) if j == 0]))
+    else:
+        c, r = response_logps(model, [tree]).chosen_rejected()
+        batch = PreferenceBatch(c, r, torch.ones_like(c), torch.ones_like(r), c.detach(), r.detach())
+        _step(model, opt, dmpo_loss(batch, 0.1)[0].sum())
 
 
 def time_stage(model, trees, kind: str) -> list[float]:
     """Seconds per sample of one optimizer step per tree (the first step is a warm-up, not counted)."""
-    from prefrec.scoring.packing import response_logps
-    from prefrec.training.losses import PreferenceBatch, dmpo_loss, sft_loss
-
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for i, tree in enumerate(trees):
         t0 = time.perf_counter()
-        if kind == "score":
-            with torch.inference_mode():
-                response_logps(model, [tree])
-        elif kind == "sft":
-            sc = response_logps(model, [tree], per_token=True)
-            _step(model, opt, sft_loss([x for x, (_, _, j) in zip(sc.token_logps, sc.index) if j == 0]))
-        else:
-            c, r = response_logps(model, [tree]).chosen_rejected()
-            batch = PreferenceBatch(c, r, torch.ones_like(c), torch.ones_like(r), c.detach(), r.detach())
-            _step(model, opt, dmpo_loss(batch, 0.1)[0].sum())
+        one_step(model, opt, tree, kind)
         if i:
             times.append(time.perf_counter() - t0)
     return times

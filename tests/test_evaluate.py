@@ -317,10 +317,13 @@ def test_a_run_evaluated_on_another_task_or_answer_format_is_warned(tmp_path, ca
     (run / "adapter").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"base_model": "embedded", "stages": ["sft"]}))
     (run / "config.yaml").write_text(f"data: {{dir: {data}}}\n")
-    got = ev._mismatches(run, "run", "candidates", {"task": "candidates"})
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    got = ev._mismatches(run, ev.evaluated(run)[1], "candidates", {"task": "candidates"})
     assert got == [f"{run} was trained on the pairwise task and is evaluated on candidates samples"]
     assert "warning: " in capsys.readouterr().err
-    got = ev._mismatches(run / "adapter", "adapter", "pairwise", {"task": "pairwise", "protocol": {}})
+    got = ev._mismatches(run / "adapter", ev.evaluated(run / "adapter")[1], "pairwise",
+                         {"task": "pairwise", "protocol": {}})
     assert got == [f"{run / 'adapter'} was trained on letter answers and is evaluated on title answers"]
-    assert ev._mismatches(run, "run", "pairwise", {"task": "pairwise", "protocol": {"answers": "letter"}}) == []
-    assert ev._mismatches("embedded", "model", "candidates", {}) == []
+    assert ev._mismatches(run, ev.evaluated(run)[1], "pairwise",
+                          {"task": "pairwise", "protocol": {"answers": "letter"}}) == []
+    assert ev._mismatches("embedded", ev.evaluated("embedded")[1], "candidates", {}) == []

@@ -429,7 +429,6 @@ def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
         before = json.loads(record.read_text(encoding="utf-8"))
         for d in before.get("datasets", {}).values():
             d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
-            d.pop("ks", None)
         changed = [k for k in _SETTINGS if before.get(k) != now.get(k)]
         changed += [f"datasets.{label}" for label in now["datasets"]
                     if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]

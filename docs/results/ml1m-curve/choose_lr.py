@@ -6,18 +6,16 @@ For each lr, the 1,000-sample SFT cell of `EXPERIMENT_DIR/lr-LR` (its run.json: 
 evaluation of its adapter on the validation split: `EXPERIMENT_DIR/valid/lr-LR/` when there is one (an evaluation
 re-run after a scoring fix), else the cell's own `eval/`. The zero-shot model on the same validation samples is
 `EXPERIMENT_DIR/valid/zero-shot/`. Each AUC gets a 95 % bootstrap CI that resamples users, and its paired difference
-from zero-shot a p-value (prefrec.evaluation.stats, 1,000 resamples). Writes docs/results/ml1m-curve/lr.md and lr.json
-beside this file and prints the lr with the highest validation AUC. No test sample is read.
+from zero-shot a p-value (the report's bootstrap_ci and paired_bootstrap, 1,000 resamples). Writes
+docs/results/ml1m-curve/lr.md and lr.json beside this file and prints the lr with the highest validation AUC. No
+test sample is read.
 """
 
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from prefrec.evaluation.metrics import pairwise_metrics
-from prefrec.evaluation.stats import paired_user_bootstrap, resample, user_groups
+from prefrec.evaluation.report import bootstrap_ci, paired_bootstrap
 
 
 def cell(exp: Path, lr: str) -> Path:
@@ -34,14 +32,10 @@ def evaluation(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines() if line.strip()]
 
 
-def auc(rows: list[dict]) -> float:
-    return pairwise_metrics([s for r in rows for s in r["s_first"]], [s for r in rows for s in r["s_second"]])["auc"]
-
-
-def auc_ci(rows: list[dict], n_boot: int = 1000) -> tuple[float, float]:
-    groups, rng = user_groups([r["user"] for r in rows]), np.random.default_rng(0)
-    draws = [auc([rows[i] for i in resample(groups, rng)]) for _ in range(n_boot)]
-    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+def auc(rows: list[dict]) -> tuple[float, float, float]:
+    """AUC with its 95 % CI over user resamples (the report's bootstrap)."""
+    ci = bootstrap_ci(rows, ["auc"])["auc"]
+    return ci["value"], ci["lo"], ci["hi"]
 
 
 def row(exp: Path, lr: str, zero: list[dict]) -> dict:
@@ -51,12 +45,13 @@ def row(exp: Path, lr: str, zero: list[dict]) -> dict:
     rows = evaluation(folder)
     if [r["id"] for r in rows] != [r["id"] for r in zero]:
         raise SystemExit(f"{folder}: not the zero-shot evaluation's validation samples")
-    lo, hi = auc_ci(rows)
-    vs = paired_user_bootstrap(rows, zero, [r["user"] for r in rows], auc)
+    value, lo, hi = auc(rows)
+    vs = paired_bootstrap(rows, zero, "auc")
     return {"lr": lr, "steps": run["stage_info"]["sft"]["steps"], "best_step": run["best"]["step"],
-            "valid_auc": auc(rows), "lo": lo, "hi": hi, "vs_zero_shot": vs["diff"], "vs_lo": vs["lo"],
+            "valid_auc": value, "lo": lo, "hi": hi, "vs_zero_shot": vs["diff"], "vs_lo": vs["lo"],
             "vs_hi": vs["hi"], "p": vs["p"], "n_comparisons": sum(len(r["s_first"]) for r in rows),
-            "n_users": vs["n_users"], "seconds": run["timings"].get("sft"), "evaluation": str(folder.relative_to(exp))}
+            "n_users": len({r["user"] for r in rows}), "seconds": run["timings"].get("sft"),
+            "evaluation": str(folder.relative_to(exp))}
 
 
 def main(exp: str, *lrs: str) -> None:
@@ -64,7 +59,7 @@ def main(exp: str, *lrs: str) -> None:
     zero = evaluation(exp / "valid" / "zero-shot")
     rows = [row(exp, lr, zero) for lr in lrs]
     best = max(rows, key=lambda r: r["valid_auc"])
-    zlo, zhi = auc_ci(zero)
+    zval, zlo, zhi = auc(zero)
     md = ["# ML-1M curve: the SFT learning rate, chosen on validation", "",
           "SFT on 1,000 samples of `ml-1m-hybrid-letter` (3,000 pairs), one run per lr, its checkpoint chosen by "
           "validation AUC every 50 steps (use_best), evaluated on the validation split "
@@ -72,7 +67,7 @@ def main(exp: str, *lrs: str) -> None:
           "No test sample was read.", "",
           "| lr | steps | best step | valid AUC [95 % CI] | vs zero-shot [95 % CI], p | train s |",
           "|---|---|---|---|---|---|",
-          f"| zero-shot | – | – | {auc(zero):.3f} [{zlo:.3f}, {zhi:.3f}] | | |"]
+          f"| zero-shot | – | – | {zval:.3f} [{zlo:.3f}, {zhi:.3f}] | | |"]
     for r in rows:
         md.append(f"| {r['lr']} | {r['steps']} | {r['best_step']} | "
                   f"{r['valid_auc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] | "

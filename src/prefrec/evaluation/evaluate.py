@@ -82,7 +82,7 @@ def evaluated(name) -> tuple[str, dict]:
 def _run_info(name) -> dict:
     """What a prefrec run folder says about itself: method (last stage), k, shots, regime, seed, config."""
     run = read_run(name)
-    info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model")}
+    info: dict = {"seed": run.get("seed"), "base_model": run.get("base_model"), "run_dir": str(name)}
     stages = run.get("stages") or []
     last = stages[-1] if stages else None
     if isinstance(last, str):  # prefrec train: stages = ["sft", "dmpo"], details in stage_info[kind]
@@ -157,14 +157,10 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     return rows, metrics
 
 
-def _mismatches(model_or_run, kind: str, task: str, stats: dict) -> list[str]:
-    """Warnings (printed, and kept in results.json) when a run is evaluated on samples unlike its training data:
-    another task, or another answer format."""
-    if kind not in ("run", "adapter", "export"):
-        return []
-    run = model_or_run if kind == "run" else Path(model_or_run).parent if kind == "adapter" else \
-        (json.loads((Path(model_or_run) / "export.json").read_text(encoding="utf-8")) or {}).get("run")
-    trained = training_stats(run) if run else None
+def _mismatches(model_or_run, info: dict, task: str, stats: dict) -> list[str]:
+    """Warnings (printed, and kept in results.json) when a run (`evaluated`'s info: a run folder, its adapter or its
+    export) is evaluated on samples unlike its training data: another task, or another answer format."""
+    trained = training_stats(info["run_dir"]) if info.get("run_dir") else None
     if not trained:
         return []
     out = []
@@ -243,7 +239,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     _check_backend(gen_backend, generate)
     samples, stats, where, task = _eval_samples(samples_dir, split, limit)
     kind, info = evaluated(model_or_run)
-    info["warnings"] = _mismatches(model_or_run, kind, task, stats)
+    info["warnings"] = _mismatches(model_or_run, info, task, stats)
     method = method or info.get("method") or "zero-shot"
     if seed is None:
         seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")

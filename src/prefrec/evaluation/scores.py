@@ -164,7 +164,7 @@ def _other_backend(backend: str, model, tokenizer, prompts, trees, *, max_new_to
     from prefrec.evaluation.vllm_generate import vllm_answers
 
     texts = vllm_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                         stop_ids=list(stop_token_ids(tokenizer, model)), progress=progress)
+                         stop_ids=stop_token_ids(tokenizer, model), progress=progress)
     return [t.split("\n", 1)[0].strip() if first_line else t for t in texts]
 
 
