@@ -25,6 +25,7 @@ from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, enco
 from prefrec.scoring.packing import (
     _head_logits,
     _token_logps,
+    float32_head,
     mixed_precision,
     naive_response_logps,
     pack_trees,
@@ -236,6 +237,30 @@ def test_bf16_head_logits_are_float32_not_rounded_to_bf16(tok):
     torch.testing.assert_close(logits.double(), ref, rtol=0, atol=1e-4)
     margins = torch.stack([_token_logps(logits, torch.full((6,), t)) for t in (5, 6)]).diff(dim=0)
     assert len(set(margins.flatten().tolist())) == 6  # no two margins rounded together
+
+
+def test_float32_head_breaks_a_bf16_logit_tie_in_greedy_generation(tok):
+    """Two tokens whose logits differ by less than bf16's spacing at 40 (0.25): a bf16 head rounds them equal and
+    greedy generation takes the lower id; under float32_head it takes the truly larger one, and the head is restored."""
+    model = _lm(tok, "sdpa", torch.bfloat16).eval()
+    ids = torch.tensor([[3, 9, 4, 12]])
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        h = model.model(input_ids=ids).last_hidden_state[0, -1]
+        low = (40.0 * h.float() / h.float().square().sum()).to(torch.bfloat16)  # logit 40 for token 5
+        ulp = 2.0 ** (torch.floor(torch.log2(low.float().abs())) - 7)  # one bf16 step of each weight
+        j = int(((ulp * h.float().abs()).nan_to_num() - 0.03).abs().argmin())  # the step that moves the logit ~0.03
+        high = low.clone()
+        high[j] = (low[j].float() + h[j].float().sign() * ulp[j]).to(torch.bfloat16)
+        head.weight[5], head.weight[7] = low, high  # tied to the input embeddings: the prompt has neither id
+        exact = (h.double() @ head.weight.double().T)[[5, 7]]
+        rounded = model(input_ids=ids).logits[0, -1, [5, 7]]
+    assert 0.01 < exact[1] - exact[0] < 0.1 and rounded[0] == rounded[1]  # the premise: a tie only in bf16
+    greedy = {"max_new_tokens": 1, "do_sample": False, "pad_token_id": 0}
+    assert model.generate(ids, **greedy)[0, -1] == 5
+    with float32_head(model):
+        assert model.generate(ids, **greedy)[0, -1] == 7
+    assert model.get_output_embeddings() is head
 
 
 def test_lora_loss_gradients_equal_naive_float64(tok):

@@ -25,7 +25,7 @@ from prefrec.samples import Sample
 from prefrec.scoring.encoding import (encode_sample, encode_texts, end_of_turn_id, prompt_format, response_ids,
                                      stop_token_ids)
 from prefrec.scoring.matching import match
-from prefrec.scoring.packing import _base, score_trees
+from prefrec.scoring.packing import _base, float32_head, score_trees
 from prefrec.scoring.soft import embed, mark_sample
 from prefrec.scoring.trees import Tree
 from prefrec.scoring.trie import AnswerTrie
@@ -109,7 +109,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
     token (prefrec.scoring.encoding.stop_token_ids). In the plain format (base models) the answer is its first line: an
     untuned base model rarely emits eos and runs on into more titles, while every trained response is one line.
     constrained: decode through the trie of the sample's candidate answers (prefrec.scoring.trie), so that every
-    answer is one of them. backend "vllm": the same prompts and stop ids through vLLM (GPU only; no trie, no item
+    answer is one of them. The LM head runs in float32 (scoring.packing.float32_head): a bf16 model's argmax
+    would otherwise break ties of rounded logits by token id. backend "vllm": the same prompts and stop ids through vLLM (GPU only; no trie, no item
     tokens: prefrec.evaluation.vllm_generate)."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -127,8 +128,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
     tries = [_trie(tokenizer, s) for s in samples] if constrained else None
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
     answers: list[str] = [""] * len(prompts)
-    with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="sample",
-                                      disable=not progress) as bar:
+    with torch.inference_mode(), float32_head(model), tqdm(total=len(prompts), desc="generating", unit="sample",
+                                                           disable=not progress) as bar:
         for lo in range(0, len(order), batch_size):
             idx = order[lo:lo + batch_size]
             L = max(len(prompts[i]) for i in idx)

@@ -313,6 +313,37 @@ def _head_logits(base, hidden: Tensor) -> Tensor:
     return logits
 
 
+class _Float32Head(torch.nn.Module):
+    """A linear LM head whose product runs in float32 (as _head_logits), for generate() to call in its place."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        # plain tensors, not parameters: one cast for the whole generation, invisible to model.parameters()
+        self.weight = _at_least_fp32(head.weight.detach())
+        self.bias = None if head.bias is None else _at_least_fp32(head.bias.detach())
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return torch.nn.functional.linear(_at_least_fp32(hidden), self.weight, self.bias)
+
+
+@contextlib.contextmanager
+def float32_head(model):
+    """A context in which the model's forward computes its LM head in float32, for greedy generation: a bf16
+    head rounds logits of magnitude 32-64 to 0.25, so two tokens tie and argmax takes the lower id. The model's own
+    logit transforms (softcapping, scaling) still follow the head. Restores the head on exit."""
+    base = _base(model)
+    head = base.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.weight.dtype in (torch.float32, torch.float64):
+        yield model
+        return
+    base.set_output_embeddings(_Float32Head(head))
+    try:
+        yield model
+    finally:
+        base.set_output_embeddings(head)
+
+
 def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
