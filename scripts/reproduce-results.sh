@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/prefrec
 
-part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-candidates|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7}
+part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-candidates|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7|llara}
 case "$part" in
   quickstart)
     # the README's quickstart: the learning curve's 1,000-sample point (hybrid prompt, zero-shot vs SFT on all 702
@@ -101,6 +101,24 @@ case "$part" in
         sft+dmpo=runs/quickstart/cells/ml-100k/dmpo-k3-beta0.1-seed0/run \
         --samples runs/quickstart/data/ml-100k-pairwise-seed0/test.jsonl --compare --limit 30 \
         --out docs/results/dmpo-fig7
+    ;;
+  llara)
+    # issue 28: collaborative item tokens, seed 0, 200 training samples; ML-100K likelihood only, then its five LLM
+    # adapters re-evaluated with generation; LastFM with both; then the paired tests against SASRec
+    L=configs/experiments/llara-candidates.yaml
+    X=(--set 'seeds=[0]' --set train.model.dtype=bf16 --set eval.dtype=bf16)
+    $P experiment $L --only ml-100k --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" \
+        --set report_dir=docs/results/llara-candidates
+    C=experiments/llara/cells/ml-100k
+    for cell in zero-shot-seed0 sft-var-text-seed0 sft-var-hybrid-seed0 sdpo-var-text-k3-beta1-seed0 \
+        sdpo-var-hybrid-k3-beta1-seed0; do
+      model=$C/$cell/run; [ $cell = zero-shot-seed0 ] && model=embedded
+      $P eval $model --samples experiments/llara/data/ml-100k-candidates-seed0 --split test --limit 200 --generate \
+          --dtype bf16 --seed 0 --out docs/results/llara-candidates/generation/ml-100k/$cell
+    done
+    $P experiment $L --only lastfm --set output_dir=experiments/llara-lastfm "${X[@]}" \
+        --set report_dir=docs/results/llara-candidates/lastfm
+    .venv/bin/python docs/results/llara-candidates/vs_sasrec.py
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac

@@ -1,7 +1,12 @@
 """Each LLM cell of this report against SASRec (whose item table the hybrid cells read), HR@1 on the same test
 samples: a paired bootstrap that resamples users (prefrec.evaluation.stats), read off the committed per-sample files.
+Two HR@1s per LLM cell: likelihood ranking (the candidate with the highest summed log-prob) and greedy generation
+(the answer matched to a candidate: LLaRA's HR@1, invalid answers count as misses; ValidRatio beside it).
 
     python docs/results/llara-candidates/vs_sasrec.py      # prints the table in vs_sasrec.md and writes it
+
+Where each dataset's files are: ML-100K likelihood cells in cells/ml-100k, its generation re-evaluation of the same
+adapters in generation/ml-100k; LastFM (likelihood and generation in one evaluation) in lastfm/cells/lastfm.
 """
 
 import json
@@ -12,14 +17,28 @@ import numpy as np
 from prefrec.evaluation.stats import paired_user_bootstrap
 
 HERE = Path(__file__).parent
-CELLS = HERE / "cells" / "ml-100k"
+LLM_CELLS = ("zero-shot-seed0", "sft-var-text-seed0", "sft-var-hybrid-seed0", "sdpo-var-text-k3-beta1-seed0",
+             "sdpo-var-hybrid-k3-beta1-seed0")
+# dataset -> (folder of its SASRec and likelihood cells, folder of its generation cells)
+SOURCES = {"ml-100k": (HERE / "cells" / "ml-100k", HERE / "generation" / "ml-100k"),
+           "lastfm": (HERE / "lastfm" / "cells" / "lastfm", HERE / "lastfm" / "cells" / "lastfm")}
 
 
-def rows(cell: str, key: str) -> dict[str, dict]:
+def rows(folder: Path, cell: str, how: str) -> dict[str, dict] | None:
+    """id -> {user, hit, valid} of one cell's per-sample file, hit by `how`: "scores" (a baseline's), "rank_scores"
+    (likelihood) or "generation" (the matched greedy answer). None when the file or the field is not there."""
+    path = folder / cell / "per_sample.jsonl"
+    if not path.is_file():
+        return None
     out = {}
-    for line in (CELLS / cell / "per_sample.jsonl").read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        out[r["id"]] = {"user": r["user"], "hit": float(int(np.argmax(r[key])) == r["target_index"])}
+        if how == "generation":
+            if "hit" not in r:
+                return None
+            out[r["id"]] = {"user": r["user"], "hit": float(r["hit"]), "valid": float(r["valid"])}
+        else:
+            out[r["id"]] = {"user": r["user"], "hit": float(int(np.argmax(r[how])) == r["target_index"])}
     return out
 
 
@@ -27,18 +46,48 @@ def hr1(rs: list[dict]) -> float:
     return float(np.mean([r["hit"] for r in rs]))
 
 
+def versus(llm: dict | None, sasrec: dict) -> str:
+    """'HR@1 | LLM − SASRec [CI], p' on the samples both have, or dashes when the LLM cell is missing."""
+    if llm is None:
+        return "– | –"
+    ids = [i for i in llm if i in sasrec]
+    a, b = [llm[i] for i in ids], [sasrec[i] for i in ids]
+    t = paired_user_bootstrap(a, b, [r["user"] for r in a], hr1)
+    return f"{t['a']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+
+
+def validity(folder: Path, stage: str) -> str:
+    """'hybrid | text | difference [CI], p' of the ValidRatio of one stage's two variants, or dashes."""
+    hybrid, text = rows(folder, stage.format("hybrid"), "generation"), rows(folder, stage.format("text"), "generation")
+    if hybrid is None or text is None:
+        return "– | – | –"
+    ids = [i for i in hybrid if i in text]
+    a, b = [hybrid[i] for i in ids], [text[i] for i in ids]
+    t = paired_user_bootstrap(a, b, [r["user"] for r in a], lambda rs: float(np.mean([r["valid"] for r in rs])))
+    return f"{t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+
+
 def main() -> None:
-    sasrec = rows("sasrec-full-seed0", "scores")
-    md = ["| LLM cell (rank HR@1) | its HR@1 | SASRec HR@1 | LLM − SASRec [95 % CI] | p | users |",
-          "|---|---|---|---|---|---|"]
-    for cell in ("zero-shot-seed0", "sft-var-text-seed0", "sft-var-hybrid-seed0", "sdpo-var-text-k3-beta1-seed0",
-                 "sdpo-var-hybrid-k3-beta1-seed0"):
-        llm = rows(cell, "rank_scores")
-        ids = [i for i in llm if i in sasrec]
-        a, b = [llm[i] for i in ids], [sasrec[i] for i in ids]
-        t = paired_user_bootstrap(a, b, [r["user"] for r in a], hr1)
-        md.append(f"| {cell} | {t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}] | "
-                  f"{t['p']:.3f} | {t['n_users']} |")
+    md = ["| dataset | LLM cell | rank HR@1 | − SASRec [95 % CI], p | generation HR@1 | − SASRec [95 % CI], p | "
+          "ValidRatio | SASRec HR@1 | samples (users) |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for dataset, (cells, generated) in SOURCES.items():
+        sasrec = rows(cells, "sasrec-full-seed0", "scores")
+        if sasrec is None:
+            continue
+        users = len({r["user"] for r in sasrec.values()})
+        for cell in LLM_CELLS:
+            gen = rows(generated, cell, "generation")
+            valid = "–" if gen is None else f"{np.mean([r['valid'] for r in gen.values()]):.3f}"
+            md.append(f"| {dataset} | {cell} | {versus(rows(cells, cell, 'rank_scores'), sasrec)} | "
+                      f"{versus(gen, sasrec)} | {valid} | {hr1(list(sasrec.values())):.3f} | "
+                      f"{len(sasrec)} ({users}) |")
+    md += ["", "Generation ValidRatio (the share of answers that name a candidate), hybrid against its text twin on the "
+           "same samples:", "",
+           "| dataset | cell | hybrid | text | hybrid − text [95 % CI], p |", "|---|---|---|---|---|"]
+    for dataset, (_, generated) in SOURCES.items():
+        for stage in ("sft-var-{}-seed0", "sdpo-var-{}-k3-beta1-seed0"):
+            md.append(f"| {dataset} | {stage.format('*')} | {validity(generated, stage)} |")
     (HERE / "vs_sasrec.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
 
