@@ -118,6 +118,10 @@ case "$part" in
     done
     $P experiment $L --only lastfm --set output_dir=experiments/llara-lastfm "${X[@]}" \
         --set report_dir=docs/results/llara-candidates/lastfm
+    $P experiment $L --only ml-100k --only sasrec --only prompt-facts --only zero-shot --only sft \
+        --set datasets.ml-100k.prepare.n_train=600 --set datasets.ml-100k.prepare.n_valid=100 --set sft.epochs=1 \
+        --set output_dir=experiments/llara-600 --set eval.generate=false "${X[@]}" \
+        --set report_dir=docs/results/llara-candidates/ml-100k-600
     .venv/bin/python docs/results/llara-candidates/vs_sasrec.py
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
