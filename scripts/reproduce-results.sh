@@ -109,6 +109,10 @@ case "$part" in
     X=(--set 'seeds=[0]' --set train.model.dtype=bf16 --set eval.dtype=bf16)
     $P experiment $L --only ml-100k --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" \
         --set report_dir=docs/results/llara-candidates
+    $P experiment $L --only ml-100k --only sasrec --only prompt-facts --only zero-shot --only sft \
+        --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" --set 'seeds=[1]' --no-report
+    $P experiment $L --only ml-100k --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" \
+        --set 'seeds=[0,1]' --set report_dir=docs/results/llara-candidates --report-only
     C=experiments/llara/cells/ml-100k
     for cell in zero-shot-seed0 sft-var-text-seed0 sft-var-hybrid-seed0 sdpo-var-text-k3-beta1-seed0 \
         sdpo-var-hybrid-k3-beta1-seed0; do
