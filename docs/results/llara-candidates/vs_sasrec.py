@@ -9,6 +9,7 @@ Where each dataset's files are: ML-100K likelihood cells in cells/ml-100k, its g
 adapters in generation/ml-100k; LastFM (likelihood and generation in one evaluation) in lastfm/cells/lastfm.
 """
 
+import functools
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ SOURCES = {"ml-100k": (HERE / "cells" / "ml-100k", HERE / "generation" / "ml-100
            "lastfm": (HERE / "lastfm" / "cells" / "lastfm", HERE / "lastfm" / "cells" / "lastfm")}
 
 
+@functools.cache  # a generation file is read by both tables
 def rows(folder: Path, cell: str, how: str) -> dict[str, dict] | None:
     """id -> {user, hit, valid} of one cell's per-sample file, hit by `how`: "scores" (a baseline's), "rank_scores"
     (likelihood) or "generation" (the matched greedy answer). None when the file or the field is not there."""

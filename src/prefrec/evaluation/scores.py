@@ -110,8 +110,8 @@ def generate_answers(model, tokenizer, samples: list[Sample], *, max_new_tokens:
     untuned base model rarely emits eos and runs on into more titles, while every trained response is one line.
     constrained: decode through the trie of the sample's candidate answers (prefrec.scoring.trie), so that every
     answer is one of them. The LM head runs in float32 (scoring.packing.float32_head): a bf16 model's argmax
-    would otherwise break ties of rounded logits by token id. backend "vllm": the same prompts and stop ids through vLLM (GPU only; no trie, no item
-    tokens: prefrec.evaluation.vllm_generate)."""
+    would otherwise break ties of rounded logits by token id. backend "vllm": the same prompts and stop ids through
+    vLLM (GPU only; no trie, no item tokens: prefrec.evaluation.vllm_generate)."""
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
