@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 P=.venv/bin/prefrec
 
-part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-candidates|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7|llara}
+part=${1:?usage: reproduce-results.sh quickstart|learning-curve|learning-curve-candidates|learning-curve-models|pairwise|negatives|crossdomain|candidates-ml100k|candidates-lastfm|candidates-report|shots|fig7|llara|llara-pairwise}
 case "$part" in
   quickstart)
     # the README's quickstart: the learning curve's 1,000-sample point (hybrid prompt, zero-shot vs SFT on all 702
@@ -111,8 +111,14 @@ case "$part" in
         --set report_dir=docs/results/llara-candidates
     $P experiment $L --only ml-100k --only sasrec --only prompt-facts --only zero-shot --only sft \
         --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" --set 'seeds=[1]' --no-report
+    # seed 2 ran in fp32 (an AVX2-only CPU), so in its own folder (an output folder holds one precision); the
+    # three-seed report reads both folders' cells gathered in one
+    $P experiment $L --only ml-100k --only sasrec --only prompt-facts --only zero-shot --only sft \
+        --set output_dir=experiments/llara-fp32 --set eval.generate=false --set 'seeds=[2]' \
+        --set train.model.dtype=fp32 --set eval.dtype=fp32 --no-report
+    cp -r experiments/llara-fp32/cells/ml-100k/*-seed2 experiments/llara/cells/ml-100k/
     $P experiment $L --only ml-100k --set output_dir=experiments/llara --set eval.generate=false "${X[@]}" \
-        --set 'seeds=[0,1]' --set report_dir=docs/results/llara-candidates --report-only
+        --set 'seeds=[0,1,2]' --set report_dir=docs/results/llara-candidates --report-only
     C=experiments/llara/cells/ml-100k
     for cell in zero-shot-seed0 sft-var-text-seed0 sft-var-hybrid-seed0 sdpo-var-text-k3-beta1-seed0 \
         sdpo-var-hybrid-k3-beta1-seed0; do
@@ -127,6 +133,11 @@ case "$part" in
         --set output_dir=experiments/llara-600 --set eval.generate=false "${X[@]}" \
         --set report_dir=docs/results/llara-candidates/ml-100k-600
     .venv/bin/python docs/results/llara-candidates/vs_sasrec.py
+    ;;
+  llara-pairwise)
+    # issue 28, the pairwise task: text-only vs item-token SFT at 600 training samples, SASRec and prompt-facts
+    $P experiment configs/experiments/llara-pairwise.yaml --set output_dir=experiments/llara-pairwise \
+        --set report_dir=docs/results/llara-pairwise
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac

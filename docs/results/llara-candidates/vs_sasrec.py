@@ -2,6 +2,7 @@
 samples: a paired bootstrap that resamples users (prefrec.evaluation.stats), read off the committed per-sample files.
 Two HR@1s per LLM cell: likelihood ranking (the candidate with the highest summed log-prob) and greedy generation
 (the answer matched to a candidate: LLaRA's HR@1, invalid answers count as misses; ValidRatio beside it).
+Last, ML-100K SFT over its three seeds: hybrid − text and hybrid − SASRec per seed and pooled.
 
     python docs/results/llara-candidates/vs_sasrec.py      # prints the table in vs_sasrec.md and writes it
 
@@ -20,6 +21,7 @@ from prefrec.evaluation.stats import paired_user_bootstrap
 HERE = Path(__file__).parent
 LLM_CELLS = ("zero-shot-seed0", "sft-var-text-seed0", "sft-var-hybrid-seed0", "sdpo-var-text-k3-beta1-seed0",
              "sdpo-var-hybrid-k3-beta1-seed0")
+SEEDS = (0, 1, 2)  # ML-100K SFT seeds (seeds 1 and 2: SFT cells only)
 # dataset -> (folder of its SASRec and likelihood cells, folder of its generation cells)
 SOURCES = {"ml-100k": (HERE / "cells" / "ml-100k", HERE / "generation" / "ml-100k"),
            "lastfm": (HERE / "lastfm" / "cells" / "lastfm", HERE / "lastfm" / "cells" / "lastfm")}
@@ -69,6 +71,47 @@ def validity(folder: Path, stage: str) -> str:
     return f"{t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
 
 
+def seed_rows(cell: str, seeds: tuple[int, ...]) -> dict | None:
+    """(seed, id) -> row of the ML-100K cell `cell` (formatted with each seed) over `seeds`, or None when a seed
+    lacks it. The user stays the resampling cluster, so a user in two seeds' test splits is drawn as one."""
+    out = {}
+    for seed in seeds:
+        name = cell.format(seed)
+        r = rows(HERE / "cells" / "ml-100k", name, "scores" if name.startswith("sasrec") else "rank_scores")
+        if r is None:
+            return None
+        out.update({(seed, i): v for i, v in r.items()})
+    return out
+
+
+def paired(a: dict, b: dict) -> str:
+    """'A − B [CI], p' of HR@1 on the samples both have, resampling users."""
+    ids = [i for i in a if i in b]
+    ra, rb = [a[i] for i in ids], [b[i] for i in ids]
+    t = paired_user_bootstrap(ra, rb, [r["user"] for r in ra], hr1)
+    return f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+
+
+def seeds_table() -> list[str]:
+    """ML-100K SFT over the seeds (each its own split draw, 200 test samples): hybrid − text and hybrid − SASRec
+    per seed, and over the seeds' samples together."""
+    md = ["", "ML-100K SFT over three seeds, likelihood rank HR@1 (each seed its own split draw and 200 test "
+          "samples; the last row pools the three seeds' samples, resampling users):", "",
+          "| seed | samples (users) | text | hybrid | SASRec | hybrid − text [95 % CI], p | "
+          "hybrid − SASRec [95 % CI], p |", "|---|---|---|---|---|---|---|"]
+    for label, seeds in [(str(s), (s,)) for s in SEEDS] + [("pooled", SEEDS)]:
+        text, hybrid = seed_rows("sft-var-text-seed{}", seeds), seed_rows("sft-var-hybrid-seed{}", seeds)
+        sasrec = seed_rows("sasrec-full-seed{}", seeds)
+        if text is None or hybrid is None or sasrec is None:
+            md.append(f"| {label} | – | – | – | – | – | – |")
+            continue
+        users = len({r["user"] for r in sasrec.values()})
+        md.append(f"| {label} | {len(sasrec)} ({users}) | {hr1(list(text.values())):.3f} | "
+                  f"{hr1(list(hybrid.values())):.3f} | {hr1(list(sasrec.values())):.3f} | {paired(hybrid, text)} | "
+                  f"{paired(hybrid, sasrec)} |")
+    return md
+
+
 def main() -> None:
     md = ["| dataset | LLM cell | rank HR@1 | − SASRec [95 % CI], p | generation HR@1 | − SASRec [95 % CI], p | "
           "ValidRatio | SASRec HR@1 | samples (users) |",
@@ -90,6 +133,7 @@ def main() -> None:
     for dataset, (_, generated) in SOURCES.items():
         for stage in ("sft-var-{}-seed0", "sdpo-var-{}-k3-beta1-seed0"):
             md.append(f"| {dataset} | {stage.format('*')} | {validity(generated, stage)} |")
+    md += seeds_table()
     (HERE / "vs_sasrec.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
 
