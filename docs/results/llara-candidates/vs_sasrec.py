@@ -50,14 +50,23 @@ def hr1(rs: list[dict]) -> float:
     return float(np.mean([r["hit"] for r in rs]))
 
 
+def valid_ratio(rs: list[dict]) -> float:
+    return float(np.mean([r["valid"] for r in rs]))
+
+
+def paired(a: dict, b: dict, metric=hr1) -> str:
+    """'A − B [CI], p' of `metric` on the samples both have, resampling users."""
+    ids = [i for i in a if i in b]
+    ra, rb = [a[i] for i in ids], [b[i] for i in ids]
+    t = paired_user_bootstrap(ra, rb, [r["user"] for r in ra], metric)
+    return f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+
+
 def versus(llm: dict | None, sasrec: dict) -> str:
     """'HR@1 | LLM − SASRec [CI], p' on the samples both have, or dashes when the LLM cell is missing."""
     if llm is None:
         return "– | –"
-    ids = [i for i in llm if i in sasrec]
-    a, b = [llm[i] for i in ids], [sasrec[i] for i in ids]
-    t = paired_user_bootstrap(a, b, [r["user"] for r in a], hr1)
-    return f"{t['a']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+    return f"{hr1([llm[i] for i in llm if i in sasrec]):.3f} | {paired(llm, sasrec)}"
 
 
 def validity(folder: Path, stage: str) -> str:
@@ -66,9 +75,8 @@ def validity(folder: Path, stage: str) -> str:
     if hybrid is None or text is None:
         return "– | – | –"
     ids = [i for i in hybrid if i in text]
-    a, b = [hybrid[i] for i in ids], [text[i] for i in ids]
-    t = paired_user_bootstrap(a, b, [r["user"] for r in a], lambda rs: float(np.mean([r["valid"] for r in rs])))
-    return f"{t['a']:.3f} | {t['b']:.3f} | {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
+    return (f"{valid_ratio([hybrid[i] for i in ids]):.3f} | {valid_ratio([text[i] for i in ids]):.3f} | "
+            f"{paired(hybrid, text, valid_ratio)}")
 
 
 def seed_rows(cell: str, seeds: tuple[int, ...]) -> dict | None:
@@ -82,14 +90,6 @@ def seed_rows(cell: str, seeds: tuple[int, ...]) -> dict | None:
             return None
         out.update({(seed, i): v for i, v in r.items()})
     return out
-
-
-def paired(a: dict, b: dict) -> str:
-    """'A − B [CI], p' of HR@1 on the samples both have, resampling users."""
-    ids = [i for i in a if i in b]
-    ra, rb = [a[i] for i in ids], [b[i] for i in ids]
-    t = paired_user_bootstrap(ra, rb, [r["user"] for r in ra], hr1)
-    return f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
 
 
 def seeds_table() -> list[str]:
@@ -123,7 +123,7 @@ def main() -> None:
         users = len({r["user"] for r in sasrec.values()})
         for cell in LLM_CELLS:
             gen = rows(generated, cell, "generation")
-            valid = "–" if gen is None else f"{np.mean([r['valid'] for r in gen.values()]):.3f}"
+            valid = "–" if gen is None else f"{valid_ratio(list(gen.values())):.3f}"
             md.append(f"| {dataset} | {cell} | {versus(rows(cells, cell, 'rank_scores'), sasrec)} | "
                       f"{versus(gen, sasrec)} | {valid} | {hr1(list(sasrec.values())):.3f} | "
                       f"{len(sasrec)} ({users}) |")
