@@ -137,7 +137,8 @@ case "$part" in
   llara-pairwise)
     # issue 28, the pairwise task: text-only vs item-token SFT at 600 training samples, SASRec and prompt-facts
     $P experiment configs/experiments/llara-pairwise.yaml --set output_dir=experiments/llara-pairwise \
-        --set report_dir=docs/results/llara-pairwise
+        --set report_dir=docs/results/llara-pairwise --set train.model.dtype=bf16 --set eval.dtype=bf16
+    .venv/bin/python docs/results/llara-pairwise/vs_sasrec.py
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac
