@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,3 +65,13 @@ def save_tiny_model(folder, tokenizer, seed: int = 0):
     make_tiny_lm(tokenizer, seed=seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def train_two_processes(cfg_path) -> subprocess.CompletedProcess:
+    """`prefrec train cfg_path` on 2 CPU processes (DDP over gloo, launched by `accelerate launch --multi_gpu`, as
+    docs/train.md says), from the repository root."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "prefrec", "train", str(cfg_path)]
+    return subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

@@ -402,3 +402,20 @@ def test_variants_are_a_grid_axis_with_the_sasrec_table_of_the_same_seed(tmp_pat
     assert tc.items is not None and tc.items.projector_hidden == 256 and tc.stages[0].kind == "sdpo"
     text = Cell(**{**vars(hybrid), "variant": "text"})
     assert _train_config(cfg, text, tmp_path / "data", tmp_path / "run", ["sdpo"], "embedded").items is None
+
+
+def test_a_top_n_grid_shares_one_trunk_cache_between_its_cells(tmp_path, tiny_setup):
+    """lora.layers in the grid's training config: SFT, DMPO and zero-shot read one cache; the test trees are stored
+    once (by the first cell evaluated) and every later cell computes none of them again."""
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "dmpo"],
+                   train={"progress": False, "lora": {"layers": 1}, "trunk_cache_dir": str(tmp_path / "trunk")})
+    run_experiment(path)
+    root = tmp_path / "exp" / "cells" / "tiny-ml"
+    zero = json.loads((root / "zero-shot-model-tiny-model-seed0" / "results.json").read_text())
+    dmpo = json.loads((root / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "results.json").read_text())
+    zt, dt = zero["config"]["trunk_cache"], dmpo["config"]["trunk_cache"]
+    assert zt["folder"] == dt["folder"] and zt["start_layer"] == dt["start_layer"] == 1
+    assert zt["built"] == 4 and dt["built"] == 0 and dt["computed_unstored"] == 0
+    run_info = json.loads((root / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run" / "run.json").read_text())
+    assert run_info["trunk_cache"]["folder"] == zt["folder"]

@@ -11,16 +11,13 @@ against the run's own hybrid forward.
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import save_tiny_model
+from conftest import save_tiny_model, train_two_processes
 from fastapi.testclient import TestClient
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
@@ -59,7 +56,6 @@ from prefrec.training.recipe import checkpoints, train
 TITLES = ["Alien (1979)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Rocky (1976)", "Jaws (1975)", "Up (2009)",
           "Cars (2006)", "Brazil (1985)", "Ran (1985)", "Babe (1995)", "Big (1988)"]
 SIZES = {"train": 8, "valid": 3, "test": 4}
-REPO = Path(__file__).resolve().parents[1]
 BASELINE = {"dim": 8, "epochs": 2, "examples_per_epoch": 300, "progress": False}
 
 
@@ -255,11 +251,7 @@ def test_two_processes_match_one_process(world, tmp_path):
     one = train(_cfg(raw_for(tmp_path / "one", 4, 4)))
     cfg_path = tmp_path / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(raw_for(tmp_path / "two", 2, 2)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "prefrec", "train", str(cfg_path)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    proc = train_two_processes(cfg_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = tmp_path / "two"
     assert json.loads((two / "run.json").read_text())["num_processes"] == 2

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import save_tiny_model
+from conftest import save_tiny_model, train_two_processes
 from safetensors.torch import load_file
 
 from prefrec.errors import UserError
@@ -368,11 +368,7 @@ def test_two_processes_match_one_process(tiny_dir, data_dirs, tmp_path):
     raw2["stages"][1].update(batch_size=1, grad_accum=2)  # the alignment stage also accumulates (DDP no_sync)
     cfg_path = tmp_path / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(raw2))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "prefrec", "train", str(cfg_path)]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = train_two_processes(cfg_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((two / "run.json").read_text())
     assert info["num_processes"] == 2 and info["stage_info"]["dmpo"]["global_batch"] == 4
@@ -386,6 +382,74 @@ def test_two_processes_match_one_process(tiny_dir, data_dirs, tmp_path):
     assert len(va) == len(vb) == 2 and all(r["n"] == 3 for r in vb)
     assert [r["loss"] for r in vb] == pytest.approx([r["loss"] for r in va], abs=1e-5)
     _assert_same_adapter(two / "adapter", one / "adapter", atol=1e-5)
+
+
+def test_two_processes_match_one_process_with_the_trunk_cache(tiny_dir, data_dirs, tmp_path):
+    """The same DDP comparison with LoRA on the top layer and the trunk cache: the main process builds the shared
+    cache, both read it; losses and adapter equal one process that trains without any cache (1e-5)."""
+    def raw_for(out, **kw):
+        raw = _raw(tiny_dir, data_dirs / "pw", out, sft_epochs=1, align_epochs=1, dropout=0.0, **kw)
+        raw.update(save_every=None, trunk_cache_dir=str(tmp_path / "trunk"))
+        raw["lora"]["layers"] = 1
+        raw["stages"][0]["max_steps"] = 1
+        return raw
+
+    one = raw_for(tmp_path / "one")
+    one["trunk_cache"] = False
+    train(_cfg(one))
+    raw2 = raw_for(tmp_path / "two", batch=2)
+    raw2["stages"][1].update(batch_size=1, grad_accum=2)
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw2))
+    proc = train_two_processes(cfg_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert info["trunk_cache"]["start_layer"] == 1 and info["trunk_cache"]["stored_trees"] >= 11
+    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    for key in ("loss", "chosen_logp"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], abs=1e-5), key
+    _assert_same_adapter(tmp_path / "two" / "adapter", tmp_path / "one" / "adapter", atol=1e-5)
+
+
+def test_the_trunk_cache_gives_the_run_without_it(tiny_dir, data_dirs, tmp_path):
+    """LoRA on the top layer, SFT then DMPO with the reference and validation: the cached run's losses, validation
+    metrics and adapter equal the uncached run's (1e-5; the numbers are the same forward, reordered), the cache
+    holds every training and validation tree, and a second run reads it without computing any tree again."""
+    runs = {}
+    for name, cached in (("plain", False), ("cached", True), ("again", True)):
+        raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / name, sft_epochs=1, align_epochs=2, dropout=0.0)
+        raw.update(trunk_cache=cached, trunk_cache_dir=str(tmp_path / "trunk"), save_every=None)
+        raw["lora"]["layers"] = 1
+        runs[name] = train(_cfg(raw))
+    info = json.loads((runs["cached"] / "run.json").read_text())
+    assert info["lora_layers"] == 1 and "trunk_cache" not in json.loads((runs["plain"] / "run.json").read_text())
+    tc = info["trunk_cache"]
+    assert tc["start_layer"] == 1 and tc["computed_unstored"] == 0 and tc["built"] == 8 + 3 + 8 + 3  # sft + dmpo trees
+    again = json.loads((runs["again"] / "run.json").read_text())["trunk_cache"]
+    assert again["built"] == 0 and again["computed_unstored"] == 0
+    for split in ("train", "valid"):
+        a, b = _rows(runs["plain"], split), _rows(runs["cached"], split)
+        assert len(a) == len(b) > 0
+        for key in ("loss", "reward_accuracy", "chosen_logp"):
+            if key in a[-1]:
+                assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], abs=1e-5), (split, key)
+    _assert_same_adapter(runs["cached"] / "adapter", runs["plain"] / "adapter", atol=1e-5)
+    cfg = json.loads((runs["cached"] / "adapter" / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1]  # plain PEFT reads which layers carry LoRA
+    # prefrec eval of the run reads the same cache (the merged model's bottom is its base's), as does zero-shot
+    from prefrec.evaluation.evaluate import evaluate
+
+    kw = dict(split="valid", progress=False, cache_dir=tmp_path / "trunk")
+    on = evaluate(runs["cached"], data_dirs / "pw", out=tmp_path / "ev-on", **kw)
+    off = evaluate(runs["cached"], data_dirs / "pw", out=tmp_path / "ev-off", trunk_layers=0, **kw)
+    zero = evaluate(str(tiny_dir), data_dirs / "pw", out=tmp_path / "ev-zero", trunk_layers=1, **kw)
+    assert off["config"]["trunk_cache"] is None
+    assert on["config"]["trunk_cache"]["folder"] == zero["config"]["trunk_cache"]["folder"] == tc["folder"]
+    assert zero["config"]["trunk_cache"]["built"] == 0  # the run's evaluation stored these trees already
+    assert on["metrics"]["auc"] == pytest.approx(off["metrics"]["auc"], abs=1e-6)
+    on_rows = [json.loads(x) for x in (tmp_path / "ev-on" / "per_sample.jsonl").read_text().splitlines()]
+    off_rows = [json.loads(x) for x in (tmp_path / "ev-off" / "per_sample.jsonl").read_text().splitlines()]
+    assert len(on_rows) == len(off_rows) == 3
 
 
 # ---- other stages and data -------------------------------------------------------------------------------------

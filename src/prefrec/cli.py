@@ -299,6 +299,9 @@ def train_cmd(
     overrides: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
                                                    help="Override one config value, e.g. "
                                                    "--set stages[1].beta=0.2 --set data.max_train_samples=50."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the trunk cache (lora.layers) keeps "
+                                             "its stored states (overrides trunk_cache_dir; default: the user cache "
+                                             "folder)."),
 ) -> None:
     """SFT then DPO / DMPO / S-DPO on one LoRA adapter; several processes via `accelerate launch -m prefrec train`."""
     from prefrec.training.recipe import train
@@ -307,6 +310,8 @@ def train_cmd(
         from prefrec.training.config import load_config  # the method table's losses import torch
 
         cfg = load_config(config, overrides or [], output_dir=str(out) if out is not None else None)
+        if cache_dir is not None:
+            cfg.trunk_cache_dir = str(cache_dir.expanduser().resolve())
         io.check_out_folder(cfg.output_dir, "--out" if out is not None else "output_dir")
         run = train(cfg, resume=resume)
     except (UserError, FileNotFoundError) as e:
@@ -363,6 +368,9 @@ def eval_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed recorded in results.json (default: the run's, "
                                        "else the data's)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
+    trunk_layers: Optional[int] = typer.Option(None, "--trunk-layers", min=0, help="Run only the top N layers, "
+                                               "from the trunk cache (default: a run's lora.layers; 0: off)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The trunk cache's folder (default: user cache)."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
@@ -379,7 +387,7 @@ def eval_cmd(
             data = samples
         res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
-                       gen_backend=gen_backend)
+                       gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     if is_run_dir(model):  # the run's model card lists its test metrics

@@ -352,6 +352,17 @@ def _borrow_reference(cells_dir: Path, run_dir: Path, tc) -> None:
             return
 
 
+def _trunk_eval(cfg: ExperimentConfig, cell: Cell) -> dict:
+    """evaluate()'s trunk-cache arguments for an LLM cell: with lora.layers N in the grid's training config, every
+    cell, zero-shot included, scores from one cache of the dataset's test trees (the base's bottom layers are the
+    same for all), in the config's trunk_cache_dir."""
+    train_cfg = _overlay(copy.deepcopy(cfg.train), _variant(cfg, cell))
+    layers = (train_cfg.get("lora") or {}).get("layers")
+    if not layers or train_cfg.get("trunk_cache") is False or train_cfg.get("items"):
+        return {"trunk_layers": 0}
+    return {"trunk_layers": layers, "cache_dir": train_cfg.get("trunk_cache_dir")}
+
+
 def _beta(cell: Cell) -> float | None:
     """The β a cell trained with: its grid value, or (betas: [null]) its loss's default."""
     if cell.beta is not None or not methods.method_is_aligned(cell.method):
@@ -377,7 +388,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         if cell.method != "zero-shot":
             model = str(_train_cell(cfg, cell, train_dir, out))
         res = evaluate(model, data_dir, out=out / "eval", method=cell.method, seed=cell.seed, dataset=cell.dataset,
-                       **cfg.eval)
+                       **_trunk_eval(cfg, cell), **cfg.eval)
     else:
         from prefrec.baselines.run import run_baseline
 

@@ -46,6 +46,7 @@ from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
 from prefrec.scoring.encoding import check_prompt_format
 from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
+from prefrec.scoring.trunk import top_layers
 
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"
@@ -416,8 +417,11 @@ def _attach_items(model, run: str | None, adapter) -> None:
 
 
 def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
-             target_modules: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS):
+             target_modules: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS, layers: int | None = None):
     """Wrap `model` with a fresh trainable LoRA adapter (PEFT); base weights stay frozen.
+
+    layers: LoRA on the top `layers` decoder layers only (PEFT's layers_to_transform; None = every layer), so the
+    layers below stay the base model's and their output can be computed once (prefrec.scoring.trunk).
 
     If `model` already is a PeftModel (e.g. loaded from an SFT run), its adapter is made trainable instead, so the
     alignment stage continues from the SFT weights without a second copy of the base model.
@@ -426,6 +430,7 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
         for n, p in model.named_parameters():
             p.requires_grad_("lora_" in n)
         return model
+    top = top_layers(model, layers) if layers is not None else None
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                     task_type="CAUSAL_LM")
+                     task_type="CAUSAL_LM", layers_to_transform=top)
     return get_peft_model(model, cfg)

@@ -21,6 +21,7 @@ prefrec.evaluation.report for bootstrap CIs).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,12 +31,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from prefrec import paths
 from prefrec.errors import UserError
 from prefrec.evaluation import scores, tasks
 from prefrec.provenance import provenance
 from prefrec.results import is_run_dir, read_run, write_results
 from prefrec.data.prepared import read_split, read_stats, split_file, training_stats
 from prefrec.samples import Sample
+from prefrec.scoring import trunk
 from prefrec.scoring.encoding import prompt_format
 
 # ---- inputs ----
@@ -194,6 +197,28 @@ def _load(model_or_run, dtype, device):
     return model, tokenizer, str(model_or_run)
 
 
+@contextlib.contextmanager
+def _trunk_cache(model, info: dict, layers: int | None, cache_dir):
+    """A context with a trunk cache attached that runs the top `layers` layers (default: the run's lora.layers),
+    yielding it (or None: no cache). The bottom of a run's merged model is its base's, so zero-shot and every top-N
+    adapter of a grid share one cache."""
+    if layers is None:
+        layers = ((info.get("train_config") or {}).get("lora") or {}).get("layers")
+    if not layers:
+        yield None
+        return
+    start = len(trunk.decoder_layers(model)) - layers
+    if start < 0:
+        raise UserError(f"--trunk-layers {layers}: the model has {start + layers} decoder layers")
+    cache = trunk.TrunkCache(Path(cache_dir) if cache_dir else paths.cache_dir() / "trunk", model, start,
+                             training=False)
+    trunk.attach(model, cache)
+    try:
+        yield cache
+    finally:
+        trunk.attach(model, None)
+
+
 def _default_batch_tokens(model) -> int:
     """Padded tokens per scoring forward: on a CPU one sample per forward pass was 1.3x faster than padded batches of
     4096 tokens on 2 cores (benchmarks/results/eval_pairwise.md); a GPU wants big batches."""
@@ -224,7 +249,8 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
              limit: int | None = None, generate: bool = True, method: str | None = None, seed: int | None = None,
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
              max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
-             progress: bool = True, constrained: bool = False, gen_backend: str = "transformers") -> dict:
+             progress: bool = True, constrained: bool = False, gen_backend: str = "transformers",
+             trunk_layers: int | None = None, cache_dir: str | os.PathLike | None = None) -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
     model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
@@ -233,6 +259,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
     only, greedy generation for HR@1/ValidRatio (the slow part), by transformers or vLLM (gen_backend, GPU only).
     max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
+    trunk_layers: run the top N layers from the trunk cache in cache_dir (default: a run's lora.layers; 0: off).
     Returns the results dict (as written, plus "out": the output folder).
     """
     t0 = time.perf_counter()
@@ -241,23 +268,20 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     kind, info = evaluated(model_or_run)
     info["warnings"] = _mismatches(model_or_run, info, task, stats)
     method = method or info.get("method") or "zero-shot"
-    if seed is None:
-        seed = info.get("seed") if info.get("seed") is not None else stats.get("seed")
+    seed = seed if seed is not None else info.get("seed") if info.get("seed") is not None else stats.get("seed")
     if dataset is None:
         dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
 
     model, tokenizer, model_name = _load(model_or_run, dtype, device)
     t_loaded = time.perf_counter()
-    if max_tokens_per_batch is None:
-        max_tokens_per_batch = _default_batch_tokens(model)
-    kw = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress)
-    timing: dict = {"load_s": t_loaded - t0}
-    rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
-                           max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, constrained=constrained,
-                           gen_backend=gen_backend)
+    max_tokens_per_batch = max_tokens_per_batch or _default_batch_tokens(model)
+    kw, timing = dict(max_tokens_per_batch=max_tokens_per_batch, progress=progress), {"load_s": t_loaded - t0}
+    with _trunk_cache(model, info, trunk_layers, cache_dir) as cache:
+        rows, metrics = _score(task, model, tokenizer, samples, kw, timing, t_loaded, generate=generate,
+                               max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, constrained=constrained,
+                               gen_backend=gen_backend)
     timing["total_s"] = time.perf_counter() - t0
     timing["samples_per_s"] = len(samples) / max(timing["total_s"] - timing["load_s"], 1e-9)
-
     out = Path(out) if out is not None else _default_out(kind, model_or_run, model_name, method, dataset, task, split)
     results = {
         "kind": "eval", "method": method, "dataset": dataset, "task": task, "split": split, "seed": seed,
@@ -273,6 +297,7 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
                    # a run's adapter is folded into the base weights for scoring (model.load_model, merge_adapter)
                    "adapter": "merged" if kind in ("run", "adapter") else None, "evaluated": kind,
                    "prompt_format": prompt_format(tokenizer),
+                   "trunk_cache": cache.describe() if cache is not None else None,
                    "run": info.get("run"), "train_config": info.get("train_config"),
                    "data": {k: stats.get(k) for k in ("dataset", "task", "seed", "protocol") if k in stats}},
         "timing": timing,

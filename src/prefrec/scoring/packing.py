@@ -90,6 +90,7 @@ class PackedBatch:
     soft_row: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     soft_pos: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     soft_item: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    tree_slots: list[tuple[int, int, int]] = field(default_factory=list)  # per tree: (row, first column, tokens)
 
     def model_inputs(self, base, device) -> dict:
         """The decoder's token inputs: input_ids, or inputs_embeds with the item tokens in place."""
@@ -174,8 +175,7 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
             rows.append([t])
             row_len = n
     cols = [_tree_columns(tree, t) for t, tree in enumerate(trees)]
-    L = max(sum(len(cols[t][0]) for t in row) for row in rows)
-    B = len(rows)
+    B, L = len(rows), max(sum(len(cols[t][0]) for t in row) for row in rows)
     input_ids = torch.full((B, L), pad_id, dtype=torch.long)
     position_ids = torch.zeros((B, L), dtype=torch.long)
     segment = torch.full((B, L), -1, dtype=torch.long)
@@ -185,6 +185,7 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
     per_response: dict[int, tuple[int, list[int], list[int]]] = {}
     index_of_tree: dict[int, list[tuple[int, int, int]]] = {}
     soft_rpi: list[tuple[int, int, int]] = []  # (row, position, table row) of every item token
+    slots: dict[int, tuple[int, int, int]] = {}
     for r, row in enumerate(rows):
         offset = 0
         for s, t in enumerate(row):
@@ -199,6 +200,7 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
             for j, (where, targets) in enumerate(gathers):
                 per_response[(t, j)] = (r, [offset + p for p in where], targets)
             index_of_tree[t] = index
+            slots[t] = (r, offset, n)
             offset += n
     g_row, g_pos, tgt, tok_resp, lengths, index = [], [], [], [], [], []
     for t in range(len(trees)):
@@ -216,7 +218,8 @@ def pack_trees(trees: Sequence[Tree], *, pack_tokens: int | None = None, pad_id:
     soft_cols = [as_long([x[j] for x in soft_rpi]) for j in range(3)]
     return PackedBatch(input_ids, position_ids, segment, branch, response, as_long(g_row), as_long(g_pos),
                        as_long(tgt), as_long(tok_resp), lengths, index, causal_prefix=prefix,
-                       soft_row=soft_cols[0], soft_pos=soft_cols[1], soft_item=soft_cols[2])
+                       soft_row=soft_cols[0], soft_pos=soft_cols[1], soft_item=soft_cols[2],
+                       tree_slots=[slots[t] for t in range(len(trees))])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,7 +283,36 @@ def _attention(base, split: int):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Running part of the decoder (prefrec.scoring.trunk)
+
+@contextlib.contextmanager
+def layer_span(base, lo: int, hi: int | None, final_norm: bool):
+    """A context in which the decoder's own forward runs only layers lo … hi−1, and its final norm only when
+    `final_norm`. The family's own code still builds the masks and rotary embeddings; per-layer settings
+    (`config.layer_types`: Gemma 3's sliding and full layers, Qwen's) are sliced the same way."""
+    dec = base.get_decoder()
+    layers, norm = dec.layers, dec.norm
+    configs = [c for c in {id(c): c for c in (base.config, dec.config)}.values()
+               if isinstance(getattr(c, "layer_types", None), list)]
+    types = [c.layer_types for c in configs]
+    try:
+        dec.layers = torch.nn.ModuleList(list(layers)[lo:hi])
+        if not final_norm:
+            dec.norm = torch.nn.Identity()
+        for c, t in zip(configs, types):
+            c.layer_types = t[lo:hi]
+        yield
+    finally:
+        dec.layers, dec.norm = layers, norm
+        for c, t in zip(configs, types):
+            c.layer_types = t
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Scoring
+
+# the attribute of a transformers model that carries its prefrec.scoring.trunk.TrunkCache (trunk.attach)
+TRUNK_ATTR = "prefrec_trunk"
 
 def _base(model):
     """The transformers model under a PEFT wrapper (LoRA layers are injected in place, so they still run)."""
@@ -386,29 +418,59 @@ def _scores(token_logps: Tensor, token_response: Tensor, lengths: list[int], ind
     return Scores(summed=summed, token_logps=list(token_logps.split(lengths)) if per_token else None, index=index)
 
 
+def decoder_hidden(model, batch: PackedBatch, *, layers: tuple[int, int | None] | None = None,
+                   final_norm: bool = True, inputs: dict | None = None) -> Tensor:
+    """The decoder's hidden states (B, L, H) of a packed batch, under the tree mask and positions.
+
+    layers=(lo, hi): run only decoder layers lo … hi−1 (prefrec.scoring.trunk.layer_span), from `inputs` (the
+    stored states entering layer lo, as {"inputs_embeds": (B, L, H)}) or from the token embeddings; final_norm=False
+    returns the states before the final norm (what enters the next layer)."""
+    base = _base(model)
+    device, dtype = _model_device_dtype(model)
+    split = batch.causal_prefix if _tree_kernel(base) else 0
+    span = layer_span(base, *layers, final_norm) if layers is not None else contextlib.nullcontext()
+    with mixed_precision(model, device, dtype), _attention(base, split), span:
+        out = base.get_decoder()(
+            **(inputs if inputs is not None else batch.model_inputs(base, device)),
+            attention_mask=batch.attention_mask(dtype, device, rows=(split, batch.input_ids.shape[1])),
+            position_ids=batch.position_ids.to(device),
+            use_cache=False,
+            prefrec_causal_prefix=split,
+        )
+    return out.last_hidden_state
+
+
+def _placed(batch: PackedBatch, states: Sequence[Tensor], device, dtype) -> Tensor:
+    """Each tree's stored states (n_tokens, H) at its columns of the packed rows: (B, L, H), zeros at padding."""
+    B, L = batch.input_ids.shape
+    out = torch.zeros(B, L, states[0].shape[-1], dtype=dtype, device=device)
+    for (r, off, n), st in zip(batch.tree_slots, states):
+        out[r, off:off + n] = st.to(device=device, dtype=dtype)
+    return out
+
+
 def response_logps(model, trees: Sequence[Tree], *, per_token: bool = False, pack_tokens: int | None = None) -> Scores:
     """Summed (and optionally per-token) log-probs of every response of every tree, in one forward pass.
 
     model: a causal LM (or a PEFT model around one). trees: B trees, one padded row each (or several per row with
     `pack_tokens`, see pack_trees). Returns Scores with summed (N,) float32, N = Σ responses, grad kept; call it
     under torch.no_grad()/inference_mode() when you do not need gradients (or use `score_trees`).
+    A model with a trunk cache attached (prefrec.scoring.trunk.attach) runs only its top layers, from the stored
+    states entering them: the same numbers as the full forward (tests/test_trunk.py).
     """
     if not trees:
         raise ValueError("response_logps: no trees")
     base = _base(model)
     device, dtype = _model_device_dtype(model)
     batch = pack_trees(trees, pack_tokens=pack_tokens, pad_id=base.config.pad_token_id or 0)
-    split = batch.causal_prefix if _tree_kernel(base) else 0
-    with mixed_precision(model, device, dtype), _attention(base, split):
-        out = base.get_decoder()(
-            **batch.model_inputs(base, device),
-            attention_mask=batch.attention_mask(dtype, device, rows=(split, batch.input_ids.shape[1])),
-            position_ids=batch.position_ids.to(device),
-            use_cache=False,
-            prefrec_causal_prefix=split,
-        )
-        hidden = out.last_hidden_state[batch.gather_row.to(device), batch.gather_pos.to(device)]  # (T, H)
-        logits = _head_logits(base, hidden)
+    trunk = getattr(base, TRUNK_ATTR, None)
+    if trunk is None:
+        hidden = decoder_hidden(model, batch)
+    else:
+        states = {"inputs_embeds": _placed(batch, trunk.states(trees), device, dtype)}
+        hidden = decoder_hidden(model, batch, layers=(trunk.start, None), inputs=states)
+    with mixed_precision(model, device, dtype):
+        logits = _head_logits(base, hidden[batch.gather_row.to(device), batch.gather_pos.to(device)])  # (T, V)
     logps = _token_logps(logits, batch.targets.to(device))
     return _scores(logps, batch.token_response, batch.lengths, batch.index, per_token)
 
@@ -477,6 +539,9 @@ def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 409
     budget = token_budget(model, max_tokens)
     for t, tree in enumerate(trees):
         check_tokens(tree.n_tokens(), budget, f"{desc}: item {t} (0-based, in input order)")
+    trunk = getattr(_base(model), TRUNK_ATTR, None)
+    if trunk is not None:  # store the states of every tree first: the next method or adapter reads them
+        trunk.ensure(trees, max_tokens_per_batch=max(max_tokens_per_batch, 4096), progress=progress)
     order = sorted(range(len(trees)), key=lambda t: -trees[t].n_tokens())
     batches, cur = [], []
     for t in order:

@@ -1,7 +1,7 @@
 """The training config: one YAML file -> typed dataclasses, checked strictly (docs/train.md has the reference).
 
     model:   {name: embedded, dtype: auto, ...}           which causal LM to start from
-    lora:    {r: 8, alpha: 16, dropout: 0.05, ...}        the adapter that every stage trains
+    lora:    {r: 8, alpha: 16, dropout: 0.05, layers: null, ...}   the adapter that every stage trains
     data:    {dir: path/to/prepared, ...}                 samples (train.jsonl, valid.jsonl) from `prefrec data prepare`
     stages:  [{kind: sft, ...}, {kind: dmpo, beta: 0.1, k: 3, ...}]
     items:   {embeddings: baselines/x/sasrec-full, ...}  optional: collaborative item tokens (LLaRA; prefrec.items)
@@ -58,6 +58,9 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # LoRA on the top N decoder layers only (PEFT layers_to_transform); None = every layer. With N set, the frozen
+    # layers below are computed once per sample and shared by every epoch, stage, seed and evaluation (trunk_cache)
+    layers: int | None = None
 
 
 @dataclass
@@ -129,6 +132,10 @@ class TrainConfig:
     # several samples of a micro-batch in one row up to this many tokens (block-diagonal masks); None = a row each
     pack_tokens: int | None = None
     items: ItemsConfig | None = None  # collaborative item tokens (None: text-only prompts, as before)
+    # with lora.layers set: store the hidden states entering the adapted layers once per sample and train from them
+    # (prefrec.scoring.trunk); trunk_cache_dir: where (None: the user cache folder, prefrec.paths.cache_dir()/trunk)
+    trunk_cache: bool = True
+    trunk_cache_dir: str | None = None
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
@@ -307,6 +314,7 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
         ck.fail("lora.dropout", f"expected a float in [0, 1), got {cfg.lora.dropout}")
     if not cfg.lora.target_modules:
         ck.fail("lora.target_modules", "expected at least one module name")
+    _positive(ck, "lora.layers", cfg.lora.layers)
     if cfg.data.dir is None and cfg.data.train is None:
         ck.fail("data", "give data.dir (a prepared folder) or data.train (a samples .jsonl file)")
     _positive(ck, "data.max_train_samples", cfg.data.max_train_samples)
@@ -514,6 +522,8 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     if cfg.items is not None:
         cfg.items.embeddings = str(Path(cfg.items.embeddings).expanduser().resolve())
+    if cfg.trunk_cache_dir is not None:
+        cfg.trunk_cache_dir = str(Path(cfg.trunk_cache_dir).expanduser().resolve())
     if cfg.model.name != "embedded" and Path(cfg.model.name).expanduser().exists():
         cfg.model.name = str(Path(cfg.model.name).expanduser().resolve())
     return cfg

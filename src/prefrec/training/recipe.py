@@ -58,7 +58,10 @@ from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import for_training, load_projector, projector_state, write_run_items
 from prefrec.results import is_run_dir, write_run
+from prefrec.paths import cache_dir
+from prefrec.scoring import trunk
 from prefrec.scoring.encoding import prompt_format
+from prefrec.scoring.trunk import TrunkCache, decoder_layers
 from prefrec.training import methods
 from prefrec.training import stages as stages_module
 from prefrec.training.batches import (
@@ -134,6 +137,7 @@ class Recipe:
     prepared: object = None
     rng_restored: bool = False
     items: object = None  # prefrec.items.ItemTokens of a run with collaborative item tokens
+    trunk: TrunkCache | None = None  # the stored states below the adapted layers (lora.layers), when used
 
     def __post_init__(self):
         st = self.state or {}
@@ -292,13 +296,14 @@ def _load_policy(r: Recipe) -> None:
                                  attn_implementation=cfg.model.attn_implementation, device=str(r.acc.device),
                                  trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
     lm = add_lora(lm, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                  target_modules=cfg.lora.target_modules)
+                  target_modules=cfg.lora.target_modules, layers=cfg.lora.layers)
     for peft_cfg in lm.peft_config.values():  # adapter_config.json names a base any machine can resolve
         peft_cfg.base_model_name_or_path = hub_reference(base_model_name(cfg.model.name))
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # item tokens: the projector trains with LoRA (its parameters join r.params below), the table stays frozen
     r.items = for_training(lm, cfg.items, split_paths(cfg)[0].parent, r.train_samples, "config")
+    r.trunk = _trunk_cache(r, lm)
     r.lm, r.scorer = lm, TreeScorer(lm, cfg.pack_tokens)
     r.params = [p for p in r.scorer.parameters() if p.requires_grad]
     r.dropout_rates = {m: m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
@@ -306,6 +311,34 @@ def _load_policy(r: Recipe) -> None:
         load_adapter_weights(lm, r.resume_from / "adapter")
         if r.items is not None:
             load_projector(r.items, r.resume_from / "adapter")
+
+
+def _trunk_cache(r: Recipe, lm) -> TrunkCache | None:
+    """The trunk cache of a run with LoRA on the top lora.layers layers, attached to the model (every packed forward
+    then runs from it), or None. Off when the item projector trains: the prompt's input states change every step."""
+    cfg = r.cfg
+    if cfg.lora.layers is None or not cfg.trunk_cache:
+        return None
+    if r.items is not None:
+        if r.main:
+            print("prefrec: trunk cache off: the item projector trains, so the states below the adapted layers "
+                  "change at every step; the full model runs", file=sys.stderr)
+        return None
+    start = len(decoder_layers(lm)) - cfg.lora.layers
+    cache = TrunkCache(Path(cfg.trunk_cache_dir) if cfg.trunk_cache_dir else cache_dir() / "trunk", lm, start)
+    trunk.attach(lm, cache)
+    return cache
+
+
+def _fill_trunk(r: Recipe, trees: list) -> None:
+    """Store the trunk states of `trees` that the cache lacks (the main process computes them, the others wait and
+    read the same files)."""
+    t0 = time.time()
+    if r.main:
+        r.trunk.ensure(trees, progress=r.cfg.progress)
+    r.acc.wait_for_everyone()
+    r.trunk.refresh()
+    r.timings["trunk_cache"] = r.timings.get("trunk_cache", 0.0) + time.time() - t0
 
 
 def _start_stage(r: Recipe, si: int) -> StageRun:
@@ -318,6 +351,8 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
     train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k, ids)
     valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k, ids)
     text_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k) if _curriculum(r, si) else None
+    if r.trunk is not None:
+        _fill_trunk(r, train_trees + valid_trees)
     acc.gradient_accumulation_steps = stage.grad_accum
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the batch shape here
@@ -548,11 +583,14 @@ def _finalise(r: Recipe, t_process: float) -> None:
         timings = r.timings
         timings["total"] = sum(v for key, v in timings.items() if key != "total")
         info = {"base_model": base_model_name(r.cfg.model.name), "base_model_revision": r.cfg.model.revision,
+                "lora_layers": r.cfg.lora.layers,
                 "stages": r.cfg.stage_kinds(), "seed": r.cfg.seed,
                 "timings": {key: round(v, 2) for key, v in timings.items()},
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
                 "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
                 "final_valid": r.final_valid, "prompt_format": prompt_format(r.tokenizer), **provenance()}
+        if r.trunk is not None:
+            info["trunk_cache"] = r.trunk.describe()
         if r.items is not None:
             info["items"] = {**r.items.describe(), **r.items.coverage,
                              "curriculum": config_to_dict(r.cfg)["items"]["curriculum"]}
