@@ -56,6 +56,15 @@ def _own_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def settle(max_load_per_core: float = 0.5, timeout: float = 300.0) -> None:
+    """Wait (up to `timeout` s) until the 1-minute load average is below the limit Quiet() checks at the start: a job
+    that just ended still weighs on it for a minute or two."""
+    limit = max_load_per_core * (os.cpu_count() or 1)
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < timeout:
+        time.sleep(5)
+
+
 class Quiet:
     def __init__(self, max_load_per_core: float = 0.5, max_others_share: float = 0.10):
         self.cores = os.cpu_count() or 1

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quiet import Quiet, add_output_args, describe, result_stem  # noqa: E402
+from quiet import Quiet, add_output_args, describe, result_stem, settle  # noqa: E402
 from train_throughput import LORA, hybrid_samples, time_stage  # noqa: E402
 
 STAGES = (("sft", "chosen"), ("dmpo", "all"))
@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    settle()
     quiet = Quiet()
     from prefrec.model import load_model
     from prefrec.scoring.encoding import encode_sample

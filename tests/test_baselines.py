@@ -437,6 +437,12 @@ def test_cli_writes_one_folder_per_regime(folders, tmp_path):
     assert got["auc"] == json.loads((out / "popularity-full" / "results.json").read_text())["metrics"]["auc"]
     bad = CliRunner().invoke(app, ["baseline", "nope", "--samples", str(folders["quality"]), "--out", str(out)])
     assert bad.exit_code == 2 and "unknown baseline" in bad.output
+    # --limit scores the first N test samples, as `prefrec eval --limit` does; the table says how many
+    res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out",
+                                   str(tmp_path / "lim"), "--regime", "full", "--limit", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 2
+    assert json.loads((tmp_path / "lim" / "popularity-full" / "results.json").read_text())["n_samples"] == 2
 
 
 def test_cmf_text_loss_matches_the_dense_reconstruction_error():

@@ -308,8 +308,9 @@ def test_an_adapter_folder_or_an_export_is_labelled_as_its_run_never_as_zero_sho
     assert ev.evaluated("embedded") == ("model", {})
 
 
-def test_a_run_evaluated_on_another_task_or_answer_format_is_warned(tmp_path, capsys):
-    """Evaluating a run on samples unlike its training data is allowed but said: printed and kept in results.json."""
+def test_a_run_evaluated_on_another_task_or_answer_format_is_refused_unless_allowed(tmp_path, capsys):
+    """Evaluating a run on samples unlike its training data is an error naming both; with --allow-mismatch it runs
+    and says so: printed and kept in results.json."""
     data = tmp_path / "pw"
     data.mkdir()
     (data / "stats.json").write_text(json.dumps({"task": "pairwise", "protocol": {"answers": "letter"}}))
@@ -318,6 +319,23 @@ def test_a_run_evaluated_on_another_task_or_answer_format_is_warned(tmp_path, ca
     (run / "run.json").write_text(json.dumps({"base_model": "embedded", "stages": ["sft"]}))
     (run / "config.yaml").write_text(f"data: {{dir: {data}}}\n")
     (run / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="trained on the pairwise task and is evaluated on candidates samples; "
+                                         "--allow-mismatch"):
+        ev._mismatches(run, ev.evaluated(run)[1], "candidates", {"task": "candidates"}, allow=False)
+    with pytest.raises(UserError, match="trained on letter answers and is evaluated on title answers"):
+        ev._mismatches(run, ev.evaluated(run)[1], "pairwise", {"task": "pairwise"}, allow=False)
+    # through the command: exit 2, one line, before any model is loaded
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    samples = tmp_path / "titles"
+    samples.mkdir()
+    write_jsonl(samples / "test.jsonl", pairwise_samples())
+    (samples / "stats.json").write_text(json.dumps({"task": "pairwise", "protocol": {"answers": "title"}}))
+    res = CliRunner().invoke(app, ["eval", str(run), "--samples", str(samples), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--allow-mismatch" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     got = ev._mismatches(run, ev.evaluated(run)[1], "candidates", {"task": "candidates"})
     assert got == [f"{run} was trained on the pairwise task and is evaluated on candidates samples"]
     assert "warning: " in capsys.readouterr().err

@@ -76,7 +76,7 @@ def test_load_model_resolves_run_folder(tmp_path, embedded_tokenizer):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="not 'embedded'"):
+    with pytest.raises(UserError, match="no such folder"):
         load_model(str(tmp_path / "no-such-model"), device="cpu")
 
 
@@ -219,13 +219,21 @@ def test_mistyped_paths_and_names_fail_at_once_without_the_network(tmp_path, mon
     from prefrec.model import known_model_names
 
     _no_network(monkeypatch)
-    for name, hint in ((str(tmp_path / "runs" / "sft-typo"), "no Hugging Face id"), ("embeded", "'embedded'"),
-                       ("./runs//x", "no Hugging Face id")):
+    with pytest.raises(UserError) as e:
+        load_model("embeded")
+    msg = str(e.value)
+    assert "model 'embeded': not found" in msg and "run.json" in msg and "'embedded'" in msg
+    assert all(known in msg for known in known_model_names())
+    # anything that reads as a local path says "no such folder" (with the nearest name), never asks the Hub
+    (tmp_path / "runs" / "tiny-dmpo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for name, hint in (("runs/tiny-dpmo", "did you mean 'runs/tiny-dmpo'?"), ("./runs//x", "nearest existing"),
+                       (str(tmp_path / "runs" / "sft-typo"), "nearest existing folder"), ("~/no-such-run-xyz", "")):
         with pytest.raises(UserError) as e:
             load_model(name)
-        msg = str(e.value)
-        assert f"model {name!r}: not found" in msg and "run.json" in msg and hint in msg
-        assert all(known in msg for known in known_model_names())
+        assert f"model {name!r}: no such folder" in str(e.value) and hint in str(e.value)
+    with pytest.raises(UserError, match="not found"):  # an 'owner/name' whose owner is no local folder: an id
+        load_model("no/such id")
 
 
 def test_offline_and_not_cached_says_how_to_get_it(tmp_path, monkeypatch):

@@ -229,7 +229,7 @@ def test_cli_rank_mistyped_model_and_budget(tmp_path, embedded_tokenizer):
     runner = CliRunner()
     res = runner.invoke(app, ["rank", str(tmp_path / "typo"), "--history", str(tmp_path / "h.txt"),
                               "--candidates", str(tmp_path / "c.jsonl")])
-    assert res.exit_code == 2 and "not found" in res.output and str(tmp_path / "typo") in res.output
+    assert res.exit_code == 2 and "no such folder" in res.output and str(tmp_path / "typo") in res.output
     save_tiny_model(tmp_path / "tiny", embedded_tokenizer)
     res = runner.invoke(app, ["rank", str(tmp_path / "tiny"), "--history", str(tmp_path / "h.txt"),
                               "--candidates", str(tmp_path / "c.jsonl"), "--max-tokens", "40"])

@@ -466,3 +466,53 @@ def test_cli_refuses_a_network_host_without_a_token_before_loading(monkeypatch):
     assert r.output.strip().startswith("error: --host 0.0.0.0") and "token" in r.output
     r = CliRunner().invoke(app, ["serve", "--help"])
     assert "--token-file" in r.output and "--token " not in r.output  # never a token on the command line
+
+
+def test_cli_serve_ranks_a_pairwise_run_as_cli_rank(tmp_path, embedded_tokenizer):
+    """`prefrec serve RUN` (the real command, its own process) ranks a pairwise run with the run's pairwise prompt,
+    the same order and scores as `prefrec rank RUN` (before the fix it ranked it with the candidates prompt)."""
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_model
+    from test_rank import CANDIDATES, HISTORY, save_tiny_run
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    base_dir = save_tiny_model(tmp_path / "tiny", embedded_tokenizer)
+    run = tmp_path / "run"
+    save_tiny_run(run, base_dir, make_tiny_lm(embedded_tokenizer))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps({"task": "pairwise", "protocol": {"answers": "title"}}))
+    (run / "config.yaml").write_text(f"data: {{dir: {data}}}\n")
+    cands = CANDIDATES[:4]
+    (tmp_path / "h.txt").write_text("\n".join(HISTORY), encoding="utf-8")
+    (tmp_path / "c.txt").write_text("\n".join(cands), encoding="utf-8")
+    res = CliRunner().invoke(app, ["rank", str(run), "--history", str(tmp_path / "h.txt"),
+                                   "--candidates", str(tmp_path / "c.txt")])
+    assert res.exit_code == 0, res.output
+    ranked = json.loads(res.stdout)
+    assert ranked["task"] == "pairwise"
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "prefrec", "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "prefrec serve did not start"
+                time.sleep(0.5)
+        served = httpx.post(f"http://127.0.0.1:{port}/rank", json={"history": HISTORY, "candidates": cands},
+                            timeout=60).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert served["task"] == "pairwise"
+    assert [r["title"] for r in served["ranking"]] == [r["title"] for r in ranked["ranking"]]
+    assert [r["score"] for r in served["ranking"]] == pytest.approx([r["score"] for r in ranked["ranking"]], abs=1e-4)

@@ -371,6 +371,7 @@ def eval_cmd(
     trunk_layers: Optional[int] = typer.Option(None, "--trunk-layers", min=0, help="Run only the top N layers, "
                                                "from the trunk cache (default: a run's lora.layers; 0: off)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The trunk cache's folder (default: user cache)."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Evaluate a run on another task's samples."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
@@ -387,7 +388,8 @@ def eval_cmd(
             data = samples
         res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
-                       gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir)
+                       gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir,
+                       allow_mismatch=allow_mismatch)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     if is_run_dir(model):  # the run's model card lists its test metrics
@@ -436,6 +438,8 @@ def baseline(
     examples_per_epoch: int = typer.Option(10000, "--examples-per-epoch", help="Training examples drawn per epoch."),
     dim: int = typer.Option(64, "--dim", help="Embedding size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: MF 0.01, sequential 0.001)."),
+    limit: Optional[str] = typer.Option(None, "--limit", help=_LIMIT_HELP + " Default: all (score the same samples "
+                                        "as `prefrec eval --limit`)."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Train a traditional recommender on the same samples and score them with the shared metrics."""
@@ -453,8 +457,8 @@ def baseline(
                 folder = out / f"{n}-{r}"
                 res = run_baseline(n, samples, regime=r, seed=seed, out=folder, epochs=epochs,
                                    examples_per_epoch=examples_per_epoch, dim=dim, lr=lr,
-                                   train_samples=train_samples)
-                rows.append({"baseline": n, "regime": r,
+                                   train_samples=train_samples, limit=_limit(limit))
+                rows.append({"baseline": n, "regime": r, "n": res["n_samples"],
                              **{k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"},
                              "seconds": round(res["training"]["train_seconds"], 1),
                              "results": str(folder / RESULTS)})
@@ -580,6 +584,7 @@ def serve_cmd(
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
     from prefrec.model import load_model
+    from prefrec.serving.rank import ranker_of
     from prefrec.serving.serve import (
         Limits,
         check_exposure,
@@ -591,6 +596,7 @@ def serve_cmd(
     try:
         token = read_token(token_file)
         check_exposure(host, token)  # before the model loads, so a refused start is quick
+        ranker = ranker_of(model)  # the run's own task and answer format, as `prefrec rank` takes them
         pair = load_model(model, dtype=dtype)  # once, before listening, so a bad name fails here with one line
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
@@ -599,7 +605,7 @@ def serve_cmd(
                     max_queue=max_queue, read_seconds=read_timeout, idle_seconds=idle_timeout,
                     max_connections=max_connections)
     run_server(pair, host=host, port=port, limits=limits, model_label=label or default_label(model), docs=docs,
-               token=token, allowed_hosts=allow_host)
+               token=token, allowed_hosts=allow_host, ranker=ranker)
 
 # ---- end explain / rank / serve commands ----
 

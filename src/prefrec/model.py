@@ -276,6 +276,7 @@ def check_hub_id(name: str, revision: str | None = None) -> None:
     through the standard HF cache (downloading it first where the Hub can be reached). Fail at once, without the
     network, for a name that cannot be an id (a mistyped path) and for an id that is not cached while
     HF_HUB_OFFLINE is set, saying how to get it."""
+    _check_local_path(name)
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -290,6 +291,21 @@ def check_hub_id(name: str, revision: str | None = None) -> None:
                     f"({hf_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set, so it is not downloaded. Fetch it "
                     f"once where the Hub is reachable: `hf download {name}{pin}` (with the same HF_HOME, or copy "
                     f"the folder models--{name.replace('/', '--')} into this cache), or unset HF_HUB_OFFLINE")
+
+
+def _check_local_path(name: str) -> None:
+    """A name that reads as a local path (it starts with '.', '/' or '~', or its first folder exists here) but is
+    missing fails at once with the nearest existing name, instead of going to the Hub as 'owner/name' (a mistyped
+    `runs/tiny-dpmo` cost a minute of Hub retries and ended with "could not connect")."""
+    p = Path(name).expanduser()
+    first = Path(name.split("/")[0]).expanduser()
+    if p.exists() or not (name.startswith((".", "/", "~")) or ("/" in name and first.is_dir())):
+        return
+    parent = next((q for q in p.parents if q.is_dir()), Path("."))
+    near = difflib.get_close_matches(p.name, [c.name for c in parent.iterdir()], n=1, cutoff=0.6) \
+        if os.access(parent, os.R_OK) else []
+    hint = f"; did you mean {str(parent / near[0])!r}?" if near else f" (nearest existing folder: {str(parent)!r})"
+    raise UserError(f"model {name!r}: no such folder{hint}")
 
 
 def resolve_base(name: str) -> str:

@@ -160,9 +160,10 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
     return rows, metrics
 
 
-def _mismatches(model_or_run, info: dict, task: str, stats: dict) -> list[str]:
-    """Warnings (printed, and kept in results.json) when a run (`evaluated`'s info: a run folder, its adapter or its
-    export) is evaluated on samples unlike its training data: another task, or another answer format."""
+def _mismatches(model_or_run, info: dict, task: str, stats: dict, allow: bool = True) -> list[str]:
+    """When a run (`evaluated`'s info: a run folder, its adapter or its export) is evaluated on samples unlike its
+    training data (another task, or another answer format): an error unless `allow` (`--allow-mismatch`), then
+    warnings, printed and kept in results.json."""
     trained = training_stats(info["run_dir"]) if info.get("run_dir") else None
     if not trained:
         return []
@@ -172,6 +173,8 @@ def _mismatches(model_or_run, info: dict, task: str, stats: dict) -> list[str]:
     answers = [(d.get("protocol") or {}).get("answers") or "title" for d in (trained, stats)]
     if task == trained.get("task") and answers[0] != answers[1]:
         out.append(f"{model_or_run} was trained on {answers[0]} answers and is evaluated on {answers[1]} answers")
+    if out and not allow:
+        raise UserError(f"{out[0]}; --allow-mismatch evaluates it anyway (the result then says so)")
     for w in out:
         print(f"warning: {w}", file=sys.stderr)
     return out
@@ -250,7 +253,8 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
              dataset: str | None = None, max_new_tokens: int = 64, gen_batch_size: int = 8,
              max_tokens_per_batch: int | None = None, dtype: str | None = None, device: str | None = None,
              progress: bool = True, constrained: bool = False, gen_backend: str = "transformers",
-             trunk_layers: int | None = None, cache_dir: str | os.PathLike | None = None) -> dict:
+             trunk_layers: int | None = None, cache_dir: str | os.PathLike | None = None,
+             allow_mismatch: bool = False) -> dict:
     """Evaluate a model on one split of prepared samples; write OUT/results.json and OUT/per_sample.jsonl.
 
     model_or_run: "embedded", "gemma3-270m", a Hugging Face id/folder, a prefrec run folder (its adapter on its base
@@ -259,19 +263,18 @@ def evaluate(model_or_run, samples_dir, *, split: str = "test", out: str | os.Pa
     last training stage, "zero-shot" for an untrained model. limit: the first N samples. generate: candidates task
     only, greedy generation for HR@1/ValidRatio (the slow part), by transformers or vLLM (gen_backend, GPU only).
     max_tokens_per_batch: padded tokens per scoring forward pass (default: one sample per pass on CPU, 16384 on GPU).
-    trunk_layers: run the top N layers from the trunk cache in cache_dir (default: a run's lora.layers; 0: off).
+    trunk_layers: run the top N layers from the trunk cache in cache_dir (default: a run's lora.layers; 0: off);
+    allow_mismatch: evaluate a run on another task's or answer format's samples (an error otherwise).
     Returns the results dict (as written, plus "out": the output folder).
     """
     t0 = time.perf_counter()
     _check_backend(gen_backend, generate)
     samples, stats, where, task = _eval_samples(samples_dir, split, limit)
     kind, info = evaluated(model_or_run)
-    info["warnings"] = _mismatches(model_or_run, info, task, stats)
+    info["warnings"] = _mismatches(model_or_run, info, task, stats, allow_mismatch)
     method = method or info.get("method") or "zero-shot"
     seed = seed if seed is not None else info.get("seed") if info.get("seed") is not None else stats.get("seed")
-    if dataset is None:
-        dataset = stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
-
+    dataset = dataset or stats.get("dataset") or (Path(where).parent.name if where != "<samples>" else "samples")
     model, tokenizer, model_name = _load(model_or_run, dtype, device)
     t_loaded = time.perf_counter()
     max_tokens_per_batch = max_tokens_per_batch or _default_batch_tokens(model)

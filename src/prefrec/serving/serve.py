@@ -460,15 +460,17 @@ def _error_handlers(app: FastAPI, fields: list[str]) -> None:
 def create_app(model: str | tuple, *, limits: Limits | None = None, model_label: str | None = None,
                dtype: str | None = None, device: str | None = None, docs: bool = False,
                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, token: str | None = None,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, ranker: Ranker | None = None) -> FastAPI:
     """The FastAPI app. `model` is a name for `prefrec.model.load_model` (loaded once, at startup) or an
-    already-loaded (model, tokenizer) pair. `model_label` names the model in answers (default: default_label).
+    already-loaded (model, tokenizer) pair. `ranker`: the task and answer format to rank with (default: the run's
+    own, `ranker_of(model)`, for a name; candidates for a loaded pair, which does not say where it came from). `model_label` names the model in answers (default: default_label).
     `token`: every request must send `Authorization: Bearer <token>`. `allowed_hosts`: Host header values
     answered (default: the loopback names; "*" for any). `docs=True` serves /openapi.json and Swagger UI at /docs
     (its script and style come from a CDN, so the browser needs the internet); both are off by default."""
     limits = limits or Limits()
     label = model_label or default_label(model)
-    ranker = ranker_of(model) if isinstance(model, str) else Ranker()  # a run's task, checked before any load
+    if ranker is None:
+        ranker = ranker_of(model) if isinstance(model, str) else Ranker()  # a run's task, checked before any load
     RankRequest = request_model(limits)
     fields = list(RankRequest.model_fields)
     admission = Admission(limits.max_queue)
@@ -604,13 +606,15 @@ def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, limits: Lim
 
 def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                model_label: str | None = None, log_level: str = "info", docs: bool = False,
-               token: str | None = None, allowed_hosts: list[str] | None = None) -> None:
-    """Serve with uvicorn in this process. A host other machines can reach needs a token (check_exposure); the
+               token: str | None = None, allowed_hosts: list[str] | None = None,
+               ranker: Ranker | None = None) -> None:
+    """Serve with uvicorn in this process (`ranker` as create_app's). A host other machines can reach needs a token (check_exposure); the
     Host allow-list defaults to the loopback names plus `host`, and `allowed_hosts` adds to it."""
     warning = check_exposure(host, token)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     hosts = ["*"] if allowed_hosts and "*" in allowed_hosts else \
         list(dict.fromkeys(default_allowed_hosts(host) + list(allowed_hosts or [])))
-    app = create_app(model, limits=limits, model_label=model_label, docs=docs, token=token, allowed_hosts=hosts)
+    app = create_app(model, limits=limits, model_label=model_label, docs=docs, token=token, allowed_hosts=hosts,
+                     ranker=ranker)
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits, log_level=log_level)).run()
