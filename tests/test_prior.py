@@ -165,3 +165,20 @@ def test_item_prior_on_ml100k_pairwise(shared_data, tmp_path):
             warn=lambda w: None)
     got = run_baseline("item-prior", tmp_path / "ml", regime="full")
     assert 0.68 < got["metrics"]["auc"] < 0.78
+
+
+def test_cli_runs_item_prior_on_a_yes_no_folder(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prefrec.baselines.run import BASELINES
+    from prefrec.cli import app
+
+    assert "item-prior" in BASELINES  # so `baseline all` runs it
+    folder = _folder(tmp_path, _log(quality), "yesno", n_train=60, n_valid=20)
+    res = CliRunner().invoke(app, ["baseline", "item-prior", "--samples", str(folder), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    for regime in ("few-shot", "full"):
+        saved = json.loads((tmp_path / "o" / f"item-prior-{regime}" / "results.json").read_text())
+        assert saved["method"] == "item-prior" and saved["task"] == "yesno" and saved["metrics"]["auc"] == 1.0
