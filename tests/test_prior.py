@@ -182,3 +182,19 @@ def test_cli_runs_item_prior_on_a_yes_no_folder(tmp_path):
     for regime in ("few-shot", "full"):
         saved = json.loads((tmp_path / "o" / f"item-prior-{regime}" / "results.json").read_text())
         assert saved["method"] == "item-prior" and saved["task"] == "yesno" and saved["metrics"]["auc"] == 1.0
+
+
+@pytest.mark.parametrize("task", ["candidates", "yesno"])
+def test_the_floor_of_candidates_and_yes_no_absorbs_a_restated_prior(tmp_path, task):
+    """A cell whose score is the item's smoothed mean adds nothing to the floor of the other tasks either."""
+    kw = {"n_train": 200, "n_valid": 50, "n_test": 300} if task == "candidates" else {"n_train": 60, "n_valid": 20}
+    prep = load_prepared(_folder(tmp_path, _log(mixed, n_users=300), task, **kw), tasks=("candidates", "yesno"))
+    p = prior.item_prior(prep)
+    rows = []
+    for s in prep.test:
+        means = [p.features(i)[0] for i in s.candidate_items]
+        rows.append({"id": s.id, "user": s.user, "rank_scores": means, "target_index": s.candidates.index(s.target)}
+                    if task == "candidates" else
+                    {"id": s.id, "user": s.user, "p_yes": 1 / (1 + math.exp(-means[0])), "label": s.label})
+    got = facts.added_to_facts(prep.test, rows, n_boot=200, task=prior.floor_task(p, task))
+    assert not got["beyond"] and abs(got["diff"]) < 0.02
