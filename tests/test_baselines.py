@@ -308,7 +308,8 @@ def _pairwise_auc_from_files(out: Path) -> float:
     return metrics.pairwise_metrics(s1, s2)["auc"]
 
 
-ID_BASELINES = [b for b in BASELINES if b != "prompt-facts"]  # prompt-facts reads prompts (tests/test_facts.py)
+# the facts models read prompts (tests/test_facts.py, tests/test_prior.py)
+ID_BASELINES = [b for b in BASELINES if b not in ("prompt-facts", "item-prior")]
 PAIRWISE_PATTERN = {name: "cluster" for name in ID_BASELINES} | {"popularity": "quality", "liked-share": "quality"}
 
 

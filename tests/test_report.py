@@ -365,6 +365,38 @@ def test_every_llm_run_gets_its_beyond_the_prompts_facts_line(tmp_path):
     assert got["restating"]["beyond"] is False and got["knowing"]["beyond"] is True
 
 
+def test_every_report_gives_the_floor_and_the_prior_matched_slice(tmp_path):
+    """An LLM run that restates the item prior adds to a text-only prompt's facts but not to the floor (both lines
+    are kept); one that reads the user adds to both. The slice table has every pairwise run, the item-prior
+    baseline included, each with its number of comparisons (the tests themselves: tests/test_prior.py)."""
+    from test_prior import _cells, _folder, _log, mixed
+
+    from prefrec.baselines.common import load_prepared
+    from prefrec.baselines.run import run_baseline
+    from prefrec.evaluation import prior
+    from prefrec.results import write_results
+
+    folder = _folder(tmp_path, _log(mixed, n_users=300), negatives=3)
+    prep = load_prepared(folder)
+    for name, rows in _cells(prep.test, prior.item_prior(prep)).items():
+        res = {"kind": "eval", "method": "sft", "dataset": "syn", "task": "pairwise", "split": "test", "seed": 0,
+               "shots": 10 if name == "prior" else 20, "n_samples": len(rows),
+               "metrics": tasks.task("pairwise").metrics(rows), "config": {"samples": str(folder / "test.jsonl")}}
+        write_results(tmp_path / "evals" / name, res, rows)
+    run_baseline("item-prior", folder, regime="full", out=tmp_path / "evals" / "item-prior")
+    md = make_report([tmp_path / "evals"], tmp_path / "report", n_boot=200).read_text()
+    assert "Beyond what it could know without the user" in md and "Prior-matched slice" in md
+    got = json.loads((tmp_path / "report" / "results.json").read_text())
+    by_run = {key: {b["run"].split("/")[-2]: b for b in got[key]} for key in ("beyond_facts", "beyond_floor",
+                                                                            "prior_matched")}
+    assert by_run["beyond_facts"]["prior"]["beyond"] and not by_run["beyond_floor"]["prior"]["beyond"]
+    assert by_run["beyond_floor"]["user"]["beyond"]
+    sliced = by_run["prior_matched"]
+    assert set(sliced) == {"prior", "user", "item-prior"}
+    assert all(0.2 <= t["share"] <= 0.4 and t["n_comparisons"] > 0 for t in sliced.values())
+    assert abs(sliced["prior"]["auc"] - 0.5) < 0.12 and sliced["user"]["lo"] > 0.5
+
+
 def test_each_variant_is_compared_with_the_experiments_first_one():
     """The experiment's order decides the reference variant (text before hybrid in llara-candidates.yaml), not
     name order, which made `hybrid` the reference; without an order, name order."""

@@ -36,7 +36,7 @@ from prefrec.errors import UserError
 from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import RESULTS, is_run_dir
-from prefrec.samples import read_jsonl
+from prefrec.samples import TASKS, read_jsonl
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
@@ -420,8 +420,8 @@ def report_cmd(
 
 # ---- baseline commands (region owned by the baselines work) ----
 
-_BASELINE_HELP = ("popularity | liked-share | bpr | sasrec | gru4rec | bert4rec | caser | stamp | core | gcsan | shan | cmf, "
-                  "or 'all'")
+_BASELINE_HELP = ("popularity | liked-share | bpr | sasrec | gru4rec | bert4rec | caser | stamp | core | gcsan | shan | cmf "
+                  "| prompt-facts | item-prior, or 'all'")
 
 
 @app.command("baseline")
@@ -448,7 +448,7 @@ def baseline(
         names = list(CROSS_DOMAIN if train_samples else BASELINES) if name.lower() == "all" else [name.lower()]
         regimes = ["few-shot", "full"] if regime == "both" else [regime]
         if out is None:
-            prep = load_prepared(samples)
+            prep = load_prepared(samples, tasks=TASKS)  # the facts models also score yes/no; the run checks the rest
             label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
             out = Path("baselines") / f"{label}-{prep.task}"
         rows = []

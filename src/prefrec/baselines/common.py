@@ -114,10 +114,11 @@ def _read_titles(path: Path) -> dict[str, str]:
     return titles
 
 
-def load_prepared(path: str | Path, require_train: bool = True) -> Prepared:
+def load_prepared(path: str | Path, require_train: bool = True, tasks: tuple[str, ...] = SUPPORTED_TASKS) -> Prepared:
     """Read a prepared folder. Raises UserError naming the file when something is missing or malformed.
 
-    require_train=False: a cross-domain target, which is only tested on (its train.jsonl may be absent)."""
+    require_train=False: a cross-domain target, which is only tested on (its train.jsonl may be absent).
+    tasks: the tasks the caller supports (the models of prompt and item facts also score yes/no)."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: not a folder (expected the output of `prefrec data prepare`)")
@@ -127,13 +128,13 @@ def load_prepared(path: str | Path, require_train: bool = True) -> Prepared:
     everything = train + valid + test
     if not everything:
         raise UserError(f"{path}: train.jsonl and test.jsonl hold no samples")
-    tasks = {s.task for s in everything}
-    if len(tasks) != 1:
-        raise UserError(f"{path}: samples mix tasks {sorted(tasks)}; a baseline needs one task per folder")
-    task = tasks.pop()
-    if task not in SUPPORTED_TASKS:
+    found = {s.task for s in everything}
+    if len(found) != 1:
+        raise UserError(f"{path}: samples mix tasks {sorted(found)}; a baseline needs one task per folder")
+    task = found.pop()
+    if task not in tasks:
         raise UserError(f"{path}: task {task!r} is not supported by the traditional baselines "
-                        f"(supported: {', '.join(SUPPORTED_TASKS)})")
+                        f"(supported: {', '.join(tasks)})")
     by_title = not any(s.candidate_items for s in everything)
     stats = read_stats(path)
     threshold = 3.0

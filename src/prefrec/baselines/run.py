@@ -24,6 +24,7 @@ from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import (
     REGIMES,
+    SUPPORTED_TASKS,
     EvalSet,
     Prepared,
     eval_set,
@@ -36,11 +37,14 @@ from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
 from prefrec.errors import UserError
 from prefrec.evaluation import tasks
 from prefrec.evaluation.facts import prompt_facts_rows
+from prefrec.evaluation.prior import PRIOR_WEIGHT, item_prior, item_prior_rows
 from prefrec.items import TABLE_FILE, save_table
 from prefrec.provenance import provenance
 from prefrec.results import write_results
+from prefrec.samples import TASKS as ALL_TASKS
 
-BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf", "prompt-facts")
+BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf", "prompt-facts", "item-prior")
+FACT_MODELS = ("prompt-facts", "item-prior")  # logistic models of facts (evaluation/facts.py, prior.py): any task
 CROSS_DOMAIN = ("cmf",)  # the models that can score items they have no interaction with
 TARGET_PREFIX = "target:"  # keeps a target domain's item keys apart from the source's
 EPOCHS = {"few-shot": 20, "full": 10}  # few-shot data is small, so it gets more passes
@@ -128,8 +132,8 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     name = name.lower()
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
     target, source = _inputs(name, samples_dir, train_samples, cross, regime, limit, max_train_samples)
-    if name == "prompt-facts":
-        return _prompt_facts(target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit)
+    if name in FACT_MODELS:
+        return _facts_baseline(name, target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit)
     max_len = max_len or default_max_len(source, target)
     n_epochs = EPOCHS[regime] if epochs is None else epochs
     data = training_data(source, regime)
@@ -189,8 +193,9 @@ def _inputs(name: str, samples_dir, train_samples, cross: bool, regime: str, lim
         raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     if limit is not None and limit < 1:  # checked before training, used after it
         raise UserError(f"limit must be at least 1, got {limit}")
-    target = load_prepared(samples_dir, require_train=not cross)
-    source = load_prepared(train_samples) if cross else target
+    tasks_ok = ALL_TASKS if name in FACT_MODELS else SUPPORTED_TASKS
+    target = load_prepared(samples_dir, require_train=not cross, tasks=tasks_ok)
+    source = load_prepared(train_samples, tasks=tasks_ok) if cross else target
     if max_train_samples is not None and regime == "few-shot":
         if max_train_samples < 1:
             raise UserError(f"max_train_samples must be at least 1, got {max_train_samples}")
@@ -222,23 +227,37 @@ def _fit(name: str, model, data, source: Prepared, target: Prepared, cross: bool
     return prefix
 
 
-def _prompt_facts(target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out, limit) -> dict:
-    """The prompt-facts baseline (prefrec.evaluation.facts): a logistic model of the numbers and the order the
-    prompt shows, fit on the regime's training samples (few-shot: the training split; full: every non-test user),
-    scored on the test samples. No interactions, no item ids: only what the LLM reads."""
+_FEATURES = {"prompt-facts": "parsed from the prompt text: item notes (mean rating, raters), shown order",
+             "item-prior": "per item, from non-test users' non-test interactions (interactions.tsv): smoothed mean "
+                           "rating (or liked share) and log(1 + raters); pairwise: their differences and the shown "
+                           "order"}
+
+
+def _facts_baseline(name: str, target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out,
+                    limit) -> dict:
+    """A logistic model of facts, fit on the regime's training samples (few-shot: the training split; full: every
+    non-test user's samples, train + valid), scored on the test samples. prompt-facts (prefrec.evaluation.facts):
+    the numbers and the order the prompt shows, only what the LLM reads. item-prior (prefrec.evaluation.prior):
+    each item's smoothed mean rating and rater count among non-test users, what is known without the user."""
     fit_on = source.train + (source.valid if regime == "full" else [])
     test = target.test[:limit] if limit is not None else target.test
     t0 = time.perf_counter()
-    rows = prompt_facts_rows(fit_on, test)
+    if name == "item-prior":
+        prior = item_prior(target)
+        rows = item_prior_rows(prior, fit_on, test)
+    else:
+        rows = prompt_facts_rows(fit_on, test)
     result = {
-        "kind": "eval", "method": "prompt-facts", "dataset": target.name, "task": target.task, "split": "test",
+        "kind": "eval", "method": name, "dataset": target.name, "task": target.task, "split": "test",
         "seed": seed, "regime": regime, "k": None, "shots": len(fit_on) if regime == "few-shot" else None,
-        "n_samples": len(test), "metrics": tasks.task(target.task).metrics(rows), "model": "prompt-facts",
+        "n_samples": len(test), "metrics": tasks.task(target.task).metrics(rows), "model": name,
         "config": {"samples": str(Path(samples_dir)), "regime": regime, "limit": limit, "fit_samples": len(fit_on),
-                   "features": "parsed from the prompt text: item notes (mean rating, raters), shown order"},
+                   "features": _FEATURES[name]},
         "training": {"train_seconds": round(time.perf_counter() - t0, 2)},
         **provenance(),
     }
+    if name == "item-prior":
+        result["config"].update(prior=prior.kind, items=len(prior.stats), prior_weight=PRIOR_WEIGHT)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_results(Path(out), result, rows, ascii_rows=True)

@@ -188,9 +188,10 @@ def _rows(samples: list[Sample], task: FactsTask, p: np.ndarray, sizes: list[int
     return out
 
 
-def prompt_facts_rows(train: list[Sample], test: list[Sample]) -> list[dict]:
-    """Per-sample rows of the prompt-facts baseline: fit on `train`, scored on `test` (the task's row format)."""
-    task = TASKS[test[0].task]
+def prompt_facts_rows(train: list[Sample], test: list[Sample], task: FactsTask | None = None) -> list[dict]:
+    """Per-sample rows of the prompt-facts baseline: fit on `train`, scored on `test` (the task's row format).
+    task: other features of the same units (prior.py's item prior), default the prompt's facts."""
+    task = task or TASKS[test[0].task]
     tx, ty, _ = _stack(train, task)
     x, _, sizes = _stack(test, task)
     return _rows(test, task, _predict(tx, ty, x), sizes)
@@ -217,14 +218,15 @@ def cross_fit_rows(samples: list[Sample], task: FactsTask, extra, n_folds: int, 
 
 
 def added_to_facts(samples: list[Sample], llm_rows: list[dict], *, n_folds: int = 10, n_boot: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, task: FactsTask | None = None) -> dict:
     """The paired test of the facts model + the LLM's score against the facts model alone, on the test samples the
-    LLM scored (joined on id), both cross-fit over users; the bootstrap resamples users."""
+    LLM scored (joined on id), both cross-fit over users; the bootstrap resamples users. task: the facts model's
+    features (default the prompt's; prior.floor_task adds the item prior's)."""
     by_id = {r["id"]: r for r in llm_rows}
     samples = [s for s in samples if s.id in by_id]
     if not samples:
         raise ValueError("the LLM's rows share no sample id with the test samples")
-    task = TASKS[samples[0].task]
+    task = task or TASKS[samples[0].task]
     alone = cross_fit_rows(samples, task, None, n_folds, seed)
     both = cross_fit_rows(samples, task, lambda i, s: task.llm(s, by_id[s.id]), n_folds, seed)
     users = [s.user or s.id for s in samples]

@@ -42,7 +42,7 @@ from scipy import stats
 
 from prefrec import io
 from prefrec.errors import UserError
-from prefrec.evaluation import tasks
+from prefrec.evaluation import prior, tasks
 from prefrec.evaluation.facts import added_to_facts
 from prefrec.evaluation.stats import resample, user_groups
 from prefrec.evaluation.plots import (
@@ -388,11 +388,9 @@ def _runs(results: list[tuple[Path, dict]], n_boot: int, seed: int) -> list[dict
     return runs
 
 
-def beyond_facts(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
-    """For every LLM run: does its score add to what the prompt prints? facts.added_to_facts on its test samples
-    (read from results.json config.samples), the bootstrap resampling users. Runs whose samples file is gone, or
-    whose prompts show no quoted titles (imported prompts), get a row that says why instead."""
-    samples_of: dict[str, list] = {}
+def _llm_runs(results: list[tuple[Path, dict]], runs: list[dict], test) -> list[dict]:
+    """test(samples source, per-sample rows) for every LLM run (results.json config.samples says where its test
+    samples are); a run whose samples or rows are gone, or that the test refuses, gets a row that says why."""
     out = []
     for (path, r), run in zip(results, runs):
         src = (r.get("config") or {}).get("samples")
@@ -404,22 +402,96 @@ def beyond_facts(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: 
         if not (Path(src).is_file() and ps.is_file()):
             out.append({**head, "skipped": f"{src if not Path(src).is_file() else ps} is not there"})
             continue
-        if src not in samples_of:
-            samples_of[src] = read_jsonl(src)
         try:
-            out.append({**head, **added_to_facts(samples_of[src], read_per_sample(ps), n_boot=n_boot, seed=seed)})
+            out.append({**head, **test(src, read_per_sample(ps))})
         except (UserError, ValueError) as e:
             out.append({**head, "skipped": str(e)})
     return out
 
 
-def _beyond_lines(rows: list[dict], n_boot: int) -> list[str]:
+def beyond_facts(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """For every LLM run: does its score add to what the prompt prints? facts.added_to_facts on its test samples
+    (read from results.json config.samples), the bootstrap resampling users. Runs whose samples file is gone, or
+    whose prompts show no quoted titles (imported prompts), get a row that says why instead."""
+    samples_of = functools.lru_cache(maxsize=None)(read_jsonl)
+    return _llm_runs(results, runs, lambda src, rows: added_to_facts(samples_of(src), rows, n_boot=n_boot, seed=seed))
+
+
+def _priors():
+    """prior.prior_of per samples source, each read once; a source without an item prior raises its UserError on
+    every call."""
+    cache: dict[str, object] = {}
+
+    def get(src: str):
+        if src not in cache:
+            try:
+                cache[src] = prior.prior_of(src)
+            except UserError as e:
+                cache[src] = e
+        if isinstance(cache[src], UserError):
+            raise cache[src]
+        return cache[src]
+    return get
+
+
+def beyond_floor(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int,
+                 prior_of=None) -> list[dict]:
+    """For every LLM run: does its score add to what it could know without the user, `prompt-facts` ∪ `item-prior`
+    (prior.floor_task: both feature sets, cross-fit over users, paired bootstrap over users)? prior_of: a shared
+    _priors() cache."""
+    prior_of = prior_of or _priors()
+
+    def test(src, rows):
+        item_prior, samples = prior_of(src)
+        task = prior.floor_task(item_prior, samples[0].task) if samples else None
+        return added_to_facts(samples, rows, n_boot=n_boot, seed=seed, task=task)
+    return _llm_runs(results, runs, test)
+
+
+def prior_matched(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int,
+                  prior_of=None) -> list[dict]:
+    """For every pairwise run (LLM or baseline): AUC on the prior-matched slice (prior.matched_rows: the comparisons
+    whose smoothed mean ratings differ by at most the slice threshold of its samples file), with a bootstrap CI
+    over users. Runs without samples or item prior are left out (the beyond-facts table says why for LLM runs)."""
+    prior_of, out = prior_of or _priors(), []
+    for (path, r), run in zip(results, runs):
+        src, ps = (r.get("config") or {}).get("samples"), per_sample_path(path)
+        if r.get("task") != "pairwise" or not src or not Path(src).exists() or not ps.is_file():
+            continue
+        try:
+            item_prior, samples = prior_of(src)
+            threshold = prior.slice_threshold(item_prior, samples)
+            rows = read_per_sample(ps)
+            cut = prior.matched_rows(rows, samples, item_prior, threshold)
+        except (UserError, ValueError):
+            continue
+        n = sum(len(x["s_first"]) for x in cut)
+        total = sum(len(np.atleast_1d(x["s_first"])) for x in rows)
+        ci = bootstrap_ci(cut, names=["auc"], n_boot=n_boot, seed=seed).get("auc") or {}
+        out.append({"run": str(path), **{k: run.get(k) for k in GROUP_KEYS}, "label": group_label(run),
+                    "seed": r.get("seed"), "threshold": threshold, "prior": item_prior.kind, "n_comparisons": n,
+                    "share": n / total if total else None, "n_users": len({x.get("user") for x in cut}),
+                    "auc": tasks.task("pairwise").metrics(cut).get("auc") if cut else None,
+                    "lo": ci.get("lo"), "hi": ci.get("hi")})
+    return out
+
+
+_BEYOND = ("Beyond the prompt's facts: each LLM's score added to `prompt-facts` (a logistic model of the numbers the "
+           "prompt prints and the order it shows its options), against `prompt-facts` alone, both cross-fit over 10 "
+           "folds of test users; paired bootstrap over users ({n_boot} resamples). \"yes\" = a gain with p < 0.05:",
+           "facts", "facts + LLM", "learnt beyond its prompt?")
+_FLOOR = ("Beyond what it could know without the user: each LLM's score added to `prompt-facts` ∪ `item-prior` (the "
+          "prompt's numbers and order, and each item's smoothed mean rating and rater count among non-test users), "
+          "against both alone, cross-fit over 10 folds of test users; paired bootstrap over users ({n_boot} "
+          "resamples). \"yes\" = a gain with p < 0.05:", "facts ∪ prior", "facts ∪ prior + LLM",
+          "beyond what it could know without the user?")
+
+
+def _beyond_lines(rows: list[dict], n_boot: int, words: tuple[str, str, str, str] = _BEYOND) -> list[str]:
+    """The table of an added-to-facts test; `words`: its intro, the two models' column names and the verdict's."""
     if not rows:
         return []
-    md = ["Beyond the prompt's facts: each LLM's score added to `prompt-facts` (a logistic model of the numbers the "
-          "prompt prints and the order it shows its options), against `prompt-facts` alone, both cross-fit over 10 "
-          f"folds of test users; paired bootstrap over users ({n_boot} resamples). \"yes\" = a gain with p < 0.05:",
-          ""]
+    intro, alone, both, verdict = words
     table = []
     for t in rows:
         if "skipped" in t:
@@ -428,8 +500,42 @@ def _beyond_lines(rows: list[dict], n_boot: int) -> list[str]:
         table.append([t["label"], _fmt(t["seed"]), t["metric"], _fmt(t["facts"]), _fmt(t["facts_plus_llm"]),
                       f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"]),
                       "yes" if t["beyond"] else "no"])
-    return md + _table(["configuration", "seed", "metric", "facts", "facts + LLM", "difference [95 % CI]", "p",
-                        "learnt beyond its prompt?"], table) + [""]
+    return [intro.format(n_boot=n_boot), ""] + _table(["configuration", "seed", "metric", alone, both,
+                                                       "difference [95 % CI]", "p", verdict], table) + [""]
+
+
+def _slice_lines(rows: list[dict], n_boot: int) -> list[str]:
+    """The prior-matched slice's table (pairwise): every cell's and baseline's AUC where the prior cannot tell."""
+    if not rows:
+        return []
+    md = [f"Prior-matched slice: AUC on the comparisons whose two items' smoothed {rows[0]['prior']}s (among non-test "
+          "users) differ by at most the threshold, the 25th percentile of |Δ| over the samples file's test "
+          "comparisons: where item quality cannot tell, above 0.5 means the method reads the user (bootstrap 95 % CI "
+          f"over users, {n_boot} resamples):", ""]
+    table = [[t["label"], _fmt(t["seed"]), _fmt(t["threshold"], 3), str(t["n_comparisons"]), _fmt(t["share"], 2),
+              str(t["n_users"]), _fmt(t["auc"]) + (f" [{_fmt(t['lo'])}, {_fmt(t['hi'])}]" if t["lo"] is not None
+                                                   else "")]
+             for t in sorted(rows, key=lambda t: (_row_order(t), t.get("seed") if t.get("seed") is not None else -1))]
+    return md + _table(["configuration", "seed", "threshold", "comparisons", "share", "users", "AUC [95 % CI]"],
+                       table) + [""]
+
+
+def _knows_lines(where: tuple, beyond: list[dict], floor: list[dict], matched: list[dict], n_boot: int) -> list[str]:
+    """One dataset · task's tables of what its runs know: beyond the prompt, beyond the floor, the slice."""
+    here = lambda rows: [b for b in rows if (b["dataset"], b["task"]) == where]  # noqa: E731
+    return (_beyond_lines(here(beyond), n_boot) + _beyond_lines(here(floor), n_boot, _FLOOR)
+            + _slice_lines(here(matched), n_boot))
+
+
+def _what_it_knows(results, runs, n_boot: int, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """(beyond the prompt's facts, beyond the floor: LLM runs only, with n_boot > 0; the prior-matched slice: every
+    pairwise run), the item priors read once per samples folder."""
+    if n_boot <= 0:
+        return [], [], prior_matched(results, runs, n_boot=n_boot, seed=seed)
+    prior_of = _priors()
+    return (beyond_facts(results, runs, n_boot=n_boot, seed=seed),
+            beyond_floor(results, runs, n_boot=n_boot, seed=seed, prior_of=prior_of),
+            prior_matched(results, runs, n_boot=n_boot, seed=seed, prior_of=prior_of))
 
 
 def _training_plots(logs: list[Path], paths: list, plots_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -549,7 +655,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
     first_variant = functools.partial(_first_variant_of, order=list(variants))
     vs_variant = paired_against(runs, first_variant, n_boot=n_boot, seed=seed) if n_boot > 0 else []
-    beyond = beyond_facts(results, runs, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    beyond, floor, matched = _what_it_knows(results, runs, n_boot, seed)
     against = [("Against zero-shot on the same test samples", vs_zero),
                ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
                ("Against the same configuration on the first base model, on the same test samples", vs_model),
@@ -562,7 +668,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
         md += _section(dataset, task, gs, tests, runs, against, sweep_plots, out_dir, n_boot)
-        md += _beyond_lines([b for b in beyond if (b["dataset"], b["task"]) == (dataset, task)], n_boot)
+        md += _knows_lines((dataset, task), beyond, floor, matched, n_boot)
     if train_plots:
         md += ["## Training curves", ""]
         for name, log, p in train_plots:
@@ -572,7 +678,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
                "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
                "tests_vs_first_model": vs_model, "tests_vs_first_variant": vs_variant, "beyond_facts": beyond,
-               "runs": runs, "warnings": warns,
+               "beyond_floor": floor, "prior_matched": matched, "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]
                             for f in ("k", "shots", "beta", "configuration")}},
