@@ -269,3 +269,23 @@ def test_readers_refuse_a_half_written_or_mixed_prepared_folder(tmp_path):
     write_jsonl(out / "test.jsonl", read_jsonl(out / "test.jsonl")[:2])  # another run's (smaller) test split
     with pytest.raises(UserError, match=rf"test\.jsonl: 2 samples, but .*stats\.json says {stats['split_sizes']['test']}"):
         read_jsonl(out / "test.jsonl")
+
+
+@pytest.mark.parametrize("flag, value", [("threshold", float("nan")), ("threshold", -1.0),
+                                         ("threshold", float("inf")), ("negative_below", float("nan"))])
+def test_thresholds_must_be_finite_ratings(tmp_path, flag, value):
+    """--threshold nan labelled every yes/no sample "No." and -1 every one "Yes." (exit 0); now one clear error."""
+    src = write_tiny_ml100k(tmp_path / "ml")
+    task = "pairwise" if flag == "negative_below" else "yesno"
+    with pytest.raises(UserError, match=f"--{flag.replace('_', '-')} .*expected a finite rating"):
+        prepare("ml-100k", src, task, tmp_path / "o", **{flag: value})
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_movie_id_twice_in_u_item_names_both_lines(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    lines = (src / "u.item").read_bytes().splitlines()
+    (src / "u.item").write_bytes(b"\n".join(lines[:5] + [lines[2].replace(b"Film 3,", b"Other film,")] + lines[5:])
+                                 + b"\n")
+    with pytest.raises(UserError, match=r"u\.item:6: movie id 3 appears again \(first on line 3\)"):
+        prepare("ml-100k", src, "pairwise", tmp_path / "o")

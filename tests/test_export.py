@@ -86,3 +86,55 @@ def test_cli_export_out_naming_a_file_is_one_line(run_factory, tmp_path):
     r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "afile"), "--force"])
     assert r.exit_code == 2 and r.output.startswith("error: --out") and "is a file" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and (tmp_path / "afile").read_text() == "x"
+
+
+def test_push_to_hub_without_a_network_or_a_token_is_one_line_before_any_work(run_factory, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    run = run_factory(tmp_path / "run")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--push-to-hub", "me/tiny"])
+    assert r.exit_code == 2 and "HF_HUB_OFFLINE is set" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()  # refused before the merge
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--push-to-hub", "me/tiny"])
+    assert r.exit_code == 2 and "no Hugging Face token" in r.output and not (tmp_path / "m").exists()
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--push-to-hub", "tiny"])
+    assert r.exit_code == 2 and "name the owner too" in r.output
+
+
+def test_push_to_hub_uploads_exactly_the_exports_files(run_factory, tmp_path, monkeypatch):
+    """Up to the network boundary: the repository created and the folder and files handed to upload_folder."""
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kw):
+            calls["create"] = (repo_id, kw)
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kw):
+            calls["upload"] = kw
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    run = run_factory(tmp_path / "run")
+    (tmp_path / "m").mkdir()
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "m"), "--push-to-hub", "me/tiny",
+                                 "--private"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1] == "https://huggingface.co/me/tiny"
+    assert calls["token"] == "hf_test" and calls["create"] == ("me/tiny", {"repo_type": "model", "private": True,
+                                                                         "exist_ok": True})
+    up = calls["upload"]
+    assert up["folder_path"] == str(tmp_path / "m") and up["repo_id"] == "me/tiny"
+    listed = json.loads((tmp_path / "m" / "export.json").read_text())["files"]
+    assert up["allow_patterns"] == sorted(listed) and {"README.md", "model.safetensors", "export.json"} <= set(listed)

@@ -11,7 +11,7 @@ from prefrec import prompts
 from prefrec.errors import UserError
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import naive_response_logps
-from prefrec.serving.rank import Ranker, build_tree, clean_titles, rank, read_titles
+from prefrec.serving.rank import RankPrompt, build_tree, clean_titles, rank, read_titles
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 CANDIDATES = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)",
@@ -54,7 +54,7 @@ def naive_scores(model, tokenizer, history, candidates, domain="movies"):
 
 
 def test_prompt_is_the_candidates_protocol_prompt(embedded_tokenizer):
-    got = build_tree(embedded_tokenizer, HISTORY, CANDIDATES, "games", Ranker())
+    got = build_tree(embedded_tokenizer, HISTORY, CANDIDATES, "games", RankPrompt())
     want = tree_of(embedded_tokenizer, HISTORY, CANDIDATES, "games")
     assert (got.prefix, got.branches) == (want.prefix, want.branches)
 
@@ -259,8 +259,8 @@ def _run_with_task(tmp_path, task, answers="title", hybrid=False):
 def test_the_ranker_is_the_runs_task(tmp_path):
     from prefrec.serving.rank import ranker_of
 
-    assert ranker_of("embedded") == Ranker()
-    assert ranker_of(_run_with_task(tmp_path, "pairwise", "letter")) == Ranker("pairwise", "letter")
+    assert ranker_of("embedded") == RankPrompt()
+    assert ranker_of(_run_with_task(tmp_path, "pairwise", "letter")) == RankPrompt("pairwise", "letter")
     hybrid = ranker_of(_run_with_task(tmp_path, "candidates", hybrid=True))
     assert hybrid.task == "candidates" and "titles only" in hybrid.notes[0]
     with pytest.raises(UserError, match="yes/no run cannot rank"):
@@ -273,7 +273,7 @@ def test_a_pairwise_run_ranks_by_comparing_every_pair_in_both_orders(tiny_lm, an
     each log-prob from the naive path (one full sequence per response)."""
     model, tok = tiny_lm
     cands = CANDIDATES[:4]
-    got = rank(model, tok, HISTORY, cands, ranker=Ranker("pairwise", answers))
+    got = rank(model, tok, HISTORY, cands, ranker=RankPrompt("pairwise", answers))
     want = {c: [] for c in cands}
     for a in cands:
         for b in cands:
@@ -298,3 +298,19 @@ def test_order_by_mean_sorts_by_score_per_token(tiny_lm):
     assert [r["score_per_token"] for r in by_mean] == sorted((r["score_per_token"] for r in by_mean), reverse=True)
     with pytest.raises(UserError, match="order_by"):
         rank(model, tok, HISTORY, CANDIDATES, order_by="max")
+
+
+def test_cli_rank_checks_the_domain_before_loading_the_model(tmp_path, monkeypatch):
+    import prefrec.model
+    from prefrec.cli import app
+
+    def refuse(*a, **kw):
+        raise AssertionError("the model must not load before the domain is checked")
+
+    monkeypatch.setattr(prefrec.model, "load_model", refuse)
+    (tmp_path / "h.txt").write_text("\n".join(HISTORY), encoding="utf-8")
+    (tmp_path / "c.txt").write_text("\n".join(CANDIDATES), encoding="utf-8")
+    res = CliRunner().invoke(app, ["rank", "embedded", "--history", str(tmp_path / "h.txt"), "--candidates",
+                                   str(tmp_path / "c.txt"), "--domain", "movie"])
+    assert res.exit_code == 2 and "--domain 'movie': expected one of" in res.output
+    assert "did you mean 'movies'?" in res.output

@@ -24,5 +24,8 @@ def test_a_new_reader_is_one_row(monkeypatch, tmp_path):
     assert log.domain == "games" and log.titles == {"i1": "i1"}  # read()'s common steps ran (blank title -> id)
     with pytest.raises(UserError, match="--order-by COLUMN applies"):
         R.read("toy", tmp_path / "toy.txt", order_by="ts")
-    with pytest.raises(UserError, match="is not known"):
+    with pytest.raises(UserError, match="is not known") as e:
         R.read("nope", tmp_path / "toy.txt")
+    assert "did you mean" not in str(e.value)  # nothing is near "nope"
+    with pytest.raises(UserError, match="did you mean 'ml-100k'"):
+        R.read("ml100k", tmp_path / "toy.txt")

@@ -103,6 +103,11 @@ def test_duplicate_seed_warns(tmp_path):
     groups, warns = summarize(find_results([tmp_path]))
     assert len(groups) == 1 and groups[0]["metrics"]["auc"]["n_seeds"] == 1
     assert warns and "seed 0" in warns[0]
+    # the report shows the kept (newer) run once, with its sample count beside the metrics
+    md = make_report([tmp_path], tmp_path / "report", n_boot=50).read_text()
+    runs_table = md[md.index("Runs (value"):].split("\n\n")[1]
+    assert "b/results.json" in runs_table and "a/results.json" not in runs_table
+    assert "| seeds | samples |" in md and "| 1 | 60 |" in md
 
 
 def test_bootstrap_ci_contains_the_value(tmp_path):

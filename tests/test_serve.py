@@ -202,9 +202,9 @@ def test_full_queue_answers_503_and_model_name_is_loaded_at_startup(tmp_path, em
 # ---- bounded tokens, bounded time, cancelled work (issue 15) ----
 
 def _n_tokens(tok, history, candidates):
-    from prefrec.serving.rank import Ranker, build_tree
+    from prefrec.serving.rank import RankPrompt, build_tree
 
-    return build_tree(tok, history, candidates, "movies", Ranker()).n_tokens()
+    return build_tree(tok, history, candidates, "movies", RankPrompt()).n_tokens()
 
 
 def test_token_budget_shortens_history_and_refuses_candidates_naming_the_limit(tiny_lm):

@@ -436,6 +436,7 @@ def test_the_trunk_cache_gives_the_run_without_it(tiny_dir, data_dirs, tmp_path)
     _assert_same_adapter(runs["cached"] / "adapter", runs["plain"] / "adapter", atol=1e-5)
     cfg = json.loads((runs["cached"] / "adapter" / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # plain PEFT reads which layers carry LoRA
+    assert "on the top 1 decoder layers only" in (runs["cached"] / "README.md").read_text()  # the model card
     # prefrec eval of the run reads the same cache (the merged model's bottom is its base's), as does zero-shot
     from prefrec.evaluation.evaluate import evaluate
 
@@ -691,3 +692,21 @@ def test_several_samples_per_row_train_the_same_losses_and_weights(tiny_dir, dat
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-5)
     _assert_same_adapter(rows / "adapter", packed / "adapter", atol=1e-5)
+
+
+def test_training_talks_where_no_bar_is_shown(tiny_dir, data_dirs, tmp_path, capsys):
+    """Without a terminal: a loss line every logging_steps steps, one per validation, and a closing table naming
+    every stage and the adapter's folder."""
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "talk", sft_epochs=1, align_epochs=1, dropout=0.0)
+    raw.update(save_every=None, logging_steps=1, progress=False)
+    run = train(_cfg(raw))
+    err = capsys.readouterr().err
+    assert "prefrec: sft step 1/2 loss " in err and "prefrec: dmpo step 2/2 loss " in err and "reward_accuracy" in err
+    assert "prefrec: sft step 2/2 validation (3 samples): loss " in err
+    table = err[err.index("prefrec: finished"):].splitlines()
+    assert table[1].split()[:4] == ["stage", "steps", "final", "loss"]
+    assert [row.split()[0] for row in table[2:4]] == ["sft", "dmpo"]
+    assert table[4] == f"adapter (last): {run / 'adapter'}"
+    raw.update(output_dir=str(tmp_path / "quiet"), logging_steps=0)
+    train(_cfg(raw))
+    assert "prefrec: sft step" not in capsys.readouterr().err

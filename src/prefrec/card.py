@@ -178,7 +178,8 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     lora = config.get("lora") or {}
     lines += ["", "## Training", "", f"Method: {' then '.join(stages)}; seed {info.get('seed', config.get('seed'))}; "
               f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-              f"targets {lora.get('target_modules')}.", "", *_stage_rows(config, info), "",
+              f"targets {lora.get('target_modules')}"
+              + (f", on the top {lora['layers']} decoder layers only." if lora.get("layers") else "."), "", *_stage_rows(config, info), "",
               *_item_lines(info.get("items")),
               "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
                                                (stats.get("protocol") or {}).get("answers") or "title"), "",

@@ -326,13 +326,20 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the merged model (safetensors), tokenizer and card."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16: the dtype the merged weights are saved in."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace --out if it is not empty."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="ORG/NAME", help="Then upload the "
+                                              "export (weights, tokenizer, model card) to this Hub model repo."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
 ) -> None:
     """Merge the run's LoRA adapter into its base: a model folder plain transformers loads (no peft, no prefrec)."""
+    from prefrec.export import check_push, push_export
+
     try:
+        token = check_push(push_to_hub) if push_to_hub else None  # before the merge, which takes a while
         path = export_run(run, out, dtype=dtype, force=force)
+        url = push_export(path, push_to_hub, token=token, private=private) if push_to_hub else None
     except (UserError, FileNotFoundError) as e:
         _fail(e)
-    typer.echo(str(path))
+    typer.echo(str(path) if url is None else f"{path}\n{url}")
 
 # ---- end train commands ----
 
@@ -520,9 +527,11 @@ def rank_cmd(
     from prefrec.model import load_model
     from prefrec.serving.rank import item_note
 
+    from prefrec.prompts import check_domain
     from prefrec.serving.rank import rank, ranker_of, read_titles  # torch: the packed forward
 
     try:
+        check_domain(domain)  # before the model loads
         hist = read_titles(history, "history")
         cands = read_titles(candidates, "candidates")
         ranker = ranker_of(model)

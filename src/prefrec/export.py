@@ -83,3 +83,47 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
         io.write_json(tmp / RECORD, {"kind": "export", "run": str(run.resolve()), "dtype": dtype, "files": files,
                                      **provenance()})
     return out
+
+
+def check_push(repo_id: str) -> str:
+    """Before any work: `repo_id` must be a Hub id ('org/name'), the Hub not switched off (HF_HUB_OFFLINE), and a
+    token at hand (HF_TOKEN or `hf auth login`); returns the token, else one UserError saying what is missing."""
+    from huggingface_hub import get_token, is_offline_mode
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"--push-to-hub {repo_id!r}: expected a Hugging Face repository id, 'org/name'") from None
+    if "/" not in repo_id:
+        raise UserError(f"--push-to-hub {repo_id!r}: name the owner too, 'org/{repo_id}'")
+    if is_offline_mode():
+        raise UserError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it on a "
+                        f"machine that reaches huggingface.co")
+    token = get_token()
+    if not token:
+        raise UserError(f"--push-to-hub {repo_id}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); "
+                        f"nothing was exported")
+    return token
+
+
+def push_export(out: str | os.PathLike, repo_id: str, *, token: str, private: bool = False) -> str:
+    """Upload an export folder to the Hub model repository `repo_id` (created when missing; `private` for a new
+    one): exactly the files its export.json lists, the model card among them. Returns the repository's URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    out = Path(out)
+    files = _recorded_files(out)
+    if files is None:
+        raise UserError(f"{out}: not a prefrec export (no {RECORD}); run `prefrec export RUN --out {out}` first")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(out), allow_patterns=sorted(files),
+                          commit_message=f"prefrec export of {json.loads((out / RECORD).read_text())['run']}")
+    except (HfHubHTTPError, OSError) as e:  # no route, refused, unauthorised: one line, the export stays on disk
+        raise UserError(f"--push-to-hub {repo_id}: the upload failed ({str(e).splitlines()[0]}); the export is "
+                        f"complete in {out}, so `prefrec export` with --push-to-hub can be rerun") from None
+    return str(url)

@@ -20,6 +20,7 @@ Names accepted by `load_model`:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -47,6 +48,10 @@ from prefrec.results import RUN_JSON, is_run_dir, read_run
 from prefrec.scoring.encoding import check_prompt_format
 from prefrec.scoring.packing import ATTN_IMPLEMENTATIONS
 from prefrec.scoring.trunk import top_layers
+
+# transformers 5.25 deprecates `is_gradient_checkpointing`, which PEFT 0.21 still calls when it wraps a model: a
+# FutureWarning on every load that its reader can do nothing about
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EMBEDDED = "embedded"
 GEMMA3_270M = "gemma3-270m"
@@ -399,9 +404,10 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
                       "process; use it only for a repository you trust, pinned to a reviewed revision", stacklevel=2)
     hub = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **hub)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                                     **hub)
+        with _no_loading_bar():
+            tokenizer = AutoTokenizer.from_pretrained(path, **hub)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
+                                                         attn_implementation=attn_implementation, **hub)
     except OSError as e:
         raise UserError(f"model {name!r}: could not load it as a Hugging Face model folder or id ({e})") from None
     if run is not None and run.get("prompt_format") is not None:
@@ -418,6 +424,21 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_loading_bar():
+    """transformers' "Loading weights" bar off while a model loads: a model of a few hundred tensors loads in a
+    second, and the bar filled logs and pipes with carriage returns (issue 41)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _attach_items(model, run: str | None, adapter) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prefrec.errors import UserError, did_you_mean
+
 YES = "Yes."
 NO = "No."
 
@@ -42,6 +44,13 @@ DOMAINS = {
     "books": Domain("books", "book", "books", "read", "read", "You are a book recommendation assistant."),
     "items": Domain("items", "item", "items", "chosen", "choose", "You are a recommendation assistant."),
 }
+
+
+def check_domain(name: str, flag: str = "--domain") -> str:
+    """`name` when it is a prompt domain; else one UserError naming the flag, the choices and the nearest one."""
+    if name not in DOMAINS:
+        raise UserError(f"{flag} {name!r}: expected one of {', '.join(DOMAINS)}{did_you_mean(name, DOMAINS)}")
+    return name
 
 
 def domain(name: str) -> Domain:

@@ -19,6 +19,7 @@ is a file (both errors).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ def _threshold(log: Log, task: str, threshold: float | None, negative_below: flo
         raise UserError("--threshold applies to the pairwise and yesno tasks; the candidates task uses no ratings")
     if negative_below is not None and task != "pairwise":
         raise UserError("--negative-below applies to the pairwise task")
+    for flag, v in (("--threshold", threshold), ("--negative-below", negative_below)):
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= 10.0):  # nan labelled every sample "No."
+            raise UserError(f"{flag} {v}: expected a finite rating between 0 and 10 (a star scale)")
     return 3.0 if threshold is None else threshold
 
 

@@ -117,6 +117,7 @@ def summarize(results: list[tuple[Path, dict]]) -> tuple[list[dict], list[str]]:
             per_seed[r.get("seed")] = (path, r)
         g["seeds"] = list(per_seed)
         g["runs"] = [str(p) for p, _ in per_seed.values()]
+        g["n_samples"] = sorted({r.get("n_samples") for _, r in per_seed.values()} - {None})
         values: dict[str, dict] = defaultdict(dict)
         for seed, (_, r) in per_seed.items():
             for name, v in _numeric_metrics(r["metrics"]).items():
@@ -570,13 +571,13 @@ def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str
         cells = [str(g["method"]) + (f" [{g['variant']}]" if g.get("variant") else "")] + ([Path(str(g["base_model"])).name if g.get("base_model") else "–"]
                                       if show_model else [])
         cells += [_fmt(g.get("k")), _fmt(g.get("shots")), ("–" if g.get("beta") is None else f"{g['beta']:g}"), _fmt(g.get("regime")),
-                  str(len(g["seeds"]))]
+                  str(len(g["seeds"])), "/".join(map(str, g.get("n_samples") or [])) or "–"]
         for m in cols:
             s = g["metrics"].get(m)
             cells.append("–" if s is None else
                          _fmt(s["mean"]) + (f" ± {_fmt(s['std'])}" if s["std"] is not None else ""))
         rows.append(cells)
-    md += _table(["method"] + (["model"] if show_model else []) + ["k", "shots", "β", "regime", "seeds"] + cols,
+    md += _table(["method"] + (["model"] if show_model else []) + ["k", "shots", "β", "regime", "seeds", "samples"] + cols,
                  rows) + [""]
     ts = [t for t in tests if t["dataset"] == dataset and t["task"] == task and t["metric"] in cols]
     if ts:
@@ -642,7 +643,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     plots_dir = out_dir / "plots"
     groups, warns = summarize(results)
     tests = paired_tests(groups)
-
+    results = [(p, r) for p, r in results if any(str(p) in g["runs"] for g in groups)]  # older same-seed runs out
     runs = _runs(results, n_boot, seed)
 
     train_plots = _training_plots(logs, paths, plots_dir)

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 
+from prefrec.errors import UserError
 from prefrec.scoring.soft import model_inputs
 from prefrec.scoring.trees import Scores, Tree
 
@@ -291,7 +292,10 @@ def layer_span(base, lo: int, hi: int | None, final_norm: bool):
     `final_norm`. The family's own code still builds the masks and rotary embeddings; per-layer settings
     (`config.layer_types`: Gemma 3's sliding and full layers, Qwen's) are sliced the same way."""
     dec = base.get_decoder()
-    layers, norm = dec.layers, dec.norm
+    layers, norm = dec.layers, getattr(dec, "norm", None)
+    if norm is None and not final_norm:
+        raise UserError(f"{type(dec).__name__}: no final `norm` module, so its layers cannot be run in two parts; "
+                        "leave lora.layers unset")
     configs = [c for c in {id(c): c for c in (base.config, dec.config)}.values()
                if isinstance(getattr(c, "layer_types", None), list)]
     types = [c.layer_types for c in configs]
@@ -303,7 +307,9 @@ def layer_span(base, lo: int, hi: int | None, final_norm: bool):
             c.layer_types = t[lo:hi]
         yield
     finally:
-        dec.layers, dec.norm = layers, norm
+        dec.layers = layers
+        if not final_norm:
+            dec.norm = norm
         for c, t in zip(configs, types):
             c.layer_types = t
 

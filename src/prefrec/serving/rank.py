@@ -77,18 +77,18 @@ def clean_titles(titles, field: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Ranker:
+class RankPrompt:
     """How a model ranks: the task it was trained on, its answer format, and notes for the answers."""
     task: str = "candidates"
     answers: str = TITLE
     notes: tuple[str, ...] = ()
 
 
-def ranker_of(model: str | os.PathLike) -> Ranker:
+def ranker_of(model: str | os.PathLike) -> RankPrompt:
     """The ranker of a run folder (its training data's task and answer format; yes/no refused), else candidates."""
     stats = training_stats(model)
     if stats is None:
-        return Ranker()
+        return RankPrompt()
     task, proto = stats.get("task", "candidates"), stats.get("protocol") or {}
     if task == "yesno":
         raise UserError(f"{model}: a yes/no run cannot rank a new user's candidates (its prompt lists the titles the "
@@ -98,15 +98,14 @@ def ranker_of(model: str | os.PathLike) -> Ranker:
     if proto.get("history_ratings") or proto.get("item_stats"):
         notes = ("the run was trained on prompts showing the user's ratings and each item's facts; a new user's "
                  "prompt shows titles only",)
-    return Ranker(task, proto.get("answers") or TITLE, notes)
+    return RankPrompt(task, proto.get("answers") or TITLE, notes)
 
 
-def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: Ranker,
+def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: RankPrompt,
                items=None) -> Tree:
     """The tree of the ranker's prompt, exactly as the data protocols write it (with the model's item tokens after
     the titles its table knows, when it has some)."""
-    if domain not in prompts.DOMAINS:
-        raise UserError(f"domain {domain!r}: expected one of {sorted(prompts.DOMAINS)}")
+    prompts.check_domain(domain, "domain")
     prefix = prompts.history_prefix(domain, history)
     fmt = answer_format(ranker.answers)
     if ranker.task == "candidates":
@@ -131,7 +130,7 @@ def _shown_pairs(candidates: list[str]) -> list[tuple[str, str]]:
 
 
 def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
-            max_history: int | None = None, ranker: Ranker = Ranker(), items=None) -> tuple[Tree, list[str], list[str]]:
+            max_history: int | None = None, ranker: RankPrompt = RankPrompt(), items=None) -> tuple[Tree, list[str], list[str]]:
     """(tree, history kept, candidates) for the ranker's prompt, within the token budget: the titles are cleaned,
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
     dropped first, as the data protocols truncate); TokenBudgetError when even one history title and the candidates
@@ -170,7 +169,7 @@ def item_note(items, history: list[str], candidates: list[str]) -> str | None:
 
 
 def ranking_of(tree: Tree, candidates: list[str], summed: list[float], top: int | None = None,
-               ranker: Ranker = Ranker(), order_by: str = "sum") -> list[dict]:
+               ranker: RankPrompt = RankPrompt(), order_by: str = "sum") -> list[dict]:
     """[{"title", "score", "score_per_token" | "wins", "n_tokens" | "comparisons", "rank"}] best first, cut to
     `top`; order_by "mean" sorts by score_per_token (candidates task)."""
     if order_by not in ("sum", "mean"):
@@ -212,7 +211,7 @@ def run_steps(steps: Generator):
 
 def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain: str = "movies",
          top: int | None = None, max_history: int | None = None, max_tokens: int | None = DEFAULT_MAX_TOKENS,
-         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranker: Ranker = Ranker(), order_by: str = "sum") -> list[dict]:
+         chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ranker: RankPrompt = RankPrompt(), order_by: str = "sum") -> list[dict]:
     """Rank `candidates` for a user who interacted with `history` (oldest first), with `ranker`'s prompt (a run's:
     `ranker_of(run)`).
 

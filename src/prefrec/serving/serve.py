@@ -61,7 +61,7 @@ from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.scoring.packing import chunked_response_logps
-from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, Ranker, check_title, item_note, prepare, ranker_of,
+from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, RankPrompt, check_title, item_note, prepare, ranker_of,
                                   ranking_of)
 
 
@@ -460,7 +460,7 @@ def _error_handlers(app: FastAPI, fields: list[str]) -> None:
 def create_app(model: str | tuple, *, limits: Limits | None = None, model_label: str | None = None,
                dtype: str | None = None, device: str | None = None, docs: bool = False,
                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, token: str | None = None,
-               allowed_hosts: list[str] | None = None, ranker: Ranker | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, ranker: RankPrompt | None = None) -> FastAPI:
     """The FastAPI app. `model` is a name for `prefrec.model.load_model` (loaded once, at startup) or an
     already-loaded (model, tokenizer) pair. `ranker`: the task and answer format to rank with (default: the run's
     own, `ranker_of(model)`, for a name; candidates for a loaded pair, which does not say where it came from). `model_label` names the model in answers (default: default_label).
@@ -470,7 +470,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
     limits = limits or Limits()
     label = model_label or default_label(model)
     if ranker is None:
-        ranker = ranker_of(model) if isinstance(model, str) else Ranker()  # a run's task, checked before any load
+        ranker = ranker_of(model) if isinstance(model, str) else RankPrompt()  # a run's task, checked before any load
     RankRequest = request_model(limits)
     fields = list(RankRequest.model_fields)
     admission = Admission(limits.max_queue)
@@ -607,7 +607,7 @@ def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, limits: Lim
 def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                model_label: str | None = None, log_level: str = "info", docs: bool = False,
                token: str | None = None, allowed_hosts: list[str] | None = None,
-               ranker: Ranker | None = None) -> None:
+               ranker: RankPrompt | None = None) -> None:
     """Serve with uvicorn in this process (`ranker` as create_app's). A host other machines can reach needs a token (check_exposure); the
     Host allow-list defaults to the loopback names plus `host`, and `allowed_hosts` adds to it."""
     warning = check_exposure(host, token)

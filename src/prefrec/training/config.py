@@ -139,6 +139,9 @@ class TrainConfig:
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
+    # where no bar is shown (stderr not a terminal, or progress: false): one plain line every N optimizer steps
+    # (loss, reward accuracy, lr, seconds per step), one per validation, and a summary table at the end; 0 = quiet
+    logging_steps: int = 10
 
     def stage_kinds(self) -> list[str]:
         return [s.kind for s in self.stages]
@@ -315,6 +318,7 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
     if not cfg.lora.target_modules:
         ck.fail("lora.target_modules", "expected at least one module name")
     _positive(ck, "lora.layers", cfg.lora.layers)
+    _positive(ck, "logging_steps", cfg.logging_steps, allow_zero=True)
     if cfg.data.dir is None and cfg.data.train is None:
         ck.fail("data", "give data.dir (a prepared folder) or data.train (a samples .jsonl file)")
     _positive(ck, "data.max_train_samples", cfg.data.max_train_samples)

@@ -412,6 +412,7 @@ def _run_stage(r: Recipe, si: int) -> None:
     while sr.step < sr.total:
         metrics = _train_step(r, sr)
         _watch_displacement(r, sr, metrics, chosen_rewards)
+        _say_step(r, sr, metrics, bar.disable)
         bar.update(1)
         bar.set_postfix({key: f"{metrics[key]:.3f}" for key in ("loss", "reward_accuracy") if key in metrics})
         t1 = time.time()
@@ -424,6 +425,23 @@ def _run_stage(r: Recipe, si: int) -> None:
         if last or (r.cfg.save_every and sr.step % r.cfg.save_every == 0):
             _checkpoint(r, sr, done=last)
     bar.close()
+
+
+def _say(r: Recipe, line: str) -> None:
+    """One plain progress line on stderr (main process; where no bar is shown; logging_steps 0 keeps quiet)."""
+    if r.main and r.cfg.logging_steps:
+        print(f"prefrec: {line}", file=sys.stderr, flush=True)
+
+
+def _say_step(r: Recipe, sr: StageRun, metrics: dict, no_bar: bool) -> None:
+    """Every logging_steps steps (and the last), the step's loss line, for a log file or pipe."""
+    n = r.cfg.logging_steps
+    if not no_bar or not n or (sr.step % n and sr.step != sr.total):
+        return
+    keys = [k for k in ("loss", "reward_accuracy", "chosen_logp") if k in metrics]
+    seconds = r.timings.get(sr.stage.kind, 0.0) / max(sr.step - r.resumed_step(sr.si), 1)
+    _say(r, f"{sr.stage.kind} step {sr.step}/{sr.total} " + " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+         + f" lr {sr.scheduler.get_last_lr()[0]:.2e} {seconds:.2f} s/step")
 
 
 def _watch_displacement(r: Recipe, sr: StageRun, metrics: dict, chosen_rewards: list[float]) -> None:
@@ -513,6 +531,8 @@ def _validate(r: Recipe, sr: StageRun) -> None:
     r.final_valid[kind] = vrow
     r.log.write({"split": "valid", "step": r.global_step, "stage": kind, "stage_step": sr.step,
                  "epoch": round(sr.step / sr.steps_per_epoch, 4), **vrow, "n": len(sr.valid_trees)})
+    _say(r, f"{kind} step {sr.step}/{sr.total} validation ({len(sr.valid_trees)} samples): "
+         + " ".join(f"{k} {v:.4f}" for k, v in vrow.items() if isinstance(v, float)))
     value = vrow.get(r.best_metric)
     if sr.si != len(r.cfg.stages) - 1 or value is None:
         return
@@ -561,6 +581,23 @@ def _checkpoint(r: Recipe, sr: StageRun, done: bool) -> None:
     save_checkpoint(r.acc, r.run, r.prepared, st, r.cfg.keep_last)
 
 
+def summary_table(r: Recipe, adapter: str) -> str:
+    """The closing table: per stage its steps, last training loss, last validation metric and time; then where the
+    adapter is."""
+    rows = [("stage", "steps", "final loss", "validation", "seconds")]
+    for stage in r.cfg.stages:
+        last = r.log.last_train.get(stage.kind, {})
+        valid = r.final_valid.get(stage.kind) or {}
+        metric = r.best_metric if r.best_metric in valid else next(iter(valid), None)
+        rows.append((stage.kind, str(r.stage_info.get(stage.kind, {}).get("steps", "-")),
+                     f"{last['loss']:.4f}" if "loss" in last else "-",
+                     f"{metric} {valid[metric]:.4f}" if metric else "-",
+                     f"{r.timings.get(stage.kind, 0.0):.0f}"))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return "finished\n" + "\n".join(lines) + f"\nadapter ({adapter}): {r.run / 'adapter'}"
+
+
 def _finalise(r: Recipe, t_process: float) -> None:
     """RUN/adapter/, RUN/run.json and the model card."""
     from prefrec.card import write_card
@@ -596,6 +633,7 @@ def _finalise(r: Recipe, t_process: float) -> None:
                              "curriculum": config_to_dict(r.cfg)["items"]["curriculum"]}
         write_run(r.run, info)
         write_card(r.run)  # README.md in RUN/ and RUN/adapter/ (replaces PEFT's blank template)
+        _say(r, summary_table(r, chosen))
     r.log.close()
     acc.wait_for_everyone()
     acc.end_training()

@@ -171,6 +171,7 @@ class MetricsLog:
         self.active = active
         self.path = run / "metrics.jsonl"
         self.acc = acc if acc is not None and acc.trackers else None
+        self.last_train: dict[str, dict] = {}  # stage -> its last training row (the closing summary's loss)
         if not active:
             return
         if keep_up_to_step is not None and self.path.is_file():
@@ -186,6 +187,8 @@ class MetricsLog:
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
+        if row.get("split") == "train":
+            self.last_train[row["stage"]] = row
         if not self.active:
             return
         self.file.write(json.dumps(row) + "\n")

@@ -28,7 +28,7 @@ from prefrec.data.readers.goodreads import read_goodreads
 from prefrec.data.readers.lastfm import read_lastfm
 from prefrec.data.readers.movielens import read_ml1m, read_ml100k
 from prefrec.data.readers.recbole import read_recbole
-from prefrec.errors import UserError
+from prefrec.errors import UserError, did_you_mean
 
 __all__ = ["DATASETS", "READERS", "Interaction", "Log", "read", "read_amazon", "read_goodreads", "read_lastfm",
            "read_ml100k", "read_ml1m", "read_recbole"]
@@ -81,7 +81,8 @@ def read(dataset: str, source: str | Path, *, domain: str | None = None, order_b
         raise UserError(f"--order-by COLUMN applies to the formats with a header (recbole, lastfm, goodreads CSV); "
                         f"{dataset} has its own timestamps")
     if reader is None:
-        raise UserError(f"--dataset {dataset!r} is not known; expected one of {', '.join(DATASETS)}")
+        raise UserError(f"--dataset {dataset!r} is not known; expected one of {', '.join(DATASETS)}"
+                        f"{did_you_mean(dataset, DATASETS)}")
     log = reader.read(source, column)
     if domain:
         log.domain = domain

@@ -65,9 +65,15 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
     log = Log(name="ml-100k", domain="movies", interactions=[], titles={}, files=[str(data)])
     if item is not None:
         log.files.append(str(item))
+        first_line: dict[str, int] = {}
         for n, line in _lines(item, _movielens_encoding(item)):
             parts = _fields(line, "|", 3, item, n, "movie id|title|release date|...", at_least=True)
-            log.titles[parts[0].strip()] = normalise_title(parts[1])
+            key = parts[0].strip()
+            if key in first_line:  # the later title would silently replace the earlier one
+                raise UserError(f"{item}:{n}: movie id {key} appears again (first on line {first_line[key]}); "
+                                "expected one line per movie")
+            first_line[key] = n
+            log.titles[key] = normalise_title(parts[1])
         log.catalog["items"] = len(log.titles)
     else:
         log.warnings.append(f"{data.parent}: no u.item, so item ids are used as titles")
