@@ -230,7 +230,8 @@ def test_cli_export(embedded_run, tiny_dir, tmp_path, monkeypatch):
 
 
 def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
-    """progress: true, but stderr is not a terminal (pytest captures it, as a log file would): no bar updates."""
+    """progress: true, but stderr is not a terminal (pytest captures it, as a log file would): no bar updates, the
+    plain loss and validation lines instead (logging_steps)."""
     from prefrec.training.recipe import train
 
     data = tmp_path / "data"
@@ -240,7 +241,8 @@ def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
            "data": {"dir": str(data)}, "stages": [{"kind": "sft", "batch_size": 2}]}
     train(resolve_paths(config_from_dict(raw, "test")))
     err = capfd.readouterr().err
-    assert "sft:" not in err and "validation" not in err
+    assert "sft:" not in err and "%|" not in err and "\r" not in err  # tqdm's desc, bar and carriage returns
+    assert "prefrec: sft step 1/1 loss " in err and "prefrec: sft step 1/1 validation (1 samples)" in err
 
 
 def test_cli_slows_progress_bars_when_stderr_is_a_log(monkeypatch):
