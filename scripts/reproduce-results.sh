@@ -136,9 +136,16 @@ case "$part" in
     ;;
   llara-pairwise)
     # issue 28, the pairwise task: text-only vs item-token SFT at 600 training samples, SASRec and prompt-facts
+    # issue 40: with item-prior, so the report gives the floor and the prior-matched slice
     $P experiment configs/experiments/llara-pairwise.yaml --set output_dir=experiments/llara-pairwise \
-        --set report_dir=docs/results/llara-pairwise --set train.model.dtype=bf16 --set eval.dtype=bf16
+        --set report_dir=docs/results/llara-pairwise --set train.model.dtype=bf16 --set eval.dtype=bf16 \
+        --set "methods=[sasrec, prompt-facts, item-prior, sft, zero-shot]"
     .venv/bin/python docs/results/llara-pairwise/vs_sasrec.py
+    ;;
+  trunk-cache)
+    # issue 39: one training step all-layer / top-N / top-N from the cache, then a whole grid end to end
+    .venv/bin/python benchmarks/trunk_cache.py
+    .venv/bin/python benchmarks/trunk_grid.py --layers 4 8 --work experiments/trunk-grid
     ;;
   *) echo "unknown part: $part" >&2; exit 2 ;;
 esac
