@@ -1,9 +1,9 @@
 """prefrec.scoring.trunk: log-probs and LoRA gradients from the stored trunk states against the plain forward of the
 same top-N LoRA model, on tiny random models of every family the tests build; the cache's keys and guards.
 
-Tolerances: float32, max abs difference ≤ 1e-5 on summed and per-token log-probs (measured ≤ 2e-6: the stored
-states are the very numbers the full forward computes, only the packing of other trees in the bottom pass differs),
-LoRA gradients relative to the largest ≤ 1e-5."""
+Tolerances: float32, max abs difference ≤ 1e-5 on summed and per-token log-probs (the stored states are the numbers
+the full forward computes; only the batching of the bottom pass, hence the summation order, differs), LoRA
+gradients relative to the largest ≤ 1e-5."""
 
 import os
 import shutil
