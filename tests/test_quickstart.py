@@ -1,5 +1,6 @@
 """The quickstart is one point of the learning curve: same data, training and evaluation settings."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -79,3 +80,19 @@ def test_the_smoke_run_is_small_and_says_so(tmp_path):
     assert cfg["shots"] == [SMOKE_SHOTS] and cfg["eval"] == {"limit": SMOKE_TEST}
     assert quickstart_config(tmp_path, dtype="fp32", smoke=True, n_test=5)["eval"] == {"limit": 5}
     assert "prompt-facts" in cfg["methods"]  # every report says what the model adds beyond its prompt
+
+
+def test_the_quickstart_ends_with_its_results_in_plain_words(tmp_path):
+    from prefrec.quickstart import results_table
+
+    report = tmp_path / "results.json"
+    report.write_text(json.dumps({"groups": [
+        {"method": "zero-shot", "n_samples": [702], "metrics": {"auc": {"mean": 0.4941}}},
+        {"method": "sft", "n_samples": [702], "metrics": {"auc": {"mean": 0.5642}}},
+        {"method": "prompt-facts", "n_samples": [702], "metrics": {"auc": {"mean": 0.7301}}},
+        {"method": "sasrec", "n_samples": [], "metrics": {"hr@1": {"mean": 0.1}}}]}))
+    lines = results_table(report).splitlines()
+    assert lines[0].startswith("Test AUC (0.5 = chance")
+    assert lines[1].split()[:3] == ["zero-shot", "0.494", "702"] and "before training" in lines[1]
+    assert lines[2].split()[:2] == ["sft", "0.564"] and lines[3].split()[:2] == ["prompt-facts", "0.730"]
+    assert len(lines) == 4  # a method without an AUC is left out

@@ -23,6 +23,7 @@ It runs through exactly the code that `prefrec experiment` uses; a second run sk
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -102,6 +103,23 @@ def quickstart_config(out: Path, *, n_test: int | None = None, dtype: str = "fp3
     return cfg
 
 
+WORDS = {"zero-shot": "the model before training", "sft": "after SFT on the training users",
+         "prompt-facts": "a logistic model of the two numbers each prompt prints (no LLM)"}
+
+
+def results_table(report_json: Path) -> str:
+    """The quickstart's results in plain words: test AUC per method (0.5 is chance) and what each method is."""
+    groups = json.loads(report_json.read_text(encoding="utf-8")).get("groups") or []
+    lines = ["Test AUC (0.5 = chance; 1 = every liked item ranked above the disliked one):"]
+    for g in groups:
+        auc = (g.get("metrics") or {}).get("auc") or {}
+        if auc.get("mean") is not None:
+            n = "/".join(map(str, g.get("n_samples") or [])) or "?"
+            lines.append(f"  {g['method']:<13} {auc['mean']:.3f}   {n} test users; "
+                         f"{WORDS.get(g['method'], g['method'])}")
+    return "\n".join(lines)
+
+
 def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = None, dtype: str = "auto",
                    model: str = "embedded", smoke: bool = False) -> Path:
     """Run the quickstart grid into `out`; n_test: evaluate only the first N test users (default: all 702);
@@ -118,6 +136,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = 
     md = run_experiment(path)
     minutes = (time.time() - t0) / 60
     print(f"\nprefrec quickstart finished in {minutes:.1f} min", file=sys.stderr)
+    print(results_table(Path(md).parent / "results.json"))
     print(f"  report:       {md}")
     print(f"  plots:        {Path(md).parent / 'plots'}")
     print(f"  trained run:  {out / 'cells' / 'ml-100k'}")
