@@ -136,7 +136,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", *, n_test: int | None = 
     md = run_experiment(path)
     minutes = (time.time() - t0) / 60
     print(f"\nprefrec quickstart finished in {minutes:.1f} min", file=sys.stderr)
-    print(results_table(Path(md).parent / "results.json"))
+    print(results_table(Path(md).with_suffix(".json")))  # the report's own results.json, beside results.md
     print(f"  report:       {md}")
     print(f"  plots:        {Path(md).parent / 'plots'}")
     print(f"  trained run:  {out / 'cells' / 'ml-100k'}")
