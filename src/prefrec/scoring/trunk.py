@@ -171,7 +171,7 @@ class TrunkCache:
         """Compute and store the states of every tree not stored yet (one new shard); returns how many."""
         from safetensors.torch import save_file
 
-        todo = {tree_key(trees[t]): trees[t] for t in self.missing(trees)}
+        todo = {k: t for k, t in ((tree_key(t), t) for t in trees) if k not in self._index}  # each tree hashed once
         if not todo:
             return 0
         self._check_disk(list(todo.values()))
@@ -217,8 +217,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's live process
+        pass
     return True
 
 
