@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run an experiment grid one cell group at a time and commit each finished group's results, so that the cells of a
+# long grid survive a session that ends (issue #40 part 5). Meant to run in its own git worktree, in the background:
+#
+#   git worktree add ../wt-exp && cd ../wt-exp && bash scripts/setup.sh   # or link the main checkout's .venv
+#   nohup bash scripts/cells.sh configs/experiments/ml1m-table2.yaml "sft dpo dmpo" > cells.log 2>&1 &
+#
+# For each seed, then each method (the order given, then the grid's other methods), it runs
+# `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report`, writes the report
+# (docs/results/<name>/), and commits that folder. A finished cell is skipped by the experiment itself, so running
+# the script again continues where it stopped. Every torch command takes the lock $LOCK (default /tmp/torch.lock)
+# and waits a little after each group, so that another torch job waiting on the same lock runs between two groups
+# rather than beside one (one torch job at a time on a small machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:?usage: cells.sh CONFIG [METHODS...] [SEEDS...]}
+P=${PREFREC:-.venv/bin/prefrec}  # word-split: "python -m prefrec" works too
+PY=${PYTHON:-.venv/bin/python}
+LOCK=${LOCK:-/tmp/torch.lock}
+EXP=${EXP:-experiments/$(basename "$CONFIG" .yaml)}
+read -r -a FIRST <<< "${2:-}"
+read -r -a SEEDS <<< "${3:-$("$PY" -c 'import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))["seeds"])' "$CONFIG")}"
+read -r -a ALL <<< "$("$PY" -c 'import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))["methods"])' "$CONFIG")"
+METHODS=("${FIRST[@]}")
+for m in "${ALL[@]}"; do [[ " ${METHODS[*]} " == *" $m "* ]] || METHODS+=("$m"); done
+REPORT=docs/results/$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$CONFIG")
+
+for seed in "${SEEDS[@]}"; do
+  for m in "${METHODS[@]}"; do
+    echo "$(date -u +%FT%TZ) cells: $m seed $seed"
+    flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --set "seeds=[$seed]" --only "$m" --no-report
+    flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --report-only
+    git add -A "$REPORT"
+    git diff --cached --quiet || git commit -q -m "$(basename "$CONFIG" .yaml): $m seed $seed finished (#40)"
+    sleep "${YIELD_S:-30}"
+  done
+done
+echo "$(date -u +%FT%TZ) cells: all done"
