@@ -419,3 +419,51 @@ def test_a_top_n_grid_shares_one_trunk_cache_between_its_cells(tmp_path, tiny_se
     assert zt["built"] == 4 and dt["built"] == 0 and dt["computed_unstored"] == 0
     run_info = json.loads((root / "dmpo-model-tiny-model-k2-beta0.1-seed0" / "run" / "run.json").read_text())
     assert run_info["trunk_cache"]["folder"] == zt["folder"]
+
+
+def test_committed_cells_count_as_done_when_the_output_folder_is_gone(tmp_path, tiny_setup, capsys):
+    """A grid whose output folder was lost (a new session, another machine) continues from the cells committed under
+    report_dir, with their wall times; cells made with other settings are run again."""
+    import shutil
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity", "liked-share"])
+    run_experiment(path, only=["popularity"])
+    committed = tmp_path / "report" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json"
+    stamp = committed.stat().st_mtime_ns
+    seconds = json.loads((tmp_path / "report" / "experiment.json").read_text())["seconds"]
+    shutil.rmtree(tmp_path / "exp")
+    md = run_experiment(path)
+    assert not (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0").exists()  # not run again
+    assert committed.stat().st_mtime_ns == stamp
+    assert "1 cell(s) finished earlier" in capsys.readouterr().err
+    record = json.loads((tmp_path / "report" / "experiment.json").read_text())
+    assert record["cells"] == ["tiny-ml/popularity-full-seed0", "tiny-ml/liked-share-full-seed0"]
+    assert record["seconds"]["tiny-ml/popularity-full-seed0"] == seconds["tiny-ml/popularity-full-seed0"]
+    assert "popularity" in md.read_text() and "liked-share" in md.read_text()
+    # other settings: the committed cells are not theirs
+    shutil.rmtree(tmp_path / "exp")
+    run_experiment(path, overrides=["baseline.epochs=2"], only=["popularity"])
+    assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
+
+
+def test_a_committed_sft_model_retrained_for_an_alignment_cell_must_reproduce(tmp_path, tiny_setup, capsys):
+    import shutil
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["sft", "dpo"])
+    run_experiment(path, only=["sft"])
+    log = tmp_path / "report" / "cells" / "tiny-ml" / "sft-model-tiny-model-seed0" / "run" / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(r["split"] == "valid" for r in rows)
+    shutil.rmtree(tmp_path / "exp")
+    run_experiment(path, only=["dpo"])  # retrains SFT from its seed: same figures
+    assert "reproduces the committed validation figures" in capsys.readouterr().err
+    # a committed figure the retrained model does not reach
+    valid = next(r for r in rows if r["split"] == "valid")
+    valid["loss"] = valid["loss"] + 0.5
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.rmtree(tmp_path / "exp")
+    shutil.rmtree(tmp_path / "report" / "cells" / "tiny-ml" / "dpo-model-tiny-model-k1-beta0.1-seed0")  # run it again
+    with pytest.raises(UserError, match="does not reproduce the committed one.*validation loss"):
+        run_experiment(path, only=["dpo"])

@@ -307,10 +307,54 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     sft_run = root / sft_cell.folder() / "run"
     if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
+        if sft_cell.folder() in _committed(cfg):
+            _check_reproduced(Path(cfg.report_dir) / "cells" / sft_cell.folder() / "run" / "metrics.jsonl",
+                              sft_run / "metrics.jsonl")
     tc = _train_config(cfg, cell, train_dir, run_dir, kinds, str(sft_run))
     _borrow_reference(root / cell.dataset, run_dir, tc)
     train(tc, resume=True)
     return run_dir
+
+
+# How far a retrained SFT model's validation figures may be from the committed ones: the same seed and data give the
+# same figures on one machine; another CPU's bf16 kernels may round differently, which moves an AUC over a few
+# hundred comparisons by a few thousandths.
+REPRODUCE_TOL = 0.01
+
+
+def _valid_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("split") == "valid":
+            rows.append(row)
+    return rows
+
+
+def _check_reproduced(committed: Path, retrained: Path) -> None:
+    """An alignment cell whose SFT model was committed as a finished `sft` cell but is retrained here (its adapter
+    is not committed) must start from the same model: every validation figure of the retrained run must match the
+    committed run's at the same step, within REPRODUCE_TOL, or the cell would align a model the report never
+    evaluated."""
+    before, now = _valid_rows(committed), {r.get("step"): r for r in _valid_rows(retrained)}
+    if not before:
+        return  # the committed run validated nothing: nothing to compare
+    for row in before:
+        got = now.get(row.get("step"))
+        keys = [k for k, v in row.items() if isinstance(v, float)]
+        off = [k for k in keys if got is None or not isinstance(got.get(k), (int, float))
+               or abs(got[k] - row[k]) > REPRODUCE_TOL]
+        if off:
+            k = off[0]
+            raise UserError(f"{retrained}: the retrained SFT model does not reproduce the committed one ({committed}): "
+                            f"validation {k} at step {row.get('step')} is "
+                            f"{'missing' if got is None else got.get(k)}, committed {row[k]} (tolerance "
+                            f"{REPRODUCE_TOL}); delete the committed sft cell to run it again with this model")
+    print(f"prefrec experiment: the retrained SFT model reproduces the committed validation figures "
+          f"({len(before)} validation(s), within {REPRODUCE_TOL})", file=sys.stderr)
 
 
 def _reference_key(tc) -> tuple:
@@ -503,9 +547,13 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     if only:
         grid = select(grid, only)
     root = Path(cfg.output_dir) / "cells"
-    todo = [c for c in grid if not has_results(root / c.folder())]
+    committed = _committed(cfg)
+    todo = [c for c in grid if not has_results(root / c.folder()) and c.folder() not in committed]
     print(f"prefrec experiment {cfg.name}: {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} "
           f"{'not run (--report-only)' if report_only else 'to run'}", file=sys.stderr)
+    if committed:
+        print(f"prefrec experiment: {len(committed)} cell(s) finished earlier are read from {cfg.report_dir}/cells "
+              f"(same settings), not run again", file=sys.stderr)
     if report_only:
         todo = []
     if dry_run:
@@ -516,8 +564,8 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
     _run_cells(cfg, todo, root, log_path)
     if not report:
         return None
-    done = [c for c in grid if has_results(root / c.folder())]
-    return _report(cfg, path, done, log_path, overrides, only, report_only)
+    done = [c for c in grid if has_results(root / c.folder()) or c.folder() in committed]
+    return _report(cfg, path, done, log_path, overrides, only, report_only, committed)
 
 
 def _run_cells(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Path) -> None:
@@ -542,24 +590,49 @@ def _run_cells(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Pa
                                 "metrics": res.get("metrics")}) + "\n")
 
 
-def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overrides, only, report_only) -> Path:
-    """The report of the finished cells, with the command that made it and each cell's wall time."""
+def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overrides, only, report_only,
+            committed: dict) -> Path:
+    """The report of the finished cells, with the command that made it and each cell's wall time (the run log's,
+    else the one recorded when a committed cell was made)."""
     from prefrec.evaluation.report import make_report
 
     published = _publish(cfg, done)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []] + (["--report-only"] if report_only else []))
-    seconds = _cell_seconds(log_path)
+    seconds = {**{k: v for k, v in committed.items() if v is not None}, **_cell_seconds(log_path)}
+    # the committed cells outside this selection stay in the record (the report reads every cell beside it)
+    listed = list(dict.fromkeys([c.folder() for c in done] + list(committed)))
     io.write_json(Path(cfg.report_dir) / "experiment.json",
                   {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
-                   "command": command, "cells": [c.folder() for c in done],
-                   "seconds": {c.folder(): seconds.get(c.folder()) for c in done}, "settings": _settings(cfg)})
+                   "command": command, "cells": listed,
+                   "seconds": {c: seconds.get(c) for c in listed}, "settings": _settings(cfg)})
     preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
-    timed = [seconds[c.folder()] for c in done if c.folder() in seconds]
+    timed = [seconds[c] for c in listed if seconds.get(c) is not None]
     if timed:
         preamble += [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, "
                      f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
     return make_report([published], cfg.report_dir, preamble=preamble, variants=list(cfg.variants))
+
+
+def _committed(cfg: ExperimentConfig) -> dict[str, float | None]:
+    """Cells finished in an earlier session and committed under report_dir/cells (results.json, per-sample scores,
+    training log), keyed by cell folder, with the wall time recorded then: they count as done when the report's
+    experiment.json was made with the same settings as this grid, so a grid whose output folder is gone (another
+    machine, a new session) continues from its committed cells instead of running them again. Cells made with other
+    settings are never reused (they are run again, and their committed copies replaced)."""
+    record = Path(cfg.report_dir) / "experiment.json"
+    if Path(cfg.report_dir).resolve() == Path(cfg.output_dir).resolve() or not record.is_file():
+        return {}
+    try:
+        made = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    if not isinstance(made, dict) or made.get("settings") != _settings(cfg):
+        return {}
+    seconds = made.get("seconds") or {}
+    cells_dir = Path(cfg.report_dir) / "cells"
+    return {folder: seconds.get(folder) for folder in made.get("cells") or []
+            if isinstance(folder, str) and has_results(cells_dir / folder)}
 
 
 def _cell_seconds(log_path: Path) -> dict:
