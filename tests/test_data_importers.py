@@ -150,7 +150,8 @@ def test_import_files_writes_jsonl_and_report_and_rejects_registry(tmp_path):
     assert "empty file" in by["empty.json"]["reason"]
     assert json.loads((tmp_path / "out" / "import_report.json").read_text())["total"]["files_rejected"] == 2
     r = CliRunner().invoke(app, ["data", "import", str(src), "--out", str(tmp_path / "out2")])
-    assert r.exit_code == 0 and "REJECTED" in r.output and "rec_a.json: loaded 1 rows -> 1 samples" in r.output
+    assert r.exit_code == 0 and "rec_a.json: imported 1 row -> 1 sample\n" in r.output
+    assert "dataset_info.json: not imported: " in r.output and "empty.json: not imported: " in r.output
 
 
 def test_import_exits_nonzero_when_nothing_is_imported_and_removes_stale_output(tmp_path):
@@ -381,3 +382,22 @@ def test_datasets_folder_without_the_package_says_how_to_install(tmp_path, monke
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     report = import_files([tmp_path / "ds"], tmp_path / "out")
     assert "pip install 'prefrec[datasets]'" in report["files"][0]["reason"]
+
+
+def test_the_import_summary_says_each_outcome_once():
+    """#41 point 11: the summary said "REJECTED; 0 rejected (reason)" for a refused file; now each line says what
+    was imported and what was not, with no count that contradicts it."""
+    from prefrec.data.importers import summary_lines
+
+    def rep(rows, loaded, samples, bad, output=True, reason=None):
+        return {"file": "/x/f.json", "rows": rows, "rows_loaded": loaded, "samples": samples, "reason": reason,
+                "rejected": [{"where": f"line {i + 1}", "reason": "no output"} for i in range(bad)],
+                "output": "/o/f.jsonl" if output else None}
+
+    assert summary_lines(rep(3, 3, 2, 0)) == ["f.json: imported 3 rows -> 2 samples"]
+    assert summary_lines(rep(10, 8, 8, 2)) == ["f.json: imported 8 of 10 rows -> 8 samples; 2 rows refused",
+                                               "    line 1: no output", "    line 2: no output"]
+    assert summary_lines(rep(0, 0, 0, 0, False, "empty file")) == ["f.json: not imported: empty file"]
+    lines = summary_lines(rep(7, 0, 0, 7, False))
+    assert lines[0] == "f.json: not imported: all 7 rows refused" and lines[-1] == "    ... 2 more in import_report.json"
+    assert len(lines) == 7

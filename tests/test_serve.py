@@ -293,7 +293,20 @@ def test_time_limit_stops_the_work_with_503(embedded_tokenizer):
         calls = slow.calls
         time.sleep(0.6)
         assert slow.calls == calls and calls < 12
-        assert httpx.get(f"{base}/health").json()["jobs"]["timed_out"] == 1
+        assert _wait_for(lambda: httpx.get(f"{base}/health").json()["jobs"]["timed_out"] == 1)
+
+
+def test_the_time_limit_is_answered_on_time_not_after_the_running_chunk(embedded_tokenizer):
+    """#43: a 503 at the time limit came when the chunk running at the limit ended (8 s late under load); now the
+    request is answered at its limit and the chunk's result dropped. One chunk here sleeps 4 s, the limit is 1 s."""
+    slow = SlowLM(embedded_tokenizer, seconds=4.0)
+    app = create_app((slow.model, embedded_tokenizer), limits=Limits(max_seconds=1.0), chunk_tokens=512)
+    with running(app) as base:
+        t0 = time.monotonic()
+        r = httpx.post(f"{base}/rank", json=LONG, timeout=30)
+        waited = time.monotonic() - t0
+        assert r.status_code == 503 and "max_seconds" in r.json()["error"]
+        assert waited < 3.0, waited  # before the 4 s chunk ended (it was answered after it: ≥ 4 s)
 
 
 def test_short_request_overtakes_a_long_one_and_full_queue_gets_retry_after(embedded_tokenizer):
@@ -411,17 +424,43 @@ def test_slow_request_head_and_idle_connection_are_closed(embedded_tokenizer):
         assert answer.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in answer
 
 
-def test_slow_uploads_count_against_max_queue(embedded_tokenizer):
+def test_slow_uploads_hold_no_place_in_the_queue(embedded_tokenizer):
+    """#43: a stalled upload is bounded by read_seconds and max_connections, not by max_queue: with one place in the
+    queue and an upload stalled in it, a normal request is answered 200 (it got 503 before)."""
     limits = Limits(max_queue=1, read_seconds=3.0)
     app = create_app((make_tiny_lm(embedded_tokenizer), embedded_tokenizer), limits=limits)
     with running(app, limits) as base:
         slow = ThreadPoolExecutor(max_workers=1).submit(
             _raw, base, b"POST /rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
-        assert _wait_for(lambda: httpx.get(f"{base}/health").json()["admitted"] == 1)
-        r = post(base, SHORT)
-        assert r.status_code == 503 and "max_queue" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+        time.sleep(0.3)  # the upload has started (its head is in)
+        assert httpx.get(f"{base}/health").json()["admitted"] == 0
+        assert post(base, SHORT).status_code == 200
         assert slow.result(timeout=30).startswith(b"HTTP/1.1 408")
-        assert post(base, SHORT).status_code == 200  # the place is free again
+
+
+def test_a_long_request_is_not_starved_by_a_stream_of_short_ones(embedded_tokenizer):
+    """#43: the worker ran the request with the fewest tokens left, so short requests arriving one after another kept
+    a long one waiting until they stopped; now the oldest two take turns and the long one finishes among them."""
+    slow = SlowLM(embedded_tokenizer, seconds=0.05)
+    app = create_app((slow.model, embedded_tokenizer), limits=Limits(max_queue=8), chunk_tokens=16)
+    stop_at = time.monotonic() + 20.0
+    long_done = []
+
+    def shorts():
+        n = 0
+        while not long_done and time.monotonic() < stop_at:
+            assert httpx.post(f"{base}/rank", json=SHORT, timeout=60).status_code == 200
+            n += 1
+        return n
+
+    with running(app) as base:
+        pool = ThreadPoolExecutor(max_workers=2)
+        streams = [pool.submit(shorts) for _ in range(2)]
+        assert _wait_for(lambda: slow.calls >= 4)  # the shorts are flowing
+        r = httpx.post(f"{base}/rank", json=LONG, timeout=60)
+        long_done.append(time.monotonic())
+        answered = [f.result(timeout=60) for f in streams]
+    assert r.status_code == 200 and long_done[0] < stop_at and sum(answered) >= 2
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "rank.example.org"])

@@ -29,7 +29,7 @@ from prefrec import io
 from prefrec.baselines.common import load_prepared
 from prefrec.data.exporters import export_samples
 from prefrec.data.fetch import fetch
-from prefrec.data.importers import import_files
+from prefrec.data.importers import import_files, summary_lines
 from prefrec.data.peer import load_peer
 from prefrec.data.prepare import _UNSET, prepare, read_filtered
 from prefrec.errors import UserError
@@ -231,12 +231,8 @@ def data_import(
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     for r in report["files"]:
-        status = f"loaded {r['rows_loaded']:,} rows -> {r['samples']:,} samples" if r["output"] else "REJECTED"
-        typer.echo(f"{Path(r['file']).name}: {status}; {len(r['rejected'])} rejected" + (f" ({r['reason']})" if r.get("reason") else ""))
-        for bad in r["rejected"][:5]:
-            typer.echo(f"    {bad['where']}: {bad['reason']}")
-        if len(r["rejected"]) > 5:
-            typer.echo(f"    ... {len(r['rejected']) - 5} more in import_report.json")
+        for line in summary_lines(r):
+            typer.echo(line)
     typer.echo(str(out / "import_report.json"))
     if report["total"]["samples"] == 0:
         _fail(UserError(f"nothing was imported: all {report['total']['files']} file(s) rejected "
@@ -589,6 +585,8 @@ def serve_cmd(
                                         "503."),
     docs: bool = typer.Option(False, "--docs", help="Serve /openapi.json and Swagger UI at /docs (the browser "
                               "loads it from a CDN)."),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="A page at / to try the model in a browser (the same limits "
+                            "and token as POST /rank)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
 ) -> None:
     """HTTP ranking service: POST /rank {history, candidates, top?, domain?}, GET /health (FastAPI + uvicorn)."""
@@ -614,7 +612,7 @@ def serve_cmd(
                     max_queue=max_queue, read_seconds=read_timeout, idle_seconds=idle_timeout,
                     max_connections=max_connections)
     run_server(pair, host=host, port=port, limits=limits, model_label=label or default_label(model), docs=docs,
-               token=token, allowed_hosts=allow_host, ranker=ranker)
+               token=token, allowed_hosts=allow_host, ranker=ranker, ui=ui)
 
 # ---- end explain / rank / serve commands ----
 

@@ -541,6 +541,29 @@ def _load(path: Path, records: list[tuple[str, object]], report: FileReport,
     return samples, report
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def summary_lines(r: dict, shown: int = 5) -> list[str]:
+    """What `prefrec data import` prints for one file of import_report.json: what it imported and what it did not,
+    each said once (a whole file refused is "not imported" with its reason; rows refused are counted with the first
+    `shown` reasons)."""
+    name, bad = Path(r["file"]).name, r["rejected"]
+    if r["output"] is None and r.get("reason"):
+        return [f"{name}: not imported: {r['reason']}"]
+    if r["output"] is None:
+        head = f"{name}: not imported: all {_n(len(bad), 'row')} refused"
+    else:
+        rows = f"{r['rows_loaded']:,} of {_n(r['rows'], 'row')}" if bad else _n(r["rows"], "row")
+        head = (f"{name}: imported {rows} -> {_n(r['samples'], 'sample')}"
+                + (f"; {_n(len(bad), 'row')} refused" if bad else ""))
+    lines = [head] + [f"    {x['where']}: {x['reason']}" for x in bad[:shown]]
+    if len(bad) > shown:
+        lines.append(f"    ... {len(bad) - shown:,} more in import_report.json")
+    return lines
+
+
 def _splits(folder: Path) -> list[str | None]:
     """The splits of a datasets folder: those dataset_dict.json lists, or [None] for a single Dataset."""
     listing = folder / "dataset_dict.json"

@@ -577,10 +577,12 @@ def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 409
                   token_logps=[x for t in range(len(trees)) for x in tokens[t]] if per_token else None, index=index)
 
 
-def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256) -> Generator[int, None, list[float]]:
+def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256, per_token: bool = False
+                           ) -> Generator[int, None, list[float] | tuple[list[float], list[list[float]]]]:
     """Summed log-prob of every response of `tree` (as packing.response_logps), computed in forward chunks of
     `chunk_tokens` query tokens over a KV cache. A generator: it yields the number of tokens done after each chunk,
-    so a caller can stop between chunks (client gone, time limit) or interleave other work, and returns the scores.
+    so a caller can stop between chunks (client gone, time limit) or interleave other work, and returns the scores;
+    with per_token, (scores, each response's token log-probs in order), for the serving page's picture.
 
     Each chunk's mask is (chunk × tokens so far) and its LM head runs only at its own response positions, so memory
     is bounded by chunk_tokens × budget instead of L × L. The cache is a plain DynamicCache (full attention on every
@@ -609,4 +611,7 @@ def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256) -> Gen
                 logps[here] = _token_logps(_head_logits(base, hidden), batch.targets[here].to(device)).double().cpu()
             yield stop
     summed = torch.zeros(len(batch.lengths), dtype=torch.float64).index_add_(0, batch.token_response, logps)
-    return summed.tolist()
+    if not per_token:
+        return summed.tolist()
+    # targets are laid out response by response, each in token order (pack_trees)
+    return summed.tolist(), [x.tolist() for x in logps.split(batch.lengths)]

@@ -33,8 +33,14 @@ Why the structure (docs/serve.md: bytes and titles do not bound the work, tokens
 from __future__ import annotations
 
 import asyncio
+import base64
+import copy
+import hashlib
 import hmac
+import html
 import ipaddress
+import json
+import logging
 import math
 import os
 import sys
@@ -49,7 +55,7 @@ from typing import Annotated, Generator, Literal, Optional
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,6 +67,7 @@ from prefrec.model import load_model
 from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.scoring.packing import chunked_response_logps
+from prefrec.serving.explain import token_pieces
 from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, RankPrompt, check_title, item_note, prepare, ranker_of,
                                   ranking_of)
 
@@ -151,64 +158,72 @@ class Gate:
     when the client disconnects. Refusals before the body is read close the connection, since the unread body
     would otherwise have to be drained."""
 
-    def __init__(self, app, *, limits: Limits, admission: Admission, token: str | None, allowed_hosts: list[str]):
+    def __init__(self, app, *, limits: Limits, admission: Admission, token: str | None, allowed_hosts: list[str],
+                 public: frozenset[str] = frozenset()):
         self.app, self.limits, self.admission = app, limits, admission
         self.token = token.encode() if token else None
         self.allowed = None if "*" in allowed_hosts else {_host_name(h) for h in allowed_hosts}
+        self.public = public  # GET paths served without the token: the static page (it holds no data)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        log = RequestLog(scope)
+        send = log.wrap(send)
+        try:
+            await self._gate(scope, receive, send)
+        finally:
+            log.write()
+
+    async def _gate(self, scope, receive, send) -> None:
         headers = Headers(scope=scope)
-        refusal = self._check_host_and_token(headers)
+        public = scope["method"] in ("GET", "HEAD") and scope["path"] in self.public
+        refusal = self._check_host_and_token(headers, check_token=not public)
         if refusal is not None:
             return await refusal(scope, receive, send)
+        # the body is read before the request takes a place in the queue: a slow upload is bounded by
+        # max_connections and read_seconds, and never holds a place that work could use
+        body = await self._body(scope, receive, send, headers)
+        if body is None:  # answered (408, 413) or the client left
+            return
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self._forward(scope, receive, send, headers)
+            return await self.app(scope, _replay(body, receive), send)
         if self.admission.admitted >= self.admission.max_queue:
             retry = self.admission.retry_after()
             return await _error(503, f"server busy: {self.admission.admitted} requests admitted (max_queue="
                                      f"{self.admission.max_queue}); retry in {retry} s",
-                                {"Retry-After": str(retry), "Connection": "close"})(scope, receive, send)
+                                {"Retry-After": str(retry)})(scope, receive, send)
         self.admission.admitted += 1
         try:
-            await self._forward(scope, receive, send, headers)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.admission.admitted -= 1
 
-    def _check_host_and_token(self, headers: Headers) -> Response | None:
+    def _check_host_and_token(self, headers: Headers, check_token: bool = True) -> Response | None:
         if self.allowed is not None and _host_name(headers.get("host", "")) not in self.allowed:
             return _error(400, f"Host header {headers.get('host', '')!r} is not one this server answers to (allowed: "
                                f"{sorted(self.allowed)}; `prefrec serve --allow-host NAME` adds one)",
                           {"Connection": "close"})
-        if self.token is not None:
+        if self.token is not None and check_token:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
                 return _error(401, "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
                               {"WWW-Authenticate": "Bearer", "Connection": "close"})
         return None
 
-    async def _forward(self, scope, receive, send, headers: Headers) -> None:
+    async def _body(self, scope, receive, send, headers: Headers) -> bytes | None:
+        """The whole body within read_seconds and max_body_bytes, or None once the request is answered."""
         try:
             async with asyncio.timeout(self.limits.read_seconds):
                 body = await self._read_body(headers, receive)
         except TimeoutError:
-            return await _error(408, f"the request body did not arrive within {self.limits.read_seconds:g} s "
-                                     "(read_seconds)", {"Connection": "close"})(scope, receive, send)
+            await _error(408, f"the request body did not arrive within {self.limits.read_seconds:g} s "
+                              "(read_seconds)", {"Connection": "close"})(scope, receive, send)
+            return None
         if isinstance(body, Response):
-            return await body(scope, receive, send)
-        if body is None:  # the client left while sending
-            return
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+            await body(scope, receive, send)
+            return None
+        return body  # None: the client left while sending
 
     async def _read_body(self, headers: Headers, receive) -> bytes | Response | None:
         declared, cap = headers.get("content-length"), self.limits.max_body_bytes
@@ -226,6 +241,50 @@ class Gate:
                               {"Connection": "close"})
             if not message.get("more_body", False):
                 return bytes(body)
+
+
+def _replay(body: bytes, receive):
+    """The app's receive(): the buffered body once, then the server's (which reports a disconnect)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+log = logging.getLogger("prefrec.serve")
+
+
+class RequestLog:
+    """One log line per request, written when its answer is sent: method, path, status, latency, the tokens it
+    scored (set by /rank in the request's state) and, for an error, its reason (the answer's "error"), so a busy
+    503 and a timed-out 503 read differently."""
+
+    def __init__(self, scope):
+        self.scope, self.t0, self.status, self.reason = scope, time.monotonic(), None, ""
+
+    def wrap(self, send):
+        async def logged(message):
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body" and (self.status or 200) >= 400 and not self.reason:
+                try:
+                    self.reason = str(json.loads(message.get("body") or b"{}").get("error", ""))[:160]
+                except (ValueError, AttributeError):
+                    self.reason = ""
+            await send(message)
+        return logged
+
+    def write(self) -> None:
+        tokens = (self.scope.get("state") or {}).get("n_tokens")
+        log.info("%s %s %s %.3f s%s%s", self.scope.get("method"), self.scope.get("path"), self.status or "-",
+                 time.monotonic() - self.t0, f" {tokens} tokens" if tokens is not None else "",
+                 f" · {self.reason}" if self.reason else "")
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -288,6 +347,8 @@ def request_model(limits: Limits) -> type[BaseModel]:
         order_by: Literal["sum", "mean"] = Field("sum", description="sum: by summed log-prob (what evaluation "
                                                  "ranks by); mean: per token (candidates runs; short titles less "
                                                  "favoured)")
+        explain: bool = Field(False, description="also return the top answer's per-token conditional "
+                                                 "probabilities (what `prefrec explain` draws; the page shows them)")
 
     return RankRequest
 
@@ -331,6 +392,7 @@ class Job:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)  # the client has gone
     done: int = 0  # tokens computed so far
+    last_turn: float = 0.0  # time.monotonic() when its last chunk was started (0: never)
 
 
 class RequestTimeout(Exception):
@@ -338,8 +400,10 @@ class RequestTimeout(Exception):
 
 
 class Worker:
-    """One thread running jobs chunk by chunk: between chunks it drops cancelled and expired jobs and continues the
-    one with the fewest tokens left (among the ones already started once two are, which bounds the KV caches held)."""
+    """One thread running jobs chunk by chunk: between chunks it drops cancelled and expired jobs, and the oldest
+    `max_started` jobs take turns, a chunk each (the rest wait in arrival order). Arrival order means no request
+    starves behind later ones; the turns let a short request finish while a long one runs, at half speed instead of
+    waiting for all of it; and at most `max_started` KV caches are held at once."""
 
     def __init__(self, max_started: int = 2):
         self.jobs: list[Job] = []
@@ -379,13 +443,12 @@ class Worker:
                 return None
             now = time.monotonic()
             for job in list(self.jobs):
-                if job.cancelled.is_set():
-                    self._drop(job, "cancelled", None)
-                elif now > job.deadline:
+                if now > job.deadline:  # first: a request answered 503 at its limit also cancelled its job
                     self._drop(job, "timed_out", RequestTimeout())
-            started = [j for j in self.jobs if j.done]
-            pool = started if len(started) >= self.max_started else self.jobs
-            return min(pool, key=lambda j: j.total - j.done) if pool else None
+                elif job.cancelled.is_set():
+                    self._drop(job, "cancelled", None)
+            pool = self.jobs[:self.max_started]  # submission order
+            return min(pool, key=lambda j: j.last_turn) if pool else None
 
     def _run(self) -> None:
         while True:
@@ -395,6 +458,7 @@ class Worker:
                     return
                 continue
             t0 = time.perf_counter()
+            job.last_turn = time.monotonic()
             try:
                 done = next(job.steps)
             except StopIteration as end:
@@ -460,13 +524,14 @@ def _error_handlers(app: FastAPI, fields: list[str]) -> None:
 def create_app(model: str | tuple, *, limits: Limits | None = None, model_label: str | None = None,
                dtype: str | None = None, device: str | None = None, docs: bool = False,
                chunk_tokens: int = DEFAULT_CHUNK_TOKENS, token: str | None = None,
-               allowed_hosts: list[str] | None = None, ranker: RankPrompt | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, ranker: RankPrompt | None = None, ui: bool = True) -> FastAPI:
     """The FastAPI app. `model` is a name for `prefrec.model.load_model` (loaded once, at startup) or an
     already-loaded (model, tokenizer) pair. `ranker`: the task and answer format to rank with (default: the run's
-    own, `ranker_of(model)`, for a name; candidates for a loaded pair, which does not say where it came from). `model_label` names the model in answers (default: default_label).
+    own, `ranker_of(model)`, for a name; candidates for a loaded pair). `model_label`: default_label's by default.
     `token`: every request must send `Authorization: Bearer <token>`. `allowed_hosts`: Host header values
     answered (default: the loopback names; "*" for any). `docs=True` serves /openapi.json and Swagger UI at /docs
-    (its script and style come from a CDN, so the browser needs the internet); both are off by default."""
+    (its script and style come from a CDN, so the browser needs the internet); both are off by default. `ui`: the
+    page at / to try the model in a browser (`page_html`)."""
     limits = limits or Limits()
     label = model_label or default_label(model)
     if ranker is None:
@@ -496,7 +561,10 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
                   description="Rank candidate titles for a user's history with a causal LM (summed log-probability "
                               "of each title as the answer to the candidates prompt).")
     app.add_middleware(Gate, limits=limits, admission=admission, token=token,
-                       allowed_hosts=list(LOOPBACK_NAMES) if allowed_hosts is None else allowed_hosts)
+                       allowed_hosts=list(LOOPBACK_NAMES) if allowed_hosts is None else allowed_hosts,
+                       public=frozenset({"/"}) if ui else frozenset())
+    if ui:
+        _add_page(app, label)
 
     _error_handlers(app, fields)
 
@@ -515,6 +583,32 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
     return app
 
 
+def _add_page(app: FastAPI, label: str) -> None:
+    page, policy = page_html(label)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff",
+                                           "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
+
+
+def page_html(label: str) -> tuple[str, str]:
+    """The page (serving/page.html, the model's name and the domains filled in, escaped) and its
+    Content-Security-Policy: its own inline script and style only, by hash, and requests to this server only, so a
+    title that reached the page as text could never run as script."""
+    text = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+    text = text.replace("{model}", html.escape(label, quote=True)).replace("{domains}", " ".join(sorted(DOMAINS)))
+
+    def digest(tag: str) -> str:
+        body = text.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+    # the script sets widths and colours through the CSSOM (element.style), which a style-src policy allows
+    policy = (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; connect-src 'self'; "
+              f"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return text, policy
+
+
 async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int, label: str):
     """Tokenise within the budget, run on the inference thread, stop early when the client leaves."""
     deadline = time.monotonic() + limits.max_seconds
@@ -526,8 +620,9 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
                                             items=attached(state.model)))
     except UserError as e:
         raise ApiError(422, str(e)) from None
-    job = Job(steps=chunked_response_logps(state.model, tree, chunk_tokens=chunk_tokens), total=tree.n_tokens(),
-              deadline=deadline)
+    job = Job(steps=chunked_response_logps(state.model, tree, chunk_tokens=chunk_tokens, per_token=req.explain),
+              total=tree.n_tokens(), deadline=deadline)
+    request.state.n_tokens = tree.n_tokens()  # for the request's log line
     state.worker.submit(job)
     waiting = asyncio.wrap_future(job.future)
     try:
@@ -538,7 +633,10 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
             if await request.is_disconnected():
                 job.cancelled.set()  # the worker drops it before its next chunk
                 return Response(status_code=499)
-        summed = waiting.result()
+            if time.monotonic() > deadline:  # answered now, not when the chunk that is running ends
+                job.cancelled.set()
+                raise RequestTimeout()
+        summed, token_logps = waiting.result() if req.explain else (waiting.result(), None)
     except RequestTimeout:
         retry = state.worker.retry_after()
         raise ApiError(503, f"request took longer than the limit of {limits.max_seconds:g} s (max_seconds) and was "
@@ -553,7 +651,21 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     note = item_note(attached(state.model), history, candidates)  # a hybrid model: titles without an item token
     if note:
         out["note"] = note
+    if token_logps is not None:
+        out["explanation"] = top_answer_tokens(state.tokenizer, tree, summed, token_logps)
     return out
+
+
+def top_answer_tokens(tokenizer, tree, summed: list[float], token_logps: list[list[float]]) -> dict:
+    """The most probable response of the tree, token by token: {"answer", "logp", "tokens": [{"piece", "p"}]}
+    (responses in tree order, branch by branch, as `summed`; the end-of-turn token included, so the product of the
+    p is exp(logp))."""
+    responses = [ids for branch in tree.branches for ids in branch.responses]
+    best = max(range(len(summed)), key=lambda n: summed[n])
+    ids = list(responses[best])
+    return {"answer": tokenizer.decode(ids, skip_special_tokens=True).strip(), "logp": round(summed[best], 4),
+            "tokens": [{"piece": piece, "p": float(f"{math.exp(lp):.6g}")}
+                       for piece, lp in zip(token_pieces(tokenizer, ids), token_logps[best])]}
 
 
 TOKEN_ENV = "PREFREC_SERVE_TOKEN"
@@ -599,15 +711,19 @@ def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, limits: Lim
     """uvicorn's settings for `app`: one worker (the model is in memory once), the request-head deadline protocol
     (HeadTimeoutH11Protocol, idle_seconds) and the connection cap (max_connections)."""
     limits = limits or Limits()
+    # RequestLog's line (status, latency, tokens, reason) replaces uvicorn's access log, through uvicorn's handler
+    logging_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logging_config["loggers"]["prefrec.serve"] = {"handlers": ["default"], "level": log_level.upper(),
+                                                  "propagate": False}
     return uvicorn.Config(app, host=host, port=port, workers=1, log_level=log_level, http=HeadTimeoutH11Protocol,
                           timeout_keep_alive=limits.idle_seconds, limit_concurrency=limits.max_connections,
-                          timeout_graceful_shutdown=10)
+                          timeout_graceful_shutdown=10, access_log=False, log_config=logging_config)
 
 
 def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                model_label: str | None = None, log_level: str = "info", docs: bool = False,
                token: str | None = None, allowed_hosts: list[str] | None = None,
-               ranker: RankPrompt | None = None) -> None:
+               ranker: RankPrompt | None = None, ui: bool = True) -> None:
     """Serve with uvicorn in this process (`ranker` as create_app's). A host other machines can reach needs a token (check_exposure); the
     Host allow-list defaults to the loopback names plus `host`, and `allowed_hosts` adds to it."""
     warning = check_exposure(host, token)
@@ -616,5 +732,5 @@ def run_server(model: str | tuple, *, host: str = "127.0.0.1", port: int = 8000,
     hosts = ["*"] if allowed_hosts and "*" in allowed_hosts else \
         list(dict.fromkeys(default_allowed_hosts(host) + list(allowed_hosts or [])))
     app = create_app(model, limits=limits, model_label=model_label, docs=docs, token=token, allowed_hosts=hosts,
-                     ranker=ranker)
+                     ranker=ranker, ui=ui)
     uvicorn.Server(server_config(app, host=host, port=port, limits=limits, log_level=log_level)).run()
