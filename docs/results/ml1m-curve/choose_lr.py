@@ -1,4 +1,4 @@
-"""Choose the SFT learning rate of the ML-1M curve on the VALIDATION split (scripts/ml1m-curve.sh choose).
+"""Choose the SFT learning rate of the ML-1M curve on the VALIDATION split (its choose step at commit ad55328).
 
     python docs/results/ml1m-curve/choose_lr.py EXPERIMENT_DIR LR [LR ...]   # prints the chosen lr
 
