@@ -57,11 +57,15 @@ import torch
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import for_training, load_projector, projector_state, write_run_items
-from prefrec.results import is_run_dir, write_run
+from prefrec.results import is_run_dir, write_run, write_run_config
+from prefrec.card import write_card
+from prefrec.model import add_lora, hub_reference, load_model
 from prefrec.paths import cache_dir
+from prefrec.provenance import provenance
 from prefrec.scoring import trunk
 from prefrec.scoring.encoding import prompt_format
 from prefrec.scoring.trunk import TrunkCache, decoder_layers
+from prefrec.tasks import task as task_row
 from prefrec.training import methods
 from prefrec.training import stages as stages_module
 from prefrec.training.batches import (
@@ -71,12 +75,9 @@ from prefrec.training.batches import (
     graded_labels,
     hybrid_picks,
     hybrid_share,
-    n_negatives,
-    read_split,
-    shard,
+    read_training_split,
     split_paths,
     stage_k,
-    with_k_negatives,
 )
 from prefrec.training.config import (
     TASK_METRICS,
@@ -109,11 +110,6 @@ from prefrec.training.stages import (
     set_dropout,
     tree_terms,
 )
-
-# the recipe's helpers live in the modules above; these names stay importable from here
-__all__ = ["train", "plan", "checkpoints", "cosine_with_warmup", "encode_trees", "epoch_order", "shard", "stage_k",
-           "with_k_negatives", "n_negatives", "read_split", "split_paths", "tree_terms", "set_dropout",
-           "tracker_names", "REF_CACHE", "base_model_name"]
 
 
 @dataclass
@@ -250,9 +246,9 @@ def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[dict]]:
     """(train samples, valid samples, one plan per stage: k, global batch, steps), every stage's k and batch checked
     before anything is written or trained."""
     train_path, valid_path = split_paths(cfg)
-    train_samples = read_split(train_path, cfg.data.max_train_samples)
+    train_samples = read_training_split(train_path, cfg.data.max_train_samples)
     valid_samples = [] if valid_path is None or cfg.data.max_valid_samples == 0 else \
-        read_split(valid_path, cfg.data.max_valid_samples)
+        read_training_split(valid_path, cfg.data.max_valid_samples)
     plans = []
     for si, stage in enumerate(cfg.stages):
         where = f"stages[{si}] ({stage.kind})"
@@ -276,7 +272,7 @@ def _open_run(r: Recipe, resume: bool) -> None:
     if r.main:
         r.run.mkdir(parents=True, exist_ok=True)
         io.write_text(r.run / RUN_MARKER, "a prefrec run folder\n")
-        io.write_text(r.run / "config.yaml", dump_config(r.cfg))
+        write_run_config(r.run, dump_config(r.cfg))
     # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
     if tracker_names(r.cfg):
         r.acc.init_trackers("prefrec", config=flat_config(r.cfg),
@@ -288,7 +284,6 @@ def _load_policy(r: Recipe) -> None:
     """One base copy + one LoRA adapter for every stage (the checkpoint's adapter when resuming)."""
     from accelerate.utils import set_seed
 
-    from prefrec.model import add_lora, hub_reference, load_model
 
     cfg = r.cfg
     set_seed(cfg.seed)
@@ -548,12 +543,9 @@ def _validate(r: Recipe, sr: StageRun) -> None:
 
 def _task_metrics(r: Recipe) -> dict[str, float]:
     """The task's own metrics on the validation samples, scored as `prefrec eval` scores test samples (its row of
-    the task table), on every process alike (forward only, on the unwrapped model). The task table sits in
-    prefrec.evaluation, above training; the import is local so that training depends on it only when asked."""
-    from prefrec.evaluation import tasks
-
+    the task table), on every process alike (forward only, on the unwrapped model)."""
     lm = r.acc.unwrap_model(r.prepared).lm
-    row = tasks.task(r.valid_samples[0].task)
+    row = task_row(r.valid_samples[0].task)
     rows = row.score(lm, r.tokenizer, r.valid_samples, max_tokens_per_batch=1, progress=False)
     return {k: float(v) for k, v in row.metrics(rows).items() if k in TASK_METRICS and v is not None}
 
@@ -600,9 +592,6 @@ def summary_table(r: Recipe, adapter: str) -> str:
 
 def _finalise(r: Recipe, t_process: float) -> None:
     """RUN/adapter/, RUN/run.json and the model card."""
-    from prefrec.card import write_card
-    from prefrec.provenance import provenance
-
     acc, lm, weights, projector = r.acc, r.lm, None, None
     if r.prepared is not None:
         weights, projector = adapter_state(acc, r.prepared), projector_state(acc, r.prepared)

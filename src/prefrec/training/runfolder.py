@@ -11,7 +11,8 @@ from pathlib import Path
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import attached, projector_state, save_projector
-from prefrec.results import RUN_JSON, is_run_dir, read_run
+from prefrec.model import check_adapter, known_name
+from prefrec.results import RUN_CONFIG, RUN_JSON, is_run_dir, read_run, read_run_config
 from prefrec.training.config import TrainConfig, config_to_dict
 
 
@@ -21,7 +22,6 @@ def base_model_name(name: str) -> str:
     if is_run_dir(p):
         return read_run(p).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
-        from prefrec.model import check_adapter, known_name
 
         return known_name(check_adapter(p).get("base_model_name_or_path") or "embedded")
     return name
@@ -120,7 +120,6 @@ def load_adapter_weights(lm, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from prefrec.model import check_adapter
 
     check_adapter(folder)  # a truncated or missing file is one clear error, naming it
     result = set_peft_model_state_dict(lm, load_file(str(folder / "adapter_model.safetensors")))
@@ -220,7 +219,7 @@ def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
     into a file or into a non-empty folder that is not a prefrec run folder."""
     if run.exists() and not run.is_dir():
         raise UserError(f"output_dir {run} is a file, not a folder; choose another --out")
-    ours = (run / RUN_MARKER).is_file() or ((run / "config.yaml").is_file() and _busy(run))  # or a run from before
+    ours = (run / RUN_MARKER).is_file() or ((run / RUN_CONFIG).is_file() and _busy(run))  # or a run from before
     foreign = run.is_dir() and not ours and any(p.name != ".lock" for p in run.iterdir())
     if foreign:
         raise UserError(f"output_dir {run} is not empty and is not a prefrec run folder (it has no {RUN_MARKER}); "
@@ -230,11 +229,8 @@ def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
             raise UserError(f"output_dir {run} already holds a run; pass --resume to continue it, or choose "
                             f"another --out")
         return None
-    saved = run / "config.yaml"
-    if saved.is_file():
-        import yaml
-
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    saved, old = run / RUN_CONFIG, read_run_config(run)
+    if old is not None:
         new = config_to_dict(cfg)
         # may differ between the killed and the resumed run
         free = {"progress", "tensorboard", "log_with", "output_dir"}
