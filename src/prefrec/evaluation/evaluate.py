@@ -180,7 +180,6 @@ def _check_backend(backend: str, generate: bool) -> None:
     if backend not in generation.BACKENDS:
         raise UserError(f"generation backend {backend!r}: expected one of {', '.join(generation.BACKENDS)}")
     if backend == "vllm" and generate:
-
         require_vllm()
 
 
