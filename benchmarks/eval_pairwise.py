@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefrec.evaluation.metrics import pairwise_metrics
+from prefrec.tasks.metrics import pairwise_metrics
 from prefrec.io import write_text
 from prefrec.model import load_model
 from prefrec.paths import shared_data_dir
 from prefrec.provenance import provenance
-from prefrec.samples import read_jsonl, write_json_atomic
+from prefrec.io import write_json
+from prefrec.samples import read_jsonl
 from prefrec.scoring.encoding import encode_sample
 from prefrec.scoring.packing import naive_response_logps, response_logps, score_trees
 
@@ -143,7 +144,7 @@ def main() -> None:
     }
     stem = result_stem(args.name, machine["busy"], args.out_dir)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stem.with_suffix(".json"), result)
+    write_json(stem.with_suffix(".json"), result)
 
     md = ["# Pairwise evaluation: packed vs one sequence per ordering", "",
           f"{len(samples)} pairwise test samples ({n_cmp} comparisons) from `{source}`; embedded model "

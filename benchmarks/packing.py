@@ -372,11 +372,11 @@ def main(argv=None) -> None:
     result["summary"] = summarize(rows)
     result["targets"] = targets(result["summary"], rows)
     from prefrec.io import write_text
-    from prefrec.samples import write_json_atomic
+    from prefrec.io import write_json
 
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     result["json_name"] = json_path.name
-    write_json_atomic(json_path, result)
+    write_json(json_path, result)
     text = markdown(result)
     write_text(md_path, text)
     print(text)

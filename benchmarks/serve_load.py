@@ -58,7 +58,7 @@ def normal_request(i: int) -> dict:
 def worst_request(tokenizer, max_tokens: int, model_context: int | None, seed: int = 0) -> dict:
     """50 history titles and the most 300-character random candidates that still fit the budget."""
     from prefrec.scoring.budget import Budget, TokenBudgetError
-    from prefrec.serving.rank import prepare
+    from prefrec.serving.rank import budgeted_tree
 
     rng = random.Random(seed)
     text = lambda: "".join(rng.choice(string.ascii_letters + string.digits + " ") for _ in range(300)).strip()  # noqa: E731
@@ -68,11 +68,11 @@ def worst_request(tokenizer, max_tokens: int, model_context: int | None, seed: i
     while lo < hi:
         mid = (lo + hi + 1) // 2
         try:
-            prepare(tokenizer, history, pool[:mid], budget=budget)
+            budgeted_tree(tokenizer, history, pool[:mid], budget=budget)
             lo = mid
         except TokenBudgetError:
             hi = mid - 1
-    tree, kept, _ = prepare(tokenizer, history, pool[:lo], budget=budget)
+    tree, kept, _ = budgeted_tree(tokenizer, history, pool[:lo], budget=budget)
     return {"history": history, "candidates": pool[:lo], "_tokens": tree.n_tokens(), "_history_kept": len(kept)}
 
 

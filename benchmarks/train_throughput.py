@@ -109,9 +109,9 @@ def time_stage(model, trees, kind: str) -> list[float]:
 def time_plain(model, trees, kind: str) -> list[float]:
     """The plain causal step of each tree's length: random token ids, the LM head at the tree's number of response
     tokens (the last ones), mean log-prob of their next tokens as the loss."""
-    from prefrec.scoring.packing import _base, _head_logits, _token_logps, mixed_precision
+    from prefrec.scoring.packing import _head_logits, _token_logps, base_model, mixed_precision
 
-    base = _base(model)
+    base = base_model(model)
     device, dtype = next(base.parameters()).device, base.get_input_embeddings().weight.dtype
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     g = torch.Generator().manual_seed(0)

@@ -31,11 +31,11 @@ def test_samples_of_takes_samples_dicts_datasets_and_paths(tmp_path):
 
 
 def test_evaluate_in_memory_equals_the_folder(tmp_path, embedded_tokenizer):
-    from prefrec.samples import write_jsonl
+    from prefrec.samples import write_samples
 
     pair = (make_tiny_lm(embedded_tokenizer), embedded_tokenizer)
     samples = pairwise_samples()
-    write_jsonl(tmp_path / "data" / "test.jsonl", samples)
+    write_samples(tmp_path / "data" / "test.jsonl", samples)
     a = api.evaluate(pair, [s.to_dict() for s in samples], out=tmp_path / "a", progress=False)
     b = api.evaluate(pair, tmp_path / "data", out=tmp_path / "b", progress=False)
     assert a["metrics"]["auc"] == b["metrics"]["auc"] and a["n_samples"] == len(samples)
@@ -53,10 +53,10 @@ def test_ranker_from_run_ranks_like_the_rank_function(tmp_path, embedded_tokeniz
 
 
 def test_train_takes_a_mapping_with_overrides_and_checks_it(tmp_path, embedded_tokenizer):
-    from prefrec.samples import write_jsonl
+    from prefrec.samples import write_samples
 
     folder = save_tiny_model(tmp_path / "tiny", embedded_tokenizer)
-    write_jsonl(tmp_path / "data" / "train.jsonl", pairwise_samples())
+    write_samples(tmp_path / "data" / "train.jsonl", pairwise_samples())
     cfg = {"model": {"name": str(folder)}, "data": {"dir": str(tmp_path / "data")}, "output_dir": str(tmp_path / "run"),
            "progress": False, "stages": [{"kind": "sft", "batch_size": 2}]}
     run = api.train(cfg, overrides=["stages[0].lr=1e-3"])

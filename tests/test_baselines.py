@@ -22,17 +22,17 @@ from prefrec.baselines.common import (
     context_before,
     eval_set,
     fill_unknown,
-    load_prepared,
     next_item_examples,
     pad_left,
     preference_examples,
     training_data,
 )
+from prefrec.data.prepared import load_prepared
 from prefrec.baselines.run import BASELINES, run_baseline
 from prefrec.baselines.sequential import SEQUENTIAL
 from prefrec.errors import UserError
-from prefrec.evaluation import metrics
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.tasks import metrics
+from prefrec.samples import Comparison, Sample, write_samples
 
 N_CLUSTERS = 4
 SPLITS = {"train": 100, "valid": 20, "test": 100, "unused": 100}
@@ -62,7 +62,7 @@ def _write_folder(path: Path, task: str, logs: dict, samples: dict, titles: dict
         for item, title in titles.items():
             f.write(f"{item}\t{title}\n")
     for split in ("train", "valid", "test"):
-        write_jsonl(path / f"{split}.jsonl", samples.get(split, []))
+        write_samples(path / f"{split}.jsonl", samples.get(split, []))
     stats = {"dataset": path.name, "task": task, "seed": 0, "protocol": {"like_threshold": 3}}
     (path / "stats.json").write_text(json.dumps(stats))
     return path
@@ -263,7 +263,7 @@ def test_test_only_items_are_unknown_and_get_the_fallback(tmp_path):
     (folder / "interactions.tsv").write_text("\n".join(lines) + "\n")
     s.candidate_items[0] = "secret"
     s.target_item = "secret"
-    write_jsonl(folder / "test.jsonl", prep.test)
+    write_samples(folder / "test.jsonl", prep.test)
     prep = load_prepared(folder)
     for regime in ("few-shot", "full"):
         data = training_data(prep, regime)

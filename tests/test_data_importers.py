@@ -9,6 +9,7 @@ from prefrec import prompts
 from prefrec.cli import app
 from prefrec.data.importers import import_file, import_files
 from prefrec.samples import read_jsonl
+from prefrec.tasks import pairwise as task_pairwise
 
 
 def dmpo_row(history, a, b, output, domain="movie recommendations", noun="movies", verb="watched"):
@@ -37,7 +38,7 @@ def test_dmpo_pairwise_row_becomes_a_shared_prefix_sample(tmp_path):
                         'they have watched: "The Lion King (1994)", "Tom & Jerry", "Heat (1995)".\n')
     c = s.comparisons[0]
     assert c.question == 'Rank the likelihood of the user watching the two movies "Gigi" and "Tarzan".'
-    assert c.chosen == prompts.format_ordering("Tarzan", "Gigi") and c.rejected == [prompts.format_ordering("Gigi", "Tarzan")]
+    assert c.chosen == task_pairwise.format_ordering("Tarzan", "Gigi") and c.rejected == [task_pairwise.format_ordering("Gigi", "Tarzan")]
     assert s.target == "Tarzan" and s.candidates == ["Tarzan", "Gigi"]
 
 
@@ -263,7 +264,7 @@ def test_sharegpt_sft_rows_of_dmpo_orderings_become_pairwise_samples(tmp_path):
     rec = {"conversations": [{"from": "human", "value": row["instruction"]}, {"from": "gpt", "value": row["output"]}]}
     samples, reasons, _ = _import_rows(tmp_path, [rec])
     assert not reasons and samples[0].target == "Tarzan"
-    assert samples[0].comparisons[0].rejected == [prompts.format_ordering("Gigi", "Tarzan")]
+    assert samples[0].comparisons[0].rejected == [task_pairwise.format_ordering("Gigi", "Tarzan")]
 
 
 def test_trl_implicit_prompt_conversations_and_texts(tmp_path):
@@ -332,9 +333,9 @@ def test_every_export_format_imports_back_to_the_same_texts(tmp_path):
 
 
 def test_cli_export_and_import(tmp_path):
-    from prefrec.samples import Comparison, Sample, write_jsonl
+    from prefrec.samples import Comparison, Sample, write_samples
 
-    write_jsonl(tmp_path / "train.jsonl", [Sample(id="a", task="pairwise", domain="movies", prefix="P ",
+    write_samples(tmp_path / "train.jsonl", [Sample(id="a", task="pairwise", domain="movies", prefix="P ",
                                                   comparisons=[Comparison("q", "x", ["y"])])])
     r = CliRunner().invoke(app, ["data", "export", str(tmp_path), "--format", "sharegpt",
                                  "--out", str(tmp_path / "out.jsonl")])

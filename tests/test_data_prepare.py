@@ -255,7 +255,7 @@ def test_prepare_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
 
 def test_readers_refuse_a_half_written_or_mixed_prepared_folder(tmp_path):
     from prefrec import io
-    from prefrec.samples import write_jsonl
+    from prefrec.samples import write_samples
 
     src = write_tiny_ml100k(tmp_path / "ml")
     out = tmp_path / "o"
@@ -266,7 +266,7 @@ def test_readers_refuse_a_half_written_or_mixed_prepared_folder(tmp_path):
         read_jsonl(out / "train.jsonl")
     (out / io.INCOMPLETE).unlink()
     assert stats["split_sizes"]["test"] == 5
-    write_jsonl(out / "test.jsonl", read_jsonl(out / "test.jsonl")[:2])  # another run's (smaller) test split
+    write_samples(out / "test.jsonl", read_jsonl(out / "test.jsonl")[:2])  # another run's (smaller) test split
     with pytest.raises(UserError, match=rf"test\.jsonl: 2 samples, but .*stats\.json says {stats['split_sizes']['test']}"):
         read_jsonl(out / "test.jsonl")
 

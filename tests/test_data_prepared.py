@@ -4,7 +4,7 @@ import pytest
 
 from prefrec.data.prepared import read_split, read_stats, split_file
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 
 
 def _sample(i):
@@ -13,7 +13,7 @@ def _sample(i):
 
 
 def test_splits_files_and_missing_ones(tmp_path):
-    write_jsonl(tmp_path / "train.jsonl", [_sample(0), _sample(1)])
+    write_samples(tmp_path / "train.jsonl", [_sample(0), _sample(1)])
     assert [s.id for s in read_split(tmp_path, "train")] == ["s0", "s1"]
     assert read_split(tmp_path / "train.jsonl") == read_split(tmp_path, "train")
     assert read_split(tmp_path, "valid", required=False) == []

@@ -9,6 +9,12 @@ from prefrec import prompts
 from prefrec.data import protocols as P
 from prefrec.data.readers import Interaction, Log
 from prefrec.errors import UserError
+from prefrec.tasks import yesno as task_yesno
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
+
+BUILDERS = {"pairwise": task_pairwise.build_pairwise, "candidates": task_candidates.build_candidates,
+            "yesno": task_yesno.build_yesno}
 
 
 def synthetic_log(n_users=40, n_items=80, per_user=(14, 40), seed=0, timestamps=True, value="rating",
@@ -103,7 +109,7 @@ def test_split_sizes_errors_and_all():
 def test_pairwise_invariants():
     log = synthetic_log()
     k = 3
-    built = P.build_pairwise(log, seed=7, negatives=k, history_len=12, n_train=5, n_valid=5, n_test=100)
+    built = task_pairwise.build_pairwise(log, seed=7, negatives=k, history_len=12, n_train=5, n_valid=5, n_test=100)
     inter, order = log.interactions, time_order(log)
     # eligibility, brute force: ≥5 positives, ≥5 negatives, a positive with ≥ min_history + k earlier interactions
     eligible = 0
@@ -133,8 +139,8 @@ def test_pairwise_invariants():
         assert s.target == pos_t
         for comp, n in zip(s.comparisons, negs):
             n_t = log.title(n)
-            assert comp.chosen == prompts.format_ordering(pos_t, n_t)
-            assert comp.rejected == [prompts.format_ordering(n_t, pos_t)]
+            assert comp.chosen == task_pairwise.format_ordering(pos_t, n_t)
+            assert comp.rejected == [task_pairwise.format_ordering(n_t, pos_t)]
             shown = re.findall(r'"([^"]+)"', comp.question)
             assert sorted(shown) == sorted([pos_t, n_t])
             shown_first += shown[0] == pos_t
@@ -147,7 +153,7 @@ def test_pairwise_invariants():
 def test_pairwise_seeded():
     log = synthetic_log()
     kw = dict(negatives=2, n_train=5, n_valid=5, n_test=10)
-    a, b, c = P.build_pairwise(log, seed=1, **kw), P.build_pairwise(log, seed=1, **kw), P.build_pairwise(log, seed=2, **kw)
+    a, b, c = task_pairwise.build_pairwise(log, seed=1, **kw), task_pairwise.build_pairwise(log, seed=1, **kw), task_pairwise.build_pairwise(log, seed=2, **kw)
     assert [x.to_dict() for x in all_samples(a)] == [x.to_dict() for x in all_samples(b)]
     assert [x.to_dict() for x in all_samples(a)] != [x.to_dict() for x in all_samples(c)]
     assert {x.user for x in a.samples["test"]} != {x.user for x in c.samples["test"]}
@@ -155,19 +161,19 @@ def test_pairwise_seeded():
 
 def test_pairwise_shrinks_loudly_and_errors_when_impossible():
     log = synthetic_log(n_users=12)
-    built = P.build_pairwise(log, seed=0)
+    built = task_pairwise.build_pairwise(log, seed=0)
     e = built.users_eligible
     assert sum(len(v) for v in built.samples.values()) == e
     assert [len(built.samples[s]) for s in P.SPLITS] == [e - 2, 1, 1]
     assert any("test split" in w for w in built.warnings) and any("valid split" in w for w in built.warnings)
     tiny = synthetic_log(n_users=2)
     with pytest.raises(UserError, match="too few for one user per split"):
-        P.build_pairwise(tiny)
+        task_pairwise.build_pairwise(tiny)
 
 
 def test_pairwise_negatives_need_distinct_titles():
     log = synthetic_log(dup_title=True)
-    built = P.build_pairwise(log, seed=3, negatives=3, n_train=None, n_valid=1, n_test=1)
+    built = task_pairwise.build_pairwise(log, seed=3, negatives=3, n_train=None, n_valid=1, n_test=1)
     for s in all_samples(built):
         titles = [log.title(i) for i in s.candidate_items]
         assert titles[0] not in titles[1:]
@@ -175,7 +181,7 @@ def test_pairwise_negatives_need_distinct_titles():
 
 def test_pairwise_play_counts():
     log = synthetic_log(value="weight", timestamps=False)
-    built = P.build_pairwise(log, seed=0, negatives=1, n_train=3, n_valid=3, n_test=3)
+    built = task_pairwise.build_pairwise(log, seed=0, negatives=1, n_train=3, n_valid=3, n_test=3)
     flags = P.liked_flags(log)
     liked = {(x.user, x.item) for x, f in zip(log.interactions, flags) if f}
     for s in all_samples(built):
@@ -208,14 +214,14 @@ def check_candidates(log, built, k, n_candidates=20, history_len=10, seed=0):
             assert comp.chosen == s.target == log.title(s.target_item)
             assert len(comp.rejected) == k == s.k and len(set(comp.rejected)) == k
             assert set(comp.rejected) <= {log.title(c) for c in others}
-            assert comp.question == prompts.candidates_question("movies", s.candidates, timed=timed)
+            assert comp.question == task_candidates.title_question("movies", s.candidates, timed=timed)
             assert s.prefix == prompts.history_prefix("movies", s.history, timed=timed)
             assert built.interaction_split[idxs[t]] == split
 
 
 def test_candidates_invariants_and_chronological_split():
     log = synthetic_log()
-    built = P.build_candidates(log, seed=0, negatives=3, n_train=None, n_valid=None, n_test=None)
+    built = task_candidates.build_candidates(log, seed=0, negatives=3, n_train=None, n_valid=None, n_test=None)
     check_candidates(log, built, 3)
     inter, order = log.interactions, time_order(log)
     total = sum(max(0, len(v) - 3) for v in order.values())
@@ -236,14 +242,14 @@ def test_candidates_invariants_and_chronological_split():
 def test_candidates_caps_are_seeded_and_shuffle_differs_by_seed():
     log = synthetic_log()
     kw = dict(negatives=2, n_train=30, n_valid=7, n_test=9)
-    a, b, c = (P.build_candidates(log, seed=s, **kw) for s in (5, 5, 6))
+    a, b, c = (task_candidates.build_candidates(log, seed=s, **kw) for s in (5, 5, 6))
     assert [len(a.samples[s]) for s in P.SPLITS] == [30, 7, 9]
     assert a.protocol["potential_samples"]["train"] > 30
     assert [x.to_dict() for x in all_samples(a)] == [x.to_dict() for x in all_samples(b)]
     assert [x.id for x in all_samples(a)] != [x.id for x in all_samples(c)]
     check_candidates(log, a, 2)
-    same = P.build_candidates(log, seed=6, negatives=2, n_train=None, n_valid=None, n_test=None)
-    other = P.build_candidates(log, seed=7, negatives=2, n_train=None, n_valid=None, n_test=None)
+    same = task_candidates.build_candidates(log, seed=6, negatives=2, n_train=None, n_valid=None, n_test=None)
+    other = task_candidates.build_candidates(log, seed=7, negatives=2, n_train=None, n_valid=None, n_test=None)
     assert [x.id for x in all_samples(same)] == [x.id for x in all_samples(other)]  # same samples …
     assert [x.candidates for x in all_samples(same)] != [x.candidates for x in all_samples(other)]  # … new order
     pos = [x.candidates.index(x.target) for x in all_samples(same)]
@@ -252,7 +258,7 @@ def test_candidates_caps_are_seeded_and_shuffle_differs_by_seed():
 
 def test_candidates_without_timestamps_cut_each_user():
     log = synthetic_log(timestamps=False)
-    built = P.build_candidates(log, seed=0, negatives=1, n_train=None, n_valid=None, n_test=None)
+    built = task_candidates.build_candidates(log, seed=0, negatives=1, n_train=None, n_valid=None, n_test=None)
     check_candidates(log, built, 1)
     for u, idxs in time_order(log).items():
         m = len(idxs) - 3
@@ -263,9 +269,9 @@ def test_candidates_without_timestamps_cut_each_user():
 
 
 def test_candidates_distinct_titles_and_small_catalogue():
-    check_candidates(synthetic_log(dup_title=True), P.build_candidates(synthetic_log(dup_title=True), seed=0), 3)
+    check_candidates(synthetic_log(dup_title=True), task_candidates.build_candidates(synthetic_log(dup_title=True), seed=0), 3)
     small = synthetic_log(n_users=6, n_items=25, per_user=(8, 10))
-    built = P.build_candidates(small, seed=0, n_train=None, n_valid=None, n_test=None)
+    built = task_candidates.build_candidates(small, seed=0, n_train=None, n_valid=None, n_test=None)
     assert any("skipped" in w for w in built.warnings)  # some users leave fewer than 19 unseen items
     check_candidates(small, built, 3)
 
@@ -273,16 +279,16 @@ def test_candidates_distinct_titles_and_small_catalogue():
 def test_candidates_bad_parameters():
     log = synthetic_log()
     with pytest.raises(UserError, match="--negatives must be between 1 and 19"):
-        P.build_candidates(log, negatives=20)
+        task_candidates.build_candidates(log, negatives=20)
     with pytest.raises(UserError, match="no next-item sample"):
-        P.build_candidates(synthetic_log(n_users=1, per_user=(5, 5)), n_train=None, n_valid=None, n_test=None)
+        task_candidates.build_candidates(synthetic_log(n_users=1, per_user=(5, 5)), n_train=None, n_valid=None, n_test=None)
 
 
 # ---- TALLRec yes/no ----------------------------------------------------------------------------------------------
 
 def test_yesno_invariants():
     log = synthetic_log()
-    built = P.build_yesno(log, seed=0, n_train=5, n_valid=5, n_test=100)
+    built = task_yesno.build_yesno(log, seed=0, n_train=5, n_valid=5, n_test=100)
     inter, order = log.interactions, time_order(log)
     assert built.users_eligible == sum(len(v) > 10 for v in order.values())
     users = [s.user for s in all_samples(built)]
@@ -298,8 +304,8 @@ def test_yesno_invariants():
         assert s.comparisons[0].rejected == (["No."] if s.label else ["Yes."])
         liked = [log.title(i) for i in s.history_items if rating[i] > 3]
         disliked = [log.title(i) for i in s.history_items if rating[i] <= 3]
-        assert s.prefix == prompts.yesno_prefix("movies", liked, disliked)
-        assert s.comparisons[0].question == prompts.yesno_question("movies", s.target)
+        assert s.prefix == task_yesno.yesno_prefix("movies", liked, disliked)
+        assert s.comparisons[0].question == task_yesno.yesno_question("movies", s.target)
     labels = [s.label for s in all_samples(built)]
     assert 0 < sum(labels) < len(labels)
 
@@ -315,8 +321,8 @@ def _note_naive(log, use_user, item, user):
 
 def test_pairwise_per_user_adds_training_samples_along_the_timeline():
     log = synthetic_log(n_users=60)
-    base = P.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20)
-    more = P.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20, per_user=4)
+    base = task_pairwise.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20)
+    more = task_pairwise.build_pairwise(log, seed=3, negatives=2, n_train=20, n_valid=10, n_test=20, per_user=4)
     # the papers' samples are unchanged; only training users get more
     first = [s for s in more.samples["train"] if not re.search(r"-\d+-\d+$", s.id)]
     assert [s.to_dict() for s in first] == [s.to_dict() for s in base.samples["train"]]
@@ -342,7 +348,7 @@ def test_pairwise_per_user_adds_training_samples_along_the_timeline():
 
 def test_pairwise_item_stats_come_from_other_non_test_users_only():
     log = synthetic_log(n_users=60)
-    built = P.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True,
+    built = task_pairwise.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True,
                              history_ratings=True)
     test_users = {s.user for s in built.samples["test"]}
     for s in all_samples(built):
@@ -358,15 +364,15 @@ def test_pairwise_item_stats_come_from_other_non_test_users_only():
     swap = {1.0: 2.0, 2.0: 1.0, 4.0: 5.0, 5.0: 4.0, 3.0: 3.0}  # other ratings, same liked / not liked
     changed.interactions = [x._replace(rating=swap[x.rating]) if x.user in test_users else x
                             for x in changed.interactions]
-    again = P.build_pairwise(changed, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
-    plain = P.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
+    again = task_pairwise.build_pairwise(changed, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
+    plain = task_pairwise.build_pairwise(log, seed=1, negatives=2, n_train=20, n_valid=10, n_test=20, item_stats=True)
     assert [s.comparisons[0].question for s in again.samples["train"]] == \
         [s.comparisons[0].question for s in plain.samples["train"]]
 
 
 def test_candidates_item_stats_come_from_the_training_period_only():
     log = synthetic_log(n_users=30)
-    built = P.build_candidates(log, seed=0, n_train=50, n_valid=20, n_test=20, item_stats=True)
+    built = task_candidates.build_candidates(log, seed=0, n_train=50, n_valid=20, n_test=20, item_stats=True)
     split = built.interaction_split
     train_rows = {id(x) for x, sp in zip(log.interactions, split) if sp == "train"}
     for s in all_samples(built)[:40]:
@@ -378,9 +384,9 @@ def test_candidates_item_stats_come_from_the_training_period_only():
 
 def test_hybrid_options_are_checked():
     with pytest.raises(UserError, match="per-user"):
-        P.build_pairwise(synthetic_log(), per_user=0)
+        task_pairwise.build_pairwise(synthetic_log(), per_user=0)
     with pytest.raises(UserError, match="history-ratings needs a log of ratings"):
-        P.build_pairwise(synthetic_log(value="plays"), history_ratings=True, n_train=5, n_valid=5, n_test=5)
+        task_pairwise.build_pairwise(synthetic_log(value="plays"), history_ratings=True, n_train=5, n_valid=5, n_test=5)
 
 
 # ---- issue 14: title twins, same-second history, the negative threshold ------------------------------------------
@@ -390,7 +396,7 @@ def test_history_never_shows_a_title_of_the_sample_under_another_id():
     log = synthetic_log(dup_title=True, n_users=60)
     removed = 0
     for task in ("pairwise", "candidates", "yesno"):
-        build = getattr(P, f"build_{task}")
+        build = BUILDERS[task]
         built = build(log, seed=0, n_train=None, n_valid=1, n_test=1)
         shown = lambda s: s.candidates if task != "candidates" else [s.target]  # noqa: E731
         for s in all_samples(built):
@@ -409,7 +415,7 @@ def test_same_time_history_is_counted_kept_by_default_and_droppable(task):
     """Point 6: the default keeps the papers' stable-sort history (and says how many samples have such items);
     --same-time drop keeps only strictly earlier timestamps."""
     log = synthetic_log()  # pairs of equal timestamps per user
-    build = getattr(P, f"build_{task}")
+    build = BUILDERS[task]
     kw = dict(seed=0, n_train=None, n_valid=2, n_test=2)
     keep, drop = build(log, **kw), build(log, same_time="drop", **kw)
     assert keep.protocol["same_time_history"]["samples_with_same_time_history"] == naive_same_time(log, keep) > 0
@@ -428,24 +434,24 @@ def test_negative_below_drops_middle_ratings_from_the_negatives():
     """Point 10: the papers' other reading (negatives < 3, 3s neither); 3s stay in the history."""
     log = synthetic_log(n_users=60)
     rating = {(x.user, x.item): x.rating for x in log.interactions}
-    built = P.build_pairwise(log, seed=0, negatives=2, negative_below=3, n_train=None, n_valid=1, n_test=1)
+    built = task_pairwise.build_pairwise(log, seed=0, negatives=2, negative_below=3, n_train=None, n_valid=1, n_test=1)
     negs = [rating[(s.user, i)] for s in all_samples(built) for i in s.candidate_items[1:]]
     assert negs and max(negs) < 3
     assert any(rating[(s.user, i)] == 3 for s in all_samples(built) for i in s.history_items)
     assert built.protocol["negative"].startswith("rating < 3")
-    default = P.build_pairwise(log, seed=0, negatives=2, n_train=None, n_valid=1, n_test=1)
+    default = task_pairwise.build_pairwise(log, seed=0, negatives=2, n_train=None, n_valid=1, n_test=1)
     assert any(rating[(s.user, i)] == 3 for s in all_samples(default) for i in s.candidate_items[1:])
     with pytest.raises(UserError, match="must not exceed --threshold"):
-        P.build_pairwise(log, negative_below=4, threshold=3)
+        task_pairwise.build_pairwise(log, negative_below=4, threshold=3)
     with pytest.raises(UserError, match="play counts"):
-        P.build_pairwise(synthetic_log(value="weight", timestamps=False), negative_below=3)
+        task_pairwise.build_pairwise(synthetic_log(value="weight", timestamps=False), negative_below=3)
 
 
 def test_yesno_on_the_hybrid_prompt():
     """TALLRec's yes/no with the other tasks' hybrid prompt: the history with the user's ratings, and the target's
     facts from users outside the test split (the sample's own user left out)."""
     log = synthetic_log(seed=5)
-    built = P.build_yesno(log, seed=0, history_ratings=True, item_stats=True, n_train=10, n_valid=5, n_test=5)
+    built = task_yesno.build_yesno(log, seed=0, history_ratings=True, item_stats=True, n_train=10, n_valid=5, n_test=5)
     s = built.samples["train"][0]
     assert "each with the user's rating" in s.prefix and "/5" in s.prefix
     assert re.search(r'"[^"]+" \((mean rating [\d.]+ from \d+ users?|no other user rated it)\)\?',

@@ -18,6 +18,7 @@ from prefrec.data.importers import import_files
 from prefrec.data.prepare import prepare, prepare_log, read_filtered
 from prefrec.paths import shared_data_dir
 from prefrec.samples import read_jsonl
+from prefrec.tasks import pairwise as task_pairwise
 
 pytestmark = pytest.mark.slow
 
@@ -254,9 +255,9 @@ def test_yesno_invariants(prepared, name):
 
 def test_seeded_shuffles_on_ml100k(shared_data, tmp_path):
     log, filters, raw = read_once(shared_data, "ml-100k")
-    a = P.build_pairwise(log, seed=0, negatives=3)
-    b = P.build_pairwise(log, seed=0, negatives=3)
-    c = P.build_pairwise(log, seed=1, negatives=3)
+    a = task_pairwise.build_pairwise(log, seed=0, negatives=3)
+    b = task_pairwise.build_pairwise(log, seed=0, negatives=3)
+    c = task_pairwise.build_pairwise(log, seed=1, negatives=3)
     dump = lambda built: [x.to_dict() for s in SPLITS for x in built.samples[s]]  # noqa: E731
     assert dump(a) == dump(b) and dump(a) != dump(c)
     assert {x.user for x in a.samples["train"]} != {x.user for x in c.samples["train"]}

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prefrec.cli import app
-from prefrec.samples import Comparison, Sample, read_jsonl, write_jsonl
+from prefrec.samples import Comparison, Sample, read_jsonl, write_samples
 
 
 def good_sample(**change) -> dict:
@@ -45,7 +45,7 @@ def test_non_utf8_file_names_file_and_line(tmp_path):
 
 def test_good_samples_still_round_trip(tmp_path):
     s = Sample.from_dict(good_sample(label=None, user="u1", history=["A (1990)"]))
-    write_jsonl(tmp_path / "x.jsonl", [s])
+    write_samples(tmp_path / "x.jsonl", [s])
     assert read_jsonl(tmp_path / "x.jsonl") == [s]
 
 

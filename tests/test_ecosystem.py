@@ -13,7 +13,7 @@ import yaml
 from conftest import save_tiny_model
 
 from prefrec.model import EMBEDDED, KNOWN_MODELS, KnownModel
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.training.config import config_from_dict, resolve_paths
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -40,8 +40,8 @@ def embedded_run(tmp_path_factory, tiny_dir):
 
     root = tmp_path_factory.mktemp("eco")
     data = root / "data"
-    write_jsonl(data / "train.jsonl", [_sample(i) for i in range(4)])
-    write_jsonl(data / "valid.jsonl", [_sample(50 + i) for i in range(2)])
+    write_samples(data / "train.jsonl", [_sample(i) for i in range(4)])
+    write_samples(data / "valid.jsonl", [_sample(50 + i) for i in range(2)])
     (data / "stats.json").write_text(json.dumps({"dataset": "ml-100k", "task": "pairwise", "domain": "movies",
                                                  "seed": 0, "protocol": {"name": "DMPO pairwise", "negatives": 1},
                                                  "split_sizes": {"train": 4, "valid": 2, "test": 0}}))
@@ -107,11 +107,11 @@ def test_model_card_is_filled_in_hub_format(embedded_run):
 
 def test_card_lists_test_metrics_after_eval(embedded_run, tmp_path):
     from prefrec.card import model_card
-    from prefrec.samples import write_json_atomic
+    from prefrec.io import write_json
 
     run = tmp_path / "run"
     shutil.copytree(embedded_run, run)
-    write_json_atomic(run / "eval" / "ml-100k-pairwise-test" / "results.json",
+    write_json(run / "eval" / "ml-100k-pairwise-test" / "results.json",
                       {"kind": "eval", "dataset": "ml-100k", "task": "pairwise", "split": "test", "n_samples": 7,
                        "metrics": {"auc": 0.61234, "pairwise_accuracy": 0.5}})
     text = model_card(run)
@@ -163,7 +163,7 @@ def test_trackers_are_checked_before_training(tmp_path, monkeypatch):
     import accelerate.utils
 
     from prefrec.errors import UserError
-    from prefrec.training.recipe import tracker_names
+    from prefrec.training.runfolder import tracker_names
 
     raw = {"output_dir": str(tmp_path / "r"), "data": {"dir": str(tmp_path)}, "stages": [{"kind": "sft"}]}
     with pytest.raises(UserError, match=r"log_with\[0\]: expected one of \['tensorboard', 'wandb', 'mlflow'\]"):
@@ -201,7 +201,7 @@ def test_cli_eval_prints_a_table_or_json_and_refreshes_the_card(embedded_run, ti
     run = tmp_path / "run"
     shutil.copytree(embedded_run, run)
     data = tmp_path / "data"
-    write_jsonl(data / "test.jsonl", [_sample(200 + i) for i in range(3)])
+    write_samples(data / "test.jsonl", [_sample(200 + i) for i in range(3)])
     (data / "stats.json").write_text(json.dumps({"dataset": "hand", "task": "pairwise", "seed": 0}))
     r = CliRunner().invoke(app, ["eval", str(run), "--samples", str(data), "--no-generate"])
     assert r.exit_code == 0, r.output
@@ -235,8 +235,8 @@ def test_progress_bars_stay_out_of_log_files(tiny_dir, tmp_path, capfd):
     from prefrec.training.recipe import train
 
     data = tmp_path / "data"
-    write_jsonl(data / "train.jsonl", [_sample(i) for i in range(2)])
-    write_jsonl(data / "valid.jsonl", [_sample(50)])
+    write_samples(data / "train.jsonl", [_sample(i) for i in range(2)])
+    write_samples(data / "valid.jsonl", [_sample(50)])
     raw = {"output_dir": str(tmp_path / "run"), "progress": True, "model": {"name": str(tiny_dir)},
            "data": {"dir": str(data)}, "stages": [{"kind": "sft", "batch_size": 2}]}
     train(resolve_paths(config_from_dict(raw, "test")))

@@ -9,9 +9,12 @@ import torch
 
 from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
-from prefrec.evaluation import scores as sc
-from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.scoring import generation
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
+from prefrec.tasks import yesno as task_yesno
+from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import naive_response_logps
 
@@ -102,7 +105,7 @@ def test_candidates_likelihood_against_naive_path(tiny_lm, tmp_path):
 def test_candidates_generation_plumbing(tiny_lm, tmp_path, monkeypatch):
     samples = candidate_samples()
     answers = ["Star Wars (1977)", "I pick Star Wars: Episode V (1980).", "Star Wars"]  # hit, hit, ambiguous
-    monkeypatch.setattr(sc, "generate_answers", lambda *a, **k: list(answers))
+    monkeypatch.setattr(task_candidates, "generate_answers", lambda *a, **k: list(answers))
     res = ev.evaluate(tiny_lm, samples, out=tmp_path / "g", progress=False)
     assert res["metrics"]["hr@1"] == pytest.approx(2 / 3)
     assert res["metrics"]["valid_ratio"] == pytest.approx(2 / 3)
@@ -115,12 +118,12 @@ def test_candidates_generation_plumbing(tiny_lm, tmp_path, monkeypatch):
 
 def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
     """Issue 17: rows and HR@1/ValidRatio come from one match per answer, with generation_metrics' numbers."""
-    from prefrec.evaluation.metrics import generation_metrics
+    from prefrec.tasks.metrics import generation_metrics
     from prefrec.scoring import matching
 
     samples = candidate_samples()
     answers = ["Star Wars (1977)", "Fargo", "Star Wars"]  # hit, miss, ambiguous
-    monkeypatch.setattr(sc, "generate_answers", lambda *a, **k: list(answers))
+    monkeypatch.setattr(task_candidates, "generate_answers", lambda *a, **k: list(answers))
     calls = []
     real = matching.match
 
@@ -129,11 +132,11 @@ def test_each_answer_is_matched_once(tiny_lm, tmp_path, monkeypatch):
         return real(answer, cands)
 
     monkeypatch.setattr(matching, "match", counting)
-    monkeypatch.setattr(sc, "match", counting)
+    monkeypatch.setattr(task_candidates, "match", counting)
     res = ev.evaluate(tiny_lm, samples, out=tmp_path / "g", progress=False)
     assert sorted(calls) == sorted(answers)
-    cands = [sc.candidate_list(s)[0] for s in samples]
-    want = generation_metrics(answers, cands, [c[sc.candidate_list(s)[1]] for c, s in zip(cands, samples)])
+    cands = [task_candidates.candidate_list(s)[0] for s in samples]
+    want = generation_metrics(answers, cands, [c[task_candidates.candidate_list(s)[1]] for c, s in zip(cands, samples)])
     assert {k: res["metrics"][k] for k in want} == want
 
 
@@ -145,8 +148,8 @@ def test_batched_generation_equals_one_at_a_time(tiny_lm):
             p.normal_(0, 0.2)
     samples = candidate_samples()
     samples[2].prefix = samples[2].prefix * 3  # different prompt lengths: left padding matters
-    one = sc.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=1, progress=False)
-    batched = sc.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=3, progress=False)
+    one = generation.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=1, progress=False)
+    batched = generation.generate_answers(model, tok, samples, max_new_tokens=6, batch_size=3, progress=False)
     assert one == batched
     assert len(set(one)) > 1 and all(one)
     # and one at a time equals a plain generate() on the chat-templated prompt
@@ -180,7 +183,7 @@ def test_yesno_single_softmax_over_full_vocabulary(tiny_lm, tmp_path):
 
 def test_prepared_folder_limit_and_errors(tiny_lm, tmp_path):
     folder = tmp_path / "data"
-    write_jsonl(folder / "test.jsonl", pairwise_samples())
+    write_samples(folder / "test.jsonl", pairwise_samples())
     (folder / "stats.json").write_text(json.dumps({"dataset": "ml-100k", "task": "pairwise", "seed": 7}))
     res = ev.evaluate(tiny_lm, folder, out=tmp_path / "o", limit=2, progress=False)
     assert res["dataset"] == "ml-100k" and res["seed"] == 7 and res["n_samples"] == 2
@@ -225,7 +228,7 @@ def test_cli_eval_and_report_on_a_saved_model(tiny_lm, tmp_path):
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     folder = tmp_path / "data"
-    write_jsonl(folder / "test.jsonl", pairwise_samples())
+    write_samples(folder / "test.jsonl", pairwise_samples())
     (folder / "stats.json").write_text(json.dumps({"dataset": "hand", "task": "pairwise", "seed": 0}))
     runner = CliRunner()
     r = runner.invoke(app, ["eval", str(model_dir), "--samples", str(folder), "--out", str(tmp_path / "ev")])
@@ -277,7 +280,7 @@ def test_plain_format_answer_is_its_first_line(tiny_lm, monkeypatch, plain):
         return torch.cat([input_ids, torch.tensor([new] * input_ids.shape[0])], dim=1)
 
     monkeypatch.setattr(model, "generate", fake_generate)
-    (answer,) = sc.generate_answers(model, tok, candidate_samples()[:1], progress=False)
+    (answer,) = generation.generate_answers(model, tok, candidate_samples()[:1], progress=False)
     assert answer == ("Alien (1979)" if plain else text)
 
 
@@ -331,7 +334,7 @@ def test_a_run_evaluated_on_another_task_or_answer_format_is_refused_unless_allo
 
     samples = tmp_path / "titles"
     samples.mkdir()
-    write_jsonl(samples / "test.jsonl", pairwise_samples())
+    write_samples(samples / "test.jsonl", pairwise_samples())
     (samples / "stats.json").write_text(json.dumps({"task": "pairwise", "protocol": {"answers": "title"}}))
     res = CliRunner().invoke(app, ["eval", str(run), "--samples", str(samples), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--allow-mismatch" in res.output and "Traceback" not in res.output

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 from prefrec import prompts
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.scoring.encoding import encode_sample, encode_texts
 from prefrec.scoring.packing import naive_response_logps
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
 from prefrec.serving.explain import (
     compare_models,
     explain_sample,
@@ -30,16 +32,16 @@ EVIL = '<script>alert("x")</script> & Co (1999)'
 
 def pairwise_sample(sid, pos, negs, domain="movies"):
     return Sample(id=sid, task="pairwise", domain=domain, prefix=prompts.history_prefix(domain, HISTORY),
-                  comparisons=[Comparison(question=prompts.pairwise_question(domain, pos, n),
-                                          chosen=prompts.format_ordering(pos, n),
-                                          rejected=[prompts.format_ordering(n, pos)]) for n in negs],
+                  comparisons=[Comparison(question=task_pairwise.title_question(domain, pos, n),
+                                          chosen=task_pairwise.format_ordering(pos, n),
+                                          rejected=[task_pairwise.format_ordering(n, pos)]) for n in negs],
                   history=list(HISTORY), candidates=[pos, *negs], target=pos)
 
 
 def candidates_sample(sid, target, others):
     shown = [others[0], target, *others[1:]]
     return Sample(id=sid, task="candidates", domain="movies", prefix=prompts.history_prefix("movies", HISTORY),
-                  comparisons=[Comparison(question=prompts.candidates_question("movies", shown), chosen=target,
+                  comparisons=[Comparison(question=task_candidates.title_question("movies", shown), chosen=target,
                                           rejected=others[:2])],
                   history=list(HISTORY), candidates=shown, target=target)
 
@@ -132,7 +134,7 @@ def test_compare_models_matches_independent_means(tmp_path, embedded_tokenizer):
         ("Fargo (1996)", ["Toy Story (1995)", "Se7en (1995)"]),
         ("Alien (1979)", ["Jaws (1975)", "Rocky (1976)"])])]
     path = tmp_path / "test.jsonl"
-    write_jsonl(path, samples)
+    write_samples(path, samples)
     models = {"zero-shot": (make_tiny_lm(tok, seed=0), tok), "sft": (make_tiny_lm(tok, seed=1), tok)}
     paths = compare_models(["zero-shot=unused", "sft=unused"], path, tmp_path / "out", limit=2, loaded=models,
                            max_tokens_per_batch=200)  # one tree per batch
@@ -177,7 +179,7 @@ def test_cli_explain_and_compare(tmp_path, embedded_tokenizer):
     model_dir = tmp_path / "tiny"
     save_tiny_model(model_dir, tok)
     path = tmp_path / "test.jsonl"
-    write_jsonl(path, [pairwise_sample("p0", "Heat (1995)", ["Babe (1995)"]),
+    write_samples(path, [pairwise_sample("p0", "Heat (1995)", ["Babe (1995)"]),
                        candidates_sample("c0", "Toy Story (1995)", ["Babe (1995)", "Heat (1995)"])])
     runner = CliRunner()
     res = runner.invoke(app, ["explain", f"tiny={model_dir}", "--samples", str(path), "--index", "1",

@@ -10,22 +10,25 @@ from prefrec import prompts
 from prefrec.data import protocols as P
 from prefrec.errors import UserError
 from prefrec.evaluation import facts
+from prefrec import tasks
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
 
 
 def test_notes_and_positions_are_read_off_the_prompt():
-    assert facts.parse_note(prompts.item_note(120, 3.94)) == (3.9, math.log1p(120), 0.0)
-    assert facts.parse_note(prompts.item_note(0, None)) == (0.0, 0.0, 1.0)
-    assert facts.parse_note(prompts.item_note(7, None, rated=False)) == (0.0, math.log1p(7), 1.0)
-    q = prompts.pairwise_question("movies", "Heat (1995)", "Up (2009)", (prompts.item_note(3, 4.0), ""))
-    assert facts.shown(q, "Heat (1995)") == (q.index('"Heat'), (4.0, math.log1p(3), 0.0))
-    assert facts.shown(q, "Up (2009)")[1] == (0.0, 0.0, 1.0)
+    assert prompts.parse_note(prompts.item_note(120, 3.94)) == (3.9, math.log1p(120), 0.0)
+    assert prompts.parse_note(prompts.item_note(0, None)) == (0.0, 0.0, 1.0)
+    assert prompts.parse_note(prompts.item_note(7, None, rated=False)) == (0.0, math.log1p(7), 1.0)
+    q = task_pairwise.title_question("movies", "Heat (1995)", "Up (2009)", (prompts.item_note(3, 4.0), ""))
+    assert prompts.shown(q, "Heat (1995)") == (q.index('"Heat'), (4.0, math.log1p(3), 0.0))
+    assert prompts.shown(q, "Up (2009)")[1] == (0.0, 0.0, 1.0)
     with pytest.raises(UserError, match="not shown"):
-        facts.shown(q, "Alien (1979)")
+        prompts.shown(q, "Alien (1979)")
 
 
 def _built(task, **kw):
     log = synthetic_log(n_users=80, seed=7)
-    build = P.build_pairwise if task == "pairwise" else P.build_candidates
+    build = task_pairwise.build_pairwise if task == "pairwise" else task_candidates.build_candidates
     return build(log, seed=0, item_stats=True, **kw)
 
 
@@ -35,7 +38,7 @@ def test_the_facts_model_fits_on_train_and_reads_the_order_of_a_text_only_prompt
     assert [r["id"] for r in rows] == [s.id for s in built.samples["test"]]
     assert all(len(r["s_first"]) == 2 for r in rows)
     # a text-only prompt: the model is an intercept, so P(positive) depends on the shown order only
-    plain = P.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, n_train=None, n_valid=5,
+    plain = task_pairwise.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, n_train=None, n_valid=5,
                              n_test=20)
     rows = facts.prompt_facts_rows(plain.samples["train"], plain.samples["test"])
     assert len({round(abs(x), 9) for r in rows for x in r["s_first"]}) == 1
@@ -46,7 +49,7 @@ def test_a_score_that_only_restates_the_facts_adds_nothing_and_a_score_that_know
     kw = {"negatives": 2, "n_train": 10, "n_valid": 5, "n_test": None} if task == "pairwise" else \
         {"negatives": 3, "n_train": 10, "n_valid": 10, "n_test": 300}
     test = _built(task, **kw).samples["test"]
-    spec = facts.TASKS[task]
+    spec = tasks.task(task).facts
     rng = np.random.default_rng(0)
 
     def rows_from(score):  # per-sample LLM rows whose score of each unit is `score(x, y)`

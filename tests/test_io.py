@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefrec import io
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "prefrec"
 
@@ -48,7 +48,7 @@ def test_every_writer_gives_what_open_gives(tmp_path, umask022):
         io.write_jsonl(tmp_path / "a.jsonl", [{"x": 1}]) and tmp_path / "a.jsonl",
         io.write_tsv(tmp_path / "a.tsv", "h", ["1\n"]) and tmp_path / "a.tsv",
         io.write_figure(fig, tmp_path / "a.png", dpi=20),
-        write_jsonl(tmp_path / "s.jsonl", [sample]) and tmp_path / "s.jsonl",
+        write_samples(tmp_path / "s.jsonl", [sample]) and tmp_path / "s.jsonl",
     ]
     assert _mode(tmp_path / "plain.txt") == 0o644
     assert {p.name: _mode(p) for p in written} == {p.name: 0o644 for p in written}

@@ -24,11 +24,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from prefrec import io, prompts
-from prefrec.baselines.common import load_prepared, training_data
+from prefrec.baselines.common import training_data
+from prefrec.data.prepared import load_prepared
 from prefrec.baselines.run import make_model, run_baseline
 from prefrec.errors import UserError
 from prefrec.evaluation.evaluate import evaluate
-from prefrec.evaluation.scores import candidate_trees
+from prefrec.tasks.candidates import candidate_trees
 from prefrec.export import export_run
 from prefrec.items import (
     IDS_FILE,
@@ -41,17 +42,19 @@ from prefrec.items import (
     read_table,
 )
 from prefrec.model import load_model
-from prefrec.samples import Comparison, Sample, read_jsonl, write_jsonl
+from prefrec.samples import Comparison, Sample, read_jsonl, write_samples
 from prefrec.scoring.budget import token_budget
 from prefrec.scoring.packing import chunked_response_logps as score_steps
 from prefrec.scoring.packing import naive_response_logps, response_logps
 from prefrec.scoring.soft import embed
 from prefrec.serving.explain import explain_sample, render_html
-from prefrec.serving.rank import item_note, prepare, rank, run_steps
+from prefrec.serving.rank import budgeted_tree, missing_items_note, rank, run_steps
 from prefrec.serving.serve import create_app
 from prefrec.training.batches import encode_trees, with_k_negatives
 from prefrec.training.config import config_from_dict, resolve_paths
-from prefrec.training.recipe import checkpoints, train
+from prefrec.training.recipe import train
+from prefrec.training.runfolder import checkpoints
+from prefrec.tasks import candidates as task_candidates
 
 TITLES = ["Alien (1979)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Rocky (1976)", "Jaws (1975)", "Up (2009)",
           "Cars (2006)", "Brazil (1985)", "Ran (1985)", "Babe (1995)", "Big (1988)"]
@@ -78,12 +81,12 @@ def _prepared(path: Path, dataset: str = "toy", seed: int = 0) -> Path:
             h, c = [items[k] for k in hist], [items[k] for k in cands]
             samples[split].append(Sample(
                 id=f"{dataset}-{user}", task="candidates", domain="movies", prefix=prompts.history_prefix("movies", h),
-                comparisons=[Comparison(prompts.candidates_question("movies", c), items[target],
+                comparisons=[Comparison(task_candidates.title_question("movies", c), items[target],
                                         [items[k] for k in negs])],
                 user=user, history=h, history_items=hist, candidates=c, candidate_items=cands, target=items[target],
                 target_item=target))
     for split, ss in samples.items():
-        write_jsonl(path / f"{split}.jsonl", ss)
+        write_samples(path / f"{split}.jsonl", ss)
     io.write_tsv(path / "items.tsv", "item_id\ttitle", (f"{k}\t{t}\n" for k, t in items.items()))
     io.write_tsv(path / "interactions.tsv", "user\titem\trating\ttimestamp\tsplit", (r + "\n" for r in rows))
     io.write_json(path / "stats.json", {"dataset": dataset, "task": "candidates", "seed": seed,
@@ -286,16 +289,16 @@ def test_rank_for_a_new_user_falls_back_to_text_with_a_note(hybrid_run, world):
     model, tok = load_model(str(run), device="cpu")
     items = attached(model)
     history, cands = TITLES[:3], [TITLES[5], TITLES[7], "Nope (2020)"]
-    tree, _, _ = prepare(tok, history, cands, budget=token_budget(model), items=items)
+    tree, _, _ = budgeted_tree(tok, history, cands, budget=token_budget(model), items=items)
     assert len(tree.soft) == 3 and len(tree.branches[0].soft) == 2  # the unknown title stays text
     chunked = run_steps(score_steps(model, tree, chunk_tokens=16))  # KV-cache chunks over the embeddings
     with torch.no_grad():
         assert chunked == pytest.approx(response_logps(model, [tree]).summed.tolist(), abs=1e-4)
     ranking = rank(model, tok, history, cands)
     assert sorted(r["score"] for r in ranking) == pytest.approx(sorted(chunked), abs=1e-3)
-    note = item_note(items, history, cands)
+    note = missing_items_note(items, history, cands)
     assert "0 of 3 history titles and 1 of 3 candidates" in note and "Nope (2020)" in note
-    assert item_note(items, history, cands[:2]) is None
+    assert missing_items_note(items, history, cands[:2]) is None
 
 
 def test_serve_answers_with_the_item_tokens_and_the_note(hybrid_run):

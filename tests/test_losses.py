@@ -1,4 +1,4 @@
-"""prefrec.training.losses against float64 brute force of the DESIGN §4 formulas, TRL's DPO formula, and extreme inputs."""
+"""prefrec.training.losses against float64 brute force of their formulas, TRL's DPO formula, and extreme inputs."""
 
 import math
 
@@ -172,7 +172,7 @@ def test_dpo_with_k_pairs_is_the_mean_of_k_independent_pairwise_losses():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The six losses beyond DPO/DMPO/S-DPO, each against a scalar float64 loop over its formula (DESIGN §4)
+# The six losses beyond DPO/DMPO/S-DPO, each against a scalar float64 loop over its formula
 
 def _lse(xs):
     m = max(xs)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import make_tiny_lm
 
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.training import losses, methods
 from prefrec.training.config import config_from_dict, resolve_paths
 
@@ -80,7 +80,7 @@ def test_a_registered_loss_trains_through_train(with_hinge, tmp_path, embedded_t
     samples = [Sample(id=f"s{i}", task="candidates", domain="movies", prefix=f"Seen: Heat {i}.",
                       comparisons=[Comparison(question=" Pick one.", chosen="Alien", rejected=["Jaws", "Up"])])
                for i in range(2)]
-    write_jsonl(tmp_path / "data" / "train.jsonl", samples)
+    write_samples(tmp_path / "data" / "train.jsonl", samples)
     raw = {"output_dir": str(tmp_path / "run"), "progress": False, "model": {"name": str(model)},
            "lora": {"r": 2, "alpha": 4}, "data": {"dir": str(tmp_path / "data"), "max_valid_samples": 0},
            "stages": [{"kind": "hinge", "max_steps": 1, "batch_size": 2, "beta": 0.5, "params": {"margin": 1.0}}]}
@@ -109,7 +109,7 @@ def test_every_loss_trains_with_k_negatives_on_the_packed_path(kind, tmp_path, e
                       comparisons=[Comparison(question=" Pick one.", chosen="Alien", rejected=titles[1:4])],
                       candidates=titles, candidate_ratings=[5.0, 2.0, None, 1.0, None], target="Alien")
                for i in range(2)]
-    write_jsonl(tmp_path / "data" / "train.jsonl", samples)
+    write_samples(tmp_path / "data" / "train.jsonl", samples)
     raw = {"output_dir": str(tmp_path / "run"), "progress": False, "model": {"name": str(model)},
            "lora": {"r": 2, "alpha": 4}, "data": {"dir": str(tmp_path / "data"), "max_valid_samples": 0},
            "stages": [{"kind": kind, "max_steps": 1, "batch_size": 2}]}

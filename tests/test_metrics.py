@@ -8,7 +8,7 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from prefrec.evaluation.metrics import (
+from prefrec.tasks.metrics import (
     generation_metrics,
     pairwise_metrics,
     ranking_metrics,

@@ -16,7 +16,10 @@ import torch
 from conftest import make_tiny_lm
 
 from prefrec.errors import UserError
-from prefrec.evaluation import scores as sc
+from prefrec.scoring import generation
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
+from prefrec.tasks import yesno as task_yesno
 from prefrec.scoring.encoding import (
     PLAIN_ANSWER,
     check_prompt_format,
@@ -190,7 +193,7 @@ def test_generation_stops_at_end_of_turn(llama3_tokenizer):
         return out
 
     model.generate = counting_generate
-    assert sc.generate_answers(model, tok, [sample], max_new_tokens=8, progress=False) == [""]
+    assert generation.generate_answers(model, tok, [sample], max_new_tokens=8, progress=False) == [""]
     assert new_tokens == [1]
 
 

@@ -5,7 +5,7 @@ Tolerances (max abs difference, packed vs naive; measured on this machine, see d
 - float64 (tiny model, sdpa): the two paths agree to ~1e-14, so the layout itself is exact; asserted at 1e-10.
   With eager, transformers takes the attention softmax in float32 even for float64 models: measured 4e-8,
   asserted at 1e-6.
-- float32 (tiny model): per-token log-probs measured ≤ 1e-6, asserted at FP32_ATOL = 2e-5 (DESIGN §5's figure);
+- float32 (tiny model): per-token log-probs measured ≤ 1e-6, asserted at FP32_ATOL = 2e-5;
   summed log-probs (-10 .. -130 here) measured ≤ 1.5e-5, i.e. one float32 ulp at |logp| ≈ 130, so they are asserted
   at FP32_ATOL plus a relative 1e-6 (≈ 8 ulps; sums are accumulated in a different order). LoRA gradients: relative
   to the largest gradient, measured ≤ 7e-7; asserted at GRAD_RTOL = 2e-5.

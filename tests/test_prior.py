@@ -12,13 +12,13 @@ import random
 import numpy as np
 import pytest
 
-from prefrec.baselines.common import load_prepared
+from prefrec.data.prepared import load_prepared
 from prefrec.baselines.run import run_baseline
 from prefrec.data.prepare import prepare_log
 from prefrec.data.readers.base import Interaction, Log
 from prefrec.errors import UserError
 from prefrec.evaluation import facts, prior
-from prefrec.evaluation.metrics import pairwise_metrics
+from prefrec.tasks.metrics import pairwise_metrics
 from prefrec.samples import Sample
 
 
@@ -157,7 +157,7 @@ def test_matched_rows_keeps_the_close_comparisons_of_each_row():
 
 
 def test_item_prior_on_ml100k_pairwise(shared_data, tmp_path):
-    """The non-personal floor on ML-100K pairwise (DESIGN §8a measured 0.728 for a cross-fit model of the same
+    """The non-personal floor on ML-100K pairwise (0.728 was measured for a cross-fit model of the same
     features; here few-shot 0.722, full 0.731): well above chance without reading the user. ~3 s."""
     from prefrec.data.prepare import prepare
 
@@ -188,7 +188,7 @@ def test_cli_runs_item_prior_on_a_yes_no_folder(tmp_path):
 def test_the_floor_of_candidates_and_yes_no_absorbs_a_restated_prior(tmp_path, task):
     """A cell whose score is the item's smoothed mean adds nothing to the floor of the other tasks either."""
     kw = {"n_train": 200, "n_valid": 50, "n_test": 300} if task == "candidates" else {"n_train": 60, "n_valid": 20}
-    prep = load_prepared(_folder(tmp_path, _log(mixed, n_users=300), task, **kw), tasks=("candidates", "yesno"))
+    prep = load_prepared(_folder(tmp_path, _log(mixed, n_users=300), task, **kw))
     p = prior.item_prior(prep)
     rows = []
     for s in prep.test:

@@ -12,6 +12,8 @@ from prefrec.errors import UserError
 from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import naive_response_logps
 from prefrec.serving.rank import RankPrompt, build_tree, clean_titles, rank, read_titles
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
 
 HISTORY = ["Star Wars (1977)", "Fargo (1996)", "Toy Story (1995)"]
 CANDIDATES = ["Babe (1995)", "Heat (1995)", "Return of the Jedi (1983)", "Girl, Interrupted (1999)",
@@ -43,7 +45,7 @@ def save_tiny_run(run_dir, base_dir, base_model, seed=1):
 
 
 def tree_of(tokenizer, history, candidates, domain="movies"):
-    prefix, question = prompts.history_prefix(domain, history), prompts.candidates_question(domain, candidates)
+    prefix, question = prompts.history_prefix(domain, history), task_candidates.title_question(domain, candidates)
     return encode_texts(tokenizer, prefix, [question], [candidates])
 
 
@@ -263,7 +265,7 @@ def test_the_ranker_is_the_runs_task(tmp_path):
     assert ranker_of(_run_with_task(tmp_path, "pairwise", "letter")) == RankPrompt("pairwise", "letter")
     hybrid = ranker_of(_run_with_task(tmp_path, "candidates", hybrid=True))
     assert hybrid.task == "candidates" and "titles only" in hybrid.notes[0]
-    with pytest.raises(UserError, match="yes/no run cannot rank"):
+    with pytest.raises(UserError, match="yesno run cannot rank"):
         ranker_of(_run_with_task(tmp_path, "yesno"))
 
 
@@ -279,8 +281,8 @@ def test_a_pairwise_run_ranks_by_comparing_every_pair_in_both_orders(tiny_lm, an
         for b in cands:
             if a == b:
                 continue
-            q = prompts.pairwise_question("movies", a, b, answers=answers)
-            resp = ["A", "B"] if answers == "letter" else [prompts.format_ordering(a, b), prompts.format_ordering(b, a)]
+            q = task_pairwise.TASK.format(answers).question("movies", a, b)
+            resp = ["A", "B"] if answers == "letter" else [task_pairwise.format_ordering(a, b), task_pairwise.format_ordering(b, a)]
             tree = encode_texts(tok, prompts.history_prefix("movies", HISTORY), [q], [resp])
             with torch.no_grad():
                 s = naive_response_logps(model, [tree]).summed.double().tolist()

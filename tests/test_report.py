@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from prefrec.evaluation import tasks
-from prefrec.evaluation.metrics import pairwise_metrics, ranking_metrics
+from prefrec import tasks
+from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics
+from prefrec.tasks import pairwise as task_pairwise
 from prefrec.evaluation.report import (
     bootstrap_ci,
     find_results,
@@ -220,7 +221,7 @@ def test_paired_bootstrap_against_an_independent_computation():
     b = list(reversed(b)) + [{"id": "only-in-b", "s_first": [0.0], "s_second": [1.0]}]  # joined on id, not order
     got = paired_bootstrap(a, b, "auc", n_boot=200, seed=7)
 
-    def auc(rows, idx):  # DESIGN §6 by hand: p = σ(s_ab − s_ba) for the positive, 1 − p for the negative
+    def auc(rows, idx):  # the AUC by hand (docs/evaluate.md): p = σ(s_ab − s_ba) for the positive, 1 − p for the negative
         d = np.concatenate([np.subtract(rows[i]["s_first"], rows[i]["s_second"]) for i in idx])
         p = 1 / (1 + np.exp(-d))
         return roc_auc_score(np.r_[np.ones_like(p), np.zeros_like(p)], np.r_[p, 1 - p])
@@ -306,14 +307,14 @@ def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
     rows resampled with replacement, then the 2.5 % and 97.5 % quantiles (numpy's linear interpolation)."""
     import numpy as np
 
-    from prefrec.evaluation.report import metric_functions
+    from prefrec.evaluation.stats import metric_families
 
     _write_run(tmp_path / "r", method="dpo", seed=0, n=60, shift=0.5)
     rows = [json.loads(line) for line in open(tmp_path / "r" / "per_sample.jsonl")]
     ci = bootstrap_ci(rows, ["auc", "pairwise_accuracy"], n_boot=200, seed=7)
     # the old formula, fed with the resamples scipy draws: one (n_boot, n) block of indices from the same generator
     idx = np.random.default_rng(7).integers(0, len(rows), size=(200, len(rows)))
-    (f,) = metric_functions(rows)
+    (f,) = metric_families(rows)
     for m in ("auc", "pairwise_accuracy"):
         d = np.array([f(i)[m] for i in idx])
         assert ci[m]["lo"] == pytest.approx(np.quantile(d, 0.025), abs=1e-12)
@@ -323,7 +324,7 @@ def test_bootstrap_ci_is_the_percentile_bootstrap_of_the_old_formula(tmp_path):
 
 def test_paired_bootstrap_draws_the_same_resamples_as_one_draw_per_resample():
     """The resamples are drawn as one (n_boot, n) matrix: the numbers equal those of n_boot separate draws."""
-    from prefrec.evaluation.metrics import pairwise_metrics as pm
+    from prefrec.tasks.metrics import pairwise_metrics as pm
     from prefrec.evaluation.report import paired_bootstrap
 
     rng = np.random.default_rng(1)
@@ -348,16 +349,16 @@ def test_every_llm_run_gets_its_beyond_the_prompts_facts_line(tmp_path):
     from prefrec.data import protocols as P
     from prefrec.evaluation import facts
     from prefrec.results import write_results
-    from prefrec.samples import write_jsonl
+    from prefrec.samples import write_samples
 
-    built = P.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, item_stats=True, n_train=10,
+    built = task_pairwise.build_pairwise(synthetic_log(n_users=80, seed=7), seed=0, negatives=2, item_stats=True, n_train=10,
                              n_valid=5, n_test=None)
     test = built.samples["test"]
-    write_jsonl(tmp_path / "data" / "test.jsonl", test)
+    write_samples(tmp_path / "data" / "test.jsonl", test)
     for name, score in (("restating", lambda x, y: x[:, 0]), ("knowing", lambda x, y: 3.0 * y)):
         rows = []
         for s in test:
-            x, y = facts.TASKS["pairwise"].features(s)
+            x, y = tasks.task("pairwise").facts.features(s)
             m = np.where(y == 1.0, score(x, y), -score(x, y))
             rows.append({"id": s.id, "user": s.user, "s_first": m.tolist(), "s_second": [0.0] * len(m)})
         res = {"kind": "eval", "method": "sft", "dataset": "syn", "task": "pairwise", "split": "test", "seed": 0,
@@ -376,7 +377,7 @@ def test_every_report_gives_the_floor_and_the_prior_matched_slice(tmp_path):
     baseline included, each with its number of comparisons (the tests themselves: tests/test_prior.py)."""
     from test_prior import _cells, _folder, _log, mixed
 
-    from prefrec.baselines.common import load_prepared
+    from prefrec.data.prepared import load_prepared
     from prefrec.baselines.run import run_baseline
     from prefrec.evaluation import prior
     from prefrec.results import write_results

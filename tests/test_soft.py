@@ -15,18 +15,21 @@ from conftest import make_tiny_lm
 
 from prefrec import prompts
 from prefrec.errors import UserError
-from prefrec.evaluation.scores import generate_answers
+from prefrec.scoring.generation import generate_answers
 from prefrec.items import ItemTable, ItemTokens, attach, attached
 from prefrec.model import add_lora
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import encode_sample, placeholder_id
 from prefrec.scoring.packing import (
-    _base,
+    base_model,
     naive_response_logps,
     pack_trees,
     response_logps,
 )
 from prefrec.scoring.soft import embed, mark_sample, mark_text, model_inputs
+from prefrec.tasks import yesno as task_yesno
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
 
 TITLES = {f"i{j}": t for j, t in enumerate(["Heat (1995)", "Fargo (1996)", "Girl, Interrupted (1999)", "Alien (1979)",
                                              "Aliens (1986)", "Jaws (1975)", "Big (1988)", "Up (2009)", "Ran (1985)"])}
@@ -38,7 +41,7 @@ def _candidates_sample(answers="title") -> Sample:
     h, c = [TITLES[k] for k in hist], [TITLES[k] for k in cands]
     notes = ["mean rating 3.9 from 12 users", "", "no other user rated it", "mean rating 2.0 from 1 user"]
     return Sample(id="c", task="candidates", domain="movies", prefix=prompts.history_prefix("movies", h),
-                  comparisons=[Comparison(prompts.candidates_question("movies", c, notes, answers=answers),
+                  comparisons=[Comparison(task_candidates.TASK.format(answers).question("movies", c, notes),
                                           c[0] if answers == "title" else "1", c[1:] if answers == "title" else
                                           ["2", "3", "4"])],
                   history=h, history_items=hist, candidates=c, candidate_items=cands, target=c[0], target_item=cands[0],
@@ -48,7 +51,7 @@ def _candidates_sample(answers="title") -> Sample:
 def _pairwise_sample() -> Sample:
     hist, pos, negs = ["i6", "i0", "i6"], "i3", ["i4", "i5"]  # a title twice in the history: both marked, in order
     h = [TITLES[k] for k in hist]
-    comps = [Comparison(prompts.pairwise_question("movies", TITLES[n], TITLES[pos]),
+    comps = [Comparison(task_pairwise.title_question("movies", TITLES[n], TITLES[pos]),
                         f"{TITLES[pos]}, {TITLES[n]}", [f"{TITLES[n]}, {TITLES[pos]}"]) for n in negs]
     return Sample(id="p", task="pairwise", domain="movies", prefix=prompts.history_prefix("movies", h),
                   comparisons=comps, history=h, history_items=hist, candidates=[TITLES[pos]] + [TITLES[n] for n in negs],
@@ -58,8 +61,8 @@ def _pairwise_sample() -> Sample:
 def _yesno_sample() -> Sample:
     liked, disliked, target = ["i1", "i5"], ["i2"], "i6"
     return Sample(id="y", task="yesno", domain="movies",
-                  prefix=prompts.yesno_prefix("movies", [TITLES[k] for k in liked], [TITLES[k] for k in disliked]),
-                  comparisons=[Comparison(prompts.yesno_question("movies", TITLES[target]), "Yes.", ["No."])],
+                  prefix=task_yesno.yesno_prefix("movies", [TITLES[k] for k in liked], [TITLES[k] for k in disliked]),
+                  comparisons=[Comparison(task_yesno.yesno_question("movies", TITLES[target]), "Yes.", ["No."])],
                   history=[TITLES[k] for k in ["i1", "i2", "i5"]], history_items=["i1", "i2", "i5"],
                   candidates=[TITLES[target]], candidate_items=[target], target=TITLES[target], target_item=target,
                   label=1)
@@ -217,7 +220,7 @@ def test_generation_feeds_the_soft_tokens(embedded_tokenizer):
         out = []
         with torch.no_grad():
             for _ in range(5):
-                emb = embed(_base(model), torch.tensor([ids + out]), r_, p_, i_)
+                emb = embed(base_model(model), torch.tensor([ids + out]), r_, p_, i_)
                 nxt = int(model(inputs_embeds=emb).logits[0, -1].argmax())
                 if nxt in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id):
                     break

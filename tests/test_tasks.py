@@ -1,4 +1,4 @@
-"""prefrec.evaluation.tasks: one table of tasks, one of ranking metrics. A metric added to metrics.RANKING_METRICS appears in LLM
+"""prefrec.tasks: one table of tasks, one of ranking metrics. A metric added to metrics.RANKING_METRICS appears in LLM
 results, baseline results and the report's bootstrap alike (evaluate.py used to list the names by hand)."""
 
 import json
@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from prefrec.evaluation import metrics, tasks
-from prefrec.samples import TASKS
+from prefrec import tasks
+from prefrec.tasks import metrics
+from prefrec.tasks import candidates as task_candidates
 
 
 def hr3(r):
@@ -29,7 +30,8 @@ def _hr3(scores, target) -> float:
 
 
 def test_every_sample_task_has_a_row():
-    assert tuple(tasks.TASKS) == TASKS
+    assert list(tasks.TASKS) == ["pairwise", "candidates", "yesno"]
+    assert all(row.name == name for name, row in tasks.TASKS.items())
 
 
 def test_a_new_ranking_metric_reaches_llm_results(with_hr3, tiny_lm, tmp_path):
@@ -54,7 +56,7 @@ def test_a_new_ranking_metric_reaches_llm_results(with_hr3, tiny_lm, tmp_path):
 def test_a_new_ranking_metric_reaches_baseline_results(with_hr3, tmp_path):
     from test_baselines import TINY, make_candidates
 
-    from prefrec.baselines.common import load_prepared
+    from prefrec.data.prepared import load_prepared
     from prefrec.baselines.run import run_baseline
 
     folder = make_candidates(tmp_path / "cands")
@@ -69,7 +71,7 @@ def test_a_new_ranking_metric_reaches_baseline_results(with_hr3, tmp_path):
 def test_ranking_by_size_weighs_each_length_by_its_rows():
     rows = [{"s": [3.0, 1.0, 2.0], "target_index": 0}, {"s": [1.0, 2.0], "target_index": 0},
             {"s": [1.0, 5.0, 0.0], "target_index": 0}]
-    got = tasks.ranking_by_size(rows, "s", "x_")
+    got = task_candidates.ranking_by_size(rows, "s", "x_")
     assert got["x_hr@1"] == pytest.approx(1 / 3) and got["x_mrr"] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
     assert set(got) == {"x_" + k for k in metrics.RANKING_METRICS}
 

@@ -24,18 +24,12 @@ from safetensors.torch import load_file
 
 from prefrec.errors import UserError
 from prefrec.results import is_run_dir
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.training.config import config_from_dict, load_config, resolve_paths
-from prefrec.training.recipe import (
-    checkpoints,
-    cosine_with_warmup,
-    encode_trees,
-    epoch_order,
-    shard,
-    stage_k,
-    train,
-    with_k_negatives,
-)
+from prefrec.training.batches import encode_trees, epoch_order, shard, stage_k, with_k_negatives
+from prefrec.training.recipe import train
+from prefrec.training.runfolder import checkpoints
+from prefrec.training.stages import cosine_with_warmup
 
 TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars", "Brazil", "Ran", "Babe", "Big"]
 REPO = Path(__file__).resolve().parents[1]
@@ -69,10 +63,10 @@ def tiny_dir(tmp_path_factory, embedded_tokenizer):
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("samples")
-    write_jsonl(root / "pw" / "train.jsonl", [_pairwise(i) for i in range(8)])
-    write_jsonl(root / "pw" / "valid.jsonl", [_pairwise(100 + i) for i in range(3)])
-    write_jsonl(root / "cd" / "train.jsonl", [_candidates(i, k=4) for i in range(8)])  # 5 negatives in the data
-    write_jsonl(root / "cd" / "valid.jsonl", [_candidates(100 + i, k=4) for i in range(3)])
+    write_samples(root / "pw" / "train.jsonl", [_pairwise(i) for i in range(8)])
+    write_samples(root / "pw" / "valid.jsonl", [_pairwise(100 + i) for i in range(3)])
+    write_samples(root / "cd" / "train.jsonl", [_candidates(i, k=4) for i in range(8)])  # 5 negatives in the data
+    write_samples(root / "cd" / "valid.jsonl", [_candidates(100 + i, k=4) for i in range(3)])
     return root
 
 
@@ -586,7 +580,7 @@ def test_cosine_with_warmup_is_transformers_schedule_after_warmup():
 def test_tree_terms_pair_each_rejected_with_its_own_chosen():
     """DPO with k > 1 on pairwise samples: rejected i is compared with comparison i's own chosen ordering."""
     from prefrec.scoring.trees import Branch, Scores, Tree
-    from prefrec.training.recipe import tree_terms
+    from prefrec.training.stages import tree_terms
 
     s = Scores(summed=torch.tensor([-1.0, -2.0, -3.0, -5.0]), token_logps=[torch.tensor([-1.0])] * 4,
                index=[(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)])

@@ -2,7 +2,8 @@
 
 import torch
 
-from prefrec.evaluation import scores
+from prefrec.scoring import generation
+from prefrec.tasks import candidates as task_candidates
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.trie import AnswerTrie
 
@@ -23,10 +24,11 @@ def test_constrained_generation_names_a_candidate_every_time(tiny_lm):
                       comparisons=[Comparison("Which one? " + ", ".join(cands), cands[i % 4], [cands[(i + 1) % 4]])],
                       candidates=cands, target=cands[i % 4]) for i in range(4)]
     torch.manual_seed(0)
-    answers = scores.generate_answers(model, tok, samples, max_new_tokens=12, progress=False, constrained=True)
+    answers = generation.generate_answers(model, tok, samples, max_new_tokens=12, progress=False,
+                                         tries=task_candidates.answer_tries(tok, samples))
     assert all(a in cands for a in answers), answers
     rows = [{"target_index": i % 4} for i in range(4)]
-    got = scores.generate_and_match(model, tok, samples, rows, max_new_tokens=12, batch_size=2, progress=False,
+    got = task_candidates.generate_and_match(model, tok, samples, rows, max_new_tokens=12, batch_size=2, progress=False,
                                     constrained=True)
     assert got["valid_ratio_constrained"] == 1.0 and "valid_ratio" in got and "hr@1" in got
     assert all(r["answer_constrained"] in cands for r in rows)

@@ -1,4 +1,4 @@
-"""prefrec.evaluation.vllm_generate: the optional vLLM generation backend. Its refusals run everywhere; the
+"""prefrec.scoring.vllm_generate: the optional vLLM generation backend. Its refusals run everywhere; the
 comparison with transformers' greedy generation runs only where vLLM and a CUDA GPU are (skipped otherwise)."""
 
 import importlib.util
@@ -10,8 +10,11 @@ from test_evaluate import candidate_samples
 
 from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
-from prefrec.evaluation import scores as sc
-from prefrec.evaluation.vllm_generate import require_vllm
+from prefrec.scoring import generation
+from prefrec.tasks import candidates as task_candidates
+from prefrec.tasks import pairwise as task_pairwise
+from prefrec.tasks import yesno as task_yesno
+from prefrec.scoring.vllm_generate import require_vllm
 
 
 def test_missing_vllm_is_one_clear_error_before_any_work(monkeypatch, tiny_lm):
@@ -30,7 +33,8 @@ def test_unknown_backend_and_unsupported_combinations(tiny_lm):
     with pytest.raises(UserError, match="expected one of transformers, vllm"):
         ev.evaluate(tiny_lm, candidate_samples(), gen_backend="tgi", progress=False)
     with pytest.raises(UserError, match="transformers backend only"):
-        sc.generate_answers(model, tok, candidate_samples(), backend="vllm", constrained=True, progress=False)
+        generation.generate_answers(model, tok, candidate_samples(), backend="vllm", progress=False,
+                                   tries=task_candidates.answer_tries(tok, candidate_samples()))
 
 
 def test_cli_names_the_backend(tmp_path):
@@ -49,8 +53,8 @@ def test_vllm_answers_equal_transformers_greedy(embedded_lm):
     samples = candidate_samples()
     try:
         model.to("cuda")
-        hf = sc.generate_answers(model, tok, samples, max_new_tokens=16, progress=False)
-        vl = sc.generate_answers(model, tok, samples, max_new_tokens=16, progress=False, backend="vllm")
+        hf = generation.generate_answers(model, tok, samples, max_new_tokens=16, progress=False)
+        vl = generation.generate_answers(model, tok, samples, max_new_tokens=16, progress=False, backend="vllm")
     finally:
         model.to("cpu")  # the fixture is shared
     assert sum(a == b for a, b in zip(hf, vl)) >= len(samples) - 1  # a tie within kernel rounding may differ

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from prefrec import io
-from prefrec.evaluation import tasks
 from prefrec.model import KNOWN_MODELS, hub_reference
-from prefrec.results import RESULTS, RUN_JSON, read_results
+from prefrec.results import RESULTS, RUN_JSON, read_results, read_run_config
+from prefrec.tasks import task as task_row
 
 # Terms of the public rating logs prefrec reads (data/README.md of each source has the details). The Hub's
 # `license` key is the model's: the base's licence; the data's terms go in the body, since they bind any use.
@@ -62,7 +61,7 @@ def _metric_table(rows: list[tuple[str, dict]]) -> list[str]:
 
 
 def _prompt_example(task: str, domain: str, answers: str = "title") -> list[str]:
-    prefix, question, answer = tasks.task(task).example(domain, answers)
+    prefix, question, answer = task_row(task).example(domain, answers)
     return ["One user turn (the base's chat template, generation prompt added), then the answer:", "", "```text",
             (prefix + question).rstrip(), "```", "", f"Answer (scored or generated): `{answer}`"]
 
@@ -158,8 +157,7 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
     `prefrec export` (a full transformers model with the adapter merged in)."""
     run = Path(run)
     info = _read_json(run / RUN_JSON)
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() \
-        else {}
+    config = read_run_config(run) or {}
     stats, tests = _data_stats(config, run), _test_results(run)
     base_name = info.get("base_model", "unknown")
     base, known = hub_reference(base_name), KNOWN_MODELS.get(base_name)
@@ -181,8 +179,9 @@ def model_card(run: str | Path, *, merged: bool = False) -> str:
               f"targets {lora.get('target_modules')}"
               + (f", on the top {lora['layers']} decoder layers only." if lora.get("layers") else "."), "", *_stage_rows(config, info), "",
               *_item_lines(info.get("items")),
-              "## Prompt format", "", *_prompt_example(task or "pairwise", stats.get("domain") or "movies",
-                                               (stats.get("protocol") or {}).get("answers") or "title"), "",
+              "## Prompt format", "", *(_prompt_example(task, stats.get("domain") or "movies",
+                                                 (stats.get("protocol") or {}).get("answers") or "title") if task
+                                else ["The training data's folder records no task (no stats.json)."]), "",
               "## Results", ""]
     valid = [(f"valid ({k})", v) for k, v in (info.get("final_valid") or {}).items()]
     rows = [(f"{r.get('dataset')} {r.get('task')} {r.get('split')} (n={r.get('n_samples')})", r["metrics"])

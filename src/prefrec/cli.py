@@ -26,17 +26,14 @@ from typer._click.exceptions import (  # typer >= 0.29 vendors click: its own cl
 from typer.core import TyperGroup
 
 from prefrec import io
-from prefrec.baselines.common import load_prepared
-from prefrec.data.exporters import export_samples
 from prefrec.data.fetch import fetch
-from prefrec.data.importers import import_files, summary_lines
-from prefrec.data.peer import load_peer
-from prefrec.data.prepare import _UNSET, prepare, read_filtered
+from prefrec.data.prepared import load_prepared
+from prefrec.data.protocols import UNSET
 from prefrec.errors import UserError
 from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import RESULTS, is_run_dir
-from prefrec.samples import TASKS, read_jsonl
+from prefrec.samples import read_jsonl
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
@@ -149,7 +146,7 @@ _DATASET_HELP = "ml-100k | ml-1m | amazon-2014 | amazon-2018 | lastfm | goodread
 
 def _size_arg(value: Optional[str], flag: str):
     """--train/--valid/--test: a number, 'all', or absent (the task's paper default)."""
-    return _count(value, flag, _UNSET)
+    return _count(value, flag, UNSET)
 
 
 @data_app.command("prepare")
@@ -179,13 +176,15 @@ def data_prepare(
     answers: str = typer.Option("title", "--answers", help="Answer format: title (the papers) | letter (pairwise: options A/B) | number (candidates: a numbered list)."),
 ) -> None:
     """Read a published log and write protocol samples + stats.json."""
+    from prefrec.data.prepare import prepare  # torch, via the task table: only this command pays for it
+
     try:
         stats = prepare(dataset, source, task, out, seed=seed,
-                        negatives=_UNSET if negatives is None else negatives,
+                        negatives=UNSET if negatives is None else negatives,
                         n_train=_size_arg(train, "--train"), n_valid=_size_arg(valid, "--valid"),
                         n_test=_size_arg(test, "--test"),
-                        history_len=_UNSET if history_len is None else history_len,
-                        min_history=_UNSET if min_history is None else min_history,
+                        history_len=UNSET if history_len is None else history_len,
+                        min_history=UNSET if min_history is None else min_history,
                         threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
                         per_user=per_user, history_ratings=history_ratings, item_stats=item_stats,
                         negative_below=negative_below, same_time=same_time, order_by=order_by, domain=domain,
@@ -226,6 +225,8 @@ def data_import(
     domain: Optional[str] = typer.Option(None, "--domain", help="Domain to record when the prompt does not say."),
 ) -> None:
     """Convert peer preference files to prefrec samples; report every rejected row with its reason."""
+    from prefrec.data.importers import import_files, summary_lines  # torch, via the task table: this command only
+
     try:
         report = import_files(files, out, domain=domain)
     except (UserError, FileNotFoundError) as e:
@@ -249,6 +250,8 @@ def data_export(
                                      "(save_to_disk; needs the 'datasets' extra) instead of JSON lines."),
 ) -> None:
     """Write prefrec samples in TRL, LLaMA-Factory or chat-messages layout (one row per rejected response)."""
+    from prefrec.data.exporters import export_samples  # torch, via the task table: only this command pays for it
+
     try:
         path = samples / f"{split}.jsonl" if samples.is_dir() else samples
         if not path.is_file():
@@ -266,6 +269,8 @@ def data_stats(
     source: Optional[Path] = typer.Option(None, "--source", help="With --dataset: the original files."),
 ) -> None:
     """Counts of a prepared folder, or of a raw log read from its original files."""
+    from prefrec.data.prepare import read_filtered  # torch, via the task table: only this command pays for it
+
     try:
         if path is not None:
             f = path / "stats.json" if path.is_dir() else path
@@ -378,17 +383,16 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Evaluate a model on the pairwise, candidates or yes/no task: results.json + per_sample.jsonl."""
+    from prefrec.data.peer import load_peer  # torch, via the task table and the model: this command only
     from prefrec.evaluation.evaluate import evaluate
 
     try:
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
-        if peer is not None:
-            data = load_peer(peer, peer_format, history_field=history_field, candidates_field=candidates_field,
-                             target_field=target_field, domain=domain)
-            dataset = dataset or peer.stem
-        else:
-            data = samples
+        data = samples if peer is None else load_peer(peer, peer_format, history_field=history_field,
+                                                      candidates_field=candidates_field,
+                                                      target_field=target_field, domain=domain)
+        dataset = dataset or (peer.stem if peer is not None else None)
         res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
                        dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
                        gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir,
@@ -451,7 +455,7 @@ def baseline(
         names = list(CROSS_DOMAIN if train_samples else BASELINES) if name.lower() == "all" else [name.lower()]
         regimes = ["few-shot", "full"] if regime == "both" else [regime]
         if out is None:
-            prep = load_prepared(samples, tasks=TASKS)  # the facts models also score yes/no; the run checks the rest
+            prep = load_prepared(samples)  # the run checks that the baseline takes its task
             label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
             out = Path("baselines") / f"{label}-{prep.task}"
         rows = []
@@ -521,7 +525,7 @@ def rank_cmd(
     """Rank candidate titles for a user history with the prompt of the run's task (JSON: title, score, rank)."""
     from prefrec.items import attached
     from prefrec.model import load_model
-    from prefrec.serving.rank import item_note
+    from prefrec.serving.rank import missing_items_note
 
     from prefrec.prompts import check_domain
     from prefrec.serving.rank import rank, ranker_of, read_titles  # torch: the packed forward
@@ -538,7 +542,7 @@ def rank_cmd(
         _fail(e)
     result = {"model": model, "task": ranker.task, "answers": ranker.answers, "domain": domain,
               "n_candidates": len(cands), "notes": list(ranker.notes), "ranking": ranking}
-    note = item_note(attached(m), hist, cands)  # a hybrid model: titles scored without their item token
+    note = missing_items_note(attached(m), hist, cands)  # a hybrid model: titles scored without their item token
     if note:
         result["note"] = note
     if out is not None:

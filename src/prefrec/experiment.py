@@ -1,7 +1,7 @@
 """Experiment grids: methods × datasets × k × shots × β × seeds, resumable, one report at the end.
 
 An experiment YAML (configs/experiments/*.yaml) names the datasets, the methods and the values to sweep. Each cell
-of the grid is a folder under `output_dir/cells/` holding a `results.json` (the shared schema of HELPERS.md); a cell
+of the grid is a folder under `output_dir/cells/` holding a `results.json` (the schema of prefrec.results); a cell
 whose results.json exists is skipped, so re-running the same command after a kill continues where it stopped.
 The report (`prefrec.evaluation.report.make_report`) is written to `report_dir` (docs/results/<name>/ by default) with a
 results.md beside the plots.
@@ -32,6 +32,7 @@ from pathlib import Path
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
+from prefrec.tasks import task as task_row
 from prefrec.training import methods
 # the training config's checker and --set parser: one dialect for every config file
 from prefrec.training.config import BAD, Checker, apply_override, apply_overrides, parse_yaml  # noqa: F401
@@ -210,7 +211,7 @@ def _negatives(cfg: ExperimentConfig, ds: DatasetSpec) -> int | None:
     """Negatives prepared per sample: `prepare.negatives` if given, else the largest k of the grid (every k then
     trains on the same users and uses the first k). Recorded in settings.json, so a grid whose largest k grows
     after its data were prepared is refused instead of training on too few negatives."""
-    if ds.prepared or ds.imported or ds.task == "yesno":
+    if ds.prepared or ds.imported or task_row(ds.task).defaults["negatives"] is None:  # a task without negatives
         return None
     return ds.prepare.get("negatives", max(cfg.ks))
 
@@ -230,7 +231,7 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
     """Import peer prompt files (one per split) into a prepared folder; the same for every seed (fixed files)."""
     from prefrec import io
     from prefrec.data.importers import import_file
-    from prefrec.samples import write_jsonl
+    from prefrec.samples import write_samples
 
     folder = Path(cfg.output_dir) / "data" / f"{ds.label}-imported"
     if (folder / "stats.json").exists():
@@ -241,7 +242,7 @@ def _imported_dir(cfg: ExperimentConfig, ds: DatasetSpec) -> Path:
             raise UserError(f"experiment {cfg.name}: datasets {ds.label}: imported.{split}: expected train, valid "
                             f"or test")
         samples, report = import_file(_shared_path(file))
-        write_jsonl(folder / f"{split}.jsonl", samples)
+        write_samples(folder / f"{split}.jsonl", samples)
         stats["imported"][split] = str(file)
         stats["split_sizes"][split] = len(samples)
     io.write_json(folder / "stats.json", stats)

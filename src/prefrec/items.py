@@ -1,4 +1,4 @@
-"""Collaborative item tokens (LLaRA, Liao et al. 2024; DESIGN §8b): a trained sequential recommender's item
+"""Collaborative item tokens (LLaRA, Liao et al. 2024): a trained sequential recommender's item
 embedding, mapped into the LM's embedding width by a small MLP, beside each item title in the prompt.
 
     table   (n_items, d_rec)  the recommender's item embeddings, frozen (a buffer: no gradient, no optimizer state)

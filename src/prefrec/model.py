@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefrec import io
 from prefrec.errors import UserError
+from prefrec.items import PROJECTOR_FILE, attach_run_items
 from prefrec.paths import cache_dir, sha256_file
 from prefrec.results import RUN_JSON, is_run_dir, read_run
 from prefrec.scoring.encoding import check_prompt_format
@@ -444,8 +445,6 @@ def _no_loading_bar():
 def _attach_items(model, run: str | None, adapter) -> None:
     """A run trained with collaborative item tokens: its table and projector on the model (prefrec.items); an
     adapter folder of such a run alone lacks the table, and is refused."""
-    from prefrec.items import PROJECTOR_FILE, attach_run_items
-
     if run is not None:
         attach_run_items(model, run, adapter)
     elif (Path(adapter) / PROJECTOR_FILE).is_file():

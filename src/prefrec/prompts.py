@@ -1,13 +1,7 @@
-"""Prompt texts for the three tasks, per domain (movies, games, music, books; `items` for anything else).
-
-Written in our own words, following the structure of the papers' prompts:
-- DMPO pairwise (DMPO Table 1): a role sentence, the user's history of items, then "rank these two items"; the
-  answer lists the two titles, the one the user prefers first: `format_ordering(first, second)`.
-- S-DPO / LLaRA candidates: the history, then "which of these 20 will the user pick next"; the answer is one title.
-- TALLRec yes/no: the items the user liked and disliked, then "will the user enjoy this one"; the answer is
-  "Yes." or "No.".
-Beside the papers' title answers, the pairwise and candidates questions can label their options by letter or number
-(prefrec.answers), so that the answer is one token.
+"""The wording every task's prompt shares, per domain (movies, games, music, books; `items` for anything else): the
+assistant's role, the user's history, quoted title lists and the item facts of the hybrid prompt (and how a prompt's
+facts are read back). Each task's own question and answers live with the task (prefrec.tasks), written in our own
+words after the papers' prompts.
 
 Every prompt is a shared `prefix` (role + history, ending in a newline) plus a per-comparison `question` (samples.py).
 The prefix ends with "\\n" so that a tokenizer never merges its last token with the question's first one: BPE
@@ -19,13 +13,11 @@ Titles are shown in double quotes inside prompts (the history is a comma-separat
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from prefrec.errors import UserError, did_you_mean
-
-YES = "Yes."
-NO = "No."
-
 
 @dataclass(frozen=True)
 class Domain:
@@ -71,12 +63,7 @@ def title_list(titles: list[str], notes: list[str] | None = None) -> str:
     return ", ".join(quote(t) + (f" ({n})" if n else "") for t, n in zip(titles, notes, strict=True))
 
 
-def format_ordering(first: str, second: str) -> str:
-    """The pairwise answer text: the two titles, preferred first ("Heat (1995), Casino (1995)")."""
-    return f"{first}, {second}"
-
-
-# ---- DMPO pairwise ----
+# ---- shared by the tasks ----
 
 def history_prefix(dom: str, history: list[str], ratings: list[float] | None = None, *, timed: bool = True) -> str:
     """Role + the user's history (oldest first); shared by the pairwise and candidates tasks.
@@ -103,59 +90,29 @@ def item_note(count: int, mean: float | None, *, rated: bool = True) -> str:
     return "no other user rated it" if count == 0 else f"mean rating {mean:.1f} from {count} {users}"
 
 
-def pairwise_question(dom: str, a: str, b: str, notes: tuple[str, str] | None = None, answers: str = "title") -> str:
-    """Ask to rank two titles (shown in the given order, which the caller shuffles); `notes` follow the titles
-    in parentheses (item facts, an option). answers="letter": the two are options A and B, answered by letter."""
-    d = domain(dom)
-    na, nb = (f" ({notes[0]})", f" ({notes[1]})") if notes else ("", "")
-    if answers == "letter":
-        return (f"Which of these two {d.plural} is the user more likely to enjoy? A: {quote(a)}{na}. "
-                f"B: {quote(b)}{nb}. Answer with the letter A or B.")
-    return (f"Rank these two {d.plural} by how likely the user is to enjoy them, most likely first: "
-            f"{quote(a)}{na} and {quote(b)}{nb}. Answer with the two titles separated by a comma.")
+_MEAN = re.compile(r"^mean rating (-?[\d.]+) from (\d+) users?$")
+_COUNT = re.compile(r"^(\d+) other users?$")
 
 
-# ---- S-DPO / LLaRA candidates ----
-
-def candidates_question(dom: str, candidates: list[str], notes: list[str] | None = None, *, timed: bool = True,
-                        answers: str = "title") -> str:
-    """timed: False for a log without time (a held-out item, not the next one): the question must not say "next".
-    answers="number": the candidates as a numbered list, answered by number."""
-    d = domain(dom)
-    ask = (f"will the user {d.consume} next" if timed else f"has the user also {d.consumed}")
-    if answers == "number":
-        notes = notes or [""] * len(candidates)
-        lines = "".join(f"\n{i + 1}. {quote(c)}" + (f" ({n})" if n else "")
-                        for i, (c, n) in enumerate(zip(candidates, notes, strict=True)))
-        return f"Which one of these {len(candidates)} {d.plural} {ask}?{lines}\nAnswer with the number only."
-    return (f"Which one of these {len(candidates)} {d.plural} {ask}? "
-            f"Candidates: {title_list(candidates, notes)}. Answer with the title only.")
+def parse_note(note: str | None) -> tuple[float, float, float]:
+    """(mean rating or 0, log(1 + raters), 1 if no mean is shown) from a prompt's item note (`item_note`)."""
+    if note:
+        m = _MEAN.match(note)
+        if m:
+            return float(m.group(1)), math.log1p(int(m.group(2))), 0.0
+        m = _COUNT.match(note)
+        if m:
+            return 0.0, math.log1p(int(m.group(1))), 1.0
+    return 0.0, 0.0, 1.0
 
 
-# ---- TALLRec yes/no ----
-
-def yesno_prefix(dom: str, liked: list[str], disliked: list[str]) -> str:
-    d = domain(dom)
-    return (f"{d.role} The user liked these {d.plural}: {title_list(liked)}. "
-            f"The user disliked these {d.plural}: {title_list(disliked)}.\n")
-
-
-def yesno_question(dom: str, target: str, note: str | None = None) -> str:
-    """`note`: the target's item facts in parentheses (the hybrid prompt option)."""
-    d = domain(dom)
-    shown = quote(target) + (f" ({note})" if note else "")
-    return f"Will the user enjoy the {d.singular} {shown}? Answer Yes or No."
-
-
-# ---- (prefix, question) pairs in one call, for code that builds a prompt outside the data protocols ----
-
-def pairwise_prompt(history: list[str], first: str, second: str, dom: str = "movies") -> tuple[str, str]:
-    return history_prefix(dom, history), pairwise_question(dom, first, second)
-
-
-def candidates_prompt(history: list[str], candidates: list[str], dom: str = "movies") -> tuple[str, str]:
-    return history_prefix(dom, history), candidates_question(dom, candidates)
-
-
-def yesno_prompt(liked: list[str], disliked: list[str], target: str, dom: str = "movies") -> tuple[str, str]:
-    return yesno_prefix(dom, liked, disliked), yesno_question(dom, target)
+def shown(question: str, title: str) -> tuple[int, tuple[float, float, float]]:
+    """(where the title is shown in the question, its parsed note): the facts the prompt gives of one item."""
+    q = quote(title)
+    at = question.find(q)
+    if at < 0:
+        raise UserError(f"{title!r} is not shown in quotes in its prompt, so its facts and order cannot be read off "
+                        f"it (prompt-facts reads prompts written by `prefrec data prepare`)")
+    rest = question[at + len(q):]
+    note = rest[2:rest.index(")")] if rest.startswith(" (") and ")" in rest else None
+    return at, parse_note(note)

@@ -1,10 +1,14 @@
 """Run folders and results files: the one place that says what they hold, writes them and finds them again.
 
 A training run folder (`prefrec train --out RUN`) holds run.json and adapter/ once it is complete. An evaluation
-folder holds results.json ("kind": "eval", the schema of docs/dev/HELPERS.md "Results JSON") and per_sample.jsonl
-(one object per test sample, the fields prefrec.evaluation.tasks reads). evaluate, the baselines and the experiment write them
-with `write_results`; the report and the model card read them with `find_results`, `read_results` and
-`read_per_sample`.
+folder holds results.json and per_sample.jsonl (one object per test sample, the fields its task's metrics read,
+prefrec.tasks). evaluate, the baselines and the experiment write them with `write_results`; the report and the model
+card read them with `find_results`, `read_results` and `read_per_sample`. results.json:
+
+    {"kind": "eval", "method": "zero-shot" | "sft" | "dpo" | "dmpo" | "sdpo" | ... | a baseline's name,
+     "dataset": str, "task": str, "split": "test", "seed": int, "regime": "few-shot" | "full" | null,
+     "k": int | null, "shots": int | null, "n_samples": int, "metrics": {...}, "model": str, "config": {...},
+     "git_commit", "versions", "created"}
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import yaml
+
 from prefrec import io
 from prefrec.errors import UserError
 
 RESULTS = "results.json"
 PER_SAMPLE = "per_sample.jsonl"
 RUN_JSON = "run.json"
+RUN_CONFIG = "config.yaml"  # the run's training config (prefrec.training.config.dump_config)
 
 
 # ---- training run folders ----
@@ -28,6 +35,24 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     """A complete training run folder: run.json (written at the end of `prefrec train`) and the final adapter/."""
     p = Path(path)
     return (p / RUN_JSON).is_file() and (p / "adapter").is_dir()
+
+
+def write_run_config(run: str | os.PathLike, text: str) -> None:
+    """RUN/config.yaml: the training config a run was started with, as YAML."""
+    io.write_text(Path(run) / RUN_CONFIG, text)
+
+
+def read_run_config(run: str | os.PathLike) -> dict | None:
+    """RUN/config.yaml as a mapping of the training config's keys; None when the run has none, or it is not a YAML
+    mapping."""
+    path = Path(run) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def write_run(path: str | os.PathLike, info: dict) -> None:

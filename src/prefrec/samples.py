@@ -26,10 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from prefrec import io
-from prefrec.answers import formats_for
 from prefrec.errors import UserError
-
-TASKS = ("pairwise", "candidates", "yesno")
 
 
 @dataclass
@@ -42,7 +39,7 @@ class Comparison:
 @dataclass
 class Sample:
     id: str
-    task: str  # one of TASKS
+    task: str  # a name in prefrec.tasks.TASKS (checked where the task is looked up)
     domain: str  # movies | games | music | books | ...
     prefix: str  # shared beginning of every comparison's prompt (user message, before any chat template)
     comparisons: list[Comparison]
@@ -59,7 +56,7 @@ class Sample:
     target: str | None = None  # the positive title (pairwise, candidates) or the asked title (yesno)
     target_item: str | None = None
     label: int | None = None  # yesno: 1 = the user liked the target, 0 = not
-    # how the prompt labels its options and the model answers: title | letter (pairwise) | number (candidates)
+    # how the prompt labels its options and the model answers: a row of the task's FORMATS (title, letter, number)
     answer_format: str = "title"
 
     def prompt(self, i: int = 0) -> str:
@@ -68,10 +65,9 @@ class Sample:
 
     @property
     def k(self) -> int:
-        """Number of negatives this sample trains with (pairwise: comparisons; others: rejected responses)."""
-        if self.task == "pairwise":
-            return len(self.comparisons)
-        return len(self.comparisons[0].rejected)
+        """Number of negatives this sample trains with: its rejected responses over every comparison (pairwise: one
+        per comparison; candidates: the rejected titles)."""
+        return sum(len(c.rejected) for c in self.comparisons)
 
     def to_dict(self) -> dict:
         # built by hand: dataclasses.asdict deep-copies every list, a third of the time of writing a dataset
@@ -92,12 +88,6 @@ class Sample:
         for name in ("id", "task", "domain", "prefix", "comparisons"):
             if name not in d:
                 raise ValueError(f"{where}: missing field '{name}'")
-        if d["task"] not in TASKS:
-            raise ValueError(f"{where}: field 'task' is {d['task']!r}; expected one of {TASKS}")
-        fmt = d.get("answer_format", "title")
-        if fmt != "title" and fmt not in formats_for(d["task"]):
-            raise ValueError(f"{where}: field 'answer_format' is {fmt!r}; the {d['task']} task takes "
-                             f"{formats_for(d['task']) or ['title']}")
         _check_types(d, where)
         comps = d["comparisons"]
         if not isinstance(comps, list) or not comps:
@@ -121,6 +111,8 @@ class Sample:
 # field -> (what it must be, test): checked on read so that a bad file fails with its line, before any model loads
 _FIELD_TYPES = {
     "id": ("a string", lambda v: isinstance(v, str)),
+    "task": ("a string", lambda v: isinstance(v, str)),
+    "answer_format": ("a string", lambda v: isinstance(v, str)),
     "domain": ("a string", lambda v: isinstance(v, str)),
     "prefix": ("a string", lambda v: isinstance(v, str)),
     "user": ("a string or null", lambda v: v is None or isinstance(v, str)),
@@ -140,7 +132,7 @@ def _check_types(d: dict, where: str) -> None:
             raise ValueError(f"{where}: field '{name}' must be {want}, got {type(d[name]).__name__} {d[name]!r:.60}")
 
 
-def write_jsonl(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
+def write_samples(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
     """Write samples atomically (temp file, then rename) so a crash never leaves a half-written file."""
     return io.write_jsonl(path, (s.to_dict() for s in samples))
 
@@ -190,6 +182,3 @@ def _check_split_size(path: Path, n: int) -> None:
         raise UserError(f"{path}: {n} samples, but {stats} says {want}: the folder mixes files of two runs (or one "
                         "was edited); prepare it again")
 
-
-# the results writer lives in prefrec.io; this name stays for code that imported it from here
-write_json_atomic = io.write_json

@@ -64,7 +64,7 @@ def bpr_triples(data: TrainData, rng: np.random.Generator, cap: int) -> np.ndarr
         rec, pos = rec[pick], pos[pick]
     neg = rng.integers(FIRST_ITEM, len(data.vocab), size=len(rec))
     triples = [np.stack([rec, pos, neg], axis=1)]
-    if data.task == "pairwise":
+    if data.preference_pairs:
         ex = preference_examples(data, rng, cap)
         items = [np.asarray(r.items) for r in data.records]
         liked = np.array([items[r][p] for r, p, _ in ex])

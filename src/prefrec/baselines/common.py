@@ -1,7 +1,7 @@
 """Data plumbing shared by every traditional baseline: read a prepared folder, build the training data of a regime,
 turn test samples into item indices, and fill in scores for items a model never saw.
 
-A prepared folder (`prefrec data prepare`, docs/dev/HELPERS.md) holds train/valid/test.jsonl samples that carry raw
+A prepared folder (`prefrec data prepare`, read by prefrec.data.prepared) holds train/valid/test.jsonl samples that carry raw
 item ids (history_items, candidate_items, target_item), the normalised log interactions.tsv (user, item, rating,
 timestamp, split) and items.tsv. Folders made by importing someone else's prompts (the DMPO release) have titles but
 no ids and no log: there the title string is the item's key and the "full" regime falls back to train + valid samples.
@@ -26,142 +26,25 @@ it gets the model's fallback score (see `fill_unknown`).
 
 from __future__ import annotations
 
-import csv
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from prefrec.data.prepared import Prepared
 from prefrec.errors import UserError
-from prefrec.data.prepared import read_split, read_stats
 from prefrec.samples import Sample
+from prefrec.tasks import task as task_row
 
 PAD, UNK = 0, 1
 FIRST_ITEM = 2
 REGIMES = ("few-shot", "full")
-SUPPORTED_TASKS = ("pairwise", "candidates")
-
-
-# ---- reading a prepared folder ----
-
-@dataclass
-class Prepared:
-    path: Path
-    name: str  # dataset name (stats.json "dataset", else the folder name)
-    task: str
-    train: list[Sample]
-    valid: list[Sample]
-    test: list[Sample]
-    logs: dict[str, list[Event]] | None  # user -> events, oldest first; None: the folder has no log
-    titles: dict[str, str]  # item key -> title
-    by_title: bool  # the samples carry no item ids: the title is the item key
-    like_threshold: float = 3.0
-
-
-def _read_samples(path: Path, required: bool) -> list[Sample]:
-    if required and not path.exists():
-        raise UserError(f"{path}: missing; a prepared folder needs train.jsonl and test.jsonl")
-    return read_split(path.parent, path.stem, required=False)
-
-
-@dataclass
-class Event:
-    item: str
-    rating: float | None
-    split: str  # train | valid | test | unused: per user (user-disjoint protocols) or per time period (chronological)
-
-
-def _read_log(path: Path) -> dict[str, list[Event]]:
-    """interactions.tsv -> user -> events sorted by timestamp (stable: file order breaks ties and empty timestamps)."""
-    rows: dict[str, list[tuple[float, int, Event]]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        need = ["user", "item", "rating", "timestamp", "split"]
-        if header is None or [h.strip() for h in header[:5]] != need:
-            raise UserError(f"{path}:1: expected the header user<TAB>item<TAB>rating<TAB>timestamp<TAB>split, "
-                            f"got {header!r}")
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) < 5:
-                raise UserError(f"{path}:{lineno}: expected 5 tab-separated fields, got {len(row)}")
-            user, item, rating, ts, split = row[:5]
-            try:
-                r = float(rating) if rating.strip() else None
-                t = float(ts) if ts.strip() else float("nan")
-            except ValueError:
-                raise UserError(f"{path}:{lineno}: rating and timestamp must be numbers or empty, got "
-                                f"{rating!r}, {ts!r}") from None
-            rows.setdefault(user, []).append((t, lineno, Event(item, r, split.strip())))
-    logs = {}
-    for user, events in rows.items():
-        if not any(np.isnan(e[0]) for e in events):
-            events.sort(key=lambda e: (e[0], e[1]))
-        logs[user] = [e for _, _, e in events]
-    return logs
-
-
-def _read_titles(path: Path) -> dict[str, str]:
-    titles = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader, None)
-        for row in reader:
-            if len(row) >= 2:
-                titles[row[0]] = row[1]
-    return titles
-
-
-def load_prepared(path: str | Path, require_train: bool = True, tasks: tuple[str, ...] = SUPPORTED_TASKS) -> Prepared:
-    """Read a prepared folder. Raises UserError naming the file when something is missing or malformed.
-
-    require_train=False: a cross-domain target, which is only tested on (its train.jsonl may be absent).
-    tasks: the tasks the caller supports (the models of prompt and item facts also score yes/no)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: not a folder (expected the output of `prefrec data prepare`)")
-    train = _read_samples(path / "train.jsonl", required=require_train)
-    valid = _read_samples(path / "valid.jsonl", required=False)
-    test = _read_samples(path / "test.jsonl", required=True)
-    everything = train + valid + test
-    if not everything:
-        raise UserError(f"{path}: train.jsonl and test.jsonl hold no samples")
-    found = {s.task for s in everything}
-    if len(found) != 1:
-        raise UserError(f"{path}: samples mix tasks {sorted(found)}; a baseline needs one task per folder")
-    task = found.pop()
-    if task not in tasks:
-        raise UserError(f"{path}: task {task!r} is not supported by the traditional baselines "
-                        f"(supported: {', '.join(tasks)})")
-    by_title = not any(s.candidate_items for s in everything)
-    stats = read_stats(path)
-    threshold = 3.0
-    for key, value in (stats.get("protocol") or {}).items():
-        if "threshold" in key and isinstance(value, (int, float)):
-            threshold = float(value)  # e.g. "positive_threshold": 3 means liked = rating > 3
-    positive = str((stats.get("protocol") or {}).get("positive", ""))
-    match = re.fullmatch(r"\s*rating\s*>\s*([0-9.]+)\s*", positive)  # the pairwise protocol's "rating > 3"
-    if match:
-        threshold = float(match.group(1))
-    logs = None
-    if (path / "interactions.tsv").exists() and not by_title:
-        logs = _read_log(path / "interactions.tsv")
-    titles = _read_titles(path / "items.tsv") if (path / "items.tsv").exists() else {}
-    if by_title:
-        for s in everything:
-            for t in s.history + s.candidates:
-                titles.setdefault(t, t)
-    return Prepared(path=path, name=str(stats.get("dataset") or path.name), task=task, train=train, valid=valid,
-                    test=test, logs=logs, titles=titles, by_title=by_title,
-                    like_threshold=threshold)
 
 
 def sample_keys(s: Sample, by_title: bool) -> tuple[list[str], list[str], int]:
     """(history keys oldest first, candidate keys, index of the positive/target among the candidates).
 
-    pairwise: candidates = [pos, neg_1..neg_k] (samples.py), target index 0; candidates: the 20 in prompt order."""
+    A task whose baseline reads the positive first (pairwise: [pos, neg_1..neg_k], samples.py) has target index 0;
+    otherwise (candidates: the 20 in prompt order) the target is where it is shown."""
     if by_title:
         history, cands, target = s.history, s.candidates, s.target
     else:
@@ -170,7 +53,7 @@ def sample_keys(s: Sample, by_title: bool) -> tuple[list[str], list[str], int]:
     if not cands:
         raise UserError(f"{where}: field '{'candidates' if by_title else 'candidate_items'}' is empty; "
                         "ID baselines need the candidate items")
-    if s.task == "pairwise":
+    if task_row(s.task).baseline.positive_first:
         if len(cands) < 2:
             raise UserError(f"{where}: a pairwise sample needs [positive, negative_1, ...] candidates")
         if target is not None and target != cands[0]:
@@ -226,6 +109,11 @@ class TrainData:
     n_train_samples: int  # samples behind the few-shot records (0 for full)
     info: dict = field(default_factory=dict)
 
+    @property
+    def preference_pairs(self) -> bool:
+        """Whether models also train on a user's (liked, not liked) pairs (the task's Baseline row)."""
+        return task_row(self.task).baseline.preference_pairs
+
 
 def training_data(prep: Prepared, regime: str) -> TrainData:
     """The training records of a regime (module docstring). The vocabulary holds exactly the items in them."""
@@ -238,10 +126,11 @@ def training_data(prep: Prepared, regime: str) -> TrainData:
         records.append(Record(user=user, items=[vocab.add(k) for k in keys], liked=liked))
 
     if regime == "few-shot" or prep.logs is None:
+        pairs = task_row(prep.task).baseline.positive_first  # candidates [positive, negatives]: all labelled
         samples = prep.train if regime == "few-shot" else prep.train + prep.valid
         for s in samples:
             history, cands, t = sample_keys(s, prep.by_title)
-            if prep.task == "pairwise":
+            if pairs:
                 record(s.user or s.id, history + cands, [-1] * len(history) + [1] + [0] * (len(cands) - 1))
             else:
                 record(s.user or s.id, history + [cands[t]], [-1] * len(history) + [1])

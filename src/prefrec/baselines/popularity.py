@@ -41,7 +41,7 @@ class Popularity:
     def fit(self, data: TrainData) -> "Popularity":
         self.vocab = data.vocab
         n, likes = _tally(data, labelled_only=False)
-        self.counts = n if data.task == "candidates" else likes + n / (1 + n.max())
+        self.counts = likes + n / (1 + n.max()) if data.preference_pairs else n
         return self
 
     def score(self, test: EvalSet) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     run_baseline("sasrec", "/tmp/prefrec-samples/ml100k-candidates", regime="full", seed=0, out="results/x")
 
-The scores go through the same metric code as the LLM evaluation (prefrec.evaluation.metrics):
+The scores go through the same metric code as the LLM evaluation (prefrec.tasks.metrics):
     pairwise:   per comparison, s_first = score(positive), s_second = score(negative_j) -> pairwise_metrics
                 (AUC pooled over item scores, pairwise accuracy; a tie counts as wrong)
     candidates: scores of the 20 candidates in prompt order -> ranking_metrics (HR@1/5, NDCG@5/10, MRR). A
@@ -22,26 +22,18 @@ import torch
 
 from prefrec.baselines.bpr import BPRMF
 from prefrec.baselines.cmf import CMF
-from prefrec.baselines.common import (
-    REGIMES,
-    SUPPORTED_TASKS,
-    EvalSet,
-    Prepared,
-    eval_set,
-    load_prepared,
-    sample_keys,
-    training_data,
-)
+from prefrec.baselines.common import REGIMES, EvalSet, eval_set, sample_keys, training_data
 from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
+from prefrec.data.prepared import Prepared, load_prepared
 from prefrec.errors import UserError
-from prefrec.evaluation import tasks
 from prefrec.evaluation.facts import prompt_facts_rows
 from prefrec.evaluation.prior import PRIOR_WEIGHT, item_prior, item_prior_rows
 from prefrec.items import TABLE_FILE, save_table
 from prefrec.provenance import provenance
 from prefrec.results import write_results
-from prefrec.samples import TASKS as ALL_TASKS
+from prefrec.tasks import TASKS
+from prefrec.tasks import task as task_row
 
 BASELINES = ("popularity", "liked-share", "bpr", *SEQUENTIAL, "cmf", "prompt-facts", "item-prior")
 FACT_MODELS = ("prompt-facts", "item-prior")  # logistic models of facts (evaluation/facts.py, prior.py): any task
@@ -74,17 +66,13 @@ def make_model(name: str, *, dim: int, max_len: int, epochs: int, lr: float | No
     raise UserError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
 
 
-def evaluate(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[dict]]:
-    """Shared metrics and per-sample rows (the fields `prefrec report` bootstraps from) from (N, C) scores."""
+def baseline_metrics(task: str, scores: np.ndarray, test: EvalSet) -> tuple[dict, list[dict]]:
+    """Shared metrics and per-sample rows (the fields `prefrec report` bootstraps from) from (N, C) scores, as the
+    task's Baseline row maps them."""
     keys = [{"id": s.id, "user": s.user} for s in test.samples]
-    if task == "pairwise":
-        s_first = np.repeat(scores[:, :1], scores.shape[1] - 1, axis=1)
-        rows = [{**key, "s_first": a.tolist(), "s_second": b.tolist()}
-                for key, a, b in zip(keys, s_first, scores[:, 1:])]
-    else:
-        rows = [{**key, "scores": row.tolist(), "target_index": int(t)}
-                for key, row, t in zip(keys, scores, test.target_index)]
-    return tasks.task(task).metrics(rows), rows
+    row = task_row(task)
+    rows = row.baseline.rows(keys, scores, test.target_index)
+    return row.metrics(rows), rows
 
 
 def coverage(test: EvalSet, n_trained: int) -> dict:
@@ -114,7 +102,7 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
     other test users stay out of training all the same.
     threads: torch intra-op threads while this runs (restored after). The models are tiny, so one thread is
     fastest, and on a busy machine several threads spin-wait for each other (measured 7x slower on 2 shared cores).
-    Returns the results dict (HELPERS.md schema) plus, under "scores", the (N, C) candidate scores."""
+    Returns the results dict (prefrec.results's schema) plus, under "scores", the (N, C) candidate scores."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -151,7 +139,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     score_seconds = time.perf_counter() - t0
     if not np.isfinite(scores).all():
         raise RuntimeError(f"{name}: non-finite scores (training diverged?)")
-    m, rows = evaluate(target.task, scores, test)
+    m, rows = baseline_metrics(target.task, scores, test)
 
     config = {"samples": str(Path(samples_dir)), "train_samples": str(Path(train_samples or samples_dir)),
               "regime": regime, "epochs": 0 if name in ("popularity", "liked-share") else n_epochs, "dim": dim, "max_len": max_len,
@@ -193,9 +181,8 @@ def _inputs(name: str, samples_dir, train_samples, cross: bool, regime: str, lim
         raise UserError(f"regime must be one of {', '.join(REGIMES)}, got {regime!r}")
     if limit is not None and limit < 1:  # checked before training, used after it
         raise UserError(f"limit must be at least 1, got {limit}")
-    tasks_ok = ALL_TASKS if name in FACT_MODELS else SUPPORTED_TASKS
-    target = load_prepared(samples_dir, require_train=not cross, tasks=tasks_ok)
-    source = load_prepared(train_samples, tasks=tasks_ok) if cross else target
+    target = _supported(name, load_prepared(samples_dir, require_train=not cross))
+    source = _supported(name, load_prepared(train_samples)) if cross else target
     if max_train_samples is not None and regime == "few-shot":
         if max_train_samples < 1:
             raise UserError(f"max_train_samples must be at least 1, got {max_train_samples}")
@@ -208,6 +195,15 @@ def _inputs(name: str, samples_dir, train_samples, cross: bool, regime: str, lim
         if source.task != target.task:
             raise UserError(f"{train_samples} has task {source.task!r} but {samples_dir} has {target.task!r}")
     return target, source
+
+
+def _supported(name: str, prep: Prepared) -> Prepared:
+    """The folder, when its task is one the baseline takes (the fact models take every task)."""
+    if name not in FACT_MODELS and task_row(prep.task).baseline is None:
+        ok = [t for t, row in TASKS.items() if row.baseline is not None]
+        raise UserError(f"{prep.path}: task {prep.task!r} is not supported by the traditional baselines "
+                        f"(supported: {', '.join(ok)})")
+    return prep
 
 
 def _fit(name: str, model, data, source: Prepared, target: Prepared, cross: bool) -> str:
@@ -250,7 +246,7 @@ def _facts_baseline(name: str, target: Prepared, source: Prepared, samples_dir, 
     result = {
         "kind": "eval", "method": name, "dataset": target.name, "task": target.task, "split": "test",
         "seed": seed, "regime": regime, "k": None, "shots": len(fit_on) if regime == "few-shot" else None,
-        "n_samples": len(test), "metrics": tasks.task(target.task).metrics(rows), "model": name,
+        "n_samples": len(test), "metrics": task_row(target.task).metrics(rows), "model": name,
         "config": {"samples": str(Path(samples_dir)), "regime": regime, "limit": limit, "fit_samples": len(fit_on),
                    "features": _FEATURES[name]},
         "training": {"train_seconds": round(time.perf_counter() - t0, 2)},

@@ -356,14 +356,15 @@ def fit_sequential(model: SeqRec, data: TrainData, *, epochs: int, batch_size: i
     L = model.max_len
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
+    pairs = data.preference_pairs
     for _ in tqdm(range(epochs), desc=f"{type(model).__name__} epochs", disable=not progress, leave=False):
-        if data.task == "pairwise":
+        if pairs:
             ex = preference_examples(data, rng, cap)
         else:
             ex = next_item_examples(data, rng, cap)
         for start in range(0, len(ex), batch_size):
             batch = ex[start:start + batch_size]
-            if data.task == "pairwise":
+            if pairs:
                 ctx = [context_before(items[r], p, n) for r, p, n in batch]
                 pair = torch.tensor([[items[r][p], items[r][n]] for r, p, n in batch])
                 s = model.score_all(model.encode(torch.from_numpy(pad_left(ctx, L)))).gather(1, pair)

@@ -53,7 +53,8 @@ from pathlib import Path
 from prefrec import io, prompts
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_jsonl
+from prefrec.samples import Comparison, Sample, write_samples
+from prefrec.tasks import pairwise
 
 _MARK = re.compile(r"<Title:([^<>]*)>")
 _MARK_RUN = re.compile(r"(?:\s*<Title:[^<>]*>)+\s*")
@@ -292,9 +293,9 @@ def _dmpo_sample(rec: dict, sid: str, domain: str | None, notes: dict) -> Sample
     if {pos, neg} != set(shown) or pos == neg:
         raise Rejected(f"the answer ranks {pos!r} and {neg!r}, but the question shows {shown}")
     dom = _domain_of(head, domain)
-    return Sample(id=sid, task="pairwise", domain=dom, prefix=_render(head, notes) + "\n",
-                  comparisons=[Comparison(question=_render(ask, notes), chosen=prompts.format_ordering(pos, neg),
-                                          rejected=[prompts.format_ordering(n, p) for n, p in rejected])],
+    return Sample(id=sid, task=pairwise.TASK.name, domain=dom, prefix=_render(head, notes) + "\n",
+                  comparisons=[Comparison(question=_render(ask, notes), chosen=pairwise.format_ordering(pos, neg),
+                                          rejected=[pairwise.format_ordering(n, p) for n, p in rejected])],
                   history=history, candidates=[pos, neg], target=pos)
 
 
@@ -307,7 +308,7 @@ def _generic_sample(prompt: str, chosen: str, rejected: list[str], sid: str, dom
         raise Rejected("the rejected responses must be non-empty strings")
     if chosen in rejected:
         raise Rejected("the chosen response is also listed as rejected")
-    return Sample(id=sid, task="pairwise", domain=domain or "items", prefix=prompt,
+    return Sample(id=sid, task=pairwise.TASK.name, domain=domain or "items", prefix=prompt,
                   comparisons=[Comparison(question="", chosen=chosen, rejected=list(rejected))])
 
 
@@ -456,7 +457,7 @@ def _group(samples: list[Sample]) -> list[Sample]:
     out: list[Sample] = []
     for s in samples:
         last = out[-1] if out else None
-        if (last is not None and s.task == "pairwise" and last.history and last.prefix == s.prefix
+        if (last is not None and s.task == pairwise.TASK.name and last.history and last.prefix == s.prefix
                 and last.target == s.target and s.target is not None):
             last.comparisons.extend(s.comparisons)
             last.candidates.extend(c for c in s.candidates if c != s.target)
@@ -624,7 +625,7 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
         except UserError as e:
             samples, report = [], FileReport(file=str(f) + (f"[{split}]" if split else ""), reason=str(e))
         if samples:
-            write_jsonl(dest, samples)
+            write_samples(dest, samples)
             report.output = str(dest)
         else:
             first = f" (first: {report.rejected[0]['where']}: {report.rejected[0]['reason']})" if report.rejected else ""

@@ -13,7 +13,7 @@ candidates (S-DPO / LLaRA: {"historyList": "A::B::C", "itemList": [...20 titles.
     history, candidate list and target in fields whose names are given (defaults: the S-DPO names above). A list may
     be a JSON list, a Python-literal string ("['A', 'B']", parsed with ast.literal_eval, never eval) or a string
     joined with "::" (a string without "::" is a one-element list). The prompt is prefrec's own candidates prompt
-    (prefrec.prompts.candidates_prompt), so a model trained by prefrec sees the wording it was trained on.
+    (prefrec.tasks.candidates.title_question), so a model trained by prefrec sees the wording it was trained on.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Iterator
 from prefrec import io
 from prefrec.data.importers import is_datasets_folder, require_datasets
 from prefrec.errors import UserError
-from prefrec.prompts import candidates_prompt
+from prefrec import prompts
+from prefrec.tasks import candidates, yesno
 from prefrec.samples import Comparison, Sample
 
-FORMATS = ("alpaca-yesno", "candidates")
 
 
 def read_peer_records(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -139,7 +139,7 @@ def load_alpaca_yesno(path: str | Path, *, domain: str = "movies", limit: int | 
         m = _TARGET.search(inp or instruction)
         target = m.group(1) if m else None
         chosen, other = ("Yes.", "No.") if yes else ("No.", "Yes.")
-        out.append(Sample(id=str(rec.get("id", i)), task="yesno", domain=domain, prefix=prompt,
+        out.append(Sample(id=str(rec.get("id", i)), task=yesno.TASK.name, domain=domain, prefix=prompt,
                           comparisons=[Comparison(question="", chosen=chosen, rejected=[other])],
                           candidates=[target] if target else [], target=target, label=int(yes)))
     if not out:
@@ -173,8 +173,8 @@ def load_candidates(path: str | Path, *, history_field: str = "historyList", can
         if len(set(cands)) != len(cands):
             raise UserError(f"{where}: field '{candidates_field}' lists a title twice")
         negatives = [c for c in cands if c != target]
-        prefix, question = candidates_prompt(history, cands, domain)
-        out.append(Sample(id=str(rec.get("id", i)), task="candidates", domain=domain, prefix=prefix,
+        prefix, question = prompts.history_prefix(domain, history), candidates.title_question(domain, cands)
+        out.append(Sample(id=str(rec.get("id", i)), task=candidates.TASK.name, domain=domain, prefix=prefix,
                           comparisons=[Comparison(question=question, chosen=target,
                                                   rejected=negatives[:k] if k else negatives)],
                           history=history, candidates=cands, target=target))
@@ -184,8 +184,13 @@ def load_candidates(path: str | Path, *, history_field: str = "historyList", can
 
 
 def load_peer(path: str | Path, fmt: str, **kw) -> list[Sample]:
-    if fmt == "alpaca-yesno":
-        return load_alpaca_yesno(path, **{k: v for k, v in kw.items() if k in ("domain", "limit")})
-    if fmt == "candidates":
-        return load_candidates(path, **kw)
-    raise UserError(f"peer format {fmt!r}: expected one of {FORMATS}")
+    if fmt not in FORMATS:
+        raise UserError(f"peer format {fmt!r}: expected one of {tuple(FORMATS)}")
+    return FORMATS[fmt](path, **kw)
+
+
+# peer file layouts: the loader of each
+FORMATS = {
+    "alpaca-yesno": lambda path, **kw: load_alpaca_yesno(path, **{k: v for k, v in kw.items() if k in ("domain", "limit")}),
+    "candidates": load_candidates,
+}

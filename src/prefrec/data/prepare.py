@@ -1,4 +1,4 @@
-"""`prepare`: read a published log, apply a protocol, write the prepared folder (HELPERS "Data output folder").
+"""`prepare`: read a published log, apply a task's protocol (prefrec.tasks), write the prepared folder.
 
     OUT/train.jsonl, valid.jsonl, test.jsonl   one Sample per line (samples.py)
     OUT/stats.json        counts before/after each filter, split sizes (requested and actual), warnings, parameters
@@ -26,22 +26,17 @@ from pathlib import Path
 from typing import Callable
 
 from prefrec import io
-from prefrec.answers import TITLE, formats_for
 from prefrec.data import protocols
+from prefrec.data.protocols import UNSET
 from prefrec.data.readers import Log, read
 from prefrec.errors import UserError
 from prefrec.provenance import provenance
-from prefrec.samples import TASKS, write_jsonl
+from prefrec.samples import write_samples
+from prefrec.tasks import Task
+from prefrec.tasks import task as task_row
 
-# The papers' defaults per task (docs/data.md). Candidates caps: LLaRA/S-DPO use every sample; we cap the splits so a
-# CPU run finishes in minutes. Pass None ("all" on the command line) for no cap.
-DEFAULTS = {
-    "pairwise": {"negatives": 1, "history_len": 40, "min_history": 5, "n_train": 100, "n_valid": 100, "n_test": 1000},
-    "candidates": {"negatives": 3, "history_len": 10, "min_history": 3, "n_train": 1000, "n_valid": 200,
-                   "n_test": 1000},
-    "yesno": {"negatives": None, "history_len": 10, "min_history": 10, "n_train": 64, "n_valid": 100, "n_test": 1000},
-}
-_UNSET = object()
+# Parameters left out take the task's paper defaults (its row's `defaults`, docs/data.md). Candidates caps:
+# LLaRA/S-DPO use every sample; we cap the splits so a CPU run finishes in minutes. None ("all") means no cap.
 PREPARED_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json", "items.tsv", "interactions.tsv")
 
 
@@ -97,18 +92,18 @@ def _cell(text: str) -> str:
 
 
 def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.PathLike, *, seed: int = 0,
-            negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET, n_test=_UNSET, history_len=_UNSET,
-            min_history=_UNSET, threshold: float | None = None, min_pos: int = 5, min_neg: int = 5,
+            negatives=UNSET, n_train=UNSET, n_valid=UNSET, n_test=UNSET, history_len=UNSET,
+            min_history=UNSET, threshold: float | None = None, min_pos: int = 5, min_neg: int = 5,
             n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
             negative_below: float | None = None, same_time: str = "keep", order_by: str | None = None,
             domain: str | None = None, answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
     """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
 
-    Parameters left out take the task's paper default (DEFAULTS); n_train/n_valid/n_test = None means "all".
+    Parameters left out take the task's paper default (its row's `defaults`); n_train/n_valid/n_test = None
+    means "all".
     """
-    if task not in TASKS:
-        raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
-    check_out_folder(out)  # before the work, not after it
+    _task(task)
+    check_prepared_out(out)  # before the work, not after it
     log, filters, raw = read_filtered(dataset, source, domain=domain, order_by=order_by)
     return prepare_log(log, filters, raw, task, out, dataset=dataset, source=source, seed=seed, negatives=negatives,
                        n_train=n_train, n_valid=n_valid, n_test=n_test, history_len=history_len,
@@ -118,19 +113,22 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
                        warn=warn)
 
 
-def _threshold(log: Log, task: str, threshold: float | None, negative_below: float | None) -> float:
-    """--threshold (default 3) for star ratings; an error, not silence, where it would be ignored."""
+def _check_threshold(log: Log, threshold: float | None, negative_below: float | None) -> None:
+    """--threshold is for star ratings; an error, not silence, where it would be ignored (the task's protocol
+    refuses the options it does not take)."""
     if threshold is not None and log.value != "rating":
         raise UserError(f"--threshold applies to star ratings; {log.name} has play counts (liked = the top half of "
                         "each user's items by play count), so it would be ignored: leave it out")
-    if threshold is not None and task == "candidates":
-        raise UserError("--threshold applies to the pairwise and yesno tasks; the candidates task uses no ratings")
-    if negative_below is not None and task != "pairwise":
-        raise UserError("--negative-below applies to the pairwise task")
     for flag, v in (("--threshold", threshold), ("--negative-below", negative_below)):
         if v is not None and not (math.isfinite(v) and 0.0 <= v <= 10.0):  # nan labelled every sample "No."
             raise UserError(f"{flag} {v}: expected a finite rating between 0 and 10 (a star scale)")
-    return 3.0 if threshold is None else threshold
+
+
+def _task(name: str) -> Task:
+    try:
+        return task_row(name)
+    except UserError as e:
+        raise UserError(f"--{e}") from None
 
 
 def _written_by_prepare(stats: Path) -> bool:
@@ -141,7 +139,7 @@ def _written_by_prepare(stats: Path) -> bool:
     return isinstance(d, dict) and "dataset" in d and "task" in d
 
 
-def check_out_folder(out: str | os.PathLike) -> None:
+def check_prepared_out(out: str | os.PathLike) -> None:
     """--out must not exist yet, be empty, or be a folder prepare wrote, which is then replaced whole: a stats.json
     naming its dataset and task, and none but the prepared files (a file of the user's would be lost)."""
     io.check_out_folder(out)
@@ -180,52 +178,36 @@ def _stats(log: Log, built: "protocols.Built", raw: dict, filters: list[dict], w
         "requested_split_sizes": built.requested,
         "comparisons": per_split(lambda xs: sum(len(x.comparisons) for x in xs)),
         "filters": filters + built.filters, "warnings": warnings,
-        **({"labels_positive": per_split(lambda xs: sum(x.label or 0 for x in xs))} if task == "yesno" else {}),
+        **built.extra,
         "provenance": provenance(),
     }
 
 
 def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | os.PathLike, *, dataset: str,
-                source: str | os.PathLike, seed: int = 0, negatives=_UNSET, n_train=_UNSET, n_valid=_UNSET,
-                n_test=_UNSET, history_len=_UNSET, min_history=_UNSET, threshold: float | None = None,
+                source: str | os.PathLike, seed: int = 0, negatives=UNSET, n_train=UNSET, n_valid=UNSET,
+                n_test=UNSET, history_len=UNSET, min_history=UNSET, threshold: float | None = None,
                 min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20, per_user: int = 1,
                 history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
                 same_time: str = "keep", answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
     """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
-    if task not in TASKS:
-        raise UserError(f"--task {task!r} is not known; expected one of {', '.join(TASKS)}")
-    d = DEFAULTS[task]
-    p = {k: (d[k] if v is _UNSET else v) for k, v in (("negatives", negatives), ("history_len", history_len),
-                                                     ("min_history", min_history), ("n_train", n_train),
-                                                     ("n_valid", n_valid), ("n_test", n_test))}
+    row = _task(task)
+    given = {"negatives": negatives, "history_len": history_len, "min_history": min_history, "n_train": n_train,
+             "n_valid": n_valid, "n_test": n_test}
+    p = {k: (row.defaults[k] if v is UNSET else v) for k, v in given.items()}
     for k in ("n_train", "n_valid", "n_test"):
         if p[k] is not None and p[k] < 0:
             raise UserError(f"--{k[2:]} must be ≥ 0 or 'all', got {p[k]}")
-    sizes = {"n_train": p["n_train"], "n_valid": p["n_valid"], "n_test": p["n_test"]}
-    if per_user != 1 and task != "pairwise":
-        raise UserError(f"--per-user applies to the pairwise task (the {task} task already takes every position "
-                        "of a user's timeline)")
-    if answers != TITLE and answers not in formats_for(task):  # title: the task's own answers (yes/no: Yes./No.)
-        raise UserError(f"--answers {answers!r} does not apply to the {task} task; it takes "
-                        f"{', '.join(formats_for(task)) or 'no --answers (its answer is Yes./No.)'}")
-    threshold = _threshold(log, task, threshold, negative_below)
-    hybrid = {"history_ratings": history_ratings, "item_stats": item_stats}
-    if task == "pairwise":
-        built = protocols.build_pairwise(log, seed=seed, negatives=p["negatives"], threshold=threshold, min_pos=min_pos,
-                                         min_neg=min_neg, min_history=p["min_history"], history_len=p["history_len"],
-                                         per_user=per_user, negative_below=negative_below, same_time=same_time,
-                                         answers=answers, **hybrid, **sizes)
-    elif task == "candidates":
-        built = protocols.build_candidates(log, seed=seed, negatives=p["negatives"], n_candidates=n_candidates,
-                                           history_len=p["history_len"], min_history=p["min_history"],
-                                           same_time=same_time, answers=answers, **hybrid, **sizes)
-    else:
-        built = protocols.build_yesno(log, seed=seed, threshold=threshold, history_len=p["history_len"],
-                                      min_history=p["min_history"], same_time=same_time, **hybrid, **sizes)
+    if answers not in row.formats:
+        raise UserError(f"--answers {answers!r} does not apply to the {task} task; it takes {', '.join(row.formats)}")
+    _check_threshold(log, threshold, negative_below)
+    built = row.build(log, protocols.Options(
+        seed=seed, threshold=threshold, min_pos=min_pos, min_neg=min_neg, n_candidates=n_candidates,
+        per_user=per_user, history_ratings=history_ratings, item_stats=item_stats, negative_below=negative_below,
+        same_time=same_time, answers=answers, **p))
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
-    check_out_folder(out)
+    check_prepared_out(out)
     stats = _stats(log, built, raw, filters, warnings, dataset=dataset, task=task, seed=seed, source=source)
-    with io.atomic_folder(out, replace=True) as tmp:  # check_out_folder said what it may replace
+    with io.atomic_folder(out, replace=True) as tmp:  # check_prepared_out said what it may replace
         _write_folder(tmp, log, built, seed)
         io.write_json(tmp / "stats.json", stats)
     for w in warnings:
@@ -236,7 +218,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
 def _write_folder(out: Path, log: Log, built: "protocols.Built", seed: int) -> None:
     """The splits, items.tsv and interactions.tsv (stats.json is the caller's)."""
     for s in protocols.SPLITS:
-        write_jsonl(out / f"{s}.jsonl", built.samples[s])
+        write_samples(out / f"{s}.jsonl", built.samples[s])
     items = dict(log.titles)
     for x in log.interactions:
         items.setdefault(x.item, x.item)

@@ -1,7 +1,7 @@
 """`prefrec eval`: score a model (zero-shot or trained) on prepared samples with the paper metrics (docs/evaluate.md).
 
 One function per task turns samples into per-sample scores, with the packed scorer of prefrec.scoring.packing (every
-response of a sample in one forward pass); prefrec.evaluation.metrics turns the scores into numbers:
+response of a sample in one forward pass); prefrec.tasks.metrics turns the scores into numbers:
 
     pairwise   s_first = logp("pos, neg" | x), s_second = logp("neg, pos" | x) for every comparison of every sample
                -> AUC over the pooled item scores σ(s_first − s_second), 1 − σ(…); pairwise accuracy
@@ -15,7 +15,7 @@ response of a sample in one forward pass); prefrec.evaluation.metrics turns the 
                -> ROC-AUC, accuracy. One softmax: TALLRec's second softmax over the two logits gives the same AUC
                but is not a probability of the model (docs/evaluate.md, the papers' code).
 
-Outputs: OUT/results.json (docs/dev/HELPERS.md "Results JSON") and OUT/per_sample.jsonl (fields read by
+Outputs: OUT/results.json (prefrec.results says what it holds) and OUT/per_sample.jsonl (fields read by
 prefrec.evaluation.report for bootstrap CIs).
 """
 
@@ -33,13 +33,15 @@ from typing import Sequence
 
 from prefrec import paths
 from prefrec.errors import UserError
-from prefrec.evaluation import scores, tasks
+from prefrec.model import load_model
 from prefrec.provenance import provenance
-from prefrec.results import is_run_dir, read_run, write_results
+from prefrec.results import RUN_CONFIG, is_run_dir, read_run, read_run_config, write_results
 from prefrec.data.prepared import read_split, read_stats, split_file, training_stats
 from prefrec.samples import Sample
-from prefrec.scoring import trunk
+from prefrec.scoring import generation, trunk
 from prefrec.scoring.encoding import prompt_format
+from prefrec.scoring.vllm_generate import require_vllm
+from prefrec.tasks import task as task_row
 
 # ---- inputs ----
 
@@ -104,14 +106,8 @@ def _run_info(name) -> dict:
             info[key] = run[key]
     info["run"] = {k: v for k, v in run.items() if k in ("base_model", "stages", "stage_info", "seed", "timings",
                                                          "git_commit", "items")}  # items: a hybrid-prompt run
-    cfg_path = Path(name) / "config.yaml"
-    if cfg_path.is_file():
-        import yaml
-
-        try:
-            info["train_config"] = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            info["train_config"] = None
+    if (Path(name) / RUN_CONFIG).is_file():
+        info["train_config"] = read_run_config(name)
     cfg_stages = (info.get("train_config") or {}).get("stages") if isinstance(info.get("train_config"), dict) else None
     if info.get("method") not in (None, "sft") and isinstance(cfg_stages, list) and cfg_stages \
             and isinstance(cfg_stages[-1], dict):
@@ -144,9 +140,9 @@ def _score(task: str, model, tokenizer, samples: list[Sample], kw: dict, timing:
            generate: bool, max_new_tokens: int, gen_batch_size: int, constrained: bool = False,
            gen_backend: str = "transformers") \
         -> tuple[list[dict], dict]:
-    """Per-sample rows and the task's metrics (its row of tasks.TASKS), with the scoring and generation times in
+    """Per-sample rows and the task's metrics (its row of prefrec.tasks.TASKS), with the scoring and generation times in
     `timing`."""
-    row = tasks.task(task)
+    row = task_row(task)
     rows = row.score(model, tokenizer, samples, **kw)
     t_scored = time.perf_counter()
     timing["score_s"] = t_scored - t_loaded
@@ -181,11 +177,9 @@ def _mismatches(model_or_run, info: dict, task: str, stats: dict, allow: bool = 
 
 
 def _check_backend(backend: str, generate: bool) -> None:
-    if backend not in scores.BACKENDS:
-        raise UserError(f"generation backend {backend!r}: expected one of {', '.join(scores.BACKENDS)}")
+    if backend not in generation.BACKENDS:
+        raise UserError(f"generation backend {backend!r}: expected one of {', '.join(generation.BACKENDS)}")
     if backend == "vllm" and generate:
-        from prefrec.evaluation.vllm_generate import require_vllm
-
         require_vllm()
 
 
@@ -194,7 +188,6 @@ def _load(model_or_run, dtype, device):
     if isinstance(model_or_run, tuple):
         model, tokenizer = model_or_run
         return model, tokenizer, getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
-    from prefrec.model import load_model
 
     model, tokenizer = load_model(str(model_or_run), dtype=dtype, device=device, merge_adapter=True)
     return model, tokenizer, str(model_or_run)
@@ -243,7 +236,7 @@ def _eval_samples(samples_dir, split: str, limit: int | None) -> tuple[list[Samp
             raise UserError(f"--limit must be at least 1, got {limit}")
         samples = samples[:limit]
     task = _task_of(samples, where)
-    tasks.task(task).check(samples, where)  # before any model loads
+    task_row(task).check(samples, where)  # before any model loads
     return samples, stats, where, task
 
 

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from prefrec.baselines.common import Event, Prepared, load_prepared
-from prefrec.data.prepared import read_split, read_stats
+from prefrec.data.prepared import Event, Prepared, load_prepared, read_split, read_stats
 from prefrec.errors import UserError
 from prefrec.evaluation import facts
-from prefrec.samples import TASKS as ALL_TASKS
 from prefrec.samples import Sample
+from prefrec.tasks import task as task_row
+from prefrec.tasks.base import Facts, candidate_ids
 
 PRIOR_WEIGHT = 5.0  # w: pseudo-interactions at the global mean
 SLICE_QUANTILE = 0.25  # the slice holds about this share of the test comparisons
@@ -104,49 +104,23 @@ def item_prior(prep: Prepared) -> ItemPrior:
     return ItemPrior(stats, own, mean, "liked share" if play_counts else "mean rating")
 
 
-# ---- features per task, in the units of facts.TASKS (one row per comparison / candidate / sample) ----
+# ---- features per task: each task's Facts row says the item prior's features of its prompt-facts units ----
 
-def _ids(s: Sample) -> list[str]:
-    if not s.candidate_items:
-        raise UserError(f"sample {s.id!r}: no candidate_items; the item prior needs item ids")
-    return s.candidate_items
-
-
-def _pairwise(prior: ItemPrior, s: Sample) -> tuple[np.ndarray, np.ndarray]:
-    ids = _ids(s)
-    first_is_pos = facts.TASKS["pairwise"].features(s)[1]  # the shown order, read off the prompt
-    pos = np.array(prior.features(ids[0], s.user))
-    negs = np.array([prior.features(i, s.user) for i in ids[1:]])
-    sign = np.where(first_is_pos == 1.0, 1.0, -1.0)[:, None]
-    return sign * (pos - negs), first_is_pos
+def prior_task(prior: ItemPrior, task: str) -> Facts:
+    """The task's prompt-facts row with the item prior's features instead of the prompt's."""
+    row = task_row(task).facts
+    return dataclasses.replace(row, features=functools.partial(row.prior, prior))
 
 
-def _candidates(prior: ItemPrior, s: Sample) -> tuple[np.ndarray, np.ndarray]:
-    ids = _ids(s)
-    target = ids[s.candidates.index(s.target)]
-    return np.array([prior.features(i, s.user) for i in ids]), np.array([float(i == target) for i in ids])
+def _both(prior: ItemPrior, row: Facts, s: Sample) -> tuple[np.ndarray, np.ndarray]:
+    x, y = row.features(s)
+    return np.column_stack([x, row.prior(prior, s)[0]]), y
 
 
-def _yesno(prior: ItemPrior, s: Sample) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([prior.features(_ids(s)[0], s.user)]), np.array([float(s.label or 0)])
-
-
-FEATURES = {"pairwise": _pairwise, "candidates": _candidates, "yesno": _yesno}
-
-
-def prior_task(prior: ItemPrior, task: str) -> facts.FactsTask:
-    """facts.TASKS[task] with the item prior's features instead of the prompt's."""
-    return dataclasses.replace(facts.TASKS[task], features=functools.partial(FEATURES[task], prior))
-
-
-def _both(prior: ItemPrior, task: str, s: Sample) -> tuple[np.ndarray, np.ndarray]:
-    x, y = facts.TASKS[task].features(s)
-    return np.column_stack([x, FEATURES[task](prior, s)[0]]), y
-
-
-def floor_task(prior: ItemPrior, task: str) -> facts.FactsTask:
+def floor_task(prior: ItemPrior, task: str) -> Facts:
     """prompt-facts ∪ item-prior: both models' features side by side, the floor an LLM's score is added to."""
-    return dataclasses.replace(facts.TASKS[task], features=functools.partial(_both, prior, task))
+    row = task_row(task).facts
+    return dataclasses.replace(row, features=functools.partial(_both, prior, row))
 
 
 def item_prior_rows(prior: ItemPrior, train: list[Sample], test: list[Sample]) -> list[dict]:
@@ -158,7 +132,7 @@ def item_prior_rows(prior: ItemPrior, train: list[Sample], test: list[Sample]) -
 
 def mean_gaps(prior: ItemPrior, s: Sample) -> np.ndarray:
     """Per comparison of a pairwise sample: |smoothed mean(positive) − smoothed mean(negative_j)|."""
-    ids = _ids(s)
+    ids = candidate_ids(s)
     pos = prior.features(ids[0], s.user)[0]
     return np.array([abs(pos - prior.features(i, s.user)[0]) for i in ids[1:]])
 
@@ -189,5 +163,5 @@ def prior_of(samples_source: str | Path) -> tuple[ItemPrior, list[Sample]]:
     a samples file in it."""
     src = Path(samples_source)
     folder = src if src.is_dir() else src.parent
-    prep = load_prepared(folder, require_train=False, tasks=ALL_TASKS)
+    prep = load_prepared(folder, require_train=False)
     return item_prior(prep), (prep.test if src.is_dir() else read_split(src))

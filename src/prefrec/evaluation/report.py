@@ -7,7 +7,7 @@ What it does, top to bottom:
 4. per pair of configurations of the same dataset and task: paired t-test over the seeds both have
    (scipy.stats.ttest_rel, two-sided), and the Wilcoxon signed-rank test beside it (exact for small n);
 5. per run: percentile bootstrap 95 % CI of each metric, resampling the run's test samples (per_sample.jsonl) with
-   replacement and recomputing the metric with prefrec.evaluation.metrics, so pooled metrics such as AUC are handled right;
+   replacement and recomputing the metric with prefrec.tasks.metrics, so pooled metrics such as AUC are handled right;
 5b. per trained run (and baseline): a paired comparison with the zero-shot run of the same dataset, task and seed
    on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
    and per alignment run (DPO, DMPO, S-DPO after SFT) the same against the SFT run it started from: does the
@@ -42,17 +42,19 @@ from scipy import stats
 
 from prefrec import io
 from prefrec.errors import UserError
-from prefrec.evaluation import prior, tasks
+from prefrec.evaluation import prior
 from prefrec.evaluation.facts import added_to_facts
-from prefrec.evaluation.stats import resample, user_groups
+from prefrec.evaluation.stats import metric_families, resample, user_groups
 from prefrec.evaluation.plots import (
     plot_metric_bars,
     plot_metric_vs,
     plot_training_curves,
 )
+from prefrec.model import EMBEDDED
 from prefrec.provenance import provenance
 from prefrec.samples import read_jsonl
 from prefrec.results import find_results, per_sample_path, read_per_sample  # noqa: F401 (find_results: public here too)
+from prefrec.tasks import TASKS
 from prefrec.training import methods
 
 GROUP_KEYS = ("dataset", "task", "method", "variant", "base_model", "regime", "k", "shots", "beta")
@@ -61,7 +63,7 @@ GROUP_KEYS = ("dataset", "task", "method", "variant", "base_model", "regime", "k
 def key_metrics(task: str) -> list[str]:
     """The metrics shown in a task's Markdown tables and plots, in this order (all numeric metrics go to
     results.json): its row of the task table says which."""
-    return tasks.task(task).key_metrics() if task in tasks.TASKS else []
+    return TASKS[task].key_metrics() if task in TASKS else []
 
 
 COUNT_KEYS = {"n", "n_samples", "n_comparisons", "n_candidates", "ties"}  # counts, not metrics: never averaged or tested
@@ -167,10 +169,6 @@ def paired_tests(groups: list[dict]) -> list[dict]:
 
 # ---- 5. bootstrap CIs per run ----
 
-# the metric families live with the tasks; this name stays for code that imported it from here
-metric_functions = tasks.metric_families
-
-
 def _user_draws(rows: list[dict], n_boot: int, seed: int) -> tuple[list[np.ndarray], str]:
     """n_boot resamples of row indices that resample **users** (prefrec.evaluation.stats: all rows of each drawn
     user), and the unit's name; rows written before per-sample rows carried a user are each their own unit."""
@@ -186,7 +184,7 @@ def bootstrap_ci(rows: list[dict], names: Iterable[str] | None = None, *, n_boot
     samples together: the candidates protocol has many per user), recomputing each metric family on the resampled
     rows, so pooled metrics such as AUC stay right. A metric a resample cannot define (AUC with one class only) is
     left out of that metric's percentiles (n_boot says how many remained)."""
-    fams = metric_functions(rows)
+    fams = metric_families(rows)
     n = len(rows)
     if not fams or n < 2 or n_boot < 1:
         return {}
@@ -219,7 +217,7 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     b_rows = [by_id[r["id"]] for r in a_rows]
 
     def metric_fn(rows):
-        for f in metric_functions(rows):
+        for f in metric_families(rows):
             if metric in f(np.arange(min(len(rows), 2))):
                 return f
         return None
@@ -285,7 +283,6 @@ def _first_model_of(run: dict, runs: list[dict]) -> dict | None:
     models = {r["base_model"] for r in runs if r.get("base_model")}
     if len(models) < 2 or not run.get("base_model"):
         return None
-    from prefrec.model import EMBEDDED
 
     first = min(models, key=lambda m: (m != EMBEDDED, str(m)))
     if run["base_model"] == first:
@@ -451,13 +448,14 @@ def beyond_floor(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: 
 
 def prior_matched(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot: int, seed: int,
                   prior_of=None) -> list[dict]:
-    """For every pairwise run (LLM or baseline): AUC on the prior-matched slice (prior.matched_rows: the comparisons
+    """For every run of a task with a prior-matched slice (pairwise; LLM or baseline): AUC on the slice (prior.matched_rows: the comparisons
     whose smoothed mean ratings differ by at most the slice threshold of its samples file), with a bootstrap CI
     over users. Runs without samples or item prior are left out (the beyond-facts table says why for LLM runs)."""
     prior_of, out = prior_of or _priors(), []
     for (path, r), run in zip(results, runs):
         src, ps = (r.get("config") or {}).get("samples"), per_sample_path(path)
-        if r.get("task") != "pairwise" or not src or not Path(src).exists() or not ps.is_file():
+        task = TASKS.get(r.get("task"))
+        if task is None or not task.prior_slice or not src or not Path(src).exists() or not ps.is_file():
             continue
         try:
             item_prior, samples = prior_of(src)
@@ -472,7 +470,7 @@ def prior_matched(results: list[tuple[Path, dict]], runs: list[dict], *, n_boot:
         out.append({"run": str(path), **{k: run.get(k) for k in GROUP_KEYS}, "label": group_label(run),
                     "seed": r.get("seed"), "threshold": threshold, "prior": item_prior.kind, "n_comparisons": n,
                     "share": n / total if total else None, "n_users": len({x.get("user") for x in cut}),
-                    "auc": tasks.task("pairwise").metrics(cut).get("auc") if cut else None,
+                    "auc": task.metrics(cut).get("auc") if cut else None,
                     "lo": ci.get("lo"), "hi": ci.get("hi")})
     return out
 

@@ -13,6 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+
+Family = Callable[[np.ndarray], dict]  # row indices (a resample) -> metrics
+
 
 def user_groups(users: Sequence[str | None], ids: Sequence[str] | None = None) -> list[np.ndarray]:
     """Row indices per user, in first-seen order; a row without a user is its own group (keyed by its id)."""
@@ -54,3 +58,72 @@ def paired_user_bootstrap(rows_a: list[dict], rows_b: list[dict], users: Sequenc
     return {"a": float(a), "b": float(b), "diff": float(a - b), "lo": float(np.quantile(d, alpha)),
             "hi": float(np.quantile(d, 1 - alpha)), "p": float(p), "n_boot": int(d.size),
             "n_users": len(groups)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metric families for the bootstrap: each recomputes a group of metrics on a resample of the rows. Read off the
+# rows' fields, so rows of any task, LLM or baseline, need no other label
+
+def _as_list(v) -> list[float]:
+    return [float(x) for x in v] if isinstance(v, list) else [float(v)]
+
+
+def _pairwise_family(rows: list[dict]) -> list[Family]:
+    s1 = [np.array(_as_list(r["s_first"])) for r in rows]
+    s2 = [np.array(_as_list(r["s_second"])) for r in rows]
+    if all(a.size == 1 for a in s1):  # one comparison per sample: plain indexing, much faster
+        f1, f2 = np.concatenate(s1), np.concatenate(s2)
+        return [lambda idx: pairwise_metrics(f1[idx], f2[idx])]
+    # a sample's comparisons stay together in a resample
+    return [lambda idx: pairwise_metrics(np.concatenate([s1[i] for i in idx]), np.concatenate([s2[i] for i in idx]))]
+
+
+def _yesno_family(rows: list[dict]) -> list[Family]:
+    p = np.array([float(r["p_yes"]) for r in rows])
+    y = np.array([int(r["label"]) for r in rows])
+    return [lambda idx: yesno_metrics(p[idx], y[idx])]
+
+
+def _constrained_family(rows: list[dict]) -> list[Family]:
+    valid = np.array([bool(r["valid_constrained"]) for r in rows], dtype=float)
+    hit = np.array([bool(r["hit_constrained"]) for r in rows], dtype=float)
+    return [lambda idx: {"hr@1_constrained": float(hit[idx].mean()),
+                         "valid_ratio_constrained": float(valid[idx].mean())}]
+
+
+def _generation_family(rows: list[dict]) -> list[Family]:
+    valid = np.array([bool(r["valid"]) for r in rows], dtype=float)
+    hit = np.array([bool(r["hit"]) for r in rows], dtype=float)
+    return [lambda idx: {"hr@1": float(hit[idx].mean()), "valid_ratio": float(valid[idx].mean())}]
+
+
+def _ranking_family(rows: list[dict]) -> list[Family]:
+    """One family per list-valued "*scores" field (scores, rank_scores, rank_norm_scores), named by its prefix."""
+    t = np.array([int(r["target_index"]) for r in rows])
+    fams = []
+    for f in sorted(rows[0]):
+        if f.endswith("scores") and isinstance(rows[0][f], list):
+            prefix = f[: -len("scores")]
+            sc = np.array([r[f] for r in rows], dtype=float)
+            fams.append(lambda idx, sc=sc, prefix=prefix: {prefix + k: v for k, v in
+                                                           ranking_metrics(sc[idx], t[idx]).items()})
+    return fams
+
+
+# (fields a row must have, families built from such rows), in the order the report has always used
+FAMILIES: list[tuple[frozenset, Callable[[list[dict]], list[Family]]]] = [
+    (frozenset({"s_first", "s_second"}), _pairwise_family),
+    (frozenset({"p_yes", "label"}), _yesno_family),
+    (frozenset({"valid", "hit"}), _generation_family),
+    (frozenset({"valid_constrained", "hit_constrained"}), _constrained_family),
+    (frozenset({"target_index"}), _ranking_family),
+]
+
+
+def metric_families(rows: list[dict]) -> list[Family]:
+    """fn(indices) -> dict of metrics, for each metric family the per-sample rows support (read from their fields,
+    so rows of any task, LLM or baseline, need no other label)."""
+    if not rows:
+        return []
+    fields = set(rows[0])
+    return [fam for need, build in FAMILIES if need <= fields for fam in build(rows)]

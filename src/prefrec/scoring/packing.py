@@ -54,6 +54,7 @@ from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 
 from prefrec.errors import UserError
+from prefrec.scoring.budget import check_tokens, token_budget
 from prefrec.scoring.soft import model_inputs
 from prefrec.scoring.trees import Scores, Tree
 
@@ -320,7 +321,7 @@ def layer_span(base, lo: int, hi: int | None, final_norm: bool):
 # the attribute of a transformers model that carries its prefrec.scoring.trunk.TrunkCache (trunk.attach)
 TRUNK_ATTR = "prefrec_trunk"
 
-def _base(model):
+def base_model(model):
     """The transformers model under a PEFT wrapper (LoRA layers are injected in place, so they still run)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -370,7 +371,7 @@ def float32_head(model):
     """A context in which the model's forward computes its LM head in float32, for greedy generation: a bf16
     head rounds logits of magnitude 32-64 to 0.25, so two tokens tie and argmax takes the lower id. The model's own
     logit transforms (softcapping, scaling) still follow the head. Restores the head on exit."""
-    base = _base(model)
+    base = base_model(model)
     head = base.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or head.weight.dtype in (torch.float32, torch.float64):
         yield model
@@ -414,7 +415,7 @@ def mixed_precision(model, device: torch.device, dtype: torch.dtype):
 
 
 def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    emb = _base(model).get_input_embeddings().weight
+    emb = base_model(model).get_input_embeddings().weight
     return emb.device, emb.dtype
 
 
@@ -431,7 +432,7 @@ def decoder_hidden(model, batch: PackedBatch, *, layers: tuple[int, int | None] 
     layers=(lo, hi): run only decoder layers lo … hi−1 (prefrec.scoring.trunk.layer_span), from `inputs` (the
     stored states entering layer lo, as {"inputs_embeds": (B, L, H)}) or from the token embeddings; final_norm=False
     returns the states before the final norm (what enters the next layer)."""
-    base = _base(model)
+    base = base_model(model)
     device, dtype = _model_device_dtype(model)
     split = batch.causal_prefix if _tree_kernel(base) else 0
     span = layer_span(base, *layers, final_norm) if layers is not None else contextlib.nullcontext()
@@ -466,7 +467,7 @@ def response_logps(model, trees: Sequence[Tree], *, per_token: bool = False, pac
     """
     if not trees:
         raise ValueError("response_logps: no trees")
-    base = _base(model)
+    base = base_model(model)
     device, dtype = _model_device_dtype(model)
     batch = pack_trees(trees, pack_tokens=pack_tokens, pad_id=base.config.pad_token_id or 0)
     trunk = getattr(base, TRUNK_ATTR, None)
@@ -489,7 +490,7 @@ def naive_response_logps(model, trees: Sequence[Tree], *, per_token: bool = Fals
     float32 head and log-softmax as the packed path (`model(...).logits` of a bf16 model are rounded to bf16).
     Same Scores layout as response_logps."""
     device, dtype = _model_device_dtype(model)
-    base = _base(model)
+    base = base_model(model)
     pad_id = base.config.pad_token_id or 0
     seqs, index, softs = [], [], []
     for t, tree in enumerate(trees):
@@ -538,14 +539,13 @@ def score_trees(model, trees: Sequence[Tree], *, max_tokens_per_batch: int = 409
     does not is refused before any forward pass."""
     from tqdm.auto import tqdm
 
-    from prefrec.scoring.budget import check_tokens, token_budget
 
     if not trees:
         return Scores(summed=torch.zeros(0), token_logps=[] if per_token else None, index=[])
     budget = token_budget(model, max_tokens)
     for t, tree in enumerate(trees):
         check_tokens(tree.n_tokens(), budget, f"{desc}: item {t} (0-based, in input order)")
-    trunk = getattr(_base(model), TRUNK_ATTR, None)
+    trunk = getattr(base_model(model), TRUNK_ATTR, None)
     if trunk is not None:  # store the states of every tree first: the next method or adapter reads them
         trunk.ensure(trees, max_tokens_per_batch=max(max_tokens_per_batch, 4096), progress=progress)
     order = sorted(range(len(trees)), key=lambda t: -trees[t].n_tokens())
@@ -587,7 +587,7 @@ def chunked_response_logps(model, tree: Tree, *, chunk_tokens: int = 256, per_to
     Each chunk's mask is (chunk × tokens so far) and its LM head runs only at its own response positions, so memory
     is bounded by chunk_tokens × budget instead of L × L. The cache is a plain DynamicCache (full attention on every
     layer), so the result equals the one-shot packed forward up to floating-point summation order."""
-    base = _base(model)
+    base = base_model(model)
     device, dtype = _model_device_dtype(model)
     batch = pack_trees([tree], pad_id=base.config.pad_token_id or 0)
     L = batch.input_ids.shape[1]

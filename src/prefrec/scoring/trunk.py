@@ -40,7 +40,7 @@ from torch import Tensor
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import attached as attached_items
-from prefrec.scoring.packing import TRUNK_ATTR, _base, decoder_hidden, pack_trees
+from prefrec.scoring.packing import TRUNK_ATTR, base_model, decoder_hidden, pack_trees
 from prefrec.scoring.trees import Tree
 
 SAMPLE_VALUES = 1 << 20  # per weight tensor, values read into the fingerprint (all of them up to this size)
@@ -51,9 +51,9 @@ SAMPLE_VALUES = 1 << 20  # per weight tensor, values read into the fingerprint (
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The decoder blocks of a transformers causal LM (or a PEFT model around one)."""
-    layers = getattr(_base(model).get_decoder(), "layers", None)
+    layers = getattr(base_model(model).get_decoder(), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise UserError(f"{type(_base(model)).__name__}: no decoder `layers` list, so top-N LoRA and the trunk "
+        raise UserError(f"{type(base_model(model)).__name__}: no decoder `layers` list, so top-N LoRA and the trunk "
                         f"cache cannot split it; leave lora.layers unset")
     return layers
 
@@ -80,7 +80,7 @@ def _bottom_modules(base, start: int) -> list[tuple[str, torch.nn.Module]]:
 def frozen_below(model, start: int, training: bool = True) -> str | None:
     """None when the states entering layer `start` are a fixed function of the tokens; else why not (an adapter
     module below it, or, when `training`, a trainable weight)."""
-    for name, mod in _bottom_modules(_base(model), start):
+    for name, mod in _bottom_modules(base_model(model), start):
         for pname, p in mod.named_parameters():
             if training and p.requires_grad:
                 return f"{name}.{pname} is trainable"
@@ -91,7 +91,7 @@ def frozen_below(model, start: int, training: bool = True) -> str | None:
 
 def fingerprint(model, start: int) -> str:
     """SHA-256 of everything the stored states depend on besides the tokens (see the module docstring)."""
-    base = _base(model)
+    base = base_model(model)
     h = hashlib.sha256()
     emb = base.get_input_embeddings().weight
     head = [type(base).__name__, base.config.to_json_string(use_diff=False), start, str(emb.dtype),
@@ -189,7 +189,7 @@ class TrunkCache:
         return len(tensors)
 
     def _check_disk(self, trees: list[Tree]) -> None:
-        emb = _base(self._model).get_input_embeddings().weight  # (vocab, hidden): the states' width and dtype
+        emb = base_model(self._model).get_input_embeddings().weight  # (vocab, hidden): the states' width and dtype
         need = sum(t.n_tokens() for t in trees) * emb.shape[1] * torch.finfo(emb.dtype).bits // 8
         self.folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.folder).free
@@ -224,7 +224,7 @@ def _alive(pid: int) -> bool:
 
 def bottom_states(model, trees: Sequence[Tree], start: int) -> list[Tensor]:
     """The states entering layer `start` of every tree, computed now in one packed forward (no grad)."""
-    base = _base(model)
+    base = base_model(model)
     batch = pack_trees(trees, pad_id=base.config.pad_token_id or 0)
     with torch.no_grad():
         hidden = decoder_hidden(model, batch, layers=(0, start), final_norm=False)
@@ -251,7 +251,7 @@ def _batched_states(model, trees: list[Tree], start: int, max_tokens: int, progr
 
 def attach(model, cache: TrunkCache | None) -> None:
     """Make every packed forward of `model` run from `cache` (None: detach)."""
-    base = _base(model)
+    base = base_model(model)
     if cache is None:
         if hasattr(base, TRUNK_ATTR):
             delattr(base, TRUNK_ATTR)
@@ -260,4 +260,4 @@ def attach(model, cache: TrunkCache | None) -> None:
 
 
 def attached(model) -> TrunkCache | None:
-    return getattr(_base(model), TRUNK_ATTR, None)
+    return getattr(base_model(model), TRUNK_ATTR, None)

@@ -38,7 +38,14 @@ import numpy as np
 from prefrec import io
 from prefrec.data.prepared import read_split
 from prefrec.errors import UserError
-from prefrec.evaluation import tasks
+from prefrec.items import item_ids
+from prefrec.model import load_model
+from prefrec.provenance import provenance
+from prefrec.scoring.budget import check_tokens, token_budget
+from prefrec.scoring.encoding import encode_sample, encode_texts, end_of_turn_id
+from prefrec.scoring.packing import response_logps, score_trees
+from prefrec.scoring.soft import mark_sample, split_marked
+from prefrec.tasks import task as task_row
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Scoring
@@ -47,7 +54,7 @@ from prefrec.evaluation import tasks
 def _responses_of(sample) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """(questions, responses, is_positive) for the sample's comparisons, as its task's row says (candidates: every
     shown candidate's answer)."""
-    return tasks.task(sample.task).responses(sample)
+    return task_row(sample.task).responses(sample)
 
 
 def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
@@ -67,8 +74,6 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
 def special_ids(tokenizer) -> set[int]:
     """Ids shown as special and left out of text-token means: the tokenizer's special tokens and the end-of-turn
     token (Gemma's `<end_of_turn>` is a special added token that `all_special_ids` does not list)."""
-    from prefrec.scoring.encoding import end_of_turn_id
-
     eot = end_of_turn_id(tokenizer)
     return set(tokenizer.all_special_ids) | ({eot} if eot is not None else set())
 
@@ -81,11 +86,6 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
     (positive first)."""
     import torch
 
-    from prefrec.items import item_ids
-    from prefrec.scoring.budget import check_tokens, token_budget
-    from prefrec.scoring.encoding import encode_texts
-    from prefrec.scoring.packing import response_logps
-    from prefrec.scoring.soft import mark_sample
 
     questions, responses, positive = _responses_of(sample)
     item_map = item_ids(model)
@@ -124,8 +124,6 @@ def explain_sample(model, tokenizer, sample, *, label: str = "model") -> dict:
 def prompt_cells(marked_text: str, ids: dict[str, int]) -> list[dict]:
     """A marked prompt text (prefrec.scoring.soft) as cells: {"text": ...} pieces and {"item": key, "row": row} for
     each item token (one position of the prompt, shown as one labelled cell)."""
-    from prefrec.scoring.soft import split_marked
-
     key_of = {row: key for key, row in ids.items()}
     return [{"item": key_of.get(p, "?"), "row": p} if isinstance(p, int) else {"text": p}
             for p in split_marked(marked_text) if p != ""]
@@ -309,8 +307,6 @@ def render_heatmap(explanations: list[dict], path: str | os.PathLike, max_rows: 
 
 def write_explanation(explanations: list[dict], out_dir: str | os.PathLike, stem: str = "explanation") -> dict:
     """Write OUT/{stem}.html, OUT/{stem}.png and OUT/{stem}.json (with provenance); returns the paths."""
-    from prefrec.provenance import provenance
-
     out = Path(out_dir)
     paths = {"html": out / f"{stem}.html", "png": out / f"{stem}.png", "json": out / f"{stem}.json"}
     io.write_text(paths["html"], render_html(explanations))
@@ -350,8 +346,6 @@ def read_test_samples(samples_file: str | os.PathLike, limit: int | None = None)
 def explain_file(models: Sequence[str], samples_file: str | os.PathLike, out_dir: str | os.PathLike, *,
                  index: int = 0, sample_id: str | None = None, dtype: str | None = None) -> dict:
     """`prefrec explain`: explain one sample (by position or id) under one or more models; write HTML/PNG/JSON."""
-    from prefrec.model import load_model
-
     samples = read_test_samples(samples_file)
     if sample_id is not None:
         found = [s for s in samples if s.id == sample_id]
@@ -386,10 +380,6 @@ def sample_mean_probs(model, tokenizer, samples: list, *, max_tokens_per_batch: 
     For a response y with text tokens t = 1..T (end-of-turn excluded), m(y) = (1/T) Σ_t exp(logp_t). Per sample,
     pos = mean of m over the chosen responses, neg = mean of m over the rejected ones (encode_sample keeps each
     comparison's responses as [chosen, *rejected]). Returns arrays (N,) "pos", "neg" in float64."""
-    from prefrec.items import item_ids
-    from prefrec.scoring.encoding import encode_sample
-    from prefrec.scoring.packing import score_trees
-
     special = special_ids(tokenizer)
     trees = [encode_sample(tokenizer, s, which="all", items=item_ids(model)) for s in samples]
     scores = score_trees(model, trees, per_token=True, max_tokens_per_batch=max_tokens_per_batch,
@@ -418,9 +408,6 @@ def compare_models(models: list[str], samples_file: str | os.PathLike, out_dir: 
 
     `models` are load_model names, optionally labelled ("sft=runs/sft"). `loaded` maps a label to an already-loaded
     (model, tokenizer) pair (tests)."""
-    from prefrec.model import load_model
-    from prefrec.provenance import provenance
-
     samples = read_test_samples(samples_file, limit)
     rows = []
     for spec in models:

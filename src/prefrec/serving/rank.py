@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Generator
 
 from prefrec import io, prompts
-from prefrec.answers import LETTER, TITLE, answer_format
 from prefrec.data.prepared import training_stats
 from prefrec.errors import UserError
 from prefrec.items import attached
@@ -44,6 +43,8 @@ from prefrec.scoring.encoding import encode_texts
 from prefrec.scoring.packing import chunked_response_logps
 from prefrec.scoring.soft import mark_prompt
 from prefrec.scoring.trees import Tree
+from prefrec.tasks import TASKS, Task
+from prefrec.tasks import task as task_row
 
 # Query tokens per forward chunk: small enough that a waiting short request gets the worker within about one
 # short request's time, large enough that the per-chunk overhead stays small (benchmarks/serve_load.py).
@@ -80,25 +81,33 @@ def clean_titles(titles, field: str) -> list[str]:
 class RankPrompt:
     """How a model ranks: the task it was trained on, its answer format, and notes for the answers."""
     task: str = "candidates"
-    answers: str = TITLE
+    answers: str = "title"
     notes: tuple[str, ...] = ()
+
+    def row(self) -> Task:
+        """The task's row; UserError for a task rank/serve cannot rank with."""
+        return task_row(self.task)
 
 
 def ranker_of(model: str | os.PathLike) -> RankPrompt:
-    """The ranker of a run folder (its training data's task and answer format; yes/no refused), else candidates."""
+    """The ranker of a run folder (its training data's task and answer format; a task without a ranking refused),
+    else candidates."""
     stats = training_stats(model)
     if stats is None:
         return RankPrompt()
-    task, proto = stats.get("task", "candidates"), stats.get("protocol") or {}
-    if task == "yesno":
-        raise UserError(f"{model}: a yes/no run cannot rank a new user's candidates (its prompt lists the titles the "
-                        "user liked and disliked, which a history of titles does not say); rank with a pairwise or "
-                        "candidates run")
-    notes = ()
+    proto = stats.get("protocol") or {}
+    ranker = RankPrompt(stats.get("task", RankPrompt.task), proto.get("answers") or RankPrompt.answers)
+    row = ranker.row()
+    if row.rank is None:
+        able = [name for name, t in TASKS.items() if t.rank is not None]
+        raise UserError(f"{model}: a {row.name} run cannot rank a new user's candidates ({row.why_no_rank}); rank "
+                        f"with a {' or '.join(able)} run")
+    row.format(ranker.answers)
     if proto.get("history_ratings") or proto.get("item_stats"):
-        notes = ("the run was trained on prompts showing the user's ratings and each item's facts; a new user's "
-                 "prompt shows titles only",)
-    return RankPrompt(task, proto.get("answers") or TITLE, notes)
+        return RankPrompt(ranker.task, ranker.answers, (
+            "the run was trained on prompts showing the user's ratings and each item's facts; a new user's prompt "
+            "shows titles only",))
+    return ranker
 
 
 def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str, ranker: RankPrompt,
@@ -107,16 +116,8 @@ def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str
     the titles its table knows, when it has some)."""
     prompts.check_domain(domain, "domain")
     prefix = prompts.history_prefix(domain, history)
-    fmt = answer_format(ranker.answers)
-    if ranker.task == "candidates":
-        questions = [prompts.candidates_question(domain, candidates, answers=ranker.answers)]
-        responses = [fmt.responses(candidates)]
-    else:
-        questions, responses = [], []
-        for a, b in _shown_pairs(candidates):
-            questions.append(prompts.pairwise_question(domain, a, b, answers=ranker.answers))
-            responses.append(["A", "B"] if ranker.answers == LETTER else
-                             [prompts.format_ordering(a, b), prompts.format_ordering(b, a)])
+    row = ranker.row()
+    questions, responses = row.rank.questions(domain, candidates, row.format(ranker.answers))
     if items is None:
         return encode_texts(tokenizer, prefix, questions, responses)
     m = mark_prompt(prefix, questions, [(t, t) for t in history], [(t, t) for t in candidates],
@@ -124,12 +125,7 @@ def build_tree(tokenizer, history: list[str], candidates: list[str], domain: str
     return encode_texts(tokenizer, m.prefix, m.questions, responses, marked=True)
 
 
-def _shown_pairs(candidates: list[str]) -> list[tuple[str, str]]:
-    """Every pair of candidates in both shown orders: (a, b) then (b, a)."""
-    return [pair for i, a in enumerate(candidates) for b in candidates[i + 1:] for pair in ((a, b), (b, a))]
-
-
-def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
+def budgeted_tree(tokenizer, history: list[str], candidates: list[str], *, budget: Budget, domain: str = "movies",
             max_history: int | None = None, ranker: RankPrompt = RankPrompt(), items=None) -> tuple[Tree, list[str], list[str]]:
     """(tree, history kept, candidates) for the ranker's prompt, within the token budget: the titles are cleaned,
     the history cut to its last `max_history` titles, then to the most recent titles that fit `budget` (oldest
@@ -138,8 +134,9 @@ def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Bud
     that names one item of its table gets its item token (found by title: a new user's request has no item ids)."""
     history = clean_titles(history, "history")
     candidates = clean_titles(candidates, "candidates")
-    if ranker.task == "pairwise" and len(candidates) < 2:
-        raise UserError("candidates: a pairwise run ranks by comparing candidates; give at least 2")
+    need = ranker.row().rank.min_candidates
+    if len(candidates) < need:
+        raise UserError(f"candidates: a {ranker.task} run ranks by comparing candidates; give at least {need}")
     if max_history is not None:
         history = history[-max_history:]
     trees: dict[int, Tree] = {}
@@ -153,7 +150,7 @@ def prepare(tokenizer, history: list[str], candidates: list[str], *, budget: Bud
     return trees[k], history[len(history) - k:], candidates
 
 
-def item_note(items, history: list[str], candidates: list[str]) -> str | None:
+def missing_items_note(items, history: list[str], candidates: list[str]) -> str | None:
     """What a response says when some titles have no item token (not in the model's item table, or naming two of
     its items): they are scored from their text alone. None for a text-only model or when every title has one."""
     if items is None:
@@ -174,30 +171,13 @@ def ranking_of(tree: Tree, candidates: list[str], summed: list[float], top: int 
     `top`; order_by "mean" sorts by score_per_token (candidates task)."""
     if order_by not in ("sum", "mean"):
         raise UserError(f"order_by: expected 'sum' or 'mean', got {order_by!r}")
-    if ranker.task == "pairwise":
-        rows = _pairwise_scores(candidates, summed)
-    else:
-        lengths = [len(r) for r in tree.branches[0].responses]
-        # 4 decimals (nats): finer than the packed-vs-naive agreement, and readable; the order uses full precision
-        rows = [{"title": c, "score": summed[i], "score_per_token": summed[i] / lengths[i], "n_tokens": lengths[i]}
-                for i, c in enumerate(candidates)]
-    key = "score_per_token" if order_by == "mean" and ranker.task == "candidates" else "score"
+    rows = ranker.row().rank.rows(tree, candidates, summed)
+    key = "score_per_token" if order_by == "mean" and "score_per_token" in rows[0] else "score"
     order = sorted(range(len(rows)), key=lambda i: -rows[i][key])  # stable: ties keep input order
+    # 4 decimals (nats): finer than the packed-vs-naive agreement, and readable; the order uses full precision
     ranking = [{**{k: round(v, 4) if isinstance(v, float) else v for k, v in rows[i].items()}, "rank": r + 1}
                for r, i in enumerate(order)]
     return ranking[:top] if top is not None else ranking
-
-
-def _pairwise_scores(candidates: list[str], summed: list[float]) -> list[dict]:
-    """Each candidate's mean preference (log-odds) over the others and its wins, from the two responses of every
-    shown pair (tree order of _shown_pairs)."""
-    pref = {c: [] for c in candidates}
-    for n, (a, b) in enumerate(_shown_pairs(candidates)):
-        m = summed[2 * n] - summed[2 * n + 1]  # first shown preferred over second
-        pref[a].append(m)
-        pref[b].append(-m)
-    return [{"title": c, "score": sum(pref[c]) / len(pref[c]), "wins": sum(x > 0 for x in pref[c]) / 2,
-             "comparisons": len(pref[c])} for c in candidates]
 
 
 def run_steps(steps: Generator):
@@ -222,7 +202,7 @@ def rank(model, tokenizer, history: list[str], candidates: list[str], *, domain:
     """
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise UserError(f"top: expected a positive integer, got {top!r}")
-    tree, _, candidates = prepare(tokenizer, history, candidates, budget=token_budget(model, max_tokens),
+    tree, _, candidates = budgeted_tree(tokenizer, history, candidates, budget=token_budget(model, max_tokens),
                                   domain=domain, max_history=max_history, ranker=ranker, items=attached(model))
     summed = run_steps(chunked_response_logps(model, tree, chunk_tokens=chunk_tokens))
     return ranking_of(tree, candidates, summed, top, ranker, order_by)

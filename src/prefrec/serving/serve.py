@@ -68,8 +68,8 @@ from prefrec.prompts import DOMAINS
 from prefrec.scoring.budget import DEFAULT_MAX_TOKENS, token_budget
 from prefrec.scoring.packing import chunked_response_logps
 from prefrec.serving.explain import token_pieces
-from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, RankPrompt, check_title, item_note, prepare, ranker_of,
-                                  ranking_of)
+from prefrec.serving.rank import (DEFAULT_CHUNK_TOKENS, RankPrompt, budgeted_tree, check_title, missing_items_note,
+                                  ranker_of, ranking_of)
 
 
 @dataclass(frozen=True)
@@ -615,7 +615,7 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     loop = asyncio.get_running_loop()
     try:
         tree, history, candidates = await loop.run_in_executor(
-            state.tokenize, lambda: prepare(state.tokenizer, req.history, req.candidates, budget=state.budget,
+            state.tokenize, lambda: budgeted_tree(state.tokenizer, req.history, req.candidates, budget=state.budget,
                                             domain=req.domain, ranker=state.ranker,
                                             items=attached(state.model)))
     except UserError as e:
@@ -648,7 +648,7 @@ async def _serve(request: Request, req, state, limits: Limits, chunk_tokens: int
     out = {"ranking": ranking, "model": label, "task": state.ranker.task, "answers": state.ranker.answers,
            "domain": req.domain, "n_candidates": len(candidates), "n_history": len(history),
            "n_tokens": tree.n_tokens(), "notes": list(state.ranker.notes)}
-    note = item_note(attached(state.model), history, candidates)  # a hybrid model: titles without an item token
+    note = missing_items_note(attached(state.model), history, candidates)  # a hybrid model: titles without an item token
     if note:
         out["note"] = note
     if token_logps is not None:

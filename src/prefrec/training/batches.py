@@ -15,6 +15,7 @@ from prefrec.data import prepared
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import encode_sample
 from prefrec.scoring.trees import Tree
+from prefrec.tasks import task as task_row
 from prefrec.training import methods
 from prefrec.training.config import CurriculumConfig, TrainConfig
 
@@ -35,7 +36,7 @@ def split_paths(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return train, valid
 
 
-def read_split(path: Path, limit: int | None) -> list[Sample]:
+def read_training_split(path: Path, limit: int | None) -> list[Sample]:
     """A training or validation file's samples (data.prepared.read_split), the first `limit`, with unique ids."""
     samples = prepared.read_split(path)
     if limit is not None:
@@ -46,10 +47,6 @@ def read_split(path: Path, limit: int | None) -> list[Sample]:
             raise UserError(f"{path}: sample id {s.id!r} appears twice (ids key the reference cache)")
         seen.add(s.id)
     return samples
-
-
-def n_negatives(sample: Sample) -> int:
-    return sum(len(c.rejected) for c in sample.comparisons)
 
 
 def with_k_negatives(sample: Sample, k: int) -> Sample:
@@ -68,7 +65,7 @@ def with_k_negatives(sample: Sample, k: int) -> Sample:
 def stage_k(kind: str, k: int | None, samples: list[Sample], where: str) -> int | None:
     """Negatives per sample for a stage: the configured k (every sample must have that many), else the stage kind's
     default_k (methods.STAGES: dpo 1, sft all (None), dmpo/sdpo all the data has, the same for every sample)."""
-    counts = [n_negatives(s) for s in samples]
+    counts = [s.k for s in samples]
     if k is not None:
         short = [(s.id, c) for s, c in zip(samples, counts) if c < k]
         if short:
@@ -88,18 +85,12 @@ def graded_labels(samples: list[Sample], k: int) -> torch.Tensor | None:
     """ψ (n, 1 + k) for the listwise losses: the user's rating of the chosen item, then of each rejected response's
     item (not rated: 0); None when any sample carries no ratings (the losses then use 1 for the chosen, 0 else).
 
-    Pairwise samples: rejected response i is comparison i's ordering with negative candidates[1 + i]. Other tasks:
-    each rejected response is a candidate title."""
+    Which rating belongs to which response is the task's (its row's `ratings`)."""
     rows = []
     for s in samples:
         if not s.candidate_ratings or len(s.candidate_ratings) != len(s.candidates):
             return None
-        rating = dict(zip(s.candidates, s.candidate_ratings))
-        if s.task == "pairwise":
-            row = [s.candidate_ratings[0]] + s.candidate_ratings[1:1 + k]
-        else:
-            row = [rating.get(s.comparisons[0].chosen)] + [rating.get(t) for t in s.comparisons[0].rejected[:k]]
-        rows.append([0.0 if x is None else float(x) for x in row])
+        rows.append([0.0 if x is None else float(x) for x in task_row(s.task).ratings(s, k)])
     return torch.tensor(rows, dtype=torch.float32)
 
 

@@ -42,8 +42,8 @@ DeepSpeed, mixed precision, gradient accumulation, gathering) and nothing else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 import math
 import os
 import shutil
@@ -57,11 +57,15 @@ import torch
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import for_training, load_projector, projector_state, write_run_items
-from prefrec.results import is_run_dir, write_run
+from prefrec.results import is_run_dir, write_run, write_run_config
+from prefrec.card import write_card
+from prefrec.model import add_lora, hub_reference, load_model
 from prefrec.paths import cache_dir
+from prefrec.provenance import provenance
 from prefrec.scoring import trunk
 from prefrec.scoring.encoding import prompt_format
 from prefrec.scoring.trunk import TrunkCache, decoder_layers
+from prefrec.tasks import task as task_row
 from prefrec.training import methods
 from prefrec.training import stages as stages_module
 from prefrec.training.batches import (
@@ -71,12 +75,9 @@ from prefrec.training.batches import (
     graded_labels,
     hybrid_picks,
     hybrid_share,
-    n_negatives,
-    read_split,
-    shard,
+    read_training_split,
     split_paths,
     stage_k,
-    with_k_negatives,
 )
 from prefrec.training.config import (
     TASK_METRICS,
@@ -88,6 +89,7 @@ from prefrec.training.reference import REF_CACHE, reference_logps, score_split
 from prefrec.training.runfolder import (
     RUN_MARKER,
     MetricsLog,
+    TrainState,
     _adapter_only_on_load,
     _adapter_only_on_save,
     adapter_state,
@@ -103,17 +105,13 @@ from prefrec.training.runfolder import (
 )
 from prefrec.training.stages import (
     Stage,
+    StepScale,
     TreeScorer,
     cosine_with_warmup,
     make_stage,
     set_dropout,
     tree_terms,
 )
-
-# the recipe's helpers live in the modules above; these names stay importable from here
-__all__ = ["train", "plan", "checkpoints", "cosine_with_warmup", "encode_trees", "epoch_order", "shard", "stage_k",
-           "with_k_negatives", "n_negatives", "read_split", "split_paths", "tree_terms", "set_dropout",
-           "tracker_names", "REF_CACHE", "base_model_name"]
 
 
 @dataclass
@@ -123,11 +121,11 @@ class Recipe:
     cfg: TrainConfig
     run: Path
     acc: object
-    state: dict | None
+    state: TrainState | None  # the checkpoint this run resumes from
     resume_from: Path | None
     train_samples: list
     valid_samples: list
-    plans: list[dict]
+    plans: list[StagePlan]
     log: MetricsLog | None = None
     lm: object = None
     tokenizer: object = None
@@ -140,19 +138,19 @@ class Recipe:
     trunk: TrunkCache | None = None  # the stored states below the adapted layers (lora.layers), when used
 
     def __post_init__(self):
-        st = self.state or {}
-        self.timings: dict[str, float] = dict(st.get("timings", {}))
-        self.global_step = st.get("global_step", 0)
-        self.best = st.get("best")
-        self.final_valid: dict[str, dict] = dict(st.get("final_valid", {}))
-        self.stage_info: dict[str, dict] = dict(st.get("stage_info", {}))
-        self.resumes = st.get("resumes", 0) + 1 if self.state else 0
+        st = self.state
+        self.timings: dict[str, float] = dict(st.timings) if st else {}
+        self.global_step = st.global_step if st else 0
+        self.best = st.best if st else None
+        self.final_valid: dict[str, dict] = dict(st.final_valid) if st else {}
+        self.stage_info: dict[str, dict] = dict(st.stage_info) if st else {}
+        self.resumes = st.resumes + 1 if st else 0
         last_kind = self.cfg.stages[-1].kind
         self.best_metric = self.cfg.best_metric if self.cfg.best_metric != "auto" else \
             ("reward_accuracy" if methods.is_aligned(last_kind) else "loss")
         self.best_sign = -1.0 if self.best_metric == "loss" else 1.0
         self.task_metrics = self.cfg.valid_task_metrics or self.best_metric in TASK_METRICS
-        self.stale = st.get("stale", 0)  # validations since the last new best (early stopping)
+        self.stale = st.stale if st else 0  # validations since the last new best (early stopping)
 
     @property
     def main(self) -> bool:
@@ -161,11 +159,11 @@ class Recipe:
     def stage_done(self, si: int) -> bool:
         """Stage si was finished before the checkpoint this run resumes from."""
         st = self.state
-        return st is not None and (si < st["stage_index"] or (si == st["stage_index"] and st["stage_done"]))
+        return st is not None and (si < st.stage_index or (si == st.stage_index and st.stage_done))
 
     def resumed_step(self, si: int) -> int:
         """The optimizer steps of stage si the checkpoint already took (0 unless resuming inside stage si)."""
-        return self.state["stage_step"] if self.state is not None and si == self.state["stage_index"] else 0
+        return self.state.stage_step if self.state is not None and si == self.state.stage_index else 0
 
 
 @dataclass
@@ -236,23 +234,33 @@ def _accelerator(cfg: TrainConfig, run: Path):
     return acc
 
 
-def _checkpoint_state(resume_from: Path | None, world: int) -> dict | None:
+def _checkpoint_state(resume_from: Path | None, world: int) -> TrainState | None:
     if resume_from is None:
         return None
-    state = json.loads((resume_from / "trainer_state.json").read_text())
-    if state["num_processes"] != world:
-        raise UserError(f"--resume: {resume_from} was written by {state['num_processes']} process(es), this "
+    state = TrainState.read(resume_from)
+    if state.num_processes != world:
+        raise UserError(f"--resume: {resume_from} was written by {state.num_processes} process(es), this "
                         f"launch has {world}; the data order depends on the global batch, so use the same number")
     return state
 
 
-def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[dict]]:
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage's plan, fixed and checked before anything is written or trained."""
+    k: int | None  # negatives per sample (None: every one, SFT)
+    global_batch: int  # samples per optimizer step over every process
+    steps: int  # optimizer steps
+    train_samples: int
+    valid_samples: int
+
+
+def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[StagePlan]]:
     """(train samples, valid samples, one plan per stage: k, global batch, steps), every stage's k and batch checked
     before anything is written or trained."""
     train_path, valid_path = split_paths(cfg)
-    train_samples = read_split(train_path, cfg.data.max_train_samples)
+    train_samples = read_training_split(train_path, cfg.data.max_train_samples)
     valid_samples = [] if valid_path is None or cfg.data.max_valid_samples == 0 else \
-        read_split(valid_path, cfg.data.max_valid_samples)
+        read_training_split(valid_path, cfg.data.max_valid_samples)
     plans = []
     for si, stage in enumerate(cfg.stages):
         where = f"stages[{si}] ({stage.kind})"
@@ -265,8 +273,7 @@ def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[dict]]:
                             f"({stage.batch_size} per process x {stage.grad_accum} accumulation x {world} processes "
                             f"= {G})")
         steps = len(train_samples) // G * stage.epochs
-        plans.append({"k": k, "global_batch": G, "steps": min(steps, stage.max_steps or steps),
-                      "train_samples": len(train_samples), "valid_samples": len(valid_samples)})
+        plans.append(StagePlan(k, G, min(steps, stage.max_steps or steps), len(train_samples), len(valid_samples)))
     return train_samples, valid_samples, plans
 
 
@@ -276,19 +283,17 @@ def _open_run(r: Recipe, resume: bool) -> None:
     if r.main:
         r.run.mkdir(parents=True, exist_ok=True)
         io.write_text(r.run / RUN_MARKER, "a prefrec run folder\n")
-        io.write_text(r.run / "config.yaml", dump_config(r.cfg))
+        write_run_config(r.run, dump_config(r.cfg))
     # TensorBoard: RUN/logs/prefrec/; MLflow: RUN/logs/ unless MLFLOW_TRACKING_URI; W&B: RUN/wandb/
     if tracker_names(r.cfg):
         r.acc.init_trackers("prefrec", config=flat_config(r.cfg),
                             init_kwargs={"wandb": {"name": r.run.name, "dir": str(r.run)}})
-    r.log = MetricsLog(r.run, r.main, r.acc, r.state["global_step"] if r.state else (0 if resume else None))
+    r.log = MetricsLog(r.run, r.main, r.acc, r.state.global_step if r.state else (0 if resume else None))
 
 
 def _load_policy(r: Recipe) -> None:
     """One base copy + one LoRA adapter for every stage (the checkpoint's adapter when resuming)."""
     from accelerate.utils import set_seed
-
-    from prefrec.model import add_lora, hub_reference, load_model
 
     cfg = r.cfg
     set_seed(cfg.seed)
@@ -345,8 +350,9 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
     """Trees, a fresh optimizer and schedule prepared with the model (DeepSpeed needs both at once), the reference
     log-probs of a preference stage, and the state of the checkpoint when it was taken inside this stage."""
     stage, acc, p = r.cfg.stages[si], r.acc, r.plans[si]
-    k, G, total = p["k"], p["global_batch"], p["steps"]
-    r.stage_info[stage.kind] = {**r.stage_info.get(stage.kind, {}), **p}  # keeps a warning made before a resume
+    k, G, total = p.k, p.global_batch, p.steps
+    # keeps a warning made before a resume
+    r.stage_info[stage.kind] = {**r.stage_info.get(stage.kind, {}), **dataclasses.asdict(p)}
     ids = r.items.ids if r.items is not None else None
     train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k, ids)
     valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k, ids)
@@ -473,8 +479,7 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     lr = sr.scheduler.get_last_lr()[0]
     gathered: dict[str, list[torch.Tensor]] = {}
     grad_norm = None
-    scale = {"world": W, "accum": A, "global_batch": sr.G, "device": acc.device,
-             "global_tokens": sum(chosen_tokens(sr.train_trees[i]) for i in gidx)}
+    scale = StepScale(W, A, sr.G, sum(chosen_tokens(sr.train_trees[i]) for i in gidx))
     share = hybrid_share(sr.step, sr.total, _curriculum(r, sr.si)) if sr.text_trees is not None else None
     hybrid = hybrid_picks(len(gidx), share, r.cfg.seed, sr.si, sr.step) if share is not None else [True] * len(gidx)
     for a in range(A):
@@ -548,12 +553,9 @@ def _validate(r: Recipe, sr: StageRun) -> None:
 
 def _task_metrics(r: Recipe) -> dict[str, float]:
     """The task's own metrics on the validation samples, scored as `prefrec eval` scores test samples (its row of
-    the task table), on every process alike (forward only, on the unwrapped model). The task table sits in
-    prefrec.evaluation, above training; the import is local so that training depends on it only when asked."""
-    from prefrec.evaluation import tasks
-
+    the task table), on every process alike (forward only, on the unwrapped model)."""
     lm = r.acc.unwrap_model(r.prepared).lm
-    row = tasks.task(r.valid_samples[0].task)
+    row = task_row(r.valid_samples[0].task)
     rows = row.score(lm, r.tokenizer, r.valid_samples, max_tokens_per_batch=1, progress=False)
     return {k: float(v) for k, v in row.metrics(rows).items() if k in TASK_METRICS and v is not None}
 
@@ -572,12 +574,12 @@ def _stop_early(r: Recipe, sr: StageRun) -> bool:
 
 
 def _checkpoint(r: Recipe, sr: StageRun, done: bool) -> None:
-    st = {"global_step": r.global_step, "stage_index": sr.si, "stage_kind": sr.stage.kind, "stage_step": sr.step,
-          "stage_total_steps": sr.total, "stage_done": done, "epoch": sr.step // sr.steps_per_epoch,
-          "step_in_epoch": sr.step % sr.steps_per_epoch, "samples_consumed": sr.step * sr.G,
-          "num_processes": r.acc.num_processes, "global_batch": sr.G, "best": r.best, "timings": r.timings,
-          "final_valid": r.final_valid, "stage_info": r.stage_info, "resumes": r.resumes, "seed": r.cfg.seed,
-          "stale": r.stale}
+    st = TrainState(global_step=r.global_step, stage_index=sr.si, stage_kind=sr.stage.kind, stage_step=sr.step,
+                    stage_total_steps=sr.total, stage_done=done, epoch=sr.step // sr.steps_per_epoch,
+                    step_in_epoch=sr.step % sr.steps_per_epoch, samples_consumed=sr.step * sr.G,
+                    num_processes=r.acc.num_processes, global_batch=sr.G, best=r.best, timings=r.timings,
+                    final_valid=r.final_valid, stage_info=r.stage_info, resumes=r.resumes, seed=r.cfg.seed,
+                    stale=r.stale)
     save_checkpoint(r.acc, r.run, r.prepared, st, r.cfg.keep_last)
 
 
@@ -600,9 +602,6 @@ def summary_table(r: Recipe, adapter: str) -> str:
 
 def _finalise(r: Recipe, t_process: float) -> None:
     """RUN/adapter/, RUN/run.json and the model card."""
-    from prefrec.card import write_card
-    from prefrec.provenance import provenance
-
     acc, lm, weights, projector = r.acc, r.lm, None, None
     if r.prepared is not None:
         weights, projector = adapter_state(acc, r.prepared), projector_state(acc, r.prepared)

@@ -3,15 +3,18 @@ adapters, metrics.jsonl and the trackers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import attached, projector_state, save_projector
-from prefrec.results import RUN_JSON, is_run_dir, read_run
+from prefrec.model import check_adapter, known_name
+from prefrec.results import RUN_CONFIG, RUN_JSON, is_run_dir, read_run, read_run_config
 from prefrec.training.config import TrainConfig, config_to_dict
 
 
@@ -21,10 +24,11 @@ def base_model_name(name: str) -> str:
     if is_run_dir(p):
         return read_run(p).get("base_model", "embedded")
     if p.is_dir() and (p / "adapter_config.json").is_file():
-        from prefrec.model import check_adapter, known_name
-
         return known_name(check_adapter(p).get("base_model_name_or_path") or "embedded")
     return name
+
+
+STATE_FILE = "trainer_state.json"  # a checkpoint's counters (TrainState), written last
 
 
 def checkpoints(run: Path) -> list[Path]:
@@ -32,7 +36,7 @@ def checkpoints(run: Path) -> list[Path]:
     root = run / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file()
              and p.name[5:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
@@ -62,7 +66,34 @@ def save_adapter(lm, dest: Path, state_dict: dict | None = None, projector: dict
             save_projector(tmp, attached(lm), projector)
 
 
-def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> None:
+@dataclass(frozen=True)
+class TrainState:
+    """A checkpoint's counters (STATE_FILE), written whole by save_checkpoint and read whole when resuming."""
+    global_step: int
+    stage_index: int
+    stage_kind: str
+    stage_step: int  # optimizer steps the stage has taken
+    stage_total_steps: int
+    stage_done: bool
+    epoch: int
+    step_in_epoch: int
+    samples_consumed: int
+    num_processes: int
+    global_batch: int
+    best: dict | None  # {"metric", "value", "step", "stage"} of the best validation so far
+    timings: dict
+    final_valid: dict  # stage kind -> its last validation metrics
+    stage_info: dict  # stage kind -> its plan and what happened (warnings, early stop)
+    resumes: int
+    seed: int
+    stale: int  # validations since the last new best (early stopping)
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> "TrainState":
+        return cls(**json.loads((checkpoint / STATE_FILE).read_text()))
+
+
+def save_checkpoint(acc, run: Path, prepared, state: TrainState, keep_last: int) -> None:
     """RUN/checkpoints/step-N/: Accelerate's save_state (optimizer, scheduler, every process's RNG; under FSDP and
     DeepSpeed also the sharded model and optimizer), adapter/ (PEFT format) and trainer_state.json (prefrec's
     counters). Written into a temp folder that is renamed into place once trainer_state.json is in it; only then
@@ -70,8 +101,8 @@ def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> No
     deletes the oldest checkpoint *before* writing the new one, names folders by save count rather than by step,
     and counts every entry of the folder (a temp folder included)."""
     root = run / "checkpoints"
-    final = root / f"step-{state['global_step']}"
-    tmp = root / f".step-{state['global_step']}.tmp"
+    final = root / f"step-{state.global_step}"
+    tmp = root / f".step-{state.global_step}.tmp"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -86,7 +117,7 @@ def save_checkpoint(acc, run: Path, prepared, state: dict, keep_last: int) -> No
                            save_embedding_layers=False)
         if attached(lm) is not None:  # the projector's optimizer state is in save_state's optimizer.bin
             save_projector(tmp / "adapter", attached(lm), projector)
-        io.write_json(tmp / "trainer_state.json", state)
+        io.write_json(tmp / STATE_FILE, dataclasses.asdict(state))
         io.ordinary_modes(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -120,7 +151,6 @@ def load_adapter_weights(lm, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from prefrec.model import check_adapter
 
     check_adapter(folder)  # a truncated or missing file is one clear error, naming it
     result = set_peft_model_state_dict(lm, load_file(str(folder / "adapter_model.safetensors")))
@@ -220,7 +250,7 @@ def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
     into a file or into a non-empty folder that is not a prefrec run folder."""
     if run.exists() and not run.is_dir():
         raise UserError(f"output_dir {run} is a file, not a folder; choose another --out")
-    ours = (run / RUN_MARKER).is_file() or ((run / "config.yaml").is_file() and _busy(run))  # or a run from before
+    ours = (run / RUN_MARKER).is_file() or ((run / RUN_CONFIG).is_file() and _busy(run))  # or a run from before
     foreign = run.is_dir() and not ours and any(p.name != ".lock" for p in run.iterdir())
     if foreign:
         raise UserError(f"output_dir {run} is not empty and is not a prefrec run folder (it has no {RUN_MARKER}); "
@@ -230,11 +260,8 @@ def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
             raise UserError(f"output_dir {run} already holds a run; pass --resume to continue it, or choose "
                             f"another --out")
         return None
-    saved = run / "config.yaml"
-    if saved.is_file():
-        import yaml
-
-        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    saved, old = run / RUN_CONFIG, read_run_config(run)
+    if old is not None:
         new = config_to_dict(cfg)
         # may differ between the killed and the resumed run
         free = {"progress", "tensorboard", "log_with", "output_dir"}

@@ -4,6 +4,7 @@ metrics of a step or a validation."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -128,17 +129,23 @@ def row_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected
 # ---------------------------------------------------------------------------------------------------------------
 # Stage: what differs between SFT and a preference stage, in one place
 
+@dataclass(frozen=True)
+class StepScale:
+    """What a micro-batch's loss is scaled by, so that the loss of a global batch is its mean whatever W and A are."""
+    world: int  # processes W
+    accum: int  # micro-batches per process and optimizer step A
+    global_batch: int  # samples per optimizer step G
+    global_tokens: int  # chosen tokens in the global batch (SFT's mean is per token)
+
+
 class Stage:
     """One training stage as the loop sees it: the loss of a micro-batch, the metrics of an optimizer step (from the
-    stats every process gathered) and the metrics of a validation pass. The loop itself is the same for every kind.
-
-    `scale` passed to loss(): world (processes W), accum (A), global_batch (G), global_tokens (chosen tokens in the
-    global batch) and device, so that the loss of a global batch is its mean whatever W and A are."""
+    stats every process gathered) and the metrics of a validation pass. The loop itself is the same for every kind."""
 
     def __init__(self, cfg: StageConfig, ref: dict | None = None):
         self.cfg, self.kind, self.ref = cfg, cfg.kind, ref
 
-    def loss(self, terms: dict, idx: list[int], scale: dict) -> tuple[torch.Tensor, dict]:
+    def loss(self, terms: dict, idx: list[int], scale: StepScale) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def step_metrics(self, g: dict) -> dict[str, float]:
@@ -152,7 +159,7 @@ class SFTStage(Stage):
     def loss(self, terms, idx, scale):
         local = sum(x.numel() for x in terms["tokens"])
         # a token mean over the *global* batch: DDP averages over W, backward divides by A
-        loss = sft_loss(terms["tokens"]) * (local * scale["world"] * scale["accum"] / scale["global_tokens"])
+        loss = sft_loss(terms["tokens"]) * (local * scale.world * scale.accum / scale.global_tokens)
         return loss, {"nll_sum": terms["nll_sum"], "n_tokens": terms["n_tokens"], "chosen_logp": terms["chosen"]}
 
     def step_metrics(self, g):
@@ -186,7 +193,7 @@ class PreferenceStage(Stage):
         losses, cr, rr = stage_loss(self.cfg, preference_batch(terms, *self._split("train", idx)))
         if self.cfg.ftx:
             losses = losses + ftx_term(terms["tokens"], self.cfg.ftx)
-        loss = losses.sum() * (scale["world"] * scale["accum"] / scale["global_batch"])  # mean over the global batch
+        loss = losses.sum() * (scale.world * scale.accum / scale.global_batch)  # mean over the global batch
         return loss, {"losses": losses, "chosen_reward": cr, "rejected_reward": rr, "chosen_logp": terms["chosen"],
                       "rejected_logp": terms["rejected"]}
 

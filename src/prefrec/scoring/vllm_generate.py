@@ -2,7 +2,7 @@
 
 The model evaluation has loaded (a run's adapter already merged into its base) is written to a temporary folder in
 safetensors and handed to vLLM, which generates from the very prompt token ids the transformers path uses
-(prefrec.evaluation.scores.generate_answers), greedily (temperature 0), stopping at the same end-of-turn ids. So
+(prefrec.scoring.generation.generate_answers), greedily (temperature 0), stopping at the same end-of-turn ids. So
 the two backends decode the same model from the same tokens; they may still differ where two tokens' logits tie
 within the kernels' rounding. vLLM is not a dependency: `pip install vllm` where there is a GPU.
 """
