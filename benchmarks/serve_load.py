@@ -179,7 +179,7 @@ def run(args) -> dict:
     idle_normal = statistics.median(x for x, _ in idle)
     normal = percentiles([r["latency_s"] for r in ok if r["kind"] == "normal"])
     return {
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "requests": {"normal": {k: v for k, v in normal_request(0).items()},
                      "worst": {"history_titles": len(worst["history"]), "history_kept": worst["_history_kept"],
                                "candidates": len(worst["candidates"]), "title_chars": 300,
