@@ -251,3 +251,24 @@ def test_the_items_section_is_typed_and_checked_like_the_rest(tmp_path):
             config_from_dict(apply_overrides(raw, [f"{key}=.nan"]), "c.yaml")
     with pytest.raises(UserError, match="items.size: unknown key"):
         config_from_dict({**raw, "items": {"embeddings": "x", "size": 3}}, "c.yaml")
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("seed: -5", "seed", "expected an integer in [0, 4294967295], got -5"),
+    ("seed: 99999999999", "seed", "expected an integer in [0, 4294967295]"),
+    ("lora: {r: 100000000}", "lora.r", "100000000 is above 1024"),
+    ("divergence_factor: 0", "divergence_factor", "expected a positive number"),
+])
+def test_out_of_range_seed_lora_size_and_divergence_name_the_key(tmp_path, text, key, expected):
+    """#43: seed -5 and LoRA r 1e8 were tracebacks (numpy's seed, an out-of-memory LoRA)."""
+    msg = _error(tmp_path, MINIMAL + text + "\n")
+    assert f": {key}: " in msg and expected in msg
+
+
+def test_an_unusual_lr_is_refused_unless_allowed(tmp_path):
+    """#43: lr 1e30 trained to exit 0 with adapter weights of 1.7e30."""
+    text = MINIMAL.replace("lr: 2.0e-4", "lr: 1.0e+30")
+    msg = _error(tmp_path, text)
+    assert ": stages[0].lr: 1e+30 is above 0.1" in msg and "allow_unusual: true" in msg
+    cfg = load_config(_write(tmp_path, text + "allow_unusual: true\n"))
+    assert cfg.stages[0].lr == 1e30 and cfg.allow_unusual

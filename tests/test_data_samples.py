@@ -49,7 +49,27 @@ def test_good_samples_still_round_trip(tmp_path):
     assert read_jsonl(tmp_path / "x.jsonl") == [s]
 
 
-@pytest.mark.parametrize("bad", ["prefix", "utf8", "empty-candidates"])
+def test_a_sample_id_used_twice_is_refused_naming_both_lines(tmp_path):
+    """#43: two samples with one id were accepted; scores and per-sample files are keyed by it."""
+    f = tmp_path / "test.jsonl"
+    f.write_text(json.dumps(good_sample()) + "\n" + json.dumps(good_sample(id="s2")) + "\n\n"
+                 + json.dumps(good_sample()) + "\n")
+    with pytest.raises(ValueError, match=r"test.jsonl:4: sample id 's1' is already used on line 1"):
+        read_jsonl(f)
+
+
+def test_a_chosen_answer_among_its_rejected_ones_is_refused(tmp_path):
+    """#43: eval accepted a comparison whose chosen answer was also rejected (a margin of 0 whatever the model)."""
+    d = good_sample()
+    d["comparisons"][0]["rejected"] = ["C", "B"]
+    f = tmp_path / "test.jsonl"
+    f.write_text(json.dumps(d) + "\n")
+    with pytest.raises(ValueError, match=r"test.jsonl:1: comparisons\[0\]: the chosen response 'B' is also a "
+                                         "rejected one"):
+        read_jsonl(f)
+
+
+@pytest.mark.parametrize("bad", ["prefix", "utf8", "empty-candidates", "same-id", "chosen-rejected"])
 def test_eval_cli_refuses_bad_samples_before_loading_a_model(tmp_path, bad):
     """One line, exit 2, no traceback; the model name is bogus so loading it would fail differently."""
     f = tmp_path / "test.jsonl"
@@ -57,6 +77,11 @@ def test_eval_cli_refuses_bad_samples_before_loading_a_model(tmp_path, bad):
         f.write_text(json.dumps(good_sample(prefix={"a": 1})) + "\n")
     elif bad == "utf8":
         f.write_bytes(b'{"id": "s1", "prefix": "\xe9"}\n')
+    elif bad == "same-id":
+        f.write_text(json.dumps(good_sample()) + "\n" + json.dumps(good_sample()) + "\n")
+    elif bad == "chosen-rejected":
+        f.write_text(json.dumps(good_sample(comparisons=[{"question": "q", "chosen": "B", "rejected": ["B"]}]))
+                     + "\n")
     else:
         f.write_text(json.dumps(good_sample(candidates=[])) + "\n")
     r = CliRunner().invoke(app, ["eval", str(tmp_path / "no-such-model"), "--samples", str(f),

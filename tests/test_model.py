@@ -286,3 +286,39 @@ def test_hub_id_goes_to_from_pretrained_with_revision_and_no_remote_code(monkeyp
     with pytest.warns(UserWarning, match="trust_remote_code is on"):
         load_model("some-org/custom-arch", trust_remote_code=True, device="cpu")
     assert calls[-1][1]["trust_remote_code"] is True
+
+
+def test_model_folders_without_whole_safetensors_weights_get_one_line(tmp_path, embedded_tokenizer):
+    """#43: an empty folder asked for sentencepiece, a pickle-only folder and a truncated model.safetensors ran to
+    66-129-line tracebacks; each is now one UserError naming the folder or file, before transformers reads it."""
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+
+    folder = tmp_path / "m"
+    make_tiny_lm(embedded_tokenizer).save_pretrained(folder)
+    embedded_tokenizer.save_pretrained(folder)
+    load_model(str(folder), device="cpu")  # whole: loads
+    weights = folder / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-100])
+    with pytest.raises(UserError, match=r"model\.safetensors: not a complete safetensors file"):
+        load_model(str(folder), device="cpu")
+    weights.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(UserError, match=r"safetensors weights only, and this folder has pytorch_model\.bin"):
+        load_model(str(folder), device="cpu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "h.txt").write_text("A (1990)\n")
+    (tmp_path / "c.txt").write_text("B (1991)\nC (1992)\n")
+    r = CliRunner().invoke(app, ["rank", str(empty), "--history", str(tmp_path / "h.txt"),
+                                 "--candidates", str(tmp_path / "c.txt")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "no weights and no tokenizer" in r.output, r.output
+
+
+def test_target_modules_the_model_lacks_are_named_with_what_it_has(embedded_tokenizer):
+    with pytest.raises(UserError, match=r"lora.target_modules: \['q_proj_x'\] not in LlamaForCausalLM; its linear "
+                                        r"layers are \[.*'q_proj'.*\]"):
+        add_lora(make_tiny_lm(embedded_tokenizer), target_modules=["q_proj", "q_proj_x"])
+    add_lora(make_tiny_lm(embedded_tokenizer), target_modules=["model.layers.0.self_attn.q_proj"])  # full names too

@@ -615,6 +615,28 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tin
     assert is_run_dir(run)
 
 
+def test_a_diverging_loss_stops_training_with_one_line(tiny_dir, data_dirs, tmp_path, monkeypatch):
+    """#43: a finite loss that runs away (lr 1e30: 0.74 -> 10.8) trained to exit 0; now the stage stops when its step
+    loss passes divergence_factor x max(its first loss, 1). Here the loss is multiplied by 50 from the 3rd call."""
+    from prefrec.training import stages as stages_module
+
+    real, calls = stages_module.stage_loss, []
+
+    def blow_up(cfg, batch):
+        calls.append(1)
+        out = real(cfg, batch)
+        return (out[0] * 50.0,) + out[1:] if len(calls) >= 3 else out
+
+    monkeypatch.setattr(stages_module, "stage_loss", blow_up)
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", sft_epochs=1, batch=2)
+    with pytest.raises(UserError, match=r"dmpo step \d+: the loss is .* over 10 × its first value .*diverged"):
+        train(_cfg(raw))
+    raw["divergence_factor"] = None  # off: trains on
+    monkeypatch.setattr(stages_module, "stage_loss", blow_up)
+    calls.clear()
+    assert is_run_dir(train(_cfg({**raw, "output_dir": str(tmp_path / "run2")})))
+
+
 def test_train_refuses_a_folder_that_is_not_a_run_and_retries_a_failed_start(tiny_dir, data_dirs, tmp_path,
                                                                             monkeypatch):
     notes = tmp_path / "notes"

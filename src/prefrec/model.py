@@ -338,6 +338,27 @@ def _check_safetensors(path: Path) -> None:
         raise UserError(f"{path}: not a complete safetensors file ({e}); copy or train it again") from None
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model folder must hold safetensors weights that are whole; one line naming the folder or file
+    otherwise (transformers' own errors run to a hundred lines, or, for an empty folder, ask for sentencepiece)."""
+    weights = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(x for pattern in PICKLE_WEIGHTS for x in folder.glob(pattern))
+    if not weights and not pickles and not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: no weights and no tokenizer: a model folder holds config.json, *.safetensors "
+                        "and the tokenizer's files (save_pretrained writes them)")
+    if not weights and pickles:
+        raise UserError(f"{folder}: prefrec loads safetensors weights only, and this folder has {pickles[0].name} "
+                        "(a pickle, which can run code when it is read); where you trust it, convert it with "
+                        "transformers: from_pretrained(folder).save_pretrained(out, safe_serialization=True)")
+    if not weights:
+        raise UserError(f"{folder}: config.json but no *.safetensors weights")
+    for w in weights:
+        _check_safetensors(w)
+
+
 def check_adapter(folder: str | os.PathLike) -> dict:
     """The parsed adapter_config.json of a PEFT adapter folder whose adapter_model.safetensors is complete; else a
     UserError naming the file (PEFT's own errors name none: missing weights read "Repo id must be in the form …",
@@ -400,6 +421,8 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
     path = resolve_base(name)
     if path == name and not Path(name).is_dir():
         check_hub_id(name, revision)
+    elif Path(path).is_dir():
+        check_model_folder(Path(path))
     if trust_remote_code:
         warnings.warn(f"model {name!r}: trust_remote_code is on, so Python code from the model's files runs in this "
                       "process; use it only for a repository you trust, pinned to a reviewed revision", stacklevel=2)
@@ -467,6 +490,13 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
             p.requires_grad_("lora_" in n)
         return model
     top = top_layers(model, layers) if layers is not None else None
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    have = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    missing = [t for t in target_modules if t != "all-linear" and t not in have
+               and not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:  # PEFT's own error names neither the config key nor what the model has
+        raise UserError(f"lora.target_modules: {missing} not in {type(model).__name__}; its linear layers are "
+                        f"{have}")
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                      task_type="CAUSAL_LM", layers_to_transform=top)
     return get_peft_model(model, cfg)

@@ -103,6 +103,9 @@ class Sample:
                 raise ValueError(f"{where}: comparisons[{j}].chosen must be a non-empty string")
             if not isinstance(c["question"], str):
                 raise ValueError(f"{where}: comparisons[{j}].question must be a string, got {type(c['question']).__name__}")
+            if c["chosen"] in rej:  # a preference between an answer and itself: its margin is 0 whatever is learnt
+                raise ValueError(f"{where}: comparisons[{j}]: the chosen response {c['chosen']!r:.60} is also a "
+                                 "rejected one; a comparison needs two different answers")
             parsed.append(Comparison(question=c["question"], chosen=c["chosen"], rejected=list(rej)))
         rest = {k: v for k, v in d.items() if k != "comparisons"}
         return cls(comparisons=parsed, **rest)
@@ -138,8 +141,19 @@ def write_samples(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
-    """Samples of a JSON-lines file, one per non-blank line; ValueError naming the file and line on bad input."""
+    """Samples of a JSON-lines file, one per non-blank line; ValueError naming the file and line on bad input,
+    and on a sample id used twice (scores, bootstrap groups and per-sample files are keyed by it)."""
     path = Path(path)
+    seen: dict[str, int] = {}
+    for lineno, sample in _numbered(path):
+        if sample.id in seen:
+            raise ValueError(f"{path}:{lineno}: sample id {sample.id!r} is already used on line {seen[sample.id]}; "
+                             "ids must be unique in a file")
+        seen[sample.id] = lineno
+        yield sample
+
+
+def _numbered(path: Path) -> Iterator[tuple[int, Sample]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
@@ -156,7 +170,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[Sample]:
                 raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             except RecursionError:
                 raise ValueError(f"{where}: {io.NESTED_TOO_DEEP}") from None
-            yield Sample.from_dict(d, where=where)
+            yield lineno, Sample.from_dict(d, where=where)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Sample]:

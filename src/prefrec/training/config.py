@@ -136,6 +136,9 @@ class TrainConfig:
     # (prefrec.scoring.trunk); trunk_cache_dir: where (None: the user cache folder, prefrec.paths.cache_dir()/trunk)
     trunk_cache: bool = True
     trunk_cache_dir: str | None = None
+    # a stage stops with one line when its step loss exceeds this factor × max(its first step's loss, 1) (null: off)
+    divergence_factor: float | None = 10.0
+    allow_unusual: bool = False  # accept values outside the usual ranges (UNUSUAL below): lr > 0.1, LoRA r > 1024
     tensorboard: bool = False  # also log to TensorBoard (the same as log_with: [tensorboard])
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers: tensorboard, wandb, mlflow
     progress: bool = True  # tqdm bar (main process only)
@@ -304,8 +307,30 @@ def _positive(ck: Checker, path: str, v, allow_none: bool = True, allow_zero: bo
         ck.fail(path, f"expected a {'non-negative' if allow_zero else 'positive'} number, got {_show(v)}")
 
 
+# Values that are legal but almost always a slip (lr 1e30 trained to exit 0 with adapter weights of 1.7e30; r 1e8 ran
+# out of memory after a 100-line traceback): refused unless `allow_unusual: true`.
+UNUSUAL = {"lr": 0.1, "lora.r": 1024}
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
+
+
+def _check_unusual(cfg: TrainConfig, ck: Checker) -> None:
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed <= MAX_SEED:
+        ck.fail("seed", f"expected an integer in [0, {MAX_SEED}], got {_show(cfg.seed)}")
+    if cfg.allow_unusual:
+        return
+    hint = "; set allow_unusual: true if you mean it"
+    if isinstance(cfg.lora.r, int) and cfg.lora.r > UNUSUAL["lora.r"]:
+        ck.fail("lora.r", f"{cfg.lora.r} is above {UNUSUAL['lora.r']}, more than any model here has dimensions{hint}")
+    for i, stage in enumerate(cfg.stages):
+        if isinstance(stage.lr, (int, float)) and stage.lr > UNUSUAL["lr"]:
+            ck.fail(f"stages[{i}].lr", f"{stage.lr:g} is above {UNUSUAL['lr']:g}: LoRA learning rates are 1e-6 to "
+                    f"1e-2{hint}")
+
+
 def _check_values(cfg: TrainConfig, ck: Checker) -> None:
     """Checks beyond types: allowed values, ranges, stage order (every problem recorded in `ck`)."""
+    _check_unusual(cfg, ck)
+    _positive(ck, "divergence_factor", cfg.divergence_factor)
     if cfg.model.dtype not in DTYPES:
         ck.fail("model.dtype", f"expected one of {list(DTYPES)}, got {_show(cfg.model.dtype)}")
     if cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:

@@ -180,6 +180,7 @@ class StageRun:
     scheduler: object
     step: int = 0
     text_trees: list | None = None  # the curriculum's text-only trees (items.curriculum, sft stage)
+    first_loss: float | None = None  # the stage's first step loss in this process (divergence_factor's base)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -505,6 +506,7 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     r.timings[kind] = r.timings.get(kind, 0.0) + time.time() - t0
     if share is not None:
         metrics["hybrid_share"] = sum(hybrid) / len(hybrid)  # the curriculum's hybrid samples in this step
+    _stop_if_diverged(r, sr, metrics.get("loss"))
     r.log.write({"split": "train", "step": r.global_step, "stage": kind, "stage_step": sr.step,
                  "epoch": round(sr.step / sr.steps_per_epoch, 4), "lr": lr, **metrics,
                  "grad_norm": None if grad_norm is None else float(grad_norm), "seconds": round(time.time() - t0, 4)})
@@ -520,6 +522,24 @@ def _stop_unless_finite(r: Recipe, sr: StageRun, what: str, value: torch.Tensor)
         "no checkpoint was written yet (save_every sets how often); a rerun starts again"
     raise UserError(f"{sr.stage.kind} step {sr.step + 1}: the {what} is {float(value.detach())}, not finite; training stopped "
                     f"({where}, e.g. with a lower lr than {r.cfg.stages[sr.si].lr:g})")
+
+
+def _stop_if_diverged(r: Recipe, sr: StageRun, loss: float | None) -> None:
+    """Stop a stage whose loss has run away (finite, but divergence_factor × max(its first loss, 1) or more): an lr
+    far too high trained to the end before, its adapter weights at 1e30."""
+    factor = r.cfg.divergence_factor
+    if loss is None or factor is None:
+        return
+    if sr.first_loss is None:
+        sr.first_loss = loss
+        return
+    limit = factor * max(sr.first_loss, 1.0)
+    if loss > limit:
+        last = checkpoints(r.run)
+        where = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        raise UserError(f"{sr.stage.kind} step {sr.step}: the loss is {loss:.4g}, over {factor:g} × its first "
+                        f"value ({sr.first_loss:.4g}): training diverged and was stopped ({where}); lower the lr "
+                        f"(now {r.cfg.stages[sr.si].lr:g}), or set divergence_factor: null to train on")
 
 
 def _validate(r: Recipe, sr: StageRun) -> None:
