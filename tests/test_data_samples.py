@@ -92,3 +92,14 @@ def test_eval_cli_refuses_bad_samples_before_loading_a_model(tmp_path, bad):
     assert msg.startswith("error: ") and str(f) in msg and len(msg.splitlines()) == 1
     if bad == "empty-candidates":
         assert "sample s1" in msg and "'candidates'" in msg
+
+
+def test_eval_out_naming_a_file_fails_before_any_work(tmp_path):
+    """#43: `eval --out FILE` ran the whole evaluation, then failed with a 58-line traceback."""
+    f = tmp_path / "test.jsonl"
+    f.write_text(json.dumps(good_sample()) + "\n")
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine")
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "no-such-model"), "--samples", str(f), "--out", str(taken)])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output and r.output.count("\n") == 1, r.output
+    assert taken.read_text() == "mine"
