@@ -6,8 +6,8 @@
 #   nohup bash scripts/cells.sh configs/experiments/ml1m-table2.yaml "sft dpo dmpo" > cells.log 2>&1 &
 #
 # For each seed, then each method (the order given, then the grid's other methods), it runs
-# `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report`, writes the report
-# (docs/results/<name>/), and commits that folder. A finished cell is skipped by the experiment itself, so running
+# `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report`, copies the finished cells' small files
+# under docs/results/<name>/cells and commits them; after each seed it writes the report there and commits it. A finished cell is skipped by the experiment itself, so running
 # the script again continues where it stopped. Every torch command takes the lock $LOCK (default /tmp/torch.lock)
 # and waits a little after each group, so that another torch job waiting on the same lock runs between two groups
 # rather than beside one (one torch job at a time on a small machine).
@@ -25,14 +25,25 @@ METHODS=("${FIRST[@]}")
 for m in "${ALL[@]}"; do [[ " ${METHODS[*]} " == *" $m "* ]] || METHODS+=("$m"); done
 REPORT=docs/results/$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$CONFIG")
 
+# the small files of every finished cell, copied beside the report (what the report's own publishing copies)
+publish() {
+  (cd "$EXP/cells" && find . \( -path './*/*/results.json' -o -path './*/*/per_sample.jsonl' \
+      -o -path './*/*/run/metrics.jsonl' \) -print0 | xargs -0 -r cp --parents -t "$OLDPWD/$REPORT/cells")
+}
+commit() { git add -A "$REPORT"; git diff --cached --quiet || git commit -q -m "$1"; }
+
+mkdir -p "$REPORT/cells"
 for seed in "${SEEDS[@]}"; do
   for m in "${METHODS[@]}"; do
     echo "$(date -u +%FT%TZ) cells: $m seed $seed"
     flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --set "seeds=[$seed]" --only "$m" --no-report
-    flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --report-only
-    git add -A "$REPORT"
-    git diff --cached --quiet || git commit -q -m "$(basename "$CONFIG" .yaml): $m seed $seed finished (#40)"
+    publish
+    commit "$(basename "$CONFIG" .yaml): $m seed $seed finished (#40)"
     sleep "${YIELD_S:-30}"
   done
+  # the report (a few minutes of bootstraps on a large grid) once per seed; its experiment.json records the
+  # settings that let a later session count the committed cells as done
+  flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --report-only
+  commit "$(basename "$CONFIG" .yaml): report after seed $seed (#40)"
 done
 echo "$(date -u +%FT%TZ) cells: all done"
