@@ -389,8 +389,7 @@ def eval_cmd(
     try:
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
-        if out is not None:
-            io.check_out_folder(out)  # before the evaluation: it failed after all of it, with a traceback
+        io.check_out_folder(out)  # before the evaluation: it failed after all of it, with a traceback
         data = samples if peer is None else load_peer(peer, peer_format, history_field=history_field,
                                                       candidates_field=candidates_field,
                                                       target_field=target_field, domain=domain)

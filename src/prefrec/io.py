@@ -55,8 +55,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
 INCOMPLETE = ".prefrec-incomplete"  # inside a folder still being written (or left by a killed writer)
 
 
-def check_out_folder(out: str | os.PathLike, flag: str = "--out") -> None:
-    """`flag` must name a folder or nothing yet: neither it nor any folder above it may be a file."""
+def check_out_folder(out: str | os.PathLike | None, flag: str = "--out") -> None:
+    """`flag` must name a folder or nothing yet: neither it nor any folder above it may be a file (None: not
+    given, nothing to check)."""
+    if out is None:
+        return
     p = Path(out)
     for q in (p, *p.parents):
         if q.exists():
