@@ -513,15 +513,19 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     return metrics
 
 
+def _last_good(r: Recipe) -> str:
+    """Where a stopped run can go on from: its newest checkpoint, or that it has none yet."""
+    last = checkpoints(r.run)
+    return f"the last good checkpoint is {last[-1]}; `prefrec train --resume` continues from it" if last else \
+        "no checkpoint was written yet (save_every sets how often); a rerun starts again"
+
+
 def _stop_unless_finite(r: Recipe, sr: StageRun, what: str, value: torch.Tensor) -> None:
     """Stop before a non-finite number reaches the weights: the last checkpoint stays the last good state."""
     if torch.isfinite(value).all():
         return
-    last = checkpoints(r.run)
-    where = f"the last good checkpoint is {last[-1]}; `prefrec train --resume` continues from it" if last else \
-        "no checkpoint was written yet (save_every sets how often); a rerun starts again"
     raise UserError(f"{sr.stage.kind} step {sr.step + 1}: the {what} is {float(value.detach())}, not finite; training stopped "
-                    f"({where}, e.g. with a lower lr than {r.cfg.stages[sr.si].lr:g})")
+                    f"({_last_good(r)}, e.g. with a lower lr than {r.cfg.stages[sr.si].lr:g})")
 
 
 def _stop_if_diverged(r: Recipe, sr: StageRun, loss: float | None) -> None:
@@ -535,10 +539,8 @@ def _stop_if_diverged(r: Recipe, sr: StageRun, loss: float | None) -> None:
         return
     limit = factor * max(sr.first_loss, 1.0)
     if loss > limit:
-        last = checkpoints(r.run)
-        where = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
         raise UserError(f"{sr.stage.kind} step {sr.step}: the loss is {loss:.4g}, over {factor:g} × its first "
-                        f"value ({sr.first_loss:.4g}): training diverged and was stopped ({where}); lower the lr "
+                        f"value ({sr.first_loss:.4g}): training diverged and was stopped ({_last_good(r)}); lower the lr "
                         f"(now {r.cfg.stages[sr.si].lr:g}), or set divergence_factor: null to train on")
 
 
