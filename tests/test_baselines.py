@@ -444,6 +444,12 @@ def test_cli_writes_one_folder_per_regime(folders, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n"] == 2
     assert json.loads((tmp_path / "lim" / "popularity-full" / "results.json").read_text())["n_samples"] == 2
+    (tmp_path / "lim" / "popularity-few-shot").mkdir()
+    (tmp_path / "lim" / "popularity-few-shot" / "per_sample.jsonl").write_text("the user's\n")
+    res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out",
+                                   str(tmp_path / "lim")])  # the user's file: refused before any training (#43)
+    assert res.exit_code == 2 and "per_sample.jsonl exists and was not written by `prefrec baseline`" in res.output
+    assert (tmp_path / "lim" / "popularity-few-shot" / "per_sample.jsonl").read_text() == "the user's\n"
 
 
 def test_cmf_text_loss_matches_the_dense_reconstruction_error():

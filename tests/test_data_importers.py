@@ -343,6 +343,18 @@ def test_cli_export_and_import(tmp_path):
     assert json.loads((tmp_path / "out.jsonl").read_text())["conversations"][0]["value"] == "P q"
     r = CliRunner().invoke(app, ["data", "export", str(tmp_path), "--format", "nope", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "error: export format 'nope'" in r.output
+    # an existing --out FILE: refused without --force; with it, replaced only when an earlier export wrote it (#43)
+    out = ["data", "export", str(tmp_path), "--format", "trl", "--out"]
+    r = CliRunner().invoke(app, out + [str(tmp_path / "out.jsonl")])
+    assert r.exit_code == 2 and "exists; choose another name, or pass --force" in r.output, r.output
+    assert CliRunner().invoke(app, out + [str(tmp_path / "out.jsonl"), "--force"]).exit_code == 0
+    assert "prompt" in json.loads((tmp_path / "out.jsonl").read_text())
+    (tmp_path / "mine.jsonl").write_text("the user's\n")
+    r = CliRunner().invoke(app, out + [str(tmp_path / "mine.jsonl"), "--force"])
+    assert r.exit_code == 2 and "was not written by `prefrec data export`" in r.output, r.output
+    assert (tmp_path / "mine.jsonl").read_text() == "the user's\n"
+    r = CliRunner().invoke(app, out + [str(tmp_path / "train.jsonl"), "--force"])  # its own input
+    assert r.exit_code == 2 and "was not written by `prefrec data export`" in r.output, r.output
 
 
 def test_datasets_save_to_disk_round_trip(tmp_path):
@@ -402,3 +414,80 @@ def test_the_import_summary_says_each_outcome_once():
     lines = summary_lines(rep(7, 0, 0, 7, False))
     assert lines[0] == "f.json: not imported: all 7 rows refused" and lines[-1] == "    ... 2 more in import_report.json"
     assert len(lines) == 7
+
+
+# ---- issue 43: an import writes only what it records as its own, never its inputs -------------------------------
+
+def _row_file(path, n=1):
+    path.write_text(json.dumps([dmpo_row(HIST, "A", "B", [pair("A", "B"), pair("B", "A")])] * n))
+    return path
+
+
+def test_import_into_the_folder_of_its_own_input_never_touches_the_input(tmp_path):
+    # the input was deleted (every row rejected) or overwritten in place (7 rows became 2)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    bad = folder / "rows.jsonl"
+    bad.write_text('{"instruction": 1}\n')
+    r = CliRunner().invoke(app, ["data", "import", str(bad), "--out", str(folder)])
+    assert r.exit_code == 2 and "is one of this command's inputs" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert bad.read_text() == '{"instruction": 1}\n' and sorted(p.name for p in folder.iterdir()) == ["rows.jsonl"]
+
+
+def test_import_never_overwrites_or_removes_a_file_it_did_not_write(tmp_path):
+    from prefrec.errors import UserError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rec_a.jsonl").write_text("the user's own file\n")
+    with pytest.raises(UserError, match=r"rec_a\.jsonl exists and was not written by `prefrec data import`"):
+        import_files([_row_file(tmp_path / "rec_a.json")], out)
+    assert (out / "rec_a.jsonl").read_text() == "the user's own file\n"
+    assert sorted(p.name for p in out.iterdir()) == ["rec_a.jsonl"]  # nothing written, not even a report
+
+
+def test_import_into_a_prepared_folder_does_not_replace_its_split(tmp_path):
+    from test_data_prepare import write_tiny_ml100k
+
+    from prefrec.data.prepare import prepare
+    from prefrec.errors import UserError
+
+    prepared = tmp_path / "prep"
+    prepare("ml-100k", write_tiny_ml100k(tmp_path / "ml"), "pairwise", prepared, warn=lambda m: None)
+    before = (prepared / "train.jsonl").read_bytes()
+    with pytest.raises(UserError, match=r"train\.jsonl exists and was not written by `prefrec data import`"):
+        import_files([_row_file(tmp_path / "train.json")], prepared)
+    assert (prepared / "train.jsonl").read_bytes() == before
+
+
+def test_a_second_import_replaces_its_own_output_but_not_an_edited_one(tmp_path):
+    from prefrec.errors import UserError
+
+    src, out = _row_file(tmp_path / "rec_a.json"), tmp_path / "out"
+    import_files([src], out)
+    _row_file(src, n=2)
+    import_files([src], out)  # its own unchanged output: replaced, and recorded again
+    assert len(read_jsonl(out / "rec_a.jsonl")) == 1  # one user: the two rows are one sample's comparisons
+    assert len(read_jsonl(out / "rec_a.jsonl")[0].comparisons) == 2
+    with open(out / "rec_a.jsonl", "a") as f:
+        f.write("\n")  # edited by hand since
+    with pytest.raises(UserError, match=r"or was changed since"):
+        import_files([src], out)
+
+
+def test_a_json_error_names_its_own_line(tmp_path):
+    # an import error on line 2 was reported on line 4 (and a multi-line record's inside read as records) (#43)
+    ok = '{"prompt": "p", "chosen": "a", "rejected": "c"}\n'
+    spread = tmp_path / "spread.json"
+    spread.write_text('{"prompt": "p",\n "chosen": "a" "rejected": "b"}\n' + ok)
+    samples, report = import_file(spread)
+    assert len(samples) == 1 and report.rejected == [
+        {"where": "spread.json:2", "reason": "not valid JSON (Expecting ',' delimiter at column 16)"}]
+    array = tmp_path / "array.json"
+    array.write_text('[\n  {"prompt": "p", "chosen": "a" "rejected": "b"},\n  ' + ok + "]\n")
+    from prefrec.errors import UserError
+
+    with pytest.raises(UserError, match=r"array\.json:2: not valid JSON \(Expecting ',' delimiter at column 33\); "
+                                        r"the file is one JSON array"):
+        import_file(array)

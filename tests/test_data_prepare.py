@@ -242,7 +242,7 @@ def test_prepare_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match=r"^--out .*mine: not a folder written by `prefrec data prepare` \(it holds notes\.txt\)"):
+    with pytest.raises(UserError, match=r"^--out .*mine holds files that `prefrec data prepare` did not write there.*\(notes\.txt\)"):
         prepare("ml-100k", src, "pairwise", mine, warn=lambda m: None)
     assert _files(mine) == {"notes.txt": b"keep me"}
     done = tmp_path / "done"
@@ -251,6 +251,18 @@ def test_prepare_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(UserError, match=r"notes\.txt"):
         prepare("ml-100k", src, "pairwise", done, seed=5, warn=lambda m: None)
     assert (done / "notes.txt").is_file() and json.loads((done / "stats.json").read_text())["seed"] == 0
+
+
+def test_prepare_refuses_to_replace_a_prepared_file_the_user_edited(tmp_path):
+    # ownership was judged by file name: a prepared folder whose train.jsonl the user had edited was replaced (#43)
+    src = write_tiny_ml100k(tmp_path / "ml")
+    done = tmp_path / "done"
+    prepare("ml-100k", src, "pairwise", done, warn=lambda m: None)
+    edited = (done / "train.jsonl").read_text().splitlines(keepends=True)[:1]
+    (done / "train.jsonl").write_text("".join(edited))
+    with pytest.raises(UserError, match=r"changed since \(train\.jsonl\)"):
+        prepare("ml-100k", src, "pairwise", done, seed=5, warn=lambda m: None)
+    assert (done / "train.jsonl").read_text() == "".join(edited)
 
 
 def test_readers_refuse_a_half_written_or_mixed_prepared_folder(tmp_path):

@@ -239,6 +239,18 @@ def test_cli_eval_and_report_on_a_saved_model(tiny_lm, tmp_path):
     assert "hand · pairwise" in (tmp_path / "rep" / "results.md").read_text()
     r = runner.invoke(app, ["eval", str(model_dir), "--samples", str(tmp_path / "nowhere")])
     assert r.exit_code == 2
+    # the user's own files in --out are never overwritten; refused before the evaluation (#43)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.json").write_text("the user's")
+    (tmp_path / "mine" / "results.md").write_text("the user's")
+    for cmd in (["eval", str(model_dir), "--samples", str(folder)], ["report", str(tmp_path / "ev")]):
+        r = runner.invoke(app, cmd + ["--out", str(tmp_path / "mine")])
+        assert r.exit_code == 2 and "exists and was not written by `prefrec" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert {p.name: p.read_text() for p in (tmp_path / "mine").iterdir()} == {"results.json": "the user's",
+                                                                              "results.md": "the user's"}
+    r = runner.invoke(app, ["eval", str(model_dir), "--samples", str(folder), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output  # its own earlier results: replaced
     r = runner.invoke(app, ["eval", str(model_dir)])
     assert r.exit_code == 2
 

@@ -47,7 +47,7 @@ def test_force_never_deletes_the_run_its_parent_or_a_folder_export_did_not_write
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match=r"^--out .*other was not written by `prefrec export`.*--force replaces only"):
+    with pytest.raises(UserError, match=r"^--out .*other holds files that `prefrec export` did not write there"):
         export_run(run, other, force=True)
     assert _tree(tmp_path) == sorted(before + ["other", "other/notes.txt"])
 
@@ -59,14 +59,18 @@ def test_force_replaces_an_earlier_export_only_while_it_holds_nothing_else(run_f
     assert record["run"] == str(run.resolve()) and "model.safetensors" in record["files"]
     with pytest.raises(UserError, match="not empty"):
         export_run(run, out)
-    (out / "model.safetensors").write_bytes(b"stale")
-    export_run(run, out, force=True)
+    export_run(run, out, force=True)  # its own, unchanged: replaced
     assert (out / "model.safetensors").stat().st_size > 100
+    (out / "model.safetensors").write_bytes(b"changed by hand")  # then no longer only the export's (#43)
+    with pytest.raises(UserError, match=r"changed since \(model\.safetensors\)"):
+        export_run(run, out, force=True)
+    assert (out / "model.safetensors").read_bytes() == b"changed by hand"
+    out = export_run(run, tmp_path / "merged2")
     (out / "my-eval.md").write_text("mine")
     with pytest.raises(UserError, match=r"my-eval\.md"):
         export_run(run, out, force=True)
     assert (out / "my-eval.md").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "run"]  # no temp folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "merged2", "run"]  # no temp folder left
 
 
 def test_export_weights_get_the_ordinary_file_mode(run_factory, tmp_path):

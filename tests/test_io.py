@@ -259,3 +259,139 @@ def test_a_killed_holders_lock_is_taken_over_even_if_its_pid_lives_on(tmp_path):
     lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a record naming a live pid, but no OS lock held
     with io.exclusive(tmp_path / "run", "run folder"):
         assert lock.read_text().split()[0] == str(os.getpid())
+
+
+# ---- ownership and leftovers (issue 43) ----------------------------------------------------------------------
+
+def test_owning_writes_only_its_own_files_and_records_them(tmp_path):
+    from prefrec.errors import UserError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "user.json").write_text("mine")
+    with io.owning(out, "eval"):
+        io.write_json(out / "results.json", {"a": 1})
+        with pytest.raises(UserError, match=r"user\.json exists and was not written by `prefrec eval`"):
+            io.write_json(out / "user.json", {})
+        with pytest.raises(UserError, match=r"user\.json exists and was not written"):
+            io.remove(out / "user.json")
+    assert (out / "user.json").read_text() == "mine"
+    assert io.manifest(out)["results.json"] == {"by": "eval", "sha256": io.file_digest(out / "results.json")}
+    with io.owning(out, "eval", names=["results.json"]):  # its own, unchanged: may be replaced, and removed
+        io.write_json(out / "results.json", {"a": 2})
+        io.remove(out / "results.json")
+    assert "results.json" not in io.manifest(out) and not (out / "results.json").exists()
+    io.write_json(out / "x.json", {})
+    with pytest.raises(UserError, match=r"x\.json exists and was not written by `prefrec report`"):
+        with io.owning(out, "report", names=["x.json"]):  # refused before the work
+            pass
+    with io.owning(out, "eval"):
+        io.write_json(out / "results.json", {})
+    with pytest.raises(UserError, match="was not written by `prefrec report`"):  # another command's file
+        with io.owning(out, "report", names=["results.json"]):
+            pass
+    (out / "results.json").write_text("edited")
+    with pytest.raises(UserError, match="or was changed since"):  # changed by hand since
+        with io.owning(out, "eval", names=["results.json"]):
+            pass
+
+
+def test_owning_never_writes_an_input(tmp_path):
+    from prefrec.errors import UserError
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("x\n")
+    with pytest.raises(UserError, match=r"rows\.jsonl is one of this command's inputs"):
+        with io.owning(tmp_path, "data import", names=["rows.jsonl"], inputs=[data]):
+            pass
+    with io.owning(tmp_path, "data import", inputs=[data]):
+        with pytest.raises(UserError, match="one of this command's inputs"):
+            io.write_text(data, "y\n")
+    assert data.read_text() == "x\n"
+
+
+def test_check_out_file_needs_force_and_then_only_its_own(tmp_path):
+    from prefrec.errors import UserError
+
+    f = tmp_path / "ranking.json"
+    io.check_out_file(f, "rank", force=False)  # new: fine
+    f.write_text("the user's")
+    for force in (False, True):
+        with pytest.raises(UserError, match="pass --force" if not force else "was not written by `prefrec rank`"):
+            io.check_out_file(f, "rank", force=force)
+    f.unlink()
+    with io.owning(tmp_path, "rank"):
+        io.write_json(f, [])
+    io.check_out_file(f, "rank", force=True)
+    with pytest.raises(UserError, match="is a folder"):
+        io.check_out_file(tmp_path, "rank", force=True)
+
+
+def test_replacing_a_folder_whole_needs_every_file_to_be_the_owners(tmp_path):
+    from prefrec.errors import UserError
+
+    out = tmp_path / "prep"
+    with io.atomic_folder(out, owner="data prepare") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.txt").write_text("a")
+    assert set(io.manifest(out)) == {"sub/a.txt"}
+    with io.atomic_folder(out, owner="data prepare") as tmp:  # unchanged: replaced
+        (tmp / "b.txt").write_text("b")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"holds files that `prefrec data prepare` did not write there.*notes\.txt"):
+        with io.atomic_folder(out, owner="data prepare"):
+            pass
+    with pytest.raises(UserError, match="did not write there"):
+        with io.atomic_folder(out, owner="export"):  # another command's folder
+            pass
+    assert (out / "notes.txt").read_text() == "mine" and (out / "b.txt").read_text() == "b"
+
+
+def _killed_writer(tmp_path, stage: str) -> int:
+    """A child process that writes tmp_path/out through io and is SIGKILLed at `stage`; returns its pid."""
+    import signal
+    import subprocess
+    import sys
+
+    code = f"""
+import os, signal
+from pathlib import Path
+from prefrec import io
+out = Path({str(tmp_path / 'out')!r})
+if {stage!r} == "file":
+    with io.atomic_path(Path({str(tmp_path)!r}) / "f.json") as tmp:
+        tmp.write_text("half")
+        os.kill(os.getpid(), signal.SIGKILL)
+io._swap_in = lambda new, path: (os.replace(path, Path(__import__("tempfile").mkdtemp(dir=path.parent,
+    prefix=io._temp_prefix(path), suffix=".old")) / path.name), os.kill(os.getpid(), signal.SIGKILL))
+if {stage!r} == "filling":
+    with io.atomic_folder(out, replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        os.kill(os.getpid(), signal.SIGKILL)
+with io.atomic_folder(out, replace=True) as tmp:  # "swapping": killed between the two renames
+    (tmp / "new.txt").write_text("new")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return proc
+
+
+def test_a_killed_writers_leftovers_are_removed_or_put_back_and_said(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    _killed_writer(tmp_path, "file")
+    _killed_writer(tmp_path, "filling")
+    hidden = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert len(hidden) == 2 and all(".prefrec-" in h for h in hidden)
+    io.write_json(tmp_path / "f.json", {})
+    assert "removed" in capsys.readouterr().err
+    with io.atomic_folder(out, replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert "left by a killed prefrec" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "out"]
+    _killed_writer(tmp_path, "swapping")
+    assert not out.exists()  # killed between the two renames: the old folder sits aside
+    said = io.remove_leftovers(out)  # the old folder put back, the new one (never renamed in) removed
+    assert sorted(line.split(" ")[0] for line in said) == ["put", "removed"], said
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "out"]

@@ -146,6 +146,15 @@ def test_cli_rank_plain_model_and_run_folder(tmp_path, embedded_tokenizer):
     # the adapter changes the scores, so the run folder really was loaded with it
     assert rank(base, tok, HISTORY, CANDIDATES)[0]["score"] != pytest.approx(
         rank(peft_model, tok, HISTORY, CANDIDATES)[0]["score"], abs=1e-3)
+    args = ["rank", str(base_dir), "--history", str(tmp_path / "h.txt"), "--candidates", str(tmp_path / "c.json"),
+            "--out"]
+    assert runner.invoke(app, args + [str(tmp_path / "r.json")]).exit_code == 0
+    res = runner.invoke(app, args + [str(tmp_path / "r.json")])  # an existing --out FILE needs --force (#43)
+    assert res.exit_code == 2 and "pass --force" in res.output, res.output
+    assert runner.invoke(app, args + [str(tmp_path / "r.json"), "--force"]).exit_code == 0
+    res = runner.invoke(app, args + [str(tmp_path / "h.txt"), "--force"])  # and then only its own file
+    assert res.exit_code == 2 and "was not written by `prefrec rank`" in res.output, res.output
+    assert (tmp_path / "h.txt").read_text(encoding="utf-8") == "\n".join(HISTORY)
     res = runner.invoke(app, ["rank", str(base_dir), "--history", str(tmp_path / "missing.txt"),
                               "--candidates", str(tmp_path / "c.json")])
     assert res.exit_code == 2 and "missing.txt" in res.output

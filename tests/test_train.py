@@ -28,7 +28,7 @@ from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.training.config import config_from_dict, load_config, resolve_paths
 from prefrec.training.batches import encode_trees, epoch_order, shard, stage_k, with_k_negatives
 from prefrec.training.recipe import train
-from prefrec.training.runfolder import checkpoints
+from prefrec.training.runfolder import check_run_folder, checkpoints
 from prefrec.training.stages import cosine_with_warmup
 
 TITLES = ["Alien", "Heat", "Fargo", "Casino", "Rocky", "Jaws", "Up", "Cars", "Brazil", "Ran", "Babe", "Big"]
@@ -272,6 +272,34 @@ def _killed_copy(run: Path, dest: Path, step: int) -> None:
         (dest / "ref_logps.safetensors").unlink()
 
 
+class _Hostile:
+    """A pickle that would run a command when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_names_a_damaged_checkpoint_file(full_run, tmp_path):
+    # a corrupt random_states_0.pkl was silently ignored at a stage boundary (Accelerate logs and goes on with a
+    # fresh RNG); a hostile optimizer.bin was a 100-line traceback (#43)
+    import pickle
+
+    run, raw = full_run
+    marker = tmp_path / "ran"
+    for step, name, content in ((4, "random_states_0.pkl", b"not a pickle"),
+                                (6, "optimizer.bin", pickle.dumps(_Hostile(marker)))):
+        dest = tmp_path / f"damaged-{step}"
+        _killed_copy(run, dest, step)
+        (dest / "checkpoints" / f"step-{step}" / name).write_bytes(content)
+        with pytest.raises(UserError, match=rf"step-{step}\S* is damaged \(.*\); start the run again without "
+                                            rf"--resume, or delete .*step-{step} to resume from the checkpoint before"):
+            train(_cfg({**raw, "output_dir": str(dest)}), resume=True)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("step", [2, 4, 6])  # in SFT, at the SFT -> DMPO boundary, in DMPO
 def test_resume_reproduces_uninterrupted_run(full_run, tmp_path, step):
     run, raw = full_run
@@ -326,6 +354,16 @@ def test_resume_refuses_a_changed_config_and_busy_folder_needs_resume(full_run, 
     changed = {**raw, "output_dir": str(dest), "stages": [raw["stages"][0], {**raw["stages"][1], "beta": 0.9}]}
     with pytest.raises(UserError, match=r"config differs .* \['stages'\]"):
         train(_cfg(changed), resume=True)
+    # a run from before a key was added (its config.yaml lacks it) resumes when the key keeps its default;
+    # ml1m-table2's DMPO cell was refused over allow_unusual and divergence_factor (#43)
+    older = tmp_path / "older"
+    _killed_copy(run, older, 6)
+    saved = yaml.safe_load((older / "config.yaml").read_text())
+    assert saved.pop("divergence_factor") == 10 and saved.pop("allow_unusual") is False
+    (older / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert check_run_folder(_cfg({**raw, "output_dir": str(older)}), older, resume=True).name == "step-6"
+    with pytest.raises(UserError, match=r"config differs .* \['divergence_factor'\]"):
+        check_run_folder(_cfg({**raw, "output_dir": str(older), "divergence_factor": 5}), older, resume=True)
     # a checkpoint without Accelerate's RNG file (an older prefrec's) is refused, not resumed with a fresh RNG
     old = tmp_path / "old"
     _killed_copy(run, old, 6)

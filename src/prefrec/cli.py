@@ -11,6 +11,7 @@ those imports take 1.5-6 s, and `prefrec --help`, the data commands and argument
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from prefrec.data.protocols import UNSET
 from prefrec.errors import UserError
 from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
-from prefrec.results import RESULTS, is_run_dir
+from prefrec.results import PER_SAMPLE, RESULTS, is_run_dir
 from prefrec.samples import read_jsonl
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
@@ -248,6 +249,8 @@ def data_export(
     split: str = typer.Option("train", "--split", help="Which split of a prepared folder."),
     to_datasets: bool = typer.Option(False, "--datasets/--jsonl", help="Write a Hugging Face datasets folder "
                                      "(save_to_disk; needs the 'datasets' extra) instead of JSON lines."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if an earlier `prefrec data export` wrote it "
+                               "(nothing else is ever replaced)."),
 ) -> None:
     """Write prefrec samples in TRL, LLaMA-Factory or chat-messages layout (one row per rejected response)."""
     from prefrec.data.exporters import export_samples  # torch, via the task table: only this command pays for it
@@ -256,7 +259,7 @@ def data_export(
         path = samples / f"{split}.jsonl" if samples.is_dir() else samples
         if not path.is_file():
             raise UserError(f"{path}: no such samples file")
-        n = export_samples(read_jsonl(path), out, fmt, datasets=to_datasets)
+        n = export_samples(read_jsonl(path), out, fmt, datasets=to_datasets, force=force)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"{n:,} rows -> {out}")
@@ -389,15 +392,15 @@ def eval_cmd(
     try:
         if (samples is None) == (peer is None):
             raise UserError("give exactly one of --samples DIR and --peer FILE")
-        io.check_out_folder(out)  # before the evaluation: it failed after all of it, with a traceback
-        data = samples if peer is None else load_peer(peer, peer_format, history_field=history_field,
-                                                      candidates_field=candidates_field,
-                                                      target_field=target_field, domain=domain)
-        dataset = dataset or (peer.stem if peer is not None else None)
-        res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method, seed=seed,
-                       dataset=dataset, max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
-                       gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir,
-                       allow_mismatch=allow_mismatch)
+        with io.owning(out, "eval", names=[RESULTS, PER_SAMPLE]) if out else contextlib.nullcontext():
+            data = samples if peer is None else load_peer(peer, peer_format, history_field=history_field,
+                                                          candidates_field=candidates_field,
+                                                          target_field=target_field, domain=domain)
+            res = evaluate(model, data, split=split, out=out, limit=_limit(limit), generate=generate, method=method,
+                           seed=seed, dataset=dataset or (peer.stem if peer is not None else None),
+                           max_new_tokens=max_new_tokens, dtype=dtype, constrained=constrained,
+                           gen_backend=gen_backend, trunk_layers=trunk_layers, cache_dir=cache_dir,
+                           allow_mismatch=allow_mismatch)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     if is_run_dir(model):  # the run's model card lists its test metrics
@@ -419,7 +422,8 @@ def report_cmd(
     from prefrec.evaluation.report import make_report
 
     try:
-        md = make_report(runs, out, n_boot=bootstrap)
+        with io.owning(out, "report", names=["results.md", "results.json"]):
+            md = make_report(runs, out, n_boot=bootstrap)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(str(md))
@@ -460,14 +464,16 @@ def baseline(
             label = f"{load_prepared(train_samples).name}-to-{prep.name}" if train_samples else prep.name
             out = Path("baselines") / f"{label}-{prep.task}"
         rows = []
-        for n in names:
-            for r in regimes:
+        cells = [(n, r) for n in names for r in regimes]
+        files = [f"{n}-{r}/{f}" for n, r in cells for f in (RESULTS, PER_SAMPLE)]
+        with io.owning(out, "baseline", names=files):
+            for n, r in cells:
                 folder = out / f"{n}-{r}"
                 res = run_baseline(n, samples, regime=r, seed=seed, out=folder, epochs=epochs,
                                    examples_per_epoch=examples_per_epoch, dim=dim, lr=lr,
                                    train_samples=train_samples, limit=_limit(limit))
-                rows.append({"baseline": n, "regime": r, "n": res["n_samples"],
-                             **{k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"},
+                metrics = {k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"}
+                rows.append({"baseline": n, "regime": r, "n": res["n_samples"], **metrics,
                              "seconds": round(res["training"]["train_seconds"], 1),
                              "results": str(folder / RESULTS)})
     except (UserError, FileNotFoundError) as e:
@@ -495,10 +501,11 @@ def explain_cmd(
     from prefrec.serving.explain import compare_models, explain_file  # torch, via the task table
 
     try:
-        if compare:
-            paths = compare_models(list(models), samples, out, limit=_limit(limit, default=200), dtype=dtype)
-        else:
-            paths = explain_file(list(models), samples, out, index=index, sample_id=sample_id, dtype=dtype)
+        with io.owning(out, "explain"):
+            if compare:
+                paths = compare_models(list(models), samples, out, limit=_limit(limit, default=200), dtype=dtype)
+            else:
+                paths = explain_file(list(models), samples, out, index=index, sample_id=sample_id, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
         _fail(e)
     for kind, path in paths.items():
@@ -519,6 +526,7 @@ def rank_cmd(
     max_tokens: int = typer.Option(4096, "--max-tokens", min=16, help="Most tokens of prompt + candidates (also "
                                    "capped by the model's context); the oldest history titles are dropped to fit."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON here instead of stdout."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if an earlier `prefrec rank` wrote it."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16 (default: fp32 on CPU)."),
     order_by: str = typer.Option("sum", "--order-by", help="sum: summed log-prob (what evaluation ranks by); mean: "
                                  "per token (candidates runs; favours short titles less)."),
@@ -533,6 +541,8 @@ def rank_cmd(
 
     try:
         check_domain(domain)  # before the model loads
+        if out is not None:
+            io.check_out_file(out, "rank", force=force)
         hist = read_titles(history, "history")
         cands = read_titles(candidates, "candidates")
         ranker = ranker_of(model)
@@ -547,7 +557,8 @@ def rank_cmd(
     if note:
         result["note"] = note
     if out is not None:
-        io.write_json(out, result)
+        with io.owning(out.parent, "rank"):
+            io.write_json(out, result)
         typer.echo(f"ranking: {out}")
     else:
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))

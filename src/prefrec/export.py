@@ -11,7 +11,7 @@ OUT also gets projector.safetensors, the item table and its id map, and item_tok
 safetensors only), and README.md says what else the model needs.
 
 OUT is written whole or not at all (io.atomic_folder). `--force` replaces only an earlier export: a folder whose
-export.json lists every name in it. It never replaces the run, a folder that contains the run, a folder prefrec did
+manifest (.prefrec-files.json) records every file in it as the export's, unchanged since. It never replaces the run, a folder that contains the run, a folder prefrec did
 not write, or an export beside which the user has put files of their own.
 """
 
@@ -25,6 +25,7 @@ from prefrec import io
 from prefrec.errors import UserError
 
 RECORD = "export.json"
+OWNER = "export"  # the command named in the folder's manifest (io.atomic_folder)
 
 
 def _recorded_files(out: Path) -> set[str] | None:
@@ -49,14 +50,7 @@ def check_out(run: Path, out: Path, force: bool) -> None:
     if not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder, or pass --force to replace "
                         "an earlier export")
-    recorded = _recorded_files(out)
-    if recorded is None:
-        raise UserError(f"--out {out} was not written by `prefrec export` (no {RECORD} in it); --force replaces "
-                        "only an earlier export: choose another folder")
-    extra = sorted(p.name for p in out.iterdir() if p.name not in recorded)
-    if extra:
-        raise UserError(f"--out {out} holds files the earlier export did not write ({', '.join(extra[:5])}); "
-                        "--force replaces only what prefrec wrote: move them or choose another folder")
+    io.check_replaceable(out, OWNER)  # every file in it the earlier export's, unchanged (its manifest)
 
 
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp32", force: bool = False) -> Path:
@@ -73,7 +67,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "
     check_out(run, out, force)  # before the merge, which takes a while
     merged, tokenizer = load_model(str(run), dtype=dtype, device="cpu", merge_adapter=True)
     items = detach(merged)  # saved beside the model, not inside it (transformers would not know the weights)
-    with io.atomic_folder(out, replace=True) as tmp:
+    with io.atomic_folder(out, owner=OWNER) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if items is not None:

@@ -7,22 +7,36 @@ same permissions: those an ordinary open() would give it (0666 minus the umask; 
 A folder that must land whole (a prepared data folder, an export) is filled through `atomic_folder`: a temporary
 sibling, renamed into place when complete. Its files and folders get the same ordinary modes, weights included
 (safetensors writes its files 0600, mkdtemp its folder 0700).
+
+Ownership (issue #43): a command writes into a user's output folder only files it records as its own. Each such
+folder holds one manifest, `.prefrec-files.json`: for every file prefrec wrote there, the command that wrote it and
+the file's sha256. Inside `owning(FOLDER, COMMAND)` every write through `atomic_path` (and every `remove`) under
+FOLDER is checked first: an existing file is replaced only when the manifest says COMMAND wrote it and it has not
+changed since; a command's own inputs are never written. A folder replaced whole (`atomic_folder(owner=...)`) is
+replaced only when every file in it is recorded so. Temporary files and folders carry their writer's host and pid
+in their names, so the next write of the same path removes those a killed writer left (or puts back a folder it
+had moved aside), and says so.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from prefrec.errors import UserError
+from prefrec.paths import sha256_file
 
 
 def umask_mode() -> int:
@@ -35,18 +49,222 @@ def umask_mode() -> int:
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path next to `path` to write to; on success it gets umask_mode() and is renamed onto `path`,
-    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was."""
+    on any exception (KeyboardInterrupt included) it is removed and `path` is left as it was. Inside `owning`, the
+    write is checked (and recorded) first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    owner = _owner_of(path)
+    if owner is not None:
+        owner.check(path)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+        if owner is not None:
+            owner.wrote(path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Leftovers of a killed writer: temp names say whose they are
+
+def _temp_prefix(path: Path) -> str:
+    """`.NAME.prefrec-HOST-PID-`: mkstemp/mkdtemp add a random part and the suffix (.tmp, .png, .old)."""
+    return f".{path.name}.prefrec-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether the writer may still run: always True for another host (it cannot be checked from here)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[str]:
+    """Remove the temp files and folders that a killed writer of `path` left beside it; a folder it had moved aside
+    (killed between atomic_folder's two renames, `path` missing) is put back instead. Says so on stderr; returns
+    what it said."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.prefrec-(?P<host>.+)-(?P<pid>\d+)-[^.]*(?P<suffix>\.\w+)$")
+    said = []
+    for q in sorted(path.parent.iterdir()):
+        m = pattern.match(q.name)
+        if not m or _alive(m["host"], int(m["pid"])):
+            continue
+        if m["suffix"] == ".old" and not path.exists() and (q / path.name).exists():
+            os.replace(q / path.name, path)
+            said.append(f"put {path} back from {q} (its writer, process {m['pid']}, was killed while replacing it)")
+        else:
+            said.append(f"removed {q}, left by a killed prefrec (process {m['pid']})")
+        if q.is_dir():
+            shutil.rmtree(q, ignore_errors=True)
+        else:
+            q.unlink(missing_ok=True)
+    for line in said:
+        print(f"prefrec: {line}", file=sys.stderr)
+    return said
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ownership: one manifest per output folder, naming the command that wrote each file and its sha256
+
+MANIFEST = ".prefrec-files.json"
+
+
+file_digest = sha256_file  # what a manifest records of each file
+
+
+def manifest(folder: str | os.PathLike) -> dict[str, dict]:
+    """FOLDER's manifest: {relative path: {"by": command, "sha256": hex}}; {} when it has none (or it is damaged:
+    then nothing in the folder counts as prefrec's)."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _save_manifest(folder: Path, files: dict[str, dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(folder / MANIFEST), suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"about": "the files prefrec wrote in this folder; prefrec never overwrites others",
+                   "files": dict(sorted(files.items()))}, f, indent=1)
+        f.write("\n")
+    os.chmod(tmp, umask_mode())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def is_owned(folder: str | os.PathLike, rel: str, by: str) -> bool:
+    """Whether FOLDER/rel is recorded as written by command `by` and unchanged since."""
+    entry = manifest(folder).get(rel)
+    path = Path(folder) / rel
+    return (isinstance(entry, dict) and entry.get("by") == by and path.is_file()
+            and entry.get("sha256") == file_digest(path))
+
+
+def not_owned(folder: str | os.PathLike, by: str) -> list[str]:
+    """The files under FOLDER (relative paths) that command `by` did not write or that changed since: what replacing
+    the folder whole would lose."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return [f for f in files if f not in (MANIFEST, ".lock") and not is_owned(folder, f, by)]
+
+
+def record_folder(folder: str | os.PathLike, by: str) -> None:
+    """Record every file under FOLDER as written by `by` (a folder written whole, by prefrec and the libraries it
+    calls)."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"by": by, "sha256": file_digest(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (MANIFEST, INCOMPLETE)}
+    _save_manifest(folder, files)
+
+
+@dataclass
+class _Owner:
+    """The folder a command writes into, the command's name, and what it must not touch."""
+    root: Path
+    by: str
+    flag: str
+    inputs: frozenset[Path]
+    changed: dict[str, dict | None] = field(default_factory=dict)  # written (entry) or removed (None) so far
+
+    def rel(self, path: Path) -> str:
+        return str(path.resolve().relative_to(self.root))
+
+    def check(self, path: Path) -> None:
+        """UserError unless `by` may write (or remove) `path`: not an input, and new or its own unchanged file."""
+        rel = self.rel(path)
+        if path.resolve() in self.inputs:
+            raise UserError(f"{self.flag} {self.root}: {path} is one of this command's inputs; prefrec never "
+                            "overwrites its inputs: choose another folder")
+        if not path.exists() or self.changed.get(rel) is not None or is_owned(self.root, rel, self.by):
+            return
+        raise UserError(f"{self.flag} {self.root}: {path} exists and was not written by `prefrec {self.by}` (or was "
+                        "changed since); prefrec does not overwrite it: move it or choose another folder")
+
+    def wrote(self, path: Path) -> None:
+        self.note(self.rel(path), {"by": self.by, "sha256": file_digest(path)})
+
+    def note(self, rel: str, entry: dict | None) -> None:
+        """Record a write (entry) or a removal (None) at once: a later kill leaves the manifest true."""
+        self.changed[rel] = entry
+        files = {**manifest(self.root), rel: entry}
+        _save_manifest(self.root, {k: v for k, v in files.items() if v is not None})
+
+
+_OWNER: contextvars.ContextVar[_Owner | None] = contextvars.ContextVar("prefrec_owner", default=None)
+
+
+def _owner_of(path: Path) -> _Owner | None:
+    owner = _OWNER.get()
+    if owner is None:
+        return None
+    try:
+        path.resolve().relative_to(owner.root)
+    except ValueError:
+        return None
+    return owner if path.name != MANIFEST else None
+
+
+@contextmanager
+def owning(folder: str | os.PathLike, by: str, *, names: Iterable[str] = (), inputs: Iterable = (),
+           flag: str = "--out") -> Iterator[None]:
+    """While the block runs, writes under FOLDER are command `by`'s: checked before (an existing file must be its
+    own and unchanged, an input is never written) and recorded in FOLDER's manifest after. `names` (relative paths
+    the command will write) are checked at once, so a refusal comes before the work rather than after it."""
+    check_out_folder(folder, flag)
+    owner = _Owner(Path(folder).resolve(), by, flag, frozenset(Path(p).resolve() for p in inputs))
+    for name in names:
+        owner.check(Path(folder) / name)
+    token = _OWNER.set(owner)
+    try:
+        yield
+    finally:
+        _OWNER.reset(token)
+
+
+def check_out_file(path: str | os.PathLike, by: str, *, force: bool, flag: str = "--out") -> None:
+    """`flag FILE`: a new file; an existing one only with --force, and then only one command `by` wrote and nobody
+    changed since (the manifest of its folder says so)."""
+    path = Path(path)
+    check_out_folder(path.parent, flag)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force:
+        raise UserError(f"{flag} {path} exists; choose another name, or pass --force to replace it (only a file "
+                        f"`prefrec {by}` wrote)")
+    if not is_owned(path.parent, path.name, by):
+        raise UserError(f"{flag} {path} was not written by `prefrec {by}` (or was changed since); --force replaces "
+                        "only such a file: choose another name")
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete `path` if it exists; inside `owning`, only a file the command wrote (then forgotten by the manifest)."""
+    path = Path(path)
+    owner = _owner_of(path)
+    if owner is not None and path.exists():
+        owner.check(path)
+        path.unlink()
+        owner.note(owner.rel(path), None)
+        return
+    path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,29 +307,50 @@ def ordinary_modes(folder: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike, *, replace: bool = False, flag: str = "--out") -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, *, replace: bool = False, owner: str | None = None,
+                  flag: str = "--out") -> Iterator[Path]:
     """Yield a new empty folder beside `path` to fill (it holds INCOMPLETE until the block ends); on success the
     marker goes, the ordinary modes are given and the folder takes `path`'s place whole. On any exception
     (KeyboardInterrupt included) it is removed and `path` is left as it was.
 
-    An existing non-empty `path` is replaced only with replace=True: the caller has checked that prefrec wrote it
-    (nothing else may be lost). The old folder is moved aside before the new one is renamed in, so a kill between
-    the two renames leaves no mixed folder (the old one then sits in a hidden `.NAME.*.old` sibling)."""
+    An existing non-empty `path` is replaced only when command `owner` wrote every file in it and none changed since
+    (its manifest says so; the new folder gets its own manifest), or, for prefrec's internal folders (a model cache,
+    an adapter), with replace=True. The old folder is moved aside before the new one is renamed in, so a kill
+    between the two renames leaves no mixed folder (the old one then sits in a hidden `.NAME.prefrec-*.old` sibling,
+    which the next write of `path` puts back)."""
     path = Path(path)
     check_out_folder(path, flag)
-    if path.is_dir() and any(path.iterdir()) and not replace:
-        raise UserError(f"{flag} {path} exists and is not empty; choose another folder")
+    remove_leftovers(path)
+    check_replaceable(path, owner, replace=replace, flag=flag)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
     try:
         (tmp / INCOMPLETE).write_text("prefrec is writing this folder; until this file is gone it is incomplete\n",
                                       encoding="utf-8")
         yield tmp
         (tmp / INCOMPLETE).unlink()
+        if owner is not None:
+            record_folder(tmp, owner)
         ordinary_modes(tmp)
         _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(path: str | os.PathLike, owner: str | None, *, replace: bool = False,
+                      flag: str = "--out") -> None:
+    """UserError unless `path` is new or empty, or replace=True, or every file in it is command `owner`'s own and
+    unchanged (its manifest says so)."""
+    path = Path(path)
+    if not path.is_dir() or not any(path.iterdir()) or (replace and owner is None):
+        return
+    if owner is None:
+        raise UserError(f"{flag} {path} exists and is not empty; choose another folder")
+    lost = not_owned(path, owner)
+    if lost:
+        names = ", ".join(lost[:5]) + (", ..." if len(lost) > 5 else "")
+        raise UserError(f"{flag} {path} holds files that `prefrec {owner}` did not write there, or that changed "
+                        f"since ({names}); prefrec does not replace them: move them or choose another folder")
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -119,7 +358,7 @@ def _swap_in(new: Path, path: Path) -> None:
     if not path.exists():
         os.replace(new, path)
         return
-    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".old"))
     os.replace(path, aside / path.name)
     os.replace(new, path)
     shutil.rmtree(aside, ignore_errors=True)

@@ -85,7 +85,7 @@ def write_results(folder: str | os.PathLike, results: dict, rows: Iterable[dict]
     non-ASCII in the rows (the baselines have always written them so). Returns the results.json path."""
     folder = Path(folder)
     if rows is not None:
-        (folder / RESULTS).unlink(missing_ok=True)
+        io.remove(folder / RESULTS)  # inside io.owning: only its own
         io.write_jsonl(folder / PER_SAMPLE, rows, ensure_ascii=ascii_rows)
     io.write_json(folder / RESULTS, results)
     return folder / RESULTS

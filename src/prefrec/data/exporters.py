@@ -20,8 +20,6 @@ no rejected response).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -50,6 +48,9 @@ def _pair_row(fmt: str, prompt: str, chosen: str, rejected: str) -> dict:
     return {"instruction": prompt, "input": "", "chosen": chosen, "rejected": rejected}
 
 
+OWNER = "data export"  # the command named in the manifest beside what it writes (io.owning)
+
+
 def sample_rows(sample: Sample, fmt: str) -> Iterator[dict]:
     """The rows of one sample in layout `fmt` (see the module docstring)."""
     if fmt not in FORMATS:
@@ -63,23 +64,24 @@ def sample_rows(sample: Sample, fmt: str) -> Iterator[dict]:
             yield {"id": f"{sample.id}/{i}/{j}", **_pair_row(fmt, prompt, comp.chosen, rejected)}
 
 
-def export_samples(samples: Iterable[Sample], out: str | os.PathLike, fmt: str, *, datasets: bool = False) -> int:
+def export_samples(samples: Iterable[Sample], out: str | os.PathLike, fmt: str, *, datasets: bool = False,
+                   force: bool = False) -> int:
     """Write the rows of `samples` to OUT (JSON lines, or a datasets save_to_disk folder); returns the row count.
-    Both are written beside OUT first and renamed into place, so a failure leaves no half-written output."""
+    Both are written beside OUT first and renamed into place, so a failure leaves no half-written output. An
+    existing OUT is replaced only with `force`, and only when an earlier export wrote it (io.check_out_file,
+    io.atomic_folder's owner)."""
     rows = [row for s in samples for row in sample_rows(s, fmt)]
     if not rows:
         raise UserError("no samples to export")
     out = Path(out)
     if not datasets:
-        return io.write_jsonl(out, rows)
+        io.check_out_file(out, OWNER, force=force)
+        with io.owning(out.parent, OWNER):
+            return io.write_jsonl(out, rows)
     hf = require_datasets("--datasets")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        hf.Dataset.from_list(rows).save_to_disk(str(tmp / "data"))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp / "data", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} exists and is not empty; choose another folder, or pass --force to replace "
+                        "an earlier export")
+    with io.atomic_folder(out, owner=OWNER) as tmp:
+        hf.Dataset.from_list(rows).save_to_disk(str(tmp))
     return len(rows)

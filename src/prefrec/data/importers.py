@@ -99,7 +99,12 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
         raise UserError(f"{path}: empty file")
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):  # not one JSON document; or one too deep: read value by value
+    except json.JSONDecodeError as e:  # not one JSON document: read value by value, unless it is one broken array
+        if text.lstrip().startswith("["):
+            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); the file is one "
+                            "JSON array, so none of it could be read") from None
+        value = None
+    except RecursionError:  # one document too deep: value by value finds which
         value = None
     else:
         if isinstance(value, list):
@@ -138,12 +143,11 @@ def _value_by_value(text: str, name: str) -> tuple[list[tuple[str, object]], boo
         try:
             value, end = dec.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError) as e:
-            why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else None
-            out.append((f"{name}:{line}", Rejected(f"not valid JSON ({why})" if why else io.NESTED_TOO_DEEP)))
-            nxt = text.find("\n", pos)  # resume at the next line, as JSON lines allow
-            if nxt < 0:
+            where, pos = _bad_record(text, pos, line, e)
+            out.append((f"{name}:{where}", Rejected(f"not valid JSON ({e.msg} at column {e.colno})"
+                                                    if isinstance(e, json.JSONDecodeError) else io.NESTED_TOO_DEEP)))
+            if pos < 0:
                 break
-            pos = nxt + 1
             continue
         j = end
         while j < len(text) and text[j] in " \t\r":
@@ -154,6 +158,24 @@ def _value_by_value(text: str, name: str) -> tuple[list[tuple[str, object]], boo
         n_ok += 1
         pos = end
     return out, n_lines_format
+
+
+def _bad_record(text: str, pos: int, line: int, e: Exception) -> tuple[int, int]:
+    """(the line to name, where to read on; -1: nowhere) for a record starting at `pos` (line `line`) that failed.
+    A record cut at the end of its line runs into the next line's record: a line in between that starts with "{" or
+    "[" at column 0 is a new record, so the cut one is named and reading goes on there (JSON lines). Otherwise the
+    record spans lines (pretty-printed objects): the error's own line is named and reading goes on after it (the
+    inside of a multi-line record was read as records of its own, and an error on line 2 was named line 1)."""
+    if not isinstance(e, json.JSONDecodeError):  # too deep: name the start, read on at the next line
+        nxt = text.find("\n", pos)
+        return line, nxt + 1 if nxt >= 0 else -1
+    nxt = text.find("\n", pos)
+    while 0 <= nxt < e.pos:
+        if text[nxt + 1:nxt + 2] in ("{", "["):
+            return line, nxt + 1
+        nxt = text.find("\n", nxt + 1)
+    after = text.find("\n", e.pos)
+    return e.lineno, after + 1 if after >= 0 else -1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -590,6 +612,10 @@ def _expand(paths: list[Path]) -> list[tuple[Path, str | None]]:
     return out
 
 
+OWNER = "data import"  # the command named in the manifest of OUT (io.owning)
+REPORT = "import_report.json"
+
+
 def _destinations(sources: list[tuple[Path, str | None]], out: Path) -> list[Path]:
     """OUT/<stem>.jsonl for each input (OUT/<name>-<split>.jsonl for a datasets folder's split); two inputs with one
     name (a/x.json, b/x.jsonl) are refused, since the second would silently overwrite the first."""
@@ -609,34 +635,39 @@ def import_files(paths: list[str | Path], out: str | Path, *, domain: str | None
     """Import every file (folders are expanded to their .json/.jsonl files; a datasets save_to_disk folder gives
     OUT/<name>-<split>.jsonl per split) into OUT/<name>.jsonl and write OUT/import_report.json. A file that cannot
     be read at all is reported as rejected, with the reason. The report is written last (an earlier one is removed
-    first), so a folder with a report holds that import's outputs."""
+    first), so a folder with a report holds that import's outputs. OUT is the import's only as far as its manifest
+    goes (io.owning): a file there that an earlier import did not write, or an input, is never written or removed."""
     out = Path(out)
     io.check_out_folder(out)
     sources = _expand([Path(p) for p in paths])
     if not sources:
         raise UserError(f"no .json/.jsonl files or datasets folders in {[str(p) for p in paths]}")
     dests = _destinations(sources, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "import_report.json").unlink(missing_ok=True)
-    reports = []
-    for (f, split), dest in zip(sources, dests):
-        try:
-            samples, report = import_file(f, domain=domain, split=split)
-        except UserError as e:
-            samples, report = [], FileReport(file=str(f) + (f"[{split}]" if split else ""), reason=str(e))
-        if samples:
-            write_samples(dest, samples)
-            report.output = str(dest)
-        else:
-            first = f" (first: {report.rejected[0]['where']}: {report.rejected[0]['reason']})" if report.rejected else ""
-            report.reason = report.reason or "no row could be imported" + first
-            if dest.is_file():  # an earlier import's output would sit beside a report saying REJECTED
-                dest.unlink()
-                report.notes.append(f"removed {dest.name} left by an earlier import of this file")
-        reports.append(report)
-    result = {"files": [r.__dict__ for r in reports],
-              "total": {"files": len(reports), "files_rejected": sum(r.output is None for r in reports),
-                        "samples": sum(r.samples for r in reports),
-                        "rows_rejected": sum(len(r.rejected) for r in reports)}}
-    io.write_json(out / "import_report.json", result)
+    names = [d.name for d in dests] + [REPORT]
+    with io.owning(out, OWNER, names=names, inputs=[f for f, _ in sources]):
+        io.remove(out / REPORT)
+        reports = [_import_one(f, split, dest, domain) for (f, split), dest in zip(sources, dests)]
+        result = {"files": [r.__dict__ for r in reports],
+                  "total": {"files": len(reports), "files_rejected": sum(r.output is None for r in reports),
+                            "samples": sum(r.samples for r in reports),
+                            "rows_rejected": sum(len(r.rejected) for r in reports)}}
+        io.write_json(out / REPORT, result)
     return result
+
+
+def _import_one(f: Path, split: str | None, dest: Path, domain: str | None) -> FileReport:
+    """Import one file into `dest`; a file with no importable row leaves no `dest` (an earlier import's goes)."""
+    try:
+        samples, report = import_file(f, domain=domain, split=split)
+    except UserError as e:
+        samples, report = [], FileReport(file=str(f) + (f"[{split}]" if split else ""), reason=str(e))
+    if samples:
+        write_samples(dest, samples)
+        report.output = str(dest)
+        return report
+    first = f" (first: {report.rejected[0]['where']}: {report.rejected[0]['reason']})" if report.rejected else ""
+    report.reason = report.reason or "no row could be imported" + first
+    if dest.is_file():  # an earlier import's output would sit beside a report saying REJECTED
+        io.remove(dest)
+        report.notes.append(f"removed {dest.name} left by an earlier import of this file")
+    return report

@@ -10,15 +10,14 @@ Read-level filters, applied before any protocol and listed first in stats.json `
 "not rated" (Goodreads 0) are dropped, and a repeated (user, item) pair keeps only its first interaction in time
 order. The folder is written whole or not at all: into a temporary sibling, renamed into place when complete
 (io.atomic_folder), so a kill midway never leaves one run's train.jsonl beside another run's stats.json. An existing
-`--out` is replaced only when it is empty or a folder prepare wrote (its stats.json, and nothing but its files);
-anything else is refused before the work starts. Warnings (a smaller split than requested, missing titles) are
+`--out` is replaced only when it is empty or a folder prepare wrote and nobody changed since (its manifest,
+.prefrec-files.json, records every file with its sha256); anything else is refused before the work starts. Warnings (a smaller split than requested, missing titles) are
 printed to stderr and stored in stats.json: never silent. Nothing is written when every split is empty or `--out`
 is a file (both errors).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -37,7 +36,7 @@ from prefrec.tasks import task as task_row
 
 # Parameters left out take the task's paper defaults (its row's `defaults`, docs/data.md). Candidates caps:
 # LLaRA/S-DPO use every sample; we cap the splits so a CPU run finishes in minutes. None ("all") means no cap.
-PREPARED_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json", "items.tsv", "interactions.tsv")
+OWNER = "data prepare"  # the command named in the manifest of the folders it writes (io.owning)
 
 
 def _warn_stderr(msg: str) -> None:
@@ -131,30 +130,11 @@ def _task(name: str) -> Task:
         raise UserError(f"--{e}") from None
 
 
-def _written_by_prepare(stats: Path) -> bool:
-    try:
-        d = json.loads(stats.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and "dataset" in d and "task" in d
-
-
 def check_prepared_out(out: str | os.PathLike) -> None:
-    """--out must not exist yet, be empty, or be a folder prepare wrote, which is then replaced whole: a stats.json
-    naming its dataset and task, and none but the prepared files (a file of the user's would be lost)."""
+    """--out must not exist yet, be empty, or be a folder prepare wrote and nobody changed since (its manifest
+    says so: io.check_replaceable), which is then replaced whole; a file of the user's there would be lost."""
     io.check_out_folder(out)
-    p = Path(out)
-    if not p.is_dir() or not any(p.iterdir()):
-        return
-    foreign = sorted(q.name for q in p.iterdir() if q.name not in PREPARED_FILES)
-    if foreign:
-        why = f"it holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
-    elif not _written_by_prepare(p / "stats.json"):
-        why = "no stats.json naming its dataset and task"
-    else:
-        return
-    raise UserError(f"--out {out}: not a folder written by `prefrec data prepare` ({why}), so it is not replaced; "
-                    "choose a new or empty folder")
+    io.check_replaceable(out, OWNER)
 
 
 def _check_not_empty(built: "protocols.Built", task: str) -> list[str]:
@@ -207,7 +187,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
     check_prepared_out(out)
     stats = _stats(log, built, raw, filters, warnings, dataset=dataset, task=task, seed=seed, source=source)
-    with io.atomic_folder(out, replace=True) as tmp:  # check_prepared_out said what it may replace
+    with io.atomic_folder(out, owner=OWNER) as tmp:
         _write_folder(tmp, log, built, seed)
         io.write_json(tmp / "stats.json", stats)
     for w in warnings:

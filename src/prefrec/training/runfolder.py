@@ -141,10 +141,31 @@ def restore_accelerate_state(acc, checkpoint: Path) -> None:
     """Accelerate's load_state from a prefrec checkpoint: the optimizer and scheduler prepared now, the RNG of
     every process, and under FSDP/DeepSpeed the model shards. Refuses a checkpoint without this process's RNG (its
     silent absence would break exact resume)."""
-    if not (checkpoint / f"random_states_{acc.process_index}.pkl").is_file():
-        raise UserError(f"--resume: {checkpoint} has no random_states_{acc.process_index}.pkl (written by an "
-                        f"older prefrec or another number of processes); start the run again without --resume")
-    acc.load_state(str(checkpoint))
+    rng = checkpoint / f"random_states_{acc.process_index}.pkl"
+    if not rng.is_file():
+        raise UserError(f"--resume: {checkpoint} has no {rng.name} (written by an older prefrec or another number "
+                        f"of processes); start the run again without --resume")
+    damaged = (f"--resume: {{}} is damaged ({{}}); start the run again without --resume, or delete {checkpoint} to "
+               "resume from the checkpoint before it")
+    from accelerate.utils import load  # torch.load with weights_only: a checkpoint file never runs code
+
+    try:  # Accelerate itself would only log "Could not load random states" and go on with a fresh RNG
+        states = load(rng)
+        if not isinstance(states, dict) or "torch_manual_seed" not in states:
+            raise ValueError("no torch RNG state in it")
+    except Exception as e:  # noqa: BLE001 - unpickling errors have many types; each means the same here
+        raise UserError(damaged.format(rng, _first_line(e))) from None
+    try:
+        acc.load_state(str(checkpoint))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - optimizer.bin, scheduler.bin: truncated, foreign or hostile
+        raise UserError(damaged.format(checkpoint, _first_line(e))) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def load_adapter_weights(lm, folder: Path) -> None:
@@ -245,6 +266,17 @@ def _busy(run: Path) -> bool:
     return (run / RUN_JSON).exists() or bool(checkpoints(run)) or (metrics.is_file() and metrics.stat().st_size > 0)
 
 
+def _defaults() -> dict:
+    """TrainConfig's top-level keys that have a default, with it."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=lambda o: dataclasses.asdict(o)))  # as config_to_dict gives them
+
+
 def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
     """Returns the checkpoint to resume from (None: start from scratch); refuses to overwrite a run, and to write
     into a file or into a non-empty folder that is not a prefrec run folder."""
@@ -262,10 +294,12 @@ def check_run_folder(cfg: TrainConfig, run: Path, resume: bool) -> Path | None:
         return None
     saved, old = run / RUN_CONFIG, read_run_config(run)
     if old is not None:
-        new = config_to_dict(cfg)
+        new, defaults = config_to_dict(cfg), _defaults()
         # may differ between the killed and the resumed run
         free = {"progress", "tensorboard", "log_with", "output_dir"}
-        diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+        # a key a later prefrec added is absent from an older run's config: it ran with the key's default
+        diff = sorted(k for k in set(old) | set(new)
+                      if k not in free and old.get(k, defaults.get(k)) != new.get(k))
         if diff:
             raise UserError(f"--resume: the config differs from {saved} in {diff}; resume with the run's own "
                             f"config ({saved})")

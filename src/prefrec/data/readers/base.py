@@ -6,12 +6,23 @@ from __future__ import annotations
 import codecs
 import gzip
 import unicodedata
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from prefrec.errors import UserError
+
+
+class PossiblyTruncated(UserWarning):
+    """A file whose last line has no newline: it may have been cut short. `readers.read` puts the message into the
+    log's warnings (stats.json, stderr) rather than refusing: files saved by hand often lack the last newline."""
+
+
+# byte-order marks of encodings no reader takes (UTF-8 and Latin-1 are read; a UTF-8 BOM is accepted)
+_OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+               (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
 class Interaction(NamedTuple):
@@ -68,6 +79,8 @@ def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, l
     with open(path, "rb") as f:
         magic = f.read(2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
+    with opener(path, "rb") as f:
+        _check_encoding(path, f.read(4096) if opener is open else b"")
     n, rest = 0, b""
     with opener(path, "rb") as f:
         while True:
@@ -87,8 +100,22 @@ def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, l
     if rest:
         yield n + 1, [rest[:-1] if rest.endswith(b"\r") else rest]
         n += 1
+        warnings.warn(f"{path}: the last line ({n:,}) has no newline at its end: the file may be truncated; its "
+                      "last row was read as it is", PossiblyTruncated, stacklevel=2)
     if n == 0:
         raise UserError(f"{path}: empty file")
+
+
+def _check_encoding(path: Path, head: bytes) -> None:
+    """A text log in UTF-16 or UTF-32 (a byte-order mark, or NUL bytes: one in four or more, as ASCII text in those
+    encodings has, where UTF-8 or Latin-1 text has none) is one error naming the encoding, not a "bad field" on its
+    first line. A stray NUL in a UTF-8 line stays that line's field error."""
+    name = next((enc for bom, enc in _OTHER_BOMS if head.startswith(bom)), None)
+    if name is None and head.count(b"\x00") * 4 >= len(head) > 0:
+        name = "UTF-16 or UTF-32 (it has NUL bytes)"
+    if name is not None:
+        raise UserError(f"{path}: the file is {name} text; prefrec reads UTF-8 or Latin-1: convert it first (for "
+                        f"example `iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}-utf8{path.suffix}`)")
 
 
 def _decode(raw: bytes, encodings: tuple[str, ...], path: Path, n: int) -> str:

@@ -35,9 +35,15 @@ def read_ml1m(source: str | Path) -> Log:
     log = Log(name="ml-1m", domain="movies", interactions=[], titles={}, files=[str(ratings)])
     if movies is not None:
         log.files.append(str(movies))
+        first_line: dict[str, int] = {}
         for n, line in _lines(movies, _movielens_encoding(movies)):  # published as ISO-8859-1, not UTF-8
             mid, title, _genres = _fields(line, "::", 3, movies, n, "MovieID::Title::Genres")
-            log.titles[mid.strip()] = normalise_title(title)
+            mid = mid.strip()
+            if mid in first_line:  # the later title would silently replace the earlier one
+                raise UserError(f"{movies}:{n}: MovieID {mid} appears again (first on line {first_line[mid]}); "
+                                "expected one line per movie")
+            first_line[mid] = n
+            log.titles[mid] = normalise_title(title)
         log.catalog["items"] = len(log.titles)
     else:
         log.warnings.append(f"{folder}: no movies.dat, so item ids are used as titles")
