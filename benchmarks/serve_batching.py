@@ -104,6 +104,7 @@ def main() -> None:
     model.eval()
     sizes = [int(x) for x in args.sizes.split(",")]
     trees = _trees(tokenizer, max(sizes) * 2)
+    quiet.settle()  # a job that just ended still weighs on the load average for a minute or two
     q = quiet.Quiet()
     rows = measure(model, trees, sizes, args.repeats)
     state = q.finish()
