@@ -70,9 +70,12 @@ def test_a_job_waiting_for_a_failed_one_is_not_submitted(tmp_path, capsys):
     assert not (tmp_path / "b").exists() and (tmp_path / "d").is_dir()
 
 
-def test_a_bad_launcher_is_one_error(tmp_path):
+def test_a_launcher_this_machine_cannot_use_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"--launcher 'ray': expected one of \['local', 'slurm'\]"):
         run_experiment(tmp_path / "missing.yaml", launcher="ray")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(UserError, match="--launcher slurm: sbatch is not on PATH"):
+        run_experiment(tmp_path / "missing.yaml", launcher="slurm")
 
 
 def test_cells_wait_for_the_job_that_makes_what_they_start_from(tmp_path):

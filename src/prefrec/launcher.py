@@ -13,6 +13,8 @@ names the files by job id), so a job submitted again beside a failed one keeps t
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,8 +49,13 @@ class Job:
 
 
 def check_cluster(cluster: str) -> None:
+    """One clear error, before anything is written, for a launcher this machine cannot use."""
     if cluster not in CLUSTERS:
         raise UserError(f"--launcher {cluster!r}: expected one of {list(CLUSTERS)}")
+    if importlib.util.find_spec("submitit") is None:
+        raise UserError(f"--launcher {cluster} submits through submitit: pip install 'prefrec[cluster]'")
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--launcher slurm: sbatch is not on PATH; run the command on a SLURM login node")
 
 
 def run_jobs(jobs: list[Job], folder: Path, lc: LauncherConfig, cluster: str) -> list[str]:
