@@ -123,7 +123,9 @@ def _succeeded(submitted, job: Job) -> bool:
         submitted.result()
         return True
     except Exception as e:  # submitit's FailedJobError / UncompletedJobError carry the job's own traceback text
-        lines = [line for line in str(e).splitlines() if line.strip()]
+        # its last unindented line before submitit's "You can check full logs" is the exception ("Error: text")
+        trace = str(e).split("You can check full logs")[0].splitlines()
+        lines = [line for line in trace if line.strip() and not line.startswith((" ", "-"))]
         print(f"prefrec: {job.name} failed (job {submitted.job_id}): {lines[-1] if lines else type(e).__name__}; "
               f"log: {submitted.paths.stderr}", file=sys.stderr)
         return False
