@@ -11,6 +11,7 @@
 #   4. curve   a short ML-1M learning-curve point: 1,000 training samples, zero-shot / SFT / SFT+DMPO on the trunk
 #              cache (configs/experiments/ml1m-curve.yaml), resumable
 #   5. fsdp    FSDP2 (configs/accelerate/fsdp.yaml) on one GPU against a plain single-process run of the same config
+#   6. packing the packed tree against one sequence per response in bf16 (benchmarks/packing.py), peak memory, MFU
 #
 #   bash benchmarks/gpu.sh                       # all parts, 60 minutes in all, results under benchmarks/results/gpu
 #   LIMIT_MIN=20 PARTS="trunk fsdp" bash benchmarks/gpu.sh
@@ -22,7 +23,7 @@ set -uo pipefail  # no -e: a part that fails is recorded and the next one still 
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 LIMIT_MIN=${LIMIT_MIN:-60}
-PARTS=${PARTS:-"trunk trl vllm curve fsdp"}
+PARTS=${PARTS:-"trunk trl vllm curve fsdp packing"}
 PY=.venv/bin/python
 DEADLINE=$(( $(date +%s) + LIMIT_MIN * 60 ))
 mkdir -p "$OUT"
@@ -126,7 +127,11 @@ EOF
 }
 
 export OUT PY
-export -f source_of trunk trl vllm curve fsdp
+export -f source_of trunk trl vllm curve fsdp packing
+packing() {
+  $PY benchmarks/packing.py --device cuda --dtype bf16 --ks 1 3 15 63 --repeats 5 --out-dir "$OUT" --name packing-bf16
+}
+
 for name in $PARTS; do
   case $name in
     trunk) part trunk trunk ;;
@@ -134,7 +139,8 @@ for name in $PARTS; do
     vllm) if have vllm; then part vllm vllm; else skip vllm "vLLM is not installed (VLLM=1 installs it)"; fi ;;
     curve) part curve curve ;;
     fsdp) part fsdp fsdp ;;
-    *) echo "gpu.sh: unknown part $name (expected trunk trl vllm curve fsdp)" >&2; exit 2 ;;
+    packing) part packing packing ;;
+    *) echo "gpu.sh: unknown part $name (expected trunk trl vllm curve fsdp packing)" >&2; exit 2 ;;
   esac
 done
 cat "$OUT/parts.tsv"
