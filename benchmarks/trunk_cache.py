@@ -3,6 +3,7 @@ layers from the trunk cache; and what building the cache costs.
 
     python benchmarks/trunk_cache.py                     # fp32 and bf16, N in 2 4 6 8 12 all, 4 timed samples
     python benchmarks/trunk_cache.py --dtypes bf16 --layers 4 8 --samples 2 --name trunk_cache-quick
+    python benchmarks/trunk_cache.py --device cuda --dtypes bf16 --name trunk_cache-gpu   # benchmarks/gpu.sh
 
 On the embedded SmolLM2-135M (30 decoder layers), LoRA r=16 on attention + MLP (as benchmarks/train_throughput.py),
 real ML-100K pairwise samples with the hybrid prompt (the quickstart's prompt: the user's ratings, each candidate's
@@ -13,7 +14,11 @@ dmpo-k3 = chosen against the 3 rejected, reference log-probs given). For each dt
   cached      the same model, the bottom L − N layers read from the trunk cache (prefrec.scoring.trunk)
   build       seconds per sample to compute and store the cache (one forward of the bottom layers, no grad)
 Fields per row: n_layers, mode, s_per_sample (median of the timed steps; the first step is a warm-up),
-pairs_per_cpu_hour (3 pairs per sample, wall hours at --threads), vs_full (the all-layer step / this step).
+pairs_per_cpu_hour (3 pairs per sample, wall hours at --threads), vs_full (the all-layer step / this step), and on
+the all-layer rows mfu: the step's useful FLOPs (benchmarks/flops.py: 2 x forward of the tree) per second over the
+matmul rate measured on the same device and dtype (on a CPU: the fraction of its ceiling; on a GPU: MFU against
+the achieved, not the datasheet, rate). The top-N and cached rows do less work for the same update, so their gain
+is vs_full, not an MFU.
 The machine's load is recorded (benchmarks/quiet.py); a busy machine writes a draft, never the result.
 
 Writes benchmarks/results/trunk_cache.json and .md.
@@ -33,6 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import matmul_gflops, tree_forward_flops  # noqa: E402
 from quiet import Quiet, add_output_args, describe, result_stem, settle  # noqa: E402
 from train_throughput import LORA, hybrid_samples, time_stage  # noqa: E402
 
@@ -78,6 +84,7 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=4, help="timed samples per row (plus one warm-up)")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--layers", nargs="+", type=int, default=[2, 4, 6, 8, 12])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_output_args(ap, "trunk_cache")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,14 +99,18 @@ def main(argv=None) -> None:
     train, _ = hybrid_samples(args.samples + 1)
     rows = []
     for dtype in args.dtypes:
-        base, tok = load_model("embedded", dtype=dtype, device="cpu")
+        base, tok = load_model("embedded", dtype=dtype, device=args.device)
+        ceiling = matmul_gflops(args.device, dtype)
         total = len(decoder_layers(base))
         trees = {kind: [encode_sample(tok, with_k_negatives(s, 3), which=which) for s in train]
                  for kind, which in STAGES}
         with tempfile.TemporaryDirectory(prefix="prefrec-trunk-bench-") as root:
             for n in [None, *args.layers]:
                 for r in rows_for(base, trees, n, total, Path(root)):
-                    rows.append({"dtype": dtype, **r})
+                    if r["mode"] == "all-layer":  # timed trees only: the first is the warm-up
+                        useful = 2 * statistics.mean(tree_forward_flops(base, t) for t in trees[r["stage"]][1:])
+                        r["mfu"] = round(useful / r["s_per_sample"] / (ceiling * 1e9), 4)
+                    rows.append({"dtype": dtype, "device": args.device, "matmul_gflops": round(ceiling), **r})
                     print(rows[-1], file=sys.stderr)
     tokens = statistics.mean(t.n_tokens() for t in trees["dmpo"][1:])
     write(_with_ratios(rows), args, quiet.finish(), total, tokens)
@@ -130,12 +141,13 @@ def write(rows: list[dict], args, machine: dict, total: int, tokens: float) -> N
           f"decoder layers), LoRA r=16 on attention + MLP, ML-100K pairwise hybrid prompts, k = 3 "
           f"({tokens:.0f} tokens per DMPO tree); one sample per step, median of {args.samples} steps. `build`: "
           f"seconds per sample to compute and store the cache, once per sample for every later step.", "",
-          "| dtype | stage | N (top layers) | mode | s / sample | pairs / CPU-hour | vs all-layer |",
-          "|---|---|---|---|---|---|---|"]
+          "| device | dtype | stage | N (top layers) | mode | s / sample | pairs / hour | vs all-layer | MFU |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pairs = f"{r['pairs_per_cpu_hour']:,}" if r["pairs_per_cpu_hour"] else "-"
-        md.append(f"| {r['dtype']} | {r['stage']} | {r['n_layers']} | {r['mode']} | {r['s_per_sample']} | {pairs} | "
-                  f"{r['vs_full'] if r['vs_full'] is not None else '-'} |")
+        md.append(f"| {r['device']} | {r['dtype']} | {r['stage']} | {r['n_layers']} | {r['mode']} | "
+                  f"{r['s_per_sample']} | {pairs} | {r['vs_full'] if r['vs_full'] is not None else '-'} | "
+                  f"{r.get('mfu', '-')} |")
     write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
     print(stem.with_suffix(".md"))
 

@@ -50,7 +50,16 @@ LORA = dict(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "k_proj", "v_p
 TARGETS = {1: 3.0, 15: 10.0}  # issue 18: prefrec / TRL speed-up goals
 
 
-def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: float, micro: int | None):
+def trl_fast_settings() -> dict:
+    """TRL's own speed settings for a GPU (`--trl-fast`): padding-free batches (no pad tokens; TRL wants
+    FlashAttention for them) and Liger's fused kernels when liger-kernel is installed."""
+    import importlib.util
+
+    return {"padding_free": True, "use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None}
+
+
+def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: float, micro: int | None,
+             fast: dict | None = None):
     """A DPOTrainer on k pairwise rows, `micro` rows per forward (gradient accumulation over the rest, one optimizer
     step in all); returns (step function, batches, tokens it feeds per step)."""
     from datasets import Dataset
@@ -68,7 +77,8 @@ def trl_side(model, tok, texts, mode: str, checkpointing: bool, dtype: str, lr: 
                      gradient_accumulation_steps=len(rows) // micro, learning_rate=lr, beta=0.1, loss_type=["sigmoid"],
                      gradient_checkpointing=checkpointing, precompute_ref_log_probs=mode == "cached",
                      use_cpu=not torch.cuda.is_available(), bf16=dtype == "bf16", report_to=[],
-                     save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, max_length=None)
+                     save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, max_length=None,
+                     **(fast or {}))
     lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -157,10 +167,18 @@ def one_config(k: int, mode: str, args) -> dict:
     sides = {"prefrec": p_step}
     fed = {"prefrec": p_fed}
     check = {}
-    for ckpt in ([False, True] if args.trl_checkpointing else [False]):
+    peers = [("trl", False, None)] + ([("trl-checkpointing", True, None)] if args.trl_checkpointing else []) \
+        + ([("trl-fast", False, trl_fast_settings())] if args.trl_fast else [])
+    for name, ckpt, fast in peers:
         base_t, _ = load_model("embedded", **load)
-        name = "trl" + ("-checkpointing" if ckpt else "")
-        t_step, batches, t_fed = trl_side(base_t, tok, texts, mode, ckpt, args.dtype, args.lr, args.trl_micro_batch)
+        try:
+            t_step, batches, t_fed = trl_side(base_t, tok, texts, mode, ckpt, args.dtype, args.lr,
+                                              args.trl_micro_batch, fast)
+        except Exception as e:  # a peer setting this TRL or machine refuses: said, and the other peers still run
+            if name == "trl":
+                raise
+            print(f"vs_trl: {name} skipped: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
         sides[name], fed[name] = t_step, t_fed
         if p_ref is not None and "ref_chosen_logps" in batches[0]:  # same reference numbers from both tokenisations?
             # the dataloader shuffles TRL's rows: compare the rejected log-probs as sorted sets
@@ -194,6 +212,8 @@ def main(argv=None) -> None:
     ap.add_argument("--trl-micro-batch", type=int, default=None,
                     help="TRL rows per forward, accumulating gradients over the k rows (default: all k at once; "
                          "at k = 15 on a 24 GB machine all at once is killed for memory)")
+    ap.add_argument("--trl-fast", action="store_true",
+                    help="also time TRL with its GPU speed settings: padding_free, Liger kernels where installed")
     add_output_args(ap, "vs_trl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -250,6 +270,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['k']} | {r['mode']} | {ms['trl']:.2f} | {ms['prefrec']:.2f} | {r['speedup_vs_trl']:.2f}x | "
                      f"{met} | {fed['trl']['padded']} / {fed['prefrec']['tokens']} | "
                      f"{frac['trl']:.0%} / {frac['prefrec']:.0%} |")
+        if "trl-fast" in ms:
+            lines.append(f"| {r['k']} | {r['mode']}, TRL padding-free (+ Liger where installed) | "
+                         f"{ms['trl-fast']:.2f} | {ms['prefrec']:.2f} | {ms['trl-fast'] / ms['prefrec']:.2f}x | | | |")
         if "trl-checkpointing" in ms:
             lines.append(f"| {r['k']} | {r['mode']}, TRL with its default activation checkpointing | "
                          f"{ms['trl-checkpointing']:.2f} | {ms['prefrec']:.2f} | "

@@ -67,11 +67,11 @@ def save_tiny_model(folder, tokenizer, seed: int = 0):
     return folder
 
 
-def train_two_processes(cfg_path) -> subprocess.CompletedProcess:
-    """`prefrec train cfg_path` on 2 CPU processes (DDP over gloo, launched by `accelerate launch --multi_gpu`, as
-    docs/train.md says), from the repository root."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+def train_two_processes(cfg_path, *launch: str, args: tuple = ()) -> subprocess.CompletedProcess:
+    """`prefrec train cfg_path` on 2 CPU processes, from the repository root: DDP over gloo, launched by `accelerate
+    launch --multi_gpu` as docs/train.md says, or what the `launch` options ask (say `--config_file fsdp.yaml`)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *(launch or ["--multi_gpu"]), "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "prefrec", "train", str(cfg_path)]
+           "-m", "prefrec", "train", str(cfg_path), *args]
     return subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

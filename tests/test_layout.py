@@ -77,8 +77,8 @@ LAYERS = [
     ("evaluation", ["prefrec.evaluation"]),
     ("baselines", ["prefrec.baselines"]),  # they report through evaluation's facts and item prior
     ("serving", ["prefrec.serving"]),
-    ("commands", ["prefrec.api", "prefrec.cli", "prefrec.experiment", "prefrec.quickstart", "prefrec.export",
-                  "prefrec.__main__"]),
+    ("commands", ["prefrec.api", "prefrec.cli", "prefrec.experiment", "prefrec.launcher", "prefrec.quickstart",
+                  "prefrec.export", "prefrec.__main__"]),
 ]
 
 

@@ -404,6 +404,7 @@ def test_two_processes_match_one_process(tiny_dir, data_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((two / "run.json").read_text())
     assert info["num_processes"] == 2 and info["stage_info"]["dmpo"]["global_batch"] == 4
+    assert info["distributed"] == "MULTI_CPU"  # DDP over gloo
     a, b = _rows(one), _rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for key in ("loss", "chosen_logp"):

@@ -666,13 +666,16 @@ def experiment(
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a config value, KEY=VALUE with VALUE in YAML (repeatable): --set seeds=[0] "
                             "--set eval.limit=50 --set datasets.ml-100k.prepare.n_train=50."),
+    launcher: Optional[str] = typer.Option(
+        None, help="local or slurm: submit each unfinished cell as its own job through submitit (resources from "
+                   "the config's launcher: section), wait, then report. Default: run the cells here, in turn."),
 ) -> None:
     """Run a grid of methods x datasets x k x shots x beta x seeds (finished cells are skipped), then report."""
     try:
         from prefrec.experiment import run_experiment  # the method table's losses import torch
 
         md = run_experiment(config, only=only, dry_run=dry_run, overrides=set_, report_only=report_only,
-                            report=report)
+                            report=report, launcher=launcher)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     if md is not None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from prefrec import io
 from prefrec.errors import UserError
+from prefrec.launcher import Job, LauncherConfig, check_cluster, run_jobs
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 from prefrec.tasks import task as task_row
 from prefrec.training import methods
@@ -77,6 +78,9 @@ class ExperimentConfig:
     # vs collaborative item tokens, {text: {}, hybrid: {items: {embeddings: "@sasrec", ...}}}. "@sasrec" in
     # items.embeddings is the sasrec-full cell of the same dataset and seed (listed in methods, so it runs first)
     variants: dict = field(default_factory=dict)
+    # resources of each cell's job under `--launcher local|slurm` (launcher.LauncherConfig); the sequential run
+    # ignores them
+    launcher: dict = field(default_factory=dict)
     output_dir: str | None = None
     report_dir: str | None = None
 
@@ -135,6 +139,9 @@ def _check_experiment(cfg: ExperimentConfig, ck: Checker) -> None:
             ck.fail(f"datasets[{i}].methods", f"{sorted(set(d.methods) - set(cfg.methods))} not in the "
                     f"experiment's methods {cfg.methods}")
     ck.dataclass(EvalConfig, cfg.eval, "eval")
+    launcher = ck.dataclass(LauncherConfig, cfg.launcher, "launcher")
+    if launcher is not BAD and launcher.max_jobs < 1:
+        ck.fail("launcher.max_jobs", f"expected at least 1, got {launcher.max_jobs}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,10 +281,14 @@ def _variant(cfg: ExperimentConfig, cell: Cell) -> dict:
     overlay = copy.deepcopy(cfg.variants.get(cell.variant) or {})
     items = overlay.get("items")
     if isinstance(items, dict) and items.get("embeddings") == "@sasrec":
-        sasrec = Cell(dataset=cell.dataset, method="sasrec", model="-", k=None, shots=None, beta=None,
-                      seed=cell.seed, regime="full")
-        items["embeddings"] = str(Path(cfg.output_dir) / "cells" / sasrec.folder() / "eval")
+        items["embeddings"] = str(Path(cfg.output_dir) / "cells" / _sasrec_cell(cell).folder() / "eval")
     return overlay
+
+
+def _sasrec_cell(cell: Cell) -> Cell:
+    """The sasrec-full cell of a cell's dataset and seed (the item table "@sasrec" names)."""
+    return Cell(dataset=cell.dataset, method="sasrec", model="-", k=None, shots=None, beta=None, seed=cell.seed,
+                regime="full")
 
 
 def _overlay(base: dict, over: dict) -> dict:
@@ -286,6 +297,13 @@ def _overlay(base: dict, over: dict) -> dict:
         base[key] = _overlay(dict(base.get(key) or {}), value) if isinstance(value, dict) and \
             isinstance(base.get(key), dict) else value
     return base
+
+
+def sft_cell_of(cell: Cell) -> Cell:
+    """The `sft` cell whose run an alignment cell (dpo, dmpo, sdpo, ...) starts from: same dataset, model, shots,
+    seed and variant."""
+    return Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
+                seed=cell.seed, regime=None, variant=cell.variant)
 
 
 def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -> Path:
@@ -303,8 +321,7 @@ def _train_cell(cfg: ExperimentConfig, cell: Cell, train_dir: Path, out: Path) -
     if not after_sft:
         train(_train_config(cfg, cell, train_dir, run_dir, kinds, cell.model), resume=True)
         return run_dir
-    sft_cell = Cell(dataset=cell.dataset, method="sft", model=cell.model, k=None, shots=cell.shots, beta=None,
-                    seed=cell.seed, regime=None, variant=cell.variant)
+    sft_cell = sft_cell_of(cell)
     sft_run = root / sft_cell.folder() / "run"
     if not is_run_dir(sft_run):
         train(_train_config(cfg, sft_cell, train_dir, sft_run, ["sft"], cell.model), resume=True)
@@ -534,7 +551,7 @@ def select(grid: list[Cell], only: list[str]) -> list[Cell]:
 
 def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: bool = False,
                    report: bool = True, overrides: list[str] | None = None,
-                   report_only: bool = False) -> Path | None:
+                   report_only: bool = False, launcher: str | None = None) -> Path | None:
     """Run every unfinished cell of the experiment at `path`, then write the report; returns the results.md path.
 
     report_only: run nothing; report the finished cells of the selection (a grid whose remaining cells wait for
@@ -542,7 +559,12 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
 
     overrides: `KEY=VALUE` strings applied to the YAML first (see apply_overrides); they are recorded, with the
     command, in report_dir/experiment.json.
+
+    launcher: None runs the cells one after another in this process; "local" or "slurm" submits each unfinished
+    cell as its own job through submitit (prefrec.launcher), with the resources of the config's `launcher:`.
     """
+    if launcher is not None:
+        check_cluster(launcher)
     cfg = load_experiment(path, overrides)
     grid = cells(cfg)
     if only:
@@ -562,11 +584,23 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
             print(c.folder())
         return None
     log_path = Path(cfg.output_dir) / "cells.jsonl"
-    _run_cells(cfg, todo, root, log_path)
-    if not report:
-        return None
-    done = [c for c in grid if has_results(root / c.folder()) or c.folder() in committed]
-    return _report(cfg, path, done, log_path, overrides, only, report_only, committed)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
+    failed = []
+    if launcher is None:
+        _run_cells(cfg, todo, root, log_path)
+    else:  # each cell its own job; the report below gathers what they wrote
+        _prepare_data(cfg, todo)
+        failed = run_jobs(_cell_jobs(cfg, todo, root, log_path), Path(cfg.output_dir) / "jobs",
+                          LauncherConfig(**cfg.launcher), launcher)
+    md = None
+    if report:
+        done = [c for c in grid if has_results(root / c.folder()) or c.folder() in committed]
+        md = _report(cfg, path, done, log_path, overrides, only, report_only, committed)
+    if failed:
+        raise UserError(f"experiment {cfg.name}: {len(failed)} cell(s) failed ({', '.join(failed)}); their logs "
+                        f"are under {Path(cfg.output_dir) / 'jobs'}. Run the same command again to resubmit them")
+    return md
 
 
 def _run_cells(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Path) -> None:
@@ -574,21 +608,64 @@ def _run_cells(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Pa
     cell twice), logging its wall time and metrics to cells.jsonl."""
     from tqdm.auto import tqdm
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
     for cell in tqdm(todo, desc=f"experiment {cfg.name}", unit="cell"):
-        t0 = time.time()
-        try:
-            with io.exclusive(root / cell.folder(), "experiment cell"):
-                if has_results(root / cell.folder()):
-                    continue  # finished by another runner meanwhile
-                res = run_cell(cfg, cell, root / cell.folder())
-        except io.Locked as e:
-            print(f"prefrec experiment: skipped: {e}", file=sys.stderr)
-            continue
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"cell": cell.folder(), "seconds": round(time.time() - t0, 1),
-                                "metrics": res.get("metrics")}) + "\n")
+        run_logged(cfg, cell, root, log_path)
+
+
+def _prepare_data(cfg: ExperimentConfig, todo: list[Cell]) -> None:
+    """Prepare every dataset and seed the cells need here, before their jobs start: jobs of one dataset and seed
+    running at once would otherwise prepare the same folder together."""
+    for label, seed in dict.fromkeys((c.dataset, c.seed) for c in todo):
+        ds = next(d for d in cfg.datasets if d.label == label)
+        for d in [ds] + [x for x in cfg.datasets if x.label == ds.train_from]:
+            _prepared_dir(cfg, d, seed, None)
+
+
+def _cell_jobs(cfg: ExperimentConfig, todo: list[Cell], root: Path, log_path: Path) -> list[Job]:
+    """Each cell as a launcher job running run_logged. An alignment cell whose SFT run is unfinished waits for the
+    job that makes it: its sft cell when that is to run too, else the first alignment cell needing it (which trains
+    the SFT run first, as in the sequential run); two jobs training one SFT run would collide on its lock. A cell
+    that makes its model from a variant's "@sasrec" item table waits for that SASRec cell when it is to run too
+    (the sequential run has it first by the order of `methods`)."""
+    in_todo = {c.folder() for c in todo}
+    makers: dict[str, str] = {}  # sft cell folder -> the job that makes its run
+    jobs = []
+    for cell in todo:
+        after = None
+        sft = sft_cell_of(cell).folder()
+        if methods.method_stages(cell.method)[1] and not is_run_dir(root / sft / "run"):
+            after = sft if sft in in_todo else makers.setdefault(sft, cell.folder())
+        if after in (None, cell.folder()):  # this job trains its own model
+            after = _sasrec_source(cfg, cell)
+        jobs.append(Job(cell.folder(), run_logged, (cfg, cell, root, log_path),
+                        after if after in in_todo and after != cell.folder() else None))
+    return jobs
+
+
+def _sasrec_source(cfg: ExperimentConfig, cell: Cell) -> str | None:
+    """The folder of the SASRec cell whose item table the cell's variant reads ("@sasrec"), or None."""
+    items = (cfg.variants.get(cell.variant) or {}).get("items") if cell.variant else None
+    if not isinstance(items, dict) or items.get("embeddings") != "@sasrec":
+        return None
+    return _sasrec_cell(cell).folder()
+
+
+def run_logged(cfg: ExperimentConfig, cell: Cell, root: Path, log_path: Path) -> dict | None:
+    """One cell under its lock, its wall time and metrics appended to cells.jsonl; None when another runner holds
+    it or finished it meanwhile. The sequential run calls it in turn; under --launcher it is each job's body."""
+    t0 = time.time()
+    try:
+        with io.exclusive(root / cell.folder(), "experiment cell"):
+            if has_results(root / cell.folder()):
+                return None  # finished by another runner meanwhile
+            res = run_cell(cfg, cell, root / cell.folder())
+    except io.Locked as e:
+        print(f"prefrec experiment: skipped: {e}", file=sys.stderr)
+        return None
+    with open(log_path, "a", encoding="utf-8") as f:  # one short line per write: concurrent jobs append whole lines
+        f.write(json.dumps({"cell": cell.folder(), "seconds": round(time.time() - t0, 1),
+                            "metrics": res.get("metrics")}) + "\n")
+    return res
 
 
 def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overrides, only, report_only,

@@ -221,18 +221,48 @@ def _accelerator(cfg: TrainConfig, run: Path):
     # Accelerate only picks its CPU backend (gloo) when told to use the CPU; under torchrun / `accelerate launch
     # --multi_gpu` on a machine without CUDA, say so, so that several CPU processes form one DDP group.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if cpu:
+        _check_cpu_launch()
     # step_scheduler_with_optimizer=False: the schedule is stepped once per optimizer step here, whatever the number
     # of processes (Accelerate would otherwise step it once per process); it is prepared only to be checkpointed
     trackers = tracker_names(cfg)
     acc = Accelerator(cpu=cpu, step_scheduler_with_optimizer=False, log_with=trackers or None,
                       project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")))
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP" \
-            and acc.is_main_process:  # Accelerate turns FSDP on only for accelerators; say so rather than hide it
-        print(f"prefrec: FSDP was requested but Accelerate runs {acc.distributed_type.value} here (CPU processes "
-              f"get DDP)", file=sys.stderr)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and cpu:
+        _fsdp_on_cpu(acc)
     acc.register_save_state_pre_hook(_adapter_only_on_save)
     acc.register_load_state_pre_hook(_adapter_only_on_load)
     return acc
+
+
+def _check_cpu_launch() -> None:
+    """Refuse, in one line, what a launch config asks for that CPU processes cannot do (measured with Accelerate
+    1.16, docs/scale.md): DeepSpeed, which Accelerate drops for the CPU (the processes would silently run DDP), and
+    FSDP1, whose plugin raises a RuntimeError on CPU as Accelerate builds it."""
+    asked = {name for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+             if os.environ.get(name, "").lower() == "true"}
+    if "ACCELERATE_USE_DEEPSPEED" in asked:
+        raise UserError("the launch config asks for DeepSpeed, which needs CUDA GPUs: on CPU processes Accelerate "
+                        "would run plain DDP instead. Use configs/accelerate/fsdp.yaml (FSDP2 over gloo) or "
+                        "cpu-2proc.yaml (DDP) here")
+    if "ACCELERATE_USE_FSDP" in asked and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise UserError("FSDP on CPU processes needs fsdp_version: 2 in the launch config (FSDP1 wants a GPU)")
+
+
+def _fsdp_on_cpu(acc) -> None:
+    """FSDP on CPU processes (gloo), when the launch config asks for it. Accelerate 1.16 decides on FSDP only for
+    accelerator devices (AcceleratorState takes its FSDP branch for MULTI_GPU and its kin, never for MULTI_CPU), so
+    a CPU launch of fsdp.yaml would silently run DDP; torch's FSDP2 (fully_shard) shards over gloo all the same. So
+    the state is switched to FSDP with the plugin Accelerate builds from the launch config, and prepare(),
+    get_state_dict() and save_state()/load_state() then take their FSDP2 paths (tests/test_scale.py)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables that `accelerate launch` sets (version 2)
+    acc.state.fsdp_plugin = plugin
+    acc.state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+    if acc.is_main_process:
+        print("prefrec: FSDP2 on CPU processes (gloo)", file=sys.stderr)
 
 
 def _checkpoint_state(resume_from: Path | None, world: int) -> TrainState | None:
@@ -379,6 +409,8 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
         restore_accelerate_state(acc, r.resume_from)
         r.rng_restored = True
     r.prepared, optimizer, scheduler = acc.prepare(r.scorer, optimizer, scheduler)
+    # FSDP2 replaces each parameter by its shard (a DTensor): clipping and the next stage's optimizer take these
+    r.params = [p for group in optimizer.param_groups for p in group["params"]]
     ref = labels = None
     row = methods.stage(stage.kind)
     if row.aligned and row.reference:
@@ -645,7 +677,7 @@ def _finalise(r: Recipe, t_process: float) -> None:
                 "stages": r.cfg.stage_kinds(), "seed": r.cfg.seed,
                 "timings": {key: round(v, 2) for key, v in timings.items()},
                 "wall_seconds_this_process": round(time.time() - t_process, 2), "resumes": r.resumes,
-                "num_processes": acc.num_processes, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
+                "num_processes": acc.num_processes, "distributed": acc.distributed_type.value, "stage_info": r.stage_info, "best": r.best, "adapter": chosen,
                 "final_valid": r.final_valid, "prompt_format": prompt_format(r.tokenizer), **provenance()}
         if r.trunk is not None:
             info["trunk_cache"] = r.trunk.describe()
