@@ -90,7 +90,8 @@ def rss_kb(pid: int, field: str) -> int:
 def start_server(args, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "prefrec", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--max-tokens", str(args.max_tokens), "--max-seconds", str(args.max_seconds), "--max-queue", "16"]
+           "--max-tokens", str(args.max_tokens), "--max-seconds", str(args.max_seconds), "--max-queue", "16",
+           "--dtype", args.dtype]
     return quiet.start_server(cmd, env, port, timeout=300, poll=0.5)
 
 
@@ -212,7 +213,7 @@ def markdown(res: dict) -> str:
         "# `prefrec serve` under load",
         "",
         f"{c['normal_clients']} clients sending normal requests and {c['worst_clients']} sending worst-case in-limit "
-        f"requests back to back for {c['seconds']} s, model `{c['model']}` (fp32, CPU, {c['threads']} torch thread), "
+        f"requests back to back for {c['seconds']} s, model `{c['model']}` ({c.get('dtype', 'fp32')}, CPU, {c['threads']} torch thread), "
         f"loopback. Normal: 10 history titles, 20 candidates (real film titles), top 5. Worst case: "
         f"{w['history_titles']} history titles and {w['candidates']} candidates of {w['title_chars']} random "
         f"characters = {w['tokens']} tokens with {w['history_kept']} history title(s) kept, against a budget of "
@@ -258,6 +259,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the server.")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="The server's --dtype (bf16: CPUs with "
+                   "AVX-512 BF16 / AMX compute it at several times the fp32 rate).")
     p.add_argument("--limits", action="store_true", help="Instead: misbehaving clients against the limits on a "
                    "tiny random-init model (serve_limits.py); writes serve_load-limits.*; --seconds is then the "
                    "full-queue phase (default 10).")

@@ -467,3 +467,13 @@ def test_a_committed_sft_model_retrained_for_an_alignment_cell_must_reproduce(tm
     shutil.rmtree(tmp_path / "report" / "cells" / "tiny-ml" / "dpo-model-tiny-model-k1-beta0.1-seed0")  # run it again
     with pytest.raises(UserError, match="does not reproduce the committed one.*validation loss"):
         run_experiment(path, only=["dpo"])
+
+
+def test_report_only_writes_nothing_into_the_output_folder(tmp_path, tiny_setup):
+    """--report-only of committed cells into another output_dir wrote settings.json (and made the folder) there."""
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    run_experiment(path)
+    other = tmp_path / "elsewhere"
+    md = run_experiment(path, report_only=True, overrides=[f"output_dir={other}"])
+    assert "popularity" in md.read_text() and not other.exists()

@@ -496,7 +496,8 @@ def _settings(cfg: ExperimentConfig) -> dict:
     return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
 
 
-def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
+def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> None:
+    """UserError when `record` holds other settings than cfg's; else (with `write`) record cfg's there."""
     now = _settings(cfg)
     if record.is_file():
         before = json.loads(record.read_text(encoding="utf-8"))
@@ -510,9 +511,8 @@ def _check_settings(cfg: ExperimentConfig, record: Path) -> None:
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
                             f"folder (--set output_dir=...) or delete {record.parent}")
         now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
-    from prefrec import io
-
-    io.write_json(record, now)
+    if write:
+        io.write_json(record, now)
 
 
 def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
@@ -584,8 +584,9 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
             print(c.folder())
         return None
     log_path = Path(cfg.output_dir) / "cells.jsonl"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    _check_settings(cfg, Path(cfg.output_dir) / "settings.json")
+    if not report_only:  # a report writes nothing into the output folder (it wrote settings.json there)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, Path(cfg.output_dir) / "settings.json", write=not report_only)
     failed = []
     if launcher is None:
         _run_cells(cfg, todo, root, log_path)
