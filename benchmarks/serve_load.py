@@ -243,7 +243,8 @@ def markdown(res: dict) -> str:
         f"{'met' if t['normal_p99_under_3x_idle'] else 'MISSED'} ({t['normal_p99_over_idle']:.2f}×)",
         "",
         f"Command: `python benchmarks/serve_load.py --seconds {c['seconds']} --normal-clients {c['normal_clients']} "
-        f"--worst-clients {c['worst_clients']}` (git {res['git_commit']}, {res['created']}).",
+        f"--worst-clients {c['worst_clients']} --max-requests {c['max_requests']} --idle-requests "
+        f"{c['idle_requests']} --dtype {c.get('dtype', 'fp32')}` (git {res['git_commit']}, {res['created']}).",
         "",
     ])
 

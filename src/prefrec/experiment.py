@@ -109,6 +109,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such experiment config") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the experiment config ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
     raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping at the top level")

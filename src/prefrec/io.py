@@ -393,7 +393,8 @@ def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
     of its holder, for the message, and because flock does not reach across machines on a shared file system: a
     record from another host is respected (it cannot be checked from here)."""
     lock = Path(folder) / ".lock"
-    created = not lock.parent.exists()
+    # the folders this call creates, deepest first: removed again if the work leaves them empty
+    created = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     holder = _holder(lock)
     if holder is not None and holder[1] != socket.gethostname():
@@ -410,8 +411,10 @@ def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
     finally:
         flock.release()  # removes the file too
         lock.unlink(missing_ok=True)
-        if created and lock.parent.exists() and not any(lock.parent.iterdir()):
-            lock.parent.rmdir()
+        for p in created:
+            if not p.is_dir() or any(p.iterdir()):
+                break
+            p.rmdir()
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> int:
@@ -471,6 +474,8 @@ def json_value(text: str, where: str, want: type, bad_json: str, bad_type: str):
         raise UserError(bad_json.format(where=where, msg=e.msg, line=e.lineno, col=e.colno)) from None
     except RecursionError:
         raise UserError(f"{where}: {NESTED_TOO_DEEP}") from None
+    except ValueError as e:  # a number of over 4300 digits (Python's int limit), not a JSONDecodeError
+        raise UserError(f"{where}: not valid JSON ({str(e).split(':')[0]})") from None
     if not isinstance(value, want):
         raise UserError(bad_type.format(where=where, type=type(value).__name__))
     return value

@@ -433,7 +433,8 @@ def load_model(name: str = EMBEDDED, *, dtype: str | torch.dtype | None = None, 
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype,
                                                          attn_implementation=attn_implementation, **hub)
     except OSError as e:
-        raise UserError(f"model {name!r}: could not load it as a Hugging Face model folder or id ({e})") from None
+        why = " ".join(str(e).split())  # transformers' messages span lines; ours is one
+        raise UserError(f"model {name!r}: could not load it as a Hugging Face model folder or id ({why})") from None
     if run is not None and run.get("prompt_format") is not None:
         check_prompt_format(tokenizer, run["prompt_format"], str(Path(source) / RUN_JSON))
     if tokenizer.pad_token_id is None:

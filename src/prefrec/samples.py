@@ -96,6 +96,10 @@ class Sample:
         for j, c in enumerate(comps):
             if not isinstance(c, dict) or not {"question", "chosen", "rejected"} <= set(c):
                 raise ValueError(f"{where}: comparisons[{j}] needs 'question', 'chosen' and 'rejected'")
+            extra = sorted(set(c) - {"question", "chosen", "rejected"})
+            if extra:  # else dropped unread, where the sample's own unknown fields are refused
+                raise ValueError(f"{where}: comparisons[{j}]: unknown field(s) {extra}; expected 'question', "
+                                 "'chosen' and 'rejected'")
             rej = c["rejected"]
             if not isinstance(rej, list) or not rej or not all(isinstance(r, str) and r for r in rej):
                 raise ValueError(f"{where}: comparisons[{j}].rejected must be a non-empty list of non-empty strings")
@@ -135,6 +139,20 @@ def _check_types(d: dict, where: str) -> None:
             raise ValueError(f"{where}: field '{name}' must be {want}, got {type(d[name]).__name__} {d[name]!r:.60}")
 
 
+LONE_SURROGATE = ("a string holds a lone surrogate (an escaped \\ud800-\\udfff without its pair), which is not "
+                  "Unicode text")
+
+
+def has_lone_surrogate(value) -> bool:
+    """Whether parsed JSON holds a lone surrogate: json.loads takes "\\ud800" alone, but no UTF-8 file (nor a
+    tokenizer) can; only an escape makes one, so callers test values whose text has a backslash-u first."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def write_samples(path: str | os.PathLike, samples: Iterable[Sample]) -> int:
     """Write samples atomically (temp file, then rename) so a crash never leaves a half-written file."""
     return io.write_jsonl(path, (s.to_dict() for s in samples))
@@ -170,6 +188,10 @@ def _numbered(path: Path) -> Iterator[tuple[int, Sample]]:
                 raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             except RecursionError:
                 raise ValueError(f"{where}: {io.NESTED_TOO_DEEP}") from None
+            except ValueError as e:  # an integer of more than 4300 digits
+                raise ValueError(f"{where}: not valid JSON ({str(e).split(':')[0]})") from None
+            if "\\u" in line and has_lone_surrogate(d):
+                raise ValueError(f"{where}: {LONE_SURROGATE}")
             yield lineno, Sample.from_dict(d, where=where)
 
 

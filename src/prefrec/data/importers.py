@@ -53,7 +53,7 @@ from pathlib import Path
 from prefrec import io, prompts
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
-from prefrec.samples import Comparison, Sample, write_samples
+from prefrec.samples import LONE_SURROGATE, Comparison, Sample, has_lone_surrogate, write_samples
 from prefrec.tasks import pairwise
 
 _MARK = re.compile(r"<Title:([^<>]*)>")
@@ -97,6 +97,14 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
         raise UserError(f"{path}: file not found") from None
     if not text.strip():
         raise UserError(f"{path}: empty file")
+    out = _records(text, path, report)
+    if "\\u" in text:  # a lone surrogate can only come from an escape
+        out = [(w, Rejected(LONE_SURROGATE) if not isinstance(v, Rejected) and has_lone_surrogate(v) else v)
+               for w, v in out]
+    return out
+
+
+def _records(text: str, path: Path, report: FileReport) -> list[tuple[str, object]]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:  # not one JSON document: read value by value, unless it is one broken array
@@ -104,7 +112,7 @@ def read_import_records(path: Path, report: FileReport) -> list[tuple[str, objec
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); the file is one "
                             "JSON array, so none of it could be read") from None
         value = None
-    except RecursionError:  # one document too deep: value by value finds which
+    except (ValueError, RecursionError):  # one too deep, or with a number of over 4300 digits: value by value
         value = None
     else:
         if isinstance(value, list):
@@ -142,10 +150,11 @@ def _value_by_value(text: str, name: str) -> tuple[list[tuple[str, object]], boo
         line_pos = pos
         try:
             value, end = dec.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # a JSONDecodeError, a number of over 4300 digits, too deep
             where, pos = _bad_record(text, pos, line, e)
-            out.append((f"{name}:{where}", Rejected(f"not valid JSON ({e.msg} at column {e.colno})"
-                                                    if isinstance(e, json.JSONDecodeError) else io.NESTED_TOO_DEEP)))
+            why = (f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError)
+                   else str(e).split(":")[0] if isinstance(e, ValueError) else None)
+            out.append((f"{name}:{where}", Rejected(f"not valid JSON ({why})" if why else io.NESTED_TOO_DEEP)))
             if pos < 0:
                 break
             continue
@@ -539,11 +548,14 @@ def _load(path: Path, records: list[tuple[str, object]], report: FileReport,
     notes: dict = {}
     layouts: dict[str, int] = {}
     loaded: list[Sample] = []
+    first: dict[str, str] = {}  # sample id -> where it was first (prefrec rows carry their own ids)
     for i, (where, rec) in enumerate(records):
         try:
             if isinstance(rec, Rejected):
                 raise rec
             layout, sample = record_to_sample(rec, f"{path.stem}-{i}", domain, notes)
+            if first.setdefault(sample.id, where) != where:  # read_jsonl would refuse the file written
+                raise Rejected(f"sample id {sample.id!r} is already used by {first[sample.id]}; ids must be unique")
         except Rejected as e:
             report.rejected.append({"where": where, "reason": str(e)})
             continue

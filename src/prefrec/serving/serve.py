@@ -499,6 +499,21 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+class ErrorBody(BaseModel):
+    """Every error answer (the OpenAPI schema documents each status with it)."""
+    error: str = Field(description="what is wrong, naming the field and the limit")
+
+
+def _errors(*statuses: int) -> dict:
+    """OpenAPI `responses` for error statuses (FastAPI documents only 422, as its own `detail` body, by itself)."""
+    said = {400: "the body is not JSON, or the Host header is not one the server answers to",
+            401: "missing or wrong bearer token", 408: "the body did not arrive within read_seconds",
+            413: "the body is larger than max_body_bytes", 415: "the body was not sent as JSON",
+            422: "a field is missing, of the wrong type or over a limit (titles, characters, tokens)",
+            503: "the queue is full, or the request ran past max_seconds (with Retry-After)"}
+    return {status: {"model": ErrorBody, "description": said[status]} for status in statuses}
+
+
 def _error_handlers(app: FastAPI, fields: list[str]) -> None:
     """Every error is one JSON body {"error": ...} with its status: prefrec's own, HTTP's, and request validation
     (a body that is not JSON gets 415, naming the Content-Type it came with)."""
@@ -568,7 +583,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
 
     _error_handlers(app, fields)
 
-    @app.get("/health")
+    @app.get("/health", responses=_errors(400, 401, 408, 413))
     async def health(request: Request) -> dict:
         state = request.app.state
         return {"status": "ok", "model": label, "limits": asdict(limits), "max_tokens_effective": state.budget.tokens,
@@ -579,7 +594,7 @@ def create_app(model: str | tuple, *, limits: Limits | None = None, model_label:
 
     # the body model is built at run time, so it is attached here rather than in a (string) annotation
     rank_endpoint.__annotations__["req"] = RankRequest
-    app.post("/rank")(rank_endpoint)
+    app.post("/rank", responses=_errors(400, 401, 408, 413, 415, 422, 503))(rank_endpoint)
     return app
 
 

@@ -167,13 +167,21 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):  # `? [a]` (`key in seen` would be a TypeError)
+                raise yaml.constructor.ConstructorError(None, None, "a list or mapping as a mapping key",
+                                                        key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes what _Loader would read as a float (a revision '1e-4'), so dumps read back as such."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def parse_yaml(text: str, where: str):
@@ -181,6 +189,8 @@ def parse_yaml(text: str, where: str):
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise UserError(f"{where}: not valid YAML ({e})".replace("\n", " ")) from None
+    except RecursionError:
+        raise UserError(f"{where}: not valid YAML (lists or mappings nested too deeply)") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,11 +372,22 @@ def _check_values(cfg: TrainConfig, ck: Checker) -> None:
         ck.fail("best_metric", f"expected one of {list(BEST_METRICS)}, got {_show(cfg.best_metric)}")
     if not cfg.output_dir:
         ck.fail("output_dir", "must not be empty")
+    _check_paths(cfg, ck)
     for i, s in enumerate(cfg.stages):
         _check_stage(s, f"stages[{i}]", ck)
     _check_stage_order(cfg, ck)
     if cfg.items is not None:
         _check_items(cfg, ck)
+
+
+def _check_paths(cfg: TrainConfig, ck: Checker) -> None:
+    """No NUL in a path: resolving one is a ValueError (a traceback), not a missing file."""
+    paths = {"output_dir": cfg.output_dir, "data.dir": cfg.data.dir, "data.train": cfg.data.train,
+             "data.valid": cfg.data.valid, "trunk_cache_dir": cfg.trunk_cache_dir, "model.name": cfg.model.name,
+             "items.embeddings": cfg.items.embeddings if cfg.items is not None else None}
+    for name, value in paths.items():
+        if isinstance(value, str) and "\0" in value:
+            ck.fail(name, f"{_show(value)} holds a NUL character, which no path can")
 
 
 def _check_items(cfg: TrainConfig, ck: Checker) -> None:
@@ -564,4 +585,5 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 def dump_config(cfg: TrainConfig) -> str:
     """YAML text of the full config (defaults filled in): what RUN/config.yaml holds."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True)

@@ -18,13 +18,12 @@ compressed or not whatever its name.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from prefrec.data.readers.amazon import read_amazon
-from prefrec.data.readers.base import Interaction, Log, PossiblyTruncated
+from prefrec.data.readers.base import Interaction, Log
 from prefrec.data.readers.goodreads import read_goodreads
 from prefrec.data.readers.lastfm import read_lastfm
 from prefrec.data.readers.movielens import read_ml1m, read_ml100k
@@ -84,11 +83,7 @@ def read(dataset: str, source: str | Path, *, domain: str | None = None, order_b
     if reader is None:
         raise UserError(f"--dataset {dataset!r} is not known; expected one of {', '.join(DATASETS)}"
                         f"{did_you_mean(dataset, DATASETS)}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PossiblyTruncated)
-        log = reader.read(source, column)
-    # once each: a file whose encoding is sniffed first is read twice
-    log.warnings += list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, PossiblyTruncated)))
+    log = reader.read(source, column)
     if domain:
         log.domain = domain
     _blank_titles(log)

@@ -19,6 +19,7 @@ from prefrec.data.readers.base import (
 from prefrec.data.titles import normalise_title, unescape
 from prefrec.errors import UserError
 from prefrec.io import NESTED_TOO_DEEP
+from prefrec.samples import LONE_SURROGATE, has_lone_surrogate
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -46,6 +47,10 @@ def _record(line: str, path: Path, n: int, literal_ok: bool) -> dict:
             obj = ast.literal_eval(line)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             raise UserError(f"{path}:{n}: neither JSON nor a Python literal") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise UserError(f"{path}:{n}: not valid JSON ({str(e).split(':')[0]})") from None
+    if "\\u" in line and has_lone_surrogate(obj):
+        raise UserError(f"{path}:{n}: {LONE_SURROGATE}")
     if not isinstance(obj, dict):
         raise UserError(f"{path}:{n}: expected an object, got {type(obj).__name__}")
     return obj
@@ -75,7 +80,7 @@ def read_amazon(source: str | Path, *, edition: int = 2018, meta: str | Path | N
     if meta is not None:
         meta = Path(meta)
         log.files.append(str(meta))
-        for n, line in _lines(meta, ("utf-8", "latin-1")):
+        for n, line in _lines(meta, ("utf-8", "latin-1"), whole=False):
             rec = _record(line, meta, n, literal_ok=True)
             asin, title = rec.get("asin"), rec.get("title")
             if asin and isinstance(title, str) and title.strip():
@@ -84,7 +89,7 @@ def read_amazon(source: str | Path, *, edition: int = 2018, meta: str | Path | N
                     log.titles[str(asin)] = title
         log.catalog["items"] = len(log.titles)
     for path in reviews:
-        for n, line in _lines(path, ("utf-8", "latin-1")):
+        for n, line in _lines(path, ("utf-8", "latin-1"), whole=False):
             rec = _record(line, path, n, literal_ok=False)
             for key in ("reviewerID", "asin", "overall"):
                 if key not in rec:

@@ -6,18 +6,12 @@ from __future__ import annotations
 import codecs
 import gzip
 import unicodedata
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from prefrec.errors import UserError
-
-
-class PossiblyTruncated(UserWarning):
-    """A file whose last line has no newline: it may have been cut short. `readers.read` puts the message into the
-    log's warnings (stats.json, stderr) rather than refusing: files saved by hand often lack the last newline."""
 
 
 # byte-order marks of encodings no reader takes (UTF-8 and Latin-1 are read; a UTF-8 BOM is accepted)
@@ -71,9 +65,11 @@ def _read_chunk(f, size: int) -> tuple[bytes, Exception | None]:
     return b"".join(pieces), None
 
 
-def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, list[bytes]]]:
+def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23, whole: bool = False) -> Iterator[tuple[int, list[bytes]]]:
     """(number of the first line, lines without their endings), a few MB at a time: much faster than iterating a
-    gzip stream line by line, and still streaming for multi-GB review files. Gzip is detected by magic bytes."""
+    gzip stream line by line, and still streaming for multi-GB review files. Gzip is detected by magic bytes.
+    whole: a table's last line must end with a newline; without one the file may have been cut mid-line (a u.data
+    cut there read its last timestamp as 88), so it is refused. JSON lines need not: a cut one is not JSON."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     with open(path, "rb") as f:
@@ -97,11 +93,12 @@ def _raw_chunks(path: Path, chunk_bytes: int = 1 << 23) -> Iterator[tuple[int, l
             if lines:
                 yield n + 1, [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
                 n += len(lines)
+    if rest.strip() and whole:
+        raise UserError(f"{path}:{n + 1}: the last line has no line end, so the file may be cut short (truncated "
+                        "mid-line); if that line is complete, end it with a newline")
     if rest:
         yield n + 1, [rest[:-1] if rest.endswith(b"\r") else rest]
         n += 1
-        warnings.warn(f"{path}: the last line ({n:,}) has no newline at its end: the file may be truncated; its "
-                      "last row was read as it is", PossiblyTruncated, stacklevel=2)
     if n == 0:
         raise UserError(f"{path}: empty file")
 
@@ -128,10 +125,11 @@ def _decode(raw: bytes, encodings: tuple[str, ...], path: Path, n: int) -> str:
     raise UserError(f"{path}:{n}: not valid {' or '.join(encodings)} text")
 
 
-def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",)) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",), whole: bool = True) -> Iterator[tuple[int, str]]:
     """Decoded, non-blank lines with their line numbers. A chunk is decoded at once when the first encoding fits
-    all of it, else line by line through the encodings in turn."""
-    for first, raw in _raw_chunks(path):
+    all of it, else line by line through the encodings in turn. whole: the last line must end with a newline
+    (tables; JSON lines pass False)."""
+    for first, raw in _raw_chunks(path, whole=whole):
         try:
             lines = b"\n".join(raw).decode(encodings[0]).split("\n")
         except UnicodeDecodeError:
@@ -221,6 +219,14 @@ def _json_id(rec: dict, key: str, path: Path, n: int) -> str:
 
 def _unknown_item(path: Path, n: int, item: str, catalogue: str) -> UserError:
     return UserError(f"{path}:{n}: field 'item' is {item!r}, which is not in {catalogue}")
+
+
+def _once(first_line: dict[str, int], key: str, path: Path, n: int, what: str) -> None:
+    """A catalogue names each id on one line: a second line's title would silently replace the first's."""
+    if key in first_line:
+        raise UserError(f"{path}:{n}: {what} id {key} appears again (first on line {first_line[key]}); expected one "
+                        f"line per {what}")
+    first_line[key] = n
 
 
 def _no_rows(path: Path, what: str) -> UserError:

@@ -93,7 +93,7 @@ def _read_csv(log: Log, path: Path, time_column: str | None) -> None:
 def _read_json_lines(log: Log, path: Path, time_column: str | None) -> None:
     if time_column:
         raise UserError(f"--order-by {time_column}: the Goodreads JSON lines carry their own date_added")
-    for n, line in _lines(path):
+    for n, line in _lines(path, whole=False):
         rec = _record(line, path, n, literal_ok=False)
         for key in ("user_id", "book_id", "rating"):
             if key not in rec:
@@ -119,7 +119,7 @@ def _read_titles(log: Log, folder: Path, is_csv: bool) -> None:
             csv_id, book_id = _fields(line, ",", 2, map_file, n, "book_id_csv, book_id")
             id_map[book_id.strip()] = csv_id.strip()
     log.files.append(str(books))
-    for n, line in _lines(books):
+    for n, line in _lines(books, whole=False):
         rec = _record(line, books, n, literal_ok=False)
         bid, title = str(rec.get("book_id", "")), rec.get("title")
         if bid and isinstance(title, str) and title.strip():

@@ -12,6 +12,7 @@ from prefrec.data.readers.base import (
     _lines,
     _no_rows,
     _number,
+    _once,
     _order_value,
     _unknown_item,
 )
@@ -35,8 +36,10 @@ def read_lastfm(source: str | Path, *, time_column: str | None = None) -> Log:
         log.files.append(str(artists))
         lines = _lines(artists, ("utf-8", "latin-1"))
         next(lines)  # header: id name url pictureURL
+        first_line: dict[str, int] = {}
         for n, line in lines:
             parts = _fields(line, "\t", 2, artists, n, "id, name, url, pictureURL", at_least=True)
+            _once(first_line, parts[0].strip(), artists, n, "artist")
             log.titles[parts[0].strip()] = normalise_title(parts[1])
         log.catalog["items"] = len(log.titles)
     else:

@@ -12,6 +12,7 @@ from prefrec.data.readers.base import (
     _lines,
     _movielens_encoding,
     _no_rows,
+    _once,
     _pick,
     _rating_time,
     _unknown_item,
@@ -38,12 +39,8 @@ def read_ml1m(source: str | Path) -> Log:
         first_line: dict[str, int] = {}
         for n, line in _lines(movies, _movielens_encoding(movies)):  # published as ISO-8859-1, not UTF-8
             mid, title, _genres = _fields(line, "::", 3, movies, n, "MovieID::Title::Genres")
-            mid = mid.strip()
-            if mid in first_line:  # the later title would silently replace the earlier one
-                raise UserError(f"{movies}:{n}: MovieID {mid} appears again (first on line {first_line[mid]}); "
-                                "expected one line per movie")
-            first_line[mid] = n
-            log.titles[mid] = normalise_title(title)
+            _once(first_line, mid.strip(), movies, n, "movie")
+            log.titles[mid.strip()] = normalise_title(title)
         log.catalog["items"] = len(log.titles)
     else:
         log.warnings.append(f"{folder}: no movies.dat, so item ids are used as titles")
@@ -75,10 +72,7 @@ def _read_grouplens_100k(data: Path, item: Path | None) -> Log:
         for n, line in _lines(item, _movielens_encoding(item)):
             parts = _fields(line, "|", 3, item, n, "movie id|title|release date|...", at_least=True)
             key = parts[0].strip()
-            if key in first_line:  # the later title would silently replace the earlier one
-                raise UserError(f"{item}:{n}: movie id {key} appears again (first on line {first_line[key]}); "
-                                "expected one line per movie")
-            first_line[key] = n
+            _once(first_line, key, item, n, "movie")
             log.titles[key] = normalise_title(parts[1])
         log.catalog["items"] = len(log.titles)
     else:

@@ -11,6 +11,7 @@ from prefrec.data.readers.base import (
     _lines,
     _no_rows,
     _number,
+    _once,
     _order_value,
     _pick,
     _timestamp,
@@ -96,10 +97,12 @@ def _read_items(log: Log, item_file: Path, folder: Path, stem: str) -> None:
         raise UserError(f"{item_file}:1: no 'item_id' column in the header {cols}")
     tc = next((j for j, c in enumerate(cols) if "title" in c or c.endswith("name")), None)
     yc = _column(cols, ("release_year", "year"))
+    first_line: dict[str, int] = {}
     for n, line in lines:
         parts = line.split("\t")
         if len(parts) != len(cols):
             raise UserError(f"{item_file}:{n}: expected {len(cols)} tab-separated fields, found {len(parts)}")
+        _once(first_line, parts[ic], item_file, n, "item")
         title = normalise_title(parts[tc]) if tc is not None else parts[ic]
         if not title:  # a blank title stays blank (read() names the item by its id), never " (1995)"
             log.titles[parts[ic]] = ""
