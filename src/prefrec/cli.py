@@ -419,10 +419,10 @@ def report_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per run (0 = no CIs)."),
 ) -> None:
     """Mean ± std over seeds, paired t-tests, bootstrap CIs and plots from many results.json -> results.md."""
-    from prefrec.evaluation.report import make_report
+    from prefrec.evaluation.report import REPORT_JSON, REPORT_MD, make_report
 
     try:
-        with io.owning(out, "report", names=["results.md", "results.json"]):
+        with io.owning(out, "report", names=[REPORT_MD, REPORT_JSON]):
             md = make_report(runs, out, n_boot=bootstrap)
     except (UserError, ValueError, FileNotFoundError) as e:
         _fail(e)

@@ -57,6 +57,7 @@ from prefrec.results import find_results, per_sample_path, read_per_sample  # no
 from prefrec.tasks import TASKS
 from prefrec.training import methods
 
+REPORT_MD, REPORT_JSON = "results.md", "results.json"  # what a report writes into its folder, beside plots/
 GROUP_KEYS = ("dataset", "task", "method", "variant", "base_model", "regime", "k", "shots", "beta")
 
 
@@ -682,7 +683,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]
                             for f in ("k", "shots", "beta", "configuration")}},
                "config": {"n_boot": n_boot, "seed": seed}, **prov}
-    io.write_json(out_dir / "results.json", summary)
-    md_path = out_dir / "results.md"
+    io.write_json(out_dir / REPORT_JSON, summary)
+    md_path = out_dir / REPORT_MD
     io.write_text(md_path, "\n".join(md).rstrip() + "\n")
     return md_path

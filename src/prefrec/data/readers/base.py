@@ -128,7 +128,9 @@ def _decode(raw: bytes, encodings: tuple[str, ...], path: Path, n: int) -> str:
 def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",), whole: bool = True) -> Iterator[tuple[int, str]]:
     """Decoded, non-blank lines with their line numbers. A chunk is decoded at once when the first encoding fits
     all of it, else line by line through the encodings in turn. whole: the last line must end with a newline
-    (tables; JSON lines pass False)."""
+    (tables; JSON lines pass False). A file of blank lines only is an empty file (readers take its first line as a
+    header: a StopIteration traceback, found by tests/test_fuzz_readers.py)."""
+    seen = False
     for first, raw in _raw_chunks(path, whole=whole):
         try:
             lines = b"\n".join(raw).decode(encodings[0]).split("\n")
@@ -136,7 +138,10 @@ def _lines(path: Path, encodings: tuple[str, ...] = ("utf-8",), whole: bool = Tr
             lines = [_decode(b, encodings, path, first + j) for j, b in enumerate(raw)]
         for j, line in enumerate(lines):
             if line.strip():
+                seen = True
                 yield first + j, line
+    if not seen:
+        raise UserError(f"{path}: empty file (blank lines only)")
 
 
 def _movielens_encoding(path: Path) -> tuple[str, ...]:
