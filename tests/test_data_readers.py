@@ -152,6 +152,23 @@ def test_amazon_2018_blank_line_string_vote_and_no_meta(tmp_path):
     assert log.title("M1") == "M1" and any("ASIN is used as the title" in w for w in log.warnings)
 
 
+def test_amazon_meta_repeated_records(tmp_path):
+    """Amazon 2018's meta files repeat records: the same title again is silent; another title for the same ASIN keeps
+    the first line's and says so, naming both lines (it used to replace the first silently)."""
+    folder = tmp_path / "amz"
+    folder.mkdir()
+    (folder / "Books_5.json").write_text('{"reviewerID": "U", "asin": "A", "overall": 5.0}\n'
+                                         '{"reviewerID": "U", "asin": "B", "overall": 2.0}\n')
+    meta = [{"asin": "A", "title": "Dune"}, {"asin": "B", "title": "Emma"}, {"asin": "A", "title": "Dune"},
+            {"asin": "B", "title": "Emma (Penguin Classics)"}]
+    (folder / "meta_Books.json").write_text("\n".join(map(json.dumps, meta)) + "\n")
+    log = R.read("amazon-2018", folder)
+    assert log.titles == {"A": "Dune", "B": "Emma"}
+    clash = [w for w in log.warnings if "another title" in w]
+    assert len(clash) == 1 and "1 line(s)" in clash[0] and "id B on lines 2 and 4" in clash[0]
+    assert "meta_Books.json" in clash[0]
+
+
 # ---- LastFM ------------------------------------------------------------------------------------------------------
 
 def write_lastfm(folder: Path) -> Path:
@@ -193,6 +210,18 @@ def test_goodreads_json_with_titles(tmp_path):
     log = R.read("goodreads", folder)
     assert log.titles == {"10": "The Hobbit", "11": "Dune & Co"}
     assert log.interactions[0].timestamp - log.interactions[1].timestamp == 86400 and log.has_timestamps
+
+
+def test_goodreads_books_repeated_id_keeps_first_title(tmp_path):
+    folder = tmp_path / "gr"
+    folder.mkdir()
+    (folder / "goodreads_interactions_poetry.json").write_text(json.dumps({"user_id": "u", "book_id": "10",
+                                                                           "rating": 4}) + "\n")
+    books = [{"book_id": "10", "title": "Ariel"}, {"book_id": "10", "title": "Ariel: The Restored Edition"}]
+    (folder / "goodreads_books_poetry.json").write_text("\n".join(map(json.dumps, books)) + "\n")
+    log = R.read("goodreads", folder)
+    assert log.titles == {"10": "Ariel"}
+    assert any("id 10 on lines 1 and 2" in w and "first line's title is kept" in w for w in log.warnings)
 
 
 # ---- bad input: one clear error naming file, line and field ------------------------------------------------------

@@ -11,6 +11,8 @@ from prefrec import tasks
 from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics
 from prefrec.tasks import pairwise as task_pairwise
 from prefrec.evaluation.report import (
+    _FLOOR,
+    _beyond_lines,
     bootstrap_ci,
     find_results,
     make_report,
@@ -416,3 +418,17 @@ def test_each_variant_is_compared_with_the_experiments_first_one():
     assert _first_variant_of(text, runs, order=["text", "hybrid"]) is None
     assert _first_variant_of(text, runs) is hybrid  # name order
     assert _first_variant_of({**base, "variant": "hybrid", "seed": 1}, runs, order=["text", "hybrid"]) is None
+
+
+def test_beyond_table_of_untested_runs_is_one_line():
+    """When no run could be tested (samples gone, imported prompts), the report says so in one line instead of a
+    table whose every row is dashes; a table with one tested run keeps the untested rows."""
+    skipped = [{"label": "sft", "seed": 0, "skipped": "its samples file is gone"},
+               {"label": "dpo", "seed": 0, "skipped": "its samples file is gone"}]
+    lines = _beyond_lines(skipped, 100, _FLOOR)
+    assert lines == ["Beyond what it could know without the user: not tested (its samples file is gone).", ""]
+    tested = {"label": "zero-shot", "seed": 0, "metric": "auc", "facts": 0.7, "facts_plus_llm": 0.71, "diff": 0.01,
+              "lo": -0.01, "hi": 0.03, "p": 0.3, "beyond": False}
+    table = _beyond_lines(skipped + [tested], 100, _FLOOR)
+    assert sum(line.startswith("| sft") and "not tested" in line for line in table) == 1
+    assert any(line.startswith("| zero-shot") and "| no |" in line for line in table)

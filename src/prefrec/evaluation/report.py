@@ -492,6 +492,8 @@ def _beyond_lines(rows: list[dict], n_boot: int, words: tuple[str, str, str, str
     if not rows:
         return []
     intro, alone, both, verdict = words
+    if all("skipped" in t for t in rows):  # one line, not a table of dashes
+        return [f"{intro.split(':')[0]}: not tested ({'; '.join(sorted({t['skipped'] for t in rows}))}).", ""]
     table = []
     for t in rows:
         if "skipped" in t:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from prefrec.data.readers.base import (
+    FirstTitles,
     Interaction,
     Log,
     _json_id,
@@ -80,13 +81,15 @@ def read_amazon(source: str | Path, *, edition: int = 2018, meta: str | Path | N
     if meta is not None:
         meta = Path(meta)
         log.files.append(str(meta))
+        titles = FirstTitles(log.titles, meta)
         for n, line in _lines(meta, ("utf-8", "latin-1"), whole=False):
             rec = _record(line, meta, n, literal_ok=True)
             asin, title = rec.get("asin"), rec.get("title")
             if asin and isinstance(title, str) and title.strip():
                 title = normalise_title(_TAG.sub(" ", unescape(title)))
                 if title:
-                    log.titles[str(asin)] = title
+                    titles.add(str(asin), title, n)
+        log.warnings += titles.warnings()
         log.catalog["items"] = len(log.titles)
     for path in reviews:
         for n, line in _lines(path, ("utf-8", "latin-1"), whole=False):

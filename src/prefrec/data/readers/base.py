@@ -234,6 +234,28 @@ def _once(first_line: dict[str, int], key: str, path: Path, n: int, what: str) -
     first_line[key] = n
 
 
+class FirstTitles:
+    """Titles from a metadata dump that repeats some records (Amazon 2018's meta files, Goodreads' books): the same
+    title again is harmless; another title for an id already read keeps the first line's and is counted, for one
+    warning naming the first clash (never a silent replacement)."""
+
+    def __init__(self, titles: dict[str, str], path: Path):
+        self.titles, self.path, self.first_line, self.clashes = titles, path, {}, []
+
+    def add(self, key: str, title: str, n: int) -> None:
+        if key not in self.titles:
+            self.titles[key], self.first_line[key] = title, n
+        elif self.titles[key] != title:
+            self.clashes.append((key, self.first_line.get(key), n))
+
+    def warnings(self) -> list[str]:
+        if not self.clashes:
+            return []
+        key, first, again = self.clashes[0]
+        return [f"{self.path}: {len(self.clashes)} line(s) give an id already read another title (first: id {key} "
+                f"on lines {first} and {again}); the first line's title is kept"]
+
+
 def _no_rows(path: Path, what: str) -> UserError:
     return UserError(f"{path}: no {what} rows (only a header or blank lines)")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefrec.data.readers.amazon import _record
 from prefrec.data.readers.base import (
+    FirstTitles,
     FIRST_TIME,
     LAST_TIME,
     Interaction,
@@ -119,9 +120,11 @@ def _read_titles(log: Log, folder: Path, is_csv: bool) -> None:
             csv_id, book_id = _fields(line, ",", 2, map_file, n, "book_id_csv, book_id")
             id_map[book_id.strip()] = csv_id.strip()
     log.files.append(str(books))
+    titles = FirstTitles(log.titles, books)
     for n, line in _lines(books, whole=False):
         rec = _record(line, books, n, literal_ok=False)
         bid, title = str(rec.get("book_id", "")), rec.get("title")
         if bid and isinstance(title, str) and title.strip():
-            log.titles[id_map.get(bid, bid) if is_csv else bid] = normalise_title(title)
+            titles.add(id_map.get(bid, bid) if is_csv else bid, normalise_title(title), n)
+    log.warnings += titles.warnings()
     log.catalog["items"] = len(log.titles)
