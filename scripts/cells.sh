@@ -4,6 +4,8 @@
 #
 #   git worktree add ../wt-exp && cd ../wt-exp && bash scripts/setup.sh   # or link the main checkout's .venv
 #   nohup bash scripts/cells.sh configs/experiments/ml1m-table2.yaml "sft dpo dmpo" > cells.log 2>&1 &
+#   ONLY_GIVEN=1 EXTRA="--only ml-1m-text-title --set shots=[1000]" \
+#       bash scripts/cells.sh configs/experiments/ml1m-curve.yaml "zero-shot sft item-prior" 0
 #
 # For each seed, then each method (the order given, then the grid's other methods), it runs
 # `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report`, copies the finished cells' small files
@@ -22,7 +24,8 @@ read -r -a FIRST <<< "${2:-}"
 read -r -a SEEDS <<< "${3:-$("$PY" -c 'import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))["seeds"])' "$CONFIG")}"
 read -r -a ALL <<< "$("$PY" -c 'import sys, yaml; print(*yaml.safe_load(open(sys.argv[1]))["methods"])' "$CONFIG")"
 METHODS=("${FIRST[@]}")
-for m in "${ALL[@]}"; do [[ " ${METHODS[*]} " == *" $m "* ]] || METHODS+=("$m"); done
+# ONLY_GIVEN=1: just the methods given (a part of a large grid), not the grid's others after them
+[[ "${ONLY_GIVEN:-0}" == 1 ]] || for m in "${ALL[@]}"; do [[ " ${METHODS[*]} " == *" $m "* ]] || METHODS+=("$m"); done
 REPORT=docs/results/$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$CONFIG")
 
 # the small files of every finished cell, copied beside the report (what the report's own publishing copies)
@@ -36,7 +39,8 @@ mkdir -p "$REPORT/cells"
 for seed in "${SEEDS[@]}"; do
   for m in "${METHODS[@]}"; do
     echo "$(date -u +%FT%TZ) cells: $m seed $seed"
-    flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --set "seeds=[$seed]" --only "$m" --no-report
+    # shellcheck disable=SC2086  # $EXTRA: more experiment options, word-split (e.g. "--only LABEL --set shots=[1000]")
+    flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --set "seeds=[$seed]" --only "$m" --no-report ${EXTRA:-}
     publish
     commit "$(basename "$CONFIG" .yaml): $m seed $seed finished (#40)"
     sleep "${YIELD_S:-30}"
