@@ -15,6 +15,8 @@
 # rather than beside one (one torch job at a time on a small machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# this checkout's code, not the one an editable install of a shared .venv points to
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 CONFIG=${1:?usage: cells.sh CONFIG [METHODS...] [SEEDS...]}
 P=${PREFREC:-.venv/bin/prefrec}  # word-split: "python -m prefrec" works too
 PY=${PYTHON:-.venv/bin/python}
