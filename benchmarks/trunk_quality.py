@@ -52,7 +52,7 @@ def cell_results(folder: Path) -> dict[str, tuple[dict, list[dict], dict]]:
     from prefrec.results import find_results, per_sample_path, read_per_sample, read_run
 
     out = {}
-    for path, res in find_results([folder / "cells"]):
+    for path, res in find_results([folder / "cells"]) if (folder / "timing.json").is_file() else []:
         run = path.parent / "run"
         timings = read_run(run).get("timings", {}) if run.is_dir() else {}
         out[res["method"]] = (res, read_per_sample(per_sample_path(path)), timings)
@@ -102,10 +102,11 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/trunk-quality"))
     ap.add_argument("--set", dest="extra", action="append", default=[], help="more `prefrec experiment --set` "
                     "values (a smoke run on fewer samples); the committed result uses none")
+    ap.add_argument("--write-only", action="store_true", help="run nothing; write the result of the finished calls")
     add_output_args(ap, "trunk_quality")
     args = ap.parse_args(argv)
     n = args.layers
-    for label in args.datasets:
+    for label in [] if args.write_only else args.datasets:
         plan = [("all-layer", None, lambda: 1), (f"top-{n}", n, lambda: 1),
                 (f"top-{n}-time", n, lambda: time_epochs(args.work, label, n)[0])]
         for mode, layers, epochs in plan:

@@ -72,7 +72,7 @@ def test_output_args_send_a_smoke_run_beside_the_committed_result(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["train_throughput", "eval_pairwise", "vs_trl", "packing", "serve_load",
-                                  "profile_steps", "serve_batching"])
+                                  "profile_steps", "serve_batching", "trunk_quality"])
 def test_every_timing_benchmark_takes_the_output_args(name):
     """Asked by its command line, not by reading its source: each benchmark's --help offers --name and --out-dir."""
     res = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--help"], capture_output=True, text=True,

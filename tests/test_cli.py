@@ -17,6 +17,9 @@ from prefrec.errors import UserError
     (["data", "prepare"], "Missing option '--dataset'"),
     (["no-such-command"], "No such command"),
     (["data", "stats", "/no/such/folder"], "no stats.json"),
+    (["cache", "prune"], "give --older-than DAYS or --all"),
+    (["cache", "prune", "--all", "--older-than", "3"], "give --older-than DAYS or --all"),
+    (["cache", "prune", "--older-than", "-1"], "expected a number of days ≥ 0"),
 ])
 def test_every_error_is_one_line_starting_with_error(args, needle):
     r = CliRunner().invoke(app, args)

@@ -134,3 +134,21 @@ def test_what_cpu_processes_cannot_run_is_one_error(tiny_dir, data_dirs, tmp_pat
     with pytest.raises(UserError, match=error):
         train(_cfg(one))
     assert not (tmp_path / "one").exists()
+
+
+def test_fsdp2_with_the_trunk_cache_trains_what_one_process_trains(tiny_dir, data_dirs, tmp_path):
+    """FSDP2 on 2 CPU processes with LoRA on the top layer from the trunk cache, through SFT and then DMPO (whose
+    trees are new, so the cache grows after the model was sharded): the losses and adapter of one process without
+    any cache."""
+    top = {"trunk_cache_dir": str(tmp_path / "trunk")}
+    one, two = _pair(tiny_dir, data_dirs / "pw", tmp_path, **top)
+    for raw in (one, two):
+        raw["lora"]["layers"] = 1
+    one["trunk_cache"] = False
+    train(_cfg(one))
+    cfg_path = tmp_path / "two.yaml"
+    cfg_path.write_text(yaml.safe_dump(two))
+    _launch(cfg_path)
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert info["distributed"] == "FSDP" and info["trunk_cache"]["start_layer"] == 1
+    _same_training(tmp_path / "one", tmp_path / "two")

@@ -7,6 +7,7 @@ gradients relative to the largest ≤ 1e-5."""
 
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -196,3 +197,41 @@ def test_the_embedded_tokenizer_model_works_too(embedded_tokenizer, tmp_path):
         got = response_logps(model, trees).summed
         tk.attach(model, None)
     torch.testing.assert_close(got, full, rtol=0, atol=ATOL)
+
+
+def _age(folder, days):
+    """Set every file of a cache folder `days` back in time (its last use included)."""
+    then = time.time() - days * 86400
+    for p in folder.iterdir():
+        os.utime(p, (then, then))
+
+
+def test_list_and_prune_remove_only_idle_caches_of_prefrec(tmp_path):
+    """`prefrec cache list|prune`: a cache opened recently is kept, an idle one is removed (dry run: not), a folder
+    holding a file prefrec did not write and a cache being built by a live process are never removed."""
+    models = [_top_lora(_family_lm("llama", seed=seed)) for seed in range(3)]  # three bottoms: three folders
+    old, recent, building = (tk.TrunkCache(tmp_path, m, start=2) for m in models)
+    for t, cache in enumerate((old, recent, building)):
+        cache.ensure(_trees(t))
+    (building.folder / f".shard-abc.{os.getpid()}.tmp").write_bytes(b"")  # this live process "builds" it
+    users = tmp_path / "notes"
+    users.mkdir()
+    (users / "mine.txt").write_text("keep me")
+    for folder in (old.folder, building.folder, users):
+        _age(folder, 40)
+    listed = {os.path.basename(c["folder"]): c for c in tk.stored_caches(tmp_path)}
+    assert listed[old.folder.name]["trees"] == 3 and listed[old.folder.name]["start_layer"] == "2"
+    assert listed[old.folder.name]["owned"] and not listed["notes"]["owned"]
+    assert listed[building.folder.name]["building"] == os.getpid()
+    dry = tk.prune(tmp_path, 30 * 86400, now=time.time(), dry_run=True)
+    assert [c["action"] for c in dry if c["folder"] == str(old.folder)] == ["would remove"] and old.folder.is_dir()
+    done = {os.path.basename(c["folder"]): c["action"] for c in tk.prune(tmp_path, 30 * 86400, now=time.time())}
+    assert done[old.folder.name] == "removed" and not old.folder.exists()
+    assert done[recent.folder.name] == "kept" and recent.folder.is_dir()
+    assert done["notes"].startswith("skipped") and (users / "mine.txt").read_text() == "keep me"
+    assert done[building.folder.name].startswith("skipped: pid") and building.folder.is_dir()
+    # opening a cache marks it used: an old cache read by a run is not idle
+    _age(recent.folder, 40)
+    tk.TrunkCache(tmp_path, models[1], start=2)
+    again = {c["folder"]: c["action"] for c in tk.prune(tmp_path, 30 * 86400, now=time.time(), dry_run=True)}
+    assert again[str(recent.folder)] == "kept"

@@ -292,6 +292,68 @@ def data_stats(
 
 # ---- end data commands ----
 
+# ---- cache commands ----
+
+cache_app = typer.Typer(no_args_is_help=True, help="The trunk cache (the stored bottom-layer states of top-N LoRA "
+                        "runs, docs/train.md): list and prune.", **_CLI)
+app.add_typer(cache_app, name="cache")
+_CACHE_DIR_HELP = "The trunk caches' place: a run's trunk_cache_dir or eval's --cache-dir (default: the prefrec " \
+    "cache's trunk/ folder, under $PREFREC_CACHE or ~/.cache/prefrec)."
+
+
+def _cache_rows(caches: list[dict]) -> list[dict]:
+    import datetime
+
+    return [{"folder": Path(c["folder"]).name, "MiB": f"{c['size_bytes'] / 2**20:,.1f}", "trees": c["trees"],
+             "start_layer": c["start_layer"],
+             "last_used": datetime.datetime.fromtimestamp(c["last_used"]).isoformat(" ", "minutes"),
+             **({"action": c["action"]} if "action" in c else
+                {"note": "not prefrec's" if not c["owned"] else f"building (pid {c['building']})"
+                 if c["building"] is not None else ""})} for c in caches]
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP)) -> None:
+    """Each stored trunk cache: its size, trees, start layer and when a run last opened it."""
+    from prefrec.scoring import trunk
+
+    root = trunk.place(cache_dir)
+    caches = trunk.stored_caches(root)
+    if caches:
+        typer.echo(_table(_cache_rows(caches)))
+    typer.echo(f"{len(caches)} cache folder(s), {sum(c['size_bytes'] for c in caches) / 2**20:,.1f} MiB in {root}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Optional[float] = typer.Option(None, "--older-than", help="Remove the caches no run or evaluation "
+                                               "has opened for this many days."),
+    all_: bool = typer.Option(False, "--all", help="Remove every cache (a later run builds what it needs again)."),
+    dry_run: bool = typer.Option(False, "--dry-run/--no-dry-run", help="Say what would be removed; remove nothing."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP),
+) -> None:
+    """Remove trunk caches: only folders that hold nothing but prefrec's shards, never one being built."""
+    import time
+
+    from prefrec.scoring import trunk
+
+    try:
+        if (older_than is None) == (not all_):
+            raise UserError("give --older-than DAYS or --all (one of them)")
+        if older_than is not None and not (0 <= older_than < float("inf")):
+            raise UserError(f"--older-than {older_than}: expected a number of days ≥ 0")
+        done = trunk.prune(trunk.place(cache_dir), None if all_ else older_than * 86400, now=time.time(),
+                           dry_run=dry_run)
+    except (UserError, OSError) as e:
+        _fail(e)
+    if done:
+        typer.echo(_table(_cache_rows(done)))
+    gone = [c for c in done if c["action"] in ("removed", "would remove")]
+    typer.echo(f"{'would remove' if dry_run else 'removed'} {len(gone)} of {len(done)} cache folder(s), "
+               f"{sum(c['size_bytes'] for c in gone) / 2**20:,.1f} MiB")
+
+# ---- end cache commands ----
+
 # ---- train commands (region owned by the trainer work) ----
 
 @app.command("train")

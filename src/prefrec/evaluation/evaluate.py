@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from prefrec import paths
 from prefrec.errors import UserError
 from prefrec.model import load_model
 from prefrec.provenance import provenance
@@ -206,7 +205,7 @@ def _trunk_cache(model, info: dict, layers: int | None, cache_dir):
     start = len(trunk.decoder_layers(model)) - layers
     if start < 0:
         raise UserError(f"--trunk-layers {layers}: the model has {start + layers} decoder layers")
-    cache = trunk.TrunkCache(Path(cache_dir) if cache_dir else paths.cache_dir() / "trunk", model, start,
+    cache = trunk.TrunkCache(trunk.place(cache_dir), model, start,
                              training=False)
     trunk.attach(model, cache)
     try:

@@ -40,10 +40,16 @@ from torch import Tensor
 from prefrec import io
 from prefrec.errors import UserError
 from prefrec.items import attached as attached_items
+from prefrec.paths import cache_dir
 from prefrec.scoring.packing import TRUNK_ATTR, base_model, decoder_hidden, pack_trees
 from prefrec.scoring.trees import Tree
 
 SAMPLE_VALUES = 1 << 20  # per weight tensor, values read into the fingerprint (all of them up to this size)
+
+
+def place(folder: str | os.PathLike | None = None) -> Path:
+    """Where trunk caches live: `folder` (a run's trunk_cache_dir, eval's --cache-dir) or the prefrec cache's trunk/."""
+    return Path(folder) if folder else cache_dir() / "trunk"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,6 +144,8 @@ class TrunkCache:
         self.built = 0  # trees computed and stored by this object
         self.computed = 0  # trees computed on the fly (not stored) by this object
         self.refresh()
+        if self.folder.is_dir():
+            touch_last_used(self.folder)
 
     def refresh(self) -> None:
         """Re-read which trees the folder's shards hold (another process may have written one)."""
@@ -186,6 +194,7 @@ class TrunkCache:
             save_file(tensors, str(tmp), metadata=meta)
         self.built += len(tensors)
         self.refresh()
+        touch_last_used(self.folder)
         return len(tensors)
 
     def _check_disk(self, trees: list[Tree]) -> None:
@@ -261,3 +270,73 @@ def attach(model, cache: TrunkCache | None) -> None:
 
 def attached(model) -> TrunkCache | None:
     return getattr(base_model(model), TRUNK_ATTR, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What is stored, and removing what is no longer used (`prefrec cache list|prune`)
+
+LAST_USED = ".last-used"  # touched each time a TrunkCache opens its folder, so that prune knows what is in use
+
+
+def touch_last_used(folder: Path) -> None:
+    """Mark `folder` as used now (a read-only cache is still readable: the mark is best effort)."""
+    try:
+        (folder / LAST_USED).touch()
+    except OSError:
+        pass
+
+
+def stored_caches(root: str | os.PathLike) -> list[dict]:
+    """Each folder under `root` (the trunk cache place: cache_dir()/trunk or a trunk_cache_dir): its size, shards,
+    trees, start layer and when a run last opened it. `owned` is False for a folder holding anything but this
+    module's files (its shards, whose metadata names the folder's fingerprint; the last-used mark; temp files):
+    such a folder is never pruned. `building` names the live process of a build in progress."""
+    root = Path(root)
+    return [_describe_folder(f) for f in sorted(root.iterdir()) if f.is_dir()] if root.is_dir() else []
+
+
+def _describe_folder(folder: Path) -> dict:
+    from safetensors import safe_open
+
+    size, trees, start, owned, building, stamps = 0, 0, None, True, None, []
+    for path in sorted(folder.iterdir()):
+        stat = path.lstat()
+        size += stat.st_size
+        if path.name == LAST_USED:
+            stamps.append(stat.st_mtime)
+        elif path.name.startswith(".shard-") and path.name.endswith(".tmp") and path.is_file():
+            pid = path.name.rsplit(".", 2)[-2]
+            building = int(pid) if pid.isdigit() and _alive(int(pid)) else building
+        elif path.name.startswith("shard-") and path.name.endswith(".safetensors") and path.is_file():
+            try:
+                with safe_open(str(path), framework="numpy") as f:
+                    meta = f.metadata() or {}
+            except Exception:  # not a safetensors file: not ours
+                meta = {}
+            owned &= meta.get("fingerprint", "").startswith(folder.name) and len(folder.name) == 24
+            trees += int(meta.get("trees", 0)) if str(meta.get("trees", "")).isdigit() else 0
+            start = meta.get("start", start)
+            stamps.append(stat.st_mtime)
+        else:
+            owned = False
+    return {"folder": str(folder), "size_bytes": size, "trees": trees, "start_layer": start,
+            "last_used": max(stamps) if stamps else folder.stat().st_mtime, "owned": owned, "building": building}
+
+
+def prune(root: str | os.PathLike, older_than_s: float | None, *, now: float, dry_run: bool = False) -> list[dict]:
+    """Remove every owned, idle cache folder under `root` last used more than `older_than_s` seconds before `now`
+    (None: every one); returns each folder's description with `action`: removed (or "would remove" with dry_run),
+    kept (recent), skipped (not prefrec's, or a build in progress)."""
+    out = []
+    for c in stored_caches(root):
+        if not c["owned"] or c["building"] is not None:
+            action = "skipped: " + ("not a prefrec trunk cache" if not c["owned"] else f"pid {c['building']} is "
+                                    "building it")
+        elif older_than_s is not None and now - c["last_used"] <= older_than_s:
+            action = "kept"
+        else:
+            action = "would remove" if dry_run else "removed"
+            if not dry_run:
+                shutil.rmtree(c["folder"])
+        out.append({**c, "action": action})
+    return out

@@ -60,7 +60,6 @@ from prefrec.items import for_training, load_projector, projector_state, write_r
 from prefrec.results import is_run_dir, write_run, write_run_config
 from prefrec.card import write_card
 from prefrec.model import add_lora, hub_reference, load_model
-from prefrec.paths import cache_dir
 from prefrec.provenance import provenance
 from prefrec.scoring import trunk
 from prefrec.scoring.encoding import prompt_format
@@ -340,6 +339,8 @@ def _load_policy(r: Recipe) -> None:
     # item tokens: the projector trains with LoRA (its parameters join r.params below), the table stays frozen
     r.items = for_training(lm, cfg.items, split_paths(cfg)[0].parent, r.train_samples, "config")
     r.trunk = _trunk_cache(r, lm)
+    if r.trunk is not None:
+        _fill_trunk_for_every_stage(r)
     r.lm, r.scorer = lm, TreeScorer(lm, cfg.pack_tokens)
     r.params = [p for p in r.scorer.parameters() if p.requires_grad]
     r.dropout_rates = {m: m.p for m in lm.modules() if isinstance(m, torch.nn.Dropout)}
@@ -361,7 +362,7 @@ def _trunk_cache(r: Recipe, lm) -> TrunkCache | None:
                   "change at every step; the full model runs", file=sys.stderr)
         return None
     start = len(decoder_layers(lm)) - cfg.lora.layers
-    cache = TrunkCache(Path(cfg.trunk_cache_dir) if cfg.trunk_cache_dir else cache_dir() / "trunk", lm, start)
+    cache = TrunkCache(trunk.place(cfg.trunk_cache_dir), lm, start)
     trunk.attach(lm, cache)
     return cache
 
@@ -377,6 +378,23 @@ def _fill_trunk(r: Recipe, trees: list) -> None:
     r.timings["trunk_cache"] = r.timings.get("trunk_cache", 0.0) + time.time() - t0
 
 
+def _stage_trees(r: Recipe, si: int) -> tuple[list, list]:
+    """Stage si's training and validation trees."""
+    kind, k, ids = r.cfg.stages[si].kind, r.plans[si].k, r.items.ids if r.items is not None else None
+    return (encode_trees(r.tokenizer, r.train_samples, kind, k, ids),
+            encode_trees(r.tokenizer, r.valid_samples, kind, k, ids))
+
+
+def _fill_trunk_for_every_stage(r: Recipe) -> None:
+    """The trunk states of every stage still to run, stored before the first stage prepares the model: under FSDP
+    the bottom layers are then sharded, and one process alone cannot run them. (A stage at a time: the bottom
+    pass batches the same trees as it did when each stage stored its own.)"""
+    for si in range(len(r.cfg.stages)):
+        if not r.stage_done(si):
+            train_trees, valid_trees = _stage_trees(r, si)
+            _fill_trunk(r, train_trees + valid_trees)
+
+
 def _start_stage(r: Recipe, si: int) -> StageRun:
     """Trees, a fresh optimizer and schedule prepared with the model (DeepSpeed needs both at once), the reference
     log-probs of a preference stage, and the state of the checkpoint when it was taken inside this stage."""
@@ -384,12 +402,8 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
     k, G, total = p.k, p.global_batch, p.steps
     # keeps a warning made before a resume
     r.stage_info[stage.kind] = {**r.stage_info.get(stage.kind, {}), **dataclasses.asdict(p)}
-    ids = r.items.ids if r.items is not None else None
-    train_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k, ids)
-    valid_trees = encode_trees(r.tokenizer, r.valid_samples, stage.kind, k, ids)
+    train_trees, valid_trees = _stage_trees(r, si)
     text_trees = encode_trees(r.tokenizer, r.train_samples, stage.kind, k) if _curriculum(r, si) else None
-    if r.trunk is not None:
-        _fill_trunk(r, train_trees + valid_trees)
     acc.gradient_accumulation_steps = stage.grad_accum
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the batch shape here
