@@ -749,6 +749,25 @@ def test_several_samples_per_row_train_the_same_losses_and_weights(tiny_dir, dat
     _assert_same_adapter(rows / "adapter", packed / "adapter", atol=1e-5)
 
 
+def test_seconds_per_step_leave_validation_out(tiny_dir, data_dirs, tmp_path, capsys, monkeypatch):
+    """The loss line's s/step is the optimizer steps' time: a slow validation between steps 1 and 2 (2 s here) must
+    not show up in step 2's figure (it did: the stage's timing holds its validations)."""
+    import prefrec.training.recipe as recipe
+
+    def slow(*args, **kwargs):
+        time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    real = recipe.score_split
+    monkeypatch.setattr(recipe, "score_split", slow)
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "slow", sft_epochs=1, dropout=0.0)
+    raw["stages"] = raw["stages"][:1]
+    raw.update(save_every=None, logging_steps=1, progress=False, eval_every=1)
+    train(_cfg(raw))
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("prefrec: sft step 2/2 loss "))
+    assert float(line.split()[-2]) < 1.0, line
+
+
 def test_training_talks_where_no_bar_is_shown(tiny_dir, data_dirs, tmp_path, capsys):
     """Without a terminal: a loss line every logging_steps steps, one per validation, and a closing table naming
     every stage and the adapter's folder."""

@@ -30,7 +30,7 @@ from prefrec import io
 from prefrec.data.fetch import fetch
 from prefrec.data.prepared import load_prepared
 from prefrec.data.protocols import UNSET
-from prefrec.errors import UserError
+from prefrec.errors import UserError, printable
 from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import PER_SAMPLE, RESULTS, is_run_dir
@@ -55,10 +55,10 @@ class _Group(TyperGroup):
                 typer.echo(e.format_message(), err=True)
                 sys.exit(e.exit_code)
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
-            typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            typer.echo(f"error: {printable(e.format_message())}{hint}", err=True)
             sys.exit(e.exit_code)
         except ClickException as e:
-            typer.echo(f"error: {e.format_message()}", err=True)
+            typer.echo(f"error: {printable(e.format_message())}", err=True)
             sys.exit(e.exit_code)
         except typer.Abort:
             typer.echo("aborted", err=True)
@@ -117,7 +117,7 @@ def _limit(value: Optional[str], default: int | None = None) -> int | None:
 
 
 def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {printable(str(e))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 

@@ -180,6 +180,7 @@ class StageRun:
     step: int = 0
     text_trees: list | None = None  # the curriculum's text-only trees (items.curriculum, sft stage)
     first_loss: float | None = None  # the stage's first step loss in this process (divergence_factor's base)
+    step_seconds: float = 0.0  # this process's time in optimizer steps, validation and checkpoints left out (s/step)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -492,7 +493,8 @@ def _say_step(r: Recipe, sr: StageRun, metrics: dict, no_bar: bool) -> None:
     if not no_bar or not n or (sr.step % n and sr.step != sr.total):
         return
     keys = [k for k in ("loss", "reward_accuracy", "chosen_logp") if k in metrics]
-    seconds = r.timings.get(sr.stage.kind, 0.0) / max(sr.step - r.resumed_step(sr.si), 1)
+    # the steps' own time: the stage's timing also holds its validations and any time before a resume
+    seconds = sr.step_seconds / max(sr.step - r.resumed_step(sr.si), 1)
     _say(r, f"{sr.stage.kind} step {sr.step}/{sr.total} " + " ".join(f"{k} {metrics[k]:.4f}" for k in keys)
          + f" lr {sr.scheduler.get_last_lr()[0]:.2e} {seconds:.2f} s/step")
 
@@ -550,6 +552,7 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     r.global_step += 1
     metrics = sr.stage.step_metrics({key: torch.cat(v) for key, v in gathered.items()})
     r.timings[kind] = r.timings.get(kind, 0.0) + time.time() - t0
+    sr.step_seconds += time.time() - t0
     if share is not None:
         metrics["hybrid_share"] = sum(hybrid) / len(hybrid)  # the curriculum's hybrid samples in this step
     _stop_if_diverged(r, sr, metrics.get("loss"))
