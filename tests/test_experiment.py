@@ -134,6 +134,15 @@ def test_resuming_with_changed_settings_is_refused_and_report_is_self_contained(
         run_experiment(path, overrides=["eval.limit=4"])
     with pytest.raises(UserError, match=r"datasets.tiny-ml"):
         run_experiment(path, overrides=["eval.limit=3", "datasets.tiny-ml.prepare.n_test=3"])
+    # a dataset with nothing made yet (no cell, no prepared samples) may change: there is nothing to mix
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "label": "tiny-two", "prepare": dict(raw["datasets"][0]["prepare"])})
+    path.write_text(yaml.safe_dump(raw))
+    run_experiment(path, only=["tiny-ml"], overrides=["eval.limit=3"])
+    assert not (tmp_path / "exp" / "cells" / "tiny-two").exists()
+    run_experiment(path, only=["tiny-ml"], overrides=["eval.limit=3", "datasets.tiny-two.prepare.n_test=3"])
+    with pytest.raises(UserError, match=r"datasets.tiny-ml\)"):
+        run_experiment(path, only=["tiny-ml"], overrides=["eval.limit=3", "datasets.tiny-ml.prepare.n_test=3"])
 
 
 def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
@@ -150,6 +159,35 @@ def test_dataset_methods_restrict_the_grid(tmp_path, tiny_setup):
     raw["datasets"][1]["methods"] = ["dpo"]
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=r"datasets\[1\]\.methods: \['dpo'\] not in"):
+        load_experiment(path)
+
+
+def test_a_dataset_eval_section_overrides_the_grids_for_its_cells(tmp_path, tiny_setup):
+    """A candidates dataset scored without generation (and on fewer samples) beside a pairwise one that keeps the
+    grid's `eval:`; an output folder recorded before datasets had `eval` stays usable."""
+    from prefrec.experiment import _settings
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["zero-shot", "popularity"])
+    raw = yaml.safe_load(path.read_text())
+    raw["datasets"].append({**raw["datasets"][0], "label": "tiny-cand", "task": "candidates",
+                            "prepare": {**raw["datasets"][0]["prepare"], "n_candidates": 5},
+                            "eval": {"generate": False, "limit": 2}})
+    raw["eval"] = {"progress": False, "max_new_tokens": 4}
+    path.write_text(yaml.safe_dump(raw))
+    run_experiment(path)
+    cell = tmp_path / "exp" / "cells"
+    zs = json.loads((cell / "tiny-cand" / "zero-shot-model-tiny-model-seed0" / "results.json").read_text())
+    assert zs["config"]["generate"] is False and zs["config"]["max_new_tokens"] == 4 and zs["n_samples"] == 2
+    pop = json.loads((cell / "tiny-cand" / "popularity-full-seed0" / "results.json").read_text())
+    assert pop["n_samples"] == 2  # the baselines score the same test samples as the LLM cells
+    pw = json.loads((cell / "tiny-ml" / "zero-shot-model-tiny-model-seed0" / "results.json").read_text())
+    assert pw["config"]["limit"] is None and pw["n_samples"] == 4
+    recorded = _settings(load_experiment(path))["datasets"]
+    assert recorded["tiny-cand"]["eval"] == {"generate": False, "limit": 2} and "eval" not in recorded["tiny-ml"]
+    raw["datasets"][1]["eval"] = {"genrate": False}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"datasets\[1\]\.eval\.genrate: unknown key"):
         load_experiment(path)
 
 
@@ -209,6 +247,7 @@ def test_dataset_methods_may_grow_between_runs(tmp_path, tiny_setup):
     _check_settings(load_experiment(path), record)  # no error: a grid axis grew
     raw["datasets"][0]["prepare"]["n_train"] = 5
     path.write_text(yaml.safe_dump(raw))
+    (tmp_path / "cells" / "tiny-ml" / "zero-shot-seed0").mkdir(parents=True)  # a cell made with the old settings
     with pytest.raises(UserError, match="different settings"):
         _check_settings(load_experiment(path), record)
 
@@ -370,6 +409,21 @@ def test_every_problem_of_an_experiment_config_is_reported_at_once(tmp_path):
                  "eval.top: unknown key"):
         assert part in text, text
     assert text.startswith("4 problems in")
+
+
+def test_a_prepare_key_prepare_does_not_take_is_one_clear_error(tmp_path):
+    """Before: `candidates: 20` (for n_candidates) passed the check and stopped the grid at its first candidates
+    cell with a TypeError traceback."""
+    cfg = {"name": "x", "methods": ["popularity"],
+           "datasets": [{"label": "c", "dataset": "ml-100k", "task": "candidates", "prepare": {"candidates": 20}}]}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match=r"datasets\[0\]\.prepare\.candidates: unknown key.*did you mean "
+                                        r"'n_candidates'"):
+        load_experiment(path)
+    cfg["datasets"][0]["prepare"] = {"n_candidates": 20, "n_test": 5}
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_experiment(path).datasets[0].prepare == {"n_candidates": 20, "n_test": 5}
 
 
 def test_the_eval_section_takes_evaluates_own_options():

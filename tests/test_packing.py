@@ -23,6 +23,7 @@ from prefrec.model import add_lora
 from prefrec.samples import Comparison, Sample
 from prefrec.scoring.encoding import PLAIN_ANSWER, SENTINEL, encode_sample, encode_texts
 from prefrec.scoring.packing import (
+    _fp32_weight,
     _head_logits,
     _token_logps,
     float32_head,
@@ -237,6 +238,25 @@ def test_bf16_head_logits_are_float32_not_rounded_to_bf16(tok):
     torch.testing.assert_close(logits.double(), ref, rtol=0, atol=1e-4)
     margins = torch.stack([_token_logps(logits, torch.full((6,), t)) for t in (5, 6)]).diff(dim=0)
     assert len(set(margins.flatten().tolist())) == 6  # no two margins rounded together
+
+
+def test_a_frozen_bf16_heads_float32_copy_is_made_once_and_follows_in_place_changes(tok):
+    """The float32 copy of a frozen head's weight is reused across calls (scoring one tree per forward cast it per
+    tree) and made again when the weight changes in place; a trainable weight is cast each call (its gradient)."""
+    model = _lm(tok, "sdpa", torch.bfloat16)
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(False)
+    hidden = torch.randn(4, head.weight.shape[1], generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    first = _head_logits(model, hidden)
+    assert _fp32_weight(head.weight) is _fp32_weight(head.weight)
+    torch.testing.assert_close(first.double(), hidden.double() @ head.weight.double().T, rtol=0, atol=1e-4)
+    with torch.no_grad():
+        head.weight.mul_(2.0)
+    again = _head_logits(model, hidden)
+    torch.testing.assert_close(again.double(), hidden.double() @ head.weight.double().T, rtol=0, atol=1e-4)
+    assert not torch.equal(first, again)
+    head.weight.requires_grad_(True)
+    assert _fp32_weight(head.weight).requires_grad  # the gradient reaches a trainable head
 
 
 def test_float32_head_breaks_a_bf16_logit_tie_in_greedy_generation(tok):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 from prefrec import io
-from prefrec.errors import UserError
+from prefrec.errors import UserError, did_you_mean
 from prefrec.launcher import Job, LauncherConfig, check_cluster, run_jobs
 from prefrec.results import PER_SAMPLE, RESULTS, has_results, is_run_dir, write_results
 from prefrec.tasks import task as task_row
@@ -56,6 +56,9 @@ class DatasetSpec:
     # pairwise and a candidates dataset runs DMPO on the one and S-DPO on the other without the crossed cells
     methods: list[str] | None = None
     ks: list[int] | None = None  # this dataset's k values instead of the grid's `ks` (15 negatives on candidates)
+    # this dataset's evaluate() options over the experiment's `eval:` (candidates without generation in a grid whose
+    # pairwise datasets need none either way, or a smaller limit)
+    eval: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +130,16 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     return cfg
 
 
+def _prepare_options() -> set[str]:
+    """The keyword options a dataset's `prepare:` may set (data.prepare.prepare's, less those the grid sets)."""
+    import inspect
+
+    from prefrec.data.prepare import prepare
+
+    params = inspect.signature(prepare).parameters
+    return {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY} - {"seed", "warn"}
+
+
 def _check_experiment(cfg: ExperimentConfig, ck: Checker) -> None:
     """What the types do not say: where each dataset comes from, known methods, an eval: of evaluate's options."""
     from prefrec.baselines.run import BASELINES
@@ -143,6 +156,14 @@ def _check_experiment(cfg: ExperimentConfig, ck: Checker) -> None:
             ck.fail(f"datasets[{i}].methods", f"{sorted(set(d.methods) - set(cfg.methods))} not in the "
                     f"experiment's methods {cfg.methods}")
     ck.dataclass(EvalConfig, cfg.eval, "eval")
+    options = _prepare_options()
+    for i, d in enumerate(cfg.datasets):
+        if d.eval:
+            ck.dataclass(EvalConfig, d.eval, f"datasets[{i}].eval")
+        for key in d.prepare:
+            if key not in options:
+                ck.fail(f"datasets[{i}].prepare.{key}", f"unknown key; `prefrec data prepare` takes "
+                        f"{sorted(options)}{did_you_mean(key, options)}")
     launcher = ck.dataclass(LauncherConfig, cfg.launcher, "launcher")
     if launcher is not BAD and launcher.max_jobs < 1:
         ck.fail("launcher.max_jobs", f"expected at least 1, got {launcher.max_jobs}")
@@ -454,7 +475,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         if cell.method != "zero-shot":
             model = str(_train_cell(cfg, cell, train_dir, out))
         res = evaluate(model, data_dir, out=out / "eval", method=cell.method, seed=cell.seed, dataset=cell.dataset,
-                       **_trunk_eval(cfg, cell), **cfg.eval)
+                       **_trunk_eval(cfg, cell), **{**cfg.eval, **ds.eval})
     else:
         from prefrec.baselines.run import run_baseline
 
@@ -463,8 +484,9 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
             kwargs["train_samples"] = str(train_dir)
         if cell.shots is not None:
             kwargs["max_train_samples"] = cell.shots  # few-shot baselines see the same users as the LLM cells
-        if cfg.eval.get("limit") is not None:
-            kwargs.setdefault("limit", cfg.eval["limit"])  # and are scored on the same test samples
+        limit = {**cfg.eval, **ds.eval}.get("limit")
+        if limit is not None:
+            kwargs.setdefault("limit", limit)  # and are scored on the same test samples
         res = run_baseline(cell.method, data_dir, regime=cell.regime, seed=cell.seed, out=out / "eval", **kwargs)
         res.pop("scores", None)
     # one results.json per cell, with the grid coordinates the report groups by
@@ -495,9 +517,20 @@ _SETTINGS = ("train", "sft", "align", "eval", "baseline", "variants")
 def _settings(cfg: ExperimentConfig) -> dict:
     out = {key: getattr(cfg, key) for key in _SETTINGS}
     # a dataset's `methods` and `ks` are grid axes like the top-level ones: they may grow between runs
-    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items() if k not in ("label", "methods", "ks")},
+    # (a dataset's `eval` is recorded only when given: records written before it existed stay comparable)
+    out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items()
+                                    if k not in ("label", "methods", "ks") and not (k == "eval" and not v)},
                                  "negatives": _negatives(cfg, d)} for d in cfg.datasets}
     return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
+
+
+def _label_used(cfg: ExperimentConfig, folder: Path, label: str) -> bool:
+    """Whether `folder` holds anything made for dataset `label`: a cell (finished or not) or its prepared samples.
+    A label with nothing yet may change its settings: there is nothing to mix."""
+    import glob
+
+    task = next(d.task for d in cfg.datasets if d.label == label)
+    return (folder / "cells" / label).exists() or any((folder / "data").glob(f"{glob.escape(label)}-{task}-seed*"))
 
 
 def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> None:
@@ -509,7 +542,8 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
             d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
         changed = [k for k in _SETTINGS if before.get(k) != now.get(k)]
         changed += [f"datasets.{label}" for label in now["datasets"]
-                    if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]
+                    if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]
+                    and _label_used(cfg, record.parent, label)]
         if changed:
             raise UserError(f"experiment {cfg.name}: {record.parent} holds cells made with different settings "
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
