@@ -460,6 +460,7 @@ def _beta(cell: Cell) -> float | None:
 def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
     """Prepare, train and evaluate one cell; write out/results.json (skipped by the caller when it exists)."""
     ds = next(d for d in cfg.datasets if d.label == cell.dataset)
+    eval_options = {**cfg.eval, **ds.eval}  # the dataset's own over the grid's
     data_dir = _prepared_dir(cfg, ds, cell.seed, cell.k)
     if ds.train_from:
         source = next((d for d in cfg.datasets if d.label == ds.train_from), None)
@@ -475,7 +476,7 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
         if cell.method != "zero-shot":
             model = str(_train_cell(cfg, cell, train_dir, out))
         res = evaluate(model, data_dir, out=out / "eval", method=cell.method, seed=cell.seed, dataset=cell.dataset,
-                       **_trunk_eval(cfg, cell), **{**cfg.eval, **ds.eval})
+                       **_trunk_eval(cfg, cell), **eval_options)
     else:
         from prefrec.baselines.run import run_baseline
 
@@ -484,9 +485,8 @@ def run_cell(cfg: ExperimentConfig, cell: Cell, out: Path) -> dict:
             kwargs["train_samples"] = str(train_dir)
         if cell.shots is not None:
             kwargs["max_train_samples"] = cell.shots  # few-shot baselines see the same users as the LLM cells
-        limit = {**cfg.eval, **ds.eval}.get("limit")
-        if limit is not None:
-            kwargs.setdefault("limit", limit)  # and are scored on the same test samples
+        if eval_options.get("limit") is not None:
+            kwargs.setdefault("limit", eval_options["limit"])  # and are scored on the same test samples
         res = run_baseline(cell.method, data_dir, regime=cell.regime, seed=cell.seed, out=out / "eval", **kwargs)
         res.pop("scores", None)
     # one results.json per cell, with the grid coordinates the report groups by

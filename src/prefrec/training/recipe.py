@@ -551,8 +551,9 @@ def _train_step(r: Recipe, sr: StageRun) -> dict[str, float]:
     sr.step += 1
     r.global_step += 1
     metrics = sr.stage.step_metrics({key: torch.cat(v) for key, v in gathered.items()})
-    r.timings[kind] = r.timings.get(kind, 0.0) + time.time() - t0
-    sr.step_seconds += time.time() - t0
+    seconds = time.time() - t0
+    r.timings[kind] = r.timings.get(kind, 0.0) + seconds
+    sr.step_seconds += seconds
     if share is not None:
         metrics["hybrid_share"] = sum(hybrid) / len(hybrid)  # the curriculum's hybrid samples in this step
     _stop_if_diverged(r, sr, metrics.get("loss"))
