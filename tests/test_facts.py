@@ -9,7 +9,7 @@ from test_data_protocols import synthetic_log
 from prefrec import prompts
 from prefrec.data import protocols as P
 from prefrec.errors import UserError
-from prefrec.evaluation import facts
+from prefrec.evaluation import facts, stats
 from prefrec import tasks
 from prefrec.tasks import candidates as task_candidates
 from prefrec.tasks import pairwise as task_pairwise
@@ -67,5 +67,26 @@ def test_a_score_that_only_restates_the_facts_adds_nothing_and_a_score_that_know
     restating = facts.added_to_facts(test, rows_from(lambda x, y: 2.0 * x[:, 0] - x[:, 1]), n_boot=200)
     assert abs(restating["diff"]) < 0.03 and not restating["beyond"]
     knowing = facts.added_to_facts(test, rows_from(lambda x, y: 3.0 * y + rng.normal(size=len(y))), n_boot=200)
+    # the bootstrap's index arithmetic against the task's own metric code over resampled row lists (brute force)
+    llm = rows_from(lambda x, y: 3.0 * y + rng.normal(size=len(y)))
+    by_id = {r["id"]: r for r in llm}
+    alone = facts.cross_fit_rows(test, spec, None, 10, 0)
+    both = facts.cross_fit_rows(test, spec, lambda i, s: spec.llm(s, by_id[s.id]), 10, 0)
+    users = [s.user or s.id for s in test]
+    brute = stats.paired_user_bootstrap(*(lambda idx, rows=rows: spec.metrics([rows[i] for i in idx])[spec.metric]
+                                          for rows in (both, alone)), users, n_boot=50, seed=3)
+    fast = stats.paired_user_bootstrap(facts._on_indices(both, spec), facts._on_indices(alone, spec), users,
+                                       n_boot=50, seed=3)
+    assert fast == pytest.approx(brute, abs=1e-12)
     assert knowing["beyond"] and knowing["p"] < 0.05 and knowing["diff"] > 0.1
     assert knowing["n_users"] == len({s.user for s in test})
+
+
+def test_a_task_metric_that_no_resampling_family_reproduces_is_refused():
+    import dataclasses
+
+    spec = dataclasses.replace(tasks.task("pairwise").facts, metrics=lambda rows: {"auc": 0.123})
+    rows = [{"s_first": [1.0, 0.0], "s_second": [0.0, 1.0]}] * 3
+    with pytest.raises(ValueError, match="no resampling family"):
+        facts._on_indices(rows, spec)
+    assert facts._on_indices(rows, tasks.task("pairwise").facts)(np.arange(3)) == 0.5

@@ -144,6 +144,21 @@ def test_yesno_against_sklearn_and_ties():
     # correct: 0.9/1, 0.2/0; 0.5 counts wrong either way; 0.7/0 wrong; 0.1/1 wrong
     assert m["accuracy"] == pytest.approx(2 / 6)
     assert yesno_metrics([0.3, 0.6], [1, 1])["auc"] is None  # one class only: undefined
+    assert yesno_metrics([0.3, 0.6], [0, 0])["auc"] is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_closed_form_auc_is_sklearns_on_heavily_tied_scores(seed):
+    """The rank (Mann-Whitney) form of the AUC gives roc_auc_score's value, ties counting one half."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    p = rng.integers(0, 4, n) / 4  # four distinct values: most scores tied
+    assert yesno_metrics(p, y)["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    d = rng.integers(-2, 3, n).astype(float)
+    want = roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[d, -d])
+    assert pairwise_metrics(d, np.zeros(n))["auc"] == pytest.approx(want, abs=1e-12)
     with pytest.raises(ValueError):
         yesno_metrics([0.5], [2])
 

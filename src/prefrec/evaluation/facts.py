@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from prefrec.evaluation.stats import paired_user_bootstrap
+from prefrec.evaluation.stats import metric_fn, paired_user_bootstrap
 from prefrec.samples import Sample
 from prefrec.tasks import task as task_row
 from prefrec.tasks.base import Facts
@@ -103,6 +103,18 @@ def cross_fit_rows(samples: list[Sample], task: Facts, extra, n_folds: int, seed
     return _rows(samples, task, p, sizes)
 
 
+def _on_indices(rows: list[dict], task: Facts):
+    """idx -> the task's metric on rows[idx], by the bootstrap's metric family of these rows (stats.metric_fn),
+    checked once against the task's own metric code on every row."""
+    fn = metric_fn(rows, task.metric)
+    want = task.metrics(rows)[task.metric]
+    got = None if fn is None else fn(np.arange(len(rows)))
+    same = got is want is None or (None not in (got, want) and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12))
+    if fn is None or not same:
+        raise ValueError(f"no resampling family of these rows gives the task's {task.metric} ({got} vs {want})")
+    return fn
+
+
 def added_to_facts(samples: list[Sample], llm_rows: list[dict], *, n_folds: int = 10, n_boot: int = 1000,
                    seed: int = 0, task: Facts | None = None) -> dict:
     """The paired test of the facts model + the LLM's score against the facts model alone, on the test samples the
@@ -116,8 +128,7 @@ def added_to_facts(samples: list[Sample], llm_rows: list[dict], *, n_folds: int 
     alone = cross_fit_rows(samples, task, None, n_folds, seed)
     both = cross_fit_rows(samples, task, lambda i, s: task.llm(s, by_id[s.id]), n_folds, seed)
     users = [s.user or s.id for s in samples]
-    test = paired_user_bootstrap(both, alone, users, lambda rows: task.metrics(rows)[task.metric], n_boot=n_boot,
-                                 seed=seed)
+    test = paired_user_bootstrap(_on_indices(both, task), _on_indices(alone, task), users, n_boot=n_boot, seed=seed)
     return {"metric": task.metric, "facts": test["b"], "facts_plus_llm": test["a"], "diff": test["diff"],
             "lo": test["lo"], "hi": test["hi"], "p": test["p"], "n": len(samples), "n_users": len(set(users)),
             "n_folds": n_folds, "beyond": bool(test["p"] < 0.05 and test["diff"] > 0)}

@@ -44,7 +44,7 @@ from prefrec import io
 from prefrec.errors import UserError
 from prefrec.evaluation import prior
 from prefrec.evaluation.facts import added_to_facts
-from prefrec.evaluation.stats import metric_families, resample, user_groups
+from prefrec.evaluation.stats import metric_families, metric_fn, resample, user_groups
 from prefrec.evaluation.plots import (
     plot_metric_bars,
     plot_metric_vs,
@@ -217,21 +217,15 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
         return None
     b_rows = [by_id[r["id"]] for r in a_rows]
 
-    def metric_fn(rows):
-        for f in metric_families(rows):
-            if metric in f(np.arange(min(len(rows), 2))):
-                return f
-        return None
-
-    fa, fb = metric_fn(a_rows), metric_fn(b_rows)
+    fa, fb = metric_fn(a_rows, metric), metric_fn(b_rows, metric)
     if fa is None or fb is None:
         return None
     n = len(a_rows)
-    a_val, b_val = fa(np.arange(n))[metric], fb(np.arange(n))[metric]
+    a_val, b_val = fa(np.arange(n)), fb(np.arange(n))
     if a_val is None or b_val is None:
         return None
     draws, unit = _user_draws(a_rows, n_boot, seed)
-    scored = ((fa(idx)[metric], fb(idx)[metric]) for idx in draws)
+    scored = ((fa(idx), fb(idx)) for idx in draws)
     d = np.array([da - db for da, db in scored if da is not None and db is not None], dtype=float)
     if d.size == 0:
         return None
