@@ -235,3 +235,31 @@ def test_list_and_prune_remove_only_idle_caches_of_prefrec(tmp_path):
     tk.TrunkCache(tmp_path, models[1], start=2)
     again = {c["folder"]: c["action"] for c in tk.prune(tmp_path, 30 * 86400, now=time.time(), dry_run=True)}
     assert again[str(recent.folder)] == "kept"
+
+
+def test_a_build_stores_a_shard_per_chunk_and_a_killed_build_keeps_its_finished_shards(tmp_path, monkeypatch):
+    """ensure() writes a shard every `shard_trees` trees: when the build dies in its third chunk, the first two
+    chunks' states are stored and read back, and the next build computes only the trees it lost."""
+    model = _top_lora(_family_lm("llama"))
+    trees = _trees(8) + _trees(9) + _trees(10)  # 9 trees
+    cache = tk.TrunkCache(tmp_path, model, start=2)
+    real, calls = tk.bottom_states, []
+
+    def dies_on_the_third_chunk(m, ts, start):
+        calls.append(len(ts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(m, ts, start)
+
+    monkeypatch.setattr(tk, "bottom_states", dies_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        cache.ensure(trees, max_tokens_per_batch=1 << 16, shard_trees=4)
+    monkeypatch.setattr(tk, "bottom_states", real)
+    again = tk.TrunkCache(tmp_path, model, start=2)
+    assert len(list(again.folder.glob("shard-*.safetensors"))) == 2 and len(again.missing(trees)) == 1
+    assert again.ensure(trees) == 1 and not again.missing(trees)
+    with torch.no_grad():
+        want = real(model, trees, 2)
+        for got, w in zip(again.states(trees), want):
+            torch.testing.assert_close(got, w, rtol=0, atol=ATOL)
+    assert again.computed == 0

@@ -20,8 +20,9 @@ What a stored state depends on, and so what keys it:
   an approximation, documented);
 - the name of each stored tensor: `tree_key(tree)`, a SHA-256 of the tree's tokens, branches and item tokens.
 A changed model, layer or prompt therefore lands in another folder or under another name: it is computed anew,
-never silently reused. Shards are write-once safetensors files (temp, then rename), read memory-mapped, so a killed
-build leaves no file that is ever read; its temp file is removed by the next build.
+never silently reused. Shards are write-once safetensors files of up to SHARD_TREES trees (temp, then rename), read
+memory-mapped, so a killed build keeps its finished shards and leaves no file that is ever read; its temp file is
+removed by the next build.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from prefrec.scoring.packing import TRUNK_ATTR, base_model, decoder_hidden, pack
 from prefrec.scoring.trees import Tree
 
 SAMPLE_VALUES = 1 << 20  # per weight tensor, values read into the fingerprint (all of them up to this size)
+# trees per shard: ~300 MB of bf16 states for the ML-1M curve's samples (~250 tokens × 576), a few minutes of work
+# on 2 cores; a killed build loses at most one shard's
+SHARD_TREES = 1024
 
 
 def place(folder: str | os.PathLike | None = None) -> Path:
@@ -175,27 +179,36 @@ class TrunkCache:
         self.computed += len(todo)
         return [fresh[t] if t in fresh else self._open[self._index[k]].get_tensor(k) for t, k in enumerate(keys)]
 
-    def ensure(self, trees: Sequence[Tree], *, max_tokens_per_batch: int = 4096, progress: bool = False) -> int:
-        """Compute and store the states of every tree not stored yet (one new shard); returns how many."""
-        from safetensors.torch import save_file
-
+    def ensure(self, trees: Sequence[Tree], *, max_tokens_per_batch: int = 4096, progress: bool = False,
+               shard_trees: int = SHARD_TREES) -> int:
+        """Compute and store the states of every tree not stored yet, a shard per `shard_trees` trees (so a build
+        killed after an hour keeps all but its last shard's work); returns how many."""
         todo = {k: t for k, t in ((tree_key(t), t) for t in trees) if k not in self._index}  # each tree hashed once
         if not todo:
             return 0
         self._check_disk(list(todo.values()))
         _remove_dead_temps(self.folder)
-        tensors = {}
-        for key, st in zip(todo, _batched_states(self._model, list(todo.values()), self.start,
-                                                 max_tokens_per_batch, progress)):
-            tensors[key] = st.contiguous()
+        keys = list(todo)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(keys), desc="trunk cache", unit="tree", disable=None if progress else True) as bar:
+            for lo in range(0, len(keys), shard_trees):
+                part = keys[lo:lo + shard_trees]
+                states = _batched_states(self._model, [todo[k] for k in part], self.start, max_tokens_per_batch, bar)
+                self._write_shard({k: st.contiguous() for k, st in zip(part, states)})
+        touch_last_used(self.folder)
+        return len(keys)
+
+    def _write_shard(self, tensors: dict[str, Tensor]) -> None:
+        """One write-once shard (temp, then rename), named by its trees; indexed at once."""
+        from safetensors.torch import save_file
+
         name = hashlib.sha256("".join(sorted(tensors)).encode()).hexdigest()[:24]
         meta = {"fingerprint": self.fingerprint, "start": str(self.start), "trees": str(len(tensors))}
         with io.atomic_path(self.folder / f"shard-{name}.safetensors", suffix=f".{os.getpid()}.tmp") as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         self.built += len(tensors)
         self.refresh()
-        touch_last_used(self.folder)
-        return len(tensors)
 
     def _check_disk(self, trees: list[Tree]) -> None:
         emb = base_model(self._model).get_input_embeddings().weight  # (vocab, hidden): the states' width and dtype
@@ -240,21 +253,18 @@ def bottom_states(model, trees: Sequence[Tree], start: int) -> list[Tensor]:
     return [hidden[r, off:off + n].detach().cpu().clone() for r, off, n in batch.tree_slots]
 
 
-def _batched_states(model, trees: list[Tree], start: int, max_tokens: int, progress: bool):
-    """bottom_states over many trees in batches of at most `max_tokens` padded tokens, longest first; yields in the
-    order of `trees`."""
-    from tqdm.auto import tqdm
-
+def _batched_states(model, trees: list[Tree], start: int, max_tokens: int, bar):
+    """bottom_states over many trees in batches of at most `max_tokens` padded tokens, longest first; returns them in
+    the order of `trees`, advancing the progress bar `bar` as it goes."""
     order = sorted(range(len(trees)), key=lambda t: -trees[t].n_tokens())
     out: dict[int, Tensor] = {}
-    with tqdm(total=len(trees), desc="trunk cache", unit="tree", disable=None if progress else True) as bar:
-        lo = 0
-        while lo < len(order):
-            per = max(1, max_tokens // trees[order[lo]].n_tokens())
-            chunk = order[lo:lo + per]
-            out.update(zip(chunk, bottom_states(model, [trees[t] for t in chunk], start)))
-            bar.update(len(chunk))
-            lo += per
+    lo = 0
+    while lo < len(order):
+        per = max(1, max_tokens // trees[order[lo]].n_tokens())
+        chunk = order[lo:lo + per]
+        out.update(zip(chunk, bottom_states(model, [trees[t] for t in chunk], start)))
+        bar.update(len(chunk))
+        lo += per
     return [out[t] for t in range(len(trees))]
 
 
