@@ -92,3 +92,16 @@ def test_a_configuration_run_at_one_shots_value_is_a_point_on_the_shots_plot(tmp
     assert len(made) == 1
     legend = [t.get_text() for t in drawn[made[0][3].name].axes[0].get_legend().get_texts()]
     assert any(label.startswith("dmpo") for label in legend) and any(label.startswith("sft") for label in legend)
+
+
+@pytest.mark.parametrize("sizes, scale", [((30, 100), "linear"), ((1000, 3000, 10000), "log")])
+def test_training_sizes_spanning_a_factor_of_five_get_a_log_axis_ticked_at_the_sizes(tmp_path, drawn, sizes, scale):
+    for shots in sizes:
+        _write_run(tmp_path / "runs" / f"sft-{shots}", method="sft", seed=0, shots=shots)
+    groups = summarize(find_results([tmp_path / "runs"]))[0]
+    (made,) = plots.plot_metric_vs(groups, "shots", tmp_path / "plots", keys=GROUP_KEYS, label=group_label,
+                                   preferred=key_metrics)
+    ax = drawn[made[3].name].axes[0]
+    assert ax.get_xscale() == scale
+    if scale == "log":
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1,000", "3,000", "10,000"]

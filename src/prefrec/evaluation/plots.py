@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from prefrec import io
 
@@ -154,10 +154,7 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path, *, keys: tuple
         if metric in _CHANCE:
             # chance on the plot keeps a zoomed-in y axis from making noise look like an effect
             ax.axhline(0.5, color="black", lw=0.8, ls=":", label="chance")
-        if field == "beta":
-            ax.set_xscale("log")
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _x_axis(ax, field, sorted({g[field] for gl in lines.values() for g in gl}))
         ax.set_xlabel(_AXIS_LABEL[field])
         ax.set_ylabel(metric)
         ax.set_title(f"{dataset} · {task}: {metric} vs {field}", fontsize=10)
@@ -165,6 +162,19 @@ def plot_metric_vs(groups: list[dict], field: str, out_dir: Path, *, keys: tuple
         path = _save(fig, out_dir / f"{_file_stem(dataset, task, metric.replace('@', 'at'), 'vs', field)}.png")
         made.append((dataset, task, metric, path, field))
     return made
+
+
+def _x_axis(ax, field: str, values: list) -> None:
+    """β on a log axis; training sizes too when they span a factor of 5 or more (a curve doubling to 10,000 samples
+    would crowd its small sizes into the left edge), ticked at the sizes run; k and small ranges linear, integers."""
+    if field == "beta":
+        ax.set_xscale("log")
+    elif field == "shots" and values[0] > 0 and values[-1] / values[0] >= 5:
+        ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:,}" for v in values])
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_metric_bars(groups: list[dict], out_dir: Path, *, preferred: Callable[[str], list[str]]
