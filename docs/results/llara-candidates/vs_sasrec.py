@@ -58,7 +58,8 @@ def paired(a: dict, b: dict, metric=hr1) -> str:
     """'A − B [CI], p' of `metric` on the samples both have, resampling users."""
     ids = [i for i in a if i in b]
     ra, rb = [a[i] for i in ids], [b[i] for i in ids]
-    t = paired_user_bootstrap(ra, rb, [r["user"] for r in ra], metric)
+    t = paired_user_bootstrap(lambda idx: metric([ra[i] for i in idx]), lambda idx: metric([rb[i] for i in idx]),
+                              [r["user"] for r in ra])
     return f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}"
 
 
