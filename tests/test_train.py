@@ -712,7 +712,8 @@ def test_adapters_and_checkpoints_get_the_ordinary_file_modes(tiny_dir, data_dir
         assert f.stat().st_mode & 0o777 == 0o644, f
 
 
-def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(tiny_dir, data_dirs, tmp_path):
+def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(tiny_dir, data_dirs, tmp_path,
+                                                                                 capsys):
     """best_metric: auc scores the validation samples as `prefrec eval` scores test samples, every eval_every
     steps; use_best makes RUN/adapter/ the best one, and early stopping ends the last stage after `early_stopping`
     validations without a new best. Checked independently: evaluating the run on the validation split gives the
@@ -732,6 +733,11 @@ def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(
     if stop:  # stopped after two validations without a better AUC
         assert stop["step"] < stop["planned_steps"] and valid[-1]["stage_step"] == stop["step"]
         assert len(valid) - 1 - valid.index(best) >= 2
+    # the closing table says where it stopped and which validation the adapter is (it said the planned steps and
+    # the last validation only)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("dmpo ")]
+    assert f"{stop['step']} of {stop['planned_steps']}, stopped early" in line
+    assert f"(best {best['auc']:.4f} at step {info['best']['step']})" in line
     got = evaluate(run, data_dirs / "pw", split="valid", out=tmp_path / "ev", progress=False)
     assert got["metrics"]["auc"] == pytest.approx(best["auc"], abs=1e-9)
 

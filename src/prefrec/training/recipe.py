@@ -658,14 +658,18 @@ def _checkpoint(r: Recipe, sr: StageRun, done: bool) -> None:
 def summary_table(r: Recipe, adapter: str) -> str:
     """The closing table: per stage its steps, last training loss, last validation metric and time; then where the
     adapter is."""
-    rows = [("stage", "steps", "final loss", "validation", "seconds")]
+    rows = [("stage", "steps", "final loss", "last validation", "seconds")]
     for stage in r.cfg.stages:
         last = r.log.last_train.get(stage.kind, {})
         valid = r.final_valid.get(stage.kind) or {}
         metric = r.best_metric if r.best_metric in valid else next(iter(valid), None)
-        rows.append((stage.kind, str(r.stage_info.get(stage.kind, {}).get("steps", "-")),
-                     f"{last['loss']:.4f}" if "loss" in last else "-",
-                     f"{metric} {valid[metric]:.4f}" if metric else "-",
+        info = r.stage_info.get(stage.kind, {})
+        stop = info.get("early_stop")  # a stage stopped early ran fewer steps than it planned: say both
+        steps = f"{stop['step']} of {stop['planned_steps']}, stopped early" if stop else str(info.get("steps", "-"))
+        best = r.best if r.best and r.best.get("stage") == stage.kind else None
+        rows.append((stage.kind, steps, f"{last['loss']:.4f}" if "loss" in last else "-",
+                     (f"{metric} {valid[metric]:.4f}" if metric else "-")
+                     + (f" (best {best['value']:.4f} at step {best['step']})" if best else ""),
                      f"{r.timings.get(stage.kind, 0.0):.0f}"))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
