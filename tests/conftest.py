@@ -6,9 +6,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefrec.paths import shared_data_dir
+from prefrec.paths import cache_dir, shared_data_dir
 
 SHARED = shared_data_dir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The tests' prefrec cache: a session folder, never the user's. The CLI fuzzer runs `prefrec cache prune`
+    with random options, and `--all` on the user's cache removed every trunk cache there (a 4.7 GB build of the
+    ML-1M curve); tests that train with the trunk cache wrote there too. The converted models are the one
+    thing shared, through a link, so that no session converts them again (conversion is deterministic)."""
+    models = cache_dir() / "models"
+    models.mkdir(exist_ok=True)
+    box = tmp_path_factory.mktemp("prefrec-cache")
+    (box / "models").symlink_to(models, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFREC_CACHE", str(box))
+        yield box
 
 
 @pytest.fixture

@@ -263,3 +263,17 @@ def test_a_build_stores_a_shard_per_chunk_and_a_killed_build_keeps_its_finished_
         for got, w in zip(again.states(trees), want):
             torch.testing.assert_close(got, w, rtol=0, atol=ATOL)
     assert again.computed == 0
+
+
+def test_the_tests_never_touch_the_users_cache(own_cache, tmp_path):
+    """`prefrec cache prune --all` (the CLI fuzzer draws it) removes trunk caches under the tests' own folder only."""
+    from typer.testing import CliRunner
+
+    from prefrec.cli import app
+    from prefrec.paths import cache_dir
+
+    assert cache_dir() == own_cache and tk.place() == own_cache / "trunk"
+    model = _top_lora(_family_lm("llama"))
+    tk.TrunkCache(tk.place(), model, start=2).ensure(_trees(11))
+    assert CliRunner().invoke(app, ["cache", "prune", "--all"]).exit_code == 0
+    assert not list((own_cache / "trunk").iterdir())
