@@ -259,6 +259,21 @@ def test_a_frozen_bf16_heads_float32_copy_is_made_once_and_follows_in_place_chan
     assert _fp32_weight(head.weight).requires_grad  # the gradient reaches a trainable head
 
 
+def test_a_heads_float32_copy_first_made_under_inference_mode_still_trains(tok):
+    """DMPO's reference pass (inference_mode) is the first forward of an alignment run: the copy it made was an
+    inference tensor, and the first training step then failed ("Inference tensors cannot be saved for backward",
+    an ML-1M DMPO cell). The copy is a normal tensor whatever the mode it was first asked for in."""
+    model = _lm(tok, "sdpa", torch.bfloat16)
+    head = model.get_output_embeddings()
+    head.weight.requires_grad_(False)
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        scored = _head_logits(model, torch.randn(3, head.weight.shape[1], generator=g).to(torch.bfloat16))
+    hidden = torch.randn(3, head.weight.shape[1], generator=g).to(torch.bfloat16).requires_grad_(True)
+    _head_logits(model, hidden).logsumexp(-1).sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all() and scored.is_inference()
+
+
 def test_float32_head_breaks_a_bf16_logit_tie_in_greedy_generation(tok):
     """Two tokens whose logits differ by less than bf16's spacing at 40 (0.25): a bf16 head rounds them equal and
     greedy generation takes the lower id; under float32_head it takes the truly larger one, and the head is restored."""

@@ -790,3 +790,17 @@ def test_training_talks_where_no_bar_is_shown(tiny_dir, data_dirs, tmp_path, cap
     raw.update(output_dir=str(tmp_path / "quiet"), logging_steps=0)
     train(_cfg(raw))
     assert "prefrec: sft step" not in capsys.readouterr().err
+
+
+def test_a_bf16_alignment_run_whose_reference_pass_comes_first_trains(tiny_dir, data_dirs, tmp_path):
+    """A DMPO run with no SFT stage before it (an experiment's alignment cell starts from its SFT adapter) on a bf16
+    model with top-N LoRA and the trunk cache, as the ML-1M curve runs: the reference pass under inference_mode is
+    the first forward, and the float32 copy of the frozen head it made failed the first training step ("Inference
+    tensors cannot be saved for backward")."""
+    raw = _raw(tiny_dir, data_dirs / "pw", tmp_path / "run", align_epochs=1, dropout=0.0)
+    raw["stages"] = raw["stages"][1:]
+    raw.update(model={"name": str(tiny_dir), "dtype": "bf16"}, lora={"r": 4, "alpha": 8, "dropout": 0.0, "layers": 1},
+               trunk_cache=True, trunk_cache_dir=str(tmp_path / "trunk"))
+    run = train(_cfg(raw))
+    losses = [r["loss"] for r in _rows(run)]
+    assert losses and all(math.isfinite(x) for x in losses)

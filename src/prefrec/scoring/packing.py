@@ -401,7 +401,10 @@ def _fp32_weight(w: Tensor) -> Tensor:
     hit = _FP32_WEIGHTS.get(id(w))
     if hit is not None and hit[0]() is w and hit[1] == w._version:
         return hit[2]
-    copy = w.detach().float()
+    # a normal tensor even when first asked for under inference_mode (DMPO's reference pass): an inference tensor
+    # cannot be saved for the backward of the training steps that reuse it
+    with torch.inference_mode(False):
+        copy = w.detach().float()
     if hit is None:  # the entry goes when the weight does
         weakref.finalize(w, _FP32_WEIGHTS.pop, id(w), None)
     _FP32_WEIGHTS[id(w)] = (weakref.ref(w), w._version, copy)
