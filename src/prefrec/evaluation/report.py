@@ -44,7 +44,7 @@ from prefrec import io
 from prefrec.errors import UserError
 from prefrec.evaluation import prior
 from prefrec.evaluation.facts import added_to_facts
-from prefrec.evaluation.stats import metric_families, metric_fn, resample, user_groups
+from prefrec.evaluation.stats import metric_families, metric_fn, paired_user_bootstrap, resample, user_groups
 from prefrec.evaluation.plots import (
     plot_metric_bars,
     plot_metric_vs,
@@ -221,19 +221,13 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     if fa is None or fb is None:
         return None
     n = len(a_rows)
-    a_val, b_val = fa(np.arange(n)), fb(np.arange(n))
-    if a_val is None or b_val is None:
+    users = [r.get("user") for r in a_rows]
+    got = paired_user_bootstrap(fa, fb, users, n_boot=n_boot, level=level, seed=seed)
+    if got["diff"] is None:
         return None
-    draws, unit = _user_draws(a_rows, n_boot, seed)
-    scored = ((fa(idx), fb(idx)) for idx in draws)
-    d = np.array([da - db for da, db in scored if da is not None and db is not None], dtype=float)
-    if d.size == 0:
-        return None
-    alpha = (1 - level) / 2
-    p = min(1.0, max(2 * min(np.mean(d <= 0), np.mean(d >= 0)), 1 / d.size))
-    return {"metric": metric, "n": n, "a": float(a_val), "b": float(b_val), "diff": float(a_val - b_val),
-            "lo": float(np.quantile(d, alpha)), "hi": float(np.quantile(d, 1 - alpha)), "p": float(p),
-            "n_boot": int(d.size), "unit": unit}
+    unit = "users" if any(u is not None for u in users) else "samples"
+    return {"metric": metric, "n": n, "a": got["a"], "b": got["b"], "diff": got["diff"], "lo": got["lo"],
+            "hi": got["hi"], "p": got["p"], "n_boot": got["n_boot"], "unit": unit}
 
 
 def _zero_shot_of(run: dict, runs: list[dict]) -> dict | None:
