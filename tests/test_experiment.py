@@ -191,6 +191,33 @@ def test_a_dataset_eval_section_overrides_the_grids_for_its_cells(tmp_path, tiny
         load_experiment(path)
 
 
+def test_a_dataset_train_section_overrides_the_grids_for_the_cells_that_train_on_it(tmp_path, tiny_setup):
+    """A candidates dataset picks its checkpoint by rank_mrr in a grid whose pairwise dataset picks by auc (the
+    candidates task has no AUC: the grid's setting alone is refused); recorded in settings only where given."""
+    from prefrec.experiment import _settings
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["sft"])
+    raw = yaml.safe_load(path.read_text())
+    raw["train"] = {"progress": False, "best_metric": "auc", "eval_every": 1, "use_best": True}
+    raw["datasets"].append({**raw["datasets"][0], "label": "tiny-cand", "task": "candidates",
+                            "prepare": {**raw["datasets"][0]["prepare"], "n_candidates": 5},
+                            "eval": {"generate": False}, "train": {"best_metric": "rank_mrr"}})
+    path.write_text(yaml.safe_dump(raw))
+    run_experiment(path, report=False)
+    cell = tmp_path / "exp" / "cells"
+    best = {label: json.loads((cell / label / "sft-model-tiny-model-seed0" / "run" / "run.json").read_text())["best"]
+            for label in ("tiny-ml", "tiny-cand")}
+    assert best["tiny-ml"]["metric"] == "auc" and best["tiny-cand"]["metric"] == "rank_mrr"
+    recorded = _settings(load_experiment(path))["datasets"]
+    assert recorded["tiny-cand"]["train"] == {"best_metric": "rank_mrr"} and "train" not in recorded["tiny-ml"]
+    del raw["datasets"][1]["train"]
+    raw["output_dir"] = str(tmp_path / "exp2")
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="'auc' is not a metric of the candidates task"):
+        run_experiment(path, only=["tiny-cand"], report=False)
+
+
 def test_dataset_ks_and_default_betas(tmp_path, tiny_setup):
     """A dataset's own `ks` replace the grid's for its cells; `betas: [null]` trains each loss with its row's β,
     and results.json records that β."""

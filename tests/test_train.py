@@ -742,6 +742,21 @@ def test_the_best_validated_adapter_by_the_tasks_own_metric_is_the_runs_adapter(
     assert got["metrics"]["auc"] == pytest.approx(best["auc"], abs=1e-9)
 
 
+def test_a_best_metric_the_task_has_not_is_refused_before_anything_is_written(tiny_dir, data_dirs, tmp_path):
+    """best_metric: auc on a candidates run found no value at any validation, so the run silently kept its last
+    adapter and never stopped early; it is refused up front, naming the candidates task's metrics. rank_mrr runs."""
+    raw = _raw(tiny_dir, data_dirs / "cd", tmp_path / "auc", kind="sdpo", sft_epochs=1, align_epochs=1, k=3)
+    raw.update(best_metric="auc", eval_every=1, use_best=True)
+    with pytest.raises(UserError, match=r"best_metric: 'auc' is not a metric of the candidates task.*rank_mrr"):
+        train(_cfg(raw))
+    assert not (tmp_path / "auc").exists()
+    raw.update(best_metric="rank_mrr", output_dir=str(tmp_path / "mrr"))
+    raw["data"]["max_train_samples"] = 4
+    info = json.loads((train(_cfg(raw)) / "run.json").read_text())
+    assert info["adapter"] == "best" and info["best"]["metric"] == "rank_mrr"
+    assert 0 < info["best"]["value"] <= 1
+
+
 def test_several_samples_per_row_train_the_same_losses_and_weights(tiny_dir, data_dirs, tmp_path):
     """pack_tokens lays the 4 trees of a micro-batch into rows of up to 4,096 tokens (block-diagonal attention,
     positions restarting per tree) instead of 4 padded rows: the same losses and adapter, within float tolerance."""

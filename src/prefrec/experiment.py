@@ -59,6 +59,9 @@ class DatasetSpec:
     # this dataset's evaluate() options over the experiment's `eval:` (candidates without generation in a grid whose
     # pairwise datasets need none either way, or a smaller limit)
     eval: dict = field(default_factory=dict)
+    # this dataset's training settings over the experiment's `train:` for the cells that train on it (a candidates
+    # dataset picking its checkpoint by rank_mrr in a grid whose pairwise datasets pick by auc)
+    train: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -285,7 +288,7 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
                   model: str):
     from prefrec.training.config import config_from_dict
 
-    raw = _overlay(copy.deepcopy(cfg.train), _variant(cfg, cell))
+    raw = _cell_train(cfg, cell)
     if "sft" not in stages and isinstance(raw.get("items"), dict):
         raw["items"].pop("curriculum", None)  # the curriculum is SFT's; an alignment stage trains on hybrid prompts
     raw["model"] = {**raw.get("model", {}), "name": model}
@@ -298,6 +301,14 @@ def _train_config(cfg: ExperimentConfig, cell: Cell, data_dir: Path, run_dir: Pa
     raw["stages"] = [{"kind": "sft", **cfg.sft} if kind == "sft" else
                      {**cfg.align, "kind": kind, "k": cell.k, "beta": cell.beta} for kind in stages]
     return config_from_dict(raw, source=f"experiment {cfg.name} cell {cell.folder()}")
+
+
+def _cell_train(cfg: ExperimentConfig, cell: Cell) -> dict:
+    """A cell's training settings: the grid's `train`, then the own `train` of the dataset it trains on (its
+    train_from source, if any: validation reads that dataset's samples), then its variant's overlay."""
+    ds = next(d for d in cfg.datasets if d.label == cell.dataset)
+    source = next((d for d in cfg.datasets if d.label == ds.train_from), ds)
+    return _overlay(_overlay(copy.deepcopy(cfg.train), copy.deepcopy(source.train)), _variant(cfg, cell))
 
 
 def _variant(cfg: ExperimentConfig, cell: Cell) -> dict:
@@ -443,7 +454,7 @@ def _trunk_eval(cfg: ExperimentConfig, cell: Cell) -> dict:
     """evaluate()'s trunk-cache arguments for an LLM cell: with lora.layers N in the grid's training config, every
     cell, zero-shot included, scores from one cache of the dataset's test trees (the base's bottom layers are the
     same for all), in the config's trunk_cache_dir."""
-    train_cfg = _overlay(copy.deepcopy(cfg.train), _variant(cfg, cell))
+    train_cfg = _cell_train(cfg, cell)
     layers = (train_cfg.get("lora") or {}).get("layers")
     if not layers or train_cfg.get("trunk_cache") is False or train_cfg.get("items"):
         return {"trunk_layers": 0}
@@ -517,9 +528,10 @@ _SETTINGS = ("train", "sft", "align", "eval", "baseline", "variants")
 def _settings(cfg: ExperimentConfig) -> dict:
     out = {key: getattr(cfg, key) for key in _SETTINGS}
     # a dataset's `methods` and `ks` are grid axes like the top-level ones: they may grow between runs
-    # (a dataset's `eval` is recorded only when given: records written before it existed stay comparable)
+    # (a dataset's `eval` and `train` are recorded only when given: records written before they existed stay
+    # comparable)
     out["datasets"] = {d.label: {**{k: v for k, v in vars(d).items()
-                                    if k not in ("label", "methods", "ks") and not (k == "eval" and not v)},
+                                    if k not in ("label", "methods", "ks") and not (k in ("eval", "train") and not v)},
                                  "negatives": _negatives(cfg, d)} for d in cfg.datasets}
     return json.loads(json.dumps(out))  # plain JSON types, comparable with what was read back
 

@@ -292,6 +292,7 @@ def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[StagePlan]]:
     train_samples = read_training_split(train_path, cfg.data.max_train_samples)
     valid_samples = [] if valid_path is None or cfg.data.max_valid_samples == 0 else \
         read_training_split(valid_path, cfg.data.max_valid_samples)
+    _check_best_metric(cfg, valid_samples)
     plans = []
     for si, stage in enumerate(cfg.stages):
         where = f"stages[{si}] ({stage.kind})"
@@ -306,6 +307,19 @@ def plan(cfg: TrainConfig, world: int) -> tuple[list, list, list[StagePlan]]:
         steps = len(train_samples) // G * stage.epochs
         plans.append(StagePlan(k, G, min(steps, stage.max_steps or steps), len(train_samples), len(valid_samples)))
     return train_samples, valid_samples, plans
+
+
+def _check_best_metric(cfg: TrainConfig, valid_samples: list) -> None:
+    """A best_metric of the task's own must be one the validation samples' task has: AUC of a candidates task does
+    not exist, and without this check no validation would ever find a best checkpoint nor stop early."""
+    if cfg.best_metric not in TASK_METRICS or not valid_samples:
+        return
+    row = task_row(valid_samples[0].task)
+    has = [m for m in row.key_metrics() if m in TASK_METRICS]
+    if cfg.best_metric not in has:
+        raise UserError(f"best_metric: {cfg.best_metric!r} is not a metric of the {row.name} task that validates "
+                        f"this run; expected one of {has} or a training metric (loss, chosen_logp, "
+                        f"reward_accuracy, reward_margin)")
 
 
 def _open_run(r: Recipe, resume: bool) -> None:
