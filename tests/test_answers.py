@@ -5,9 +5,7 @@ import torch
 from conftest import make_tiny_lm
 from test_data_protocols import synthetic_log
 
-from prefrec.data import protocols as P
 from prefrec import tasks
-from prefrec.scoring import generation
 from prefrec.tasks import candidates as task_candidates
 from prefrec.samples import Sample
 from prefrec.tasks import pairwise as task_pairwise

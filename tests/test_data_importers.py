@@ -5,7 +5,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from prefrec import prompts
 from prefrec.cli import app
 from prefrec.data.importers import import_file, import_files
 from prefrec.samples import read_jsonl

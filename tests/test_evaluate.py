@@ -11,8 +11,6 @@ from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
 from prefrec.scoring import generation
 from prefrec.tasks import candidates as task_candidates
-from prefrec.tasks import pairwise as task_pairwise
-from prefrec.tasks import yesno as task_yesno
 from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
 from prefrec.samples import Comparison, Sample, write_samples
 from prefrec.scoring.encoding import encode_texts

@@ -12,8 +12,6 @@ from prefrec.errors import UserError
 from prefrec.evaluation import evaluate as ev
 from prefrec.scoring import generation
 from prefrec.tasks import candidates as task_candidates
-from prefrec.tasks import pairwise as task_pairwise
-from prefrec.tasks import yesno as task_yesno
 from prefrec.scoring.vllm_generate import require_vllm
 
 
