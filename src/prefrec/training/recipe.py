@@ -79,6 +79,7 @@ from prefrec.training.batches import (
     stage_k,
 )
 from prefrec.training.config import (
+    BEST_METRICS,
     TASK_METRICS,
     TrainConfig,
     config_to_dict,
@@ -317,9 +318,9 @@ def _check_best_metric(cfg: TrainConfig, valid_samples: list) -> None:
     row = task_row(valid_samples[0].task)
     has = [m for m in row.key_metrics() if m in TASK_METRICS]
     if cfg.best_metric not in has:
+        training = [m for m in BEST_METRICS if m not in TASK_METRICS and m != "auto"]
         raise UserError(f"best_metric: {cfg.best_metric!r} is not a metric of the {row.name} task that validates "
-                        f"this run; expected one of {has} or a training metric (loss, chosen_logp, "
-                        f"reward_accuracy, reward_margin)")
+                        f"this run; expected one of {has} or a training metric ({', '.join(training)})")
 
 
 def _open_run(r: Recipe, resume: bool) -> None:
