@@ -201,7 +201,7 @@ def _pairwise_rows(rng, n, shift):
     return rows
 
 
-def _write_multi_run(d, rng, method, shift, shots=None, model="embedded"):
+def _write_multi_run(d, rng, method, shift, shots=None, model="embedded", seed=0):
     """A run of 40 samples with 3 comparisons each (_pairwise_rows), its metrics computed from its rows."""
     d.mkdir(parents=True)
     rows = _pairwise_rows(rng, 40, shift)
@@ -209,7 +209,7 @@ def _write_multi_run(d, rng, method, shift, shots=None, model="embedded"):
     s1 = np.concatenate([r["s_first"] for r in rows])
     s2 = np.concatenate([r["s_second"] for r in rows])
     (d / "results.json").write_text(json.dumps({
-        "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": 0, "n_samples": 40,
+        "kind": "eval", "dataset": "d", "task": "pairwise", "method": method, "seed": seed, "n_samples": 40,
         "shots": shots, "base_model": model, "metrics": pairwise_metrics(s1, s2)}))
 
 
@@ -276,6 +276,25 @@ def test_report_tests_each_alignment_run_against_the_sft_run_it_started_from(tmp
                             read_per_sample(tmp_path / "runs" / "sft-100" / "per_sample.jsonl"), "auc", n_boot=100)
     assert t["diff"] == pytest.approx(want["diff"]) and t["p"] == pytest.approx(want["p"])
     assert len(summary["tests_vs_zero_shot"]) == 3
+
+
+def test_report_pools_each_comparison_over_the_seeds_of_its_configuration(tmp_path):
+    """DMPO and SFT on three seeds, each seed its own users: the pooled row's per-seed differences are the per-seed
+    paired tests', its difference their mean, its CI around it; DPO, on one seed only, gets no pooled row."""
+    rng = np.random.default_rng(8)
+    for seed in range(3):
+        for method, shift in (("zero-shot", 0.0), ("sft", 0.3), ("dmpo", 0.6)):
+            _write_multi_run(tmp_path / "runs" / f"{method}-{seed}", rng, method, shift, shots=100, seed=seed)
+    _write_multi_run(tmp_path / "runs" / "dpo-0", rng, "dpo", 0.5, shots=100, seed=0)
+    md = make_report([tmp_path / "runs"], tmp_path / "out", n_boot=200).read_text()
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    (t,) = summary["pooled_vs_sft"]
+    per_seed = sorted(summary["tests_vs_sft"], key=lambda x: str(x["seed"]))
+    assert t["label"].startswith("dmpo") and t["seeds"] == [0, 1, 2] and t["n"] == 120
+    assert t["diffs"] == pytest.approx([x["diff"] for x in per_seed if x["label"].startswith("dmpo")])
+    assert t["diff"] == pytest.approx(np.mean(t["diffs"])) and t["lo"] <= t["diff"] <= t["hi"]
+    assert {x["label"].split()[0] for x in summary["pooled_vs_zero_shot"]} == {"sft", "dmpo"}
+    assert "pooled over seeds" in md
 
 
 def test_report_compares_each_run_on_a_second_model_with_the_same_configuration_on_the_first(tmp_path):
@@ -348,8 +367,6 @@ def test_every_llm_run_gets_its_beyond_the_prompts_facts_line(tmp_path):
     import numpy as np
     from test_data_protocols import synthetic_log
 
-    from prefrec.data import protocols as P
-    from prefrec.evaluation import facts
     from prefrec.results import write_results
     from prefrec.samples import write_samples
 

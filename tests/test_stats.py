@@ -1,8 +1,10 @@
 """prefrec.evaluation.stats: the bootstrap resamples users, not samples."""
 
 import numpy as np
+import pytest
 
-from prefrec.evaluation.stats import comparison_indices, metric_fn, paired_user_bootstrap, resample, user_groups
+from prefrec.evaluation.stats import (comparison_indices, metric_fn, paired_user_bootstrap, pooled_user_bootstrap,
+                                     resample, user_groups)
 from prefrec.tasks.metrics import pairwise_metrics
 
 
@@ -55,3 +57,41 @@ def test_a_resampled_pairwise_metric_is_the_metric_of_the_resampled_rows():
                                 np.concatenate([rows[i]["s_second"] for i in idx]))["auc"]
         assert fn(idx) == want
     assert metric_fn(rows, "ndcg@10") is None
+
+
+def test_pooled_bootstrap_against_an_independent_computation():
+    """Two seeds, each its own users (the same names on both: they are different people) and several rows per
+    user: the mean of the per-seed differences, and the percentiles and p of a bootstrap written out by hand that
+    draws users within each seed from the same generator."""
+    rng = np.random.default_rng(2)
+    seeds = []
+    for n_users in (7, 5):
+        users = [f"u{i}" for i in rng.integers(0, n_users, 30)]
+        seeds.append((rng.normal(0.3, 1, 30), rng.normal(0, 1, 30), users))
+    parts = [(lambda idx, a=a: float(np.mean(a[idx])), lambda idx, b=b: float(np.mean(b[idx])), u) for a, b, u in seeds]
+    got = pooled_user_bootstrap(parts, n_boot=300, seed=5)
+
+    draw = np.random.default_rng(5)
+    by_user = [[np.array([i for i, x in enumerate(u) if x == name]) for name in dict.fromkeys(u)] for _, _, u in seeds]
+    boot = []
+    for _ in range(300):
+        per = []
+        for (a, b, _), groups in zip(seeds, by_user):
+            idx = np.concatenate([groups[g] for g in draw.integers(0, len(groups), len(groups))])
+            per.append(a[idx].mean() - b[idx].mean())
+        boot.append(np.mean(per))
+    want = [a.mean() - b.mean() for a, b, _ in seeds]
+    assert got["diffs"] == pytest.approx(want) and got["diff"] == pytest.approx(np.mean(want))
+    assert got["lo"] == pytest.approx(np.quantile(boot, 0.025)) and got["hi"] == pytest.approx(np.quantile(boot, 0.975))
+    p = 2 * min(np.mean(np.array(boot) <= 0), np.mean(np.array(boot) >= 0))
+    assert got["p"] == pytest.approx(max(p, 1 / 300)) and got["n_users"] == sum(len(g) for g in by_user)
+
+
+def test_one_part_pooled_is_the_paired_bootstrap():
+    rng = np.random.default_rng(3)
+    a, b, users = rng.normal(size=40), rng.normal(size=40), [f"u{i % 13}" for i in range(40)]
+    fa, fb = (lambda idx: float(a[idx].mean())), (lambda idx: float(b[idx].mean()))
+    one = pooled_user_bootstrap([(fa, fb, users)], n_boot=100, seed=1)
+    two = paired_user_bootstrap(fa, fb, users, n_boot=100, seed=1)
+    assert (one["diff"], one["lo"], one["hi"], one["p"]) == (two["diff"], two["lo"], two["hi"], two["p"])
+    assert two["a"] == pytest.approx(a.mean()) and one["a"] == [two["a"]]

@@ -11,7 +11,8 @@ What it does, top to bottom:
 5b. per trained run (and baseline): a paired comparison with the zero-shot run of the same dataset, task and seed
    on their common test samples: the metric difference with a paired bootstrap CI and p-value (one seed is enough);
    and per alignment run (DPO, DMPO, S-DPO after SFT) the same against the SFT run it started from: does the
-   preference stage add anything?
+   preference stage add anything? Where a configuration has two or more seeds, both comparisons are also pooled
+   over them: the mean of the per-seed differences, resampling each seed's users within that seed;
 6. PNG plots (prefrec.evaluation.plots): training curves from every RUN/metrics.jsonl found (loss, reward accuracy,
    chosen log-prob; validation rows as points), metric vs number of negatives k, shots or β, and every dataset ·
    task's main metric by configuration (evaluation-only reports too);
@@ -44,7 +45,8 @@ from prefrec import io
 from prefrec.errors import UserError
 from prefrec.evaluation import prior
 from prefrec.evaluation.facts import added_to_facts
-from prefrec.evaluation.stats import metric_families, metric_fn, paired_user_bootstrap, resample, user_groups
+from prefrec.evaluation.stats import (metric_families, metric_fn, paired_user_bootstrap, pooled_user_bootstrap,
+                                     resample, user_groups)
 from prefrec.evaluation.plots import (
     plot_metric_bars,
     plot_metric_vs,
@@ -211,11 +213,9 @@ def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, *, n_b
     percentile bootstrap CI that resamples users (each resample draws the same users, hence the same samples, for
     both runs) and a two-sided p-value, 2 × the smaller share of resampled differences on either side of 0 (at least
     1 / n_boot). None when the runs share no sample or do not both have the metric."""
-    by_id = {r["id"]: r for r in rows_b if "id" in r}
-    a_rows = [r for r in rows_a if r.get("id") in by_id]
+    a_rows, b_rows = _joined(rows_a, rows_b)
     if not a_rows:
         return None
-    b_rows = [by_id[r["id"]] for r in a_rows]
 
     fa, fb = metric_fn(a_rows, metric), metric_fn(b_rows, metric)
     if fa is None or fb is None:
@@ -302,6 +302,37 @@ def paired_against(runs: list[dict], partner_of, *, n_boot: int, seed: int) -> l
                         "dataset": r["dataset"], "task": r["task"], "label": group_label(r), "seed": r.get("seed"),
                         **t})
     return out
+
+
+def pooled_over_seeds(tests: list[dict], *, n_boot: int, seed: int) -> list[dict]:
+    """The per-seed comparisons of paired_against (each run against its partner on that seed's test samples) pooled
+    over the seeds of each configuration: the mean of the per-seed differences, with a CI that resamples every seed's
+    users within that seed (stats.pooled_user_bootstrap). Only configurations with two or more seeds."""
+    by_config = defaultdict(list)
+    for t in tests:
+        by_config[(t["dataset"], t["task"], t["label"], t["against_label"], t["metric"])].append(t)
+    out = []
+    for (dataset, task, label, against, metric), ts in by_config.items():
+        ts = sorted(ts, key=lambda t: str(t["seed"]))
+        if len({str(t["seed"]) for t in ts}) < 2 or len(ts) != len({str(t["seed"]) for t in ts}):
+            continue
+        parts, n = [], 0
+        for t in ts:
+            rows_a, rows_b = _joined(read_per_sample(per_sample_path(t["run"])), read_per_sample(per_sample_path(t["against"])))
+            parts.append((metric_fn(rows_a, metric), metric_fn(rows_b, metric), [r.get("user") for r in rows_a]))
+            n += len(rows_a)
+        got = pooled_user_bootstrap(parts, n_boot=n_boot, seed=seed)
+        if got["diff"] is not None:
+            out.append({"dataset": dataset, "task": task, "label": label, "against_label": against, "metric": metric,
+                        "seeds": [t["seed"] for t in ts], "n": n, **got})
+    return out
+
+
+def _joined(rows_a: list[dict], rows_b: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of both runs on their common samples (joined on "id"), in rows_a's order."""
+    by_id = {r["id"]: r for r in rows_b if "id" in r}
+    a_rows = [r for r in rows_a if r.get("id") in by_id]
+    return a_rows, [by_id[r["id"]] for r in a_rows]
 
 
 # ---- 6. plots: prefrec.evaluation.plots ----
@@ -603,6 +634,23 @@ def _section(dataset, task, gs: list[dict], tests, runs, against: list[tuple[str
     return md
 
 
+def _pooled_lines(where: tuple, pooled: list[tuple[str, list[dict]]], n_boot: int) -> list[str]:
+    """The comparisons pooled over seeds (pooled_over_seeds) of one dataset · task, a table per partner."""
+    md = []
+    for title, rows in pooled:
+        rows = [t for t in rows if (t["dataset"], t["task"]) == where]
+        if not rows:
+            continue
+        md += [f"{title}, pooled over seeds (the mean of the per-seed differences on each seed's own test samples; "
+               f"{n_boot} resamples of users within each seed; p two-sided):", ""]
+        md += _table(["configuration", "compared with", "seeds", "samples", "metric", "per seed",
+                      "mean difference [95 % CI]", "p"],
+                     [[t["label"], t["against_label"], ", ".join(map(str, t["seeds"])), str(t["n"]), t["metric"],
+                       " / ".join(f"{d:+.4f}" for d in t["diffs"]),
+                       f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]", _fmt_p(t["p"])] for t in rows]) + [""]
+    return md
+
+
 def _header(results, paths, prov: dict, n_boot: int, preamble, warns: list[str]) -> list[str]:
     md = ["# prefrec results", "",
           f"{len(results)} evaluation result(s) from {', '.join(f'`{p}`' for p in paths)}; "
@@ -615,6 +663,30 @@ def _header(results, paths, prov: dict, n_boot: int, preamble, warns: list[str])
     md += list(preamble or [])
     md += [f"> warning: {w}" for w in warns] + ([""] if warns else [])
     return md
+
+
+AGAINST_KEYS = ("tests_vs_zero_shot", "tests_vs_sft", "tests_vs_first_model", "tests_vs_first_variant",
+                "pooled_vs_zero_shot", "pooled_vs_sft")  # results.json's names of _comparisons' lists, in order
+
+
+def _comparisons(runs: list[dict], variants: Sequence[str], n_boot: int, seed: int):
+    """(against, pooled): each run against its zero-shot, its SFT model, the first base model and the first variant
+    on the same test samples (paired_against), each a (title, tests) pair; and the first two pooled over seeds."""
+    if n_boot <= 0:
+        return [(t, []) for t in AGAINST_TITLES], [(t, []) for t in POOLED_TITLES]
+    first_variant = functools.partial(_first_variant_of, order=list(variants))
+    partners = (_zero_shot_of, _sft_of, _first_model_of, first_variant)
+    against = [(t, paired_against(runs, f, n_boot=n_boot, seed=seed)) for t, f in zip(AGAINST_TITLES, partners)]
+    pooled = [(t, pooled_over_seeds(tests_of, n_boot=n_boot, seed=seed))
+              for t, (_, tests_of) in zip(POOLED_TITLES, against)]
+    return against, pooled
+
+
+AGAINST_TITLES = ("Against zero-shot on the same test samples",
+                  "Alignment against the SFT model it started from, on the same test samples",
+                  "Against the same configuration on the first base model, on the same test samples",
+                  "Against the same configuration in the first variant, on the same test samples")
+POOLED_TITLES = ("Against zero-shot", "Alignment against the SFT model it started from")
 
 
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,
@@ -640,16 +712,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
                    for p in plot_metric_vs(groups, field, plots_dir, keys=GROUP_KEYS, label=group_label,
                                            preferred=key_metrics)]
     sweep_plots += plot_metric_bars(groups, plots_dir, preferred=key_metrics)
-    vs_zero = paired_against(runs, _zero_shot_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
-    vs_sft = paired_against(runs, _sft_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
-    vs_model = paired_against(runs, _first_model_of, n_boot=n_boot, seed=seed) if n_boot > 0 else []
-    first_variant = functools.partial(_first_variant_of, order=list(variants))
-    vs_variant = paired_against(runs, first_variant, n_boot=n_boot, seed=seed) if n_boot > 0 else []
+    against, pooled = _comparisons(runs, variants, n_boot, seed)
     beyond, floor, matched = _what_it_knows(results, runs, n_boot, seed)
-    against = [("Against zero-shot on the same test samples", vs_zero),
-               ("Alignment against the SFT model it started from, on the same test samples", vs_sft),
-               ("Against the same configuration on the first base model, on the same test samples", vs_model),
-               ("Against the same configuration in the first variant, on the same test samples", vs_variant)]
 
     prov = provenance()
     md = _header(results, paths, prov, n_boot, preamble, warns)
@@ -658,6 +722,7 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
         by_dt[(g["dataset"], g["task"])].append(g)
     for (dataset, task), gs in sorted(by_dt.items(), key=lambda kv: tuple(map(str, kv[0]))):
         md += _section(dataset, task, gs, tests, runs, against, sweep_plots, out_dir, n_boot)
+        md += _pooled_lines((dataset, task), pooled, n_boot)
         md += _knows_lines((dataset, task), beyond, floor, matched, n_boot)
     if train_plots:
         md += ["## Training curves", ""]
@@ -666,8 +731,8 @@ def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
 
     summary = {"kind": "report", "inputs": [str(p) for p in paths],
                "groups": [{k: v for k, v in g.items() if k != "values"} for g in groups],
-               "tests": tests, "tests_vs_zero_shot": vs_zero, "tests_vs_sft": vs_sft,
-               "tests_vs_first_model": vs_model, "tests_vs_first_variant": vs_variant, "beyond_facts": beyond,
+               "tests": tests, **{key: tests_of for key, (_, tests_of) in zip(AGAINST_KEYS, against + pooled)},
+               "beyond_facts": beyond,
                "beyond_floor": floor, "prior_matched": matched, "runs": runs, "warnings": warns,
                "plots": {"training": [str(p) for _, _, p in train_plots],
                          **{f: [str(p) for *_, p, pf in sweep_plots if pf == f]

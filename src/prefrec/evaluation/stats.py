@@ -40,24 +40,38 @@ def paired_user_bootstrap(metric_a: Callable[[np.ndarray], float | None],
     indices, all of them or a resample), with a percentile CI over user resamples (each resample draws the same
     users for both) and a two-sided p-value, 2 × the smaller share of resampled differences on either side of 0 (at
     least 1 / n_boot). metric_fn(rows, name) makes such a function of per-sample rows."""
-    groups = user_groups(users)
+    got = pooled_user_bootstrap([(metric_a, metric_b, users)], n_boot=n_boot, level=level, seed=seed)
+    return {**{k: v for k, v in got.items() if k != "diffs"}, "a": got["a"][0], "b": got["b"][0]}
+
+
+Part = tuple[Callable[[np.ndarray], float | None], Callable[[np.ndarray], float | None], Sequence[str | None]]
+
+
+def pooled_user_bootstrap(parts: Sequence[Part], *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """The mean over independent parts (metric_a, metric_b, users) of metric_a − metric_b, each part paired as in
+    paired_user_bootstrap. The parts are the seeds of one comparison, each with its own split and test users: a
+    resample draws users within each part (a seed's users never stand in for another's) and averages the per-part
+    differences. With three seeds a t-test over seeds has 2 degrees of freedom; this keeps every test user's
+    evidence and still resamples users. Returns diff (the mean), diffs and a, b (per part), lo, hi, p, n_boot,
+    n_users; diff None when a part's metric is undefined."""
+    groups = [user_groups(users) for _, _, users in parts]
     rng = np.random.default_rng(seed)
-    everything = np.arange(len(users))
-    a, b = metric_a(everything), metric_b(everything)
-    diffs = []
+    full = [(fa(np.arange(len(u))), fb(np.arange(len(u)))) for fa, fb, u in parts]
+    draws = []
     for _ in range(n_boot):
-        idx = resample(groups, rng)
-        da, db = metric_a(idx), metric_b(idx)
-        if da is not None and db is not None:
-            diffs.append(da - db)
-    d = np.array(diffs)
-    if a is None or b is None or d.size == 0:
-        return {"a": a, "b": b, "diff": None, "lo": None, "hi": None, "p": 1.0, "n_boot": int(d.size)}
+        got = [(fa(idx), fb(idx)) for (fa, fb, _), idx in zip(parts, [resample(g, rng) for g in groups])]
+        if all(a is not None and b is not None for a, b in got):
+            draws.append(np.mean([a - b for a, b in got]))
+    d = np.array(draws)
+    out = {"a": [a if a is None else float(a) for a, _ in full], "b": [b if b is None else float(b) for _, b in full],
+           "n_boot": int(d.size), "n_users": sum(len(g) for g in groups)}
+    if any(a is None or b is None for a, b in full) or d.size == 0:
+        return {**out, "diff": None, "diffs": None, "lo": None, "hi": None, "p": 1.0}
     alpha = (1 - level) / 2
+    per = [float(a - b) for a, b in full]
     p = min(1.0, max(2 * min(np.mean(d <= 0), np.mean(d >= 0)), 1 / d.size))
-    return {"a": float(a), "b": float(b), "diff": float(a - b), "lo": float(np.quantile(d, alpha)),
-            "hi": float(np.quantile(d, 1 - alpha)), "p": float(p), "n_boot": int(d.size),
-            "n_users": len(groups)}
+    return {**out, "diff": float(np.mean(per)), "diffs": per, "lo": float(np.quantile(d, alpha)),
+            "hi": float(np.quantile(d, 1 - alpha)), "p": float(p)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
