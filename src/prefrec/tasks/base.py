@@ -69,6 +69,11 @@ class Task:
     why_no_rank: str = ""  # when rank is None: why
     prior_slice: bool = False  # the report's prior-matched slice applies (s_first/s_second rows of a positive and
     # a negative, prefrec.evaluation.prior.matched_rows)
+    # (samples, chosen (n, m), rejected (n, m)) -> the rows `score` gives, read off the summed log-probs of each
+    # sample's encode_sample(which="all") tree (response 0 of a branch chosen, pairs=True): training's validation
+    # pass over those trees then gives the task's metrics too, without scoring the samples a second time. None: the
+    # task's scoring needs other trees (every candidate, a yes/no pair)
+    rows_from_pairs: Callable | None = None
 
     def format(self, name: str) -> AnswerFormat:
         """The task's row of an answer format; UserError naming the ones it takes."""

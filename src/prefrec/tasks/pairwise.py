@@ -253,8 +253,19 @@ def score_pairwise(model, tokenizer, samples: list[Sample], *, max_tokens_per_ba
     trees = [encode_sample(tokenizer, s, which="all", items=ids) for s in samples]
     nested = score_trees(model, trees, max_tokens_per_batch=max_tokens_per_batch, progress=progress,
                          desc="pairwise").nested()
-    return [{"id": s.id, "user": s.user, "s_first": [float(b[0]) for b in branches],
-             "s_second": [float(b[1]) for b in branches]} for s, branches in zip(samples, nested)]
+    return _rows(samples, [[float(b[0]) for b in branches] for branches in nested],
+                 [[float(b[1]) for b in branches] for branches in nested])
+
+
+def _rows(samples: list[Sample], firsts: list[list[float]], seconds: list[list[float]]) -> list[dict]:
+    """Per sample, s_first[j] / s_second[j]: the summed log-probs of comparison j's chosen and rejected ordering."""
+    return [{"id": s.id, "user": s.user, "s_first": a, "s_second": b} for s, a, b in zip(samples, firsts, seconds)]
+
+
+def _rows_from_pairs(samples: list[Sample], chosen, rejected) -> list[dict]:
+    """score_pairwise's rows from a pass over the same trees (chosen, rejected: (n, comparisons), one rejected
+    ordering per comparison)."""
+    return _rows(samples, chosen.tolist(), rejected.tolist())
 
 
 def _row_metrics(rows: list[dict]) -> dict:
@@ -346,4 +357,5 @@ TASK = Task(
     facts=Facts(_facts_features, _llm, _facts_rows, "auc", _facts_metrics, _prior),
     rank=Ranking(_rank_questions, _rank_rows, min_candidates=2),
     baseline=Baseline(_baseline_rows, positive_first=True, preference_pairs=True), prior_slice=True,
+    rows_from_pairs=_rows_from_pairs,
 )

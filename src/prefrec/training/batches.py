@@ -95,10 +95,11 @@ def graded_labels(samples: list[Sample], k: int) -> torch.Tensor | None:
 
 
 def encode_trees(tokenizer, samples: list[Sample], kind: str, k: int | None,
-                 items: Mapping[str, int] | None = None) -> list[Tree]:
-    """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison. items: the run's
-    item id map, for prompts with collaborative item tokens (prefrec.scoring.soft)."""
-    which = "chosen" if kind == "sft" else "all"
+                 items: Mapping[str, int] | None = None, which: str | None = None) -> list[Tree]:
+    """SFT packs only the chosen responses; alignment packs [chosen, rejected...] per comparison (which: "all" or
+    "chosen" instead). items: the run's item id map, for prompts with collaborative item tokens
+    (prefrec.scoring.soft)."""
+    which = which or ("chosen" if kind == "sft" else "all")
     return [encode_sample(tokenizer, with_k_negatives(s, k) if k is not None else s, which=which, items=items)
             for s in samples]
 
