@@ -314,7 +314,8 @@ def pooled_over_seeds(tests: list[dict], *, n_boot: int, seed: int) -> list[dict
     out = []
     for (dataset, task, label, against, metric), ts in by_config.items():
         ts = sorted(ts, key=lambda t: str(t["seed"]))
-        if len({str(t["seed"]) for t in ts}) < 2 or len(ts) != len({str(t["seed"]) for t in ts}):
+        seeds = {str(t["seed"]) for t in ts}
+        if len(seeds) < 2 or len(seeds) != len(ts):  # one seed, or two runs of one seed: nothing to pool
             continue
         parts, n = [], 0
         for t in ts:
@@ -669,6 +670,13 @@ AGAINST_KEYS = ("tests_vs_zero_shot", "tests_vs_sft", "tests_vs_first_model", "t
                 "pooled_vs_zero_shot", "pooled_vs_sft")  # results.json's names of _comparisons' lists, in order
 
 
+AGAINST_TITLES = ("Against zero-shot on the same test samples",
+                  "Alignment against the SFT model it started from, on the same test samples",
+                  "Against the same configuration on the first base model, on the same test samples",
+                  "Against the same configuration in the first variant, on the same test samples")
+POOLED_TITLES = ("Against zero-shot", "Alignment against the SFT model it started from")
+
+
 def _comparisons(runs: list[dict], variants: Sequence[str], n_boot: int, seed: int):
     """(against, pooled): each run against its zero-shot, its SFT model, the first base model and the first variant
     on the same test samples (paired_against), each a (title, tests) pair; and the first two pooled over seeds."""
@@ -680,13 +688,6 @@ def _comparisons(runs: list[dict], variants: Sequence[str], n_boot: int, seed: i
     pooled = [(t, pooled_over_seeds(tests_of, n_boot=n_boot, seed=seed))
               for t, (_, tests_of) in zip(POOLED_TITLES, against)]
     return against, pooled
-
-
-AGAINST_TITLES = ("Against zero-shot on the same test samples",
-                  "Alignment against the SFT model it started from, on the same test samples",
-                  "Against the same configuration on the first base model, on the same test samples",
-                  "Against the same configuration in the first variant, on the same test samples")
-POOLED_TITLES = ("Against zero-shot", "Alignment against the SFT model it started from")
 
 
 def make_report(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, n_boot: int = 1000,

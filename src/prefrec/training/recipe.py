@@ -182,6 +182,7 @@ class StageRun:
     text_trees: list | None = None  # the curriculum's text-only trees (items.curriculum, sft stage)
     first_loss: float | None = None  # the stage's first step loss in this process (divergence_factor's base)
     step_seconds: float = 0.0  # this process's time in optimizer steps, validation and checkpoints left out (s/step)
+    task_trees: bool = False  # valid_trees are the task's own scoring trees: validation reads its metrics off them
 
     @property
     def steps_per_epoch(self) -> int:
@@ -475,7 +476,7 @@ def _start_stage(r: Recipe, si: int) -> StageRun:
         restore_accelerate_state(acc, r.resume_from)
         r.rng_restored = True
     return StageRun(si, make_stage(stage, ref, labels), k, G, total, train_trees, valid_trees, optimizer, scheduler,
-                    step=resumed, text_trees=text_trees)
+                    step=resumed, text_trees=text_trees, task_trees=_task_trees(r, si))
 
 
 def _curriculum(r: Recipe, si: int):
@@ -634,7 +635,7 @@ def _validate(r: Recipe, sr: StageRun) -> None:
     got = score_split(r.acc, r.prepared, sr.valid_trees, r.cfg.stages[sr.si].batch_size, "validation", False)
     vrow = sr.stage.valid_metrics(got)
     if r.task_metrics:
-        vrow.update(_task_metrics(r, got if _task_trees(r, sr.si) else None))
+        vrow.update(_task_metrics(r, got if sr.task_trees else None))
     r.prepared.train()
     r.final_valid[kind] = vrow
     r.log.write({"split": "valid", "step": r.global_step, "stage": kind, "stage_step": sr.step,
