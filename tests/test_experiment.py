@@ -528,6 +528,25 @@ def test_committed_cells_count_as_done_when_the_output_folder_is_gone(tmp_path, 
     assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
 
 
+def test_cells_of_another_seed_run_without_a_report_are_recorded_by_the_next_report(tmp_path, tiny_setup):
+    """cells.sh runs each seed with --set seeds=[S] --no-report, then reports the config's own grid (seed 0): the
+    seed-1 cells of the output folder must enter experiment.json, or a later session (output folder gone) runs them
+    again and their wall times are lost."""
+    import shutil
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    run_experiment(path, overrides=["seeds=[1]"], report=False)
+    run_experiment(path, report_only=True)
+    record = json.loads((tmp_path / "report" / "experiment.json").read_text())
+    assert record["cells"] == ["tiny-ml/popularity-full-seed1"]
+    assert record["seconds"]["tiny-ml/popularity-full-seed1"] is not None
+    assert (tmp_path / "report" / "cells" / "tiny-ml" / "popularity-full-seed1" / "per_sample.jsonl").is_file()
+    shutil.rmtree(tmp_path / "exp")
+    run_experiment(path, overrides=["seeds=[1]"], report=False)
+    assert not (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed1").exists()  # not run again
+
+
 def test_a_committed_sft_model_retrained_for_an_alignment_cell_must_reproduce(tmp_path, tiny_setup, capsys):
     import shutil
 

@@ -565,7 +565,7 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
         io.write_json(record, now)
 
 
-def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
+def _publish(cfg: ExperimentConfig, folders: list[str]) -> Path:
     """Copy each cell's small files (results, per-sample scores, training logs) under report_dir/cells.
 
     The report then links to files beside it, and report_dir can be committed without the adapters and data.
@@ -576,9 +576,9 @@ def _publish(cfg: ExperimentConfig, grid: list[Cell]) -> Path:
     dst_root = Path(cfg.report_dir) / "cells"
     if dst_root.resolve() == src_root.resolve():  # report_dir = output_dir: the files are already there
         return dst_root
-    for c in grid:
+    for folder in folders:
         for rel in (RESULTS, PER_SAMPLE, "run/metrics.jsonl"):
-            src, dst = src_root / c.folder() / rel, dst_root / c.folder() / rel
+            src, dst = src_root / folder / rel, dst_root / folder / rel
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
@@ -725,12 +725,15 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
     else the one recorded when a committed cell was made)."""
     from prefrec.evaluation.report import make_report
 
-    published = _publish(cfg, done)
+    # the output folder's finished cells outside this grid (another seed or size run with --only/--set, by
+    # cells.sh) are recorded too: made under the same settings.json, they count as committed in a later session
+    finished = list(dict.fromkeys([c.folder() for c in done] + _finished_cells(Path(cfg.output_dir))))
+    published = _publish(cfg, finished)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []] + (["--report-only"] if report_only else []))
     seconds = {**{k: v for k, v in committed.items() if v is not None}, **_cell_seconds(log_path)}
     # the committed cells outside this selection stay in the record (the report reads every cell beside it)
-    listed = list(dict.fromkeys([c.folder() for c in done] + list(committed)))
+    listed = list(dict.fromkeys(finished + list(committed)))
     io.write_json(Path(cfg.report_dir) / "experiment.json",
                   {"config": str(path), "overrides": list(overrides or []), "only": list(only or []),
                    "command": command, "cells": listed,
@@ -741,6 +744,11 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
         preamble += [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, "
                      f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
     return make_report([published], cfg.report_dir, preamble=preamble, variants=list(cfg.variants))
+
+
+def _finished_cells(output_dir: Path) -> list[str]:
+    """The folders (label/cell) of the finished cells in an output folder, whatever grid made them."""
+    return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in (output_dir / "cells").glob(f"*/*/{RESULTS}"))
 
 
 def _committed(cfg: ExperimentConfig) -> dict[str, float | None]:
