@@ -577,3 +577,13 @@ def test_report_only_writes_nothing_into_the_output_folder(tmp_path, tiny_setup)
     other = tmp_path / "elsewhere"
     md = run_experiment(path, report_only=True, overrides=[f"output_dir={other}"])
     assert "popularity" in md.read_text() and not other.exists()
+
+
+def test_the_wall_time_line_counts_the_cells_without_a_recorded_time():
+    from prefrec.experiment import _wall_time_lines
+
+    listed = ["d/a-seed0", "d/b-seed0", "d/c-seed1"]
+    line = _wall_time_lines({"d/a-seed0": 60.0, "d/b-seed0": 120.0, "d/c-seed1": None}, listed)[0]
+    assert "3.0 min in all" in line and "1 of the 3 cells have no recorded time" in line
+    assert "no recorded time" not in _wall_time_lines({c: 30.0 for c in listed}, listed)[0]
+    assert _wall_time_lines({}, listed) == []

@@ -739,11 +739,20 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
                    "command": command, "cells": listed,
                    "seconds": {c: seconds.get(c) for c in listed}, "settings": _settings(cfg)})
     preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
-    timed = [seconds[c] for c in listed if seconds.get(c) is not None]
-    if timed:
-        preamble += [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, "
-                     f"with the SFT it trained when it was the first to need it, is in experiment.json).", ""]
+    preamble += _wall_time_lines(seconds, listed)
     return make_report([published], cfg.report_dir, preamble=preamble, variants=list(cfg.variants))
+
+
+def _wall_time_lines(seconds: dict, listed: list[str]) -> list[str]:
+    """The preamble's wall-time line: the sum over the cells with a recorded time, and how many have none (a cell
+    whose output folder and run log were lost before its time was recorded) rather than a sum that hides them."""
+    timed = [seconds[c] for c in listed if seconds.get(c) is not None]
+    if not timed:
+        return []
+    untimed = len(listed) - len(timed)
+    missing = (f"; {untimed} of the {len(listed)} cells have no recorded time, not counted" if untimed else "")
+    return [f"Wall time of the cells: {sum(timed) / 60:.1f} min in all (each cell's time, with the SFT it trained "
+            f"when it was the first to need it, is in experiment.json{missing}).", ""]
 
 
 def _finished_cells(output_dir: Path) -> list[str]:
