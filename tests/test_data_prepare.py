@@ -301,3 +301,17 @@ def test_a_movie_id_twice_in_u_item_names_both_lines(tmp_path):
                                  + b"\n")
     with pytest.raises(UserError, match=r"u\.item:6: movie id 3 appears again \(first on line 3\)"):
         prepare("ml-100k", src, "pairwise", tmp_path / "o")
+
+
+def test_cli_train_order_reaches_the_candidates_protocol_and_is_refused_elsewhere(tmp_path):
+    src = write_tiny_ml100k(tmp_path / "ml")
+    base = ["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--train-order", "round-robin"]
+    r = CliRunner().invoke(app, base + ["--task", "candidates", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "stats.json").read_text())["protocol"]["train_order"] == "round-robin"
+    train = read_jsonl(tmp_path / "c" / "train.jsonl")
+    n_users = len({s.user for s in train})
+    assert len({s.user for s in train[:n_users]}) == n_users
+    r = CliRunner().invoke(app, base + ["--task", "pairwise", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "--train-order applies to the candidates task" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "p").exists()

@@ -12,6 +12,7 @@ from prefrec.errors import UserError
 from prefrec.tasks import yesno as task_yesno
 from prefrec.tasks import candidates as task_candidates
 from prefrec.tasks import pairwise as task_pairwise
+from prefrec.tasks import task as task_row
 
 BUILDERS = {"pairwise": task_pairwise.build_pairwise, "candidates": task_candidates.build_candidates,
             "yesno": task_yesno.build_yesno}
@@ -274,6 +275,48 @@ def test_candidates_distinct_titles_and_small_catalogue():
     built = task_candidates.build_candidates(small, seed=0, n_train=None, n_valid=None, n_test=None)
     assert any("skipped" in w for w in built.warnings)  # some users leave fewer than 19 unseen items
     check_candidates(small, built, 3)
+
+
+def _one_user_after_another(n_users=12) -> Log:
+    """Each user rates after the previous one has finished (ML-1M's earliest raters are a few heavy users)."""
+    base = synthetic_log(n_users=n_users, per_user=(20, 30))
+    inter = [Interaction(x.user, x.item, x.rating, int(x.user) * 10**6 + x.timestamp) for x in base.interactions]
+    return Log(name="syn", domain="movies", interactions=inter, titles=base.titles, value="rating",
+               has_timestamps=True)
+
+
+def test_candidates_round_robin_train_order_puts_every_user_before_any_users_second_sample():
+    log = _one_user_after_another()
+    kw = dict(n_train=None, n_valid=None, n_test=None)
+    timed = task_candidates.build_candidates(log, seed=3, **kw)
+    rr = task_candidates.build_candidates(log, seed=3, train_order="round-robin", **kw)
+    t, r = timed.samples["train"], rr.samples["train"]
+    counts = {}
+    for s in t:
+        counts[s.user] = counts.get(s.user, 0) + 1
+    assert len(counts) >= 8 and len({s.user for s in t[:len(counts)]}) <= 2  # the papers' order: one or two users
+    assert sorted(s.id for s in r) == sorted(s.id for s in t)  # the same samples, reordered
+    pos = 0
+    for rnd in range(max(counts.values())):  # round `rnd`: every user with more than rnd samples, once
+        users = sorted(u for u, c in counts.items() if c > rnd)
+        assert sorted(s.user for s in r[pos:pos + len(users)]) == users
+        pos += len(users)
+    # within a user the order is random, not time (a user's earliest sample has the shortest history)
+    first = r[:len(counts)]
+    assert any(len(s.history) == 10 for s in first) and any(s.id != min((x for x in t if x.user == s.user),
+                                                                   key=lambda x: int(x.id.rsplit("-", 1)[1])).id
+                                                           for s in first)
+    for split in ("valid", "test"):
+        assert [s.id for s in rr.samples[split]] == [s.id for s in timed.samples[split]]
+    assert (timed.protocol["train_order"], rr.protocol["train_order"]) == ("time", "round-robin")
+    again = task_candidates.build_candidates(log, seed=3, train_order="round-robin", **kw).samples["train"]
+    other = task_candidates.build_candidates(log, seed=4, train_order="round-robin", **kw).samples["train"]
+    assert [s.id for s in again] == [s.id for s in r] and [s.user for s in other] != [s.user for s in r]
+    with pytest.raises(UserError, match="--train-order 'users': expected one of time, round-robin"):
+        task_candidates.build_candidates(log, train_order="users", **kw)
+    for task in ("pairwise", "yesno"):
+        with pytest.raises(UserError, match="--train-order applies to the candidates task"):
+            task_row(task).build(log, P.Options(train_order="round-robin"))
 
 
 def test_candidates_bad_parameters():

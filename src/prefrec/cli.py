@@ -174,6 +174,7 @@ def data_prepare(
     per_user: int = typer.Option(1, "--per-user", help="Pairwise: training samples per train user, taken along the user's timeline (the papers: 1)."),
     history_ratings: bool = typer.Option(False, "--history-ratings", help="Show the user's own rating after each history title (off in the papers)."),
     item_stats: bool = typer.Option(False, "--item-stats", help="Show each candidate's mean rating and rater count from training interactions of other users (off in the papers)."),
+    train_order: Optional[str] = typer.Option(None, "--train-order", help="Candidates: the order of train.jsonl, whose first N a learning curve trains on: time (the papers) | round-robin (every user's sample before any user's second, users and samples in a seeded order)."),
     answers: str = typer.Option("title", "--answers", help="Answer format: title (the papers) | letter (pairwise: options A/B) | number (candidates: a numbered list)."),
 ) -> None:
     """Read a published log and write protocol samples + stats.json."""
@@ -189,7 +190,7 @@ def data_prepare(
                         threshold=threshold, min_pos=min_positives, min_neg=min_negatives, n_candidates=candidates,
                         per_user=per_user, history_ratings=history_ratings, item_stats=item_stats,
                         negative_below=negative_below, same_time=same_time, order_by=order_by, domain=domain,
-                        answers=answers)
+                        answers=answers, train_order=train_order)
     except (UserError, FileNotFoundError) as e:
         _fail(e)
     sizes = stats["split_sizes"]

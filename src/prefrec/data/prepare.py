@@ -95,7 +95,8 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
             min_history=UNSET, threshold: float | None = None, min_pos: int = 5, min_neg: int = 5,
             n_candidates: int = 20, per_user: int = 1, history_ratings: bool = False, item_stats: bool = False,
             negative_below: float | None = None, same_time: str = "keep", order_by: str | None = None,
-            domain: str | None = None, answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
+            domain: str | None = None, answers: str = "title", train_order: str | None = None,
+            warn: Callable[[str], None] = _warn_stderr) -> dict:
     """Read `source` as `dataset`, build `task` samples and write them to `out`; returns the stats dict.
 
     Parameters left out take the task's paper default (its row's `defaults`); n_train/n_valid/n_test = None
@@ -109,7 +110,7 @@ def prepare(dataset: str, source: str | os.PathLike, task: str, out: str | os.Pa
                        min_history=min_history, threshold=threshold, min_pos=min_pos, min_neg=min_neg,
                        n_candidates=n_candidates, per_user=per_user, history_ratings=history_ratings,
                        item_stats=item_stats, negative_below=negative_below, same_time=same_time, answers=answers,
-                       warn=warn)
+                       train_order=train_order, warn=warn)
 
 
 def _check_threshold(log: Log, threshold: float | None, negative_below: float | None) -> None:
@@ -168,7 +169,8 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
                 n_test=UNSET, history_len=UNSET, min_history=UNSET, threshold: float | None = None,
                 min_pos: int = 5, min_neg: int = 5, n_candidates: int = 20, per_user: int = 1,
                 history_ratings: bool = False, item_stats: bool = False, negative_below: float | None = None,
-                same_time: str = "keep", answers: str = "title", warn: Callable[[str], None] = _warn_stderr) -> dict:
+                same_time: str = "keep", answers: str = "title", train_order: str | None = None,
+                warn: Callable[[str], None] = _warn_stderr) -> dict:
     """`prepare` on a log already read by `read_filtered` (to build several tasks from one read)."""
     row = _task(task)
     given = {"negatives": negatives, "history_len": history_len, "min_history": min_history, "n_train": n_train,
@@ -183,7 +185,7 @@ def prepare_log(log: Log, filters: list[dict], raw: dict, task: str, out: str | 
     built = row.build(log, protocols.Options(
         seed=seed, threshold=threshold, min_pos=min_pos, min_neg=min_neg, n_candidates=n_candidates,
         per_user=per_user, history_ratings=history_ratings, item_stats=item_stats, negative_below=negative_below,
-        same_time=same_time, answers=answers, **p))
+        same_time=same_time, answers=answers, train_order=train_order, **p))
     warnings = list(log.warnings) + built.warnings + _check_not_empty(built, task)
     check_prepared_out(out)
     stats = _stats(log, built, raw, filters, warnings, dataset=dataset, task=task, seed=seed, source=source)

@@ -58,6 +58,7 @@ class Options:
     negative_below: float | None = None
     same_time: str = "keep"
     answers: str = "title"
+    train_order: str | None = None  # candidates: time (the papers) | round-robin
 
     @property
     def liked_above(self) -> float:

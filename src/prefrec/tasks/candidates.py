@@ -8,7 +8,9 @@ items the user never interacted with (anywhere in the log), in a seed-shuffled o
 position) and cut at 80 % and 90 %. Without timestamps (LastFM, Goodreads CSV) each user's own sequence, in its
 seeded random order (data.protocols.sequences), is cut instead: the last 10 % of a user's targets are test, the
 10 % before valid; the prompts then claim no time order. Samples are not user-disjoint (as in LLaRA / S-DPO). Each
-split is then capped to --train/--valid/--test samples, drawn uniformly by the seed and kept in time order.
+split is then capped to --train/--valid/--test samples, drawn uniformly by the seed and kept in time order; with
+--train-order round-robin (not the papers') the training samples are reordered so that the first N are as many
+users' as they can be (`_round_robin`).
 
 Answers: the target's title (title), or its number in a numbered list (number).
 Scoring: likelihood ranking, every candidate's answer as a response to the prompt, one packed forward per sample,
@@ -175,8 +177,10 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                      min_history: int = 3, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
                      n_train: int | None = 1000, n_valid: int | None = 200, n_test: int | None = 1000,
                      history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep",
-                     answers: str = "title") -> Built:
+                     answers: str = "title", train_order: str = "time") -> Built:
     fmt = TASK.format(answers)
+    if train_order not in TRAIN_ORDERS:
+        raise UserError(f"--train-order {train_order!r}: expected one of {', '.join(TRAIN_ORDERS)}")
     if n_candidates < 2:
         raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
     if not 1 <= negatives <= n_candidates - 1:
@@ -201,6 +205,8 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
     make = _CandidateMaker(log, seqs, before, seed, negatives, n_candidates, history_len, history_ratings, facts,
                            fmt)
     samples = {s: [x for x in (make(s, u, t) for u, t in by_split[s]) if x is not None] for s in SPLITS}
+    if train_order == "round-robin":
+        samples["train"] = _round_robin(samples["train"], seed)
     warnings: list[str] = []
     if make.skipped:
         warnings.append(f"{make.skipped} samples were skipped: fewer than {n_candidates - 1} items with distinct "
@@ -219,7 +225,27 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                            if item_stats else False, "answers": answers,
                            "history_order": order_note(log),
                            "same_time_history": same_time_note(log, same_time, samples),
-                           "history_title_twins_removed": make.twins_removed})
+                           "history_title_twins_removed": make.twins_removed, "train_order": train_order})
+
+
+TRAIN_ORDERS = ("time", "round-robin")
+
+
+def _round_robin(train: list[Sample], seed: int) -> list[Sample]:
+    """Every user's first sample, then every user's second, ...; users in a seeded order, each user's samples in a
+    seeded random order. Time order (the papers') puts the log's earliest raters first, so the first N training
+    samples (data.max_train_samples, a learning curve's x) were a handful of users' (ML-1M: 6 users for 1,000); in
+    this order they are min(N, users) users'. Random within a user, not time: a user's earliest sample has the
+    shortest history."""
+    by_user: dict[str, list[Sample]] = {}
+    for s in train:
+        by_user.setdefault(s.user, []).append(s)
+    users = sorted(by_user, key=user_key)
+    random.Random(f"{seed}:candidates:train-order").shuffle(users)
+    for u in users:
+        random.Random(f"{seed}:candidates:train-order:{u}").shuffle(by_user[u])
+    rounds = max((len(v) for v in by_user.values()), default=0)
+    return [by_user[u][r] for r in range(rounds) for u in users if r < len(by_user[u])]
 
 
 class _CandidateMaker:
@@ -282,7 +308,7 @@ def _build(log: Log, o: Options) -> Built:
     return build_candidates(log, seed=o.seed, negatives=o.negatives, n_candidates=o.n_candidates,
                             history_len=o.history_len, min_history=o.min_history, same_time=o.same_time,
                             answers=o.answers, history_ratings=o.history_ratings, item_stats=o.item_stats,
-                            **o.sizes())
+                            train_order=o.train_order or "time", **o.sizes())
 
 
 # ---- scoring: likelihood ranking and generation ----

@@ -232,6 +232,9 @@ def _pairwise_sample(log: Log, seq: list[int], p: int, neg: list[int], rng: rand
 
 def _build(log: Log, o: Options) -> Built:
     """The protocol with `prefrec data prepare`'s options (Options; the defaults of the task row)."""
+    if o.train_order is not None:
+        raise UserError("--train-order applies to the candidates task (the pairwise task's training samples are "
+                        "already round-robin over users)")
     return build_pairwise(log, seed=o.seed, negatives=o.negatives, threshold=o.liked_above, min_pos=o.min_pos,
                           min_neg=o.min_neg, min_history=o.min_history, history_len=o.history_len,
                           per_user=o.per_user, negative_below=o.negative_below, same_time=o.same_time,

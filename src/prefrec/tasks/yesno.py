@@ -130,6 +130,9 @@ def _build(log: Log, o: Options) -> Built:
     if o.per_user != 1:
         raise UserError("--per-user applies to the pairwise task (the yesno task already takes every position of a "
                         "user's timeline)")
+    if o.train_order is not None:
+        raise UserError("--train-order applies to the candidates task (the yesno task's training samples are "
+                        "already one per user)")
     built = build_yesno(log, seed=o.seed, threshold=o.liked_above, history_len=o.history_len,
                         min_history=o.min_history, same_time=o.same_time, history_ratings=o.history_ratings,
                         item_stats=o.item_stats, answers=o.answers, **o.sizes())
