@@ -528,6 +528,35 @@ def test_committed_cells_count_as_done_when_the_output_folder_is_gone(tmp_path, 
     assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
 
 
+def test_a_dataset_label_added_to_the_grid_leaves_the_other_labels_committed_cells_done(tmp_path, tiny_setup):
+    """ml1m-curve grew a label (ml-1m-candidates-users): the settings record differed only there, yet every committed
+    cell of the other labels counted as not done (the report showed 8 of 77). A label changed in place still does."""
+    import shutil
+
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["popularity"])
+    run_experiment(path)
+    committed = tmp_path / "report" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json"
+    stamp = committed.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "exp")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["datasets"].append({**json.loads(json.dumps(cfg["datasets"][0])), "label": "tiny-ml-more"})
+    path.write_text(yaml.safe_dump(cfg))
+    run_experiment(path)
+    assert not (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0").exists()  # not run again
+    assert committed.stat().st_mtime_ns == stamp
+    assert (tmp_path / "exp" / "cells" / "tiny-ml-more" / "popularity-full-seed0" / "results.json").is_file()
+    record = json.loads((tmp_path / "report" / "experiment.json").read_text())
+    assert record["cells"] == ["tiny-ml/popularity-full-seed0", "tiny-ml-more/popularity-full-seed0"]
+    # the first label's prepare options changed: its committed cell is not this grid's any more
+    shutil.rmtree(tmp_path / "exp")
+    cfg["datasets"][0]["prepare"]["n_test"] = 3
+    path.write_text(yaml.safe_dump(cfg))
+    run_experiment(path)
+    assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
+    assert not (tmp_path / "exp" / "cells" / "tiny-ml-more" / "popularity-full-seed0").exists()
+
+
 def test_cells_of_another_seed_run_without_a_report_are_recorded_by_the_next_report(tmp_path, tiny_setup):
     """cells.sh runs each seed with --set seeds=[S] --no-report, then reports the config's own grid (seed 0): the
     seed-1 cells of the output folder must enter experiment.json, or a later session (output folder gone) runs them

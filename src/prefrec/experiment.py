@@ -773,12 +773,20 @@ def _committed(cfg: ExperimentConfig) -> dict[str, float | None]:
         made = json.loads(record.read_text(encoding="utf-8"))
     except ValueError:
         return {}
-    if not isinstance(made, dict) or made.get("settings") != _settings(cfg):
+    before, now = made.get("settings") if isinstance(made, dict) else None, _settings(cfg)
+    if not isinstance(before, dict) or _shared(before) != _shared(now):
         return {}
+    # per dataset label, as _check_settings allows: a label added to the grid leaves the others' cells theirs
+    same = {label for label, d in (before.get("datasets") or {}).items() if now["datasets"].get(label) == d}
     seconds = made.get("seconds") or {}
     cells_dir = Path(cfg.report_dir) / "cells"
     return {folder: seconds.get(folder) for folder in made.get("cells") or []
-            if isinstance(folder, str) and has_results(cells_dir / folder)}
+            if isinstance(folder, str) and folder.split("/")[0] in same and has_results(cells_dir / folder)}
+
+
+def _shared(settings: dict) -> dict:
+    """The settings every dataset label's cells share (all but the per-label `datasets`)."""
+    return {k: v for k, v in settings.items() if k != "datasets"}
 
 
 def _cell_seconds(log_path: Path) -> dict:

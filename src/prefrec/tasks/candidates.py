@@ -179,12 +179,7 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
                      history_ratings: bool = False, item_stats: bool = False, same_time: str = "keep",
                      answers: str = "title", train_order: str = "time") -> Built:
     fmt = TASK.format(answers)
-    if train_order not in TRAIN_ORDERS:
-        raise UserError(f"--train-order {train_order!r}: expected one of {', '.join(TRAIN_ORDERS)}")
-    if n_candidates < 2:
-        raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
-    if not 1 <= negatives <= n_candidates - 1:
-        raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
+    _check_candidates(n_candidates, negatives, train_order)
     check_common(history_len, min_history)
     check_options(log, history_ratings)
     min_history = max(min_history, 1)
@@ -229,6 +224,15 @@ def build_candidates(log: Log, *, seed: int = 0, negatives: int = 3, n_candidate
 
 
 TRAIN_ORDERS = ("time", "round-robin")
+
+
+def _check_candidates(n_candidates: int, negatives: int, train_order: str) -> None:
+    if train_order not in TRAIN_ORDERS:
+        raise UserError(f"--train-order {train_order!r}: expected one of {', '.join(TRAIN_ORDERS)}")
+    if n_candidates < 2:
+        raise UserError(f"--candidates must be ≥ 2, got {n_candidates}")
+    if not 1 <= negatives <= n_candidates - 1:
+        raise UserError(f"--negatives must be between 1 and {n_candidates - 1} (the non-target candidates), got {negatives}")
 
 
 def _round_robin(train: list[Sample], seed: int) -> list[Sample]:
