@@ -550,12 +550,8 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
     now = _settings(cfg)
     if record.is_file():
         before = json.loads(record.read_text(encoding="utf-8"))
-        for d in before.get("datasets", {}).values():
-            d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
-        changed = [k for k in _SETTINGS if before.get(k) != now.get(k)]
-        changed += [f"datasets.{label}" for label in now["datasets"]
-                    if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]
-                    and _label_used(cfg, record.parent, label)]
+        shared, labels = _settings_diff(before, now)
+        changed = shared + [f"datasets.{label}" for label in labels if _label_used(cfg, record.parent, label)]
         if changed:
             raise UserError(f"experiment {cfg.name}: {record.parent} holds cells made with different settings "
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
@@ -563,6 +559,17 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
         now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
     if write:
         io.write_json(record, now)
+
+
+def _settings_diff(before: dict, now: dict) -> tuple[list[str], list[str]]:
+    """(the grid-wide settings that differ, the dataset labels of `now` recorded in `before` with other settings)
+    between two settings records; a label new in `now` differs from nothing."""
+    for d in before.get("datasets", {}).values():
+        d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
+    shared = [k for k in _SETTINGS if before.get(k) != now.get(k)]
+    labels = [label for label in now["datasets"]
+              if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]
+    return shared, labels
 
 
 def _publish(cfg: ExperimentConfig, folders: list[str]) -> Path:
@@ -774,19 +781,17 @@ def _committed(cfg: ExperimentConfig) -> dict[str, float | None]:
     except ValueError:
         return {}
     before, now = made.get("settings") if isinstance(made, dict) else None, _settings(cfg)
-    if not isinstance(before, dict) or _shared(before) != _shared(now):
+    if not isinstance(before, dict):
         return {}
     # per dataset label, as _check_settings allows: a label added to the grid leaves the others' cells theirs
-    same = {label for label, d in (before.get("datasets") or {}).items() if now["datasets"].get(label) == d}
+    shared, changed = _settings_diff(before, now)
+    if shared:
+        return {}
+    same = {label for label in now["datasets"] if label in before.get("datasets", {}) and label not in changed}
     seconds = made.get("seconds") or {}
     cells_dir = Path(cfg.report_dir) / "cells"
     return {folder: seconds.get(folder) for folder in made.get("cells") or []
             if isinstance(folder, str) and folder.split("/")[0] in same and has_results(cells_dir / folder)}
-
-
-def _shared(settings: dict) -> dict:
-    """The settings every dataset label's cells share (all but the per-label `datasets`)."""
-    return {k: v for k, v in settings.items() if k != "datasets"}
 
 
 def _cell_seconds(log_path: Path) -> dict:
