@@ -8,8 +8,8 @@
 #       bash scripts/cells.sh configs/experiments/ml1m-curve.yaml "zero-shot sft item-prior" 0
 #
 # For each seed, then each method (the order given, then the grid's other methods), it runs
-# `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report`, copies the finished cells' small files
-# under docs/results/<name>/cells and commits them; after each seed it writes the report there and commits it. A finished cell is skipped by the experiment itself, so running
+# `prefrec experiment CONFIG --only METHOD --set seeds=[SEED] --no-report` (which copies the finished cells' small
+# files under docs/results/<name>/cells) and commits them; after each seed it writes the report there and commits it. A finished cell is skipped by the experiment itself, so running
 # the script again continues where it stopped. Every torch command takes the lock $LOCK (default /tmp/torch.lock)
 # and waits a little after each group, so that another torch job waiting on the same lock runs between two groups
 # rather than beside one (one torch job at a time on a small machine).
@@ -30,20 +30,14 @@ METHODS=("${FIRST[@]}")
 [[ "${ONLY_GIVEN:-0}" == 1 ]] || for m in "${ALL[@]}"; do [[ " ${METHODS[*]} " == *" $m "* ]] || METHODS+=("$m"); done
 REPORT=docs/results/$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$CONFIG")
 
-# the small files of every finished cell, copied beside the report (what the report's own publishing copies)
-publish() {
-  (cd "$EXP/cells" && find . \( -path './*/*/results.json' -o -path './*/*/per_sample.jsonl' \
-      -o -path './*/*/run/metrics.jsonl' \) -print0 | xargs -0 -r cp --parents -t "$OLDPWD/$REPORT/cells")
-}
 commit() { git add -A "$REPORT"; git diff --cached --quiet || git commit -q -m "$1"; }
 
-mkdir -p "$REPORT/cells"
 for seed in "${SEEDS[@]}"; do
   for m in "${METHODS[@]}"; do
     echo "$(date -u +%FT%TZ) cells: $m seed $seed"
     # shellcheck disable=SC2086  # $EXTRA: more experiment options, word-split (e.g. "--only LABEL --set shots=[1000]")
+    # --no-report still copies the finished cells' small files under $REPORT/cells, to commit here
     flock "$LOCK" $P experiment "$CONFIG" --set "output_dir=$EXP" --set "seeds=[$seed]" --only "$m" --no-report ${EXTRA:-}
-    publish
     commit "$(basename "$CONFIG" .yaml): $m seed $seed finished (#40)"
     sleep "${YIELD_S:-30}"
   done

@@ -369,7 +369,9 @@ def test_report_only_into_the_output_folder_itself(tmp_path, tiny_setup):
     assert md == tmp_path / "exp" / "results.md" and "`cells/tiny-ml/popularity-full-seed0/results.json`" in md.read_text()
 
 
-def test_cli_no_report_runs_the_cells_and_writes_no_report(tmp_path, tiny_setup):
+def test_cli_no_report_runs_the_cells_and_publishes_them_without_a_report(tmp_path, tiny_setup):
+    """--no-report copies the finished cells' small files beside the report (what scripts/cells.sh commits after
+    each group) and writes no results.md."""
     from typer.testing import CliRunner
 
     from prefrec.cli import app
@@ -379,7 +381,9 @@ def test_cli_no_report_runs_the_cells_and_writes_no_report(tmp_path, tiny_setup)
     res = CliRunner().invoke(app, ["experiment", str(path), "--no-report"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "exp" / "cells" / "tiny-ml" / "popularity-full-seed0" / "results.json").is_file()
-    assert not (tmp_path / "report").exists() and "report:" not in res.output
+    published = tmp_path / "report" / "cells" / "tiny-ml" / "popularity-full-seed0"
+    assert (published / "results.json").is_file() and (published / "per_sample.jsonl").is_file()
+    assert not (tmp_path / "report" / "results.md").exists() and "report:" not in res.output
 
 
 def test_a_sibling_reference_is_borrowed_only_for_the_same_model_and_data(tmp_path, monkeypatch):

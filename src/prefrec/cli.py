@@ -724,8 +724,9 @@ def experiment(
     only: Optional[list[str]] = typer.Option(None, help="Run only these methods or dataset labels (repeatable)."),
     dry_run: bool = typer.Option(False, help="List the cells still to run and stop."),
     report_only: bool = typer.Option(False, help="Run no cell; write the report of the finished cells."),
-    report: bool = typer.Option(True, help="Write the report after the cells (--no-report: a queue of several "
-                                "invocations reports once at the end, with --report-only)."),
+    report: bool = typer.Option(True, help="Write the report after the cells (--no-report: only copy the finished "
+                                "cells' small files beside it; a queue of several invocations reports once at the "
+                                "end, with --report-only)."),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", help="Override a config value, KEY=VALUE with VALUE in YAML (repeatable): --set seeds=[0] "
                             "--set eval.limit=50 --set datasets.ml-100k.prepare.n_train=50."),

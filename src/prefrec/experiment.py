@@ -652,9 +652,11 @@ def run_experiment(path: str | Path, *, only: list[str] | None = None, dry_run: 
         failed = run_jobs(_cell_jobs(cfg, todo, root, log_path), Path(cfg.output_dir) / "jobs",
                           LauncherConfig(**cfg.launcher), launcher)
     md = None
+    done = [c for c in grid if has_results(root / c.folder()) or c.folder() in committed]
     if report:
-        done = [c for c in grid if has_results(root / c.folder()) or c.folder() in committed]
         md = _report(cfg, path, done, log_path, overrides, only, report_only, committed)
+    else:  # the finished cells' small files beside the report all the same, ready to commit (scripts/cells.sh)
+        _publish(cfg, _all_finished(cfg, done))
     if failed:
         raise UserError(f"experiment {cfg.name}: {len(failed)} cell(s) failed ({', '.join(failed)}); their logs "
                         f"are under {Path(cfg.output_dir) / 'jobs'}. Run the same command again to resubmit them")
@@ -732,9 +734,7 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
     else the one recorded when a committed cell was made)."""
     from prefrec.evaluation.report import make_report
 
-    # the output folder's finished cells outside this grid (another seed or size run with --only/--set, by
-    # cells.sh) are recorded too: made under the same settings.json, they count as committed in a later session
-    finished = list(dict.fromkeys([c.folder() for c in done] + _finished_cells(Path(cfg.output_dir))))
+    finished = _all_finished(cfg, done)
     published = _publish(cfg, finished)
     command = " ".join(["prefrec", "experiment", str(path)] + [f"--set '{o}'" for o in overrides or []]
                        + [f"--only {o}" for o in only or []] + (["--report-only"] if report_only else []))
@@ -748,6 +748,13 @@ def _report(cfg: ExperimentConfig, path, done: list[Cell], log_path: Path, overr
     preamble = [f"Experiment `{cfg.name}`, made by:", "", f"    {command}", ""]
     preamble += _wall_time_lines(seconds, listed)
     return make_report([published], cfg.report_dir, preamble=preamble, variants=list(cfg.variants))
+
+
+def _all_finished(cfg: ExperimentConfig, done: list[Cell]) -> list[str]:
+    """The folders of the selection's finished cells, then the output folder's other finished cells (another seed
+    or size run with --only/--set, by cells.sh): made under the same settings.json, they are published and recorded
+    too, so that a later session counts them as committed."""
+    return list(dict.fromkeys([c.folder() for c in done] + _finished_cells(Path(cfg.output_dir))))
 
 
 def _wall_time_lines(seconds: dict, listed: list[str]) -> list[str]:
