@@ -32,6 +32,7 @@ REPORT=docs/results/$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.
 
 commit() { git add -A "$REPORT"; git diff --cached --quiet || git commit -q -m "$1"; }
 
+mkdir -p "$REPORT/cells"  # git add of a missing folder fails: a group with no cell publishes nothing
 for seed in "${SEEDS[@]}"; do
   for m in "${METHODS[@]}"; do
     echo "$(date -u +%FT%TZ) cells: $m seed $seed"

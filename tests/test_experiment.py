@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -509,7 +511,6 @@ def test_a_top_n_grid_shares_one_trunk_cache_between_its_cells(tmp_path, tiny_se
 def test_committed_cells_count_as_done_when_the_output_folder_is_gone(tmp_path, tiny_setup, capsys):
     """A grid whose output folder was lost (a new session, another machine) continues from the cells committed under
     report_dir, with their wall times; cells made with other settings are run again."""
-    import shutil
 
     tiny_dir, src = tiny_setup
     path = _config(tmp_path, tiny_dir, src, ["popularity", "liked-share"])
@@ -535,7 +536,6 @@ def test_committed_cells_count_as_done_when_the_output_folder_is_gone(tmp_path, 
 def test_a_dataset_label_added_to_the_grid_leaves_the_other_labels_committed_cells_done(tmp_path, tiny_setup):
     """ml1m-curve grew a label (ml-1m-candidates-users): the settings record differed only there, yet every committed
     cell of the other labels counted as not done (the report showed 8 of 77). A label changed in place still does."""
-    import shutil
 
     tiny_dir, src = tiny_setup
     path = _config(tmp_path, tiny_dir, src, ["popularity"])
@@ -565,7 +565,6 @@ def test_cells_of_another_seed_run_without_a_report_are_recorded_by_the_next_rep
     """cells.sh runs each seed with --set seeds=[S] --no-report, then reports the config's own grid (seed 0): the
     seed-1 cells of the output folder must enter experiment.json, or a later session (output folder gone) runs them
     again and their wall times are lost."""
-    import shutil
 
     tiny_dir, src = tiny_setup
     path = _config(tmp_path, tiny_dir, src, ["popularity"])
@@ -581,7 +580,6 @@ def test_cells_of_another_seed_run_without_a_report_are_recorded_by_the_next_rep
 
 
 def test_a_committed_sft_model_retrained_for_an_alignment_cell_must_reproduce(tmp_path, tiny_setup, capsys):
-    import shutil
 
     tiny_dir, src = tiny_setup
     path = _config(tmp_path, tiny_dir, src, ["sft", "dpo"])
@@ -620,3 +618,36 @@ def test_the_wall_time_line_counts_the_cells_without_a_recorded_time():
     assert "3.0 min in all" in line and "1 of the 3 cells have no recorded time" in line
     assert "no recorded time" not in _wall_time_lines({c: 30.0 for c in listed}, listed)[0]
     assert _wall_time_lines({}, listed) == []
+
+
+@pytest.mark.skipif(not (shutil.which("flock") and shutil.which("git")), reason="scripts/cells.sh needs flock and git")
+def test_cells_sh_commits_each_finished_group_and_the_report(tmp_path, tiny_setup):
+    """scripts/cells.sh in a git checkout: each method and seed run with --no-report, whose published small files it
+    commits, then the report; run again, it finds the cells committed and runs none."""
+    import subprocess
+    import sys
+
+    tiny_dir, src = tiny_setup
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).parents[1] / "scripts" / "cells.sh", repo / "scripts" / "cells.sh")
+    cfg = yaml.safe_load(_config(tmp_path, tiny_dir, src, ["popularity"]).read_text())
+    for key in ("output_dir", "report_dir"):  # cells.sh's own: experiments/<config>, docs/results/<name>
+        del cfg[key]
+    (repo / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PREFREC": f"{sys.executable} -m prefrec", "PYTHON": sys.executable, "YIELD_S": "0",
+           "LOCK": str(tmp_path / "lock"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    git = ["git", "-C", str(repo)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(["bash", "scripts/cells.sh", "tiny.yaml", "popularity", "0 1"], cwd=repo, env=env, check=True,
+                   capture_output=True)
+    log = subprocess.run(git + ["log", "--format=%s", "--name-only"], capture_output=True, text=True).stdout
+    for seed in (0, 1):
+        assert f"tiny: popularity seed {seed} finished (#40)" in log
+        assert f"docs/results/tiny/cells/tiny-ml/popularity-full-seed{seed}/per_sample.jsonl" in log
+    assert "tiny: report after seed 1 (#40)" in log and "docs/results/tiny/results.md" in log
+    shutil.rmtree(repo / "experiments")  # a later session: the output folder is gone
+    again = subprocess.run(["bash", "scripts/cells.sh", "tiny.yaml", "popularity", "1"], cwd=repo, env=env,
+                           check=True, capture_output=True, text=True)
+    assert "0 to run" in again.stderr
