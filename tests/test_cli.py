@@ -60,7 +60,8 @@ def _out_options():
 
 def test_out_is_required_for_conversions_and_defaults_to_the_command_name_elsewhere():
     outs = _out_options()
-    assert {c for c, p in outs.items() if p.required} == {"data prepare", "data import", "data export", "export"}
+    assert {c for c, p in outs.items() if p.required} == {"data prepare", "data import", "data export",
+                                                          "data swap-histories", "export"}
     assert str(outs["report"].default) == "report" and str(outs["explain"].default) == "explain"
     # the others default to None: a folder derived from the input (train: output_dir; eval: RUN/eval/... or
     # eval/...; baseline: baselines/DATASET-TASK) or stdout (rank)

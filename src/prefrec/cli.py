@@ -34,7 +34,7 @@ from prefrec.errors import UserError, printable
 from prefrec.export import export_run
 from prefrec.quickstart import run_quickstart
 from prefrec.results import PER_SAMPLE, RESULTS, is_run_dir
-from prefrec.samples import read_jsonl
+from prefrec.samples import read_jsonl, write_samples
 
 # Plain click help (rich_markup_mode=None): flags print as `--resume / --no-resume`, not `--resume <bool>`, and the
 # help reads the same in a terminal and in a log file. -h is --help.
@@ -264,6 +264,29 @@ def data_export(
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"{n:,} rows -> {out}")
+
+
+@data_app.command("swap-histories")
+def data_swap_histories(
+    samples: Path = typer.Argument(..., help="Samples .jsonl, or a prepared folder (its --split file)."),
+    out: Path = typer.Option(..., "--out", help="The swapped samples' .jsonl (must not exist)."),
+    split: str = typer.Option("test", "--split", help="Which split of a prepared folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the permutation of histories."),
+) -> None:
+    """Give every sample another user's history (same ids, candidates and targets): `prefrec eval` on the result,
+    paired with the own-history scores, shows how much a model reads the user (docs/evaluate.md)."""
+    from prefrec.data.swap import swap_histories
+
+    try:
+        path = samples / f"{split}.jsonl" if samples.is_dir() else samples
+        if not path.is_file():
+            raise UserError(f"{path}: no such samples file")
+        if out.exists():
+            raise UserError(f"{out}: already exists; give a new file for the swapped samples")
+        n = write_samples(out, swap_histories(read_jsonl(path), seed=seed))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"{n:,} samples, each with another user's history -> {out}")
 
 
 @data_app.command("stats")
