@@ -45,7 +45,7 @@ def swapped_folder(seed: int) -> Path:
         for f in src.iterdir():
             if f.name not in ("test.jsonl", ".prefrec-files.json") and not (dst / f.name).exists():
                 (dst / f.name).symlink_to(f.resolve())
-        subprocess.run(["prefrec", "data", "swap-histories", str(src), "--out", str(dst / "test.jsonl"),
+        subprocess.run([sys.executable, "-m", "prefrec", "data", "swap-histories", str(src), "--out", str(dst / "test.jsonl"),
                         "--seed", str(seed)], check=True)
     return dst
 
