@@ -6,8 +6,8 @@
 `run SEED` gives every test sample of that seed another user's history (`prefrec data swap-histories`: a seeded
 permutation of the 1,000 test histories, none holding one of the receiver's candidates; same ids, candidates and
 targets), in a folder beside the prepared one (its other files linked, its test.jsonl the swapped one), and scores it
-with each trained model of the seed still under experiments/ml1m-curve (SFT and S-DPO, both training orders: the
-same test samples) and with the baselines retrained as their cells were. Each result's small files go under
+with the base model (zero-shot) and each trained model of the seed still under experiments/ml1m-curve (SFT and
+S-DPO, both training orders: the same test samples) and with the baselines retrained as their cells were. Each result's small files go under
 swap/<label>/<cell>-seed<S>/. A control first scores the own-history test samples with one model (the first 100) and
 stops unless it reproduces the committed cell's scores: the comparison below mixes runs of two code versions.
 
@@ -26,7 +26,7 @@ from prefrec.evaluation.stats import metric_fn
 HERE = Path(__file__).parent
 EXP = Path("experiments/ml1m-curve")
 TIME, USERS = "ml-1m-candidates", "ml-1m-candidates-users"
-LLM = [(TIME, "sft-shots1000"), (TIME, "sdpo-k3-shots1000-beta0.1"),
+LLM = [(TIME, "zero-shot"), (TIME, "sft-shots1000"), (TIME, "sdpo-k3-shots1000-beta0.1"),
        (USERS, "sft-shots1000"), (USERS, "sdpo-k3-shots1000-beta0.1")]
 BASELINES = [(USERS, name, regime) for name in ("sasrec", "popularity", "item-prior")
              for regime in ("full", "few-shot")]
@@ -54,7 +54,7 @@ def control(seed: int) -> None:
     """Own histories, the first 100 samples, one model: the committed scores, or stop."""
     from prefrec.evaluation.evaluate import evaluate
 
-    label, cell = LLM[2]
+    label, cell = LLM[3]
     out = Path("experiments/ml1m-curve-swap") / "control"
     evaluate(str(EXP / "cells" / label / f"{cell}-seed{seed}" / "run"), EXP / "data" / f"{label}-candidates-seed{seed}",
              out=out, limit=100, generate=False, dtype="bf16", method="sft", seed=seed, dataset=label, trunk_layers=4)
@@ -74,10 +74,12 @@ def run(seed: int) -> None:
     folder = swapped_folder(seed)
     for label, cell in LLM:
         run_dir = EXP / "cells" / label / f"{cell}-seed{seed}" / "run"
+        model = "embedded" if cell == "zero-shot" else str(run_dir)
         dst = HERE / "swap" / label / f"{cell}-seed{seed}"
-        if run_dir.is_dir() and not (dst / "results.json").is_file():
-            res = evaluate(str(run_dir), folder, out=dst, generate=False, dtype="bf16", seed=seed, dataset=label,
-                           method=cell.split("-")[0], trunk_layers=4)  # the runs' lora.layers, as their cells
+        if (model == "embedded" or run_dir.is_dir()) and not (dst / "results.json").is_file():
+            res = evaluate(model, folder, out=dst, generate=False, dtype="bf16", seed=seed, dataset=label,
+                           method=cell.removesuffix("-shots1000").split("-k3")[0],
+                           trunk_layers=4)  # the runs' lora.layers, as their cells
             print(label, cell, res["metrics"]["rank_hr@1"])
     for label, name, regime in BASELINES:
         dst = HERE / "swap" / label / f"{_cell(name, regime)}-seed{seed}"
