@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from prefrec.evaluation.report import paired_bootstrap
-from prefrec.evaluation.stats import metric_fn
 
 HERE = Path(__file__).parent
 EXP = Path("experiments/ml1m-curve")
@@ -104,7 +103,7 @@ def compare(label: str, cell: str, seed: int) -> str | None:
     cells = []
     for m in names:
         t = paired_bootstrap(own, other, m)
-        cells.append(f"{metric_fn(own, m):.3f} → {metric_fn(other, m):.3f} | {t['diff']:+.4f} [{t['lo']:+.4f}, "
+        cells.append(f"{t['a']:.3f} → {t['b']:.3f} | {t['diff']:+.4f} [{t['lo']:+.4f}, "
                      f"{t['hi']:+.4f}], p = {t['p']:.3f}")
     return f"| {label} | {cell} | {seed} | {len(own)} | " + " | ".join(cells) + " |"
 
