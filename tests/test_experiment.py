@@ -651,3 +651,20 @@ def test_cells_sh_commits_each_finished_group_and_the_report(tmp_path, tiny_setu
     again = subprocess.run(["bash", "scripts/cells.sh", "tiny.yaml", "popularity", "1"], cwd=repo, env=env,
                            check=True, capture_output=True, text=True)
     assert "0 to run" in again.stderr
+
+
+def test_a_report_keeps_a_committed_cells_files_when_its_output_copy_is_unfinished(tmp_path, tiny_setup):
+    """An alignment cell retrains a committed SFT cell's model into the output folder (run/ only, no results); when
+    it does not reproduce, the next report copied that run's training log over the committed one, which no longer
+    matched the committed results."""
+    tiny_dir, src = tiny_setup
+    path = _config(tmp_path, tiny_dir, src, ["sft"])
+    run_experiment(path)
+    cell = Path("tiny-ml") / "sft-model-tiny-model-seed0"
+    committed = tmp_path / "report" / "cells" / cell / "run" / "metrics.jsonl"
+    before = committed.read_bytes()
+    out = tmp_path / "exp" / "cells" / cell
+    (out / "results.json").unlink()  # the retrain: a run folder, no results
+    (out / "run" / "metrics.jsonl").write_text('{"split": "valid", "stage_step": 1, "loss": 9.0}\n')
+    run_experiment(path, report_only=True)
+    assert committed.read_bytes() == before

@@ -584,6 +584,8 @@ def _publish(cfg: ExperimentConfig, folders: list[str]) -> Path:
     if dst_root.resolve() == src_root.resolve():  # report_dir = output_dir: the files are already there
         return dst_root
     for folder in folders:
+        if not has_results(src_root / folder):  # a committed cell: an unfinished retrain of it must not replace it
+            continue
         for rel in (RESULTS, PER_SAMPLE, "run/metrics.jsonl"):
             src, dst = src_root / folder / rel, dst_root / folder / rel
             if src.is_file():
