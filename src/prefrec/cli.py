@@ -242,6 +242,14 @@ def data_import(
                         f"(reasons above and in {out / 'import_report.json'})"))
 
 
+def _samples_file(samples: Path, split: str) -> Path:
+    """A samples .jsonl given as itself or as a prepared folder (its SPLIT.jsonl); UserError when there is none."""
+    path = samples / f"{split}.jsonl" if samples.is_dir() else samples
+    if not path.is_file():
+        raise UserError(f"{path}: no such samples file")
+    return path
+
+
 @data_app.command("export")
 def data_export(
     samples: Path = typer.Argument(..., help="Samples .jsonl, or a prepared folder (its --split file)."),
@@ -257,10 +265,7 @@ def data_export(
     from prefrec.data.exporters import export_samples  # torch, via the task table: only this command pays for it
 
     try:
-        path = samples / f"{split}.jsonl" if samples.is_dir() else samples
-        if not path.is_file():
-            raise UserError(f"{path}: no such samples file")
-        n = export_samples(read_jsonl(path), out, fmt, datasets=to_datasets, force=force)
+        n = export_samples(read_jsonl(_samples_file(samples, split)), out, fmt, datasets=to_datasets, force=force)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"{n:,} rows -> {out}")
@@ -278,9 +283,7 @@ def data_swap_histories(
     from prefrec.data.swap import swap_histories
 
     try:
-        path = samples / f"{split}.jsonl" if samples.is_dir() else samples
-        if not path.is_file():
-            raise UserError(f"{path}: no such samples file")
+        path = _samples_file(samples, split)
         if out.exists():
             raise UserError(f"{out}: already exists; give a new file for the swapped samples")
         n = write_samples(out, swap_histories(read_jsonl(path), seed=seed))

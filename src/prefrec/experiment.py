@@ -556,7 +556,7 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
             raise UserError(f"experiment {cfg.name}: {record.parent} holds cells made with different settings "
                             f"({', '.join(changed)}); reusing them would mix results. Choose another output "
                             f"folder (--set output_dir=...) or delete {record.parent}")
-        now["datasets"] = {**before.get("datasets", {}), **now["datasets"]}
+        now["datasets"] = {**_recorded_datasets(before), **now["datasets"]}
     if write:
         io.write_json(record, now)
 
@@ -564,12 +564,16 @@ def _check_settings(cfg: ExperimentConfig, record: Path, write: bool = True) -> 
 def _settings_diff(before: dict, now: dict) -> tuple[list[str], list[str]]:
     """(the grid-wide settings that differ, the dataset labels of `now` recorded in `before` with other settings)
     between two settings records; a label new in `now` differs from nothing."""
-    for d in before.get("datasets", {}).values():
-        d.pop("methods", None)  # recorded by earlier versions; a grid axis, not a setting
+    was = _recorded_datasets(before)
     shared = [k for k in _SETTINGS if before.get(k) != now.get(k)]
-    labels = [label for label in now["datasets"]
-              if label in before.get("datasets", {}) and before["datasets"][label] != now["datasets"][label]]
+    labels = [label for label in now["datasets"] if label in was and was[label] != now["datasets"][label]]
     return shared, labels
+
+
+def _recorded_datasets(before: dict) -> dict:
+    """A settings record's per-label settings, without "methods" (recorded by earlier versions; a grid axis, not a
+    setting)."""
+    return {label: {k: v for k, v in d.items() if k != "methods"} for label, d in before.get("datasets", {}).items()}
 
 
 def _publish(cfg: ExperimentConfig, folders: list[str]) -> Path:
