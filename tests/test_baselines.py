@@ -200,6 +200,48 @@ def test_limit_scores_the_first_test_samples_and_trains_as_before(folders):
     np.testing.assert_allclose(part["scores"], full["scores"][:3], rtol=0, atol=1e-6)
 
 
+def test_a_test_file_is_scored_with_the_folders_training(folders, tmp_path):
+    """--test: the folder's training, unchanged; the file's samples scored by id. A reordered copy of the test split
+    scores the same per sample; with the histories moved one user along, a history reader changes, popularity not."""
+    import dataclasses
+
+    prep = load_prepared(folders["cycle"])
+    own = {n: run_baseline(n, folders["cycle"], regime="full", seed=0, **fast(n)) for n in ("sasrec", "popularity")}
+    reordered = tmp_path / "reordered.jsonl"
+    write_samples(reordered, prep.test[::-1])
+    again = run_baseline("sasrec", folders["cycle"], regime="full", seed=0, test_file=reordered, **fast("sasrec"))
+    assert again["training"]["records"] == own["sasrec"]["training"]["records"]
+    assert again["config"]["test_file"] == str(reordered)
+    np.testing.assert_allclose(again["scores"], own["sasrec"]["scores"][::-1], rtol=0, atol=1e-6)
+    moved = [dataclasses.replace(s, history=o.history, history_items=o.history_items, prefix=o.prefix)
+             for s, o in zip(prep.test, prep.test[1:] + prep.test[:1])]
+    swapped = tmp_path / "swapped.jsonl"
+    write_samples(swapped, moved)
+    other = {n: run_baseline(n, folders["cycle"], regime="full", seed=0, test_file=swapped, **fast(n))
+             for n in ("sasrec", "popularity", "item-prior")}
+    np.testing.assert_array_equal(other["popularity"]["scores"], own["popularity"]["scores"])
+    assert other["sasrec"]["metrics"]["hr@1"] < own["sasrec"]["metrics"]["hr@1"] - 0.2  # the planted cycle is gone
+    prior = run_baseline("item-prior", folders["cycle"], regime="full", seed=0)
+    assert other["item-prior"]["metrics"] == prior["metrics"]  # the prior never reads the history
+    assert other["item-prior"]["config"]["items"] == prior["config"]["items"]  # and is fit on the same users
+
+
+def test_a_test_file_must_hold_the_folders_test_users_and_task(folders, tmp_path):
+    prep = load_prepared(folders["cycle"])
+    trained = tmp_path / "trained.jsonl"
+    write_samples(trained, prep.test[:2] + prep.train[:1])  # a training user: the baseline has seen them
+    with pytest.raises(UserError, match=rf"{trained}:3: user {prep.train[0].user!r} is not one of .*test users"):
+        run_baseline("popularity", folders["cycle"], regime="full", test_file=trained, **TINY)
+    pairwise = tmp_path / "pairwise.jsonl"
+    write_samples(pairwise, load_prepared(folders["cluster"]).test[:1])
+    with pytest.raises(UserError, match=rf"{pairwise}:1: task 'pairwise', but .* holds 'candidates'"):
+        run_baseline("item-prior", folders["cycle"], regime="full", test_file=pairwise)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="no samples to score"):
+        run_baseline("popularity", folders["cycle"], regime="full", test_file=empty, **TINY)
+
+
 def test_full_regime_uses_every_non_test_user_and_no_test_user(folders):
     prep = load_prepared(folders["cluster"])
     data = training_data(prep, "full")
@@ -444,6 +486,16 @@ def test_cli_writes_one_folder_per_regime(folders, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["n"] == 2
     assert json.loads((tmp_path / "lim" / "popularity-full" / "results.json").read_text())["n_samples"] == 2
+    test = tmp_path / "two.jsonl"  # --test scores another samples file of the folder's test users
+    write_samples(test, load_prepared(folders["quality"]).test[-2:])
+    res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out",
+                                   str(tmp_path / "file"), "--regime", "full", "--test", str(test), "--json"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "file" / "popularity-full" / "results.json").read_text())
+    assert saved["n_samples"] == 2 and saved["config"]["test_file"] == str(test)
+    bad = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out",
+                                   str(tmp_path / "bad"), "--test", str(tmp_path / "missing.jsonl")])
+    assert bad.exit_code == 2 and "missing.jsonl" in bad.output and "Traceback" not in bad.output
     (tmp_path / "lim" / "popularity-few-shot").mkdir()
     (tmp_path / "lim" / "popularity-few-shot" / "per_sample.jsonl").write_text("the user's\n")
     res = CliRunner().invoke(app, ["baseline", "popularity", "--samples", str(folders["quality"]), "--out",

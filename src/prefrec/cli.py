@@ -541,6 +541,9 @@ def baseline(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: MF 0.01, sequential 0.001)."),
     limit: Optional[str] = typer.Option(None, "--limit", help=_LIMIT_HELP + " Default: all (score the same samples "
                                         "as `prefrec eval --limit`)."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Score this samples file instead of the folder's "
+                                        "test.jsonl (its samples must be of the folder's test users), e.g. from "
+                                        "`prefrec data swap-histories`."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
     """Train a traditional recommender on the same samples and score them with the shared metrics."""
@@ -560,7 +563,7 @@ def baseline(
                 folder = out / f"{n}-{r}"
                 res = run_baseline(n, samples, regime=r, seed=seed, out=folder, epochs=epochs,
                                    examples_per_epoch=examples_per_epoch, dim=dim, lr=lr,
-                                   train_samples=train_samples, limit=_limit(limit))
+                                   train_samples=train_samples, limit=_limit(limit), test_file=test)
                 metrics = {k: v for k, v in res["metrics"].items() if isinstance(v, float) and k != "valid_ratio"}
                 rows.append({"baseline": n, "regime": r, "n": res["n_samples"], **metrics,
                              "seconds": round(res["training"]["train_seconds"], 1),

@@ -25,7 +25,7 @@ from prefrec.baselines.cmf import CMF
 from prefrec.baselines.common import REGIMES, EvalSet, eval_set, sample_keys, training_data
 from prefrec.baselines.popularity import LikedShare, Popularity
 from prefrec.baselines.sequential import SEQUENTIAL, SequentialBaseline
-from prefrec.data.prepared import Prepared, load_prepared
+from prefrec.data.prepared import Prepared, load_prepared, read_split
 from prefrec.errors import UserError
 from prefrec.evaluation.facts import prompt_facts_rows
 from prefrec.evaluation.prior import PRIOR_WEIGHT, item_prior, item_prior_rows
@@ -92,7 +92,8 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
                  out: str | Path | None = None, epochs: int | None = None, dim: int = 64, max_len: int | None = None,
                  lr: float | None = None, batch_size: int | None = None, examples_per_epoch: int = 10000,
                  train_samples: str | Path | None = None, progress: bool = True, threads: int | None = 1,
-                 max_train_samples: int | None = None, limit: int | None = None) -> dict:
+                 max_train_samples: int | None = None, limit: int | None = None,
+                 test_file: str | Path | None = None) -> dict:
     """Train `name` on the regime's data, score samples_dir/test.jsonl, return (and write to out/) the results.
 
     train_samples: a folder of another domain to train on (cross-domain; CMF only); default samples_dir itself.
@@ -100,6 +101,9 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
     `data.max_train_samples`), so a shots sweep trains the baselines on the same users as the LLMs.
     limit: score only the first N test samples (as `prefrec eval --limit`), so tables compare the same samples. The
     other test users stay out of training all the same.
+    test_file: score this samples file instead of samples_dir/test.jsonl, e.g. the test samples with another user's
+    history (`prefrec data swap-histories`). Training is the folder's, unchanged; every sample must be of one of the
+    folder's test users, so no scored user was trained on.
     threads: torch intra-op threads while this runs (restored after). The models are tiny, so one thread is
     fastest, and on a busy machine several threads spin-wait for each other (measured 7x slower on 2 shared cores).
     Returns the results dict (prefrec.results's schema) plus, under "scores", the (N, C) candidate scores."""
@@ -110,18 +114,20 @@ def run_baseline(name: str, samples_dir: str | Path, *, regime: str = "few-shot"
         return _run(name, samples_dir, regime=regime, seed=seed, out=out, epochs=epochs, dim=dim, max_len=max_len,
                     lr=lr, batch_size=batch_size, examples_per_epoch=examples_per_epoch,
                     train_samples=train_samples, progress=progress, max_train_samples=max_train_samples,
-                    limit=limit)
+                    limit=limit, test_file=test_file)
     finally:
         torch.set_num_threads(before)
 
 
 def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batch_size, examples_per_epoch,
-         train_samples, progress, max_train_samples=None, limit=None) -> dict:
+         train_samples, progress, max_train_samples=None, limit=None, test_file=None) -> dict:
     name = name.lower()
     cross = train_samples is not None and Path(train_samples).resolve() != Path(samples_dir).resolve()
     target, source = _inputs(name, samples_dir, train_samples, cross, regime, limit, max_train_samples)
+    scored = _test_samples(target, test_file)[:limit]  # used after training: no scored user leaks in
     if name in FACT_MODELS:
-        return _facts_baseline(name, target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit)
+        return _facts_baseline(name, target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit,
+                               scored=scored, test_file=test_file)
     max_len = max_len or default_max_len(source, target)
     n_epochs = EPOCHS[regime] if epochs is None else epochs
     data = training_data(source, regime)
@@ -131,8 +137,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     t0 = time.perf_counter()
     prefix = _fit(name, model, data, source, target, cross)
     train_seconds = time.perf_counter() - t0
-    if limit is not None:
-        target = dataclasses.replace(target, test=target.test[:limit])  # after training: no test user leaks in
+    target = dataclasses.replace(target, test=scored)
     test = eval_set(target, model.vocab, prefix)
     t0 = time.perf_counter()
     scores = model.score(test)
@@ -145,6 +150,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
               "regime": regime, "epochs": 0 if name in ("popularity", "liked-share") else n_epochs, "dim": dim, "max_len": max_len,
               "lr": getattr(model, "lr", None), "batch_size": getattr(model, "batch_size", None),
               "examples_per_epoch": examples_per_epoch, "like_threshold": source.like_threshold, "limit": limit,
+              "test_file": None if test_file is None else str(Path(test_file)),
               "source_dataset": source.name, "target_dataset": target.name, "cross_domain": cross}
     result = {
         "kind": "eval", "method": name,
@@ -197,6 +203,23 @@ def _inputs(name: str, samples_dir, train_samples, cross: bool, regime: str, lim
     return target, source
 
 
+def _test_samples(target: Prepared, test_file) -> list:
+    """The samples to score: the folder's test split, or test_file's when every one is of a folder's test user."""
+    if test_file is None:
+        return target.test
+    samples = read_split(test_file)
+    if not samples:
+        raise UserError(f"{test_file}: no samples to score")
+    users = {s.user for s in target.test}
+    for i, s in enumerate(samples, 1):
+        if s.task != target.task:
+            raise UserError(f"{test_file}:{i}: task {s.task!r}, but {target.path} holds {target.task!r} samples")
+        if s.user not in users:
+            raise UserError(f"{test_file}:{i}: user {s.user!r} is not one of {target.path}'s test users, so the "
+                            "baseline may have trained on them; score a folder's own test users only")
+    return samples
+
+
 def _supported(name: str, prep: Prepared) -> Prepared:
     """The folder, when its task is one the baseline takes (the fact models take every task)."""
     if name not in FACT_MODELS and task_row(prep.task).baseline is None:
@@ -230,13 +253,13 @@ _FEATURES = {"prompt-facts": "parsed from the prompt text: item notes (mean rati
 
 
 def _facts_baseline(name: str, target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out,
-                    limit) -> dict:
+                    limit, scored: list, test_file=None) -> dict:
     """A logistic model of facts, fit on the regime's training samples (few-shot: the training split; full: every
     non-test user's samples, train + valid), scored on the test samples. prompt-facts (prefrec.evaluation.facts):
     the numbers and the order the prompt shows, only what the LLM reads. item-prior (prefrec.evaluation.prior):
     each item's smoothed mean rating and rater count among non-test users, what is known without the user."""
     fit_on = source.train + (source.valid if regime == "full" else [])
-    test = target.test[:limit] if limit is not None else target.test
+    test = scored
     t0 = time.perf_counter()
     if name == "item-prior":
         prior = item_prior(target)
@@ -248,6 +271,7 @@ def _facts_baseline(name: str, target: Prepared, source: Prepared, samples_dir, 
         "seed": seed, "regime": regime, "k": None, "shots": len(fit_on) if regime == "few-shot" else None,
         "n_samples": len(test), "metrics": task_row(target.task).metrics(rows), "model": name,
         "config": {"samples": str(Path(samples_dir)), "regime": regime, "limit": limit, "fit_samples": len(fit_on),
+                   "test_file": None if test_file is None else str(Path(test_file)),
                    "features": _FEATURES[name]},
         "training": {"train_seconds": round(time.perf_counter() - t0, 2)},
         **provenance(),
