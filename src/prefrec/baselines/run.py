@@ -127,7 +127,7 @@ def _run(name, samples_dir, *, regime, seed, out, epochs, dim, max_len, lr, batc
     scored = _test_samples(target, test_file)[:limit]  # used after training: no scored user leaks in
     if name in FACT_MODELS:
         return _facts_baseline(name, target, source, samples_dir, regime=regime, seed=seed, out=out, limit=limit,
-                               scored=scored, test_file=test_file)
+                               test=scored, test_file=test_file)
     max_len = max_len or default_max_len(source, target)
     n_epochs = EPOCHS[regime] if epochs is None else epochs
     data = training_data(source, regime)
@@ -253,13 +253,12 @@ _FEATURES = {"prompt-facts": "parsed from the prompt text: item notes (mean rati
 
 
 def _facts_baseline(name: str, target: Prepared, source: Prepared, samples_dir, *, regime: str, seed: int, out,
-                    limit, scored: list, test_file=None) -> dict:
+                    limit, test: list, test_file=None) -> dict:
     """A logistic model of facts, fit on the regime's training samples (few-shot: the training split; full: every
     non-test user's samples, train + valid), scored on the test samples. prompt-facts (prefrec.evaluation.facts):
     the numbers and the order the prompt shows, only what the LLM reads. item-prior (prefrec.evaluation.prior):
     each item's smoothed mean rating and rater count among non-test users, what is known without the user."""
     fit_on = source.train + (source.valid if regime == "full" else [])
-    test = scored
     t0 = time.perf_counter()
     if name == "item-prior":
         prior = item_prior(target)
