@@ -5,7 +5,7 @@ import pytest
 
 from prefrec.evaluation.stats import (comparison_indices, metric_fn, paired_user_bootstrap, pooled_user_bootstrap,
                                      resample, user_groups)
-from prefrec.tasks.metrics import pairwise_metrics
+from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics
 
 
 def test_groups_and_resamples_keep_a_users_rows_together():
@@ -57,6 +57,22 @@ def test_a_resampled_pairwise_metric_is_the_metric_of_the_resampled_rows():
                                 np.concatenate([rows[i]["s_second"] for i in idx]))["auc"]
         assert fn(idx) == want
     assert metric_fn(rows, "ndcg@10") is None
+
+
+def test_a_resampled_ranking_metric_is_the_metric_of_the_resampled_rows():
+    """metric_fn on candidate rows (ranked once, resampled by their per-sample terms): exactly ranking_metrics of the
+    resampled rows, ties and repeated rows included, for every metric and score field."""
+    rng = np.random.default_rng(5)
+    rows = [{"target_index": int(rng.integers(0, 6)), "scores": rng.integers(0, 3, 6).astype(float).tolist(),
+             "rank_scores": rng.normal(size=6).tolist()} for _ in range(50)]  # integer scores: many ties
+    for field, prefix in (("scores", ""), ("rank_scores", "rank_")):
+        for name in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr"):
+            fn = metric_fn(rows, prefix + name)
+            for _ in range(5):
+                idx = rng.integers(0, len(rows), len(rows))
+                want = ranking_metrics(np.array([rows[i][field] for i in idx]), [rows[i]["target_index"] for i in idx])
+                assert fn(idx) == want[name]
+    assert metric_fn(rows, "rank_hr@1")(np.array([], dtype=int)) is None
 
 
 def test_pooled_bootstrap_against_an_independent_computation():

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prefrec.tasks.metrics import pairwise_metrics, ranking_metrics, yesno_metrics
+from prefrec.tasks.metrics import pairwise_metrics, ranking_terms, yesno_metrics
 
 Family = Callable[[np.ndarray], dict]  # row indices (a resample) -> metrics
 
@@ -132,10 +132,16 @@ def _ranking_family(rows: list[dict]) -> list[Family]:
     for f in sorted(rows[0]):
         if f.endswith("scores") and isinstance(rows[0][f], list):
             prefix = f[: -len("scores")]
-            sc = np.array([r[f] for r in rows], dtype=float)
-            fams.append(lambda idx, sc=sc, prefix=prefix: {prefix + k: v for k, v in
-                                                           ranking_metrics(sc[idx], t[idx]).items()})
+            terms = ranking_terms(np.array([r[f] for r in rows], dtype=float), t)  # ranked once, not per resample
+            fams.append(lambda idx, terms=terms, prefix=prefix: _ranking_means(terms, idx, prefix))
     return fams
+
+
+def _ranking_means(terms: dict[str, np.ndarray], idx: np.ndarray, prefix: str) -> dict:
+    """ranking_metrics of the rows idx, from their per-sample terms (the same numbers: a mean of the same terms)."""
+    if len(idx) == 0:
+        return {**{prefix + k: None for k in terms}, prefix + "n": 0}
+    return {**{prefix + k: float(np.mean(v[idx])) for k, v in terms.items()}, prefix + "n": len(idx)}
 
 
 # (fields a row must have, families built from such rows), in the order the report has always used

@@ -131,20 +131,23 @@ def ranking_metrics(scores, target_index) -> dict:
 
     averaged over the N samples. Without ties, r = g + 1 and these are the usual definitions.
     """
-    greater, tied = target_ranks(scores, target_index)
-    n = int(greater.size)
+    terms = ranking_terms(scores, target_index)
+    n = len(next(iter(terms.values())))
     if n == 0:
         return {**{name: None for name in RANKING_METRICS}, "n": 0}
+    return {**{name: float(np.mean(v)) for name, v in terms.items()}, "n": n}
+
+
+def ranking_terms(scores, target_index) -> dict[str, np.ndarray]:
+    """Each ranking metric's per-sample term, (N,) per name: the expectation over the target's rank (ties included,
+    ranking_metrics's docstring); a metric is their mean. A bootstrap resamples these instead of re-ranking."""
+    greater, tied = target_ranks(scores, target_index)
     C = np.asarray(scores).shape[1]
     r = np.arange(1, C + 1, dtype=np.float64)  # every possible rank
     # weight[i, j] = P(rank of sample i == j + 1): 1/(t+1) on the tied block starting after the g candidates ahead
     lo, hi = greater[:, None], (greater + tied + 1)[:, None]
     w = ((r[None, :] > lo) & (r[None, :] <= hi)) / (tied + 1)[:, None]
-
-    def expect(values: np.ndarray) -> float:
-        return float(np.mean((w * values[None, :]).sum(axis=1)))
-
-    return {**{name: expect(value(r)) for name, value in RANKING_METRICS.items()}, "n": n}
+    return {name: (w * value(r)[None, :]).sum(axis=1) for name, value in RANKING_METRICS.items()}
 
 
 def yesno_metrics(p_yes, labels) -> dict:
