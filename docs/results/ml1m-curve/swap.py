@@ -36,6 +36,7 @@ EXP = Path("experiments/ml1m-curve")
 SWAP = Path("experiments/ml1m-curve-swap")
 TIME, USERS, TITLE = "ml-1m-candidates", "ml-1m-candidates-users", "ml-1m-text-title"
 TRUNK_LAYERS = 4  # the runs' lora.layers, as their cells
+SCORE_FIELDS = ("rank_scores", "scores", "s_first", "s_second")  # per-sample scores: LLM/baseline, candidates/pairwise
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,7 @@ def rows(folder: Path) -> list[dict]:
 def largest_difference(mine: list[dict], committed: list[dict]) -> float:
     """The largest absolute difference of any score between two runs' per-sample rows, joined by id."""
     theirs = {r["id"]: r for r in committed}
-    keys = ("rank_scores", "scores", "s_first", "s_second")
-    return max(abs(a - b) for r in mine for k in keys if k in r for a, b in zip(r[k], theirs[r["id"]][k]))
+    return max(abs(a - b) for r in mine for k in SCORE_FIELDS if k in r for a, b in zip(r[k], theirs[r["id"]][k]))
 
 
 def swapped_file(point: Point, seed: int) -> Path:
@@ -145,16 +145,20 @@ def fmt(d: dict | None) -> str:
     return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}], p = {d['p']:.3f}"
 
 
+def both_sides(label: str, cell: str):
+    """(seed, own rows, swapped rows) for each seed the cell was swapped on, row i of both the same sample."""
+    for seed in range(10):
+        own_dir, swap_dir = (HERE / kind / label / f"{cell}-seed{seed}" for kind in ("cells", "swap"))
+        if (swap_dir / "per_sample.jsonl").is_file():
+            swapped = {r["id"]: r for r in rows(swap_dir)}
+            own = [r for r in rows(own_dir) if r["id"] in swapped]
+            yield seed, own, [swapped[r["id"]] for r in own]
+
+
 def compare(label: str, cell: str, point: Point) -> list[str]:
     """One row per seed with both sides, then a row pooled over those seeds."""
     out, parts = [], ([], [])
-    for seed in range(10):
-        own_dir, swap_dir = (HERE / kind / label / f"{cell}-seed{seed}" for kind in ("cells", "swap"))
-        if not (swap_dir / "per_sample.jsonl").is_file():
-            continue
-        swapped = {r["id"]: r for r in rows(swap_dir)}
-        own = [r for r in rows(own_dir) if r["id"] in swapped]
-        other = [swapped[r["id"]] for r in own]
+    for seed, own, other in both_sides(label, cell):
         names = [("rank_" + m) if "rank_scores" in own[0] else m for m in point.metrics]
         cells = []
         for j, m in enumerate(names):
@@ -180,7 +184,7 @@ def margin(row: dict) -> float:
 
 def correlation(a: dict, b: dict) -> float:
     """The correlation of one sample's scores under the two histories (1: the history moved nothing)."""
-    keys = [k for k in ("rank_scores", "scores", "s_first", "s_second") if k in a]
+    keys = [k for k in SCORE_FIELDS if k in a]
     x, y = (np.concatenate([np.asarray(r[k], dtype=float) for k in keys]) for r in (a, b))
     return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 1.0
 
@@ -188,17 +192,12 @@ def correlation(a: dict, b: dict) -> float:
 def shift(label: str, cell: str) -> list[str]:
     """Per seed: the target margin own → swapped, swapped − own with a CI over users, the mean score correlation."""
     out = []
-    for seed in range(10):
-        own_dir, swap_dir = (HERE / kind / label / f"{cell}-seed{seed}" for kind in ("cells", "swap"))
-        if not (swap_dir / "per_sample.jsonl").is_file():
-            continue
-        swapped = {r["id"]: r for r in rows(swap_dir)}
-        own = [r for r in rows(own_dir) if r["id"] in swapped]
+    for seed, own, other in both_sides(label, cell):
         m_own = np.array([margin(r) for r in own])
-        m_swap = np.array([margin(swapped[r["id"]]) for r in own])
+        m_swap = np.array([margin(r) for r in other])
         t = paired_user_bootstrap(lambda i: float(m_swap[i].mean()), lambda i: float(m_own[i].mean()),
                                   [r.get("user") for r in own])
-        corr = np.mean([correlation(r, swapped[r["id"]]) for r in own])
+        corr = np.mean([correlation(a, b) for a, b in zip(own, other)])
         out.append(f"| {label} | {cell} | {seed} | {m_own.mean():+.3f} → {m_swap.mean():+.3f} | {fmt(t)} | "
                    f"{corr:.3f} |")
     return out
