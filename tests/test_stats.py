@@ -45,17 +45,23 @@ def test_comparison_indices_keep_each_samples_comparisons_together_in_resampled_
 
 
 def test_a_resampled_pairwise_metric_is_the_metric_of_the_resampled_rows():
-    """metric_fn on rows of several comparisons each: the same AUC as pairwise_metrics over the concatenated
-    comparisons of the resampled rows (brute force)."""
+    """metric_fn on rows of one or several comparisons each (scores sorted once, a resample weighting them): exactly
+    pairwise_metrics over the concatenated comparisons of the resampled rows (brute force: a sort per resample),
+    with ties, ±inf and inf − inf among the scores, repeated rows, and for every metric."""
     rng = np.random.default_rng(4)
-    rows = [{"s_first": rng.normal(size=k).tolist(), "s_second": rng.normal(size=k).tolist()}
-            for k in rng.integers(1, 4, 40)]
-    fn = metric_fn(rows, "auc")
-    for _ in range(20):
-        idx = rng.integers(0, len(rows), len(rows))
-        want = pairwise_metrics(np.concatenate([rows[i]["s_first"] for i in idx]),
-                                np.concatenate([rows[i]["s_second"] for i in idx]))["auc"]
-        assert fn(idx) == want
+    special = np.array([np.inf, -np.inf, 0.0, 1.0, -1.0])
+    for sizes in (rng.integers(1, 4, 40), np.ones(30, dtype=int)):
+        rows = [{"s_first": rng.choice(special, k).tolist(), "s_second": rng.choice(special, k).tolist()}
+                if i % 3 == 0 else {"s_first": rng.normal(size=k).tolist(), "s_second": rng.normal(size=k).tolist()}
+                for i, k in enumerate(sizes)]
+        for name in ("auc", "pairwise_accuracy", "n"):
+            fn = metric_fn(rows, name)
+            for _ in range(20):
+                idx = rng.integers(0, len(rows), len(rows))
+                want = pairwise_metrics(np.concatenate([rows[i]["s_first"] for i in idx]),
+                                        np.concatenate([rows[i]["s_second"] for i in idx]))[name]
+                assert fn(idx) == want
+            assert fn(np.array([], dtype=int)) == (0 if name == "n" else None)
     assert metric_fn(rows, "ndcg@10") is None
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prefrec.tasks.metrics import pairwise_metrics, ranking_terms, yesno_metrics
+from prefrec.tasks.metrics import PairwiseTerms, ranking_terms, yesno_metrics
 
 Family = Callable[[np.ndarray], dict]  # row indices (a resample) -> metrics
 
@@ -83,17 +83,18 @@ def _as_list(v) -> list[float]:
 
 
 def _pairwise_family(rows: list[dict]) -> list[Family]:
+    """AUC and pairwise accuracy of a resample of rows, each holding one or more comparisons: the comparisons'
+    margins sorted once (PairwiseTerms), a resample weighting each by how often its row is drawn."""
     s1 = [np.array(_as_list(r["s_first"])) for r in rows]
     s2 = [np.array(_as_list(r["s_second"])) for r in rows]
-    f1, f2 = np.concatenate(s1), np.concatenate(s2)
-    if f1.size == len(rows):  # one comparison per sample: plain indexing
-        return [lambda idx: pairwise_metrics(f1[idx], f2[idx])]
+    terms = PairwiseTerms.of(np.concatenate(s1), np.concatenate(s2))
     sizes = np.array([a.size for a in s1])
     starts = np.cumsum(sizes) - sizes
+    n = int(sizes.sum())
 
     def resampled(idx: np.ndarray) -> dict:
-        flat = comparison_indices(starts, sizes, idx)
-        return pairwise_metrics(f1[flat], f2[flat])
+        flat = idx if n == len(rows) else comparison_indices(starts, sizes, idx)  # one comparison a row: itself
+        return terms.metrics(np.bincount(flat, minlength=n))
     return [resampled]
 
 

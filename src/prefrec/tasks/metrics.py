@@ -14,6 +14,7 @@ Tie conventions, chosen so a constant scorer gets chance-level numbers and never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -62,13 +63,58 @@ def pairwise_metrics(s_first, s_second) -> dict:
     n = int(s1.size)
     if n == 0:
         return {"auc": None, "pairwise_accuracy": None, "n": 0}
-    with np.errstate(invalid="ignore"):
-        d = s1 - s2
-    # inf - inf (both orderings impossible) is a tie, not an error
-    d = np.where(np.isnan(d), 0.0, d)
+    d = _margins(s1, s2)
     labels = np.concatenate([np.ones(n), np.zeros(n)])
     auc = _auc(labels, np.concatenate([d, -d]))  # on ranks: a single infinite score (d = ±inf) keeps its place
     return {"auc": auc, "pairwise_accuracy": float(np.mean(d > 0)), "n": n}
+
+
+def _margins(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """d = s_first − s_second; inf − inf (both orderings impossible) is a tie, 0, not an error."""
+    with np.errstate(invalid="ignore"):
+        d = s1 - s2
+    return np.where(np.isnan(d), 0.0, d)
+
+
+@dataclass(frozen=True)
+class PairwiseTerms:
+    """pairwise_metrics of any resample of N comparisons, from their margins sorted once (a bootstrap's 10^3
+    resamples then cost a weighted count each instead of a sort of 2N scores each).
+
+    A resample is the weights w (how often each comparison is drawn). With d_i in group g(d_i) of the sorted
+    distinct values of {d} ∪ {−d}, the AUC is the Mann-Whitney U over the weighted positives {d_i} and negatives
+    {−d_j}, a tie counting one half, divided by W² (W = Σ w):
+
+        U = Σ_g P_g (N_<g + ½ N_g),   P_g = Σ_{i: g(d_i) = g} w_i,   N_g = Σ_{j: g(−d_j) = g} w_j,   N_<g = Σ_{h<g} N_h
+
+    With integer weights every sum is an exact integer or half-integer in float64, so the AUC is the exact ratio
+    rounded once, bit-identical to pairwise_metrics of the resampled comparisons (tests/test_stats.py)."""
+
+    pos_group: np.ndarray  # (N,) group of d_i
+    neg_group: np.ndarray  # (N,) group of −d_i
+    n_groups: int
+    correct: np.ndarray  # (N,) 1.0 where d_i > 0 (a tie is not correct)
+
+    @classmethod
+    def of(cls, s_first, s_second) -> "PairwiseTerms":
+        s1, s2 = _as_1d(s_first, "s_first"), _as_1d(s_second, "s_second")
+        if s1.shape != s2.shape:
+            raise ValueError(f"s_first has {s1.size} scores but s_second has {s2.size}")
+        d = _margins(s1, s2)
+        values, group = np.unique(np.concatenate([d, -d]), return_inverse=True)  # ±inf are values like any other
+        return cls(group[: d.size], group[d.size:], values.size, (d > 0).astype(np.float64))
+
+    def metrics(self, weights: np.ndarray) -> dict:
+        """pairwise_metrics of the comparisons drawn weights[i] times each (integer counts)."""
+        w = np.asarray(weights, dtype=np.float64)
+        n = float(w.sum())
+        if n == 0:
+            return {"auc": None, "pairwise_accuracy": None, "n": 0}
+        pos = np.bincount(self.pos_group, weights=w, minlength=self.n_groups)
+        neg = np.bincount(self.neg_group, weights=w, minlength=self.n_groups)
+        below = np.cumsum(neg) - neg
+        auc = float(np.sum(pos * (below + 0.5 * neg)) / (n * n))
+        return {"auc": auc, "pairwise_accuracy": float(np.sum(w * self.correct) / n), "n": int(n)}
 
 
 def target_ranks(scores, target_index) -> tuple[np.ndarray, np.ndarray]:
