@@ -10,11 +10,11 @@ reads the prompt, so its row must be 0 exactly (a control). Reads the committed 
 made here (each cell's checkpoint was chosen on its own validation users).
 """
 
-import json
 import sys
 from pathlib import Path
 
 from prefrec.evaluation.report import paired_bootstrap
+from prefrec.results import PER_SAMPLE, read_per_sample
 
 HERE = Path(__file__).parent
 TITLES, RATED = "ml-1m-text-title", "ml-1m-text-rated"
@@ -22,13 +22,13 @@ CELLS = ["zero-shot", "sft-shots3000", "dmpo-k3-shots3000-beta0.1", "item-prior-
 
 
 def rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines() if line.strip()]
+    return read_per_sample(folder / PER_SAMPLE)  # refuses a file cut short
 
 
 def compare(cell: str, seed: int) -> str | None:
     """One table row: each prompt's AUC and rated − titles-only, or None where either cell has not run."""
     t_dir, r_dir = (HERE / "cells" / label / f"{cell}-seed{seed}" for label in (TITLES, RATED))
-    if not (t_dir / "per_sample.jsonl").is_file() or not (r_dir / "per_sample.jsonl").is_file():
+    if not (t_dir / PER_SAMPLE).is_file() or not (r_dir / PER_SAMPLE).is_file():
         return None
     d = paired_bootstrap(rows(r_dir), rows(t_dir), "auc")  # joined on id
     return (f"| {cell} | {seed} | {d['n']} | {d['b']:.4f} → {d['a']:.4f} | "

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from prefrec.evaluation.report import paired_bootstrap
+from prefrec.results import PER_SAMPLE, read_per_sample
 from prefrec.evaluation.stats import metric_fn, paired_user_bootstrap, pooled_user_bootstrap
 
 HERE = Path(__file__).parent
@@ -69,7 +70,7 @@ def _cell(name: str, regime: str, shots: int) -> str:
 
 
 def rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines() if line.strip()]
+    return read_per_sample(folder / PER_SAMPLE)  # refuses a file cut short
 
 
 def largest_difference(mine: list[dict], committed: list[dict]) -> float:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from prefrec.evaluation.report import paired_bootstrap
+from prefrec.results import PER_SAMPLE, read_per_sample
 from prefrec.evaluation.stats import metric_fn, pooled_user_bootstrap
 
 HERE = Path(__file__).parent
@@ -24,7 +25,7 @@ CELLS = ["sft-shots1000", "sdpo-k3-shots1000-beta0.1", "item-prior-few-shot-shot
 
 
 def rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "per_sample.jsonl").read_text().splitlines() if line.strip()]
+    return read_per_sample(folder / PER_SAMPLE)  # refuses a file cut short
 
 
 def metrics_of(folder: Path) -> tuple[str, str]:

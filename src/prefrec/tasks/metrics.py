@@ -57,20 +57,20 @@ def pairwise_metrics(s_first, s_second) -> dict:
     σ is monotone and 1 − σ(d) = σ(−d), so the AUC is computed on the logits {d_i} ∪ {−d_i} instead of the
     probabilities: the same ranking, without float64 saturation making p = 1.0 for every |d| > 37.
     """
-    s1, s2 = _as_1d(s_first, "s_first"), _as_1d(s_second, "s_second")
-    if s1.shape != s2.shape:
-        raise ValueError(f"s_first has {s1.size} scores but s_second has {s2.size}")
-    n = int(s1.size)
+    d = _margins(s_first, s_second)
+    n = int(d.size)
     if n == 0:
         return {"auc": None, "pairwise_accuracy": None, "n": 0}
-    d = _margins(s1, s2)
     labels = np.concatenate([np.ones(n), np.zeros(n)])
     auc = _auc(labels, np.concatenate([d, -d]))  # on ranks: a single infinite score (d = ±inf) keeps its place
     return {"auc": auc, "pairwise_accuracy": float(np.mean(d > 0)), "n": n}
 
 
-def _margins(s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """d = s_first − s_second; inf − inf (both orderings impossible) is a tie, 0, not an error."""
+def _margins(s_first, s_second) -> np.ndarray:
+    """d = s_first − s_second, (N,) each; inf − inf (both orderings impossible) is a tie, 0, not an error."""
+    s1, s2 = _as_1d(s_first, "s_first"), _as_1d(s_second, "s_second")
+    if s1.shape != s2.shape:
+        raise ValueError(f"s_first has {s1.size} scores but s_second has {s2.size}")
     with np.errstate(invalid="ignore"):
         d = s1 - s2
     return np.where(np.isnan(d), 0.0, d)
@@ -97,10 +97,7 @@ class PairwiseTerms:
 
     @classmethod
     def of(cls, s_first, s_second) -> "PairwiseTerms":
-        s1, s2 = _as_1d(s_first, "s_first"), _as_1d(s_second, "s_second")
-        if s1.shape != s2.shape:
-            raise ValueError(f"s_first has {s1.size} scores but s_second has {s2.size}")
-        d = _margins(s1, s2)
+        d = _margins(s_first, s_second)
         values, group = np.unique(np.concatenate([d, -d]), return_inverse=True)  # ±inf are values like any other
         return cls(group[: d.size], group[d.size:], values.size, (d > 0).astype(np.float64))
 
